@@ -1,0 +1,80 @@
+// The CPU kernels: every operation of the GPT-J forward pass, on raw pointers. Each has a
+// plain reference version (namespace ref) and a fast version chosen at run time (AVX2 + FMA +
+// F16C when the processor has them, a portable scalar path otherwise). Kernels never allocate
+// and never touch files; activations are f32, weight matrices f32, f16 or bf16, and every
+// product accumulates in f32.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+#include "runtime/core/dtype.hpp"
+#include "runtime/core/thread_pool.hpp"
+
+namespace ferry::kernels::cpu {
+
+// Arguments of causal attention over a KV cache, for n_new query tokens that sit at positions
+// n_past … n_past + n_new - 1 of one sequence. Token t attends to cache rows 0 … n_past + t.
+// Scores are f32, scaled by 1/sqrt(head_dim) (division, as the reference does), softmax in f32.
+struct AttentionArgs {
+  const float* q = nullptr;  // q[t * q_stride + h * head_dim + d]
+  int64_t q_stride = 0;
+  const float* k = nullptr;  // k[h * kv_head_stride + j * head_dim + d], j < n_past + n_new
+  const float* v = nullptr;  // same layout as k
+  int64_t kv_head_stride = 0;
+  float* out = nullptr;  // out[t * out_stride + h * head_dim + d]
+  int64_t out_stride = 0;
+  int64_t n_new = 0;
+  int64_t n_past = 0;
+  int64_t n_head = 0;
+  int64_t head_dim = 0;
+};
+
+// Which implementation the dispatched kernels use: "avx2" or "scalar". FERRY_SIMD=scalar in the
+// environment forces the portable path.
+std::string_view simd_level();
+
+// y[i, o] = sum_j x[i, j] · w[o, j] + bias[o], for i < m, o < n, j < k. w is row-major
+// [n, k] (PyTorch's nn.Linear layout) in dtype wdt (f32, f16 or bf16); bias may be null.
+// m = 1 is the matrix–vector product of decoding; m > 1 (prompt processing) reuses each block
+// of w across all rows of x. Runs on every thread of pool.
+void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+            const float* bias, float* y, ThreadPool& pool);
+
+// y[i, :] = (x[i, :] - mean) / sqrt(var + eps) · gamma + beta, per row of n features.
+void layer_norm(const float* x, int64_t m, int64_t n, const float* gamma, const float* beta,
+                float eps, float* y);
+
+// x = gelu_new(x) = 0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³))), in place.
+void gelu_new(float* x, int64_t n);
+
+// y += x.
+void add(float* y, const float* x, int64_t n);
+
+// GPT-J rotary embedding, in place, on the first rotary_dim features of every head of every
+// row: pairs (2i, 2i+1) rotate by angle pos · 10000^(-2i/rotary_dim), pos = positions[row].
+// x[row * row_stride + h * head_dim + d].
+void rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head,
+                        int64_t head_dim, int64_t rotary_dim, const int32_t* positions);
+
+// out = softmax(q·kᵀ / sqrt(head_dim), causal) · v for every head and query token.
+void attention(const AttentionArgs& args, ThreadPool& pool);
+
+// dst[i] = float(src[i]) for an f32, f16 or bf16 source.
+void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst);
+
+namespace ref {
+// Straightforward single-threaded versions, the yardstick for the fast ones.
+void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+            const float* bias, float* y);
+void layer_norm(const float* x, int64_t m, int64_t n, const float* gamma, const float* beta,
+                float eps, float* y);
+void gelu_new(float* x, int64_t n);
+void add(float* y, const float* x, int64_t n);
+void rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head,
+                        int64_t head_dim, int64_t rotary_dim, const int32_t* positions);
+void attention(const AttentionArgs& args);
+void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst);
+}  // namespace ref
+
+}  // namespace ferry::kernels::cpu

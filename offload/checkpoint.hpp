@@ -1,0 +1,75 @@
+// Checkpoint: a lazily read model checkpoint (safetensors, sharded safetensors, PyTorch zip,
+// sharded PyTorch zip). Opening one reads only metadata; tensor bytes are read on request
+// with positional reads, so nothing ever holds a whole file in memory.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "runtime/core/dtype.hpp"
+#include "runtime/core/tensor.hpp"
+
+namespace ferry::offload {
+
+enum class CheckpointFormat { safetensors, torch_zip };
+std::string_view format_name(CheckpointFormat f);  // "safetensors", "torch-zip"
+
+// Where one tensor's bytes live. Tensors are dense and row-major (a non-contiguous torch
+// tensor is refused at open with a FormatError naming it).
+struct TensorEntry {
+  std::string name;           // as in the checkpoint, e.g. "transformer.h.0.attn.q_proj.weight"
+  DType dtype = DType::f32;
+  Shape shape;                // rank 0 (a scalar) has numel 1
+  uint32_t file_index = 0;    // into Checkpoint::files()
+  uint64_t offset_bytes = 0;  // absolute offset of the first element within that file
+  uint64_t nbytes = 0;        // numel · dtype_size
+};
+
+struct CheckpointFile {
+  std::filesystem::path path;
+  uint64_t size_bytes = 0;
+};
+
+class Checkpoint {
+ public:
+  // Opens a model directory (finds model.safetensors, model.safetensors.index.json,
+  // pytorch_model.bin or pytorch_model.bin.index.json, in that order of preference) or a
+  // single checkpoint file. Throws FormatError / IoError naming the file and the problem.
+  static Checkpoint open(const std::filesystem::path& path);
+
+  Checkpoint(Checkpoint&&) noexcept;
+  Checkpoint& operator=(Checkpoint&&) noexcept;
+  ~Checkpoint();
+
+  CheckpointFormat format() const;
+  const std::vector<CheckpointFile>& files() const;
+  // Every weight tensor, in file order then offset order. Non-weight buffers
+  // (attn.bias, attn.masked_bias) and bool tensors are not listed.
+  const std::vector<TensorEntry>& tensors() const;
+  const TensorEntry* find(std::string_view name) const;  // nullptr when absent
+  // Like find, but throws FormatError "tensor 'X' is missing from <path>" when absent.
+  const TensorEntry& at(std::string_view name) const;
+  uint64_t total_bytes() const;  // sum of nbytes over tensors()
+
+  // Reads the whole tensor into dst (nbytes bytes). Checks every read; a short file raises
+  // FormatError naming file, tensor and offset.
+  void read(const TensorEntry& t, void* dst) const;
+  // Reads nbytes starting offset_bytes into the tensor (e.g. one embedding row).
+  void read_range(const TensorEntry& t, uint64_t offset_bytes, uint64_t nbytes, void* dst) const;
+
+  // The open file descriptor of files()[i] (for the I/O engine).
+  int fd(uint32_t file_index) const;
+
+  struct Impl;
+
+ private:
+  explicit Checkpoint(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ferry::offload

@@ -1,0 +1,57 @@
+#include "runtime/core/dtype.hpp"
+
+namespace ferry {
+
+std::string_view dtype_name(DType t) {
+  switch (t) {
+    case DType::f32: return "f32";
+    case DType::f16: return "f16";
+    case DType::bf16: return "bf16";
+    case DType::i8: return "i8";
+    case DType::u8: return "u8";
+    case DType::i32: return "i32";
+    case DType::i64: return "i64";
+    case DType::boolean: return "bool";
+  }
+  return "?";
+}
+
+std::optional<DType> parse_dtype(std::string_view name) {
+  if (name == "f32" || name == "float32" || name == "fp32") return DType::f32;
+  if (name == "f16" || name == "float16" || name == "fp16" || name == "half") return DType::f16;
+  if (name == "bf16" || name == "bfloat16") return DType::bf16;
+  if (name == "i8" || name == "int8") return DType::i8;
+  if (name == "u8" || name == "uint8") return DType::u8;
+  if (name == "i32" || name == "int32") return DType::i32;
+  if (name == "i64" || name == "int64") return DType::i64;
+  if (name == "bool") return DType::boolean;
+  return std::nullopt;
+}
+
+std::optional<DType> dtype_from_safetensors(std::string_view tag) {
+  if (tag == "F32") return DType::f32;
+  if (tag == "F16") return DType::f16;
+  if (tag == "BF16") return DType::bf16;
+  if (tag == "I8") return DType::i8;
+  if (tag == "U8") return DType::u8;
+  if (tag == "I32") return DType::i32;
+  if (tag == "I64") return DType::i64;
+  if (tag == "BOOL") return DType::boolean;
+  return std::nullopt;
+}
+
+std::string_view dtype_to_safetensors(DType t) {
+  switch (t) {
+    case DType::f32: return "F32";
+    case DType::f16: return "F16";
+    case DType::bf16: return "BF16";
+    case DType::i8: return "I8";
+    case DType::u8: return "U8";
+    case DType::i32: return "I32";
+    case DType::i64: return "I64";
+    case DType::boolean: return "BOOL";
+  }
+  return "?";
+}
+
+}  // namespace ferry

@@ -1,0 +1,43 @@
+// Element types ferry stores and computes with, and their names in checkpoint formats.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace ferry {
+
+enum class DType : uint8_t { f32, f16, bf16, i8, u8, i32, i64, boolean };
+
+// Bytes per element.
+constexpr std::size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::f32: return 4;
+    case DType::f16: return 2;
+    case DType::bf16: return 2;
+    case DType::i8: return 1;
+    case DType::u8: return 1;
+    case DType::i32: return 4;
+    case DType::i64: return 8;
+    case DType::boolean: return 1;
+  }
+  return 0;
+}
+
+// Short lower-case name ("f32", "f16", "bf16", ...), as printed and accepted on the command line.
+std::string_view dtype_name(DType t);
+
+// Parses ferry's own names ("f32", "f16", "bf16", also "float32", "float16", "bfloat16").
+std::optional<DType> parse_dtype(std::string_view name);
+
+// Parses a safetensors dtype tag ("F32", "F16", "BF16", "I8", "U8", "I32", "I64", "BOOL").
+std::optional<DType> dtype_from_safetensors(std::string_view tag);
+std::string_view dtype_to_safetensors(DType t);
+
+// True for the dtypes the weight kernels read (f32, f16, bf16).
+constexpr bool is_float_weight(DType t) {
+  return t == DType::f32 || t == DType::f16 || t == DType::bf16;
+}
+
+}  // namespace ferry
