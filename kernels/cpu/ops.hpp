@@ -63,6 +63,20 @@ void attention(const AttentionArgs& args, ThreadPool& pool);
 // dst[i] = float(src[i]) for an f32, f16 or bf16 source.
 void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst);
 
+// The portable fast path, what the kernels above run when the processor lacks AVX2 or
+// FERRY_SIMD=scalar: blocked and multi-threaded like the AVX2 path but plain C++. Exposed so that
+// tests check it on every machine. gelu_new and rotary_interleaved have a single implementation
+// (scalar per-element math from kernels/common/math.hpp) and so no entry here.
+namespace scalar {
+void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+            const float* bias, float* y, ThreadPool& pool);
+void layer_norm(const float* x, int64_t m, int64_t n, const float* gamma, const float* beta,
+                float eps, float* y);
+void add(float* y, const float* x, int64_t n);
+void attention(const AttentionArgs& args, ThreadPool& pool);
+void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst);
+}  // namespace scalar
+
 namespace ref {
 // Straightforward single-threaded versions, the yardstick for the fast ones.
 void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,

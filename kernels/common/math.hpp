@@ -1,0 +1,55 @@
+// Per-element math of the GPT-J forward pass that the CPU and CUDA kernels share, so that both
+// backends round the same way. Each function reproduces PyTorch's float32 computation operation
+// by operation (the order of the float operations is part of the contract: changing it moves
+// results by an ulp or two and the CPU/CUDA comparisons with it).
+#pragma once
+
+#include <math.h>  // ::tanhf, ::powf, ::sinf, ::cosf: callable on host and device alike
+
+#include <cstdint>
+
+#include "runtime/core/host_device.hpp"
+
+namespace ferry::kernels {
+
+// Hugging Face's NewGELUActivation in float32:
+//   0.5 * x * (1.0 + tanh(sqrt(2/pi) * (x + 0.044715 * x**3)))
+// The Python double constants are rounded to float first, as torch does for a float tensor;
+// torch.pow(x, 3.0) is x * x * x, and the products associate left to right as written.
+FERRY_HD float gelu_new(float x) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  constexpr float kCubic = 0.044715f;
+  const float cube = x * x * x;
+  const float inner = kSqrt2OverPi * (x + kCubic * cube);
+  return 0.5f * x * (1.0f + ::tanhf(inner));
+}
+
+// GPT-J's rotary frequency for pair i of a rotary_dim-wide rotation, as HF computes it in float32:
+// 1.0 / (10000 ** (torch.arange(0, rotary_dim, 2) / rotary_dim)).
+FERRY_HD float rotary_inv_freq(int64_t i, int64_t rotary_dim) {
+  const float exponent = static_cast<float>(2 * i) / static_cast<float>(rotary_dim);
+  return 1.0f / ::powf(10000.0f, exponent);
+}
+
+// The rotation angle of pair i at position pos: float(pos) * inv_freq, one float product (HF's
+// einsum of the float positions with inv_freq).
+FERRY_HD float rotary_angle(int32_t pos, int64_t i, int64_t rotary_dim) {
+  return static_cast<float>(pos) * rotary_inv_freq(i, rotary_dim);
+}
+
+// Rotates the interleaved pair (x0, x1) = (x[2i], x[2i+1]) by the angle whose cosine and sine are
+// given. HF computes x * cos + rotate_every_two(x) * sin with rotate_every_two(x)[2i] =
+// -x[2i+1], which in float is exactly x0·cos - x1·sin and x1·cos + x0·sin.
+FERRY_HD void rotary_rotate_pair(float& x0, float& x1, float cos_a, float sin_a) {
+  const float a = x0;
+  const float b = x1;
+  x0 = a * cos_a - b * sin_a;
+  x1 = b * cos_a + a * sin_a;
+}
+
+// HF's attention scale: scores are divided by sqrt(head_dim) computed in float32.
+FERRY_HD float attention_scale_divisor(int64_t head_dim) {
+  return ::sqrtf(static_cast<float>(head_dim));
+}
+
+}  // namespace ferry::kernels

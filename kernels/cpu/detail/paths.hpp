@@ -1,0 +1,46 @@
+// The two fast implementations behind the dispatched kernels of kernels/cpu/ops.hpp: a portable
+// one and an AVX2 + FMA + F16C one. Each works on a slice of the output so that ops.cpp owns the
+// threading (the same split for both, hence the same results whichever thread runs a slice).
+//
+// The AVX2 functions live in files compiled with -mavx2 -mfma -mf16c. They must be called only
+// after the run-time CPU check, and those files instantiate no inline function or template that
+// other files also use (a weak symbol built with AVX2 could be the copy the linker keeps for
+// everyone), which is why the threading stays out of them.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cpu/ops.hpp"
+#include "runtime/core/dtype.hpp"
+
+namespace ferry::kernels::cpu::detail {
+
+// linear splits the n outputs into groups of this many weight rows; one thread computes a whole
+// group (16 f32 rows of a 256-wide k block make the 16 KiB tile the prompt path keeps in L1).
+inline constexpr int64_t kLinearRowGroup = 16;
+// Keys per block of attention's online softmax (the scores of one block sit on the stack).
+inline constexpr int64_t kAttentionKeyBlock = 64;
+
+namespace portable {
+// y[:, o_begin:o_end] of linear (see ops.hpp).
+void linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+                 const float* bias, float* y, int64_t o_begin, int64_t o_end);
+// Attention for the (token, head) pairs p in [p_begin, p_end), token = p / n_head.
+void attention_pairs(const AttentionArgs& args, int64_t p_begin, int64_t p_end);
+void layer_norm(const float* x, int64_t m, int64_t n, const float* gamma, const float* beta,
+                float eps, float* y);
+void add(float* y, const float* x, int64_t n);
+void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst);
+}  // namespace portable
+
+namespace avx2 {
+void linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+                 const float* bias, float* y, int64_t o_begin, int64_t o_end);
+void attention_pairs(const AttentionArgs& args, int64_t p_begin, int64_t p_end);
+void layer_norm(const float* x, int64_t m, int64_t n, const float* gamma, const float* beta,
+                float eps, float* y);
+void add(float* y, const float* x, int64_t n);
+void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst);
+}  // namespace avx2
+
+}  // namespace ferry::kernels::cpu::detail

@@ -1,0 +1,193 @@
+// Dispatch of the CPU kernels: picks the AVX2 or the portable implementation once per process and
+// splits the parallel kernels over the thread pool. The split is fixed by the problem's shape
+// (groups of weight rows, (token, head) pairs), never by the thread count, and each output is
+// computed by one thread in a fixed order, so results do not depend on how many threads run.
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+
+#include "kernels/common/math.hpp"
+#include "kernels/cpu/detail/paths.hpp"
+#include "kernels/cpu/ops.hpp"
+#include "runtime/core/error.hpp"
+
+namespace ferry::kernels::cpu {
+namespace {
+
+using LinearRowsFn = void (*)(const float*, int64_t, int64_t, const void*, DType, int64_t,
+                              const float*, float*, int64_t, int64_t);
+using AttentionPairsFn = void (*)(const AttentionArgs&, int64_t, int64_t);
+
+// One implementation of every kernel that has a SIMD variant.
+struct Paths {
+  const char* name;
+  LinearRowsFn linear_rows;
+  AttentionPairsFn attention_pairs;
+  void (*layer_norm)(const float*, int64_t, int64_t, const float*, const float*, float, float*);
+  void (*add)(float*, const float*, int64_t);
+  void (*convert_to_f32)(const void*, DType, int64_t, float*);
+};
+
+constexpr Paths kPortable{"scalar",
+                          detail::portable::linear_rows,
+                          detail::portable::attention_pairs,
+                          detail::portable::layer_norm,
+                          detail::portable::add,
+                          detail::portable::convert_to_f32};
+
+#if defined(FERRY_KERNELS_AVX2)
+constexpr Paths kAvx2{"avx2",
+                      detail::avx2::linear_rows,
+                      detail::avx2::attention_pairs,
+                      detail::avx2::layer_norm,
+                      detail::avx2::add,
+                      detail::avx2::convert_to_f32};
+
+bool cpu_has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+}
+#endif
+
+const Paths& detect_paths() {
+  const char* env = std::getenv("FERRY_SIMD");
+  const std::string want = env != nullptr ? env : "";
+  FERRY_EXPECT(want.empty() || want == "auto" || want == "scalar" || want == "avx2",
+               "FERRY_SIMD={} is not a SIMD level; use scalar, avx2 or auto (or leave it unset)",
+               want);
+  if (want == "scalar") return kPortable;
+#if defined(FERRY_KERNELS_AVX2)
+  const bool has_avx2 = cpu_has_avx2();
+#else
+  const bool has_avx2 = false;
+#endif
+  FERRY_EXPECT(want != "avx2" || has_avx2,
+               "FERRY_SIMD=avx2 but this build or processor lacks AVX2, FMA or F16C; unset "
+               "FERRY_SIMD to use the portable kernels");
+#if defined(FERRY_KERNELS_AVX2)
+  if (has_avx2) return kAvx2;
+#endif
+  return kPortable;
+}
+
+// Chosen once: the environment and the processor do not change while the process runs.
+const Paths& paths() {
+  static const Paths& chosen = detect_paths();
+  return chosen;
+}
+
+void check_weight_dtype(DType wdt, const char* what) {
+  FERRY_EXPECT(is_float_weight(wdt), "{}: weights must be f32, f16 or bf16, got {}", what,
+               dtype_name(wdt));
+}
+
+void run_linear(LinearRowsFn rows, const float* x, int64_t m, int64_t k, const void* w, DType wdt,
+                int64_t n, const float* bias, float* y, ThreadPool& pool) {
+  check_weight_dtype(wdt, "linear");
+  FERRY_EXPECT(m >= 0 && k >= 0 && n >= 0, "linear: negative size m={} k={} n={}", m, k, n);
+  if (m == 0 || n == 0) return;
+  const int64_t n_groups = (n + detail::kLinearRowGroup - 1) / detail::kLinearRowGroup;
+  // Waking the workers costs a few microseconds; a chunk should carry at least ~256K
+  // multiply-adds so small products (tests, tiny models) do not drown in hand-offs.
+  const int64_t macs_per_group = std::max<int64_t>(1, m * k * detail::kLinearRowGroup);
+  const int64_t min_chunk = std::max<int64_t>(1, (int64_t{1} << 18) / macs_per_group);
+  pool.parallel_for(n_groups, min_chunk, [&](int64_t g_begin, int64_t g_end) {
+    const int64_t o_begin = g_begin * detail::kLinearRowGroup;
+    const int64_t o_end = std::min(n, g_end * detail::kLinearRowGroup);
+    rows(x, m, k, w, wdt, n, bias, y, o_begin, o_end);
+  });
+}
+
+void run_attention(AttentionPairsFn pairs, const AttentionArgs& args, ThreadPool& pool) {
+  FERRY_EXPECT(args.n_new >= 0 && args.n_past >= 0 && args.n_head >= 0 && args.head_dim > 0,
+               "attention: bad sizes n_new={} n_past={} n_head={} head_dim={}", args.n_new,
+               args.n_past, args.n_head, args.head_dim);
+  const int64_t n_pairs = args.n_new * args.n_head;
+  // One pair reads n_past + t + 1 keys and values; group pairs so a chunk is worth a hand-off.
+  const int64_t work_per_pair = std::max<int64_t>(1, (args.n_past + 1) * args.head_dim * 2);
+  const int64_t min_chunk = std::max<int64_t>(1, (int64_t{1} << 16) / work_per_pair);
+  pool.parallel_for(n_pairs, min_chunk,
+                    [&](int64_t begin, int64_t end) { pairs(args, begin, end); });
+}
+
+}  // namespace
+
+std::string_view simd_level() { return paths().name; }
+
+void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+            const float* bias, float* y, ThreadPool& pool) {
+  run_linear(paths().linear_rows, x, m, k, w, wdt, n, bias, y, pool);
+}
+
+void layer_norm(const float* x, int64_t m, int64_t n, const float* gamma, const float* beta,
+                float eps, float* y) {
+  paths().layer_norm(x, m, n, gamma, beta, eps, y);
+}
+
+// Kept scalar on every path: std::tanh is the accuracy yardstick, and a vector tanh within 1e-6
+// relative of it near zero costs about as much as the call; the MLP's matmuls dwarf this anyway.
+void gelu_new(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = kernels::gelu_new(x[i]);
+}
+
+void add(float* y, const float* x, int64_t n) {
+  paths().add(y, x, n);
+}
+
+// The angles depend on the row's position and the pair only, so each cos/sin is computed once per
+// row and applied to every head (the reference recomputes them per head; the values are equal).
+void rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head,
+                        int64_t head_dim, int64_t rotary_dim, const int32_t* positions) {
+  FERRY_EXPECT(rotary_dim % 2 == 0 && rotary_dim <= head_dim,
+               "rotary_interleaved: rotary_dim {} must be even and at most head_dim {}",
+               rotary_dim, head_dim);
+  for (int64_t r = 0; r < m; ++r) {
+    float* row = x + r * row_stride;
+    for (int64_t i = 0; i < rotary_dim / 2; ++i) {
+      const float angle = rotary_angle(positions[r], i, rotary_dim);
+      const float cos_a = ::cosf(angle);
+      const float sin_a = ::sinf(angle);
+      for (int64_t h = 0; h < n_head; ++h) {
+        float* pair = row + h * head_dim + 2 * i;
+        rotary_rotate_pair(pair[0], pair[1], cos_a, sin_a);
+      }
+    }
+  }
+}
+
+void attention(const AttentionArgs& args, ThreadPool& pool) {
+  run_attention(paths().attention_pairs, args, pool);
+}
+
+void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst) {
+  check_weight_dtype(dtype, "convert_to_f32");
+  paths().convert_to_f32(src, dtype, n, dst);
+}
+
+namespace scalar {
+
+void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+            const float* bias, float* y, ThreadPool& pool) {
+  run_linear(detail::portable::linear_rows, x, m, k, w, wdt, n, bias, y, pool);
+}
+
+void layer_norm(const float* x, int64_t m, int64_t n, const float* gamma, const float* beta,
+                float eps, float* y) {
+  detail::portable::layer_norm(x, m, n, gamma, beta, eps, y);
+}
+
+void add(float* y, const float* x, int64_t n) { detail::portable::add(y, x, n); }
+
+void attention(const AttentionArgs& args, ThreadPool& pool) {
+  run_attention(detail::portable::attention_pairs, args, pool);
+}
+
+void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst) {
+  check_weight_dtype(dtype, "convert_to_f32");
+  detail::portable::convert_to_f32(src, dtype, n, dst);
+}
+
+}  // namespace scalar
+
+}  // namespace ferry::kernels::cpu

@@ -1,0 +1,193 @@
+// The portable fast CPU kernels: what runs without AVX2 (or with FERRY_SIMD=scalar). Plain C++
+// shaped so a compiler can vectorise it for whatever baseline it targets: every reduction keeps
+// eight independent partial sums (a fixed order, so results are reproducible), and linear works
+// on 16 weight rows × 256 columns at a time, converted once to f32 in a 16 KiB stack tile that
+// stays in L1 while every row of x passes over it.
+#include <math.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/common/math.hpp"
+#include "kernels/cpu/detail/paths.hpp"
+#include "runtime/core/half.hpp"
+
+namespace ferry::kernels::cpu::detail::portable {
+namespace {
+
+constexpr int kLanes = 8;
+constexpr int64_t kKBlock = 256;
+constexpr int kRowTile = 4;
+
+// Sum of eight partial sums, pairwise (the same tree as the AVX2 path's horizontal sum).
+float sum_lanes(const float (&acc)[kLanes]) {
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) acc[l] += a[j + l] * b[j + l];
+  }
+  float sum = sum_lanes(acc);
+  for (; j < n; ++j) sum += a[j] * b[j];
+  return sum;
+}
+
+// y[r] += x · w[r, :] over kc columns for NR weight rows at once (x is read once for all).
+template <int NR>
+void dot_rows(const float* x, const float* w, int64_t ldw, int64_t kc, float* y) {
+  float acc[NR][kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= kc; j += kLanes) {
+    for (int r = 0; r < NR; ++r) {
+      for (int l = 0; l < kLanes; ++l) acc[r][l] += x[j + l] * w[r * ldw + j + l];
+    }
+  }
+  for (int r = 0; r < NR; ++r) {
+    float sum = sum_lanes(acc[r]);
+    for (int64_t t = j; t < kc; ++t) sum += x[t] * w[r * ldw + t];
+    y[r] += sum;
+  }
+}
+
+void dot_rows_n(int nr, const float* x, const float* w, int64_t ldw, int64_t kc, float* y) {
+  switch (nr) {
+    case 4: dot_rows<4>(x, w, ldw, kc, y); break;
+    case 3: dot_rows<3>(x, w, ldw, kc, y); break;
+    case 2: dot_rows<2>(x, w, ldw, kc, y); break;
+    default: dot_rows<1>(x, w, ldw, kc, y); break;
+  }
+}
+
+void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
+  if (dtype == DType::f32) {
+    std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(float));
+  } else if (dtype == DType::f16) {
+    const auto* h = static_cast<const uint16_t*>(src);
+    for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(h[i]);
+  } else {
+    const auto* b = static_cast<const uint16_t*>(src);
+    for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(b[i]);
+  }
+}
+
+}  // namespace
+
+void linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+                 const float* bias, float* y, int64_t o_begin, int64_t o_end) {
+  const std::size_t elem = dtype_size(wdt);
+  float tile[kLinearRowGroup * kKBlock];
+  for (int64_t g = o_begin; g < o_end; g += kLinearRowGroup) {
+    const int64_t rows = std::min(kLinearRowGroup, o_end - g);
+    for (int64_t i = 0; i < m; ++i) std::fill_n(y + i * n + g, rows, 0.0f);
+    for (int64_t kb = 0; kb < k; kb += kKBlock) {
+      const int64_t kc = std::min(kKBlock, k - kb);
+      const float* wb = nullptr;
+      int64_t ldw = 0;
+      if (wdt == DType::f32) {
+        wb = static_cast<const float*>(w) + g * k + kb;
+        ldw = k;
+      } else {
+        for (int64_t r = 0; r < rows; ++r) {
+          const auto* src = static_cast<const unsigned char*>(w) +
+                            static_cast<std::size_t>((g + r) * k + kb) * elem;
+          to_f32(src, wdt, kc, tile + r * kKBlock);
+        }
+        wb = tile;
+        ldw = kKBlock;
+      }
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t r = 0; r < rows; r += kRowTile) {
+          const int nr = static_cast<int>(std::min<int64_t>(kRowTile, rows - r));
+          dot_rows_n(nr, x + i * k + kb, wb + r * ldw, ldw, kc, y + i * n + g + r);
+        }
+      }
+    }
+    if (bias != nullptr) {
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t r = 0; r < rows; ++r) y[i * n + g + r] += bias[g + r];
+      }
+    }
+  }
+}
+
+// Online (flash-style) softmax over blocks of keys: the running maximum and denominator are
+// rescaled when a block raises the maximum, and the output row itself accumulates the weighted
+// values, so no scratch beyond one block of scores is needed.
+void attention_pairs(const AttentionArgs& a, int64_t p_begin, int64_t p_end) {
+  const float divisor = attention_scale_divisor(a.head_dim);
+  const int64_t hd = a.head_dim;
+  float scores[kAttentionKeyBlock];
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    const int64_t t = p / a.n_head;
+    const int64_t h = p % a.n_head;
+    const float* q = a.q + t * a.q_stride + h * hd;
+    const float* k = a.k + h * a.kv_head_stride;
+    const float* v = a.v + h * a.kv_head_stride;
+    float* out = a.out + t * a.out_stride + h * hd;
+    const int64_t n_keys = a.n_past + t + 1;
+    float running_max = -INFINITY;
+    float denom = 0.0f;
+    std::fill_n(out, hd, 0.0f);
+    for (int64_t j0 = 0; j0 < n_keys; j0 += kAttentionKeyBlock) {
+      const int64_t nb = std::min(kAttentionKeyBlock, n_keys - j0);
+      float block_max = -INFINITY;
+      for (int64_t j = 0; j < nb; ++j) {
+        scores[j] = dot(q, k + (j0 + j) * hd, hd) / divisor;
+        block_max = fmaxf(block_max, scores[j]);
+      }
+      if (block_max > running_max) {
+        const float correction = ::expf(running_max - block_max);
+        denom *= correction;
+        for (int64_t d = 0; d < hd; ++d) out[d] *= correction;
+        running_max = block_max;
+      }
+      for (int64_t j = 0; j < nb; ++j) {
+        const float weight = ::expf(scores[j] - running_max);
+        denom += weight;
+        const float* vj = v + (j0 + j) * hd;
+        for (int64_t d = 0; d < hd; ++d) out[d] += weight * vj[d];
+      }
+    }
+    for (int64_t d = 0; d < hd; ++d) out[d] /= denom;
+  }
+}
+
+void layer_norm(const float* x, int64_t m, int64_t n, const float* gamma, const float* beta,
+                float eps, float* y) {
+  for (int64_t i = 0; i < m; ++i) {
+    const float* row = x + i * n;
+    float acc[kLanes] = {};
+    int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes) {
+      for (int l = 0; l < kLanes; ++l) acc[l] += row[j + l];
+    }
+    float sum = sum_lanes(acc);
+    for (; j < n; ++j) sum += row[j];
+    const float mean = sum / static_cast<float>(n);
+    float sq_acc[kLanes] = {};
+    j = 0;
+    for (; j + kLanes <= n; j += kLanes) {
+      for (int l = 0; l < kLanes; ++l) {
+        const float d = row[j + l] - mean;
+        sq_acc[l] += d * d;
+      }
+    }
+    float sq = sum_lanes(sq_acc);
+    for (; j < n; ++j) sq += (row[j] - mean) * (row[j] - mean);
+    const float rstd = 1.0f / ::sqrtf(sq / static_cast<float>(n) + eps);
+    for (j = 0; j < n; ++j) y[i * n + j] = (row[j] - mean) * rstd * gamma[j] + beta[j];
+  }
+}
+
+void add(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst) {
+  to_f32(src, dtype, n, dst);
+}
+
+}  // namespace ferry::kernels::cpu::detail::portable

@@ -1,0 +1,113 @@
+// Reference CPU kernels: the plainest loops that compute each operation in float32, one thread,
+// summing in index order. They are the yardstick the fast kernels (and the CUDA ones) are tested
+// against, so they favour obviousness over speed; attention even recomputes every score three
+// times rather than keep any scratch, following softmax's definition step by step.
+#include <math.h>
+
+#include <cstring>
+
+#include "kernels/common/math.hpp"
+#include "kernels/cpu/ops.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/core/half.hpp"
+
+namespace ferry::kernels::cpu::ref {
+namespace {
+
+// Element j of a float weight array of the given dtype, converted exactly.
+float weight_at(const void* w, DType wdt, int64_t j) {
+  switch (wdt) {
+    case DType::f32: return static_cast<const float*>(w)[j];
+    case DType::f16: return f16_to_f32(static_cast<const uint16_t*>(w)[j]);
+    case DType::bf16: return bf16_to_f32(static_cast<const uint16_t*>(w)[j]);
+    default: break;
+  }
+  FERRY_EXPECT(false, "ref kernels read f32, f16 or bf16 weights, not {}", dtype_name(wdt));
+  return 0.0f;
+}
+
+}  // namespace
+
+void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+            const float* bias, float* y) {
+  FERRY_EXPECT(is_float_weight(wdt), "linear: weights must be f32, f16 or bf16, got {}",
+               dtype_name(wdt));
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t o = 0; o < n; ++o) {
+      float sum = 0.0f;
+      for (int64_t j = 0; j < k; ++j) sum += x[i * k + j] * weight_at(w, wdt, o * k + j);
+      y[i * n + o] = bias != nullptr ? sum + bias[o] : sum;
+    }
+  }
+}
+
+void layer_norm(const float* x, int64_t m, int64_t n, const float* gamma, const float* beta,
+                float eps, float* y) {
+  for (int64_t i = 0; i < m; ++i) {
+    const float* row = x + i * n;
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; ++j) sum += row[j];
+    const float mean = sum / static_cast<float>(n);
+    float sq = 0.0f;
+    for (int64_t j = 0; j < n; ++j) sq += (row[j] - mean) * (row[j] - mean);
+    const float var = sq / static_cast<float>(n);
+    const float rstd = 1.0f / ::sqrtf(var + eps);
+    for (int64_t j = 0; j < n; ++j) y[i * n + j] = (row[j] - mean) * rstd * gamma[j] + beta[j];
+  }
+}
+
+void gelu_new(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = kernels::gelu_new(x[i]);
+}
+
+void add(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+void rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head,
+                        int64_t head_dim, int64_t rotary_dim, const int32_t* positions) {
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t h = 0; h < n_head; ++h) {
+      float* head = x + r * row_stride + h * head_dim;
+      for (int64_t i = 0; i < rotary_dim / 2; ++i) {
+        const float angle = rotary_angle(positions[r], i, rotary_dim);
+        rotary_rotate_pair(head[2 * i], head[2 * i + 1], ::cosf(angle), ::sinf(angle));
+      }
+    }
+  }
+}
+
+void attention(const AttentionArgs& a) {
+  const float divisor = attention_scale_divisor(a.head_dim);
+  for (int64_t t = 0; t < a.n_new; ++t) {
+    const int64_t n_keys = a.n_past + t + 1;
+    for (int64_t h = 0; h < a.n_head; ++h) {
+      const float* q = a.q + t * a.q_stride + h * a.head_dim;
+      const float* k = a.k + h * a.kv_head_stride;
+      const float* v = a.v + h * a.kv_head_stride;
+      float* out = a.out + t * a.out_stride + h * a.head_dim;
+      auto score = [&](int64_t j) {
+        float dot = 0.0f;
+        for (int64_t d = 0; d < a.head_dim; ++d) dot += q[d] * k[j * a.head_dim + d];
+        return dot / divisor;
+      };
+      float max_score = -INFINITY;
+      for (int64_t j = 0; j < n_keys; ++j) max_score = fmaxf(max_score, score(j));
+      float denom = 0.0f;
+      for (int64_t j = 0; j < n_keys; ++j) denom += ::expf(score(j) - max_score);
+      for (int64_t d = 0; d < a.head_dim; ++d) out[d] = 0.0f;
+      for (int64_t j = 0; j < n_keys; ++j) {
+        const float p = ::expf(score(j) - max_score) / denom;
+        for (int64_t d = 0; d < a.head_dim; ++d) out[d] += p * v[j * a.head_dim + d];
+      }
+    }
+  }
+}
+
+void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst) {
+  FERRY_EXPECT(is_float_weight(dtype), "convert_to_f32: source must be f32, f16 or bf16, got {}",
+               dtype_name(dtype));
+  for (int64_t i = 0; i < n; ++i) dst[i] = weight_at(src, dtype, i);
+}
+
+}  // namespace ferry::kernels::cpu::ref

@@ -1,0 +1,287 @@
+#include "offload/checkpoint.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <system_error>
+#include <utility>
+
+#include "offload/detail/safetensors_header.hpp"
+#include "offload/detail/source.hpp"
+#include "offload/detail/torch_zip.hpp"
+#include "offload/file.hpp"
+#include "runtime/core/error.hpp"
+
+namespace ferry::offload {
+
+namespace fs = std::filesystem;
+
+std::string_view format_name(CheckpointFormat f) {
+  switch (f) {
+    case CheckpointFormat::safetensors: return "safetensors";
+    case CheckpointFormat::torch_zip: return "torch-zip";
+  }
+  return "?";
+}
+
+namespace {
+
+// An index bigger than this is not a Hugging Face index (GPT-J-6B's is ~20 KiB).
+constexpr uint64_t kMaxIndexBytes = 64ull << 20;
+
+struct StringHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+
+struct OpenedFile {
+  fs::path path;
+  UniqueFd fd;
+  uint64_t size_bytes = 0;
+  CheckpointFormat format = CheckpointFormat::safetensors;
+};
+
+OpenedFile open_file(const fs::path& path) {
+  OpenedFile f;
+  f.path = path;
+  f.fd = open_read(path);
+  f.size_bytes = file_size(f.fd.get(), path);
+  // The content decides, not the name: a zip starts with a local header, a legacy (pre-1.6)
+  // torch file with a pickle PROTO opcode, and anything else is tried as safetensors.
+  unsigned char magic[4] = {};
+  if (f.size_bytes >= 4) pread_full(f.fd.get(), magic, 4, 0, path, "the file's magic bytes");
+  if (magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 && magic[3] == 4) {
+    f.format = CheckpointFormat::torch_zip;
+  } else {
+    FERRY_FORMAT_EXPECT(!(magic[0] == 0x80 && magic[1] <= 5 && magic[1] >= 2),
+                        "{}: is a legacy (pre-1.6) PyTorch checkpoint, which ferry does not read; "
+                        "re-save it with torch ≥ 1.6 (torch.save's default zip format) or "
+                        "convert it to safetensors",
+                        path.string());
+  }
+  return f;
+}
+
+detail::ReadAt file_read_at(const OpenedFile& f) {
+  return [fd = f.fd.get(), path = f.path](uint64_t offset, std::size_t nbytes, void* dst,
+                                          const char* what) {
+    pread_full(fd, dst, nbytes, offset, path, what);
+  };
+}
+
+detail::FileTensors parse_file(const OpenedFile& f) {
+  const detail::ReadAt read_at = file_read_at(f);
+  const std::string source = f.path.string();
+  return f.format == CheckpointFormat::torch_zip
+             ? detail::read_torch_zip(f.size_bytes, read_at, source)
+             : detail::read_safetensors(f.size_bytes, read_at, source);
+}
+
+// A shard name from an index must be a plain file name beside the index: anything else could
+// make a downloaded index read files elsewhere on the machine.
+bool is_plain_file_name(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." &&
+         name.find_first_of("/\\") == std::string::npos && name.find('\0') == std::string::npos;
+}
+
+}  // namespace
+
+struct Checkpoint::Impl {
+  fs::path source;
+  CheckpointFormat format = CheckpointFormat::safetensors;
+  std::vector<CheckpointFile> files;
+  std::vector<UniqueFd> fds;
+  std::vector<TensorEntry> tensors;
+  std::unordered_map<std::string, std::size_t, StringHash, std::equal_to<>> by_name;
+  uint64_t total_bytes = 0;
+
+  // Appends one parsed file's tensors (already in offset order); a name seen in an earlier
+  // file is an error, since which copy is meant would be a guess.
+  void add_file(OpenedFile f, detail::FileTensors parsed) {
+    const auto index = static_cast<uint32_t>(files.size());
+    for (detail::LocatedTensor& t : parsed.tensors) {
+      const auto [it, inserted] = by_name.emplace(t.name, tensors.size());
+      FERRY_FORMAT_EXPECT(inserted,
+                          "{}: tensor '{}' appears in both {} and {}; the checkpoint's shards "
+                          "overlap — download them again",
+                          source.string(), t.name,
+                          files[tensors[it->second].file_index].path.string(), f.path.string());
+      TensorEntry e;
+      e.name = std::move(t.name);
+      e.dtype = t.dtype;
+      e.shape = t.shape;
+      e.file_index = index;
+      e.offset_bytes = t.offset_bytes;
+      e.nbytes = t.nbytes;
+      total_bytes += e.nbytes;
+      tensors.push_back(std::move(e));
+    }
+    files.push_back(CheckpointFile{f.path, f.size_bytes});
+    fds.push_back(std::move(f.fd));
+  }
+};
+
+namespace {
+
+std::unique_ptr<Checkpoint::Impl> open_single(const fs::path& path) {
+  auto impl = std::make_unique<Checkpoint::Impl>();
+  impl->source = path;
+  OpenedFile f = open_file(path);
+  impl->format = f.format;
+  detail::FileTensors parsed = parse_file(f);
+  impl->add_file(std::move(f), std::move(parsed));
+  return impl;
+}
+
+std::unique_ptr<Checkpoint::Impl> open_index(const fs::path& index_path) {
+  const std::string src = index_path.string();
+  const UniqueFd index_fd = open_read(index_path);
+  const uint64_t index_size = file_size(index_fd.get(), index_path);
+  FERRY_FORMAT_EXPECT(index_size <= kMaxIndexBytes,
+                      "{}: index of {} bytes exceeds the {} byte limit; this is not a Hugging "
+                      "Face checkpoint index",
+                      src, index_size, kMaxIndexBytes);
+  std::string text(index_size, '\0');
+  pread_full(index_fd.get(), text.data(), text.size(), 0, index_path, "the index");
+
+  nlohmann::json index;
+  try {
+    index = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    FERRY_FORMAT_EXPECT(false, "{}: index is not valid JSON ({}); download it again", src,
+                        e.what());
+  }
+  FERRY_FORMAT_EXPECT(index.is_object() && index.contains("weight_map") &&
+                          index["weight_map"].is_object(),
+                      "{}: index has no \"weight_map\" object; download it again", src);
+
+  // shard file name → tensor names the index places in it; std::map keeps shards in name
+  // order, which is Hugging Face's 00001-of-0000N order.
+  std::map<std::string, std::vector<std::string>> shards;
+  for (const auto& [tensor, shard] : index["weight_map"].items()) {
+    FERRY_FORMAT_EXPECT(shard.is_string(),
+                        "{}: weight_map entry for tensor '{}' is not a file name string; "
+                        "download the index again",
+                        src, tensor);
+    const auto& name = shard.get_ref<const std::string&>();
+    FERRY_FORMAT_EXPECT(is_plain_file_name(name),
+                        "{}: weight_map places tensor '{}' in '{}', which is not a file name "
+                        "beside the index; refusing to read outside the model directory",
+                        src, tensor, name);
+    shards[name].push_back(tensor);
+  }
+  FERRY_FORMAT_EXPECT(!shards.empty(), "{}: weight_map is empty; download the index again", src);
+
+  const fs::path dir = index_path.parent_path();
+  for (const auto& [shard, names] : shards) {
+    std::error_code ec;
+    FERRY_FORMAT_EXPECT(fs::is_regular_file(dir / shard, ec),
+                        "{}: shard '{}' (which holds tensor '{}'{}) is missing from {}; download "
+                        "it again",
+                        src, shard, names.front(),
+                        names.size() > 1 ? fmt::format(" and {} others", names.size() - 1) : "",
+                        dir.string());
+  }
+
+  auto impl = std::make_unique<Checkpoint::Impl>();
+  impl->source = index_path;
+  bool first = true;
+  for (const auto& [shard, names] : shards) {
+    OpenedFile f = open_file(dir / shard);
+    if (first) {
+      impl->format = f.format;
+      first = false;
+    }
+    FERRY_FORMAT_EXPECT(f.format == impl->format,
+                        "{}: shard '{}' is {} but earlier shards are {}; the shards must share "
+                        "one format",
+                        src, shard, format_name(f.format), format_name(impl->format));
+    detail::FileTensors parsed = parse_file(f);
+    std::unordered_map<std::string_view, bool> present;
+    for (const auto& t : parsed.tensors) present.emplace(t.name, true);
+    for (const auto& s : parsed.skipped) present.emplace(s, true);
+    for (const std::string& name : names) {
+      FERRY_FORMAT_EXPECT(present.contains(name),
+                          "{}: tensor '{}' is listed in shard '{}' but that shard does not hold "
+                          "it; the index and the shards do not match — download them again",
+                          src, name, shard);
+    }
+    impl->add_file(std::move(f), std::move(parsed));
+  }
+  return impl;
+}
+
+}  // namespace
+
+Checkpoint Checkpoint::open(const fs::path& path) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  FERRY_FORMAT_EXPECT(fs::exists(st), "{}: no such file or directory; pass a model directory or "
+                      "a checkpoint file", path.string());
+  if (fs::is_directory(st)) {
+    constexpr const char* kCandidates[] = {"model.safetensors", "model.safetensors.index.json",
+                                           "pytorch_model.bin", "pytorch_model.bin.index.json"};
+    for (const char* name : kCandidates) {
+      const fs::path p = path / name;
+      if (fs::is_regular_file(p, ec)) return open(p);
+    }
+    FERRY_FORMAT_EXPECT(false,
+                        "{}: no checkpoint found (looked for model.safetensors, "
+                        "model.safetensors.index.json, pytorch_model.bin and "
+                        "pytorch_model.bin.index.json); download the model's weights into it",
+                        path.string());
+  }
+  const std::string name = path.filename().string();
+  if (name.ends_with(".index.json")) return Checkpoint(open_index(path));
+  return Checkpoint(open_single(path));
+}
+
+Checkpoint::Checkpoint(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Checkpoint::Checkpoint(Checkpoint&&) noexcept = default;
+Checkpoint& Checkpoint::operator=(Checkpoint&&) noexcept = default;
+Checkpoint::~Checkpoint() = default;
+
+CheckpointFormat Checkpoint::format() const { return impl_->format; }
+const std::vector<CheckpointFile>& Checkpoint::files() const { return impl_->files; }
+const std::vector<TensorEntry>& Checkpoint::tensors() const { return impl_->tensors; }
+uint64_t Checkpoint::total_bytes() const { return impl_->total_bytes; }
+
+const TensorEntry* Checkpoint::find(std::string_view name) const {
+  const auto it = impl_->by_name.find(name);
+  return it == impl_->by_name.end() ? nullptr : &impl_->tensors[it->second];
+}
+
+const TensorEntry& Checkpoint::at(std::string_view name) const {
+  const TensorEntry* t = find(name);
+  FERRY_FORMAT_EXPECT(t != nullptr,
+                      "tensor '{}' is missing from {}; the checkpoint does not match the model's "
+                      "config.json — check that the directory holds the right model",
+                      name, impl_->source.string());
+  return *t;
+}
+
+void Checkpoint::read(const TensorEntry& t, void* dst) const { read_range(t, 0, t.nbytes, dst); }
+
+void Checkpoint::read_range(const TensorEntry& t, uint64_t offset_bytes, uint64_t nbytes,
+                            void* dst) const {
+  FERRY_EXPECT(t.file_index < impl_->files.size(),
+               "tensor '{}' names file {} but the checkpoint has {} files", t.name, t.file_index,
+               impl_->files.size());
+  FERRY_EXPECT(offset_bytes <= t.nbytes && nbytes <= t.nbytes - offset_bytes,
+               "read of bytes [{}, {}) of tensor '{}' is outside its {} bytes", offset_bytes,
+               offset_bytes + nbytes, t.name, t.nbytes);
+  const std::string what = fmt::format("tensor '{}'", t.name);
+  pread_full(impl_->fds[t.file_index].get(), dst, nbytes, t.offset_bytes + offset_bytes,
+             impl_->files[t.file_index].path, what.c_str());
+}
+
+int Checkpoint::fd(uint32_t file_index) const {
+  FERRY_EXPECT(file_index < impl_->fds.size(), "file index {} is out of range (the checkpoint has "
+               "{} files)", file_index, impl_->fds.size());
+  return impl_->fds[file_index].get();
+}
+
+}  // namespace ferry::offload

@@ -1,0 +1,68 @@
+#include "runtime/engine/generate.hpp"
+
+#include <chrono>
+
+#include "runtime/core/error.hpp"
+
+namespace ferry::engine {
+
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+std::vector<int32_t> generate(Engine& engine, int seq, std::span<const int32_t> prompt,
+                              const GenerateOptions& options, const TokenCallback& on_token,
+                              GenerateStats* stats) {
+  options.sampling.validate();
+  FERRY_EXPECT(!prompt.empty(), "the prompt is empty; give at least one token");
+  FERRY_EXPECT(options.max_new_tokens >= 0, "the number of new tokens ({}) must not be negative",
+               options.max_new_tokens);
+  const auto n_prompt = static_cast<int64_t>(prompt.size());
+  const int64_t ctx = engine.context();
+  FERRY_EXPECT(n_prompt <= ctx,
+               "the prompt has {} tokens but the model's context is {} tokens (n_positions); "
+               "shorten the prompt",
+               n_prompt, ctx);
+  // The last sampled token is never fed back, so prompt + n - 1 positions are used.
+  FERRY_EXPECT(options.max_new_tokens == 0 || n_prompt + options.max_new_tokens - 1 <= ctx,
+               "the prompt ({} tokens) plus {} new tokens exceeds the context of {} tokens; ask "
+               "for at most {} new tokens or shorten the prompt",
+               n_prompt, options.max_new_tokens, ctx, ctx - n_prompt + 1);
+
+  engine.reset(seq);
+  Sampler sampler(options.sampling);
+  std::vector<int32_t> out;
+  if (options.max_new_tokens == 0) return out;
+  out.reserve(static_cast<std::size_t>(options.max_new_tokens));
+
+  auto t0 = std::chrono::steady_clock::now();
+  SeqTokens step{seq, prompt};
+  const std::vector<float>* logits = &engine.forward({&step, 1}, LogitsFor::last);
+  if (stats) {
+    stats->prompt_tokens = n_prompt;
+    stats->prompt_s = seconds_since(t0);
+  }
+  t0 = std::chrono::steady_clock::now();
+  const auto vocab = static_cast<std::size_t>(engine.config().vocab_size);
+  int32_t token = 0;
+  for (;;) {
+    token = sampler.sample({logits->data(), vocab});
+    out.push_back(token);
+    const bool more = on_token ? on_token(token) : true;
+    if (!more || (options.eos_id && token == *options.eos_id) ||
+        static_cast<int64_t>(out.size()) >= options.max_new_tokens)
+      break;
+    step = SeqTokens{seq, {&token, 1}};
+    logits = &engine.forward({&step, 1}, LogitsFor::last);
+  }
+  if (stats) {
+    stats->new_tokens = static_cast<int64_t>(out.size());
+    stats->decode_steps = stats->new_tokens - 1;
+    stats->decode_s = seconds_since(t0);
+  }
+  return out;
+}
+
+}  // namespace ferry::engine

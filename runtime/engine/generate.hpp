@@ -1,0 +1,39 @@
+// generate: the decoding loop — one forward pass over the prompt, then one token at a time,
+// sampling each and stopping on EOS or after max_new_tokens.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "runtime/engine/engine.hpp"
+#include "runtime/engine/sampler.hpp"
+
+namespace ferry::engine {
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 32;
+  std::optional<int32_t> eos_id;  // stop after sampling it (it is still returned)
+  SamplingParams sampling;
+};
+
+struct GenerateStats {
+  int64_t prompt_tokens = 0;
+  int64_t new_tokens = 0;
+  double prompt_s = 0;  // wall time of the prompt pass
+  int64_t decode_steps = 0;  // forward passes of one token (new_tokens - 1)
+  double decode_s = 0;       // wall time of those passes and the sampling
+};
+
+// Called with each new token as soon as it is sampled; return false to stop early.
+using TokenCallback = std::function<bool(int32_t)>;
+
+// Runs sequence slot `seq` of the engine (reset first) on the prompt. Checks before running
+// that prompt + max_new_tokens fits the engine's context.
+std::vector<int32_t> generate(Engine& engine, int seq, std::span<const int32_t> prompt,
+                              const GenerateOptions& options, const TokenCallback& on_token = {},
+                              GenerateStats* stats = nullptr);
+
+}  // namespace ferry::engine

@@ -1,0 +1,33 @@
+// make_model: writes a random-weight GPT-J checkpoint in Hugging Face's layout (config.json,
+// the GPT-2 tokenizer files, weights as safetensors or a torch zip), streaming it to disk so
+// any size up to GPT-J-6B's 12.1 GB is written with a few MiB of memory. The weights are a
+// pure function of (seed, tensor name, element index), so a given seed always gives the same
+// model whatever the format or shard size.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+
+#include "offload/checkpoint_writer.hpp"
+#include "runtime/model/model_config.hpp"
+
+namespace ferry::engine {
+
+struct MakeModelOptions {
+  model::ModelConfig config;
+  DType dtype = DType::f16;
+  offload::WriteFormat format = offload::WriteFormat::safetensors;
+  uint64_t seed = 0;
+  uint64_t max_shard_bytes = 0;  // 0: one file
+  offload::WriteProgress progress;
+};
+
+// Returns the bytes of weights written.
+uint64_t make_model(const std::filesystem::path& dir, const MakeModelOptions& options);
+
+// The value make_model gives element `index` of tensor `name` (before rounding to dtype).
+float synthetic_weight(const model::ModelConfig& config, uint64_t seed, const std::string& name,
+                       uint64_t index);
+
+}  // namespace ferry::engine

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# ferry's main job on a default that needs no download: build, write a small random-weight
+# GPT-J checkpoint with make-model, and generate from it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh >/dev/null
+model=${FERRY_DEMO_MODEL:-/tmp/ferry-demo-tiny}
+[ -f "$model/config.json" ] || build/tools/ferry make-model --preset tiny --seed 1 -o "$model"
+build/tools/ferry info
+build/tools/ferry inspect -m "$model"
+build/tools/ferry run -m "$model" -p "The quick brown fox" -n 32 --temperature 0.8 --top-p 0.9 --seed 1

@@ -1,0 +1,197 @@
+// The forward pass against Hugging Face transformers' GPTJForCausalLM: every logit within
+// 2e-5 and every greedy token equal, for every fixture checkpoint and format.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "runtime/core/error.hpp"
+#include "runtime/engine/engine.hpp"
+#include "runtime/engine/generate.hpp"
+#include "runtime/engine/loaded_model.hpp"
+#include "tests/support/test_support.hpp"
+
+namespace ferry::engine {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+constexpr float kLogitTolerance = 2e-5f;
+
+json expected_for(const std::string& fixture) {
+  return json::parse(test::read_file(test::data_dir() / "gptj" / fixture / "expected.json"));
+}
+
+std::vector<int32_t> ids_of(const json& j) { return j.get<std::vector<int32_t>>(); }
+
+float max_abs_diff(const float* a, const std::vector<float>& b) {
+  float m = 0;
+  for (std::size_t i = 0; i < b.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+// Checks one model directory against a fixture's expected.json.
+void check_against_reference(const fs::path& dir, const json& expected) {
+  LoadedModel m = load_model(dir);
+  const auto vocab = static_cast<std::size_t>(m.config.vocab_size);
+  Engine engine(*m.weights, {}, default_thread_pool());
+  int index = 0;
+  for (const json& p : expected["prompts"]) {
+    SCOPED_TRACE("prompt " + std::to_string(index++));
+    const auto ids = ids_of(p["input_ids"]);
+    // Prompt in one pass, logits at every position.
+    engine.reset(0);
+    SeqTokens s{0, ids};
+    const auto& all = engine.forward({&s, 1}, LogitsFor::all);
+    ASSERT_EQ(all.size(), ids.size() * vocab);
+    const auto argmax_expected = p["argmax_per_position"].get<std::vector<int32_t>>();
+    for (std::size_t pos = 0; pos < ids.size(); ++pos)
+      EXPECT_EQ(argmax({all.data() + pos * vocab, vocab}), argmax_expected[pos]) << "position " << pos;
+    const auto last = p["last_logits"].get<std::vector<float>>();
+    ASSERT_EQ(last.size(), vocab);
+    EXPECT_LE(max_abs_diff(all.data() + (ids.size() - 1) * vocab, last), kLogitTolerance);
+
+    // 20 greedy tokens with the KV cache.
+    GenerateOptions go;
+    go.max_new_tokens = static_cast<int64_t>(p["greedy_tokens"].size());
+    const auto tokens = generate(engine, 0, ids, go);
+    EXPECT_EQ(tokens, ids_of(p["greedy_tokens"]));
+  }
+}
+
+class Parity : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Parity, MatchesHuggingFace) {
+  check_against_reference(test::data_dir() / "gptj" / GetParam(), expected_for(GetParam()));
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, Parity,
+                         ::testing::Values("tiny-f32", "sharded-f32", "tiny-f16-bin-sharded"));
+
+// The same weights as a torch.save zip give identical logits, bit for bit.
+TEST(Parity, TorchZipEqualsSafetensors) {
+  const fs::path src = test::data_dir() / "gptj/tiny-f32";
+  test::TempDir torch_dir;
+  fs::copy_file(src / "config.json", torch_dir / "config.json");
+  fs::copy_file(src / "pytorch_model.bin", torch_dir / "pytorch_model.bin");
+  check_against_reference(torch_dir.path(), expected_for("tiny-f32"));
+
+  LoadedModel a = load_model(src);
+  LoadedModel b = load_model(torch_dir.path());
+  EXPECT_EQ(a.checkpoint.format(), offload::CheckpointFormat::safetensors);
+  EXPECT_EQ(b.checkpoint.format(), offload::CheckpointFormat::torch_zip);
+  Engine ea(*a.weights, {}, default_thread_pool());
+  Engine eb(*b.weights, {}, default_thread_pool());
+  const std::vector<int32_t> ids = {0, 999, 942, 494, 653};
+  SeqTokens s{0, ids};
+  const std::vector<float> la = ea.forward({&s, 1}, LogitsFor::all);
+  const std::vector<float> lb = eb.forward({&s, 1}, LogitsFor::all);
+  EXPECT_EQ(la, lb);
+}
+
+// A batch of sequences gives each the logits it gets alone.
+TEST(Engine, BatchEqualsSeparateRuns) {
+  LoadedModel m = load_model(test::data_dir() / "gptj/sharded-f32");
+  const auto vocab = static_cast<std::size_t>(m.config.vocab_size);
+  const std::vector<std::vector<int32_t>> prompts = {{5, 17, 300, 2}, {499}, {7, 7, 7, 8, 9, 10, 11}};
+  EngineOptions opts;
+  opts.max_seqs = 3;
+  opts.context = 32;
+  Engine batched(*m.weights, opts, default_thread_pool());
+  std::vector<SeqTokens> batch;
+  for (int i = 0; i < 3; ++i) batch.push_back({i, prompts[static_cast<std::size_t>(i)]});
+  std::vector<float> together = batched.forward(batch, LogitsFor::last);
+  ASSERT_EQ(together.size(), 3 * vocab);
+  // Then one decode step for all three at once, at different positions.
+  const std::vector<int32_t> next = {1, 2, 3};
+  std::vector<SeqTokens> step;
+  for (int i = 0; i < 3; ++i) step.push_back({i, {&next[static_cast<std::size_t>(i)], 1}});
+  const std::vector<float> stepped = batched.forward(step, LogitsFor::last);
+
+  for (int i = 0; i < 3; ++i) {
+    Engine alone(*m.weights, {1, 32}, default_thread_pool());
+    SeqTokens s{0, prompts[static_cast<std::size_t>(i)]};
+    const std::vector<float> one = alone.forward({&s, 1}, LogitsFor::last);
+    for (std::size_t v = 0; v < vocab; ++v)
+      ASSERT_NEAR(together[static_cast<std::size_t>(i) * vocab + v], one[v], 1e-5f) << i;
+    SeqTokens t{0, {&next[static_cast<std::size_t>(i)], 1}};
+    const std::vector<float> one_step = alone.forward({&t, 1}, LogitsFor::last);
+    for (std::size_t v = 0; v < vocab; ++v)
+      ASSERT_NEAR(stepped[static_cast<std::size_t>(i) * vocab + v], one_step[v], 1e-5f) << i;
+  }
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Engine, RejectsIdsOutsideTheVocabulary) {
+  LoadedModel m = load_model(test::data_dir() / "gptj/tiny-f32");
+  Engine engine(*m.weights, {}, default_thread_pool());
+  const std::vector<int32_t> ids = {1, 1000};
+  SeqTokens s{0, ids};
+  const std::string msg = error_of([&] { engine.forward({&s, 1}, LogitsFor::last); });
+  EXPECT_NE(msg.find("token id 1000"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("0 … 999"), std::string::npos) << msg;
+  EXPECT_EQ(engine.length(0), 0);  // nothing changed
+  const std::vector<int32_t> neg = {-3};
+  SeqTokens n{0, neg};
+  EXPECT_THROW(engine.forward({&n, 1}, LogitsFor::last), InvalidArgument);
+}
+
+TEST(Engine, RejectsPromptsLongerThanTheContext) {
+  LoadedModel m = load_model(test::data_dir() / "gptj/tiny-f32");  // n_positions 128
+  Engine engine(*m.weights, {}, default_thread_pool());
+  const std::vector<int32_t> long_prompt(129, 5);
+  GenerateOptions go;
+  go.max_new_tokens = 1;
+  std::string msg = error_of([&] { generate(engine, 0, long_prompt, go); });
+  EXPECT_NE(msg.find("129 tokens"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("128"), std::string::npos) << msg;
+  const std::vector<int32_t> prompt(100, 5);
+  go.max_new_tokens = 40;
+  msg = error_of([&] { generate(engine, 0, prompt, go); });
+  EXPECT_NE(msg.find("at most 29 new tokens"), std::string::npos) << msg;
+}
+
+// Config and weights that do not belong together are refused before any weight is read.
+TEST(Engine, ConfigAndWeightsMustMatch) {
+  const fs::path src = test::data_dir() / "gptj/tiny-f32";
+  test::TempDir dir;
+  test::copy_dir(src, dir.path());
+  json cfg = json::parse(test::read_file(src / "config.json"));
+
+  cfg["n_inner"] = 128;
+  test::write_file(dir / "config.json", cfg.dump());
+  std::string msg = error_of([&] { load_model(dir.path()); });
+  EXPECT_NE(msg.find("transformer.h.0.mlp.fc_in.weight"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("[256, 64]"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("[128, 64]"), std::string::npos) << msg;
+
+  cfg = json::parse(test::read_file(src / "config.json"));
+  cfg["n_layer"] = 3;
+  test::write_file(dir / "config.json", cfg.dump());
+  msg = error_of([&] { load_model(dir.path()); });
+  EXPECT_NE(msg.find("'transformer.h.2.ln_1.weight' is missing"), std::string::npos) << msg;
+
+  cfg = json::parse(test::read_file(src / "config.json"));
+  cfg["vocab_size"] = 1001;
+  test::write_file(dir / "config.json", cfg.dump());
+  msg = error_of([&] { load_model(dir.path()); });
+  EXPECT_NE(msg.find("transformer.wte.weight"), std::string::npos) << msg;
+}
+
+TEST(Engine, MissingDirectory) {
+  const std::string msg = error_of([] { load_model("/nonexistent/model"); });
+  EXPECT_NE(msg.find("/nonexistent/model"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("make-model"), std::string::npos) << msg;
+}
+
+}  // namespace
+}  // namespace ferry::engine

@@ -1,0 +1,125 @@
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/core/error.hpp"
+#include "runtime/model/gptj_layout.hpp"
+#include "runtime/model/model_config.hpp"
+#include "tests/support/test_support.hpp"
+
+namespace ferry::model {
+namespace {
+
+using nlohmann::json;
+
+json tiny_json() {
+  return json::parse(test::read_file(test::data_dir() / "gptj/tiny-f32/config.json"));
+}
+
+std::string error_of(const json& j) {
+  try {
+    ModelConfig::from_json(j, "config.json");
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ModelConfig, ReadsFixtures) {
+  const auto c = ModelConfig::from_model_dir(test::data_dir() / "gptj/tiny-f32");
+  EXPECT_EQ(c.vocab_size, 1000);
+  EXPECT_EQ(c.n_layer, 2);
+  EXPECT_EQ(c.n_embd, 64);
+  EXPECT_EQ(c.n_head, 4);
+  EXPECT_EQ(c.head_dim(), 16);
+  EXPECT_EQ(c.rotary_dim, 8);
+  EXPECT_EQ(c.n_inner, 256);  // null → 4 · n_embd
+  EXPECT_EQ(c.n_positions, 128);
+  EXPECT_FLOAT_EQ(c.layer_norm_epsilon, 1e-5f);
+  EXPECT_EQ(c.eos_token_id, 50256);
+  const auto f16 = ModelConfig::from_model_dir(test::data_dir() / "gptj/tiny-f16-bin-sharded");
+  EXPECT_EQ(f16.torch_dtype, DType::f16);
+  EXPECT_EQ(f16.n_embd, 128);
+}
+
+TEST(ModelConfig, RotaryDimDefaults) {
+  // Absent: GPTJConfig's default of 64, which this model's head_dim of 16 cannot hold.
+  json j = tiny_json();
+  j.erase("rotary_dim");
+  EXPECT_NE(error_of(j).find("rotary_dim 64"), std::string::npos) << error_of(j);
+  // null: rotate the whole head.
+  j["rotary_dim"] = nullptr;
+  EXPECT_EQ(ModelConfig::from_json(j, "c").rotary_dim, 16);
+}
+
+TEST(ModelConfig, UnknownModelTypeNamesWhatIsSupported) {
+  json j = tiny_json();
+  j["model_type"] = "llama";
+  const std::string msg = error_of(j);
+  EXPECT_NE(msg.find("llama"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("gptj"), std::string::npos) << msg;
+}
+
+TEST(ModelConfig, UnknownActivation) {
+  json j = tiny_json();
+  j["activation_function"] = "relu";
+  const std::string msg = error_of(j);
+  EXPECT_NE(msg.find("relu"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("gelu_new"), std::string::npos) << msg;
+}
+
+TEST(ModelConfig, InconsistentShapes) {
+  json j = tiny_json();
+  j["n_head"] = 5;
+  EXPECT_NE(error_of(j).find("not divisible"), std::string::npos);
+  j = tiny_json();
+  j["rotary_dim"] = 7;
+  EXPECT_NE(error_of(j).find("rotary_dim 7"), std::string::npos);
+  j = tiny_json();
+  j["n_embd"] = "64";
+  EXPECT_NE(error_of(j).find("'n_embd' must be an integer"), std::string::npos);
+  j = tiny_json();
+  j["n_layer"] = 0;
+  EXPECT_NE(error_of(j).find("positive"), std::string::npos);
+}
+
+TEST(ModelConfig, MalformedAndMissingFiles) {
+  test::TempDir dir;
+  test::write_file(dir / "config.json", "{\"model_type\": \"gptj\", ");
+  try {
+    ModelConfig::from_model_dir(dir.path());
+    ADD_FAILURE() << "accepted malformed JSON";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("malformed JSON"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("config.json"), std::string::npos) << e.what();
+  }
+  try {
+    ModelConfig::from_model_dir(dir / "nowhere");
+    ADD_FAILURE() << "accepted a missing config";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("nowhere/config.json"), std::string::npos) << e.what();
+  }
+}
+
+TEST(ModelConfig, JsonRoundTrip) {
+  const ModelConfig c = preset_config("gptj-6b");
+  const ModelConfig back = ModelConfig::from_json(c.to_json(), "round trip");
+  EXPECT_EQ(back.to_json(), c.to_json());
+  EXPECT_THROW(preset_config("gpt-neox"), InvalidArgument);
+}
+
+TEST(Layout, GptJ6BShapes) {
+  const ModelConfig c = preset_config("gptj-6b");
+  EXPECT_EQ(block_params(c), 201355264);  // DESIGN.md: 384 MiB per block in fp16
+  EXPECT_EQ(block_group(c, 0).bytes(DType::f16), 402710528u);
+  const auto groups = all_groups(c);
+  ASSERT_EQ(groups.size(), 30u);
+  EXPECT_EQ(groups[5].weights[6].name, "transformer.h.4.mlp.fc_in.weight");
+  EXPECT_EQ(groups[5].weights[6].shape, (Shape{16384, 4096}));
+  EXPECT_EQ(groups.back().weights[2].shape, (Shape{50400, 4096}));
+  // 6,050,882,784 parameters: 12.1 GB in fp16.
+  EXPECT_EQ(total_params(c), 6050882784);
+}
+
+}  // namespace
+}  // namespace ferry::model

@@ -1,0 +1,167 @@
+// The ferry command line end to end: parity through `ferry logits` and `ferry run`, the
+// tokenizer, make-model, and the errors a user sees.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "tests/support/test_support.hpp"
+
+namespace ferry {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+struct Result {
+  int rc;
+  std::string out;
+  std::string err;
+};
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+Result ferry(const std::vector<std::string>& args) {
+  test::TempDir tmp;
+  std::string cmd = quote(FERRY_BIN);
+  for (const auto& a : args) cmd += " " + quote(a);
+  cmd += " >" + quote((tmp / "out").string()) + " 2>" + quote((tmp / "err").string()) + " </dev/null";
+  const int status = std::system(cmd.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, test::read_file(tmp / "out"),
+          test::read_file(tmp / "err")};
+}
+
+std::string last_line(const std::string& s) {
+  std::string t = s;
+  while (!t.empty() && t.back() == '\n') t.pop_back();
+  const auto nl = t.rfind('\n');
+  return nl == std::string::npos ? t : t.substr(nl + 1);
+}
+
+std::string join_ids(const json& ids) {
+  std::string s;
+  for (const auto& id : ids) s += (s.empty() ? "" : " ") + std::to_string(id.get<int>());
+  return s;
+}
+
+json expected(const std::string& fixture) {
+  return json::parse(test::read_file(test::data_dir() / "gptj" / fixture / "expected.json"));
+}
+
+class CliParity : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CliParity, LogitsAndGreedyTokensMatchHuggingFace) {
+  const fs::path dir = test::data_dir() / "gptj" / GetParam();
+  for (const json& p : expected(GetParam())["prompts"]) {
+    const Result r = ferry({"logits", "-m", dir.string(), "--ids", join_ids(p["input_ids"])});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    const auto got = json::parse(last_line(r.out))["logits"].get<std::vector<float>>();
+    const auto want = p["last_logits"].get<std::vector<float>>();
+    ASSERT_EQ(got.size(), want.size());
+    for (std::size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 2e-5f) << i;
+
+    const Result g = ferry({"run", "-m", dir.string(), "--ids", join_ids(p["input_ids"]), "-n",
+                            std::to_string(p["greedy_tokens"].size()), "--print-ids", "-q"});
+    ASSERT_EQ(g.rc, 0) << g.err;
+    EXPECT_EQ(json::parse(last_line(g.out)), p["greedy_tokens"]);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CliParity,
+                         ::testing::Values("tiny-f32", "sharded-f32", "tiny-f16-bin-sharded"));
+
+TEST(Cli, TokenizeJsonl) {
+  const json cases = json::parse(test::read_file(test::data_dir() / "gpt2-bpe/cases.json"));
+  test::TempDir tmp;
+  std::string lines;
+  for (const auto& c : cases) lines += c["text"].dump() + "\n";
+  test::write_file(tmp / "in.jsonl", lines);
+  const fs::path gpt2 = test::repo_data_dir() / "gpt2";
+  const Result r = ferry({"tokenize", "--vocab", (gpt2 / "vocab.json").string(), "--merges",
+                          (gpt2 / "merges.txt").string(), "--jsonl", (tmp / "in.jsonl").string()});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  std::istringstream out(r.out);
+  std::string line;
+  std::size_t i = 0;
+  while (std::getline(out, line)) {
+    ASSERT_LT(i, cases.size());
+    EXPECT_EQ(json::parse(line), cases[i]["ids"]) << cases[i]["text"];
+    ++i;
+  }
+  EXPECT_EQ(i, cases.size());
+}
+
+TEST(Cli, MakeModelThenRunText) {
+  test::TempDir tmp;
+  const fs::path model = tmp / "m";
+  Result r = ferry({"make-model", "--preset", "tiny", "--n-layer", "2", "--n-embd", "64",
+                    "--n-head", "4", "--rotary-dim", "8", "--dtype", "bf16", "--format", "torch",
+                    "--seed", "5", "-o", model.string(), "-q"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  ASSERT_TRUE(fs::exists(model / "pytorch_model.bin"));
+  ASSERT_TRUE(fs::exists(model / "vocab.json"));
+
+  r = ferry({"run", "-m", model.string(), "-p", "The quick brown fox", "-n", "8",
+             "--temperature", "0.8", "--top-p", "0.9", "--seed", "1", "--print-ids"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json ids = json::parse(last_line(r.out));
+  EXPECT_EQ(ids.size(), 8u);
+  EXPECT_NE(r.err.find("tok/s"), std::string::npos) << r.err;
+  // Same seed, same text.
+  const Result again = ferry({"run", "-m", model.string(), "-p", "The quick brown fox", "-n", "8",
+                              "--temperature", "0.8", "--top-p", "0.9", "--seed", "1",
+                              "--print-ids"});
+  EXPECT_EQ(again.out, r.out);
+
+  r = ferry({"inspect", "-m", model.string()});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("torch-zip"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("layer 1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("dtype bf16"), std::string::npos) << r.out;
+}
+
+TEST(Cli, Info) {
+  const Result r = ferry({"info"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("cpu kernels: "), std::string::npos);
+  EXPECT_NE(r.out.find("io_uring: "), std::string::npos);
+  EXPECT_NE(r.out.find("cuda: "), std::string::npos);
+}
+
+TEST(Cli, ErrorsNameTheProblem) {
+  const std::string tiny = (test::data_dir() / "gptj/tiny-f32").string();
+  struct Case {
+    std::vector<std::string> args;
+    std::string must_say;
+  };
+  const std::vector<Case> cases = {
+      {{"run", "-m", "/no/such/model", "--ids", "1 2"}, "/no/such/model"},
+      {{"logits", "-m", tiny, "--ids", "1 5000"}, "token id 5000"},
+      {{"logits", "-m", tiny, "--ids", "1 x2"}, "'x2' is not a token id"},
+      {{"make-model", "--shard-size", "4XB", "-o", "/tmp/never"}, "cannot read '4XB' as a size"},
+      {{"run", "-m", tiny, "-p", "hello"}, "vocab.json"},
+  };
+  for (const auto& c : cases) {
+    const Result r = ferry(c.args);
+    EXPECT_EQ(r.rc, 1) << c.args[0] << " " << r.out << r.err;
+    EXPECT_NE(r.err.find(c.must_say), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("terminate called"), std::string::npos) << r.err;
+  }
+  // A prompt longer than n_positions (128).
+  std::string long_ids;
+  for (int i = 0; i < 129; ++i) long_ids += "7 ";
+  const Result r = ferry({"run", "-m", tiny, "--ids", long_ids, "-n", "1"});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("129 tokens"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("shorten"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace ferry

@@ -1,0 +1,131 @@
+// ferry inspect and ferry make-model: looking at checkpoints and making synthetic ones.
+#include <fmt/format.h>
+
+#include <map>
+
+#include "offload/checkpoint.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/core/units.hpp"
+#include "runtime/engine/make_model.hpp"
+#include "runtime/model/gptj_layout.hpp"
+#include "runtime/model/model_config.hpp"
+#include "tools/commands.hpp"
+
+namespace ferry::tools {
+
+Command add_inspect(CLI::App& app) {
+  struct Options {
+    std::string model;
+    bool tensors = false;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("inspect", "describe a checkpoint: format, tensors, bytes");
+  cmd->add_option("-m,--model", o->model, "model directory or checkpoint file")->required();
+  cmd->add_flag("--tensors", o->tensors, "list every tensor");
+  return [o] {
+    const auto ck = offload::Checkpoint::open(o->model);
+    fmt::print("format: {}\n", offload::format_name(ck.format()));
+    for (const auto& f : ck.files())
+      fmt::print("file: {} ({})\n", f.path.string(), format_bytes(f.size_bytes));
+    std::map<std::string, std::pair<int64_t, uint64_t>> by_dtype;
+    for (const auto& t : ck.tensors()) {
+      auto& [n, b] = by_dtype[std::string(dtype_name(t.dtype))];
+      ++n;
+      b += t.nbytes;
+    }
+    for (const auto& [dt, nb] : by_dtype)
+      fmt::print("dtype {}: {} tensors, {}\n", dt, nb.first, format_bytes(nb.second));
+    if (o->tensors) {
+      for (const auto& t : ck.tensors())
+        fmt::print("  {:<48} {:<5} {:<16} {:>12} bytes  file {} @ {}\n", t.name,
+                   dtype_name(t.dtype), t.shape.str(), t.nbytes, t.file_index, t.offset_bytes);
+    }
+    // Per-layer bytes, when a config.json beside the weights says what the layers are.
+    const std::filesystem::path dir = std::filesystem::is_directory(o->model)
+                                          ? std::filesystem::path(o->model)
+                                          : std::filesystem::path(o->model).parent_path();
+    if (std::filesystem::exists(dir / "config.json")) {
+      const auto cfg = model::ModelConfig::from_model_dir(dir);
+      fmt::print("model: gptj, {} layers, n_embd {}, n_head {}, n_inner {}, vocab {}, {:.3f} B parameters\n",
+                 cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_inner, cfg.vocab_size,
+                 static_cast<double>(model::total_params(cfg)) / 1e9);
+      for (const auto& g : model::all_groups(cfg)) {
+        uint64_t bytes = 0;
+        std::string missing;
+        for (const auto& w : g.weights) {
+          if (const auto* t = ck.find(w.name)) bytes += t->nbytes;
+          else missing = w.name;
+        }
+        const std::string name = g.kind == model::WeightGroup::Kind::block
+                                     ? fmt::format("layer {}", g.layer)
+                                     : (g.kind == model::WeightGroup::Kind::embedding ? "embedding" : "head");
+        fmt::print("  {:<10} {:>12}{}\n", name, format_bytes(bytes),
+                   missing.empty() ? "" : fmt::format("  (missing {})", missing));
+      }
+    }
+    fmt::print("total: {} tensors, {} ({} bytes)\n", ck.tensors().size(),
+               format_bytes(ck.total_bytes()), ck.total_bytes());
+    return 0;
+  };
+}
+
+Command add_make_model(CLI::App& app) {
+  struct Options {
+    std::string preset = "tiny";
+    int64_t n_layer = 0, n_embd = 0, n_head = 0, rotary_dim = -1, n_inner = 0, vocab = 0,
+            n_positions = 0;
+    std::string dtype = "f16";
+    std::string format = "safetensors";
+    std::string shard_size;
+    uint64_t seed = 0;
+    std::string out;
+    bool quiet = false;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand(
+      "make-model", "write a random-weight GPT-J checkpoint (config, tokenizer, weights)");
+  cmd->add_option("--preset", o->preset, "tiny | gptj-6b")->check(CLI::IsMember({"tiny", "gptj-6b"}));
+  cmd->add_option("--n-layer", o->n_layer, "override the preset's layer count");
+  cmd->add_option("--n-embd", o->n_embd, "override n_embd");
+  cmd->add_option("--n-head", o->n_head, "override n_head");
+  cmd->add_option("--rotary-dim", o->rotary_dim, "override rotary_dim");
+  cmd->add_option("--n-inner", o->n_inner, "override n_inner (default 4 · n_embd)");
+  cmd->add_option("--vocab", o->vocab, "override vocab_size");
+  cmd->add_option("--n-positions", o->n_positions, "override n_positions");
+  cmd->add_option("--dtype", o->dtype, "f32 | f16 | bf16")->check(CLI::IsMember({"f32", "f16", "bf16"}));
+  cmd->add_option("--format", o->format, "safetensors | torch")->check(CLI::IsMember({"safetensors", "torch"}));
+  cmd->add_option("--shard-size", o->shard_size, "split into shards of at most this size, e.g. 2GiB");
+  cmd->add_option("--seed", o->seed, "weights are a function of the seed");
+  cmd->add_option("-o,--output", o->out, "directory to write")->required();
+  cmd->add_flag("-q,--quiet", o->quiet, "no progress on stderr");
+  return [o] {
+    engine::MakeModelOptions mo;
+    mo.config = model::preset_config(o->preset);
+    auto& c = mo.config;
+    if (o->n_layer) c.n_layer = o->n_layer;
+    if (o->n_embd) {
+      c.n_embd = o->n_embd;
+      if (!o->n_inner) c.n_inner = 4 * o->n_embd;
+    }
+    if (o->n_head) c.n_head = o->n_head;
+    if (o->rotary_dim >= 0) c.rotary_dim = o->rotary_dim;
+    if (o->n_inner) c.n_inner = o->n_inner;
+    if (o->vocab) c.vocab_size = o->vocab;
+    if (o->n_positions) c.n_positions = o->n_positions;
+    mo.dtype = *parse_dtype(o->dtype);
+    mo.format = o->format == "torch" ? offload::WriteFormat::torch_zip
+                                     : offload::WriteFormat::safetensors;
+    mo.seed = o->seed;
+    if (!o->shard_size.empty()) mo.max_shard_bytes = parse_size(o->shard_size);
+    Progress progress("make-model", o->quiet);
+    mo.progress = [&](uint64_t done, uint64_t total) { progress.update(done, total); };
+    const uint64_t bytes = engine::make_model(o->out, mo);
+    progress.finish();
+    if (!o->quiet)
+      fmt::print(stderr, "ferry: wrote {} ({} layers, {} weights as {}) to {}\n",
+                 format_bytes(bytes), c.n_layer, o->dtype, o->format, o->out);
+    return 0;
+  };
+}
+
+}  // namespace ferry::tools

@@ -1,0 +1,187 @@
+// ferry run and ferry logits: inference on a model directory.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cstdio>
+#include <optional>
+
+#include "runtime/core/error.hpp"
+#include "runtime/core/thread_pool.hpp"
+#include "runtime/engine/engine.hpp"
+#include "runtime/engine/generate.hpp"
+#include "runtime/engine/loaded_model.hpp"
+#include "runtime/text/bpe_tokenizer.hpp"
+#include "tools/commands.hpp"
+
+namespace ferry::tools {
+
+namespace {
+
+struct TokenizerOptions {
+  std::string vocab;
+  std::string merges;
+};
+
+void add_tokenizer_options(CLI::App* cmd, TokenizerOptions& o) {
+  cmd->add_option("--vocab", o.vocab, "vocab.json (default: the model directory's)");
+  cmd->add_option("--merges", o.merges, "merges.txt (default: the model directory's)");
+}
+
+// The tokenizer from --vocab/--merges, else from the model directory.
+text::BpeTokenizer load_tokenizer(const std::string& model_dir, const TokenizerOptions& o) {
+  if (!o.vocab.empty() || !o.merges.empty()) {
+    FERRY_EXPECT(!o.vocab.empty() && !o.merges.empty(),
+                 "give both --vocab and --merges (one without the other cannot make a "
+                 "tokenizer)");
+    return text::BpeTokenizer::from_files(o.vocab, o.merges);
+  }
+  FERRY_EXPECT(!model_dir.empty(), "give -m DIR, or --vocab and --merges, to find a tokenizer");
+  return text::BpeTokenizer::from_model_dir(model_dir);
+}
+
+struct RunOptions {
+  std::string model;
+  std::string prompt;
+  std::string ids;
+  int64_t n = 32;
+  float temperature = 0.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  uint64_t seed = 0;
+  bool print_ids = false;
+  bool ignore_eos = false;
+  bool quiet = false;
+  TokenizerOptions tok;
+};
+
+std::string token_text(const text::BpeTokenizer& tok, text::StreamDecoder& dec, int32_t id) {
+  if (id >= tok.vocab_size()) return fmt::format("<|{}|>", id);  // padding rows of GPT-J's vocab
+  return dec.push(id);
+}
+
+}  // namespace
+
+Command add_run(CLI::App& app) {
+  auto o = std::make_shared<RunOptions>();
+  CLI::App* cmd = app.add_subcommand("run", "generate text from a prompt");
+  cmd->add_option("-m,--model", o->model, "model directory (config.json + weights)")->required();
+  auto* p = cmd->add_option("-p,--prompt", o->prompt, "prompt text");
+  auto* i = cmd->add_option("--ids", o->ids, "prompt as token ids, e.g. \"15496 995\"");
+  p->excludes(i);
+  cmd->add_option("-n,--n-tokens", o->n, "new tokens to generate")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--temperature", o->temperature, "0 = greedy (default)")->envname("FERRY_TEMPERATURE");
+  cmd->add_option("--top-k", o->top_k, "sample from the k most likely tokens (0 = all)");
+  cmd->add_option("--top-p", o->top_p, "nucleus sampling threshold in (0, 1]");
+  cmd->add_option("--seed", o->seed, "random seed for sampling");
+  cmd->add_flag("--print-ids", o->print_ids, "end with a JSON array of the generated ids");
+  cmd->add_flag("--ignore-eos", o->ignore_eos, "keep going after <|endoftext|>");
+  cmd->add_flag("-q,--quiet", o->quiet, "no statistics on stderr");
+  add_tokenizer_options(cmd, o->tok);
+  return [o] {
+    FERRY_EXPECT(!o->prompt.empty() || !o->ids.empty(), "give a prompt with -p TEXT or --ids \"I J K\"");
+    std::optional<text::BpeTokenizer> tok;
+    if (!o->prompt.empty() || o->tok.vocab.size() || o->tok.merges.size()) {
+      tok = load_tokenizer(o->model, o->tok);
+    } else {
+      try {
+        tok = load_tokenizer(o->model, o->tok);
+      } catch (const Error&) {
+        // --ids with no tokenizer files: still runs, printing ids instead of text.
+      }
+    }
+    const std::vector<int32_t> prompt = o->ids.empty() ? tok->encode(o->prompt) : parse_ids(o->ids);
+
+    engine::LoadedModel m = engine::load_model(o->model);
+    engine::GenerateOptions go;
+    go.max_new_tokens = o->n;
+    if (!o->ignore_eos) go.eos_id = m.config.eos_token_id;
+    go.sampling = {o->temperature, o->top_k, o->top_p, o->seed};
+    engine::EngineOptions eo;
+    eo.context = std::min<int64_t>(m.config.n_positions,
+                                   static_cast<int64_t>(prompt.size()) + std::max<int64_t>(o->n, 1));
+    // Check the request against the model before sizing anything by it.
+    FERRY_EXPECT(static_cast<int64_t>(prompt.size()) <= m.config.n_positions,
+                 "the prompt has {} tokens but the model's context is {} tokens (n_positions); "
+                 "shorten the prompt",
+                 prompt.size(), m.config.n_positions);
+    engine::Engine eng(*m.weights, eo, default_thread_pool());
+
+    std::optional<text::StreamDecoder> dec;
+    if (tok) dec.emplace(*tok);
+    engine::GenerateStats stats;
+    const auto out = engine::generate(
+        eng, 0, prompt, go,
+        [&](int32_t id) {
+          if (dec) {
+            fmt::print("{}", token_text(*tok, *dec, id));
+          } else {
+            fmt::print("{} ", id);
+          }
+          std::fflush(stdout);
+          return true;
+        },
+        &stats);
+    if (dec) fmt::print("{}", dec->flush());
+    fmt::print("\n");
+    if (o->print_ids) fmt::print("[{}]\n", fmt::join(out, ", "));
+    std::fflush(stdout);
+    if (!o->quiet) {
+      const double prompt_tps = stats.prompt_s > 0 ? static_cast<double>(stats.prompt_tokens) / stats.prompt_s : 0;
+      const double decode_tps = stats.decode_s > 0 ? static_cast<double>(stats.decode_steps) / stats.decode_s : 0;
+      fmt::print(stderr,
+                 "ferry: prompt {} tokens in {:.3f} s ({:.1f} tok/s); generated {} tokens, "
+                 "decode {:.1f} tok/s\n",
+                 stats.prompt_tokens, stats.prompt_s, prompt_tps, stats.new_tokens, decode_tps);
+    }
+    return 0;
+  };
+}
+
+Command add_logits(CLI::App& app) {
+  struct Options {
+    std::string model;
+    std::string ids;
+    std::string prompt;
+    bool all = false;
+    TokenizerOptions tok;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("logits", "print the logits at the last position as JSON");
+  cmd->add_option("-m,--model", o->model, "model directory")->required();
+  auto* i = cmd->add_option("--ids", o->ids, "input token ids, e.g. \"15496 995\"");
+  auto* p = cmd->add_option("-p,--prompt", o->prompt, "input text (tokenized first)");
+  i->excludes(p);
+  cmd->add_flag("--all-positions", o->all, "one row of logits per input position");
+  add_tokenizer_options(cmd, o->tok);
+  return [o] {
+    FERRY_EXPECT(!o->ids.empty() || !o->prompt.empty(), "give the input with --ids \"I J K\" or -p TEXT");
+    const std::vector<int32_t> ids =
+        o->ids.empty() ? load_tokenizer(o->model, o->tok).encode(o->prompt) : parse_ids(o->ids);
+    engine::LoadedModel m = engine::load_model(o->model);
+    FERRY_EXPECT(static_cast<int64_t>(ids.size()) <= m.config.n_positions,
+                 "the input has {} tokens but the model's context is {} tokens (n_positions); "
+                 "shorten it",
+                 ids.size(), m.config.n_positions);
+    engine::EngineOptions eo;
+    eo.context = static_cast<int64_t>(ids.size());
+    engine::Engine eng(*m.weights, eo, default_thread_pool());
+    engine::SeqTokens s{0, ids};
+    const auto& logits =
+        eng.forward({&s, 1}, o->all ? engine::LogitsFor::all : engine::LogitsFor::last);
+    const auto vocab = static_cast<std::size_t>(m.config.vocab_size);
+    if (o->all) {
+      fmt::print("{{\"logits\": [");
+      for (std::size_t r = 0; r < ids.size(); ++r)
+        fmt::print("{}[{}]", r ? ", " : "",
+                   fmt::join(logits.begin() + static_cast<std::ptrdiff_t>(r * vocab),
+                             logits.begin() + static_cast<std::ptrdiff_t>((r + 1) * vocab), ", "));
+      fmt::print("]}}\n");
+    } else {
+      fmt::print("{{\"logits\": [{}]}}\n",
+                 fmt::join(logits.begin(), logits.begin() + static_cast<std::ptrdiff_t>(vocab), ", "));
+    }
+    return 0;
+  };
+}
+
+}  // namespace ferry::tools

@@ -1,0 +1,40 @@
+// The ferry subcommands. Each registers its options on the app and returns the function that
+// runs it; the logic lives in the libraries, these only parse, call and print.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace ferry::tools {
+
+using Command = std::function<int()>;
+
+Command add_run(CLI::App& app);
+Command add_logits(CLI::App& app);
+Command add_tokenize(CLI::App& app);
+Command add_inspect(CLI::App& app);
+Command add_make_model(CLI::App& app);
+Command add_info(CLI::App& app);
+
+// "15496 995" or "15496,995" → ids. Throws InvalidArgument naming the bad entry.
+std::vector<int32_t> parse_ids(const std::string& text);
+
+// A progress line on stderr (bytes, rate, ETA), drawn only when stderr is a terminal.
+class Progress {
+ public:
+  Progress(std::string label, bool quiet);
+  void update(uint64_t done_bytes, uint64_t total_bytes);
+  void finish();
+
+ private:
+  std::string label_;
+  bool enabled_;
+  double start_s_;
+  double last_draw_s_ = -1;
+};
+
+}  // namespace ferry::tools

@@ -1,0 +1,67 @@
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <sstream>
+
+#include "runtime/core/error.hpp"
+#include "runtime/core/units.hpp"
+#include "tools/commands.hpp"
+
+namespace ferry::tools {
+
+namespace {
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+std::vector<int32_t> parse_ids(const std::string& text) {
+  std::string normalized = text;
+  for (char& c : normalized)
+    if (c == ',' || c == '[' || c == ']') c = ' ';
+  std::istringstream in(normalized);
+  std::vector<int32_t> ids;
+  std::string word;
+  while (in >> word) {
+    std::size_t used = 0;
+    long long v = -1;
+    try {
+      v = std::stoll(word, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    FERRY_EXPECT(used == word.size() && v >= 0 && v < (1ll << 31),
+                 "--ids: '{}' is not a token id; give non-negative integers separated by spaces, "
+                 "e.g. --ids \"15496 995\"",
+                 word);
+    ids.push_back(static_cast<int32_t>(v));
+  }
+  FERRY_EXPECT(!ids.empty(), "--ids is empty; give at least one token id");
+  return ids;
+}
+
+Progress::Progress(std::string label, bool quiet)
+    : label_(std::move(label)), enabled_(!quiet && ::isatty(STDERR_FILENO)), start_s_(now_s()) {}
+
+void Progress::update(uint64_t done_bytes, uint64_t total_bytes) {
+  if (!enabled_) return;
+  const double t = now_s();
+  if (done_bytes < total_bytes && t - last_draw_s_ < 0.2) return;
+  last_draw_s_ = t;
+  const double elapsed = t - start_s_;
+  const double rate = elapsed > 0 ? static_cast<double>(done_bytes) / elapsed : 0;
+  const double eta = rate > 0 ? static_cast<double>(total_bytes - done_bytes) / rate : 0;
+  const double pct = total_bytes ? 100.0 * static_cast<double>(done_bytes) / static_cast<double>(total_bytes) : 100.0;
+  fmt::print(stderr, "\r{}: {:5.1f}%  {} / {}  {}/s  ETA {:.0f} s   ", label_, pct,
+             format_bytes(done_bytes), format_bytes(total_bytes),
+             format_bytes(static_cast<uint64_t>(rate)), eta);
+  std::fflush(stderr);
+}
+
+void Progress::finish() {
+  if (enabled_ && last_draw_s_ >= 0) fmt::print(stderr, "\n");
+}
+
+}  // namespace ferry::tools
