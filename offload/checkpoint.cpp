@@ -21,8 +21,10 @@ namespace fs = std::filesystem;
 
 std::string_view format_name(CheckpointFormat f) {
   switch (f) {
-    case CheckpointFormat::safetensors: return "safetensors";
-    case CheckpointFormat::torch_zip: return "torch-zip";
+    case CheckpointFormat::safetensors:
+      return "safetensors";
+    case CheckpointFormat::torch_zip:
+      return "torch-zip";
   }
   return "?";
 }
@@ -50,17 +52,20 @@ OpenedFile open_file(const fs::path& path) {
   f.fd = open_read(path);
   f.size_bytes = file_size(f.fd.get(), path);
   // The content decides, not the name: a zip starts with a local header, a legacy (pre-1.6)
-  // torch file with a pickle PROTO opcode, and anything else is tried as safetensors.
+  // torch file with a pickled magic number, and anything else is tried as safetensors.
   unsigned char magic[4] = {};
   if (f.size_bytes >= 4) pread_full(f.fd.get(), magic, 4, 0, path, "the file's magic bytes");
   if (magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 && magic[3] == 4) {
     f.format = CheckpointFormat::torch_zip;
   } else {
-    FERRY_FORMAT_EXPECT(!(magic[0] == 0x80 && magic[1] <= 5 && magic[1] >= 2),
-                        "{}: is a legacy (pre-1.6) PyTorch checkpoint, which ferry does not read; "
-                        "re-save it with torch ≥ 1.6 (torch.save's default zip format) or "
-                        "convert it to safetensors",
-                        path.string());
+    // torch's legacy format opens with PROTO 2 and LONG1 of its 10-byte magic number. (As a
+    // safetensors length prefix these bytes would claim a 177 MB header, over its limit.)
+    FERRY_FORMAT_EXPECT(
+        !(magic[0] == 0x80 && magic[1] == 0x02 && magic[2] == 0x8a && magic[3] == 0x0a),
+        "{} is a legacy (pre-1.6) PyTorch checkpoint, which ferry does not read; "
+        "re-save it with torch ≥ 1.6 (torch.save's default zip format) or "
+        "convert it to safetensors",
+        path.string());
   }
   return f;
 }
@@ -154,9 +159,9 @@ std::unique_ptr<Checkpoint::Impl> open_index(const fs::path& index_path) {
     FERRY_FORMAT_EXPECT(false, "{}: index is not valid JSON ({}); download it again", src,
                         e.what());
   }
-  FERRY_FORMAT_EXPECT(index.is_object() && index.contains("weight_map") &&
-                          index["weight_map"].is_object(),
-                      "{}: index has no \"weight_map\" object; download it again", src);
+  FERRY_FORMAT_EXPECT(
+      index.is_object() && index.contains("weight_map") && index["weight_map"].is_object(),
+      "{}: index has no \"weight_map\" object; download it again", src);
 
   // shard file name → tensor names the index places in it; std::map keeps shards in name
   // order, which is Hugging Face's 00001-of-0000N order.
@@ -219,8 +224,10 @@ std::unique_ptr<Checkpoint::Impl> open_index(const fs::path& index_path) {
 Checkpoint Checkpoint::open(const fs::path& path) {
   std::error_code ec;
   const fs::file_status st = fs::status(path, ec);
-  FERRY_FORMAT_EXPECT(fs::exists(st), "{}: no such file or directory; pass a model directory or "
-                      "a checkpoint file", path.string());
+  FERRY_FORMAT_EXPECT(fs::exists(st),
+                      "{}: no such file or directory; pass a model directory or "
+                      "a checkpoint file",
+                      path.string());
   if (fs::is_directory(st)) {
     constexpr const char* kCandidates[] = {"model.safetensors", "model.safetensors.index.json",
                                            "pytorch_model.bin", "pytorch_model.bin.index.json"};
@@ -279,8 +286,10 @@ void Checkpoint::read_range(const TensorEntry& t, uint64_t offset_bytes, uint64_
 }
 
 int Checkpoint::fd(uint32_t file_index) const {
-  FERRY_EXPECT(file_index < impl_->fds.size(), "file index {} is out of range (the checkpoint has "
-               "{} files)", file_index, impl_->fds.size());
+  FERRY_EXPECT(file_index < impl_->fds.size(),
+               "file index {} is out of range (the checkpoint has "
+               "{} files)",
+               file_index, impl_->fds.size());
   return impl_->fds[file_index].get();
 }
 

@@ -11,7 +11,6 @@
 #include <unordered_map>
 
 #include "offload/detail/safetensors_writer_file.hpp"
-#include "offload/detail/torch_writer_pickle.hpp"
 #include "offload/detail/torch_writer_zip.hpp"
 #include "offload/detail/writer_internal.hpp"
 #include "offload/detail/writer_output.hpp"
@@ -57,10 +56,6 @@ FormatNames names_for(WriteFormat format) {
                                             : FormatNames{"pytorch_model", ".bin"};
 }
 
-std::string_view format_label(WriteFormat format) {
-  return format == WriteFormat::safetensors ? "safetensors" : "PyTorch zip";
-}
-
 // Well-formed UTF-8 (no overlong forms, surrogates or code points past U+10FFFF): JSON and
 // pickle's BINUNICODE both need it, and nlohmann would otherwise throw mid-write.
 bool is_utf8(std::string_view s) {
@@ -102,19 +97,23 @@ bool is_utf8(std::string_view s) {
 // Checks everything a caller can get wrong before a byte is written; returns the total bytes.
 uint64_t validate(const std::vector<TensorSpec>& tensors, const TensorFiller& fill,
                   const WriteOptions& options, const detail::WriterTuning& tuning) {
-  FERRY_EXPECT(options.format == WriteFormat::safetensors ||
-                   options.format == WriteFormat::torch_zip,
-               "unknown checkpoint format {}; use safetensors or torch_zip",
-               static_cast<int>(options.format));
+  FERRY_EXPECT(
+      options.format == WriteFormat::safetensors || options.format == WriteFormat::torch_zip,
+      "unknown checkpoint format {}; use safetensors or torch_zip",
+      static_cast<int>(options.format));
   FERRY_EXPECT(tuning.chunk_bytes > 0 && tuning.chunk_bytes % 8 == 0,
                "write chunk of {} bytes must be a positive multiple of 8", tuning.chunk_bytes);
-  const std::string_view format = format_label(options.format);
   std::unordered_map<std::string_view, std::size_t> seen;
   uint64_t total = 0;
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const TensorSpec& t = tensors[i];
-    FERRY_EXPECT(!t.name.empty(), "tensor #{} (shape {}) has an empty name; give every tensor a "
-                 "unique name", i, t.shape.str());
+    // First, as Shape::str() below reads rank dimensions.
+    FERRY_EXPECT(t.shape.rank >= 0 && t.shape.rank <= kMaxRank,
+                 "tensor #{} ('{}') has rank {}; ranks 0 to {} are supported", i, t.name,
+                 t.shape.rank, kMaxRank);
+    FERRY_EXPECT(!t.name.empty(),
+                 "tensor #{} (shape {}) has an empty name; give every tensor a unique name", i,
+                 t.shape.str());
     FERRY_EXPECT(is_utf8(t.name), "tensor #{} has a name that is not valid UTF-8", i);
     const auto [it, inserted] = seen.emplace(t.name, i);
     FERRY_EXPECT(inserted, "tensor '{}' is given twice (tensors #{} and #{}); names must be unique",
@@ -122,20 +121,13 @@ uint64_t validate(const std::vector<TensorSpec>& tensors, const TensorFiller& fi
     const std::size_t esize = dtype_size(t.dtype);
     FERRY_EXPECT(esize != 0, "tensor '{}' has dtype code {}, which is not a ferry dtype", t.name,
                  static_cast<int>(t.dtype));
-    if (options.format == WriteFormat::safetensors) {
-      FERRY_EXPECT(t.name != "__metadata__",
-                   "tensor '__metadata__' cannot be stored in safetensors, which reserves that "
-                   "key for the metadata; rename the tensor");
-    } else {
-      FERRY_EXPECT(detail::torch_storage_type(t.dtype).has_value(),
-                   "tensor '{}' has dtype {}, which a {} checkpoint cannot store", t.name,
-                   dtype_name(t.dtype), format);
-    }
-    FERRY_EXPECT(t.shape.rank >= 0 && t.shape.rank <= kMaxRank,
-                 "tensor '{}' has rank {}; ranks 0 to {} are supported", t.name, t.shape.rank,
-                 kMaxRank);
+    // Every ferry dtype has a safetensors tag and a torch storage class; the one thing a
+    // format refuses is safetensors' reserved key.
+    FERRY_EXPECT(options.format != WriteFormat::safetensors || t.name != "__metadata__",
+                 "tensor '__metadata__' cannot be stored in safetensors, which reserves that key "
+                 "for the metadata; rename the tensor");
     // numel * element size must fit in int64 (torch's and safetensors' limit).
-    int64_t nbytes = static_cast<int64_t>(esize);
+    auto nbytes = static_cast<int64_t>(esize);
     for (int d = 0; d < t.shape.rank; ++d) {
       FERRY_EXPECT(t.shape[d] >= 0, "tensor '{}' has a negative dimension in shape {}", t.name,
                    t.shape.str());
@@ -170,7 +162,8 @@ std::vector<Shard> plan_shards(const std::vector<TensorSpec>& tensors, uint64_t 
   std::vector<Shard> shards(1);
   for (const TensorSpec& t : tensors) {
     Shard* cur = &shards.back();
-    if (max_shard_bytes > 0 && !cur->tensors.empty() && t.nbytes() > max_shard_bytes - cur->nbytes) {
+    const bool full = cur->nbytes >= max_shard_bytes || t.nbytes() > max_shard_bytes - cur->nbytes;
+    if (max_shard_bytes > 0 && !cur->tensors.empty() && full) {
       cur = &shards.emplace_back();
     }
     cur->tensors.push_back(&t);
@@ -204,14 +197,16 @@ void remove_stale_files(const fs::path& dir, const FormatNames& names,
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string f = it->path().filename().string();
     if (f != names.single() && f != names.index() && !names.is_shard(f)) continue;
-    if (std::find(written.begin(), written.end(), it->path()) == written.end()) {
+    const auto same_name = [&f](const fs::path& w) { return w.filename() == f; };
+    if (std::none_of(written.begin(), written.end(), same_name)) {
       stale.push_back(it->path());
     }
   }
   if (ec) {
     ::ferry::detail::throw_io_error(__FILE__, __LINE__, ec.value(),
                                     fmt::format("cannot list {} to remove files of an older "
-                                                "checkpoint", dir.string()));
+                                                "checkpoint",
+                                                dir.string()));
   }
   for (const fs::path& p : stale) {
     if (!fs::remove(p, ec) && ec) {
@@ -251,18 +246,28 @@ std::vector<fs::path> write_checkpoint_tuned(const fs::path& dir,
 
   ProgressReporter progress(options.progress, total);
   std::vector<fs::path> written;
-  for (const Shard& s : shards) {
-    if (options.format == WriteFormat::safetensors) {
-      write_safetensors_file(s.path, s.tensors, options.metadata, fill, progress, tuning);
-    } else {
-      write_torch_zip_file(s.path, s.tensors, fill, progress, tuning);
+  try {
+    for (const Shard& s : shards) {
+      if (options.format == WriteFormat::safetensors) {
+        write_safetensors_file(s.path, s.tensors, options.metadata, fill, progress, tuning);
+      } else {
+        write_torch_zip_file(s.path, s.tensors, fill, progress, tuning);
+      }
+      written.push_back(s.path);
     }
-    written.push_back(s.path);
-  }
-  // The index goes last: until it exists, the shards do not form a checkpoint.
-  if (sharded) {
-    written.push_back(dir / names.index());
-    write_index(written.back(), shards, total, tuning);
+    // The index goes last: until it exists, the shards do not form a checkpoint.
+    if (sharded) {
+      write_index(dir / names.index(), shards, total, tuning);
+      written.push_back(dir / names.index());
+    }
+  } catch (...) {
+    // The shards finished before the failure are no checkpoint without the rest; remove
+    // them rather than leave a directory that half-looks like a model.
+    for (const fs::path& p : written) {
+      std::error_code ignored;
+      fs::remove(p, ignored);
+    }
+    throw;
   }
   remove_stale_files(dir, names, written);
   sync_directory(dir);

@@ -40,13 +40,21 @@ struct WriteOptions {
   // many bytes (a tensor is never split) named like Hugging Face's
   // (model-00001-of-00003.safetensors / pytorch_model-00001-of-00003.bin) plus the index
   // (model.safetensors.index.json / pytorch_model.bin.index.json).
+  // As in transformers: the limit counts tensor bytes (not headers), tensors fill shards
+  // greedily in order, one larger than the limit gets a shard to itself, and a model that fits
+  // in one shard is written as the single file with no index.
   uint64_t max_shard_bytes = 0;
   std::map<std::string, std::string> metadata;  // safetensors "__metadata__" (e.g. format: pt)
   WriteProgress progress;
 };
 
 // Writes the tensors, in the given order, into directory dir (created if absent). Returns the
-// files written. Throws IoError naming the file on any write failure.
+// files written (shards, then the index). Throws IoError naming the file on any write failure,
+// InvalidArgument naming the tensor for a bad TensorSpec (before anything is written).
+// Each file is written as "<name>.partial" and renamed when complete; on any failure, this
+// call's files are removed. Afterwards, files of an older checkpoint of the same format in dir
+// that a reader could mistake for this one (a single file, shards, an index) are removed.
+// Output is deterministic: the same tensors and bytes give identical files.
 std::vector<std::filesystem::path> write_checkpoint(const std::filesystem::path& dir,
                                                     const std::vector<TensorSpec>& tensors,
                                                     const TensorFiller& fill,

@@ -19,6 +19,7 @@ Command add_tokenize(CLI::App& app);
 Command add_inspect(CLI::App& app);
 Command add_make_model(CLI::App& app);
 Command add_info(CLI::App& app);
+Command add_bench_io(CLI::App& app);
 
 // "15496 995" or "15496,995" → ids. Throws InvalidArgument naming the bad entry.
 std::vector<int32_t> parse_ids(const std::string& text);

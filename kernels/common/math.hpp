@@ -4,7 +4,7 @@
 // results by an ulp or two and the CPU/CUDA comparisons with it).
 #pragma once
 
-#include <math.h>  // ::tanhf, ::powf, ::sinf, ::cosf: callable on host and device alike
+#include <cmath>  // ::tanhf, ::powf, ::sinf, ::cosf, ::sqrtf: C functions, callable on host and device
 
 #include <cstdint>
 

@@ -3,7 +3,7 @@
 // Decode (m = 1) is a matrix–vector product bound by memory bandwidth: each weight is read once
 // and used once, so the kernel streams four weight rows at a time in their stored type (f16 via
 // VCVTPH2PS, bf16 by a 16-bit shift, f32 as is), with two 8-wide FMA accumulators per row to hide
-// FMA latency; x (at most 64 KiB) stays in L1/L2 and is loaded once per four rows.
+// FMA latency; x (64 KiB at GPT-J's widest k) stays in L2 and is loaded once per four rows.
 //
 // Prompt processing (m > 1) is compute bound, so weights must be reused from cache: a group of 16
 // weight rows × 256 columns is converted once to f32 in a 16 KiB stack tile (L1-resident), then
@@ -20,13 +20,12 @@ namespace ferry::kernels::cpu::detail::avx2 {
 namespace {
 
 constexpr int64_t kKBlock = 256;
-constexpr int kRowTile = 4;   // weight rows per register tile
-constexpr int kXTile = 3;     // rows of x per register tile (prompt path)
+constexpr int kRowTile = 4;  // weight rows per register tile
+constexpr int kXTile = 3;    // rows of x per register tile (prompt path)
 
 // sums[r] = x · w[r, :] over k columns for NR ≤ 4 rows (sums has 4 slots).
 template <class W, int NR>
-void matvec_rows(const float* x, int64_t k, const typename W::Elem* w, int64_t ldw,
-                 float* sums) {
+void matvec_rows(const float* x, int64_t k, const typename W::Elem* w, int64_t ldw, float* sums) {
   __m256 acc0[kRowTile];
   __m256 acc1[kRowTile];
   for (int r = 0; r < kRowTile; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
@@ -59,10 +58,18 @@ void matvec(const float* x, int64_t k, const typename W::Elem* w, const float* b
     const int64_t nr = min_i64(kRowTile, o_end - o);
     const typename W::Elem* wo = w + o * k;
     switch (nr) {
-      case 4: matvec_rows<W, 4>(x, k, wo, k, sums); break;
-      case 3: matvec_rows<W, 3>(x, k, wo, k, sums); break;
-      case 2: matvec_rows<W, 2>(x, k, wo, k, sums); break;
-      default: matvec_rows<W, 1>(x, k, wo, k, sums); break;
+      case 4:
+        matvec_rows<W, 4>(x, k, wo, k, sums);
+        break;
+      case 3:
+        matvec_rows<W, 3>(x, k, wo, k, sums);
+        break;
+      case 2:
+        matvec_rows<W, 2>(x, k, wo, k, sums);
+        break;
+      default:
+        matvec_rows<W, 1>(x, k, wo, k, sums);
+        break;
     }
     for (int64_t r = 0; r < nr; ++r) y[o + r] = bias != nullptr ? sums[r] + bias[o + r] : sums[r];
   }
@@ -99,26 +106,39 @@ template <int MR>
 void gemm_tile_rows(int nr, const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t kc,
                     float* y, int64_t ldy) {
   switch (nr) {
-    case 4: gemm_tile<MR, 4>(x, ldx, w, ldw, kc, y, ldy); break;
-    case 3: gemm_tile<MR, 3>(x, ldx, w, ldw, kc, y, ldy); break;
-    case 2: gemm_tile<MR, 2>(x, ldx, w, ldw, kc, y, ldy); break;
-    default: gemm_tile<MR, 1>(x, ldx, w, ldw, kc, y, ldy); break;
+    case 4:
+      gemm_tile<MR, 4>(x, ldx, w, ldw, kc, y, ldy);
+      break;
+    case 3:
+      gemm_tile<MR, 3>(x, ldx, w, ldw, kc, y, ldy);
+      break;
+    case 2:
+      gemm_tile<MR, 2>(x, ldx, w, ldw, kc, y, ldy);
+      break;
+    default:
+      gemm_tile<MR, 1>(x, ldx, w, ldw, kc, y, ldy);
+      break;
   }
 }
 
 void gemm_tile_any(int mr, int nr, const float* x, int64_t ldx, const float* w, int64_t ldw,
                    int64_t kc, float* y, int64_t ldy) {
   switch (mr) {
-    case 3: gemm_tile_rows<3>(nr, x, ldx, w, ldw, kc, y, ldy); break;
-    case 2: gemm_tile_rows<2>(nr, x, ldx, w, ldw, kc, y, ldy); break;
-    default: gemm_tile_rows<1>(nr, x, ldx, w, ldw, kc, y, ldy); break;
+    case 3:
+      gemm_tile_rows<3>(nr, x, ldx, w, ldw, kc, y, ldy);
+      break;
+    case 2:
+      gemm_tile_rows<2>(nr, x, ldx, w, ldw, kc, y, ldy);
+      break;
+    default:
+      gemm_tile_rows<1>(nr, x, ldx, w, ldw, kc, y, ldy);
+      break;
   }
 }
 
 // dst[r, 0:kc] = f32(src[r, 0:kc]) for rows r < rows; src rows are ld_src apart, dst rows kKBlock.
 template <class W>
-void widen_tile(const typename W::Elem* src, int64_t ld_src, int64_t rows, int64_t kc,
-                float* dst) {
+void widen_tile(const typename W::Elem* src, int64_t ld_src, int64_t rows, int64_t kc, float* dst) {
   for (int64_t r = 0; r < rows; ++r) {
     const typename W::Elem* s = src + r * ld_src;
     float* d = dst + r * kKBlock;
@@ -139,21 +159,15 @@ void gemm(const float* x, int64_t m, int64_t k, const typename W::Elem* w, int64
     }
     for (int64_t kb = 0; kb < k; kb += kKBlock) {
       const int64_t kc = min_i64(kKBlock, k - kb);
-      const float* wb = nullptr;
-      int64_t ldw = 0;
-      if constexpr (sizeof(typename W::Elem) == sizeof(float)) {
-        wb = w + g * k + kb;  // f32 weights are used in place
-        ldw = k;
-      } else {
-        widen_tile<W>(w + g * k + kb, k, rows, kc, tile);
-        wb = tile;
-        ldw = kKBlock;
-      }
+      // f32 weights are copied too: in place, rows k floats apart alias the same L1 sets
+      // whenever k is a multiple of 1024, and the copy is amortised over all m rows of x.
+      widen_tile<W>(w + g * k + kb, k, rows, kc, tile);
       for (int64_t i = 0; i < m; i += kXTile) {
         const int mr = static_cast<int>(min_i64(kXTile, m - i));
         for (int64_t r = 0; r < rows; r += kRowTile) {
           const int nr = static_cast<int>(min_i64(kRowTile, rows - r));
-          gemm_tile_any(mr, nr, x + i * k + kb, k, wb + r * ldw, ldw, kc, y + i * n + g + r, n);
+          gemm_tile_any(mr, nr, x + i * k + kb, k, tile + r * kKBlock, kKBlock, kc,
+                        y + i * n + g + r, n);
         }
       }
     }
@@ -166,8 +180,8 @@ void gemm(const float* x, int64_t m, int64_t k, const typename W::Elem* w, int64
 }
 
 template <class W>
-void linear_typed(const float* x, int64_t m, int64_t k, const void* w, int64_t n,
-                  const float* bias, float* y, int64_t o_begin, int64_t o_end) {
+void linear_typed(const float* x, int64_t m, int64_t k, const void* w, int64_t n, const float* bias,
+                  float* y, int64_t o_begin, int64_t o_end) {
   const auto* wt = static_cast<const typename W::Elem*>(w);
   if (m == 1) {
     matvec<W>(x, k, wt, bias, y, o_begin, o_end);
@@ -181,9 +195,15 @@ void linear_typed(const float* x, int64_t m, int64_t k, const void* w, int64_t n
 void linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
                  const float* bias, float* y, int64_t o_begin, int64_t o_end) {
   switch (wdt) {
-    case DType::f16: linear_typed<F16Weights>(x, m, k, w, n, bias, y, o_begin, o_end); break;
-    case DType::bf16: linear_typed<BF16Weights>(x, m, k, w, n, bias, y, o_begin, o_end); break;
-    default: linear_typed<F32Weights>(x, m, k, w, n, bias, y, o_begin, o_end); break;
+    case DType::f16:
+      linear_typed<F16Weights>(x, m, k, w, n, bias, y, o_begin, o_end);
+      break;
+    case DType::bf16:
+      linear_typed<BF16Weights>(x, m, k, w, n, bias, y, o_begin, o_end);
+      break;
+    default:
+      linear_typed<F32Weights>(x, m, k, w, n, bias, y, o_begin, o_end);
+      break;
   }
 }
 

@@ -11,6 +11,10 @@
 #include "kernels/cpu/ops.hpp"
 #include "runtime/core/error.hpp"
 
+#if defined(FERRY_KERNELS_AVX2)
+#include <cpuid.h>
+#endif
+
 namespace ferry::kernels::cpu {
 namespace {
 
@@ -43,10 +47,17 @@ constexpr Paths kAvx2{"avx2",
                       detail::avx2::add,
                       detail::avx2::convert_to_f32};
 
+// AVX2 and FMA through the compiler's check (which also asks the OS whether it saves the ymm
+// registers); F16C straight from CPUID leaf 1, because clang's __builtin_cpu_supports does not
+// know "f16c".
 bool cpu_has_avx2() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  unsigned eax = 0;
+  unsigned ebx = 0;
+  unsigned ecx = 0;
+  unsigned edx = 0;
+  const bool has_f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c;
 }
 #endif
 
@@ -131,17 +142,15 @@ void gelu_new(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = kernels::gelu_new(x[i]);
 }
 
-void add(float* y, const float* x, int64_t n) {
-  paths().add(y, x, n);
-}
+void add(float* y, const float* x, int64_t n) { paths().add(y, x, n); }
 
 // The angles depend on the row's position and the pair only, so each cos/sin is computed once per
 // row and applied to every head (the reference recomputes them per head; the values are equal).
-void rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head,
-                        int64_t head_dim, int64_t rotary_dim, const int32_t* positions) {
+void rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_t head_dim,
+                        int64_t rotary_dim, const int32_t* positions) {
   FERRY_EXPECT(rotary_dim % 2 == 0 && rotary_dim <= head_dim,
-               "rotary_interleaved: rotary_dim {} must be even and at most head_dim {}",
-               rotary_dim, head_dim);
+               "rotary_interleaved: rotary_dim {} must be even and at most head_dim {}", rotary_dim,
+               head_dim);
   for (int64_t r = 0; r < m; ++r) {
     float* row = x + r * row_stride;
     for (int64_t i = 0; i < rotary_dim / 2; ++i) {

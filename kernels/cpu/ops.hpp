@@ -54,8 +54,8 @@ void add(float* y, const float* x, int64_t n);
 // GPT-J rotary embedding, in place, on the first rotary_dim features of every head of every
 // row: pairs (2i, 2i+1) rotate by angle pos · 10000^(-2i/rotary_dim), pos = positions[row].
 // x[row * row_stride + h * head_dim + d].
-void rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head,
-                        int64_t head_dim, int64_t rotary_dim, const int32_t* positions);
+void rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_t head_dim,
+                        int64_t rotary_dim, const int32_t* positions);
 
 // out = softmax(q·kᵀ / sqrt(head_dim), causal) · v for every head and query token.
 void attention(const AttentionArgs& args, ThreadPool& pool);
@@ -85,8 +85,8 @@ void layer_norm(const float* x, int64_t m, int64_t n, const float* gamma, const 
                 float eps, float* y);
 void gelu_new(float* x, int64_t n);
 void add(float* y, const float* x, int64_t n);
-void rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head,
-                        int64_t head_dim, int64_t rotary_dim, const int32_t* positions);
+void rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_t head_dim,
+                        int64_t rotary_dim, const int32_t* positions);
 void attention(const AttentionArgs& args);
 void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst);
 }  // namespace ref

@@ -8,7 +8,7 @@
 //
 // layer_norm: two passes in f32 like torch (mean, then the mean of squared deviations), each
 // over eight lanes summed in the same tree as the portable path.
-#include <math.h>
+#include <cmath>
 
 #include "kernels/cpu/detail/avx2_simd.hpp"
 #include "kernels/cpu/detail/paths.hpp"

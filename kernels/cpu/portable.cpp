@@ -1,11 +1,10 @@
 // The portable fast CPU kernels: what runs without AVX2 (or with FERRY_SIMD=scalar). Plain C++
 // shaped so a compiler can vectorise it for whatever baseline it targets: every reduction keeps
 // eight independent partial sums (a fixed order, so results are reproducible), and linear works
-// on 16 weight rows × 256 columns at a time, converted once to f32 in a 16 KiB stack tile that
-// stays in L1 while every row of x passes over it.
-#include <math.h>
-
+// on 16 weight rows × 256 columns at a time (f16 and bf16 converted once to f32 into a 16 KiB
+// stack tile) that stay in L1 while every row of x passes over them.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "kernels/common/math.hpp"
@@ -54,10 +53,18 @@ void dot_rows(const float* x, const float* w, int64_t ldw, int64_t kc, float* y)
 
 void dot_rows_n(int nr, const float* x, const float* w, int64_t ldw, int64_t kc, float* y) {
   switch (nr) {
-    case 4: dot_rows<4>(x, w, ldw, kc, y); break;
-    case 3: dot_rows<3>(x, w, ldw, kc, y); break;
-    case 2: dot_rows<2>(x, w, ldw, kc, y); break;
-    default: dot_rows<1>(x, w, ldw, kc, y); break;
+    case 4:
+      dot_rows<4>(x, w, ldw, kc, y);
+      break;
+    case 3:
+      dot_rows<3>(x, w, ldw, kc, y);
+      break;
+    case 2:
+      dot_rows<2>(x, w, ldw, kc, y);
+      break;
+    default:
+      dot_rows<1>(x, w, ldw, kc, y);
+      break;
   }
 }
 

@@ -2,8 +2,7 @@
 // summing in index order. They are the yardstick the fast kernels (and the CUDA ones) are tested
 // against, so they favour obviousness over speed; attention even recomputes every score three
 // times rather than keep any scratch, following softmax's definition step by step.
-#include <math.h>
-
+#include <cmath>
 #include <cstring>
 
 #include "kernels/common/math.hpp"
@@ -17,10 +16,14 @@ namespace {
 // Element j of a float weight array of the given dtype, converted exactly.
 float weight_at(const void* w, DType wdt, int64_t j) {
   switch (wdt) {
-    case DType::f32: return static_cast<const float*>(w)[j];
-    case DType::f16: return f16_to_f32(static_cast<const uint16_t*>(w)[j]);
-    case DType::bf16: return bf16_to_f32(static_cast<const uint16_t*>(w)[j]);
-    default: break;
+    case DType::f32:
+      return static_cast<const float*>(w)[j];
+    case DType::f16:
+      return f16_to_f32(static_cast<const uint16_t*>(w)[j]);
+    case DType::bf16:
+      return bf16_to_f32(static_cast<const uint16_t*>(w)[j]);
+    default:
+      break;
   }
   FERRY_EXPECT(false, "ref kernels read f32, f16 or bf16 weights, not {}", dtype_name(wdt));
   return 0.0f;
@@ -64,8 +67,8 @@ void add(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
-void rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head,
-                        int64_t head_dim, int64_t rotary_dim, const int32_t* positions) {
+void rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_t head_dim,
+                        int64_t rotary_dim, const int32_t* positions) {
   for (int64_t r = 0; r < m; ++r) {
     for (int64_t h = 0; h < n_head; ++h) {
       float* head = x + r * row_stride + h * head_dim;

@@ -38,17 +38,28 @@ enum class Kind : uint8_t {
 
 const char* kind_name(Kind k) {
   switch (k) {
-    case Kind::none: return "None";
-    case Kind::boolean: return "bool";
-    case Kind::integer: return "int";
-    case Kind::floating: return "float";
-    case Kind::string: return "str";
-    case Kind::tuple: return "tuple";
-    case Kind::list: return "list";
-    case Kind::dict: return "dict";
-    case Kind::global: return "global";
-    case Kind::storage: return "storage";
-    case Kind::tensor: return "tensor";
+    case Kind::none:
+      return "None";
+    case Kind::boolean:
+      return "bool";
+    case Kind::integer:
+      return "int";
+    case Kind::floating:
+      return "float";
+    case Kind::string:
+      return "str";
+    case Kind::tuple:
+      return "tuple";
+    case Kind::list:
+      return "list";
+    case Kind::dict:
+      return "dict";
+    case Kind::global:
+      return "global";
+    case Kind::storage:
+      return "storage";
+    case Kind::tensor:
+      return "tensor";
   }
   return "?";
 }
@@ -92,12 +103,18 @@ struct StorageKind {
 // The storages torch pickles by name. Those without a ferry dtype are still recognised so the
 // error can say which tensor has the unsupported dtype instead of refusing a "global".
 constexpr StorageKind kStorages[] = {
-    {"FloatStorage", DType::f32},      {"HalfStorage", DType::f16},
-    {"BFloat16Storage", DType::bf16},  {"BoolStorage", DType::boolean},
-    {"ByteStorage", DType::u8},        {"CharStorage", DType::i8},
-    {"IntStorage", DType::i32},        {"LongStorage", DType::i64},
-    {"DoubleStorage", std::nullopt},   {"ShortStorage", std::nullopt},
-    {"ComplexFloatStorage", std::nullopt}, {"ComplexDoubleStorage", std::nullopt},
+    {"FloatStorage", DType::f32},
+    {"HalfStorage", DType::f16},
+    {"BFloat16Storage", DType::bf16},
+    {"BoolStorage", DType::boolean},
+    {"ByteStorage", DType::u8},
+    {"CharStorage", DType::i8},
+    {"IntStorage", DType::i32},
+    {"LongStorage", DType::i64},
+    {"DoubleStorage", std::nullopt},
+    {"ShortStorage", std::nullopt},
+    {"ComplexFloatStorage", std::nullopt},
+    {"ComplexDoubleStorage", std::nullopt},
 };
 
 class Interpreter {
@@ -121,9 +138,9 @@ class Interpreter {
   // ---- input ----------------------------------------------------------------------------
   void need(uint64_t n) {
     FERRY_FORMAT_EXPECT(n <= in_.size() - pos_,
-                        "{} ends at byte {} inside the opcode at byte {} (it needs {} more "
-                        "bytes); {}",
-                        source_, in_.size(), op_pos_, n, kCorrupt);
+                        "{} ends at byte {} inside the opcode at byte {} (which needs bytes up "
+                        "to {}); {}",
+                        source_, in_.size(), op_pos_, static_cast<uint64_t>(pos_) + n, kCorrupt);
   }
   uint8_t u8() {
     need(1);
@@ -197,18 +214,18 @@ class Interpreter {
   Value integer(int64_t v) { return Value{Kind::integer, 0, v}; }
 
   const std::vector<Value>& tuple_of(const Value& v, const char* what) {
-    if (v.kind != Kind::tuple) fail("{} must be a tuple, not a {}; {}", what, kind_name(v.kind),
-                                    kUnsupported);
+    if (v.kind != Kind::tuple)
+      fail("{} must be a tuple, not a {}; {}", what, kind_name(v.kind), kUnsupported);
     return seqs_[v.ref];
   }
   const std::string& string_of(const Value& v, const char* what) {
-    if (v.kind != Kind::string) fail("{} must be a str, not a {}; {}", what, kind_name(v.kind),
-                                     kUnsupported);
+    if (v.kind != Kind::string)
+      fail("{} must be a str, not a {}; {}", what, kind_name(v.kind), kUnsupported);
     return strings_[v.ref];
   }
   int64_t int_of(const Value& v, const char* what) {
-    if (v.kind != Kind::integer) fail("{} must be an int, not a {}; {}", what, kind_name(v.kind),
-                                      kUnsupported);
+    if (v.kind != Kind::integer)
+      fail("{} must be an int, not a {}; {}", what, kind_name(v.kind), kUnsupported);
     return v.i;
   }
   std::vector<int64_t> ints_of(const Value& v, const char* what) {
@@ -241,11 +258,12 @@ class Interpreter {
         }
       }
       if (!found) {
-        fail("pickle references the global '{}', which ferry refuses to load: a checkpoint may "
-             "only reference torch's tensor rebuilders and storages and collections.OrderedDict "
-             "(anything else could run code). Do not load this file with torch either unless "
-             "you trust it; convert a trusted checkpoint to safetensors",
-             printable(g.name));
+        fail(
+            "pickle references the global '{}', which ferry refuses to load: a checkpoint may "
+            "only reference torch's tensor rebuilders and storages and collections.OrderedDict "
+            "(anything else could run code). Do not load this file with torch either unless "
+            "you trust it; convert a trusted checkpoint to safetensors",
+            printable(g.name));
       }
     }
     return make(Kind::global, globals_, std::move(g));
@@ -266,8 +284,8 @@ class Interpreter {
   }
 
   const Global& global_of(const Value& v, const char* what) {
-    if (v.kind != Kind::global) fail("{} calls a {}, not an allowed global; {}", what,
-                                     kind_name(v.kind), kUnsupported);
+    if (v.kind != Kind::global)
+      fail("{} calls a {}, not an allowed global; {}", what, kind_name(v.kind), kUnsupported);
     return globals_[v.ref];
   }
 
@@ -276,8 +294,8 @@ class Interpreter {
     const std::vector<Value> args = tuple_of(args_value, "the arguments of a call");
     switch (g.callable) {
       case Callable::ordered_dict:
-        if (!args.empty()) fail("{} of collections.OrderedDict with arguments; {}", op,
-                                kUnsupported);
+        if (!args.empty())
+          fail("{} of collections.OrderedDict with arguments; {}", op, kUnsupported);
         return make_dict();
       case Callable::rebuild_tensor_v2: {
         if (args.size() != 6 && args.size() != 7) {
@@ -316,8 +334,7 @@ class Interpreter {
     }
     const Global& type = global_of(t[1], "a persistent id's storage type");
     if (type.callable != Callable::storage_type) {
-      fail("persistent id names '{}' instead of a torch storage type; {}", type.name,
-           kUnsupported);
+      fail("persistent id names '{}' instead of a torch storage type; {}", type.name, kUnsupported);
     }
     Storage s;
     s.type = t[1].ref;
@@ -330,16 +347,16 @@ class Interpreter {
   }
 
   void set_items(const Value& target, const std::vector<Value>& kv) {
-    if (target.kind != Kind::dict) fail("SETITEM(S) on a {}, not a dict; {}",
-                                        kind_name(target.kind), kUnsupported);
+    if (target.kind != Kind::dict)
+      fail("SETITEM(S) on a {}, not a dict; {}", kind_name(target.kind), kUnsupported);
     if (kv.size() % 2 != 0) fail("SETITEMS with an odd number of items; {}", kCorrupt);
     auto& d = dicts_[target.ref];
     for (std::size_t k = 0; k < kv.size(); k += 2) d.emplace_back(kv[k], kv[k + 1]);
   }
 
   void append_items(const Value& target, const std::vector<Value>& items) {
-    if (target.kind != Kind::list) fail("APPEND(S) on a {}, not a list; {}",
-                                        kind_name(target.kind), kUnsupported);
+    if (target.kind != Kind::list)
+      fail("APPEND(S) on a {}, not a list; {}", kind_name(target.kind), kUnsupported);
     auto& l = seqs_[target.ref];
     l.insert(l.end(), items.begin(), items.end());
   }
@@ -347,8 +364,8 @@ class Interpreter {
   void memo_put(uint64_t index) { memo_[index] = top(); }
   void memo_get(uint64_t index) {
     const auto it = memo_.find(index);
-    if (it == memo_.end()) fail("pickle reads memo slot {} that was never stored; {}", index,
-                                kCorrupt);
+    if (it == memo_.end())
+      fail("pickle reads memo slot {} that was never stored; {}", index, kCorrupt);
     push(it->second);
   }
 
@@ -378,12 +395,24 @@ class Interpreter {
       case '2':  // DUP
         push(top());
         return false;
-      case 'N': push(Value{Kind::none, 0, 0}); return false;
-      case 0x88: push(Value{Kind::boolean, 0, 1}); return false;  // NEWTRUE
-      case 0x89: push(Value{Kind::boolean, 0, 0}); return false;  // NEWFALSE
-      case 'J': push(integer(static_cast<int32_t>(static_cast<uint32_t>(le(4))))); return false;
-      case 'K': push(integer(static_cast<int64_t>(le(1)))); return false;
-      case 'M': push(integer(static_cast<int64_t>(le(2)))); return false;
+      case 'N':  // NONE
+        push(Value{Kind::none, 0, 0});
+        return false;
+      case 0x88:  // NEWTRUE
+        push(Value{Kind::boolean, 0, 1});
+        return false;
+      case 0x89:  // NEWFALSE
+        push(Value{Kind::boolean, 0, 0});
+        return false;
+      case 'J':  // BININT
+        push(integer(static_cast<int32_t>(static_cast<uint32_t>(le(4)))));
+        return false;
+      case 'K':  // BININT1
+        push(integer(static_cast<int64_t>(le(1))));
+        return false;
+      case 'M':  // BININT2
+        push(integer(static_cast<int64_t>(le(2))));
+        return false;
       case 0x8a: {  // LONG1: little-endian two's complement of n bytes
         const uint8_t n = u8();
         if (n > 8) fail("pickle integer of {} bytes does not fit 64 bits; {}", n, kUnsupported);
@@ -396,18 +425,36 @@ class Interpreter {
         le(8);
         push(Value{Kind::floating, 0, 0});
         return false;
-      case 'X': push(make_string(take(le(4)))); return false;     // BINUNICODE
-      case 0x8c: push(make_string(take(le(1)))); return false;    // SHORT_BINUNICODE
-      case 0x8d: push(make_string(take(le(8)))); return false;    // BINUNICODE8
-      case '}': push(make_dict()); return false;                  // EMPTY_DICT
-      case ']': push(make_seq(Kind::list, {})); return false;     // EMPTY_LIST
-      case ')': push(make_seq(Kind::tuple, {})); return false;    // EMPTY_TUPLE
-      case 't': push(make_seq(Kind::tuple, pop_mark())); return false;  // TUPLE
-      case 'l': push(make_seq(Kind::list, pop_mark())); return false;   // LIST
-      case 0x85: case 0x86: case 0x87: {  // TUPLE1..3
+      case 'X':  // BINUNICODE
+        push(make_string(take(le(4))));
+        return false;
+      case 0x8c:  // SHORT_BINUNICODE
+        push(make_string(take(le(1))));
+        return false;
+      case 0x8d:  // BINUNICODE8
+        push(make_string(take(le(8))));
+        return false;
+      case '}':  // EMPTY_DICT
+        push(make_dict());
+        return false;
+      case ']':  // EMPTY_LIST
+        push(make_seq(Kind::list, {}));
+        return false;
+      case ')':  // EMPTY_TUPLE
+        push(make_seq(Kind::tuple, {}));
+        return false;
+      case 't':  // TUPLE
+        push(make_seq(Kind::tuple, pop_mark()));
+        return false;
+      case 'l':  // LIST
+        push(make_seq(Kind::list, pop_mark()));
+        return false;
+      case 0x85:
+      case 0x86:
+      case 0x87: {  // TUPLE1..3
         const std::size_t n = op - 0x84u;
-        if (stack_.size() < floor() + n) fail("TUPLE{} needs {} items on the stack; {}", n, n,
-                                              kCorrupt);
+        if (stack_.size() < floor() + n)
+          fail("TUPLE{} needs {} items on the stack; {}", n, n, kCorrupt);
         std::vector<Value> items(stack_.end() - static_cast<std::ptrdiff_t>(n), stack_.end());
         stack_.resize(stack_.size() - n);
         push(make_seq(Kind::tuple, std::move(items)));
@@ -441,11 +488,21 @@ class Interpreter {
         append_items(top(), items);
         return false;
       }
-      case 'q': memo_put(le(1)); return false;      // BINPUT
-      case 'r': memo_put(le(4)); return false;      // LONG_BINPUT
-      case 0x94: memo_put(memo_.size()); return false;  // MEMOIZE
-      case 'h': memo_get(le(1)); return false;      // BINGET
-      case 'j': memo_get(le(4)); return false;      // LONG_BINGET
+      case 'q':  // BINPUT
+        memo_put(le(1));
+        return false;
+      case 'r':  // LONG_BINPUT
+        memo_put(le(4));
+        return false;
+      case 0x94:  // MEMOIZE
+        memo_put(memo_.size());
+        return false;
+      case 'h':  // BINGET
+        memo_get(le(1));
+        return false;
+      case 'j':  // LONG_BINGET
+        memo_get(le(4));
+        return false;
       case 'c': {  // GLOBAL
         const std::string_view module = line();
         const std::string_view name = line();
@@ -502,8 +559,8 @@ class Interpreter {
     for (const auto& [k, v] : dicts_[root.ref]) {
       const std::string& name = string_of(k, "a state dict key");
       if (v.kind != Kind::tensor) {
-        fail("state dict entry '{}' is a {}, not a tensor; {}", printable(name),
-             kind_name(v.kind), kUnsupported);
+        fail("state dict entry '{}' is a {}, not a tensor; {}", printable(name), kind_name(v.kind),
+             kUnsupported);
       }
       if (!seen.insert(name).second) {
         fail("state dict holds tensor '{}' twice; {}", printable(name), kCorrupt);
@@ -590,12 +647,12 @@ TorchTensorLayout torch_tensor_layout(const PickledTensor& t, std::string_view s
   }
   const uint64_t esize = dtype_size(l.dtype);
   uint64_t end_elems = 0;
-  FERRY_FORMAT_EXPECT(checked_add(t.storage_offset, numel, end_elems) &&
-                          end_elems <= t.storage_numel,
-                      "{}: tensor '{}' needs elements [{}, {}) of its storage '{}', which holds "
-                      "only {}; {}",
-                      source, t.name, t.storage_offset, t.storage_offset + numel, t.storage_key,
-                      t.storage_numel, kCorrupt);
+  FERRY_FORMAT_EXPECT(
+      checked_add(t.storage_offset, numel, end_elems) && end_elems <= t.storage_numel,
+      "{}: tensor '{}' needs elements [{}, {}) of its storage '{}', which holds "
+      "only {}; {}",
+      source, t.name, t.storage_offset, t.storage_offset + numel, t.storage_key, t.storage_numel,
+      kCorrupt);
   FERRY_FORMAT_EXPECT(checked_mul(t.storage_numel, esize, l.storage_nbytes),
                       "{}: storage '{}' of {} elements overflows 64 bits; {}", source,
                       t.storage_key, t.storage_numel, kCorrupt);

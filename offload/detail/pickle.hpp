@@ -24,11 +24,11 @@ inline constexpr uint64_t kMaxPickleOps = 1ull << 22;
 // (persistent id ('storage', type, key, location, numel)) it views.
 struct PickledTensor {
   std::string name;
-  std::string storage_key;          // the zip entry "<prefix>/data/<storage_key>"
-  std::string storage_type;         // e.g. "HalfStorage"
-  std::optional<DType> dtype;       // nullopt for storages ferry has no dtype for (DoubleStorage…)
-  uint64_t storage_numel = 0;       // elements of the storage
-  uint64_t storage_offset = 0;      // elements
+  std::string storage_key;      // the zip entry "<prefix>/data/<storage_key>"
+  std::string storage_type;     // e.g. "HalfStorage"
+  std::optional<DType> dtype;   // nullopt for storages ferry has no dtype for (DoubleStorage…)
+  uint64_t storage_numel = 0;   // elements of the storage
+  uint64_t storage_offset = 0;  // elements
   std::vector<int64_t> size;
   std::vector<int64_t> stride;
 };
@@ -43,7 +43,7 @@ std::vector<PickledTensor> parse_torch_pickle(std::string_view bytes, std::strin
 struct TorchTensorLayout {
   DType dtype = DType::f32;
   Shape shape;
-  uint64_t offset_bytes = 0;    // within the storage
+  uint64_t offset_bytes = 0;  // within the storage
   uint64_t nbytes = 0;
   uint64_t storage_nbytes = 0;  // storage_numel · dtype_size
 };

@@ -19,6 +19,9 @@ constexpr const char* kRedownload = "the file is truncated or corrupt — downlo
 
 // One JSON number that must be a non-negative integer; nlohmann keeps unsigned and signed
 // integers apart, and a float or a negative value is an error the caller names.
+// For messages: never throws, even on invalid UTF-8 in the file.
+std::string dump(const json& v) { return v.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 bool as_unsigned(const json& v, uint64_t& out) {
   if (v.is_number_unsigned()) {
     out = v.get<uint64_t>();
@@ -64,18 +67,18 @@ LocatedTensor parse_entry(const std::string& name, const json& e, uint64_t data_
   uint64_t numel = 1;
   for (const json& d : *sh) {
     uint64_t dim = 0;
-    FERRY_FORMAT_EXPECT(as_unsigned(d, dim) &&
-                            dim <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
-                        "{}: tensor '{}' has shape {} with a dimension that is not a "
-                        "non-negative integer; {}",
-                        source, name, sh->dump(), kRedownload);
+    FERRY_FORMAT_EXPECT(
+        as_unsigned(d, dim) && dim <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
+        "{}: tensor '{}' has shape {} with a dimension that is not a "
+        "non-negative integer; {}",
+        source, name, dump(*sh), kRedownload);
     FERRY_FORMAT_EXPECT(checked_mul(numel, dim, numel),
-                        "{}: tensor '{}' shape {} overflows 64 bits; {}", source, name, sh->dump(),
+                        "{}: tensor '{}' shape {} overflows 64 bits; {}", source, name, dump(*sh),
                         kRedownload);
     t.shape.dims[static_cast<std::size_t>(t.shape.rank++)] = static_cast<int64_t>(dim);
   }
   FERRY_FORMAT_EXPECT(checked_mul(numel, dtype_size(t.dtype), t.nbytes),
-                      "{}: tensor '{}' shape {} overflows 64 bits; {}", source, name, sh->dump(),
+                      "{}: tensor '{}' shape {} overflows 64 bits; {}", source, name, dump(*sh),
                       kRedownload);
 
   const auto off = e.find("data_offsets");
@@ -111,8 +114,8 @@ uint64_t parse_safetensors_header_length(const unsigned char (&prefix)[8], uint6
                       "safetensors file or it is corrupt — download it again",
                       source, n, kMaxSafetensorsHeaderBytes);
   FERRY_FORMAT_EXPECT(file_size >= 8 && n <= file_size - 8,
-                      "{}: safetensors header length {} is beyond the file of {} bytes; {}",
-                      source, n, file_size, kRedownload);
+                      "{}: safetensors header length {} is beyond the file of {} bytes; {}", source,
+                      n, file_size, kRedownload);
   return n;
 }
 
@@ -125,8 +128,8 @@ FileTensors parse_safetensors_header(std::string_view json_text, uint64_t data_s
     FERRY_FORMAT_EXPECT(false, "{}: safetensors header is not valid JSON ({}); {}", source,
                         e.what(), kRedownload);
   }
-  FERRY_FORMAT_EXPECT(header.is_object(), "{}: safetensors header is not a JSON object; {}",
-                      source, kRedownload);
+  FERRY_FORMAT_EXPECT(header.is_object(), "{}: safetensors header is not a JSON object; {}", source,
+                      kRedownload);
 
   struct Span {
     uint64_t begin, end;

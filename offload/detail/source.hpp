@@ -16,7 +16,8 @@ namespace ferry::offload::detail {
 
 // Reads exactly nbytes at offset into dst or throws (FormatError when the source ends first).
 // `what` names the bytes being read, for the error message.
-using ReadAt = std::function<void(uint64_t offset, std::size_t nbytes, void* dst, const char* what)>;
+using ReadAt =
+    std::function<void(uint64_t offset, std::size_t nbytes, void* dst, const char* what)>;
 
 // A ReadAt over an in-memory buffer (tests and fuzz targets); `source` names it in errors.
 ReadAt buffer_read_at(std::string_view bytes, std::string source);

@@ -28,6 +28,7 @@ class Pickler {
     out_ += '\n';
     out_ += name;
     out_ += '\n';
+    memo_put();
     remember_last("global:" + std::string(module) + "." + std::string(name));
   }
 
@@ -146,14 +147,22 @@ constexpr std::size_t kPickleBatch = 1000;
 
 std::optional<std::string_view> torch_storage_type(DType dtype) {
   switch (dtype) {
-    case DType::f32: return "FloatStorage";
-    case DType::f16: return "HalfStorage";
-    case DType::bf16: return "BFloat16Storage";
-    case DType::i8: return "CharStorage";
-    case DType::u8: return "ByteStorage";
-    case DType::i32: return "IntStorage";
-    case DType::i64: return "LongStorage";
-    case DType::boolean: return "BoolStorage";
+    case DType::f32:
+      return "FloatStorage";
+    case DType::f16:
+      return "HalfStorage";
+    case DType::bf16:
+      return "BFloat16Storage";
+    case DType::i8:
+      return "CharStorage";
+    case DType::u8:
+      return "ByteStorage";
+    case DType::i32:
+      return "IntStorage";
+    case DType::i64:
+      return "LongStorage";
+    case DType::boolean:
+      return "BoolStorage";
   }
   return std::nullopt;
 }
@@ -189,7 +198,7 @@ std::string torch_state_dict_pickle(std::span<const TensorSpec* const> tensors) 
       p.integer(0);
       p.int_tuple(std::span(t.shape.dims.data(), static_cast<std::size_t>(t.shape.rank)));
       p.int_tuple(contiguous_strides(t.shape));
-      p.raw("\x89");  // NEWFALSE: requires_grad
+      p.raw("\x89");                           // NEWFALSE: requires_grad
       p.global("collections", "OrderedDict");  // backward_hooks: an empty OrderedDict
       p.raw(")R");
       p.memo_put();

@@ -65,13 +65,14 @@ void TorchZipWriter::begin_entry(std::string_view name, uint64_t nbytes) {
   FERRY_EXPECT(e.name.size() <= kMax16, "zip entry name {} is longer than 65535 bytes", e.name);
 
   const std::string zip64 = zip64_extra(e.size64, e.nbytes, e.offset64, e.header_offset);
-  // As torch's getPadding: the "FS" field's payload of 'Z's pads the header so the entry's
-  // first byte lands on a 64-byte boundary; the field is present even when it pads nothing.
+  // As torch's getPadding: the payload of 'Z's of the "FB" field (id 0x4246) pads the header
+  // so the entry's first byte lands on a 64-byte boundary; the field is there even when it
+  // pads nothing.
   const uint64_t unpadded = e.header_offset + kLocalHeaderBytes + e.name.size() + zip64.size() + 4;
-  const auto padding = static_cast<uint16_t>((kPayloadAlignment - unpadded % kPayloadAlignment) %
-                                             kPayloadAlignment);
+  const auto padding =
+      static_cast<uint16_t>((kPayloadAlignment - unpadded % kPayloadAlignment) % kPayloadAlignment);
   std::string extra = zip64;
-  extra += "FS";
+  extra += "FB";
   append_le(extra, padding);
   extra.append(padding, 'Z');
 
@@ -152,7 +153,7 @@ void TorchZipWriter::finish() {
 
   std::string t;
   append_le(t, kZip64EndSig);
-  append_le(t, uint64_t{44});  // size of the rest of this record
+  append_le(t, uint64_t{44});      // size of the rest of this record
   append_le(t, uint16_t{0x031E});  // version made by, as miniz
   append_le(t, uint16_t{45});      // version needed: 4.5, zip64
   append_le(t, uint32_t{0});       // this disk

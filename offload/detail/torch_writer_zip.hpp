@@ -17,7 +17,7 @@
 namespace ferry::offload::detail {
 
 // Stored (uncompressed) entries under one top folder, each payload 64-byte aligned by an
-// "FS" padding extra field, sizes and CRC in a data descriptor after the payload (so the
+// "FB" padding extra field, sizes and CRC in a data descriptor after the payload (so the
 // local header can go out before the bytes are known), zip64 fields for any size or offset
 // of 4 GiB or more, and always the zip64 end records, as torch writes them.
 class TorchZipWriter {

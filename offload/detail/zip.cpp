@@ -121,8 +121,7 @@ EndRecord read_end_record(uint64_t file_size, const ReadAt& read_at, const std::
   FERRY_FORMAT_EXPECT(r.entry_count <= r.cd_nbytes / kCentralBytes,
                       "{}: zip end record claims {} entries but the central directory of {} "
                       "bytes holds at most {}; {}",
-                      source, r.entry_count, r.cd_nbytes, r.cd_nbytes / kCentralBytes,
-                      kRedownload);
+                      source, r.entry_count, r.cd_nbytes, r.cd_nbytes / kCentralBytes, kRedownload);
   return r;
 }
 
@@ -202,8 +201,8 @@ ZipDirectory ZipDirectory::read(uint64_t file_size, const ReadAt& read_at, std::
                       z.compressed_size == 0xffffffffu, z.local_header_offset == 0xffffffffu,
                       dir.source_);
     const auto [it, inserted] = dir.by_name_.emplace(z.name, dir.entries_.size());
-    FERRY_FORMAT_EXPECT(inserted, "{}: zip archive holds entry '{}' twice; {}", dir.source_,
-                        z.name, kRedownload);
+    FERRY_FORMAT_EXPECT(inserted, "{}: zip archive holds entry '{}' twice; {}", dir.source_, z.name,
+                        kRedownload);
     dir.entries_.push_back(std::move(z));
     pos += kCentralBytes + var_len;
   }
@@ -231,16 +230,15 @@ uint64_t ZipDirectory::data_offset(const ZipEntry& e, const ReadAt& read_at) con
                       "{}; {}",
                       source_, e.name, e.compressed_size, e.uncompressed_size, kRedownload);
   uint64_t header_end = 0;
-  FERRY_FORMAT_EXPECT(checked_add(e.local_header_offset, kLocalBytes, header_end) &&
-                          header_end <= file_size_,
-                      "{}: zip entry '{}' local header at byte {} is beyond the file of {} "
-                      "bytes; {}",
-                      source_, e.name, e.local_header_offset, file_size_, kRedownload);
+  FERRY_FORMAT_EXPECT(
+      checked_add(e.local_header_offset, kLocalBytes, header_end) && header_end <= file_size_,
+      "{}: zip entry '{}' local header at byte {} is beyond the file of {} "
+      "bytes; {}",
+      source_, e.name, e.local_header_offset, file_size_, kRedownload);
   unsigned char h[kLocalBytes];
   read_at(e.local_header_offset, kLocalBytes, h, "a zip local header");
-  FERRY_FORMAT_EXPECT(le32(h) == kLocalSig,
-                      "{}: zip entry '{}' has no local header at byte {}; {}", source_, e.name,
-                      e.local_header_offset, kRedownload);
+  FERRY_FORMAT_EXPECT(le32(h) == kLocalSig, "{}: zip entry '{}' has no local header at byte {}; {}",
+                      source_, e.name, e.local_header_offset, kRedownload);
   const uint64_t name_len = le16(h + 26);
   const uint64_t extra_len = le16(h + 28);
   // The local name must be the central directory's; a mismatch means the offset is wrong.

@@ -54,8 +54,7 @@ std::string read_file(const fs::path& path) {
     void operator()(std::FILE* f) const noexcept { std::fclose(f); }
   };
   std::unique_ptr<std::FILE, Closer> file(std::fopen(path.c_str(), "rb"));
-  FERRY_FORMAT_EXPECT(file != nullptr, "cannot open {}: {}", path.string(),
-                      std::strerror(errno));
+  FERRY_FORMAT_EXPECT(file != nullptr, "cannot open {}: {}", path.string(), std::strerror(errno));
   std::string bytes;
   std::array<char, 1 << 16> buffer;
   std::size_t n = 0;
@@ -130,12 +129,13 @@ struct BpeTokenizer::Impl {
       id_to_bytes.resize(index + 1);
       id_kind.resize(index + 1, Kind::kUnassigned);
     }
-    FERRY_FORMAT_EXPECT(id_kind[index] == Kind::kUnassigned,
-                        "{}: id {} is given to two tokens ({} and {})", source, id,
-                        shown(kind == Kind::kAdded ? id_to_bytes[index]
-                                                    : detail::bytes_to_token_string(
-                                                          id_to_bytes[index])),
-                        shown(spelling));
+    // Added tokens are stored as text, vocabulary tokens as bytes; show each as spelled.
+    FERRY_FORMAT_EXPECT(
+        id_kind[index] == Kind::kUnassigned, "{}: id {} is given to two tokens ({} and {})", source,
+        id,
+        shown(id_kind[index] == Kind::kAdded ? id_to_bytes[index]
+                                             : detail::bytes_to_token_string(id_to_bytes[index])),
+        shown(spelling));
     if (kind == Kind::kRegular) {
       const auto [it, inserted] = regular.emplace(bytes, id);
       FERRY_FORMAT_EXPECT(inserted, "{}: token {} appears twice (ids {} and {})", source,
@@ -156,8 +156,8 @@ struct BpeTokenizer::Impl {
   void add_vocab(const json& vocab, std::string_view source, std::string_view field,
                  const std::vector<std::string_view>& as_added,
                  const std::vector<std::int32_t>& skip_ids) {
-    FERRY_FORMAT_EXPECT(vocab.is_object(), "{}: {} must be an object of token → id, not {}",
-                        source, field, vocab.type_name());
+    FERRY_FORMAT_EXPECT(vocab.is_object(), "{}: {} must be an object of token → id, not {}", source,
+                        field, vocab.type_name());
     for (const auto& [spelling, value] : vocab.items()) {
       const std::optional<std::int32_t> id = json_token_id(value);
       FERRY_FORMAT_EXPECT(id.has_value(),
@@ -193,10 +193,9 @@ struct BpeTokenizer::Impl {
     const std::string joined = id_to_bytes[static_cast<std::size_t>(left_id)] +
                                id_to_bytes[static_cast<std::size_t>(right_id)];
     const auto it = regular.find(joined);
-    FERRY_FORMAT_EXPECT(it != regular.end(),
-                        "{}: {} joins {} and {} into {}, which is not in the vocabulary", source,
-                        where, shown(left), shown(right),
-                        shown(detail::bytes_to_token_string(joined)));
+    FERRY_FORMAT_EXPECT(
+        it != regular.end(), "{}: {} joins {} and {} into {}, which is not in the vocabulary",
+        source, where, shown(left), shown(right), shown(detail::bytes_to_token_string(joined)));
     merges.set(left_id, right_id, {rank, it->second});
   }
 
@@ -214,8 +213,7 @@ struct BpeTokenizer::Impl {
       // The header, not a merge: later lines may start with '#' ("# #" is a real merge).
       if (line_no == 1 && line.starts_with("#version")) continue;
       const std::size_t space = line.find(' ');
-      FERRY_FORMAT_EXPECT(space != std::string_view::npos && space > 0 &&
-                              space + 1 < line.size() &&
+      FERRY_FORMAT_EXPECT(space != std::string_view::npos && space > 0 && space + 1 < line.size() &&
                               line.find(' ', space + 1) == std::string_view::npos,
                           "{}:{}: expected two tokens separated by one space, got {}", source,
                           line_no, shown(line));
@@ -298,8 +296,8 @@ std::unique_ptr<BpeTokenizer::Impl> load_vocab_and_merges(std::string_view vocab
   auto impl = std::make_unique<BpeTokenizer::Impl>();
   // GPT-2's vocab.json lists <|endoftext|> among the ordinary tokens; it is the one special
   // token of the format, so it is set apart here.
-  impl->add_vocab(parse_json(vocab_json, vocab_source), vocab_source, "the top level",
-                  {kEndOfText}, {});
+  impl->add_vocab(parse_json(vocab_json, vocab_source), vocab_source, "the top level", {kEndOfText},
+                  {});
   impl->add_merges_txt(merges_txt, merges_source);
   impl->finish(vocab_source);
   return impl;
@@ -339,8 +337,7 @@ std::unique_ptr<BpeTokenizer::Impl> load_tokenizer_json(std::string_view text,
                       source);
   if (const auto type = model->find("type"); type != model->end()) {
     FERRY_FORMAT_EXPECT(type->is_string() && type->get<std::string>() == "BPE",
-                        "{}: model.type is {}; only \"BPE\" is supported", source,
-                        type->dump());
+                        "{}: model.type is {}; only \"BPE\" is supported", source, type->dump());
   }
   check_tokenizer_json_pipeline(root, source);
 
@@ -382,16 +379,16 @@ std::unique_ptr<BpeTokenizer::Impl> load_tokenizer_json(std::string_view text,
       const std::size_t space = s.find(' ');
       FERRY_FORMAT_EXPECT(space != std::string::npos && space > 0 && space + 1 < s.size() &&
                               s.find(' ', space + 1) == std::string::npos,
-                          "{}: {} is {}; expected two tokens separated by one space", source,
-                          where, m.dump());
-      impl->add_merge(std::string_view(s).substr(0, space),
-                     std::string_view(s).substr(space + 1), rank, source, where);
+                          "{}: {} is {}; expected two tokens separated by one space", source, where,
+                          m.dump());
+      impl->add_merge(std::string_view(s).substr(0, space), std::string_view(s).substr(space + 1),
+                      rank, source, where);
     } else {
       FERRY_FORMAT_EXPECT(m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string(),
-                          "{}: {} is {}; expected \"left right\" or [\"left\", \"right\"]",
-                          source, where, m.dump());
-      impl->add_merge(m[0].get_ref<const std::string&>(), m[1].get_ref<const std::string&>(),
-                     rank, source, where);
+                          "{}: {} is {}; expected \"left right\" or [\"left\", \"right\"]", source,
+                          where, m.dump());
+      impl->add_merge(m[0].get_ref<const std::string&>(), m[1].get_ref<const std::string&>(), rank,
+                      source, where);
     }
   }
   impl->finish(source);
@@ -412,8 +409,7 @@ BpeTokenizer BpeTokenizer::from_tokenizer_json(const fs::path& tokenizer_json) {
   return BpeTokenizer(load_tokenizer_json(text, tokenizer_json.string()));
 }
 
-BpeTokenizer BpeTokenizer::from_strings(std::string_view vocab_json,
-                                        std::string_view merges_txt) {
+BpeTokenizer BpeTokenizer::from_strings(std::string_view vocab_json, std::string_view merges_txt) {
   return BpeTokenizer(load_vocab_and_merges(vocab_json, merges_txt, "vocab.json (in memory)",
                                             "merges.txt (in memory)"));
 }
@@ -428,8 +424,9 @@ BpeTokenizer BpeTokenizer::from_model_dir(const fs::path& dir) {
                       "{} has no tokenizer: expected tokenizer.json, or vocab.json and "
                       "merges.txt{}",
                       dir.string(),
-                      has_vocab ? " (merges.txt is missing)"
-                                : has_merges ? " (vocab.json is missing)" : "");
+                      has_vocab    ? " (merges.txt is missing)"
+                      : has_merges ? " (vocab.json is missing)"
+                                   : "");
   return from_files(dir / "vocab.json", dir / "merges.txt");
 }
 

@@ -13,16 +13,18 @@
 #endif
 
 // Symbols are hidden so the references below resolve PC-relative inside the final binary.
-#define FERRY_INCBIN(name, path)                                   \
-  asm(".pushsection .rodata.ferry_" #name ", \"a\", @progbits\n"    \
-      ".global ferry_" #name "_begin\n"                              \
-      ".hidden ferry_" #name "_begin\n"                              \
-      ".global ferry_" #name "_end\n"                                \
-      ".hidden ferry_" #name "_end\n"                                \
-      "ferry_" #name "_begin:\n"                                     \
-      ".incbin \"" path "\"\n"                                       \
-      "ferry_" #name "_end:\n"                                       \
+// clang-format off
+#define FERRY_INCBIN(name, path)                                 \
+  asm(".pushsection .rodata.ferry_" #name ", \"a\", @progbits\n" \
+      ".global ferry_" #name "_begin\n"                           \
+      ".hidden ferry_" #name "_begin\n"                           \
+      ".global ferry_" #name "_end\n"                             \
+      ".hidden ferry_" #name "_end\n"                             \
+      "ferry_" #name "_begin:\n"                                  \
+      ".incbin \"" path "\"\n"                                    \
+      "ferry_" #name "_end:\n"                                    \
       ".popsection\n")
+// clang-format on
 
 FERRY_INCBIN(gpt2_vocab_json, FERRY_GPT2_VOCAB_JSON);
 FERRY_INCBIN(gpt2_merges_txt, FERRY_GPT2_MERGES_TXT);

@@ -24,15 +24,23 @@ struct Result {
 
 std::string quote(const std::string& s) {
   std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
+  for (char c : s) {
+    if (c == '\'') {
+      q.append("'\\''");
+    } else {
+      q.push_back(c);
+    }
+  }
+  q.push_back('\'');
+  return q;
 }
 
 Result ferry(const std::vector<std::string>& args) {
   test::TempDir tmp;
   std::string cmd = quote(FERRY_BIN);
-  for (const auto& a : args) cmd += " " + quote(a);
-  cmd += " >" + quote((tmp / "out").string()) + " 2>" + quote((tmp / "err").string()) + " </dev/null";
+  for (const auto& a : args) cmd.append(" ").append(quote(a));
+  cmd.append(" >").append(quote((tmp / "out").string()));
+  cmd.append(" 2>").append(quote((tmp / "err").string())).append(" </dev/null");
   const int status = std::system(cmd.c_str());
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, test::read_file(tmp / "out"),
           test::read_file(tmp / "err")};
@@ -47,7 +55,10 @@ std::string last_line(const std::string& s) {
 
 std::string join_ids(const json& ids) {
   std::string s;
-  for (const auto& id : ids) s += (s.empty() ? "" : " ") + std::to_string(id.get<int>());
+  for (const auto& id : ids) {
+    if (!s.empty()) s.push_back(' ');
+    s.append(std::to_string(id.get<int>()));
+  }
   return s;
 }
 
@@ -59,7 +70,9 @@ class CliParity : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CliParity, LogitsAndGreedyTokensMatchHuggingFace) {
   const fs::path dir = test::data_dir() / "gptj" / GetParam();
-  for (const json& p : expected(GetParam())["prompts"]) {
+  const json reference = expected(GetParam());
+  ASSERT_EQ(reference["prompts"].size(), 3u);
+  for (const json& p : reference["prompts"]) {
     const Result r = ferry({"logits", "-m", dir.string(), "--ids", join_ids(p["input_ids"])});
     ASSERT_EQ(r.rc, 0) << r.err;
     const auto got = json::parse(last_line(r.out))["logits"].get<std::vector<float>>();

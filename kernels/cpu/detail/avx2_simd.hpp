@@ -51,7 +51,8 @@ struct F16Weights {
 struct BF16Weights {
   using Elem = uint16_t;
   static __m256 load8(const Elem* p) {
-    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256i wide =
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
   }
   static float load1(const Elem* p) {

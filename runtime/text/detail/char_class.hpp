@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <array>
-#include <iterator>
 
 #include "runtime/text/detail/unicode_tables.hpp"
 
@@ -14,9 +13,9 @@ namespace ferry::text::detail {
 constexpr CharClass char_class_from_tables(char32_t cp) {
   // The first range whose last code point is >= cp is the only one that can hold cp.
   const auto* it = std::lower_bound(
-      std::begin(kCharClassRanges), std::end(kCharClassRanges), cp,
+      kCharClassRanges.begin(), kCharClassRanges.end(), cp,
       [](const CharClassRange& range, char32_t value) { return range.last < value; });
-  if (it == std::end(kCharClassRanges) || it->first > cp) return CharClass::kOther;
+  if (it == kCharClassRanges.end() || it->first > cp) return CharClass::kOther;
   return it->cls;
 }
 

@@ -74,6 +74,7 @@ def main():
         "// \\s = White_Space); code points in no range are kOther.",
         "#pragma once",
         "",
+        "#include <array>",
         "#include <cstdint>",
         "",
         "namespace ferry::text::detail {",
@@ -89,7 +90,8 @@ def main():
         f'inline constexpr const char* kUnicodeTablesVersion = "{unicodedata.unidata_version}";',
         "",
         "// Sorted, disjoint, and maximal: neighbouring ranges never share a class.",
-        f"inline constexpr CharClassRange kCharClassRanges[{len(table)}] = {{",
+        "// clang-format off",
+        f"inline constexpr std::array<CharClassRange, {len(table)}> kCharClassRanges{{{{",
     ]
     # Entries packed to the project's 100 columns.
     line = "   "
@@ -100,7 +102,7 @@ def main():
             line = "   "
         line += entry
     lines.append(line)
-    lines += ["};", "", "}  // namespace ferry::text::detail"]
+    lines += ["}};", "// clang-format on", "", "}  // namespace ferry::text::detail"]
     sys.stdout.write("\n".join(lines) + "\n")
 
 

@@ -22,7 +22,7 @@ void SpecialTokenMatcher::add(std::string content, std::int32_t id) {
 }
 
 std::optional<SpecialTokenMatcher::Match> SpecialTokenMatcher::find(std::string_view text,
-                                                                     std::size_t from) const {
+                                                                    std::size_t from) const {
   if (count_ == 0) return std::nullopt;
   for (std::size_t pos = from; pos < text.size(); ++pos) {
     const auto& bucket = by_first_byte_[static_cast<unsigned char>(text[pos])];

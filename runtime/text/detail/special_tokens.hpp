@@ -22,7 +22,6 @@ class SpecialTokenMatcher {
 
   // content must not be empty. Adding the same content again replaces its id.
   void add(std::string content, std::int32_t id);
-  bool empty() const { return count_ == 0; }
 
   // The leftmost occurrence at or after `from`; the longest one where several start there
   // (Hugging Face's leftmost-longest rule).

@@ -3,6 +3,7 @@
 // \s = White_Space); code points in no range are kOther.
 #pragma once
 
+#include <array>
 #include <cstdint>
 
 namespace ferry::text::detail {
@@ -18,7 +19,8 @@ struct CharClassRange {
 inline constexpr const char* kUnicodeTablesVersion = "14.0.0";
 
 // Sorted, disjoint, and maximal: neighbouring ranges never share a class.
-inline constexpr CharClassRange kCharClassRanges[792] = {
+// clang-format off
+inline constexpr std::array<CharClassRange, 792> kCharClassRanges{{
     {0x9, 0xD, CharClass::kSpace}, {0x20, 0x20, CharClass::kSpace},
     {0x30, 0x39, CharClass::kNumber}, {0x41, 0x5A, CharClass::kLetter},
     {0x61, 0x7A, CharClass::kLetter}, {0x85, 0x85, CharClass::kSpace},
@@ -415,6 +417,7 @@ inline constexpr CharClassRange kCharClassRanges[792] = {
     {0x2A700, 0x2B738, CharClass::kLetter}, {0x2B740, 0x2B81D, CharClass::kLetter},
     {0x2B820, 0x2CEA1, CharClass::kLetter}, {0x2CEB0, 0x2EBE0, CharClass::kLetter},
     {0x2F800, 0x2FA1D, CharClass::kLetter}, {0x30000, 0x3134A, CharClass::kLetter},
-};
+}};
+// clang-format on
 
 }  // namespace ferry::text::detail

@@ -32,7 +32,7 @@ inline Utf8Char decode_utf8(std::string_view s, std::size_t pos) {
   const unsigned char b0 = byte(pos);
   if (b0 < 0x80) return {b0, 1, Utf8Status::kOk};
 
-  std::uint32_t need = 0;            // continuation bytes after the lead
+  std::uint32_t need = 0;              // continuation bytes after the lead
   unsigned char lo = 0x80, hi = 0xBF;  // the allowed range of the first continuation byte
   char32_t cp = 0;
   if (b0 >= 0xC2 && b0 <= 0xDF) {

@@ -2,6 +2,8 @@
 // the seed alone.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "runtime/core/half.hpp"
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/loaded_model.hpp"

@@ -1,0 +1,179 @@
+// CPU kernel benchmarks. Roofline: a read loop that sums a 1 GiB buffer with AVX2 loads on every
+// thread of the same pool the kernels use — the memory bandwidth decode can hope for. Decode's
+// matrix–vector products (m = 1) stream each weight once, so their bytes/s (weight bytes per
+// second) should approach that loop's; read the ratio off the bytes_per_second counters.
+// Prompt products (m > 1) are compute bound and report FLOP/s.
+//
+//   bench_kernels --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+//
+// Shapes are GPT-J-6B's: n_embd 4096, n_inner 16384, vocab 50400. The 4096→4096 f16 matrix is
+// 32 MiB and may partly sit in a large L3; the others are 128–394 MiB.
+#include <benchmark/benchmark.h>
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "kernels/cpu/ops.hpp"
+#include "runtime/core/half.hpp"
+#include "runtime/core/thread_pool.hpp"
+
+namespace {
+
+using ferry::DType;
+using ferry::ThreadPool;
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<unsigned char, FreeDeleter>;
+
+Buffer allocate(std::size_t nbytes) {
+  const std::size_t rounded = (nbytes + 4095) / 4096 * 4096;
+  return Buffer(static_cast<unsigned char*>(std::aligned_alloc(4096, rounded)));
+}
+
+// Deterministic weights in [-1, 1) of the given dtype, written with a cheap LCG so hundreds of
+// MiB fill quickly (the values only need to be ordinary, finite numbers).
+Buffer make_weights(DType dt, std::size_t count) {
+  Buffer buf = allocate(count * ferry::dtype_size(dt));
+  uint32_t state = 12345;
+  auto next = [&state] {
+    state = state * 1664525u + 1013904223u;
+    return state;
+  };
+  if (dt == DType::f32) {
+    auto* w = reinterpret_cast<float*>(buf.get());
+    for (std::size_t i = 0; i < count; ++i) {
+      w[i] = static_cast<float>(static_cast<int32_t>(next())) * 4.656613e-10f;
+    }
+  } else {
+    auto* w = reinterpret_cast<uint16_t*>(buf.get());
+    // f16 0x2000–0x3bff and bf16 0x3c00–0x3f7f are values of magnitude 2^-7 … 1, either sign.
+    const uint16_t base = dt == DType::f16 ? 0x2000 : 0x3c00;
+    const uint16_t span = dt == DType::f16 ? 0x1c00 : 0x0380;
+    for (std::size_t i = 0; i < count; ++i) {
+      const uint32_t r = next();
+      w[i] = static_cast<uint16_t>((base + (r >> 8) % span) | ((r & 1u) << 15));
+    }
+  }
+  return buf;
+}
+
+// ---- roofline: read bandwidth ------------------------------------------------------------------
+
+__attribute__((target("avx2"))) float sum_avx2(const float* p, std::size_t n) {
+  __m256 a0 = _mm256_setzero_ps();
+  __m256 a1 = _mm256_setzero_ps();
+  __m256 a2 = _mm256_setzero_ps();
+  __m256 a3 = _mm256_setzero_ps();
+  for (std::size_t i = 0; i + 32 <= n; i += 32) {
+    a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
+    a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
+    a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
+    a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
+  }
+  const __m256 s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, s);
+  float total = 0.0f;
+  for (float v : lanes) total += v;
+  return total;
+}
+
+void BM_MemoryReadAvx2(benchmark::State& state) {
+  if (!__builtin_cpu_supports("avx2")) {
+    state.SkipWithError("no AVX2 on this processor");
+    return;
+  }
+  constexpr std::size_t kBytes = std::size_t{1} << 30;
+  constexpr std::size_t kFloats = kBytes / sizeof(float);
+  constexpr std::size_t kBlock = std::size_t{1} << 20;  // floats per work item (4 MiB)
+  Buffer buf = allocate(kBytes);
+  auto* data = reinterpret_cast<float*>(buf.get());
+  for (std::size_t i = 0; i < kFloats; ++i) data[i] = 1.0f;  // fault every page in
+  ThreadPool& pool = ferry::default_thread_pool();
+  const auto n_blocks = static_cast<int64_t>(kFloats / kBlock);
+  std::vector<float> partial(static_cast<std::size_t>(n_blocks));
+  for (auto _ : state) {
+    pool.parallel_for(n_blocks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        partial[static_cast<std::size_t>(i)] =
+            sum_avx2(data + static_cast<std::size_t>(i) * kBlock, kBlock);
+      }
+    });
+    benchmark::DoNotOptimize(partial.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["bytes_per_second"] =
+      benchmark::Counter(static_cast<double>(kBytes) * static_cast<double>(state.iterations()),
+                         benchmark::Counter::kIsRate, benchmark::Counter::kIs1024);
+  state.counters["threads"] = pool.size();
+}
+BENCHMARK(BM_MemoryReadAvx2)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// ---- linear ------------------------------------------------------------------------------------
+
+// Args: m, k (inputs), n (outputs), dtype.
+void BM_Linear(benchmark::State& state) {
+  const int64_t m = state.range(0);
+  const int64_t k = state.range(1);
+  const int64_t n = state.range(2);
+  const auto dt = static_cast<DType>(state.range(3));
+  const auto w_count = static_cast<std::size_t>(n * k);
+  Buffer w = make_weights(dt, w_count);
+  std::vector<float> x(static_cast<std::size_t>(m * k));
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 13) * 0.01f - 0.06f;
+  std::vector<float> bias(static_cast<std::size_t>(n), 0.5f);
+  std::vector<float> y(static_cast<std::size_t>(m * n));
+  ThreadPool& pool = ferry::default_thread_pool();
+  for (auto _ : state) {
+    ferry::kernels::cpu::linear(x.data(), m, k, w.get(), dt, n, bias.data(), y.data(), pool);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  const auto iters = static_cast<double>(state.iterations());
+  const auto w_bytes = static_cast<double>(w_count * ferry::dtype_size(dt));
+  state.counters["bytes_per_second"] =
+      benchmark::Counter(w_bytes * iters, benchmark::Counter::kIsRate, benchmark::Counter::kIs1024);
+  state.counters["flops"] =
+      benchmark::Counter(2.0 * static_cast<double>(m * n * k) * iters, benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(ferry::dtype_name(dt)) + " " +
+                 std::string(ferry::kernels::cpu::simd_level()));
+}
+
+constexpr int64_t kF32 = static_cast<int64_t>(DType::f32);
+constexpr int64_t kF16 = static_cast<int64_t>(DType::f16);
+constexpr int64_t kBF16 = static_cast<int64_t>(DType::bf16);
+
+// Decode: the four GPT-J matrix shapes in f16, the MLP's first one in f32 and bf16 too.
+BENCHMARK(BM_Linear)
+    ->ArgNames({"m", "k", "n", "dtype"})
+    ->Args({1, 4096, 16384, kF16})
+    ->Args({1, 16384, 4096, kF16})
+    ->Args({1, 4096, 4096, kF16})
+    ->Args({1, 4096, 50400, kF16})
+    ->Args({1, 4096, 16384, kF32})
+    ->Args({1, 4096, 16384, kBF16})
+    ->Args({1, 16384, 4096, kBF16})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// Prompt processing: compute bound, judged by FLOP/s.
+BENCHMARK(BM_Linear)
+    ->ArgNames({"m", "k", "n", "dtype"})
+    ->Args({32, 4096, 4096, kF16})
+    ->Args({128, 4096, 4096, kF16})
+    ->Args({32, 4096, 16384, kF16})
+    ->Args({128, 4096, 16384, kF16})
+    ->Args({128, 4096, 4096, kF32})
+    ->Args({128, 4096, 4096, kBF16})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();

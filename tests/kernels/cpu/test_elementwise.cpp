@@ -1,0 +1,345 @@
+// layer_norm, gelu_new, add, rotary_interleaved, convert_to_f32 and simd_level: the fast and
+// portable kernels against the reference, and all of them against independent double-precision
+// computations.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/ops.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/core/half.hpp"
+#include "tests/kernels/cpu/kernel_test_util.hpp"
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
+namespace ferry::kernels::cpu {
+namespace {
+
+using test::kUnitRoundoff;
+using test::random_floats;
+
+uint32_t bits_of(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+// ---- layer_norm -------------------------------------------------------------------------------
+
+using LayerNormFn = void (*)(const float*, int64_t, int64_t, const float*, const float*, float,
+                             float*);
+
+struct LayerNormImpl {
+  const char* name;
+  LayerNormFn fn;
+};
+
+const LayerNormImpl kLayerNorms[] = {
+    {"ref", ref::layer_norm}, {"fast", layer_norm}, {"scalar", scalar::layer_norm}};
+
+// Double-precision layer norm of one row.
+std::vector<double> layer_norm_double(const float* x, int64_t n, const float* gamma,
+                                      const float* beta, double eps) {
+  double mean = 0.0;
+  for (int64_t j = 0; j < n; ++j) mean += x[j];
+  mean /= static_cast<double>(n);
+  double var = 0.0;
+  for (int64_t j = 0; j < n; ++j) var += (x[j] - mean) * (x[j] - mean);
+  var /= static_cast<double>(n);
+  std::vector<double> y(static_cast<std::size_t>(n));
+  for (int64_t j = 0; j < n; ++j) {
+    y[static_cast<std::size_t>(j)] = (x[j] - mean) / std::sqrt(var + eps) * gamma[j] + beta[j];
+  }
+  return y;
+}
+
+// Tolerance: an f32 sum of n inputs of size ≤ 1 differs from exact by ~sqrt(n)·2^-24 typically
+// (n·2^-24 at worst), which moves the normalised output by a few 1e-7 at n ≤ 4096; gamma ≤ 2
+// doubles that. 1e-5 + 1e-5·|y| leaves a wide margin, yet catches every real mistake: the
+// unbiased variance (n - 1 divisor) alone changes the output by ≥ 1.2e-4 relative at n = 4096, and
+// a missing eps by 1.5e-5·|y| for unit-variance rows.
+TEST(LayerNormTest, MatchesDoubleAndReference) {
+  std::mt19937 rng(17);
+  const float eps = 1e-5f;
+  for (int64_t n : {1, 7, 8, 9, 63, 64, 65, 1000, 4096}) {
+    const int64_t m = 3;
+    SCOPED_TRACE("n=" + std::to_string(n));
+    const auto x = random_floats(rng, static_cast<std::size_t>(m * n), -1.0f, 1.5f);
+    const auto gamma = random_floats(rng, static_cast<std::size_t>(n), 0.5f, 2.0f);
+    const auto beta = random_floats(rng, static_cast<std::size_t>(n));
+    std::vector<float> y_ref(x.size());
+    ref::layer_norm(x.data(), m, n, gamma.data(), beta.data(), eps, y_ref.data());
+    for (const LayerNormImpl& impl : kLayerNorms) {
+      std::vector<float> y(x.size(), NAN);
+      impl.fn(x.data(), m, n, gamma.data(), beta.data(), eps, y.data());
+      for (int64_t i = 0; i < m; ++i) {
+        const auto want = layer_norm_double(x.data() + i * n, n, gamma.data(), beta.data(), eps);
+        for (int64_t j = 0; j < n; ++j) {
+          const auto at = static_cast<std::size_t>(i * n + j);
+          const double w = want[static_cast<std::size_t>(j)];
+          ASSERT_NEAR(y[at], w, 1e-5 + 1e-5 * std::fabs(w)) << impl.name << " row " << i;
+          ASSERT_NEAR(y[at], y_ref[at], 1e-5 + 1e-5 * std::fabs(y_ref[at])) << impl.name;
+        }
+      }
+    }
+  }
+}
+
+// With gamma = 1 and beta = 0 every row comes out with mean 0 and variance 1 (eps tiny).
+TEST(LayerNormTest, NormalisesToZeroMeanUnitVariance) {
+  std::mt19937 rng(19);
+  const int64_t n = 1024;
+  const auto x = random_floats(rng, static_cast<std::size_t>(2 * n), -3.0f, 5.0f);
+  const std::vector<float> gamma(static_cast<std::size_t>(n), 1.0f);
+  const std::vector<float> beta(static_cast<std::size_t>(n), 0.0f);
+  for (const LayerNormImpl& impl : kLayerNorms) {
+    std::vector<float> y(x.size());
+    impl.fn(x.data(), 2, n, gamma.data(), beta.data(), 1e-12f, y.data());
+    for (int64_t i = 0; i < 2; ++i) {
+      double mean = 0.0;
+      for (int64_t j = 0; j < n; ++j) mean += y[static_cast<std::size_t>(i * n + j)];
+      mean /= static_cast<double>(n);
+      double var = 0.0;
+      for (int64_t j = 0; j < n; ++j) {
+        const double d = y[static_cast<std::size_t>(i * n + j)] - mean;
+        var += d * d;
+      }
+      var /= static_cast<double>(n);
+      EXPECT_NEAR(mean, 0.0, 1e-6) << impl.name;
+      EXPECT_NEAR(var, 1.0, 1e-5) << impl.name;
+    }
+  }
+}
+
+// Two passes (mean, then squared deviations) survive a large common offset, where the one-pass
+// E[x²] - E[x]² in f32 loses the variance entirely (var ≈ 1/3 against E[x²] ≈ 1e4). The f32 mean
+// itself is off by up to ~1e-4 here, hence the looser bound.
+TEST(LayerNormTest, LargeOffsetNeedsTwoPasses) {
+  std::mt19937 rng(23);
+  const int64_t n = 4096;
+  const auto x = random_floats(rng, static_cast<std::size_t>(n), 99.0f, 101.0f);
+  const std::vector<float> gamma(static_cast<std::size_t>(n), 1.0f);
+  const std::vector<float> beta(static_cast<std::size_t>(n), 0.0f);
+  const auto want = layer_norm_double(x.data(), n, gamma.data(), beta.data(), 1e-5);
+  for (const LayerNormImpl& impl : kLayerNorms) {
+    std::vector<float> y(x.size());
+    impl.fn(x.data(), 1, n, gamma.data(), beta.data(), 1e-5f, y.data());
+    for (std::size_t j = 0; j < y.size(); ++j) ASSERT_NEAR(y[j], want[j], 2e-3) << impl.name;
+  }
+}
+
+// ---- gelu_new ---------------------------------------------------------------------------------
+
+double gelu_new_double(double x) {
+  const double kPi = 3.14159265358979323846;
+  return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / kPi) * (x + 0.044715 * x * x * x)));
+}
+
+// The float formula rounds each of its ~8 operations once; tanh's derivative is ≤ 1 and its
+// argument is ~|x|, so the error is a few ulps of max(|x|, 1): 1e-6·max(1, |x|) (~8 ulps). Where
+// 1 + tanh cancels (x ≲ -4) the result is tiny and the bound is absolute, as in torch.
+TEST(GeluNewTest, MatchesDoubleFormula) {
+  std::vector<float> xs;
+  for (int i = -2000; i <= 2000; ++i) xs.push_back(static_cast<float>(i) * 0.005f);
+  for (float v : {-30.0f, -12.5f, 0.0f, 1e-30f, -1e-30f, 1e-6f, 12.5f, 30.0f, 1e4f})
+    xs.push_back(v);
+  std::vector<float> fast = xs;
+  std::vector<float> reference = xs;
+  gelu_new(fast.data(), static_cast<int64_t>(fast.size()));
+  ref::gelu_new(reference.data(), static_cast<int64_t>(reference.size()));
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    const double want = gelu_new_double(xs[i]);
+    EXPECT_NEAR(fast[i], want, 1e-6 * std::max(1.0, std::fabs(static_cast<double>(xs[i]))))
+        << "x=" << xs[i];
+    EXPECT_EQ(bits_of(fast[i]), bits_of(reference[i])) << "x=" << xs[i];
+  }
+  // Known values of the tanh approximation (gelu_new(1) = 0.841192; gelu_new(-1) = -0.158808).
+  EXPECT_NEAR(fast[static_cast<std::size_t>(2000 + 200)], 0.8411920071, 1e-6);
+  EXPECT_NEAR(fast[static_cast<std::size_t>(2000 - 200)], -0.1588079929, 1e-6);
+}
+
+// ---- add --------------------------------------------------------------------------------------
+
+TEST(AddTest, MatchesReferenceExactly) {
+  std::mt19937 rng(29);
+  for (int64_t n : {0, 1, 7, 8, 9, 63, 64, 65, 1000}) {
+    const auto x = random_floats(rng, static_cast<std::size_t>(n));
+    const auto y0 = random_floats(rng, static_cast<std::size_t>(n));
+    auto y_ref = y0;
+    auto y_fast = y0;
+    auto y_scalar = y0;
+    ref::add(y_ref.data(), x.data(), n);
+    add(y_fast.data(), x.data(), n);
+    scalar::add(y_scalar.data(), x.data(), n);
+    for (std::size_t i = 0; i < y0.size(); ++i) {
+      ASSERT_EQ(y_ref[i], y0[i] + x[i]);
+      ASSERT_EQ(bits_of(y_fast[i]), bits_of(y_ref[i]));
+      ASSERT_EQ(bits_of(y_scalar[i]), bits_of(y_ref[i]));
+    }
+  }
+}
+
+// ---- rotary_interleaved -----------------------------------------------------------------------
+
+// Rotates rows of n_head heads (head_dim each, padding after the heads) at hand-picked positions
+// and compares with the rotation computed in double: pairs (2i, 2i+1) of the first rotary_dim
+// features turn by pos · 10000^(-2i/rotary_dim); every other value stays bit-identical.
+// Tolerance: the float angle carries a few ulps of relative error (powf, the division, the
+// product with pos), so the rotated pair is off by ≲ (|x0| + |x1|)·8·u·max(1, |angle|).
+TEST(RotaryTest, RotatesInterleavedPairsOfTheFirstRotaryDims) {
+  std::mt19937 rng(31);
+  const int64_t n_head = 3;
+  const int64_t head_dim = 16;
+  const std::vector<int32_t> positions = {0, 1, 2, 7, 100, 2047};
+  const auto m = static_cast<int64_t>(positions.size());
+  for (int64_t rotary_dim : {2, 8, 16}) {
+    SCOPED_TRACE("rotary_dim=" + std::to_string(rotary_dim));
+    const int64_t row_stride = n_head * head_dim + 5;
+    const auto x0 = random_floats(rng, static_cast<std::size_t>(m * row_stride));
+    auto fast = x0;
+    auto reference = x0;
+    rotary_interleaved(fast.data(), m, row_stride, n_head, head_dim, rotary_dim, positions.data());
+    ref::rotary_interleaved(reference.data(), m, row_stride, n_head, head_dim, rotary_dim,
+                            positions.data());
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t c = 0; c < row_stride; ++c) {
+        const auto at = static_cast<std::size_t>(r * row_stride + c);
+        ASSERT_EQ(bits_of(fast[at]), bits_of(reference[at])) << "row " << r << " col " << c;
+        const int64_t h = c / head_dim;
+        const int64_t d = c % head_dim;
+        if (h >= n_head || d >= rotary_dim || positions[static_cast<std::size_t>(r)] == 0) {
+          // Untouched: features past rotary_dim, the row padding, and position 0 (cos 0 = 1,
+          // sin 0 = 0 exactly).
+          ASSERT_EQ(bits_of(fast[at]), bits_of(x0[at])) << "row " << r << " col " << c;
+          continue;
+        }
+        const int64_t i = d / 2;
+        const std::size_t even = at - static_cast<std::size_t>(d % 2);
+        const double a = x0[even];
+        const double b = x0[even + 1];
+        const double angle =
+            positions[static_cast<std::size_t>(r)] *
+            std::pow(10000.0, -static_cast<double>(2 * i) / static_cast<double>(rotary_dim));
+        const double want = d % 2 == 0 ? a * std::cos(angle) - b * std::sin(angle)
+                                       : b * std::cos(angle) + a * std::sin(angle);
+        const double tol =
+            (std::fabs(a) + std::fabs(b)) * 8.0 * kUnitRoundoff * std::max(1.0, angle) + 1e-7;
+        ASSERT_NEAR(fast[at], want, tol) << "row " << r << " col " << c;
+      }
+    }
+  }
+}
+
+// Position 1, rotary_dim 4: pair 0 turns by 1 rad, pair 1 by 10000^(-1/2) = 0.01 rad.
+TEST(RotaryTest, HandComputedRotation) {
+  std::vector<float> x = {1.0f, 0.0f, 0.0f, 1.0f, 5.0f, 6.0f};
+  const int32_t pos = 1;
+  rotary_interleaved(x.data(), 1, 6, 1, 6, 4, &pos);
+  EXPECT_NEAR(x[0], std::cos(1.0), 1e-7);
+  EXPECT_NEAR(x[1], std::sin(1.0), 1e-7);
+  EXPECT_NEAR(x[2], -std::sin(0.01), 1e-8);
+  EXPECT_NEAR(x[3], std::cos(0.01), 1e-7);
+  EXPECT_EQ(x[4], 5.0f);
+  EXPECT_EQ(x[5], 6.0f);
+}
+
+// ---- convert_to_f32 ---------------------------------------------------------------------------
+
+using ConvertFn = void (*)(const void*, DType, int64_t, float*);
+
+struct ConvertImpl {
+  const char* name;
+  ConvertFn fn;
+};
+
+const ConvertImpl kConverts[] = {
+    {"ref", ref::convert_to_f32}, {"fast", convert_to_f32}, {"scalar", scalar::convert_to_f32}};
+
+// Every one of the 65536 f16 and bf16 bit patterns converts exactly (subnormals, infinities,
+// signed zeros included); NaN stays NaN (a signalling NaN may come back quieted).
+TEST(ConvertTest, EveryHalfAndBfloat16PatternIsExact) {
+  std::vector<uint16_t> all(65536);
+  std::iota(all.begin(), all.end(), uint16_t{0});
+  for (DType dt : {DType::f16, DType::bf16}) {
+    for (const ConvertImpl& impl : kConverts) {
+      // An odd length starting at an odd index exercises unaligned loads and the scalar tail.
+      for (std::size_t offset : {std::size_t{0}, std::size_t{1}}) {
+        const auto n = static_cast<int64_t>(all.size() - offset);
+        std::vector<float> out(all.size() - offset);
+        impl.fn(all.data() + offset, dt, n, out.data());
+        for (std::size_t i = 0; i < out.size(); ++i) {
+          const uint16_t h = all[i + offset];
+          const float want = dt == DType::f16 ? f16_to_f32(h) : bf16_to_f32(h);
+          if (std::isnan(want)) {
+            ASSERT_TRUE(std::isnan(out[i])) << impl.name << " " << h;
+          } else {
+            ASSERT_EQ(bits_of(out[i]), bits_of(want))
+                << impl.name << " " << dtype_name(dt) << " pattern " << h;
+          }
+        }
+      }
+    }
+  }
+  // Spot checks independent of half.hpp: the smallest f16 subnormal is 2^-24, the largest
+  // 1023·2^-24, 0x3c00 is 1, 0xc000 is -2; bf16 0x3f80 is 1.
+  float v = 0.0f;
+  const uint16_t tiny = 0x0001;
+  const uint16_t big_sub = 0x03ff;
+  const uint16_t one = 0x3c00;
+  const uint16_t minus_two = 0xc000;
+  const uint16_t bf_one = 0x3f80;
+  convert_to_f32(&tiny, DType::f16, 1, &v);
+  EXPECT_EQ(v, std::ldexp(1.0f, -24));
+  convert_to_f32(&big_sub, DType::f16, 1, &v);
+  EXPECT_EQ(v, 1023.0f * std::ldexp(1.0f, -24));
+  convert_to_f32(&one, DType::f16, 1, &v);
+  EXPECT_EQ(v, 1.0f);
+  convert_to_f32(&minus_two, DType::f16, 1, &v);
+  EXPECT_EQ(v, -2.0f);
+  convert_to_f32(&bf_one, DType::bf16, 1, &v);
+  EXPECT_EQ(v, 1.0f);
+}
+
+TEST(ConvertTest, F32IsCopiedAndOtherTypesAreRejected) {
+  std::mt19937 rng(37);
+  const auto src = random_floats(rng, 77);
+  for (const ConvertImpl& impl : kConverts) {
+    std::vector<float> out(src.size(), NAN);
+    impl.fn(src.data(), DType::f32, static_cast<int64_t>(src.size()), out.data());
+    EXPECT_EQ(0, std::memcmp(out.data(), src.data(), src.size() * sizeof(float))) << impl.name;
+    EXPECT_THROW(impl.fn(src.data(), DType::i32, 1, out.data()), InvalidArgument) << impl.name;
+  }
+}
+
+// ---- simd_level -------------------------------------------------------------------------------
+
+TEST(SimdLevelTest, ReportsTheCpuOrTheOverride) {
+  const char* env = std::getenv("FERRY_SIMD");
+  const std::string level(simd_level());
+  if (env != nullptr && std::string(env) == "scalar") {
+    EXPECT_EQ(level, "scalar");
+    return;
+  }
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  unsigned eax = 0;
+  unsigned ebx = 0;
+  unsigned ecx = 0;
+  unsigned edx = 0;
+  const bool has_f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+  const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c;
+  EXPECT_EQ(level, has_avx2 ? "avx2" : "scalar");
+#else
+  EXPECT_EQ(level, "scalar");
+#endif
+}
+
+}  // namespace
+}  // namespace ferry::kernels::cpu
