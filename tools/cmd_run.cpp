@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "runtime/core/error.hpp"
+#include "runtime/core/units.hpp"
 #include "runtime/core/thread_pool.hpp"
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/generate.hpp"
@@ -39,6 +40,38 @@ text::BpeTokenizer load_tokenizer(const std::string& model_dir, const TokenizerO
   return text::BpeTokenizer::from_model_dir(model_dir);
 }
 
+// Options every command that loads weights shares.
+struct LoadFlags {
+  std::string max_ram;
+  std::string io;
+};
+
+void add_load_options(CLI::App* cmd, LoadFlags& o) {
+  cmd->add_option("--max-ram", o.max_ram,
+                  "cap on host memory, e.g. 4GiB (default: what is free, cgroup limits included)")
+      ->envname("FERRY_MAX_RAM");
+  cmd->add_option("--io", o.io, "I/O engine: auto | uring | pread | buffered")
+      ->envname("FERRY_IO");
+}
+
+engine::LoadOptions load_options(const LoadFlags& f, int64_t context, int64_t rows) {
+  engine::LoadOptions o;
+  if (!f.max_ram.empty()) o.max_ram_bytes = parse_size(f.max_ram);
+  if (!f.io.empty()) o.io.backend = offload::parse_io_backend(f.io);
+  o.context = context;
+  o.max_batch_rows = rows;
+  return o;
+}
+
+// The one-line summary of where the weights went, on stderr.
+void print_plan(const engine::LoadedModel& m) {
+  const auto& s = m.weights->streamer();
+  fmt::print(stderr, "ferry: {}; load {:.2f} s\n", s.describe(), s.stats().load_s);
+  if (m.budget_bytes)
+    fmt::print(stderr, "ferry: plan: {} (budget from {})\n", m.plan.describe(m.budget_bytes),
+               m.budget_source);
+}
+
 struct RunOptions {
   std::string model;
   std::string prompt;
@@ -52,6 +85,7 @@ struct RunOptions {
   bool ignore_eos = false;
   bool quiet = false;
   TokenizerOptions tok;
+  LoadFlags load;
 };
 
 std::string token_text(const text::BpeTokenizer& tok, text::StreamDecoder& dec, int32_t id) {
@@ -77,6 +111,7 @@ Command add_run(CLI::App& app) {
   cmd->add_flag("--ignore-eos", o->ignore_eos, "keep going after <|endoftext|>");
   cmd->add_flag("-q,--quiet", o->quiet, "no statistics on stderr");
   add_tokenizer_options(cmd, o->tok);
+  add_load_options(cmd, o->load);
   return [o] {
     FERRY_EXPECT(!o->prompt.empty() || !o->ids.empty(), "give a prompt with -p TEXT or --ids \"I J K\"");
     std::optional<text::BpeTokenizer> tok;
@@ -91,19 +126,22 @@ Command add_run(CLI::App& app) {
     }
     const std::vector<int32_t> prompt = o->ids.empty() ? tok->encode(o->prompt) : parse_ids(o->ids);
 
-    engine::LoadedModel m = engine::load_model(o->model);
+    // The KV cache and activations are sized for this request, not for n_positions.
+    const auto config = model::ModelConfig::from_model_dir(o->model);
+    const int64_t n_prompt = static_cast<int64_t>(prompt.size());
+    FERRY_EXPECT(n_prompt <= config.n_positions,
+                 "the prompt has {} tokens but the model's context is {} tokens (n_positions); "
+                 "shorten the prompt",
+                 n_prompt, config.n_positions);
+    const int64_t context = std::min<int64_t>(config.n_positions, n_prompt + std::max<int64_t>(o->n, 1));
+    engine::LoadedModel m = engine::load_model(o->model, load_options(o->load, context, n_prompt));
+    if (!o->quiet) print_plan(m);
     engine::GenerateOptions go;
     go.max_new_tokens = o->n;
     if (!o->ignore_eos) go.eos_id = m.config.eos_token_id;
     go.sampling = {o->temperature, o->top_k, o->top_p, o->seed};
     engine::EngineOptions eo;
-    eo.context = std::min<int64_t>(m.config.n_positions,
-                                   static_cast<int64_t>(prompt.size()) + std::max<int64_t>(o->n, 1));
-    // Check the request against the model before sizing anything by it.
-    FERRY_EXPECT(static_cast<int64_t>(prompt.size()) <= m.config.n_positions,
-                 "the prompt has {} tokens but the model's context is {} tokens (n_positions); "
-                 "shorten the prompt",
-                 prompt.size(), m.config.n_positions);
+    eo.context = context;
     engine::Engine eng(*m.weights, eo, default_thread_pool());
 
     std::optional<text::StreamDecoder> dec;
@@ -144,6 +182,7 @@ Command add_logits(CLI::App& app) {
     std::string prompt;
     bool all = false;
     TokenizerOptions tok;
+    LoadFlags load;
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("logits", "print the logits at the last position as JSON");
@@ -153,15 +192,18 @@ Command add_logits(CLI::App& app) {
   i->excludes(p);
   cmd->add_flag("--all-positions", o->all, "one row of logits per input position");
   add_tokenizer_options(cmd, o->tok);
+  add_load_options(cmd, o->load);
   return [o] {
     FERRY_EXPECT(!o->ids.empty() || !o->prompt.empty(), "give the input with --ids \"I J K\" or -p TEXT");
     const std::vector<int32_t> ids =
         o->ids.empty() ? load_tokenizer(o->model, o->tok).encode(o->prompt) : parse_ids(o->ids);
-    engine::LoadedModel m = engine::load_model(o->model);
-    FERRY_EXPECT(static_cast<int64_t>(ids.size()) <= m.config.n_positions,
+    const auto config = model::ModelConfig::from_model_dir(o->model);
+    const auto n_ids = static_cast<int64_t>(ids.size());
+    FERRY_EXPECT(n_ids <= config.n_positions,
                  "the input has {} tokens but the model's context is {} tokens (n_positions); "
                  "shorten it",
-                 ids.size(), m.config.n_positions);
+                 n_ids, config.n_positions);
+    engine::LoadedModel m = engine::load_model(o->model, load_options(o->load, n_ids, n_ids));
     engine::EngineOptions eo;
     eo.context = static_cast<int64_t>(ids.size());
     engine::Engine eng(*m.weights, eo, default_thread_pool());

@@ -26,6 +26,15 @@ void ensure(std::vector<T>& v, std::size_t n) {
 
 }  // namespace
 
+uint64_t Engine::activation_bytes(const model::ModelConfig& config, int64_t max_rows) {
+  const auto rows = static_cast<uint64_t>(max_rows);
+  const auto e = static_cast<uint64_t>(config.n_embd);
+  // x, h, q, k, v, attn, proj, mlp and final at n_embd; ff at n_inner; logits at vocab.
+  return rows * (9 * e + static_cast<uint64_t>(config.n_inner) +
+                 static_cast<uint64_t>(config.vocab_size)) *
+         sizeof(float);
+}
+
 Engine::Engine(WeightProvider& weights, EngineOptions options, ThreadPool& pool)
     : config_(weights.config()),
       weights_(weights),

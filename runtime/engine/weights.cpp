@@ -12,10 +12,6 @@ using model::WeightRole;
 
 namespace {
 
-constexpr std::size_t kAlign = 64;
-
-std::size_t align_up(std::size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
-
 std::string checkpoint_where(const offload::Checkpoint& ck, const offload::TensorEntry& t) {
   return ck.files()[t.file_index].path.string();
 }
@@ -44,98 +40,139 @@ void check_checkpoint(const model::ModelConfig& config, const offload::Checkpoin
   }
 }
 
-LoadedGroup::LoadedGroup(const model::WeightGroup& group, const offload::Checkpoint& checkpoint) {
-  // Lay out: matrices in their stored dtype, vectors as f32, each 64-byte aligned.
-  std::size_t total = 0;
-  std::size_t staging = 0;  // a vector stored as f16/bf16 is read here, then widened
-  for (const auto& w : group.weights) {
-    const offload::TensorEntry& t = checkpoint.at(w.name);
-    const DType dt = w.is_matrix() ? t.dtype : DType::f32;
-    const int64_t rows = w.is_matrix() ? w.shape[0] : 1;
-    const int64_t cols = w.is_matrix() ? w.shape[1] : w.shape[0];
-    slots_.push_back({w.role, total, dt, rows, cols});
-    total += align_up(static_cast<std::size_t>(w.shape.numel()) * dtype_size(dt));
-    if (!w.is_matrix() && t.dtype != DType::f32) staging = std::max<std::size_t>(staging, t.nbytes);
-  }
-  buffer_ = AlignedBuffer(total, kAlign);
-  AlignedBuffer narrow(staging, kAlign);
-  for (std::size_t i = 0; i < group.weights.size(); ++i) {
-    const auto& w = group.weights[i];
-    const offload::TensorEntry& t = checkpoint.at(w.name);
-    char* dst = buffer_.as<char>() + slots_[i].offset_bytes;
-    if (w.is_matrix() || t.dtype == DType::f32) {
-      checkpoint.read(t, dst);
-    } else {
-      checkpoint.read(t, narrow.data());
-      kernels::cpu::convert_to_f32(narrow.data(), t.dtype, w.shape.numel(),
-                                   reinterpret_cast<float*>(dst));
-    }
-  }
+Placement Placement::all(const model::ModelConfig& config, offload::Tier tier,
+                         std::size_t slot_count) {
+  Placement p;
+  p.blocks.assign(static_cast<std::size_t>(config.n_layer), tier);
+  p.head = tier;
+  p.slot_count = slot_count;
+  return p;
 }
 
-const LoadedGroup::Slot& LoadedGroup::slot(WeightRole role) const {
-  for (const auto& s : slots_)
-    if (s.role == role) return s;
+namespace {
+
+// The order of a block unit's matrices; acquire_block reads them back in this order.
+constexpr WeightRole kBlockMatrices[] = {WeightRole::q_proj,   WeightRole::k_proj,
+                                         WeightRole::v_proj,   WeightRole::out_proj,
+                                         WeightRole::fc_in_w,  WeightRole::fc_out_w};
+constexpr WeightRole kBlockVectors[] = {WeightRole::ln_1_w, WeightRole::ln_1_b,
+                                        WeightRole::fc_in_b, WeightRole::fc_out_b};
+constexpr WeightRole kHeadVectors[] = {WeightRole::ln_f_w, WeightRole::ln_f_b,
+                                       WeightRole::lm_head_b};
+
+const model::WeightSpec& spec_of(const model::WeightGroup& g, WeightRole role) {
+  for (const auto& w : g.weights)
+    if (w.role == role) return w;
   throw Error(fmt::format("internal: weight role {} not in this group", static_cast<int>(role)));
 }
 
-MatrixView LoadedGroup::matrix(WeightRole role) const {
-  const Slot& s = slot(role);
-  return {buffer_.as<char>() + s.offset_bytes, s.dtype, s.rows, s.cols};
+model::ModelConfig checked(model::ModelConfig config, const offload::Checkpoint& checkpoint) {
+  check_checkpoint(config, checkpoint);
+  return config;
 }
 
-const float* LoadedGroup::vector(WeightRole role) const {
-  return reinterpret_cast<const float*>(buffer_.as<char>() + slot(role).offset_bytes);
+offload::StreamerOptions streamer_options(const Placement& placement, offload::IoOptions io) {
+  offload::StreamerOptions o;
+  o.slot_count = placement.slot_count;
+  o.io = std::move(io);
+  return o;
 }
 
-ResidentWeights::ResidentWeights(model::ModelConfig config, const offload::Checkpoint& checkpoint)
-    : config_(std::move(config)) {
-  check_checkpoint(config_, checkpoint);
-  embedding_ = LoadedGroup(model::embedding_group(config_), checkpoint);
-  blocks_.reserve(static_cast<std::size_t>(config_.n_layer));
-  for (int l = 0; l < config_.n_layer; ++l)
-    blocks_.emplace_back(model::block_group(config_, l), checkpoint);
-  head_ = LoadedGroup(model::head_group(config_), checkpoint);
+}  // namespace
+
+std::vector<offload::StreamUnitSpec> gptj_units(const model::ModelConfig& config,
+                                                const Placement& placement) {
+  FERRY_EXPECT(placement.blocks.size() == static_cast<std::size_t>(config.n_layer),
+               "the placement names {} blocks but the model has {}", placement.blocks.size(),
+               config.n_layer);
+  std::vector<offload::StreamUnitSpec> units;
+  for (int l = 0; l < config.n_layer; ++l) {
+    const model::WeightGroup g = model::block_group(config, l);
+    offload::StreamUnitSpec u;
+    u.name = fmt::format("layer {}", l);
+    u.tier = placement.blocks[static_cast<std::size_t>(l)];
+    for (WeightRole r : kBlockMatrices) u.tensors.push_back(spec_of(g, r).name);
+    units.push_back(std::move(u));
+  }
+  const model::WeightGroup head = model::head_group(config);
+  units.push_back({"lm_head", {spec_of(head, WeightRole::lm_head_w).name}, placement.head});
+  return units;
 }
 
-void ResidentWeights::embed(std::span<const int32_t> ids, float* out) {
-  const MatrixView wte = embedding_.matrix(WeightRole::wte);
-  const std::size_t row_bytes = static_cast<std::size_t>(wte.cols) * dtype_size(wte.dtype);
+StreamingWeights::StreamingWeights(model::ModelConfig config,
+                                   const offload::Checkpoint& checkpoint,
+                                   const Placement& placement, offload::IoOptions io)
+    : config_(checked(std::move(config), checkpoint)),
+      checkpoint_(checkpoint),
+      streamer_(checkpoint, gptj_units(config_, placement), streamer_options(placement, std::move(io))) {
+  wte_ = &checkpoint.at(model::embedding_group(config_).weights[0].name);
+  row_.resize(static_cast<std::size_t>(config_.n_embd) * dtype_size(wte_->dtype));
+
+  // Norms and biases: small, read once, widened to f32.
+  std::vector<std::byte> narrow;
+  const auto load_vector = [&](const model::WeightSpec& w) {
+    const offload::TensorEntry& t = checkpoint.at(w.name);
+    const std::size_t at = vectors_.size();
+    vectors_.resize(at + static_cast<std::size_t>(w.shape.numel()));
+    narrow.resize(t.nbytes);
+    checkpoint.read(t, narrow.data());
+    kernels::cpu::convert_to_f32(narrow.data(), t.dtype, w.shape.numel(), vectors_.data() + at);
+    return at;
+  };
+  for (int l = 0; l < config_.n_layer; ++l) {
+    const model::WeightGroup g = model::block_group(config_, l);
+    block_vector_offsets_.push_back(vectors_.size());
+    for (WeightRole r : kBlockVectors) load_vector(spec_of(g, r));
+    for (WeightRole r : kBlockMatrices) block_dtypes_.push_back(checkpoint.at(spec_of(g, r).name).dtype);
+  }
+  const model::WeightGroup head = model::head_group(config_);
+  head_vector_offset_ = vectors_.size();
+  for (WeightRole r : kHeadVectors) load_vector(spec_of(head, r));
+  lm_head_dtype_ = checkpoint.at(spec_of(head, WeightRole::lm_head_w).name).dtype;
+}
+
+void StreamingWeights::embed(std::span<const int32_t> ids, float* out) {
+  const std::size_t n_embd = static_cast<std::size_t>(config_.n_embd);
   for (std::size_t i = 0; i < ids.size(); ++i) {
-    const char* row = static_cast<const char*>(wte.data) + static_cast<std::size_t>(ids[i]) * row_bytes;
-    kernels::cpu::convert_to_f32(row, wte.dtype, wte.cols, out + i * static_cast<std::size_t>(wte.cols));
+    checkpoint_.read_range(*wte_, static_cast<uint64_t>(ids[i]) * row_.size(), row_.size(),
+                           row_.data());
+    kernels::cpu::convert_to_f32(row_.data(), wte_->dtype, config_.n_embd, out + i * n_embd);
   }
 }
 
-BlockWeights ResidentWeights::acquire_block(int layer) {
-  const LoadedGroup& g = blocks_.at(static_cast<std::size_t>(layer));
+BlockWeights StreamingWeights::acquire_block(int layer) {
+  const offload::UnitView v = streamer_.acquire(static_cast<std::size_t>(layer));
+  const int64_t e = config_.n_embd;
+  const int64_t f = config_.n_inner;
+  const DType* dt = block_dtypes_.data() + static_cast<std::size_t>(layer) * 6;
+  const float* vecs = vec(block_vector_offsets_[static_cast<std::size_t>(layer)]);
   BlockWeights b;
-  b.ln_1_w = g.vector(WeightRole::ln_1_w);
-  b.ln_1_b = g.vector(WeightRole::ln_1_b);
-  b.q_proj = g.matrix(WeightRole::q_proj);
-  b.k_proj = g.matrix(WeightRole::k_proj);
-  b.v_proj = g.matrix(WeightRole::v_proj);
-  b.out_proj = g.matrix(WeightRole::out_proj);
-  b.fc_in = g.matrix(WeightRole::fc_in_w);
-  b.fc_in_b = g.vector(WeightRole::fc_in_b);
-  b.fc_out = g.matrix(WeightRole::fc_out_w);
-  b.fc_out_b = g.vector(WeightRole::fc_out_b);
+  b.q_proj = {v.tensor(0), dt[0], e, e};
+  b.k_proj = {v.tensor(1), dt[1], e, e};
+  b.v_proj = {v.tensor(2), dt[2], e, e};
+  b.out_proj = {v.tensor(3), dt[3], e, e};
+  b.fc_in = {v.tensor(4), dt[4], f, e};
+  b.fc_out = {v.tensor(5), dt[5], e, f};
+  b.ln_1_w = vecs;
+  b.ln_1_b = vecs + e;
+  b.fc_in_b = vecs + 2 * e;
+  b.fc_out_b = vecs + 2 * e + f;
   return b;
 }
 
-HeadWeights ResidentWeights::acquire_head() {
+void StreamingWeights::release_block(int layer) { streamer_.release(static_cast<std::size_t>(layer)); }
+
+HeadWeights StreamingWeights::acquire_head() {
+  const offload::UnitView v = streamer_.acquire(static_cast<std::size_t>(config_.n_layer));
+  const float* vecs = vec(head_vector_offset_);
   HeadWeights h;
-  h.ln_f_w = head_.vector(WeightRole::ln_f_w);
-  h.ln_f_b = head_.vector(WeightRole::ln_f_b);
-  h.lm_head = head_.matrix(WeightRole::lm_head_w);
-  h.lm_head_b = head_.vector(WeightRole::lm_head_b);
+  h.ln_f_w = vecs;
+  h.ln_f_b = vecs + config_.n_embd;
+  h.lm_head = {v.tensor(0), lm_head_dtype_, config_.vocab_size, config_.n_embd};
+  h.lm_head_b = vecs + 2 * config_.n_embd;
   return h;
 }
 
-uint64_t ResidentWeights::resident_bytes() const {
-  uint64_t n = embedding_.nbytes() + head_.nbytes();
-  for (const auto& b : blocks_) n += b.nbytes();
-  return n;
-}
+void StreamingWeights::release_head() { streamer_.release(static_cast<std::size_t>(config_.n_layer)); }
 
 }  // namespace ferry::engine

@@ -1,6 +1,6 @@
 // The weights as the forward pass sees them: views of each block's tensors, handed out by a
-// WeightProvider that decides where the bytes live (resident in RAM now; streamed from disk
-// by the offload engine later). The forward pass only ever asks for one unit at a time.
+// WeightProvider that decides where the bytes live (resident in RAM, or streamed from disk by
+// the offload engine). The forward pass only ever asks for one unit at a time.
 #pragma once
 
 #include <cstdint>
@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "offload/checkpoint.hpp"
-#include "runtime/core/aligned_buffer.hpp"
+#include "offload/layer_streamer.hpp"
 #include "runtime/core/dtype.hpp"
 #include "runtime/model/gptj_layout.hpp"
 #include "runtime/model/model_config.hpp"
@@ -63,48 +63,54 @@ class WeightProvider {
 // shape found, the shape config.json implies, and the file.
 void check_checkpoint(const model::ModelConfig& config, const offload::Checkpoint& checkpoint);
 
-// One weight group (embedding, block or head) read into host memory: matrices keep their
-// checkpoint dtype, 64-byte aligned; vectors (norms, biases) are converted to f32.
-class LoadedGroup {
- public:
-  LoadedGroup() = default;
-  LoadedGroup(const model::WeightGroup& group, const offload::Checkpoint& checkpoint);
+// Where each weight unit lives: one tier per block, one for the head (final norm + lm_head),
+// and the staging slots that stream the disk-tier units.
+struct Placement {
+  std::vector<offload::Tier> blocks;  // n_layer entries
+  offload::Tier head = offload::Tier::host;
+  std::size_t slot_count = 2;
 
-  MatrixView matrix(model::WeightRole role) const;
-  const float* vector(model::WeightRole role) const;
-  uint64_t nbytes() const { return buffer_.size(); }
-
- private:
-  struct Slot {
-    model::WeightRole role;
-    std::size_t offset_bytes;
-    DType dtype;
-    int64_t rows, cols;
-  };
-  const Slot& slot(model::WeightRole role) const;
-  AlignedBuffer buffer_;
-  std::vector<Slot> slots_;
+  static Placement all(const model::ModelConfig& config, offload::Tier tier,
+                       std::size_t slot_count = 2);
 };
 
-// Every weight resident in host memory, read from the checkpoint at construction.
-class ResidentWeights final : public WeightProvider {
+// The units a GPT-J streams: block l's six matrices (q, k, v, out, fc_in, fc_out), then the
+// head's lm_head matrix. Norms and biases are small and kept apart, as f32.
+std::vector<offload::StreamUnitSpec> gptj_units(const model::ModelConfig& config,
+                                                const Placement& placement);
+
+// The weights behind a LayerStreamer: matrices are used in their checkpoint dtype straight
+// from resident memory or from a staging slot (no copy); norms and biases are read once and
+// widened to f32; embedding rows are read on demand, a row per token.
+class StreamingWeights final : public WeightProvider {
  public:
-  ResidentWeights(model::ModelConfig config, const offload::Checkpoint& checkpoint);
+  StreamingWeights(model::ModelConfig config, const offload::Checkpoint& checkpoint,
+                   const Placement& placement,
+                   offload::IoOptions io = offload::IoOptions::from_env());
 
   const model::ModelConfig& config() const override { return config_; }
   void embed(std::span<const int32_t> ids, float* out) override;
   BlockWeights acquire_block(int layer) override;
-  void release_block(int) override {}
+  void release_block(int layer) override;
   HeadWeights acquire_head() override;
-  void release_head() override {}
+  void release_head() override;
 
-  uint64_t resident_bytes() const;
+  const offload::LayerStreamer& streamer() const { return streamer_; }
+  uint64_t vector_bytes() const { return vectors_.size() * sizeof(float); }
 
  private:
+  const float* vec(std::size_t offset) const { return vectors_.data() + offset; }
+
   model::ModelConfig config_;
-  LoadedGroup embedding_;
-  std::vector<LoadedGroup> blocks_;
-  LoadedGroup head_;
+  const offload::Checkpoint& checkpoint_;
+  const offload::TensorEntry* wte_ = nullptr;
+  std::vector<DType> block_dtypes_;  // per block: the six matrices' dtypes, in unit order
+  std::vector<float> vectors_;       // every norm and bias, as f32
+  std::vector<std::size_t> block_vector_offsets_;  // per block: ln_1 w, ln_1 b, fc_in b, fc_out b
+  std::size_t head_vector_offset_ = 0;             // ln_f w, ln_f b, lm_head b
+  DType lm_head_dtype_ = DType::f32;
+  std::vector<std::byte> row_;  // one embedding row as stored
+  offload::LayerStreamer streamer_;
 };
 
 }  // namespace ferry::engine

@@ -2,6 +2,7 @@
 // 2e-5 and every greedy token equal, for every fixture checkpoint and format.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 
@@ -32,8 +33,8 @@ float max_abs_diff(const float* a, const std::vector<float>& b) {
 }
 
 // Checks one model directory against a fixture's expected.json.
-void check_against_reference(const fs::path& dir, const json& expected) {
-  LoadedModel m = load_model(dir);
+void check_against_reference(const fs::path& dir, const json& expected, LoadOptions options = {}) {
+  LoadedModel m = load_model(dir, std::move(options));
   const auto vocab = static_cast<std::size_t>(m.config.vocab_size);
   Engine engine(*m.weights, {}, default_thread_pool());
   int index = 0;
@@ -69,6 +70,70 @@ TEST_P(Parity, MatchesHuggingFace) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, Parity,
                          ::testing::Values("tiny-f32", "sharded-f32", "tiny-f16-bin-sharded"));
 
+// Streamed from disk through staging slots, every unit or some, with every I/O engine: the
+// same logits and tokens as resident weights.
+struct StreamCase {
+  std::string fixture;
+  offload::IoBackendKind backend;
+  int resident_blocks;  // the first k blocks stay resident
+  std::size_t slots;
+};
+
+class StreamedParity : public ::testing::TestWithParam<StreamCase> {};
+
+TEST_P(StreamedParity, MatchesHuggingFace) {
+  const StreamCase& c = GetParam();
+  const fs::path dir = test::data_dir() / "gptj" / c.fixture;
+  const auto config = model::ModelConfig::from_model_dir(dir);
+  LoadOptions o;
+  Placement p = Placement::all(config, offload::Tier::disk, c.slots);
+  for (int l = 0; l < c.resident_blocks; ++l) p.blocks[static_cast<std::size_t>(l)] = offload::Tier::host;
+  o.placement = p;
+  o.io.backend = c.backend;
+  check_against_reference(dir, expected_for(c.fixture), o);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Placements, StreamedParity,
+    ::testing::Values(StreamCase{"tiny-f32", offload::IoBackendKind::automatic, 0, 2},
+                      StreamCase{"sharded-f32", offload::IoBackendKind::uring, 1, 2},
+                      StreamCase{"sharded-f32", offload::IoBackendKind::pread, 0, 3},
+                      StreamCase{"tiny-f16-bin-sharded", offload::IoBackendKind::buffered, 2, 2},
+                      StreamCase{"tiny-f16-bin-sharded", offload::IoBackendKind::uring, 0, 4}));
+
+// A budget picks the placement: the plan keeps what fits and streams the rest.
+TEST(Parity, BudgetedLoadStreamsWhatDoesNotFit) {
+  const fs::path dir = test::data_dir() / "gptj/tiny-f16-bin-sharded";
+  LoadOptions o;
+  o.context = 64;
+  const auto config = model::ModelConfig::from_model_dir(dir);
+  const uint64_t fixed = fixed_host_bytes(config, 1, 64, 64);
+  const auto ck = offload::Checkpoint::open(dir);
+  const auto units = offload::LayerStreamer::unit_bytes(
+      ck, gptj_units(config, Placement::all(config, offload::Tier::disk)));
+  const uint64_t largest = *std::max_element(units.begin(), units.end());
+  o.max_ram_bytes = fixed + 3 * largest + 100;  // 3 slots, nothing resident
+  LoadedModel m = load_model(dir, o);
+  EXPECT_EQ(m.plan.slot_count, 3u);
+  EXPECT_EQ(m.weights->streamer().tier(0), offload::Tier::disk);
+  EXPECT_EQ(m.plan.resident_units(), 0u);
+  EXPECT_LE(m.plan.peak_bytes, *o.max_ram_bytes);
+  check_against_reference(dir, expected_for("tiny-f16-bin-sharded"), o);
+
+  o.max_ram_bytes = fixed + 2 * largest + 100;  // two slots: still runs
+  EXPECT_EQ(load_model(dir, o).plan.slot_count, 2u);
+  check_against_reference(dir, expected_for("tiny-f16-bin-sharded"), o);
+
+  o.max_ram_bytes = fixed + 2 * largest - 1;  // not even two slots
+  try {
+    load_model(dir, o);
+    ADD_FAILURE() << "an impossible budget was accepted";
+  } catch (const PlanError& e) {
+    EXPECT_NE(std::string(e.what()).find("--max-ram"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("at least"), std::string::npos) << e.what();
+  }
+}
+
 // The same weights as a torch.save zip give identical logits, bit for bit.
 TEST(Parity, TorchZipEqualsSafetensors) {
   const fs::path src = test::data_dir() / "gptj/tiny-f32";
@@ -79,8 +144,8 @@ TEST(Parity, TorchZipEqualsSafetensors) {
 
   LoadedModel a = load_model(src);
   LoadedModel b = load_model(torch_dir.path());
-  EXPECT_EQ(a.checkpoint.format(), offload::CheckpointFormat::safetensors);
-  EXPECT_EQ(b.checkpoint.format(), offload::CheckpointFormat::torch_zip);
+  EXPECT_EQ(a.checkpoint->format(), offload::CheckpointFormat::safetensors);
+  EXPECT_EQ(b.checkpoint->format(), offload::CheckpointFormat::torch_zip);
   Engine ea(*a.weights, {}, default_thread_pool());
   Engine eb(*b.weights, {}, default_thread_pool());
   const std::vector<int32_t> ids = {0, 999, 942, 494, 653};

@@ -1,0 +1,290 @@
+#include "offload/layer_streamer.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <deque>
+#include <optional>
+
+#include "offload/staging_pool.hpp"
+#include "runtime/core/aligned_buffer.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/core/units.hpp"
+
+namespace ferry::offload {
+
+std::string_view tier_name(Tier t) {
+  switch (t) {
+    case Tier::device: return "device";
+    case Tier::host: return "host";
+    case Tier::disk: return "disk";
+  }
+  return "?";
+}
+
+UnitLayout plan_unit_reads(const Checkpoint& checkpoint, const std::vector<std::string>& tensors,
+                           uint64_t merge_gap_bytes) {
+  struct Piece {
+    uint32_t file;
+    uint64_t begin, end;
+    std::size_t tensor;
+  };
+  std::vector<Piece> pieces;
+  pieces.reserve(tensors.size());
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const TensorEntry& t = checkpoint.at(tensors[i]);
+    pieces.push_back({t.file_index, t.offset_bytes, t.offset_bytes + t.nbytes, i});
+  }
+  std::sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) {
+    return a.file != b.file ? a.file < b.file : a.begin < b.begin;
+  });
+
+  UnitLayout layout;
+  layout.tensor_offsets.assign(tensors.size(), 0);
+  std::size_t i = 0;
+  while (i < pieces.size()) {
+    // Grow a run of pieces of one file whose gaps are small enough to read through.
+    std::size_t j = i + 1;
+    uint64_t end = pieces[i].end;
+    while (j < pieces.size() && pieces[j].file == pieces[i].file &&
+           pieces[j].begin <= end + merge_gap_bytes) {
+      end = std::max(end, pieces[j].end);
+      ++j;
+    }
+    const AlignedRange a = aligned_superset(pieces[i].begin, end - pieces[i].begin);
+    UnitLayout::Range r;
+    r.file = pieces[i].file;
+    r.offset_bytes = a.offset_bytes;
+    r.nbytes = a.nbytes;
+    r.min_bytes = a.min_bytes();
+    r.buffer_offset = layout.nbytes;
+    for (std::size_t k = i; k < j; ++k)
+      layout.tensor_offsets[pieces[k].tensor] = r.buffer_offset + (pieces[k].begin - a.offset_bytes);
+    layout.nbytes += a.nbytes;  // a multiple of the alignment, so the next range stays aligned
+    layout.ranges.push_back(r);
+    i = j;
+  }
+  return layout;
+}
+
+namespace {
+
+enum class UnitState { idle, in_flight, held };
+
+struct Unit {
+  StreamUnitSpec spec;
+  UnitLayout layout;
+  AlignedBuffer resident;  // resident tiers only
+  // Streamed tiers: the slot and the reads filling it. The ticket is declared after the lease
+  // so that it is destroyed first: its destructor waits for reads still writing into the slot.
+  std::optional<StagingLease> lease;
+  IoTicket ticket;
+  UnitState state = UnitState::idle;
+};
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+struct LayerStreamer::Impl {
+  const Checkpoint& checkpoint;
+  StreamerOptions options;
+  // Destruction runs bottom-up: units (tickets wait, leases return), then the buffer
+  // registration, the pool's memory, and last the engine the tickets belong to.
+  IoEngine engine;
+  std::vector<IoFileIndex> files;  // checkpoint file index → engine file index
+  std::unique_ptr<StagingPool> pool;
+  RegisteredBuffers registration;
+  std::vector<Unit> units;
+  std::deque<std::size_t> in_flight;
+  StreamerStats stats;
+  uint64_t resident_bytes = 0;
+
+  Impl(const Checkpoint& ck, StreamerOptions opts) : checkpoint(ck), options(opts), engine(opts.io) {}
+
+  std::vector<ReadRequest> requests_for(const Unit& u, std::byte* base) const {
+    std::vector<ReadRequest> reqs;
+    reqs.reserve(u.layout.ranges.size());
+    for (const auto& r : u.layout.ranges) {
+      ReadRequest q;
+      q.file = files[r.file];
+      q.offset_bytes = r.offset_bytes;
+      q.nbytes = r.nbytes;
+      q.dst = base + r.buffer_offset;
+      q.min_bytes = r.min_bytes;
+      reqs.push_back(q);
+    }
+    return reqs;
+  }
+
+  void start(std::size_t index, StagingLease lease) {
+    Unit& u = units[index];
+    u.lease.emplace(std::move(lease));
+    const auto reqs = requests_for(u, u.lease->data());
+    u.ticket = engine.submit(reqs);
+    u.state = UnitState::in_flight;
+    in_flight.push_back(index);
+    stats.bytes_read += u.layout.nbytes;
+    ++stats.units_streamed;
+  }
+
+  // Drops a unit's slot; its reads (if any) finish first, their outcome no longer wanted.
+  void reset(std::size_t index) noexcept {
+    Unit& u = units[index];
+    u.ticket = IoTicket();
+    u.lease.reset();
+    u.state = UnitState::idle;
+    in_flight.erase(std::remove(in_flight.begin(), in_flight.end(), index), in_flight.end());
+  }
+
+  // Starts the disk units after `after`, in cyclic order, while slots are free.
+  void prefetch_after(std::size_t after) {
+    if (!pool) return;
+    const std::size_t n = units.size();
+    for (std::size_t k = 1; k <= n; ++k) {
+      const std::size_t v = (after + k) % n;
+      Unit& u = units[v];
+      if (u.spec.tier != Tier::disk || u.state != UnitState::idle) continue;
+      std::optional<StagingLease> lease = pool->try_acquire();
+      if (!lease) return;
+      start(v, std::move(*lease));
+    }
+  }
+};
+
+std::vector<uint64_t> LayerStreamer::unit_bytes(const Checkpoint& checkpoint,
+                                                const std::vector<StreamUnitSpec>& units,
+                                                uint64_t merge_gap_bytes) {
+  std::vector<uint64_t> out;
+  out.reserve(units.size());
+  for (const auto& u : units) out.push_back(plan_unit_reads(checkpoint, u.tensors, merge_gap_bytes).nbytes);
+  return out;
+}
+
+LayerStreamer::LayerStreamer(const Checkpoint& checkpoint, std::vector<StreamUnitSpec> units,
+                             StreamerOptions options)
+    : impl_(std::make_unique<Impl>(checkpoint, options)) {
+  Impl& s = *impl_;
+  for (const auto& f : checkpoint.files()) s.files.push_back(s.engine.open(f.path));
+  uint64_t slot_bytes = 0;
+  s.units.reserve(units.size());
+  for (auto& spec : units) {
+    Unit u;
+    u.layout = plan_unit_reads(checkpoint, spec.tensors, options.merge_gap_bytes);
+    u.spec = std::move(spec);
+    if (u.spec.tier == Tier::disk) slot_bytes = std::max(slot_bytes, u.layout.nbytes);
+    s.units.push_back(std::move(u));
+  }
+  if (slot_bytes > 0) {
+    FERRY_EXPECT(options.slot_count >= 2,
+                 "streaming needs at least 2 staging slots (one computing, one reading); got {}",
+                 options.slot_count);
+    StagingPoolOptions po;
+    po.slot_count = options.slot_count;
+    po.slot_bytes = slot_bytes;
+    s.pool = std::make_unique<StagingPool>(po);
+    s.registration = s.engine.register_buffers(s.pool->regions());
+  }
+
+  // Resident units are read once, straight into their own memory through the same engine.
+  const double t0 = now_s();
+  std::vector<IoTicket> loads;
+  for (Unit& u : s.units) {
+    if (u.spec.tier == Tier::disk) continue;
+    u.resident = AlignedBuffer(u.layout.nbytes, kDirectIoAlignment);
+    s.resident_bytes += u.layout.nbytes;
+    loads.push_back(s.engine.submit(s.requests_for(u, u.resident.as<std::byte>())));
+  }
+  for (IoTicket& t : loads) t.wait();
+  s.stats.load_s = now_s() - t0;
+  // The first streamed units start reading now, ahead of the first forward pass.
+  if (!s.units.empty()) s.prefetch_after(s.units.size() - 1);
+}
+
+LayerStreamer::~LayerStreamer() = default;
+
+std::size_t LayerStreamer::unit_count() const { return impl_->units.size(); }
+Tier LayerStreamer::tier(std::size_t unit) const { return impl_->units.at(unit).spec.tier; }
+
+UnitView LayerStreamer::acquire(std::size_t index) {
+  Impl& s = *impl_;
+  FERRY_EXPECT(index < s.units.size(), "unit {} does not exist ({} units)", index, s.units.size());
+  Unit& u = s.units[index];
+  if (u.spec.tier != Tier::disk) return {u.resident.as<std::byte>(), &u.layout.tensor_offsets};
+  FERRY_EXPECT(u.state != UnitState::held, "{} is acquired twice without a release", u.spec.name);
+
+  if (u.state == UnitState::idle) {
+    // Out of the prefetch order: the slots may all hold prefetched units; give them up.
+    std::optional<StagingLease> lease = s.pool->try_acquire();
+    if (!lease) {
+      while (!s.in_flight.empty()) s.reset(s.in_flight.front());
+      lease = s.pool->try_acquire();
+    }
+    FERRY_EXPECT(lease.has_value(),
+                 "every one of the {} staging slots is held by an acquired unit; release a "
+                 "unit before acquiring {}",
+                 s.pool->slot_count(), u.spec.name);
+    s.start(index, std::move(*lease));
+  }
+  if (!u.ticket.poll()) {
+    const double t0 = now_s();
+    ++s.stats.stalls;
+    try {
+      u.ticket.wait();
+    } catch (...) {
+      s.stats.stall_s += now_s() - t0;
+      s.reset(index);
+      throw;
+    }
+    s.stats.stall_s += now_s() - t0;
+  } else {
+    try {
+      u.ticket.wait();  // complete already: reports a failure, returns at once otherwise
+    } catch (...) {
+      s.reset(index);
+      throw;
+    }
+  }
+  u.state = UnitState::held;
+  s.in_flight.erase(std::remove(s.in_flight.begin(), s.in_flight.end(), index), s.in_flight.end());
+  s.prefetch_after(index);
+  return {u.lease->data(), &u.layout.tensor_offsets};
+}
+
+void LayerStreamer::release(std::size_t index) {
+  Impl& s = *impl_;
+  FERRY_EXPECT(index < s.units.size(), "unit {} does not exist ({} units)", index, s.units.size());
+  Unit& u = s.units[index];
+  if (u.spec.tier != Tier::disk || u.state != UnitState::held) return;
+  s.reset(index);
+  s.prefetch_after(index);
+}
+
+uint64_t LayerStreamer::resident_bytes() const { return impl_->resident_bytes; }
+uint64_t LayerStreamer::staging_bytes() const {
+  return impl_->pool ? impl_->pool->bytes_requested() : 0;
+}
+std::size_t LayerStreamer::slot_count() const {
+  return impl_->pool ? impl_->pool->slot_count() : 0;
+}
+const StreamerStats& LayerStreamer::stats() const { return impl_->stats; }
+
+std::string LayerStreamer::describe() const {
+  const Impl& s = *impl_;
+  std::size_t resident = 0;
+  for (const Unit& u : s.units) resident += u.spec.tier != Tier::disk;
+  std::string d = fmt::format("{} of {} units resident ({})", resident, s.units.size(),
+                              format_bytes(s.resident_bytes));
+  if (s.pool) {
+    d += fmt::format(", {} streamed through {} slots of {}", s.units.size() - resident,
+                     s.pool->slot_count(), format_bytes(s.pool->slot_bytes()));
+    if (!s.pool->lock_note().empty()) d += fmt::format(" ({})", s.pool->lock_note());
+  }
+  return d + "; " + s.engine.describe();
+}
+
+}  // namespace ferry::offload

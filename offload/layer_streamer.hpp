@@ -1,0 +1,113 @@
+// LayerStreamer: puts each unit of weights (a layer's tensors) in memory when the compute
+// needs it. Each unit has a tier: resident in host memory (read once, at construction), or
+// streamed from disk into a staging slot every time it is used, D units ahead of compute.
+// It knows nothing of any model: a unit is a list of checkpoint tensor names, used in order.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "offload/checkpoint.hpp"
+#include "offload/io_engine.hpp"
+
+namespace ferry::offload {
+
+// Where a unit's bytes live between uses. `device` is resident on the compute device (on the
+// CPU backend the same as `host`); `disk` is read again for every use.
+enum class Tier { device, host, disk };
+std::string_view tier_name(Tier t);
+
+struct StreamUnitSpec {
+  std::string name;                  // "layer 3", for messages
+  std::vector<std::string> tensors;  // checkpoint names, the unit's tensors in view order
+  Tier tier = Tier::disk;
+};
+
+// How one unit's tensors are read: byte ranges of files, each widened to 4 KiB alignment and
+// packed one after another into the unit's buffer; neighbouring tensors whose gap is small are
+// read as one range (the gap is read and ignored).
+struct UnitLayout {
+  struct Range {
+    uint32_t file = 0;
+    uint64_t offset_bytes = 0;  // aligned
+    uint64_t nbytes = 0;        // aligned; may run past EOF
+    uint64_t min_bytes = 0;     // what must really arrive
+    uint64_t buffer_offset = 0;
+  };
+  std::vector<Range> ranges;
+  std::vector<uint64_t> tensor_offsets;  // where each tensor's first byte lands in the buffer
+  uint64_t nbytes = 0;                   // buffer size the unit needs (4 KiB multiple)
+};
+UnitLayout plan_unit_reads(const Checkpoint& checkpoint, const std::vector<std::string>& tensors,
+                           uint64_t merge_gap_bytes = 64 * 1024);
+
+// The tensors of an acquired unit, valid until it is released.
+class UnitView {
+ public:
+  UnitView() = default;
+  UnitView(const std::byte* base, const std::vector<uint64_t>* offsets)
+      : base_(base), offsets_(offsets) {}
+  const std::byte* tensor(std::size_t i) const { return base_ + (*offsets_)[i]; }
+
+ private:
+  const std::byte* base_ = nullptr;
+  const std::vector<uint64_t>* offsets_ = nullptr;
+};
+
+struct StreamerOptions {
+  // Staging slots for disk-tier units: one being computed plus up to slot_count - 1 in flight
+  // (the prefetch depth). At least 2 when any unit streams, so reading overlaps compute.
+  std::size_t slot_count = 2;
+  IoOptions io = IoOptions::from_env();
+  uint64_t merge_gap_bytes = 64 * 1024;
+};
+
+// Counters of what the streamer did, for the run summary and the planner's feedback.
+struct StreamerStats {
+  uint64_t bytes_read = 0;     // by streamed units (resident loads excluded)
+  uint64_t units_streamed = 0;
+  uint64_t stalls = 0;         // acquires that had to wait for I/O
+  double stall_s = 0;          // time spent waiting
+  double load_s = 0;           // reading the resident units at construction
+};
+
+class LayerStreamer {
+ public:
+  LayerStreamer(const Checkpoint& checkpoint, std::vector<StreamUnitSpec> units,
+                StreamerOptions options);
+  ~LayerStreamer();
+  LayerStreamer(const LayerStreamer&) = delete;
+  LayerStreamer& operator=(const LayerStreamer&) = delete;
+
+  // Bytes a unit needs in memory (resident) or in a slot (streamed), before constructing one.
+  static std::vector<uint64_t> unit_bytes(const Checkpoint& checkpoint,
+                                          const std::vector<StreamUnitSpec>& units,
+                                          uint64_t merge_gap_bytes = 64 * 1024);
+
+  std::size_t unit_count() const;
+  Tier tier(std::size_t unit) const;
+
+  // Blocks until the unit's bytes are in memory, then starts reading the disk units that come
+  // after it (cyclically: after the last unit comes the first, as in the next token) into the
+  // free slots. Throws IoError / FormatError from a failed read; the slot is released then.
+  UnitView acquire(std::size_t unit);
+  // The unit's slot (if streamed) goes back to the pool, and is refilled with a prefetch.
+  void release(std::size_t unit);
+
+  uint64_t resident_bytes() const;  // host memory of resident units
+  uint64_t staging_bytes() const;   // slot_count × slot size (0 when nothing streams)
+  std::size_t slot_count() const;
+  const StreamerStats& stats() const;
+  // "2 of 30 units resident (1.2 GiB), 28 streamed through 3 slots of 385 MiB; io_uring …"
+  std::string describe() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ferry::offload
