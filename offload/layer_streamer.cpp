@@ -1,12 +1,15 @@
 #include "offload/layer_streamer.hpp"
 
 #include <fmt/format.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <chrono>
 #include <deque>
 #include <optional>
+#include <utility>
 
+#include "offload/file.hpp"
 #include "offload/staging_pool.hpp"
 #include "runtime/core/aligned_buffer.hpp"
 #include "runtime/core/error.hpp"
@@ -19,6 +22,7 @@ std::string_view tier_name(Tier t) {
     case Tier::device: return "device";
     case Tier::host: return "host";
     case Tier::disk: return "disk";
+    case Tier::mapped: return "mapped";
   }
   return "?";
 }
@@ -72,10 +76,34 @@ namespace {
 
 enum class UnitState { idle, in_flight, held };
 
+// A whole checkpoint file mapped read-only, for the mapped tier.
+class FileMapping {
+ public:
+  explicit FileMapping(const CheckpointFile& f) : nbytes_(f.size_bytes) {
+    const UniqueFd fd = open_read(f.path);
+    void* p = ::mmap(nullptr, nbytes_, PROT_READ, MAP_SHARED, fd.get(), 0);
+    if (p == MAP_FAILED) throw IoError(errno, fmt::format("cannot map {}", f.path.string()));
+    data_ = static_cast<const std::byte*>(p);
+  }
+  FileMapping(FileMapping&& o) noexcept : data_(std::exchange(o.data_, nullptr)), nbytes_(o.nbytes_) {}
+  FileMapping(const FileMapping&) = delete;
+  FileMapping& operator=(const FileMapping&) = delete;
+  FileMapping& operator=(FileMapping&&) = delete;
+  ~FileMapping() {
+    if (data_) ::munmap(const_cast<std::byte*>(data_), nbytes_);
+  }
+  const std::byte* data() const { return data_; }
+
+ private:
+  const std::byte* data_ = nullptr;
+  uint64_t nbytes_ = 0;
+};
+
 struct Unit {
   StreamUnitSpec spec;
   UnitLayout layout;
   AlignedBuffer resident;  // resident tiers only
+  std::vector<const std::byte*> mapped;  // mapped tier: each tensor's address in its mapping
   // Streamed tiers: the slot and the reads filling it. The ticket is declared after the lease
   // so that it is destroyed first: its destructor waits for reads still writing into the slot.
   std::optional<StagingLease> lease;
@@ -97,6 +125,7 @@ struct LayerStreamer::Impl {
   // registration, the pool's memory, and last the engine the tickets belong to.
   IoEngine engine;
   std::vector<IoFileIndex> files;  // checkpoint file index → engine file index
+  std::vector<FileMapping> mappings;  // one per checkpoint file, when any unit is mapped
   std::unique_ptr<StagingPool> pool;
   RegisteredBuffers registration;
   std::vector<Unit> units;
@@ -194,12 +223,21 @@ LayerStreamer::LayerStreamer(const Checkpoint& checkpoint, std::vector<StreamUni
   const double t0 = now_s();
   std::vector<IoTicket> loads;
   for (Unit& u : s.units) {
-    if (u.spec.tier == Tier::disk) continue;
+    if (u.spec.tier == Tier::disk || u.spec.tier == Tier::mapped) continue;
     u.resident = AlignedBuffer(u.layout.nbytes, kDirectIoAlignment);
     s.resident_bytes += u.layout.nbytes;
     loads.push_back(s.engine.submit(s.requests_for(u, u.resident.as<std::byte>())));
   }
   for (IoTicket& t : loads) t.wait();
+  for (Unit& u : s.units) {
+    if (u.spec.tier != Tier::mapped) continue;
+    if (s.mappings.empty())
+      for (const auto& f : checkpoint.files()) s.mappings.emplace_back(f);
+    for (const auto& name : u.spec.tensors) {
+      const TensorEntry& t = checkpoint.at(name);
+      u.mapped.push_back(s.mappings[t.file_index].data() + t.offset_bytes);
+    }
+  }
   s.stats.load_s = now_s() - t0;
   // The first streamed units start reading now, ahead of the first forward pass.
   if (!s.units.empty()) s.prefetch_after(s.units.size() - 1);
@@ -214,6 +252,7 @@ UnitView LayerStreamer::acquire(std::size_t index) {
   Impl& s = *impl_;
   FERRY_EXPECT(index < s.units.size(), "unit {} does not exist ({} units)", index, s.units.size());
   Unit& u = s.units[index];
+  if (u.spec.tier == Tier::mapped) return UnitView(&u.mapped);
   if (u.spec.tier != Tier::disk) return {u.resident.as<std::byte>(), &u.layout.tensor_offsets};
   FERRY_EXPECT(u.state != UnitState::held, "{} is acquired twice without a release", u.spec.name);
 
@@ -276,14 +315,19 @@ const StreamerStats& LayerStreamer::stats() const { return impl_->stats; }
 std::string LayerStreamer::describe() const {
   const Impl& s = *impl_;
   std::size_t resident = 0;
-  for (const Unit& u : s.units) resident += u.spec.tier != Tier::disk;
+  std::size_t mapped = 0;
+  for (const Unit& u : s.units) {
+    resident += u.spec.tier == Tier::host || u.spec.tier == Tier::device;
+    mapped += u.spec.tier == Tier::mapped;
+  }
   std::string d = fmt::format("{} of {} units resident ({})", resident, s.units.size(),
                               format_bytes(s.resident_bytes));
   if (s.pool) {
-    d += fmt::format(", {} streamed through {} slots of {}", s.units.size() - resident,
+    d += fmt::format(", {} streamed through {} slots of {}", s.units.size() - resident - mapped,
                      s.pool->slot_count(), format_bytes(s.pool->slot_bytes()));
     if (!s.pool->lock_note().empty()) d += fmt::format(" ({})", s.pool->lock_note());
   }
+  if (mapped) d += fmt::format(", {} computed from a memory map of the files", mapped);
   return d + "; " + s.engine.describe();
 }
 

@@ -17,8 +17,10 @@
 namespace ferry::offload {
 
 // Where a unit's bytes live between uses. `device` is resident on the compute device (on the
-// CPU backend the same as `host`); `disk` is read again for every use.
-enum class Tier { device, host, disk };
+// CPU backend the same as `host`); `disk` is read again for every use. `mapped` computes
+// straight out of a read-only mapping of the file, leaving residency to the kernel's page
+// cache (what llama.cpp's mmap mode does): no budget applies, so it exists for comparison.
+enum class Tier { device, host, disk, mapped };
 std::string_view tier_name(Tier t);
 
 struct StreamUnitSpec {
@@ -51,11 +53,15 @@ class UnitView {
   UnitView() = default;
   UnitView(const std::byte* base, const std::vector<uint64_t>* offsets)
       : base_(base), offsets_(offsets) {}
-  const std::byte* tensor(std::size_t i) const { return base_ + (*offsets_)[i]; }
+  explicit UnitView(const std::vector<const std::byte*>* pointers) : pointers_(pointers) {}
+  const std::byte* tensor(std::size_t i) const {
+    return pointers_ ? (*pointers_)[i] : base_ + (*offsets_)[i];
+  }
 
  private:
   const std::byte* base_ = nullptr;
   const std::vector<uint64_t>* offsets_ = nullptr;
+  const std::vector<const std::byte*>* pointers_ = nullptr;  // mapped units
 };
 
 struct StreamerOptions {

@@ -46,7 +46,7 @@ LoadedModel load_model(const std::filesystem::path& dir, LoadOptions options) {
     } else {
       const planner::RamProbe probe = planner::probe_ram();
       m.budget_bytes = probe.available_bytes();
-      m.budget_source = "the memory available on this machine, " + probe.describe() + ",";
+      m.budget_source = "available memory (" + probe.describe() + ")";
     }
     planner::MemoryRequest req;
     req.unit_bytes = offload::LayerStreamer::unit_bytes(
