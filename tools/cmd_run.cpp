@@ -59,13 +59,14 @@ void add_load_options(CLI::App* cmd, LoadFlags& o) {
 }
 
 engine::LoadOptions load_options(const LoadFlags& f, const model::ModelConfig& config,
-                                 int64_t context, int64_t rows) {
+                                 int64_t context, int64_t rows, int64_t logit_rows) {
   engine::LoadOptions o;
   if (f.mmap) o.placement = engine::Placement::all(config, offload::Tier::mapped);
   if (!f.max_ram.empty()) o.max_ram_bytes = parse_size(f.max_ram);
   if (!f.io.empty()) o.io.backend = offload::parse_io_backend(f.io);
   o.context = context;
   o.max_batch_rows = rows;
+  o.max_logit_rows = logit_rows;
   return o;
 }
 
@@ -140,7 +141,7 @@ Command add_run(CLI::App& app) {
                  "shorten the prompt",
                  n_prompt, config.n_positions);
     const int64_t context = std::min<int64_t>(config.n_positions, n_prompt + std::max<int64_t>(o->n, 1));
-    engine::LoadedModel m = engine::load_model(o->model, load_options(o->load, config, context, n_prompt));
+    engine::LoadedModel m = engine::load_model(o->model, load_options(o->load, config, context, n_prompt, 1));
     if (!o->quiet) print_plan(m);
     engine::GenerateOptions go;
     go.max_new_tokens = o->n;
@@ -209,7 +210,7 @@ Command add_logits(CLI::App& app) {
                  "the input has {} tokens but the model's context is {} tokens (n_positions); "
                  "shorten it",
                  n_ids, config.n_positions);
-    engine::LoadedModel m = engine::load_model(o->model, load_options(o->load, config, n_ids, n_ids));
+    engine::LoadedModel m = engine::load_model(o->model, load_options(o->load, config, n_ids, n_ids, o->all ? n_ids : 1));
     engine::EngineOptions eo;
     eo.context = static_cast<int64_t>(ids.size());
     engine::Engine eng(*m.weights, eo, default_thread_pool());

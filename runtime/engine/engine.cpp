@@ -26,12 +26,15 @@ void ensure(std::vector<T>& v, std::size_t n) {
 
 }  // namespace
 
-uint64_t Engine::activation_bytes(const model::ModelConfig& config, int64_t max_rows) {
+uint64_t Engine::activation_bytes(const model::ModelConfig& config, int64_t max_rows,
+                                  int64_t max_logit_rows) {
   const auto rows = static_cast<uint64_t>(max_rows);
+  const auto logit_rows = static_cast<uint64_t>(std::min(max_rows, max_logit_rows));
   const auto e = static_cast<uint64_t>(config.n_embd);
-  // x, h, q, k, v, attn, proj, mlp and final at n_embd; ff at n_inner; logits at vocab.
-  return rows * (9 * e + static_cast<uint64_t>(config.n_inner) +
-                 static_cast<uint64_t>(config.vocab_size)) *
+  // x, h, q, k, v, attn, proj and mlp at n_embd and ff at n_inner for every row; ln_f output
+  // and logits for the rows whose logits are wanted.
+  return (rows * (8 * e + static_cast<uint64_t>(config.n_inner)) +
+          logit_rows * (e + static_cast<uint64_t>(config.vocab_size))) *
          sizeof(float);
 }
 

@@ -33,8 +33,10 @@ class Engine {
  public:
   Engine(WeightProvider& weights, EngineOptions options, ThreadPool& pool);
 
-  // Bytes of activations a forward pass of up to max_rows tokens needs (every row's logits).
-  static uint64_t activation_bytes(const model::ModelConfig& config, int64_t max_rows);
+  // Bytes of activations a forward pass of up to max_rows tokens needs, with logits for up to
+  // max_logit_rows of them.
+  static uint64_t activation_bytes(const model::ModelConfig& config, int64_t max_rows,
+                                   int64_t max_logit_rows);
 
   const model::ModelConfig& config() const { return config_; }
   int64_t context() const { return cache_.capacity(); }

@@ -14,13 +14,13 @@ constexpr uint64_t kRuntimeOverheadBytes = 160ull << 20;
 }  // namespace
 
 uint64_t fixed_host_bytes(const model::ModelConfig& config, int max_seqs, int64_t context,
-                          int64_t max_batch_rows) {
+                          int64_t max_batch_rows, int64_t max_logit_rows) {
   const auto e = static_cast<uint64_t>(config.n_embd);
   const auto vectors = static_cast<uint64_t>(config.n_layer) *
                            (3 * e + static_cast<uint64_t>(config.n_inner)) +
                        2 * e + static_cast<uint64_t>(config.vocab_size);
   return KvCache::bytes_needed(config, max_seqs, context) +
-         Engine::activation_bytes(config, max_batch_rows) + vectors * sizeof(float) +
+         Engine::activation_bytes(config, max_batch_rows, max_logit_rows) + vectors * sizeof(float) +
          kRuntimeOverheadBytes;
 }
 
@@ -51,7 +51,8 @@ LoadedModel load_model(const std::filesystem::path& dir, LoadOptions options) {
     planner::MemoryRequest req;
     req.unit_bytes = offload::LayerStreamer::unit_bytes(
         *m.checkpoint, gptj_units(m.config, Placement::all(m.config, offload::Tier::disk)));
-    req.fixed_bytes = fixed_host_bytes(m.config, options.max_seqs, context, rows);
+    const int64_t logit_rows = options.max_logit_rows > 0 ? options.max_logit_rows : rows;
+    req.fixed_bytes = fixed_host_bytes(m.config, options.max_seqs, context, rows, logit_rows);
     req.budget_bytes = m.budget_bytes;
     req.budget_source = m.budget_source;
     m.plan = planner::plan_memory(req);

@@ -21,6 +21,7 @@ struct LoadOptions {
   std::optional<uint64_t> max_ram_bytes;  // none: what the machine (and its cgroups) has free
   int64_t context = 0;                    // KV cache tokens per sequence; 0: n_positions
   int64_t max_batch_rows = 0;             // most tokens in one forward pass; 0: the context
+  int64_t max_logit_rows = 0;             // most rows of logits one pass returns; 0: max_batch_rows
   int max_seqs = 1;
   offload::IoOptions io = offload::IoOptions::from_env();
   std::optional<Placement> placement;     // forces the tiers instead of planning them
@@ -38,7 +39,7 @@ struct LoadedModel {
 // Host bytes ferry needs besides the weight units: KV cache, activations, f32 norms and
 // biases, and the runtime itself (code, tokenizer, allocator slack).
 uint64_t fixed_host_bytes(const model::ModelConfig& config, int max_seqs, int64_t context,
-                          int64_t max_batch_rows);
+                          int64_t max_batch_rows, int64_t max_logit_rows);
 
 // Opens dir (config.json + weights in any supported layout), plans memory and loads. Throws
 // with a message naming the file and what to do when anything is missing or inconsistent,

@@ -107,7 +107,7 @@ TEST(Parity, BudgetedLoadStreamsWhatDoesNotFit) {
   LoadOptions o;
   o.context = 64;
   const auto config = model::ModelConfig::from_model_dir(dir);
-  const uint64_t fixed = fixed_host_bytes(config, 1, 64, 64);
+  const uint64_t fixed = fixed_host_bytes(config, 1, 64, 64, 64);
   const auto ck = offload::Checkpoint::open(dir);
   const auto units = offload::LayerStreamer::unit_bytes(
       ck, gptj_units(config, Placement::all(config, offload::Tier::disk)));
