@@ -188,7 +188,6 @@ cg_create() {  # $1 = cgroup dir, $2 = cap in bytes
     echo "$2" >"$cg/memory.max"
     if [ -f "$cg/memory.swap.max" ]; then echo 0 >"$cg/memory.swap.max"; fi
   fi
-  echo "$cg"
 }
 cg_peak() {
   local cg=$1
