@@ -10,8 +10,7 @@ uint64_t KvCache::bytes_needed(const model::ModelConfig& config, int n_seqs, int
 }
 
 KvCache::KvCache(const model::ModelConfig& config, int n_seqs, int64_t capacity)
-    : n_layer_(static_cast<int>(config.n_layer)),
-      n_seqs_(n_seqs),
+    : n_seqs_(n_seqs),
       n_head_(config.n_head),
       head_dim_(config.head_dim()),
       capacity_(capacity),

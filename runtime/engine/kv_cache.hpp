@@ -36,7 +36,6 @@ class KvCache {
  private:
   float* base(int layer, int seq, int which);
 
-  int n_layer_ = 0;
   int n_seqs_ = 0;
   int64_t n_head_ = 0;
   int64_t head_dim_ = 0;
