@@ -54,6 +54,12 @@ OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/ferry-e2e-cgroup.XXXXXX)}
 mkdir -p "$OUT_DIR"
 
 [ -x "$FERRY" ] || die "no ferry binary at $FERRY; build it: ninja -C build -j2 ferry (or set FERRY=)"
+# Run a private copy: a rebuild of build/tools/ferry during the run would otherwise mix binaries.
+cp "$FERRY" "$OUT_DIR/ferry"
+FERRY_SRC=$FERRY
+FERRY=$OUT_DIR/ferry
+FERRY_SHA=$(sha256sum "$FERRY" | cut -c1-16)
+GIT_HEAD=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ ! -x "$BENCH_KERNELS" ]; then
   log "building bench_kernels (ninja -C build -j2 bench_kernels)"
   ninja -C build -j2 bench_kernels >&2 || die "cannot build bench_kernels; set BENCH_KERNELS="
@@ -112,6 +118,33 @@ units = [sum(size(f"transformer.h.{l}.{m}") for m in mats) for l in layers]
 units.append(size("lm_head.weight"))
 print(json.dumps({"units": units, "embedding": size("transformer.wte.weight"),
                   "total_tensor_bytes": sum(size(k) for k in h)}))
+PY
+
+# A view of the checkpoint without the tokenizer files: `ferry run --ids` then prints each token
+# as "ID " and flushes, so the arrival time of every token on stdout can be stamped (ferry's own
+# "decode N tok/s" has one decimal: 0.1 tok/s could be 7 to 20 s/token).
+VIEW=$OUT_DIR/model-ids
+mkdir -p "$VIEW"
+for f in "$MODEL_DIR"/config.json "$MODEL_DIR"/*.safetensors "$MODEL_DIR"/*.safetensors.index.json; do
+  [ -e "$f" ] && ln -sf "$(readlink -f "$f")" "$VIEW/"
+done
+cat >"$OUT_DIR/stamp.py" <<'PY'
+# stdin -> argv[1] unchanged; argv[2]: JSON with the monotonic arrival time of each "ID " token
+# of the first line, and of EOF.
+import json, os, re, sys, time
+out, buf, times, count = open(sys.argv[1], "wb"), b"", [], 0
+t0 = time.monotonic()
+while True:
+    b = os.read(0, 65536)
+    t = time.monotonic() - t0
+    if not b:
+        break
+    out.write(b); out.flush()
+    buf += b
+    now = len(re.findall(rb"\d+ ", buf.split(b"\n", 1)[0]))
+    times += [t] * (now - count)
+    count = now
+json.dump({"token_times": times, "eof": time.monotonic() - t0}, open(sys.argv[2], "w"))
 PY
 
 evict() {
@@ -223,8 +256,8 @@ run_capped() {
   (
     echo "$BASHPID" >"$cg/cgroup.procs" || exit 125
     exec timeout -k 30 "$tmo" "$@"
-  ) >"$logf.out" 2>"$logf"
-  RUN_RC=$?
+  ) 2>"$logf" | python3 "$OUT_DIR/stamp.py" "$logf.out" "$logf.tokens"
+  RUN_RC=${PIPESTATUS[0]}
   set -e
   t1=$(date +%s.%N)
   if [ -n "$POLL_PID" ]; then kill "$POLL_PID" 2>/dev/null || true; wait "$POLL_PID" 2>/dev/null || true; POLL_PID=""; fi
@@ -245,6 +278,13 @@ disk_bw() {  # bytes/s of a cold O_DIRECT io_uring read of the whole checkpoint
   echo "$out" >>"$OUT_DIR/bench-io.txt"
   echo "$out" | tail -1 | python3 -c "import json,sys; print(json.load(sys.stdin)['uring']['bytes_per_s'])"
 }
+fio_bw() {  # bytes/s of fio's sequential O_DIRECT io_uring read of the file (1 MiB, qd 16)
+  command -v fio >/dev/null || { echo ""; return; }
+  evict
+  fio --name=seq --filename="$WEIGHTS" --readonly --rw=read --direct=1 --ioengine=io_uring \
+    --bs=1M --iodepth=16 --output-format=json 2>>"$OUT_DIR/fio.err" |
+    python3 -c "import json,sys; print(json.load(sys.stdin)['jobs'][0]['read']['bw_bytes'])" || echo ""
+}
 mem_bw() {  # bytes/s of bench_kernels' AVX2 read loop on every pool thread
   "$BENCH_KERNELS" --benchmark_filter='MemoryRead|ReadLoop' --benchmark_format=json 2>/dev/null |
     python3 -c "
@@ -259,13 +299,14 @@ results=$OUT_DIR/results.tsv
 : >"$results"
 cached_before=""
 log "checkpoint $WEIGHTS ($weights_bytes bytes); cgroup v$CGV under $CG_PARENT; logs in $OUT_DIR"
+log "ferry: copy of $FERRY_SRC (sha256 $FERRY_SHA, built $(stat -c %y "$FERRY_SRC" | cut -d. -f1)), git HEAD $GIT_HEAD"
 log "caps: $CAPS; variants: $VARIANTS; $ROUNDS rounds; -n $N_TOKENS; ids \"$IDS\""
 log "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 for round in $(seq 1 "$ROUNDS"); do
-  d=$(disk_bw); m=$(mem_bw)
-  printf 'bw\t%s\t%s\t%s\n' "$round" "$d" "$m" >>"$results"
-  log "round $round: disk $(python3 -c "print(f'{$d/1e9:.2f}')") GB/s, memory $(python3 -c "print(f'{$m/1e9:.2f}')") GB/s"
+  d=$(disk_bw); fb=$(fio_bw); m=$(mem_bw)
+  printf 'bw\t%s\t%s\t%s\t%s\n' "$round" "$d" "$m" "$fb" >>"$results"
+  log "round $round: disk $(python3 -c "print(f'{$d/1e9:.2f}')") GB/s (ferry bench-io uring), ${fb:+$(python3 -c "print(f'{$fb/1e9:.2f}')") GB/s (fio), }memory $(python3 -c "print(f'{$m/1e9:.2f}')") GB/s"
   for cap in $CAPS; do
     cap_bytes=$(to_bytes "$cap")
     for v in $VARIANTS; do
@@ -273,10 +314,10 @@ for round in $(seq 1 "$ROUNDS"); do
       case $v in
         ferry)
           max_ram=$((cap_bytes - headroom_bytes))
-          cmd=("$FERRY" run -m "$MODEL_DIR" --ids "$IDS" -n "$N_TOKENS" --ignore-eos --print-ids --max-ram "$max_ram")
+          cmd=("$FERRY" run -m "$VIEW" --ids "$IDS" -n "$N_TOKENS" --ignore-eos --print-ids --max-ram "$max_ram")
           tmo=$FERRY_TIMEOUT ;;
         mmap)
-          cmd=("$FERRY" run -m "$MODEL_DIR" --ids "$IDS" -n "$N_TOKENS" --ignore-eos --print-ids --mmap)
+          cmd=("$FERRY" run -m "$VIEW" --ids "$IDS" -n "$N_TOKENS" --ignore-eos --print-ids --mmap)
           tmo=$MMAP_TIMEOUT ;;
         load)
           cmd=(python3 -c 'import sys; d=open(sys.argv[1],"rb").read(); print(len(d))' "$WEIGHTS")
@@ -299,20 +340,25 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 # ---- the table and the summary ---------------------------------------------------------------
-python3 - "$results" "$OUT_DIR/units.json" "$weights_bytes" "$N_TOKENS" "$CGV" <<'PY'
+python3 - "$results" "$OUT_DIR/units.json" "$weights_bytes" "$N_TOKENS" "$CGV" "$FERRY_SHA" "$GIT_HEAD" "$OUT_DIR" <<'PY'
 import json, re, statistics, sys
 results, units_json, weights_bytes, n_tokens, cgv = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+ferry_sha, git_head, out_dir = sys.argv[6:9]
 u = json.load(open(units_json))
 units = u["units"]
 bws, runs = [], []
 for line in open(results):
     f = line.rstrip("\n").split("\t")
     if f[0] == "bw":
-        bws.append((float(f[2]), float(f[3])))
+        bws.append((float(f[2]), float(f[3]), float(f[4]) if len(f) > 4 and f[4] else None))
     else:
         runs.append(dict(round=int(f[1]), cap=f[2], cap_bytes=int(f[3]), variant=f[4], exit=int(f[5]),
                          peak=int(f[6]) if f[6].isdigit() else None, oom_kills=f[7], wall_s=float(f[8]), log=f[9]))
-disk_bw = statistics.median(b[0] for b in bws)
+# The disk's roofline: the faster of ferry bench-io's and fio's medians (same file, same rounds).
+bench_io_bw = statistics.median(b[0] for b in bws)
+fios = [b[2] for b in bws if b[2]]
+fio_bw = statistics.median(fios) if fios else None
+disk_bw = max(bench_io_bw, fio_bw or 0)
 mem_bw = statistics.median(b[1] for b in bws)
 
 def parse(run):
@@ -323,6 +369,14 @@ def parse(run):
         out = ""
     m = re.search(r"decode ([0-9.]+) tok/s", err)
     run["decode_tok_s"] = float(m[1]) if m else None
+    # s/token from the arrival times of the tokens on stdout: the first comes after the prompt
+    # pass, each later one after one decode step.
+    try:
+        tt = json.load(open(run["log"] + ".tokens"))["token_times"]
+    except (OSError, ValueError):
+        tt = []
+    run["token_times"] = tt
+    run["s_per_token"] = (tt[-1] - tt[0]) / (len(tt) - 1) if len(tt) >= 2 else None
     m = re.search(r"^ferry: plan: (.*)$", err, re.M)
     run["plan"] = m[1] if m else None
     m = re.search(r"^ferry: (\d+ of \d+ units resident.*)$", err, re.M)
@@ -347,8 +401,9 @@ def status(r):
     return "ok" if r["exit"] == 0 else f"exit {r['exit']}"
 
 ram_bytes = sum(units)  # every weight unit is read from RAM once per token
-rows, summary = [], {"cgroup_version": int(cgv), "disk_bw_bytes_per_s": disk_bw, "mem_bw_bytes_per_s": mem_bw,
-                     "bandwidths_per_round": [{"disk": d, "mem": m} for d, m in bws],
+rows, summary = [], {"ferry_sha256_16": ferry_sha, "git_head": git_head, "logs": out_dir, "cgroup_version": int(cgv), "disk_bw_bytes_per_s": disk_bw, "mem_bw_bytes_per_s": mem_bw,
+                     "bench_io_bw_bytes_per_s": bench_io_bw, "fio_bw_bytes_per_s": fio_bw,
+                     "bandwidths_per_round": [{"bench_io": d, "fio": f, "mem": m} for d, m, f in bws],
                      "weights_bytes": weights_bytes, "unit_bytes_block": units[0], "unit_bytes_lm_head": units[-1],
                      "n_tokens": n_tokens, "caps": {}}
 for cap in dict.fromkeys(r["cap"] for r in runs):
@@ -359,12 +414,14 @@ for cap in dict.fromkeys(r["cap"] for r in runs):
         rs = [r for r in runs if r["cap"] == cap and r["variant"] == v]
         sts = [status(r) for r in rs]
         peaks = [r["peak"] for r in rs if r["peak"] is not None]
-        spt = [1.0 / r["decode_tok_s"] for r in rs if r["exit"] == 0 and r["decode_tok_s"]]
+        spt = [r["s_per_token"] for r in rs if r["exit"] == 0 and r["s_per_token"]]
         e = {"status": sts, "exit": [r["exit"] for r in rs], "oom_kills": [r["oom_kills"] for r in rs],
              "peak_bytes": peaks, "peak_max_bytes": max(peaks) if peaks else None,
              "peak_under_cap": all(p <= cap_bytes for p in peaks),
              "s_per_token": spt, "s_per_token_median": statistics.median(spt) if spt else None,
-             "wall_s": [r["wall_s"] for r in rs]}
+             "wall_s": [r["wall_s"] for r in rs],
+             "ferry_decode_tok_s": [r["decode_tok_s"] for r in rs],
+             "token_times_s": [[round(t, 3) for t in r["token_times"]] for r in rs]}
         if v == "ferry":
             res = [r["resident_units"] for r in rs if r["resident_units"] is not None]
             resident = res[0] if res else None
@@ -402,8 +459,9 @@ for cap in dict.fromkeys(r["cap"] for r in runs):
 
 hdr = ("cap", "variant", "exit", "peak (max)", "s/token (median)", "bound s/token", "ratio")
 w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
-print(f"disk {disk_bw / 1e9:.2f} GB/s (ferry bench-io, io_uring O_DIRECT, cold), memory {mem_bw / 1e9:.2f} GB/s "
-      f"(bench_kernels read loop); medians of {len(bws)} rounds")
+print(f"disk {disk_bw / 1e9:.2f} GB/s (faster of: ferry bench-io uring {bench_io_bw / 1e9:.2f}, "
+      f"fio {fio_bw / 1e9 if fio_bw else float('nan'):.2f}; O_DIRECT, cold), memory {mem_bw / 1e9:.2f} GB/s "
+      f"(bench_kernels read loop); medians of {len(bws)} rounds; s/token from token arrival times")
 for x in [hdr] + rows:
     print("  ".join(str(c).ljust(w[i]) for i, c in enumerate(x)))
 for cap, cs in summary["caps"].items():

@@ -2,7 +2,7 @@
 # End-to-end CPU throughput: prompt tokens/s and decode tokens/s on a GPT-J-shaped random f16
 # model made by make-model (GPT-J-6B's widths, 2 layers: 1.63 GB of weights by default), with
 # the decode rate set against its bound: weight bytes per token ÷ the memory read bandwidth
-# measured by bench_kernels' read loop in the same run.
+# measured by bench_kernels' read loop in the same run. The last line is JSON.
 #   bench/e2e_cpu.sh [MODEL_DIR] [N_LAYER]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,16 @@ n_layer=${2:-2}
 if [ ! -f "$model/config.json" ]; then
   "$ferry" make-model --preset gptj-6b --n-layer "$n_layer" --dtype f16 --seed 1 -o "$model" -q
 fi
-weights_bytes=$(du -b "$model"/*.safetensors "$model"/*.bin 2>/dev/null | awk '{s+=$1} END {print s}')
+# Bytes of weights read per decoded token: everything but the embedding table (one row of it).
+weights_bytes=$(python3 - "$model" <<'PY'
+import glob, json, os, sys
+d = sys.argv[1]
+files = glob.glob(d + "/*.safetensors") + glob.glob(d + "/*.bin")
+c = json.load(open(d + "/config.json"))
+esize = {"float32": 4, "float16": 2, "bfloat16": 2}[c["torch_dtype"]]
+print(sum(os.path.getsize(f) for f in files) - c["vocab_size"] * c["n_embd"] * esize)
+PY
+)
 
 prompt_ids=$(python3 -c "print(' '.join(str((i*7919)%50000) for i in range(128)))")
 "$ferry" run -m "$model" --ids "$prompt_ids" -n 1 --ignore-eos >/dev/null 2>/tmp/ferry-e2e-prompt.txt
@@ -23,7 +32,7 @@ decode_tps=$(grep -o 'decode [0-9.]* tok/s' /tmp/ferry-e2e-decode.txt | awk '{pr
 
 read_bw=""
 if [ -x build/bench/bench_kernels ]; then
-  read_bw=$(build/bench/bench_kernels --benchmark_filter='ReadLoop' --benchmark_format=json 2>/dev/null |
+  read_bw=$(build/bench/bench_kernels --benchmark_filter='MemoryRead' --benchmark_format=json 2>/dev/null |
     python3 -c "import json,sys; b=[x for x in json.load(sys.stdin)['benchmarks'] if 'bytes_per_second' in x]; print(max(x['bytes_per_second'] for x in b) if b else '')")
 fi
 python3 - "$weights_bytes" "$prompt_tps" "$decode_tps" "$read_bw" <<'PY'
