@@ -13,12 +13,17 @@
 # silently bypass the cap), and the kernel's own peak for the cgroup is recorded
 # (v1 memory.max_usage_in_bytes; v2 memory.peak, else memory.current polled).
 # The variants run alternately (round-robin, ROUNDS rounds) and medians are quoted, because the
-# machines are shared and noisy. Disk read bandwidth (`ferry bench-io --engine uring`, O_DIRECT,
-# cold cache) and memory read bandwidth (bench_kernels' AVX2 read loop on every thread) are
-# measured in every round, and the ferry run is set against the bound
+# machines are shared and noisy. Disk read bandwidth (the faster of `ferry bench-io --engine
+# uring` and fio's sequential read, both O_DIRECT io_uring 1 MiB qd 16 on the checkpoint, cold)
+# and memory read bandwidth (bench_kernels' AVX2 read loop on every thread) are measured in every
+# round, and the ferry run is set against the bound
 #   max(bytes read from disk per token / disk bw, bytes read from RAM per token / memory bw)
 # where the disk bytes are the units the plan streams and the RAM bytes are all weight units
 # (the embedding is a row lookup per token and is left out). Target: s/token / bound <= 1.15.
+# s/token is (t_last - t_first) / (n - 1) over the arrival times of the generated tokens on
+# stdout (ferry runs on a tokenizer-less view of the checkpoint so it prints and flushes "ID "
+# per token); ferry's own "decode N tok/s" is kept in the JSON as a cross-check. A private copy
+# of the ferry binary is run, so a rebuild during the run cannot mix binaries.
 # The kernel enforces the cap, so "peak <= cap" is only meaningful together with "not OOM-killed";
 # both are shown. The generated ids of the ferry and mmap runs are compared (greedy, same prompt).
 #
@@ -376,7 +381,10 @@ def parse(run):
     except (OSError, ValueError):
         tt = []
     run["token_times"] = tt
-    run["s_per_token"] = (tt[-1] - tt[0]) / (len(tt) - 1) if len(tt) >= 2 else None
+    run["s_per_token"] = (tt[-1] - tt[0]) / (len(tt) - 1) if len(tt) >= 2 and tt[-1] > tt[0] else None
+    run["s_per_token_source"] = "token arrival times"
+    if run["s_per_token"] is None and run["decode_tok_s"]:  # tokens coalesced (too fast to stamp)
+        run["s_per_token"], run["s_per_token_source"] = 1.0 / run["decode_tok_s"], "ferry decode tok/s"
     m = re.search(r"^ferry: plan: (.*)$", err, re.M)
     run["plan"] = m[1] if m else None
     m = re.search(r"^ferry: (\d+ of \d+ units resident.*)$", err, re.M)

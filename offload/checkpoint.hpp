@@ -22,7 +22,7 @@ std::string_view format_name(CheckpointFormat f);  // "safetensors", "torch-zip"
 // Where one tensor's bytes live. Tensors are dense and row-major (a non-contiguous torch
 // tensor is refused at open with a FormatError naming it).
 struct TensorEntry {
-  std::string name;           // as in the checkpoint, e.g. "transformer.h.0.attn.q_proj.weight"
+  std::string name;  // as in the checkpoint, e.g. "transformer.h.0.attn.q_proj.weight"
   DType dtype = DType::f32;
   Shape shape;                // rank 0 (a scalar) has numel 1
   uint32_t file_index = 0;    // into Checkpoint::files()

@@ -19,10 +19,14 @@ namespace ferry::offload {
 
 std::string_view tier_name(Tier t) {
   switch (t) {
-    case Tier::device: return "device";
-    case Tier::host: return "host";
-    case Tier::disk: return "disk";
-    case Tier::mapped: return "mapped";
+    case Tier::device:
+      return "device";
+    case Tier::host:
+      return "host";
+    case Tier::disk:
+      return "disk";
+    case Tier::mapped:
+      return "mapped";
   }
   return "?";
 }
@@ -64,7 +68,8 @@ UnitLayout plan_unit_reads(const Checkpoint& checkpoint, const std::vector<std::
     r.min_bytes = a.min_bytes();
     r.buffer_offset = layout.nbytes;
     for (std::size_t k = i; k < j; ++k)
-      layout.tensor_offsets[pieces[k].tensor] = r.buffer_offset + (pieces[k].begin - a.offset_bytes);
+      layout.tensor_offsets[pieces[k].tensor] =
+          r.buffer_offset + (pieces[k].begin - a.offset_bytes);
     layout.nbytes += a.nbytes;  // a multiple of the alignment, so the next range stays aligned
     layout.ranges.push_back(r);
     i = j;
@@ -85,7 +90,8 @@ class FileMapping {
     if (p == MAP_FAILED) throw IoError(errno, fmt::format("cannot map {}", f.path.string()));
     data_ = static_cast<const std::byte*>(p);
   }
-  FileMapping(FileMapping&& o) noexcept : data_(std::exchange(o.data_, nullptr)), nbytes_(o.nbytes_) {}
+  FileMapping(FileMapping&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)), nbytes_(o.nbytes_) {}
   FileMapping(const FileMapping&) = delete;
   FileMapping& operator=(const FileMapping&) = delete;
   FileMapping& operator=(FileMapping&&) = delete;
@@ -102,7 +108,7 @@ class FileMapping {
 struct Unit {
   StreamUnitSpec spec;
   UnitLayout layout;
-  AlignedBuffer resident;  // resident tiers only
+  AlignedBuffer resident;                // resident tiers only
   std::vector<const std::byte*> mapped;  // mapped tier: each tensor's address in its mapping
   // Streamed tiers: the slot and the reads filling it. The ticket is declared after the lease
   // so that it is destroyed first: its destructor waits for reads still writing into the slot.
@@ -112,8 +118,7 @@ struct Unit {
 };
 
 double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 }  // namespace
@@ -124,7 +129,7 @@ struct LayerStreamer::Impl {
   // Destruction runs bottom-up: units (tickets wait, leases return), then the buffer
   // registration, the pool's memory, and last the engine the tickets belong to.
   IoEngine engine;
-  std::vector<IoFileIndex> files;  // checkpoint file index → engine file index
+  std::vector<IoFileIndex> files;     // checkpoint file index → engine file index
   std::vector<FileMapping> mappings;  // one per checkpoint file, when any unit is mapped
   std::unique_ptr<StagingPool> pool;
   RegisteredBuffers registration;
@@ -133,7 +138,8 @@ struct LayerStreamer::Impl {
   StreamerStats stats;
   uint64_t resident_bytes = 0;
 
-  Impl(const Checkpoint& ck, StreamerOptions opts) : checkpoint(ck), options(opts), engine(opts.io) {}
+  Impl(const Checkpoint& ck, StreamerOptions opts)
+      : checkpoint(ck), options(opts), engine(opts.io) {}
 
   std::vector<ReadRequest> requests_for(const Unit& u, std::byte* base) const {
     std::vector<ReadRequest> reqs;
@@ -190,7 +196,8 @@ std::vector<uint64_t> LayerStreamer::unit_bytes(const Checkpoint& checkpoint,
                                                 uint64_t merge_gap_bytes) {
   std::vector<uint64_t> out;
   out.reserve(units.size());
-  for (const auto& u : units) out.push_back(plan_unit_reads(checkpoint, u.tensors, merge_gap_bytes).nbytes);
+  for (const auto& u : units)
+    out.push_back(plan_unit_reads(checkpoint, u.tensors, merge_gap_bytes).nbytes);
   return out;
 }
 

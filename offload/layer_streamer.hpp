@@ -74,11 +74,11 @@ struct StreamerOptions {
 
 // Counters of what the streamer did, for the run summary and the planner's feedback.
 struct StreamerStats {
-  uint64_t bytes_read = 0;     // by streamed units (resident loads excluded)
+  uint64_t bytes_read = 0;  // by streamed units (resident loads excluded)
   uint64_t units_streamed = 0;
-  uint64_t stalls = 0;         // acquires that had to wait for I/O
-  double stall_s = 0;          // time spent waiting
-  double load_s = 0;           // reading the resident units at construction
+  uint64_t stalls = 0;  // acquires that had to wait for I/O
+  double stall_s = 0;   // time spent waiting
+  double load_s = 0;    // reading the resident units at construction
 };
 
 class LayerStreamer {

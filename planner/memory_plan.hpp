@@ -25,11 +25,12 @@ struct MemoryPlan {
   uint64_t slot_bytes = 0;
   uint64_t resident_bytes = 0;
   uint64_t staging_bytes = 0;
-  uint64_t peak_bytes = 0;      // resident + staging + fixed
-  uint64_t minimum_bytes = 0;   // the smallest budget that runs at all (every unit streamed)
+  uint64_t peak_bytes = 0;     // resident + staging + fixed
+  uint64_t minimum_bytes = 0;  // the smallest budget that runs at all (every unit streamed)
 
   std::size_t resident_units() const;
-  // "12 of 30 units resident (4.5 GiB), 18 streamed through 3 slots of 385 MiB; peak 6.1 GiB of 6.5 GiB"
+  // "12 of 30 units resident (4.5 GiB), 18 streamed through 3 slots of 385 MiB; peak 6.1 GiB of 6.5
+  // GiB"
   std::string describe(uint64_t budget_bytes) const;
 };
 

@@ -46,19 +46,24 @@ Command add_inspect(CLI::App& app) {
                                           : std::filesystem::path(o->model).parent_path();
     if (std::filesystem::exists(dir / "config.json")) {
       const auto cfg = model::ModelConfig::from_model_dir(dir);
-      fmt::print("model: gptj, {} layers, n_embd {}, n_head {}, n_inner {}, vocab {}, {:.3f} B parameters\n",
-                 cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_inner, cfg.vocab_size,
-                 static_cast<double>(model::total_params(cfg)) / 1e9);
+      fmt::print(
+          "model: gptj, {} layers, n_embd {}, n_head {}, n_inner {}, vocab {}, {:.3f} B "
+          "parameters\n",
+          cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_inner, cfg.vocab_size,
+          static_cast<double>(model::total_params(cfg)) / 1e9);
       for (const auto& g : model::all_groups(cfg)) {
         uint64_t bytes = 0;
         std::string missing;
         for (const auto& w : g.weights) {
-          if (const auto* t = ck.find(w.name)) bytes += t->nbytes;
-          else missing = w.name;
+          if (const auto* t = ck.find(w.name))
+            bytes += t->nbytes;
+          else
+            missing = w.name;
         }
-        const std::string name = g.kind == model::WeightGroup::Kind::block
-                                     ? fmt::format("layer {}", g.layer)
-                                     : (g.kind == model::WeightGroup::Kind::embedding ? "embedding" : "head");
+        const std::string name =
+            g.kind == model::WeightGroup::Kind::block
+                ? fmt::format("layer {}", g.layer)
+                : (g.kind == model::WeightGroup::Kind::embedding ? "embedding" : "head");
         fmt::print("  {:<10} {:>12}{}\n", name, format_bytes(bytes),
                    missing.empty() ? "" : fmt::format("  (missing {})", missing));
       }
@@ -84,7 +89,8 @@ Command add_make_model(CLI::App& app) {
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
       "make-model", "write a random-weight GPT-J checkpoint (config, tokenizer, weights)");
-  cmd->add_option("--preset", o->preset, "tiny | gptj-6b")->check(CLI::IsMember({"tiny", "gptj-6b"}));
+  cmd->add_option("--preset", o->preset, "tiny | gptj-6b")
+      ->check(CLI::IsMember({"tiny", "gptj-6b"}));
   cmd->add_option("--n-layer", o->n_layer, "override the preset's layer count");
   cmd->add_option("--n-embd", o->n_embd, "override n_embd");
   cmd->add_option("--n-head", o->n_head, "override n_head");
@@ -92,9 +98,12 @@ Command add_make_model(CLI::App& app) {
   cmd->add_option("--n-inner", o->n_inner, "override n_inner (default 4 · n_embd)");
   cmd->add_option("--vocab", o->vocab, "override vocab_size");
   cmd->add_option("--n-positions", o->n_positions, "override n_positions");
-  cmd->add_option("--dtype", o->dtype, "f32 | f16 | bf16")->check(CLI::IsMember({"f32", "f16", "bf16"}));
-  cmd->add_option("--format", o->format, "safetensors | torch")->check(CLI::IsMember({"safetensors", "torch"}));
-  cmd->add_option("--shard-size", o->shard_size, "split into shards of at most this size, e.g. 2GiB");
+  cmd->add_option("--dtype", o->dtype, "f32 | f16 | bf16")
+      ->check(CLI::IsMember({"f32", "f16", "bf16"}));
+  cmd->add_option("--format", o->format, "safetensors | torch")
+      ->check(CLI::IsMember({"safetensors", "torch"}));
+  cmd->add_option("--shard-size", o->shard_size,
+                  "split into shards of at most this size, e.g. 2GiB");
   cmd->add_option("--seed", o->seed, "weights are a function of the seed");
   cmd->add_option("-o,--output", o->out, "directory to write")->required();
   cmd->add_flag("-q,--quiet", o->quiet, "no progress on stderr");
@@ -113,8 +122,8 @@ Command add_make_model(CLI::App& app) {
     if (o->vocab) c.vocab_size = o->vocab;
     if (o->n_positions) c.n_positions = o->n_positions;
     mo.dtype = *parse_dtype(o->dtype);
-    mo.format = o->format == "torch" ? offload::WriteFormat::torch_zip
-                                     : offload::WriteFormat::safetensors;
+    mo.format =
+        o->format == "torch" ? offload::WriteFormat::torch_zip : offload::WriteFormat::safetensors;
     mo.seed = o->seed;
     if (!o->shard_size.empty()) mo.max_shard_bytes = parse_size(o->shard_size);
     Progress progress("make-model", o->quiet);

@@ -6,8 +6,8 @@
 #include <optional>
 
 #include "runtime/core/error.hpp"
-#include "runtime/core/units.hpp"
 #include "runtime/core/thread_pool.hpp"
+#include "runtime/core/units.hpp"
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/generate.hpp"
 #include "runtime/engine/loaded_model.hpp"
@@ -51,8 +51,7 @@ void add_load_options(CLI::App* cmd, LoadFlags& o) {
   cmd->add_option("--max-ram", o.max_ram,
                   "cap on host memory, e.g. 4GiB (default: what is free, cgroup limits included)")
       ->envname("FERRY_MAX_RAM");
-  cmd->add_option("--io", o.io, "I/O engine: auto | uring | pread | buffered")
-      ->envname("FERRY_IO");
+  cmd->add_option("--io", o.io, "I/O engine: auto | uring | pread | buffered")->envname("FERRY_IO");
   cmd->add_flag("--mmap", o.mmap,
                 "compute straight from a memory map of the checkpoint, as llama.cpp does (no RAM "
                 "budget: the page cache decides; for comparison)");
@@ -110,7 +109,8 @@ Command add_run(CLI::App& app) {
   auto* i = cmd->add_option("--ids", o->ids, "prompt as token ids, e.g. \"15496 995\"");
   p->excludes(i);
   cmd->add_option("-n,--n-tokens", o->n, "new tokens to generate")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--temperature", o->temperature, "0 = greedy (default)")->envname("FERRY_TEMPERATURE");
+  cmd->add_option("--temperature", o->temperature, "0 = greedy (default)")
+      ->envname("FERRY_TEMPERATURE");
   cmd->add_option("--top-k", o->top_k, "sample from the k most likely tokens (0 = all)");
   cmd->add_option("--top-p", o->top_p, "nucleus sampling threshold in (0, 1]");
   cmd->add_option("--seed", o->seed, "random seed for sampling");
@@ -120,7 +120,8 @@ Command add_run(CLI::App& app) {
   add_tokenizer_options(cmd, o->tok);
   add_load_options(cmd, o->load);
   return [o] {
-    FERRY_EXPECT(!o->prompt.empty() || !o->ids.empty(), "give a prompt with -p TEXT or --ids \"I J K\"");
+    FERRY_EXPECT(!o->prompt.empty() || !o->ids.empty(),
+                 "give a prompt with -p TEXT or --ids \"I J K\"");
     std::optional<text::BpeTokenizer> tok;
     if (!o->prompt.empty() || o->tok.vocab.size() || o->tok.merges.size()) {
       tok = load_tokenizer(o->model, o->tok);
@@ -140,8 +141,10 @@ Command add_run(CLI::App& app) {
                  "the prompt has {} tokens but the model's context is {} tokens (n_positions); "
                  "shorten the prompt",
                  n_prompt, config.n_positions);
-    const int64_t context = std::min<int64_t>(config.n_positions, n_prompt + std::max<int64_t>(o->n, 1));
-    engine::LoadedModel m = engine::load_model(o->model, load_options(o->load, config, context, n_prompt, 1));
+    const int64_t context =
+        std::min<int64_t>(config.n_positions, n_prompt + std::max<int64_t>(o->n, 1));
+    engine::LoadedModel m =
+        engine::load_model(o->model, load_options(o->load, config, context, n_prompt, 1));
     if (!o->quiet) print_plan(m);
     engine::GenerateOptions go;
     go.max_new_tokens = o->n;
@@ -171,8 +174,10 @@ Command add_run(CLI::App& app) {
     if (o->print_ids) fmt::print("[{}]\n", fmt::join(out, ", "));
     std::fflush(stdout);
     if (!o->quiet) {
-      const double prompt_tps = stats.prompt_s > 0 ? static_cast<double>(stats.prompt_tokens) / stats.prompt_s : 0;
-      const double decode_tps = stats.decode_s > 0 ? static_cast<double>(stats.decode_steps) / stats.decode_s : 0;
+      const double prompt_tps =
+          stats.prompt_s > 0 ? static_cast<double>(stats.prompt_tokens) / stats.prompt_s : 0;
+      const double decode_tps =
+          stats.decode_s > 0 ? static_cast<double>(stats.decode_steps) / stats.decode_s : 0;
       fmt::print(stderr,
                  "ferry: prompt {} tokens in {:.3f} s ({:.1f} tok/s); generated {} tokens, "
                  "decode {:.1f} tok/s\n",
@@ -201,7 +206,8 @@ Command add_logits(CLI::App& app) {
   add_tokenizer_options(cmd, o->tok);
   add_load_options(cmd, o->load);
   return [o] {
-    FERRY_EXPECT(!o->ids.empty() || !o->prompt.empty(), "give the input with --ids \"I J K\" or -p TEXT");
+    FERRY_EXPECT(!o->ids.empty() || !o->prompt.empty(),
+                 "give the input with --ids \"I J K\" or -p TEXT");
     const std::vector<int32_t> ids =
         o->ids.empty() ? load_tokenizer(o->model, o->tok).encode(o->prompt) : parse_ids(o->ids);
     const auto config = model::ModelConfig::from_model_dir(o->model);
@@ -210,7 +216,8 @@ Command add_logits(CLI::App& app) {
                  "the input has {} tokens but the model's context is {} tokens (n_positions); "
                  "shorten it",
                  n_ids, config.n_positions);
-    engine::LoadedModel m = engine::load_model(o->model, load_options(o->load, config, n_ids, n_ids, o->all ? n_ids : 1));
+    engine::LoadedModel m = engine::load_model(
+        o->model, load_options(o->load, config, n_ids, n_ids, o->all ? n_ids : 1));
     engine::EngineOptions eo;
     eo.context = static_cast<int64_t>(ids.size());
     engine::Engine eng(*m.weights, eo, default_thread_pool());
@@ -226,8 +233,9 @@ Command add_logits(CLI::App& app) {
                              logits.begin() + static_cast<std::ptrdiff_t>((r + 1) * vocab), ", "));
       fmt::print("]}}\n");
     } else {
-      fmt::print("{{\"logits\": [{}]}}\n",
-                 fmt::join(logits.begin(), logits.begin() + static_cast<std::ptrdiff_t>(vocab), ", "));
+      fmt::print(
+          "{{\"logits\": [{}]}}\n",
+          fmt::join(logits.begin(), logits.begin() + static_cast<std::ptrdiff_t>(vocab), ", "));
     }
     return 0;
   };

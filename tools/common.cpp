@@ -53,7 +53,9 @@ void Progress::update(uint64_t done_bytes, uint64_t total_bytes) {
   const double elapsed = t - start_s_;
   const double rate = elapsed > 0 ? static_cast<double>(done_bytes) / elapsed : 0;
   const double eta = rate > 0 ? static_cast<double>(total_bytes - done_bytes) / rate : 0;
-  const double pct = total_bytes ? 100.0 * static_cast<double>(done_bytes) / static_cast<double>(total_bytes) : 100.0;
+  const double pct =
+      total_bytes ? 100.0 * static_cast<double>(done_bytes) / static_cast<double>(total_bytes)
+                  : 100.0;
   fmt::print(stderr, "\r{}: {:5.1f}%  {} / {}  {}/s  ETA {:.0f} s   ", label_, pct,
              format_bytes(done_bytes), format_bytes(total_bytes),
              format_bytes(static_cast<uint64_t>(rate)), eta);

@@ -16,11 +16,13 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string(FERRY_VERSION));
   using Adder = ferry::tools::Command (*)(CLI::App&);
-  const std::pair<const char*, Adder> adders[] = {
-      {"run", &ferry::tools::add_run},           {"logits", &ferry::tools::add_logits},
-      {"tokenize", &ferry::tools::add_tokenize}, {"inspect", &ferry::tools::add_inspect},
-      {"make-model", &ferry::tools::add_make_model}, {"info", &ferry::tools::add_info},
-      {"bench-io", &ferry::tools::add_bench_io}};
+  const std::pair<const char*, Adder> adders[] = {{"run", &ferry::tools::add_run},
+                                                  {"logits", &ferry::tools::add_logits},
+                                                  {"tokenize", &ferry::tools::add_tokenize},
+                                                  {"inspect", &ferry::tools::add_inspect},
+                                                  {"make-model", &ferry::tools::add_make_model},
+                                                  {"info", &ferry::tools::add_info},
+                                                  {"bench-io", &ferry::tools::add_bench_io}};
   std::map<CLI::App*, ferry::tools::Command> commands;
   for (const auto& [name, add] : adders) {
     ferry::tools::Command cmd = add(app);

@@ -59,25 +59,25 @@ namespace detail {
 
 // FERRY_EXPECT(cond, "fmt {}", args...): throws ferry::InvalidArgument with the formatted
 // message (built only on failure) and file:line when cond is false.
-#define FERRY_EXPECT(cond, ...)                                                        \
-  do {                                                                                 \
-    if (!(cond)) [[unlikely]]                                                          \
+#define FERRY_EXPECT(cond, ...)                                                             \
+  do {                                                                                      \
+    if (!(cond)) [[unlikely]]                                                               \
       ::ferry::detail::throw_expect_failed(__FILE__, __LINE__, ::fmt::format(__VA_ARGS__)); \
   } while (0)
 
 // FERRY_FORMAT_EXPECT: the same, raising ferry::FormatError (for bad files).
-#define FERRY_FORMAT_EXPECT(cond, ...)                                                 \
-  do {                                                                                 \
-    if (!(cond)) [[unlikely]]                                                          \
+#define FERRY_FORMAT_EXPECT(cond, ...)                                                     \
+  do {                                                                                     \
+    if (!(cond)) [[unlikely]]                                                              \
       ::ferry::detail::throw_format_error(__FILE__, __LINE__, ::fmt::format(__VA_ARGS__)); \
   } while (0)
 
 // FERRY_SYSCALL(ret, "fmt", args...): for calls returning -1 and setting errno.
-#define FERRY_SYSCALL(ret, ...)                                                       \
-  do {                                                                                \
-    if ((ret) < 0) [[unlikely]] {                                                     \
-      const int ferry_saved_errno_ = errno;                                           \
-      ::ferry::detail::throw_io_error(__FILE__, __LINE__, ferry_saved_errno_,         \
-                                      ::fmt::format(__VA_ARGS__));                    \
-    }                                                                                 \
+#define FERRY_SYSCALL(ret, ...)                                               \
+  do {                                                                        \
+    if ((ret) < 0) [[unlikely]] {                                             \
+      const int ferry_saved_errno_ = errno;                                   \
+      ::ferry::detail::throw_io_error(__FILE__, __LINE__, ferry_saved_errno_, \
+                                      ::fmt::format(__VA_ARGS__));            \
+    }                                                                         \
   } while (0)

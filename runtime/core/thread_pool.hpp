@@ -25,8 +25,7 @@ class ThreadPool {
   // Calls fn(begin, end) over [0, n) in chunks of at least min_chunk indices, on all threads,
   // and returns when every chunk is done. The first exception thrown by fn is rethrown here.
   // Not re-entrant: fn must not call parallel_for on the same pool.
-  void parallel_for(int64_t n, int64_t min_chunk,
-                    const std::function<void(int64_t, int64_t)>& fn);
+  void parallel_for(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& fn);
 
  private:
   void worker_loop();

@@ -133,9 +133,10 @@ const std::vector<float>& Engine::forward(std::span<const SeqTokens> batch, Logi
   logits_.resize(static_cast<std::size_t>(n_out * vocab));
   const HeadWeights head = weights_.acquire_head();
   for (int64_t i = 0; i < n_out; ++i) {
-    cpu::layer_norm(x_.data() + static_cast<std::size_t>(out_rows[static_cast<std::size_t>(i)]) * ue,
-                    1, n_embd, head.ln_f_w, head.ln_f_b, config_.layer_norm_epsilon,
-                    final_.data() + static_cast<std::size_t>(i) * ue);
+    cpu::layer_norm(
+        x_.data() + static_cast<std::size_t>(out_rows[static_cast<std::size_t>(i)]) * ue, 1, n_embd,
+        head.ln_f_w, head.ln_f_b, config_.layer_norm_epsilon,
+        final_.data() + static_cast<std::size_t>(i) * ue);
   }
   linear(final_.data(), n_out, head.lm_head, head.lm_head_b, logits_.data(), pool_);
   weights_.release_head();

@@ -58,15 +58,15 @@ class Engine {
   KvCache cache_;
 
   // Activations, reused between calls; rows = tokens in the batch.
-  std::vector<float> x_;       // [rows, n_embd] residual stream
-  std::vector<float> h_;       // [rows, n_embd] ln_1 output
-  std::vector<float> q_;       // [rows, n_embd]
-  std::vector<float> k_;       // [rows, n_embd]
-  std::vector<float> v_;       // [rows, n_embd]
-  std::vector<float> attn_;    // [rows, n_embd] attention output before out_proj
-  std::vector<float> proj_;    // [rows, n_embd] out_proj output
-  std::vector<float> ff_;      // [rows, n_inner]
-  std::vector<float> mlp_;     // [rows, n_embd]
+  std::vector<float> x_;     // [rows, n_embd] residual stream
+  std::vector<float> h_;     // [rows, n_embd] ln_1 output
+  std::vector<float> q_;     // [rows, n_embd]
+  std::vector<float> k_;     // [rows, n_embd]
+  std::vector<float> v_;     // [rows, n_embd]
+  std::vector<float> attn_;  // [rows, n_embd] attention output before out_proj
+  std::vector<float> proj_;  // [rows, n_embd] out_proj output
+  std::vector<float> ff_;    // [rows, n_inner]
+  std::vector<float> mlp_;   // [rows, n_embd]
   std::vector<int32_t> tokens_;
   std::vector<int32_t> positions_;
   std::vector<float> final_;   // [logit rows, n_embd] ln_f output

@@ -22,7 +22,7 @@ struct GenerateOptions {
 struct GenerateStats {
   int64_t prompt_tokens = 0;
   int64_t new_tokens = 0;
-  double prompt_s = 0;  // wall time of the prompt pass
+  double prompt_s = 0;       // wall time of the prompt pass
   int64_t decode_steps = 0;  // forward passes of one token (new_tokens - 1)
   double decode_s = 0;       // wall time of those passes and the sampling
 };

@@ -24,9 +24,10 @@ KvCache::KvCache(const model::ModelConfig& config, int n_seqs, int64_t capacity)
 
 float* KvCache::base(int layer, int seq, int which) {
   const std::size_t per_tensor = static_cast<std::size_t>(n_head_ * capacity_ * head_dim_);
-  const std::size_t index =
-      (static_cast<std::size_t>(layer) * static_cast<std::size_t>(n_seqs_) +
-       static_cast<std::size_t>(seq)) * 2u + static_cast<std::size_t>(which);
+  const std::size_t index = (static_cast<std::size_t>(layer) * static_cast<std::size_t>(n_seqs_) +
+                             static_cast<std::size_t>(seq)) *
+                                2u +
+                            static_cast<std::size_t>(which);
   return buffer_.as<float>() + index * per_tensor;
 }
 

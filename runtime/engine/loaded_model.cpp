@@ -16,12 +16,12 @@ constexpr uint64_t kRuntimeOverheadBytes = 64ull << 20;
 uint64_t fixed_host_bytes(const model::ModelConfig& config, int max_seqs, int64_t context,
                           int64_t max_batch_rows, int64_t max_logit_rows) {
   const auto e = static_cast<uint64_t>(config.n_embd);
-  const auto vectors = static_cast<uint64_t>(config.n_layer) *
-                           (3 * e + static_cast<uint64_t>(config.n_inner)) +
-                       2 * e + static_cast<uint64_t>(config.vocab_size);
+  const auto vectors =
+      static_cast<uint64_t>(config.n_layer) * (3 * e + static_cast<uint64_t>(config.n_inner)) +
+      2 * e + static_cast<uint64_t>(config.vocab_size);
   return KvCache::bytes_needed(config, max_seqs, context) +
-         Engine::activation_bytes(config, max_batch_rows, max_logit_rows) + vectors * sizeof(float) +
-         kRuntimeOverheadBytes;
+         Engine::activation_bytes(config, max_batch_rows, max_logit_rows) +
+         vectors * sizeof(float) + kRuntimeOverheadBytes;
 }
 
 LoadedModel load_model(const std::filesystem::path& dir, LoadOptions options) {
@@ -59,9 +59,9 @@ LoadedModel load_model(const std::filesystem::path& dir, LoadOptions options) {
     placement.blocks.resize(static_cast<std::size_t>(m.config.n_layer));
     for (std::size_t i = 0; i < placement.blocks.size(); ++i)
       placement.blocks[i] = m.plan.tiers[i] == planner::UnitTier::resident ? offload::Tier::host
-                                                                            : offload::Tier::disk;
+                                                                           : offload::Tier::disk;
     placement.head = m.plan.tiers.back() == planner::UnitTier::resident ? offload::Tier::host
-                                                                         : offload::Tier::disk;
+                                                                        : offload::Tier::disk;
     placement.slot_count = std::max<std::size_t>(2, m.plan.slot_count);
   }
   m.weights = std::make_unique<StreamingWeights>(m.config, *m.checkpoint, placement, options.io);

@@ -24,7 +24,7 @@ struct LoadOptions {
   int64_t max_logit_rows = 0;             // most rows of logits one pass returns; 0: max_batch_rows
   int max_seqs = 1;
   offload::IoOptions io = offload::IoOptions::from_env();
-  std::optional<Placement> placement;     // forces the tiers instead of planning them
+  std::optional<Placement> placement;  // forces the tiers instead of planning them
 };
 
 struct LoadedModel {

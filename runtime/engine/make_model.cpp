@@ -52,7 +52,9 @@ Law law_for(const model::ModelConfig& c, const std::string& name) {
   return {0.0f, 0.02f * sqrt3};
 }
 
-uint64_t tensor_key(uint64_t seed, const std::string& name) { return splitmix64(seed ^ fnv1a(name)); }
+uint64_t tensor_key(uint64_t seed, const std::string& name) {
+  return splitmix64(seed ^ fnv1a(name));
+}
 
 float draw(const Law& law, uint64_t key, uint64_t index) {
   const uint64_t r = splitmix64(key + index);

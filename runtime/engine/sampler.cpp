@@ -25,9 +25,7 @@ int32_t argmax(std::span<const float> values) {
   return best;
 }
 
-Sampler::Sampler(SamplingParams params) : params_(params), rng_(params.seed) {
-  params_.validate();
-}
+Sampler::Sampler(SamplingParams params) : params_(params), rng_(params.seed) { params_.validate(); }
 
 int32_t Sampler::sample(std::span<const float> logits) {
   FERRY_EXPECT(!logits.empty(), "cannot sample from empty logits");
@@ -54,7 +52,10 @@ int32_t Sampler::sample(std::span<const float> logits) {
   double sum = 0.0;
   for (int32_t i = 0; i < keep; ++i) {
     const double p =
-        std::exp((static_cast<double>(logits[static_cast<std::size_t>(order_[static_cast<std::size_t>(i)])]) - top) * inv_t);
+        std::exp((static_cast<double>(
+                      logits[static_cast<std::size_t>(order_[static_cast<std::size_t>(i)])]) -
+                  top) *
+                 inv_t);
     probs_[static_cast<std::size_t>(i)] = static_cast<float>(p);
     sum += p;
   }
@@ -71,7 +72,8 @@ int32_t Sampler::sample(std::span<const float> logits) {
     }
     keep = cut;
     sum = 0.0;
-    for (int32_t i = 0; i < keep; ++i) sum += static_cast<double>(probs_[static_cast<std::size_t>(i)]);
+    for (int32_t i = 0; i < keep; ++i)
+      sum += static_cast<double>(probs_[static_cast<std::size_t>(i)]);
   }
   // One uniform draw from the generator: the same seed gives the same tokens on any machine.
   const double u = std::generate_canonical<double, 53>(rng_) * sum;

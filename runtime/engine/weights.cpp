@@ -52,11 +52,11 @@ Placement Placement::all(const model::ModelConfig& config, offload::Tier tier,
 namespace {
 
 // The order of a block unit's matrices; acquire_block reads them back in this order.
-constexpr WeightRole kBlockMatrices[] = {WeightRole::q_proj,   WeightRole::k_proj,
-                                         WeightRole::v_proj,   WeightRole::out_proj,
-                                         WeightRole::fc_in_w,  WeightRole::fc_out_w};
-constexpr WeightRole kBlockVectors[] = {WeightRole::ln_1_w, WeightRole::ln_1_b,
-                                        WeightRole::fc_in_b, WeightRole::fc_out_b};
+constexpr WeightRole kBlockMatrices[] = {WeightRole::q_proj,  WeightRole::k_proj,
+                                         WeightRole::v_proj,  WeightRole::out_proj,
+                                         WeightRole::fc_in_w, WeightRole::fc_out_w};
+constexpr WeightRole kBlockVectors[] = {WeightRole::ln_1_w, WeightRole::ln_1_b, WeightRole::fc_in_b,
+                                        WeightRole::fc_out_b};
 constexpr WeightRole kHeadVectors[] = {WeightRole::ln_f_w, WeightRole::ln_f_b,
                                        WeightRole::lm_head_b};
 
@@ -99,12 +99,12 @@ std::vector<offload::StreamUnitSpec> gptj_units(const model::ModelConfig& config
   return units;
 }
 
-StreamingWeights::StreamingWeights(model::ModelConfig config,
-                                   const offload::Checkpoint& checkpoint,
+StreamingWeights::StreamingWeights(model::ModelConfig config, const offload::Checkpoint& checkpoint,
                                    const Placement& placement, offload::IoOptions io)
     : config_(checked(std::move(config), checkpoint)),
       checkpoint_(checkpoint),
-      streamer_(checkpoint, gptj_units(config_, placement), streamer_options(placement, std::move(io))) {
+      streamer_(checkpoint, gptj_units(config_, placement),
+                streamer_options(placement, std::move(io))) {
   wte_ = &checkpoint.at(model::embedding_group(config_).weights[0].name);
   row_.resize(static_cast<std::size_t>(config_.n_embd) * dtype_size(wte_->dtype));
 
@@ -123,7 +123,8 @@ StreamingWeights::StreamingWeights(model::ModelConfig config,
     const model::WeightGroup g = model::block_group(config_, l);
     block_vector_offsets_.push_back(vectors_.size());
     for (WeightRole r : kBlockVectors) load_vector(spec_of(g, r));
-    for (WeightRole r : kBlockMatrices) block_dtypes_.push_back(checkpoint.at(spec_of(g, r).name).dtype);
+    for (WeightRole r : kBlockMatrices)
+      block_dtypes_.push_back(checkpoint.at(spec_of(g, r).name).dtype);
   }
   const model::WeightGroup head = model::head_group(config_);
   head_vector_offset_ = vectors_.size();
@@ -160,7 +161,9 @@ BlockWeights StreamingWeights::acquire_block(int layer) {
   return b;
 }
 
-void StreamingWeights::release_block(int layer) { streamer_.release(static_cast<std::size_t>(layer)); }
+void StreamingWeights::release_block(int layer) {
+  streamer_.release(static_cast<std::size_t>(layer));
+}
 
 HeadWeights StreamingWeights::acquire_head() {
   const offload::UnitView v = streamer_.acquire(static_cast<std::size_t>(config_.n_layer));
@@ -173,6 +176,8 @@ HeadWeights StreamingWeights::acquire_head() {
   return h;
 }
 
-void StreamingWeights::release_head() { streamer_.release(static_cast<std::size_t>(config_.n_layer)); }
+void StreamingWeights::release_head() {
+  streamer_.release(static_cast<std::size_t>(config_.n_layer));
+}
 
 }  // namespace ferry::engine

@@ -25,15 +25,15 @@ struct MatrixView {
 };
 
 struct BlockWeights {
-  const float* ln_1_w = nullptr;  // [n_embd]
-  const float* ln_1_b = nullptr;  // [n_embd]
-  MatrixView q_proj;              // [n_embd, n_embd]
-  MatrixView k_proj;              // [n_embd, n_embd]
-  MatrixView v_proj;              // [n_embd, n_embd]
-  MatrixView out_proj;            // [n_embd, n_embd]
-  MatrixView fc_in;               // [n_inner, n_embd]
+  const float* ln_1_w = nullptr;    // [n_embd]
+  const float* ln_1_b = nullptr;    // [n_embd]
+  MatrixView q_proj;                // [n_embd, n_embd]
+  MatrixView k_proj;                // [n_embd, n_embd]
+  MatrixView v_proj;                // [n_embd, n_embd]
+  MatrixView out_proj;              // [n_embd, n_embd]
+  MatrixView fc_in;                 // [n_inner, n_embd]
   const float* fc_in_b = nullptr;   // [n_inner]
-  MatrixView fc_out;              // [n_embd, n_inner]
+  MatrixView fc_out;                // [n_embd, n_inner]
   const float* fc_out_b = nullptr;  // [n_embd]
 };
 

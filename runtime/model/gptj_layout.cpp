@@ -11,7 +11,8 @@ uint64_t WeightGroup::bytes(DType dtype) const {
 }
 
 WeightGroup embedding_group(const ModelConfig& c) {
-  return {WeightGroup::Kind::embedding, -1,
+  return {WeightGroup::Kind::embedding,
+          -1,
           {{WeightRole::wte, "transformer.wte.weight", Shape{c.vocab_size, c.n_embd}}}};
 }
 

@@ -27,8 +27,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
                       "{}: no 'model_type' field; is this a Hugging Face config.json?", source);
   c.model_type = j["model_type"].get<std::string>();
   FERRY_EXPECT(c.model_type == "gptj",
-               "{}: model_type '{}' is not supported; ferry runs these model types: gptj",
-               source, c.model_type);
+               "{}: model_type '{}' is not supported; ferry runs these model types: gptj", source,
+               c.model_type);
   c.vocab_size = get_int(j, "vocab_size", c.vocab_size, source);
   c.n_positions = get_int(j, "n_positions", c.n_positions, source);
   c.n_embd = get_int(j, "n_embd", c.n_embd, source);
@@ -72,13 +72,13 @@ void ModelConfig::validate(const std::string& source) const {
   FERRY_EXPECT(activation_function == "gelu_new",
                "{}: activation_function '{}' is not supported for gptj; supported: gelu_new",
                source, activation_function);
-  FERRY_EXPECT(vocab_size > 0 && n_positions > 0 && n_embd > 0 && n_layer > 0 && n_head > 0 &&
-                   n_inner > 0,
-               "{}: vocab_size, n_positions, n_embd, n_layer, n_head and n_inner must all be "
-               "positive (got {}, {}, {}, {}, {}, {})",
-               source, vocab_size, n_positions, n_embd, n_layer, n_head, n_inner);
-  FERRY_EXPECT(n_embd % n_head == 0, "{}: n_embd {} is not divisible by n_head {}", source,
-               n_embd, n_head);
+  FERRY_EXPECT(
+      vocab_size > 0 && n_positions > 0 && n_embd > 0 && n_layer > 0 && n_head > 0 && n_inner > 0,
+      "{}: vocab_size, n_positions, n_embd, n_layer, n_head and n_inner must all be "
+      "positive (got {}, {}, {}, {}, {}, {})",
+      source, vocab_size, n_positions, n_embd, n_layer, n_head, n_inner);
+  FERRY_EXPECT(n_embd % n_head == 0, "{}: n_embd {} is not divisible by n_head {}", source, n_embd,
+               n_head);
   FERRY_EXPECT(rotary_dim >= 0 && rotary_dim % 2 == 0 && rotary_dim <= n_embd / n_head,
                "{}: rotary_dim {} must be even and at most head_dim {} (n_embd / n_head)", source,
                rotary_dim, n_embd / n_head);
@@ -150,8 +150,7 @@ ModelConfig preset_config(const std::string& name) {
     c.n_inner = 1024;
     return c;
   }
-  throw InvalidArgument(
-      fmt::format("unknown preset '{}'; the presets are: tiny, gptj-6b", name));
+  throw InvalidArgument(fmt::format("unknown preset '{}'; the presets are: tiny, gptj-6b", name));
 }
 
 }  // namespace ferry::model

@@ -50,7 +50,8 @@ TEST(MemoryPlan, RefusesWithTheMinimum) {
     ADD_FAILURE() << "accepted an impossible budget";
   } catch (const PlanError& e) {
     const std::string msg = e.what();
-    EXPECT_NE(msg.find("at least 1.36 GiB"), std::string::npos) << msg;  // 600 + 2·394 MiB = 1.355 GiB
+    EXPECT_NE(msg.find("at least 1.36 GiB"), std::string::npos)
+        << msg;  // 600 + 2·394 MiB = 1.355 GiB
     EXPECT_NE(msg.find("--max-ram allows 1.00 GiB"), std::string::npos) << msg;
   }
 }

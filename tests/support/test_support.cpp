@@ -60,8 +60,8 @@ void write_file(const fs::path& p, std::string_view bytes) {
 void copy_dir(const fs::path& src, const fs::path& dst) {
   fs::create_directories(dst);
   for (const auto& e : fs::directory_iterator(src)) {
-    if (e.is_regular_file()) fs::copy_file(e.path(), dst / e.path().filename(),
-                                           fs::copy_options::overwrite_existing);
+    if (e.is_regular_file())
+      fs::copy_file(e.path(), dst / e.path().filename(), fs::copy_options::overwrite_existing);
   }
   // Fixtures are read-only in the source tree; copies must be writable to corrupt them.
   for (const auto& e : fs::directory_iterator(dst))

@@ -58,8 +58,8 @@ class MemoryCgroup {
 
   // Runs a shell command inside the cgroup; returns its exit status.
   int run(const std::string& command) const {
-    const std::string cmd = "sh -c 'echo $$ > " + (dir_ / "cgroup.procs").string() +
-                            " && exec " + command + "'";
+    const std::string cmd =
+        "sh -c 'echo $$ > " + (dir_ / "cgroup.procs").string() + " && exec " + command + "'";
     const int status = std::system(cmd.c_str());
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   }
@@ -91,11 +91,14 @@ TEST(CgroupBudget, StreamedRunFitsTheCapWithExactTokens) {
   const fs::path model = tmp / "m";
   const std::string ferry = FERRY_BIN;
   // 16 layers of n_embd 768: 28 MiB per block in f16, 460 MiB of weights in all.
-  ASSERT_EQ(std::system((ferry + " make-model --preset tiny --n-layer 16 --n-embd 768 --n-head 12"
-                                 " --rotary-dim 32 --vocab 2000 --dtype f16 --seed 3 -q -o " +
-                         model.string()).c_str()),
+  ASSERT_EQ(std::system((ferry +
+                         " make-model --preset tiny --n-layer 16 --n-embd 768 --n-head 12"
+                         " --rotary-dim 32 --vocab 2000 --dtype f16 --seed 3 -q -o " +
+                         model.string())
+                            .c_str()),
             0);
-  const std::string args = " run -m " + model.string() + " --ids 5,6,7,8 -n 6 --ignore-eos --print-ids";
+  const std::string args =
+      " run -m " + model.string() + " --ids 5,6,7,8 -n 6 --ignore-eos --print-ids";
   ASSERT_EQ(std::system((ferry + args + " -q > " + (tmp / "free.txt").string()).c_str()), 0);
 
   const uint64_t cap = 256ull << 20;  // less than the model's 460 MiB
@@ -103,7 +106,8 @@ TEST(CgroupBudget, StreamedRunFitsTheCapWithExactTokens) {
   if (!cg.ok()) GTEST_SKIP() << "no writable memory cgroup here";
   // Evict the checkpoint from the page cache: pages cached outside are not charged inside.
   ASSERT_EQ(std::system(("dd if=" + (model / "model.safetensors").string() +
-                         " iflag=nocache count=0 status=none").c_str()),
+                         " iflag=nocache count=0 status=none")
+                            .c_str()),
             0);
   const int rc = cg.run(ferry + args + " --max-ram 224MiB > " + (tmp / "capped.txt").string() +
                         " 2> " + (tmp / "capped.err").string());
@@ -113,8 +117,8 @@ TEST(CgroupBudget, StreamedRunFitsTheCapWithExactTokens) {
   EXPECT_EQ(last_line(tmp / "capped.txt"), last_line(tmp / "free.txt"));
   EXPECT_GT(cg.peak(), 0u);
   EXPECT_LE(cg.peak(), cap) << "kernel-accounted peak of " << cg.dir();
-  std::printf("cgroup peak %.1f MiB under a %.0f MiB cap\n", static_cast<double>(cg.peak()) / (1 << 20),
-              static_cast<double>(cap) / (1 << 20));
+  std::printf("cgroup peak %.1f MiB under a %.0f MiB cap\n",
+              static_cast<double>(cg.peak()) / (1 << 20), static_cast<double>(cap) / (1 << 20));
 }
 
 }  // namespace

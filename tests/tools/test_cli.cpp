@@ -114,23 +114,24 @@ TEST(Cli, TokenizeJsonl) {
 TEST(Cli, MakeModelThenRunText) {
   test::TempDir tmp;
   const fs::path model = tmp / "m";
-  Result r = ferry({"make-model", "--preset", "tiny", "--n-layer", "2", "--n-embd", "64",
-                    "--n-head", "4", "--rotary-dim", "8", "--dtype", "bf16", "--format", "torch",
-                    "--seed", "5", "-o", model.string(), "-q"});
+  Result r = ferry({"make-model",   "--preset", "tiny",  "--n-layer",    "2", "--n-embd",
+                    "64",           "--n-head", "4",     "--rotary-dim", "8", "--dtype",
+                    "bf16",         "--format", "torch", "--seed",       "5", "-o",
+                    model.string(), "-q"});
   ASSERT_EQ(r.rc, 0) << r.err;
   ASSERT_TRUE(fs::exists(model / "pytorch_model.bin"));
   ASSERT_TRUE(fs::exists(model / "vocab.json"));
 
-  r = ferry({"run", "-m", model.string(), "-p", "The quick brown fox", "-n", "8",
-             "--temperature", "0.8", "--top-p", "0.9", "--seed", "1", "--print-ids"});
+  r = ferry({"run", "-m", model.string(), "-p", "The quick brown fox", "-n", "8", "--temperature",
+             "0.8", "--top-p", "0.9", "--seed", "1", "--print-ids"});
   ASSERT_EQ(r.rc, 0) << r.err;
   const json ids = json::parse(last_line(r.out));
   EXPECT_EQ(ids.size(), 8u);
   EXPECT_NE(r.err.find("tok/s"), std::string::npos) << r.err;
   // Same seed, same text.
-  const Result again = ferry({"run", "-m", model.string(), "-p", "The quick brown fox", "-n", "8",
-                              "--temperature", "0.8", "--top-p", "0.9", "--seed", "1",
-                              "--print-ids"});
+  const Result again =
+      ferry({"run", "-m", model.string(), "-p", "The quick brown fox", "-n", "8", "--temperature",
+             "0.8", "--top-p", "0.9", "--seed", "1", "--print-ids"});
   EXPECT_EQ(again.out, r.out);
 
   r = ferry({"inspect", "-m", model.string()});

@@ -48,7 +48,8 @@ void check_against_reference(const fs::path& dir, const json& expected, LoadOpti
     ASSERT_EQ(all.size(), ids.size() * vocab);
     const auto argmax_expected = p["argmax_per_position"].get<std::vector<int32_t>>();
     for (std::size_t pos = 0; pos < ids.size(); ++pos)
-      EXPECT_EQ(argmax({all.data() + pos * vocab, vocab}), argmax_expected[pos]) << "position " << pos;
+      EXPECT_EQ(argmax({all.data() + pos * vocab, vocab}), argmax_expected[pos])
+          << "position " << pos;
     const auto last = p["last_logits"].get<std::vector<float>>();
     ASSERT_EQ(last.size(), vocab);
     EXPECT_LE(max_abs_diff(all.data() + (ids.size() - 1) * vocab, last), kLogitTolerance);
@@ -87,7 +88,8 @@ TEST_P(StreamedParity, MatchesHuggingFace) {
   const auto config = model::ModelConfig::from_model_dir(dir);
   LoadOptions o;
   Placement p = Placement::all(config, offload::Tier::disk, c.slots);
-  for (int l = 0; l < c.resident_blocks; ++l) p.blocks[static_cast<std::size_t>(l)] = offload::Tier::host;
+  for (int l = 0; l < c.resident_blocks; ++l)
+    p.blocks[static_cast<std::size_t>(l)] = offload::Tier::host;
   o.placement = p;
   o.io.backend = c.backend;
   check_against_reference(dir, expected_for(c.fixture), o);
@@ -159,7 +161,8 @@ TEST(Parity, TorchZipEqualsSafetensors) {
 TEST(Engine, BatchEqualsSeparateRuns) {
   LoadedModel m = load_model(test::data_dir() / "gptj/sharded-f32");
   const auto vocab = static_cast<std::size_t>(m.config.vocab_size);
-  const std::vector<std::vector<int32_t>> prompts = {{5, 17, 300, 2}, {499}, {7, 7, 7, 8, 9, 10, 11}};
+  const std::vector<std::vector<int32_t>> prompts = {
+      {5, 17, 300, 2}, {499}, {7, 7, 7, 8, 9, 10, 11}};
   EngineOptions opts;
   opts.max_seqs = 3;
   opts.context = 32;

@@ -25,9 +25,11 @@ struct Reference {
 };
 
 Reference reference(const std::string& fixture) {
-  const json e = json::parse(test::read_file(test::data_dir() / "gptj" / fixture / "expected.json"));
+  const json e =
+      json::parse(test::read_file(test::data_dir() / "gptj" / fixture / "expected.json"));
   const json& p = e["prompts"][1];
-  return {p["input_ids"].get<std::vector<int32_t>>(), p["greedy_tokens"].get<std::vector<int32_t>>()};
+  return {p["input_ids"].get<std::vector<int32_t>>(),
+          p["greedy_tokens"].get<std::vector<int32_t>>()};
 }
 
 LoadOptions streamed(const fs::path& dir, offload::IoOptions io) {
@@ -54,7 +56,7 @@ TEST(StreamingFaults, ShortReadsAndEagainStormsGiveExactTokens) {
   std::atomic<int> n{0};
   io.test.on_completion = [&](const offload::IoFaultSite& site, int64_t res) -> int64_t {
     const int k = n++;
-    if (site.attempt < 3 && k % 3 == 0) return -EAGAIN;  // a storm, retried
+    if (site.attempt < 3 && k % 3 == 0) return -EAGAIN;          // a storm, retried
     if (res > 4096 && k % 3 == 1) return res / 2 / 4096 * 4096;  // short, resubmitted
     return res;
   };
