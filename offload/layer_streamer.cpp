@@ -228,12 +228,18 @@ LayerStreamer::LayerStreamer(const Checkpoint& checkpoint, std::vector<StreamUni
 
   // Resident units are read once, straight into their own memory through the same engine.
   const double t0 = now_s();
-  std::vector<IoTicket> loads;
+  // A few units in flight at a time keep the queue full without queueing the whole model.
+  constexpr std::size_t kLoadsInFlight = 2;
+  std::deque<IoTicket> loads;
   for (Unit& u : s.units) {
     if (u.spec.tier == Tier::disk || u.spec.tier == Tier::mapped) continue;
     u.resident = AlignedBuffer(u.layout.nbytes, kDirectIoAlignment);
     s.resident_bytes += u.layout.nbytes;
     loads.push_back(s.engine.submit(s.requests_for(u, u.resident.as<std::byte>())));
+    if (loads.size() > kLoadsInFlight) {
+      loads.front().wait();
+      loads.pop_front();
+    }
   }
   for (IoTicket& t : loads) t.wait();
   for (Unit& u : s.units) {
