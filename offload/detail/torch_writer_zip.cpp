@@ -4,25 +4,19 @@
 #include <utility>
 
 #include "offload/detail/torch_writer_pickle.hpp"
+#include "offload/detail/zip_format.hpp"
 #include "runtime/core/error.hpp"
 
 namespace ferry::offload::detail {
 namespace {
 
-constexpr uint32_t kLocalHeaderSig = 0x04034b50;
-constexpr uint32_t kDataDescriptorSig = 0x08074b50;
-constexpr uint32_t kCentralHeaderSig = 0x02014b50;
-constexpr uint32_t kZip64EndSig = 0x06064b50;
-constexpr uint32_t kZip64LocatorSig = 0x07064b50;
-constexpr uint32_t kEndSig = 0x06054b50;
-constexpr std::size_t kLocalHeaderBytes = 30;
+using namespace zip_format;  // NOLINT(google-build-using-namespace): the record constants
 constexpr uint64_t kMax32 = 0xFFFFFFFF;
 constexpr uint64_t kMax16 = 0xFFFF;
 // Bit 3: CRC and sizes follow the payload in a data descriptor; bit 11: names are UTF-8.
 constexpr uint16_t kFlags = 0x0808;
 // torch aligns every payload so that a loader can mmap tensors in place.
 constexpr uint64_t kPayloadAlignment = 64;
-constexpr uint16_t kZip64ExtraId = 0x0001;
 
 // The zip64 extended-information extra field: only the fields whose 32-bit slot overflowed (or
 // is forced), in the order the spec fixes: uncompressed size, compressed size, header offset.
@@ -68,7 +62,7 @@ void TorchZipWriter::begin_entry(std::string_view name, uint64_t nbytes) {
   // As torch's getPadding: the payload of 'Z's of the "FB" field (id 0x4246) pads the header
   // so the entry's first byte lands on a 64-byte boundary; the field is there even when it
   // pads nothing.
-  const uint64_t unpadded = e.header_offset + kLocalHeaderBytes + e.name.size() + zip64.size() + 4;
+  const uint64_t unpadded = e.header_offset + kLocalBytes + e.name.size() + zip64.size() + 4;
   const auto padding =
       static_cast<uint16_t>((kPayloadAlignment - unpadded % kPayloadAlignment) % kPayloadAlignment);
   std::string extra = zip64;
@@ -77,7 +71,7 @@ void TorchZipWriter::begin_entry(std::string_view name, uint64_t nbytes) {
   extra.append(padding, 'Z');
 
   std::string h;
-  append_le(h, kLocalHeaderSig);
+  append_le(h, kLocalSig);
   append_le(h, uint16_t{0});  // version needed: miniz writes 0 for stored entries
   append_le(h, kFlags);
   append_le(h, uint16_t{0});  // method: stored
@@ -126,7 +120,7 @@ void TorchZipWriter::finish() {
   for (const Entry& e : entries_) {
     const std::string zip64 = zip64_extra(e.size64, e.nbytes, e.offset64, e.header_offset);
     std::string h;
-    append_le(h, kCentralHeaderSig);
+    append_le(h, kCentralSig);
     append_le(h, uint16_t{0});  // version made by
     append_le(h, uint16_t{0});  // version needed
     append_le(h, kFlags);
@@ -152,7 +146,7 @@ void TorchZipWriter::finish() {
   const uint64_t count = entries_.size();
 
   std::string t;
-  append_le(t, kZip64EndSig);
+  append_le(t, kZip64EocdSig);
   append_le(t, uint64_t{44});      // size of the rest of this record
   append_le(t, uint16_t{0x031E});  // version made by, as miniz
   append_le(t, uint16_t{45});      // version needed: 4.5, zip64
@@ -169,7 +163,7 @@ void TorchZipWriter::finish() {
   append_le(t, uint32_t{1});  // total disks
 
   const bool wide = force_zip64_;
-  append_le(t, kEndSig);
+  append_le(t, kEocdSig);
   append_le(t, uint16_t{0});
   append_le(t, uint16_t{0});
   const auto count16 = static_cast<uint16_t>(wide ? kMax16 : std::min(count, kMax16));

@@ -6,22 +6,14 @@
 #include <cstring>
 #include <utility>
 
+#include "offload/detail/zip_format.hpp"
 #include "runtime/core/error.hpp"
 
 namespace ferry::offload::detail {
 
 namespace {
 
-constexpr uint32_t kEocdSig = 0x06054b50;
-constexpr uint32_t kZip64LocatorSig = 0x07064b50;
-constexpr uint32_t kZip64EocdSig = 0x06064b50;
-constexpr uint32_t kCentralSig = 0x02014b50;
-constexpr uint32_t kLocalSig = 0x04034b50;
-constexpr uint64_t kEocdBytes = 22;
-constexpr uint64_t kZip64LocatorBytes = 20;
-constexpr uint64_t kZip64EocdBytes = 56;
-constexpr uint64_t kCentralBytes = 46;
-constexpr uint64_t kLocalBytes = 30;
+using namespace zip_format;  // NOLINT(google-build-using-namespace): the record constants
 constexpr uint64_t kMaxCommentBytes = 0xffff;
 
 constexpr const char* kRedownload =
