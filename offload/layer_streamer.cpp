@@ -282,24 +282,18 @@ UnitView LayerStreamer::acquire(std::size_t index) {
                  s.pool->slot_count(), u.spec.name);
     s.start(index, std::move(*lease));
   }
-  if (!u.ticket.poll()) {
-    const double t0 = now_s();
+  // A unit whose reads are not done yet is a stall: compute waits on the disk.
+  const bool stalled = !u.ticket.poll();
+  const double t0 = now_s();
+  try {
+    u.ticket.wait();
+  } catch (...) {
+    s.reset(index);
+    throw;
+  }
+  if (stalled) {
     ++s.stats.stalls;
-    try {
-      u.ticket.wait();
-    } catch (...) {
-      s.stats.stall_s += now_s() - t0;
-      s.reset(index);
-      throw;
-    }
     s.stats.stall_s += now_s() - t0;
-  } else {
-    try {
-      u.ticket.wait();  // complete already: reports a failure, returns at once otherwise
-    } catch (...) {
-      s.reset(index);
-      throw;
-    }
   }
   u.state = UnitState::held;
   s.in_flight.erase(std::remove(s.in_flight.begin(), s.in_flight.end(), index), s.in_flight.end());

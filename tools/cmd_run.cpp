@@ -123,24 +123,18 @@ Command add_run(CLI::App& app) {
     FERRY_EXPECT(!o->prompt.empty() || !o->ids.empty(),
                  "give a prompt with -p TEXT or --ids \"I J K\"");
     std::optional<text::BpeTokenizer> tok;
-    if (!o->prompt.empty() || o->tok.vocab.size() || o->tok.merges.size()) {
+    try {
       tok = load_tokenizer(o->model, o->tok);
-    } else {
-      try {
-        tok = load_tokenizer(o->model, o->tok);
-      } catch (const Error&) {
-        // --ids with no tokenizer files: still runs, printing ids instead of text.
-      }
+    } catch (const Error&) {
+      // --ids with no tokenizer files still runs, printing ids instead of text.
+      if (!o->prompt.empty() || !o->tok.vocab.empty() || !o->tok.merges.empty()) throw;
     }
     const std::vector<int32_t> prompt = o->ids.empty() ? tok->encode(o->prompt) : parse_ids(o->ids);
 
     // The KV cache and activations are sized for this request, not for n_positions.
     const auto config = model::ModelConfig::from_model_dir(o->model);
     const int64_t n_prompt = static_cast<int64_t>(prompt.size());
-    FERRY_EXPECT(n_prompt <= config.n_positions,
-                 "the prompt has {} tokens but the model's context is {} tokens (n_positions); "
-                 "shorten the prompt",
-                 n_prompt, config.n_positions);
+    engine::check_prompt_length(n_prompt, config.n_positions);
     const int64_t context =
         std::min<int64_t>(config.n_positions, n_prompt + std::max<int64_t>(o->n, 1));
     engine::LoadedModel m =
@@ -212,10 +206,7 @@ Command add_logits(CLI::App& app) {
         o->ids.empty() ? load_tokenizer(o->model, o->tok).encode(o->prompt) : parse_ids(o->ids);
     const auto config = model::ModelConfig::from_model_dir(o->model);
     const auto n_ids = static_cast<int64_t>(ids.size());
-    FERRY_EXPECT(n_ids <= config.n_positions,
-                 "the input has {} tokens but the model's context is {} tokens (n_positions); "
-                 "shorten it",
-                 n_ids, config.n_positions);
+    engine::check_prompt_length(n_ids, config.n_positions);
     engine::LoadedModel m = engine::load_model(
         o->model, load_options(o->load, config, n_ids, n_ids, o->all ? n_ids : 1));
     engine::EngineOptions eo;

@@ -42,7 +42,6 @@ class Engine {
   int64_t context() const { return cache_.capacity(); }
   int64_t length(int seq) const { return cache_.length(seq); }
   void reset(int seq) { cache_.set_length(seq, 0); }
-  uint64_t kv_cache_bytes() const { return cache_.nbytes(); }
 
   // Runs the batch and returns logits ([rows, vocab_size], see LogitsFor). Throws
   // InvalidArgument for a token id outside the vocabulary or a sequence that would outgrow

@@ -12,6 +12,13 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
+void check_prompt_length(int64_t n_tokens, int64_t context) {
+  FERRY_EXPECT(n_tokens <= context,
+               "the prompt has {} tokens but the model's context is {} tokens (n_positions); "
+               "shorten the prompt",
+               n_tokens, context);
+}
+
 std::vector<int32_t> generate(Engine& engine, int seq, std::span<const int32_t> prompt,
                               const GenerateOptions& options, const TokenCallback& on_token,
                               GenerateStats* stats) {
@@ -21,10 +28,7 @@ std::vector<int32_t> generate(Engine& engine, int seq, std::span<const int32_t> 
                options.max_new_tokens);
   const auto n_prompt = static_cast<int64_t>(prompt.size());
   const int64_t ctx = engine.context();
-  FERRY_EXPECT(n_prompt <= ctx,
-               "the prompt has {} tokens but the model's context is {} tokens (n_positions); "
-               "shorten the prompt",
-               n_prompt, ctx);
+  check_prompt_length(n_prompt, ctx);
   // The last sampled token is never fed back, so prompt + n - 1 positions are used.
   FERRY_EXPECT(options.max_new_tokens == 0 || n_prompt + options.max_new_tokens - 1 <= ctx,
                "the prompt ({} tokens) plus {} new tokens exceeds the context of {} tokens; ask "

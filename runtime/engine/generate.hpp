@@ -27,6 +27,10 @@ struct GenerateStats {
   double decode_s = 0;       // wall time of those passes and the sampling
 };
 
+// Throws InvalidArgument unless n_tokens fit a context of `context` tokens; the message says
+// to shorten the input. Every entry point checks a prompt with it before sizing anything by it.
+void check_prompt_length(int64_t n_tokens, int64_t context);
+
 // Called with each new token as soon as it is sampled; return false to stop early.
 using TokenCallback = std::function<bool(int32_t)>;
 

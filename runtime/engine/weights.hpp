@@ -96,7 +96,6 @@ class StreamingWeights final : public WeightProvider {
   void release_head() override;
 
   const offload::LayerStreamer& streamer() const { return streamer_; }
-  uint64_t vector_bytes() const { return vectors_.size() * sizeof(float); }
 
  private:
   const float* vec(std::size_t offset) const { return vectors_.data() + offset; }
