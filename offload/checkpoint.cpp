@@ -3,12 +3,17 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <system_error>
 #include <utility>
 
+#include "offload/detail/pack_format.hpp"
+#include "offload/detail/pack_reader.hpp"
 #include "offload/detail/safetensors_header.hpp"
 #include "offload/detail/source.hpp"
 #include "offload/detail/torch_zip.hpp"
@@ -25,8 +30,22 @@ std::string_view format_name(CheckpointFormat f) {
       return "safetensors";
     case CheckpointFormat::torch_zip:
       return "torch-zip";
+    case CheckpointFormat::ferry_pack:
+      return "ferry-pack";
   }
   return "?";
+}
+
+VerifyMode verify_mode_from_env() {
+  const char* env = std::getenv("FERRY_VERIFY");
+  const std::string v = env != nullptr ? env : "";
+  if (v.empty() || v == "always") return VerifyMode::always;
+  if (v == "once") return VerifyMode::once;
+  if (v == "off") return VerifyMode::off;
+  throw InvalidArgument(fmt::format(
+      "FERRY_VERIFY={} is not a verify mode; use always (check a ferry pack's checksums on every "
+      "read), once (on the first read of each part) or off",
+      v));
 }
 
 namespace {
@@ -53,11 +72,17 @@ OpenedFile open_file(const fs::path& path) {
   f.size_bytes = file_size(f.fd.get(), path);
   // The content decides, not the name: a zip starts with a local header, a legacy (pre-1.6)
   // torch file with a pickled magic number, and anything else is tried as safetensors.
-  unsigned char magic[4] = {};
-  if (f.size_bytes >= 4) pread_full(f.fd.get(), magic, 4, 0, path, "the file's magic bytes");
+  unsigned char magic[8] = {};
+  if (f.size_bytes >= 8) pread_full(f.fd.get(), magic, 8, 0, path, "the file's magic bytes");
   if (magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 && magic[3] == 4) {
     f.format = CheckpointFormat::torch_zip;
+  } else if (detail::is_pack_magic(magic)) {
+    f.format = CheckpointFormat::ferry_pack;
   } else {
+    FERRY_FORMAT_EXPECT(path.extension() != ".ferry",
+                        "{} is not a ferry pack (it does not start with \"FERRYPAK\"); make "
+                        "packs with ferry convert -m MODEL_DIR -o OUT.ferry",
+                        path.string());
     // torch's legacy format opens with PROTO 2 and LONG1 of its 10-byte magic number. (As a
     // safetensors length prefix these bytes would claim a 177 MB header, over its limit.)
     FERRY_FORMAT_EXPECT(
@@ -80,6 +105,10 @@ detail::ReadAt file_read_at(const OpenedFile& f) {
 detail::FileTensors parse_file(const OpenedFile& f) {
   const detail::ReadAt read_at = file_read_at(f);
   const std::string source = f.path.string();
+  FERRY_FORMAT_EXPECT(f.format != CheckpointFormat::ferry_pack,
+                      "{} is a ferry pack; open it on its own (or its directory), not as a shard "
+                      "of an index",
+                      source);
   return f.format == CheckpointFormat::torch_zip
              ? detail::read_torch_zip(f.size_bytes, read_at, source)
              : detail::read_safetensors(f.size_bytes, read_at, source);
@@ -102,6 +131,20 @@ struct Checkpoint::Impl {
   std::vector<TensorEntry> tensors;
   std::unordered_map<std::string, std::size_t, StringHash, std::equal_to<>> by_name;
   uint64_t total_bytes = 0;
+  // A ferry pack (always a single file, index 0): its blobs and checksums.
+  std::unique_ptr<detail::PackContents> pack;
+  VerifyMode verify = VerifyMode::always;
+  mutable std::mutex verified_mutex;
+  mutable std::vector<std::vector<char>> verified;  // VerifyMode::once: chunks already checked
+
+  uint64_t verify_range(uint64_t offset_bytes, const void* data, uint64_t nbytes) const {
+    if (!pack || verify == VerifyMode::off) return 0;
+    if (verify == VerifyMode::always)
+      return detail::verify_pack_range(*pack, offset_bytes, data, nbytes, files[0].path.string());
+    const std::lock_guard lock(verified_mutex);
+    return detail::verify_pack_range(*pack, offset_bytes, data, nbytes, files[0].path.string(),
+                                     &verified);
+  }
 
   // Appends one parsed file's tensors (already in offset order); a name seen in an earlier
   // file is an error, since which copy is meant would be a guess.
@@ -136,6 +179,15 @@ std::unique_ptr<Checkpoint::Impl> open_single(const fs::path& path) {
   impl->source = path;
   OpenedFile f = open_file(path);
   impl->format = f.format;
+  if (f.format == CheckpointFormat::ferry_pack) {
+    impl->pack = std::make_unique<detail::PackContents>(
+        detail::read_pack(f.size_bytes, file_read_at(f), path.string()));
+    for (const auto& b : impl->pack->blobs)
+      impl->verified.emplace_back(b.checksums.size(), char{0});
+    detail::FileTensors parsed = impl->pack->tensors;
+    impl->add_file(std::move(f), std::move(parsed));
+    return impl;
+  }
   detail::FileTensors parsed = parse_file(f);
   impl->add_file(std::move(f), std::move(parsed));
   return impl;
@@ -221,7 +273,7 @@ std::unique_ptr<Checkpoint::Impl> open_index(const fs::path& index_path) {
 
 }  // namespace
 
-Checkpoint Checkpoint::open(const fs::path& path) {
+Checkpoint Checkpoint::open(const fs::path& path, VerifyMode verify) {
   std::error_code ec;
   const fs::file_status st = fs::status(path, ec);
   FERRY_FORMAT_EXPECT(fs::exists(st),
@@ -229,11 +281,12 @@ Checkpoint Checkpoint::open(const fs::path& path) {
                       "a checkpoint file",
                       path.string());
   if (fs::is_directory(st)) {
-    constexpr const char* kCandidates[] = {"model.safetensors", "model.safetensors.index.json",
-                                           "pytorch_model.bin", "pytorch_model.bin.index.json"};
+    constexpr const char* kCandidates[] = {"model.ferry", "model.safetensors",
+                                           "model.safetensors.index.json", "pytorch_model.bin",
+                                           "pytorch_model.bin.index.json"};
     for (const char* name : kCandidates) {
       const fs::path p = path / name;
-      if (fs::is_regular_file(p, ec)) return open(p);
+      if (fs::is_regular_file(p, ec)) return open(p, verify);
     }
     FERRY_FORMAT_EXPECT(false,
                         "{}: no checkpoint found (looked for model.safetensors, "
@@ -243,7 +296,9 @@ Checkpoint Checkpoint::open(const fs::path& path) {
   }
   const std::string name = path.filename().string();
   if (name.ends_with(".index.json")) return Checkpoint(open_index(path));
-  return Checkpoint(open_single(path));
+  auto impl = open_single(path);
+  impl->verify = verify;
+  return Checkpoint(std::move(impl));
 }
 
 Checkpoint::Checkpoint(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -281,8 +336,63 @@ void Checkpoint::read_range(const TensorEntry& t, uint64_t offset_bytes, uint64_
                "read of bytes [{}, {}) of tensor '{}' is outside its {} bytes", offset_bytes,
                offset_bytes + nbytes, t.name, t.nbytes);
   const std::string what = fmt::format("tensor '{}'", t.name);
-  pread_full(impl_->fds[t.file_index].get(), dst, nbytes, t.offset_bytes + offset_bytes,
+  const uint64_t begin = t.offset_bytes + offset_bytes;
+  if (!impl_->pack || impl_->verify == VerifyMode::off || nbytes == 0) {
+    pread_full(impl_->fds[t.file_index].get(), dst, nbytes, begin, impl_->files[t.file_index].path,
+               what.c_str());
+    return;
+  }
+  // Read the whole checksummed chunks around the bytes, check them, hand out the part asked for.
+  uint64_t lo = begin;
+  uint64_t hi = begin + nbytes;
+  for (const auto& span : detail::pack_chunks_overlapping(*impl_->pack, begin, nbytes)) {
+    const auto& blob = impl_->pack->blobs[span.blob];
+    lo = std::min(lo, blob.offset_bytes + span.first * detail::kPackChecksumChunk);
+    hi = std::max(hi, std::min(blob.offset_bytes + span.last * detail::kPackChecksumChunk,
+                               blob.offset_bytes + blob.nbytes));
+  }
+  std::vector<std::byte> chunks(hi - lo);
+  pread_full(impl_->fds[t.file_index].get(), chunks.data(), chunks.size(), lo,
              impl_->files[t.file_index].path, what.c_str());
+  impl_->verify_range(lo, chunks.data(), chunks.size());
+  std::memcpy(dst, chunks.data() + (begin - lo), nbytes);
+}
+
+uint64_t Checkpoint::verify(uint32_t file_index, uint64_t offset_bytes, const void* data,
+                            uint64_t nbytes) const {
+  if (!impl_->pack || file_index != 0) return 0;
+  return impl_->verify_range(offset_bytes, data, nbytes);
+}
+
+bool Checkpoint::has_checksums() const { return impl_->pack != nullptr; }
+
+uint64_t Checkpoint::verify_all(const std::function<void(uint64_t, uint64_t)>& progress) const {
+  FERRY_EXPECT(impl_->pack != nullptr,
+               "{} is a {} checkpoint, which carries no checksums; only ferry packs can be "
+               "verified (make one with ferry convert)",
+               impl_->source.string(), format_name(impl_->format));
+  const uint64_t file_bytes = impl_->files[0].size_bytes;
+  constexpr uint64_t kReadBytes = 64ull << 20;
+  std::vector<std::byte> buf(kReadBytes);
+  uint64_t checked = 0;
+  // Reads overlap by one checksum chunk, so every chunk lies wholly inside some read; each chunk
+  // is checked once.
+  std::vector<std::vector<char>> seen;
+  for (const auto& b : impl_->pack->blobs) seen.emplace_back(b.checksums.size(), char{0});
+  for (uint64_t at = 0; at < file_bytes;) {
+    const uint64_t n = std::min(kReadBytes, file_bytes - at);
+    pread_full(impl_->fds[0].get(), buf.data(), n, at, impl_->files[0].path, "the pack");
+    checked += detail::verify_pack_range(*impl_->pack, at, buf.data(), n,
+                                         impl_->files[0].path.string(), &seen);
+    if (progress) progress(at + n, file_bytes);
+    if (at + n >= file_bytes) break;
+    at += n - detail::kPackChecksumChunk;
+  }
+  return checked;
+}
+VerifyMode Checkpoint::verify_mode() const { return impl_->verify; }
+const nlohmann::json* Checkpoint::pack_metadata() const {
+  return impl_->pack ? &impl_->pack->metadata : nullptr;
 }
 
 int Checkpoint::fd(uint32_t file_index) const {

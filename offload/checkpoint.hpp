@@ -5,19 +5,28 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "runtime/core/dtype.hpp"
 #include "runtime/core/tensor.hpp"
 
 namespace ferry::offload {
 
-enum class CheckpointFormat { safetensors, torch_zip };
-std::string_view format_name(CheckpointFormat f);  // "safetensors", "torch-zip"
+enum class CheckpointFormat { safetensors, torch_zip, ferry_pack };
+std::string_view format_name(CheckpointFormat f);  // "safetensors", "torch-zip", "ferry-pack"
+
+// When the checksums of a ferry pack are checked: on every read of a blob (loaded, streamed, or
+// an embedding row), on the first read of each part only, or never. FERRY_VERIFY=always|once|off
+// sets it; always is the default.
+enum class VerifyMode { always, once, off };
+VerifyMode verify_mode_from_env();
 
 // Where one tensor's bytes live. Tensors are dense and row-major (a non-contiguous torch
 // tensor is refused at open with a FormatError naming it).
@@ -37,10 +46,12 @@ struct CheckpointFile {
 
 class Checkpoint {
  public:
-  // Opens a model directory (finds model.safetensors, model.safetensors.index.json,
-  // pytorch_model.bin or pytorch_model.bin.index.json, in that order of preference) or a
-  // single checkpoint file. Throws FormatError / IoError naming the file and the problem.
-  static Checkpoint open(const std::filesystem::path& path);
+  // Opens a model directory (finds model.ferry, model.safetensors,
+  // model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json, in that
+  // order of preference) or a single checkpoint file. Throws FormatError / IoError naming the
+  // file and the problem.
+  static Checkpoint open(const std::filesystem::path& path,
+                         VerifyMode verify = verify_mode_from_env());
 
   Checkpoint(Checkpoint&&) noexcept;
   Checkpoint& operator=(Checkpoint&&) noexcept;
@@ -57,13 +68,28 @@ class Checkpoint {
   uint64_t total_bytes() const;  // sum of nbytes over tensors()
 
   // Reads the whole tensor into dst (nbytes bytes). Checks every read; a short file raises
-  // FormatError naming file, tensor and offset.
+  // FormatError naming file, tensor and offset. In a ferry pack the checksummed chunks around
+  // the bytes are read and checked too.
   void read(const TensorEntry& t, void* dst) const;
   // Reads nbytes starting offset_bytes into the tensor (e.g. one embedding row).
   void read_range(const TensorEntry& t, uint64_t offset_bytes, uint64_t nbytes, void* dst) const;
 
   // The open file descriptor of files()[i] (for the I/O engine).
   int fd(uint32_t file_index) const;
+
+  // Checks bytes [offset_bytes, offset_bytes + nbytes) of files()[file_index], already read into
+  // data, against the checkpoint's checksums (ferry packs have one per 256 KiB of each blob;
+  // other formats none, and this does nothing). Only chunks wholly inside the range are checked.
+  // Throws FormatError naming the blob ("layer 3") and tensor. Returns the bytes checked.
+  uint64_t verify(uint32_t file_index, uint64_t offset_bytes, const void* data,
+                  uint64_t nbytes) const;
+  bool has_checksums() const;
+  // Reads the whole pack once, 64 MiB at a time, and checks every checksum (ferry verify).
+  // progress(done, total) after each read. Returns the bytes checked; throws as verify does.
+  uint64_t verify_all(const std::function<void(uint64_t, uint64_t)>& progress = {}) const;
+  VerifyMode verify_mode() const;
+  // The ferry pack's header "metadata" (model config, quantization, tokenizer); null otherwise.
+  const nlohmann::json* pack_metadata() const;
 
   struct Impl;
 

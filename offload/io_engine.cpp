@@ -162,6 +162,12 @@ bool IoTicket::poll() const {
   return state_->done;
 }
 
+std::chrono::steady_clock::time_point IoTicket::completed_at() const {
+  if (!state_) return {};
+  std::lock_guard lock(state_->mu);
+  return state_->done_at;
+}
+
 void IoTicket::wait() {
   FERRY_EXPECT(state_ != nullptr, "wait() on an empty IoTicket");
   state_->wait();

@@ -4,6 +4,7 @@
 // layer is one or a few 4 KiB-aligned ranges read into a page-aligned staging slot.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -66,6 +67,9 @@ struct IoOptions {
   uint64_t chunk_bytes = 1ULL << 20;  // a large read is split into pieces of this size
   bool direct = true;                 // O_DIRECT where the filesystem allows it
   bool report_fallbacks = true;       // print each fallback once on stderr
+  // Told (bytes loaded, bytes to load) as each resident unit of a LayerStreamer arrives at load
+  // time, for a progress line; empty: nobody is told.
+  std::function<void(uint64_t done_bytes, uint64_t total_bytes)> on_load_progress;
   IoTestHooks test;
 
   // `base` with FERRY_IO (backend), FERRY_IO_QUEUE_DEPTH, FERRY_IO_CHUNK (a size such as
@@ -131,6 +135,8 @@ class IoTicket {
   // Blocks until every byte is in. Throws IoError (naming file, offset and errno) or
   // FormatError (file truncated) if any read failed; no read of the batch is in flight then.
   void wait();
+  // When the batch's last read finished; meaningful once poll() is true (for traces).
+  std::chrono::steady_clock::time_point completed_at() const;
 
  private:
   friend class detail::IoEngineCore;

@@ -13,6 +13,7 @@
 #include "offload/staging_pool.hpp"
 #include "runtime/core/aligned_buffer.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/core/trace.hpp"
 #include "runtime/core/units.hpp"
 
 namespace ferry::offload {
@@ -115,6 +116,7 @@ struct Unit {
   std::optional<StagingLease> lease;
   IoTicket ticket;
   UnitState state = UnitState::idle;
+  std::chrono::steady_clock::time_point submitted_at;  // set only while tracing
 };
 
 double now_s() {
@@ -141,6 +143,33 @@ struct LayerStreamer::Impl {
   Impl(const Checkpoint& ck, StreamerOptions opts)
       : checkpoint(ck), options(opts), engine(opts.io) {}
 
+  // Trace points, called only while tracing: a unit's read (or resident load) on the I/O
+  // queue's track, from submit to completion; a wait on the compute track; slots in use.
+  void trace_read(std::size_t index, trace::SpanKind kind, std::chrono::steady_clock::time_point
+                  submitted, std::chrono::steady_clock::time_point completed) const noexcept try {
+    const Unit& u = units[index];
+    trace::Tracer& t = trace::tracer();
+    const uint32_t track = t.track(trace::TrackKind::io_queue, 0,
+                                   fmt::format("I/O queue 0 ({})", to_string(engine.backend())));
+    t.span(track, kind, static_cast<int32_t>(index),
+           fmt::format("{} {}", trace::span_kind_name(kind), u.spec.name), submitted, completed,
+           u.layout.nbytes);
+  } catch (...) {  // a trace point never takes the run down
+  }
+  void trace_wait(std::size_t index, std::chrono::steady_clock::time_point begin) const noexcept
+      try {
+    trace::tracer().span(trace::compute_track(), trace::SpanKind::wait,
+                         static_cast<int32_t>(index), "wait " + units[index].spec.name, begin,
+                         std::chrono::steady_clock::now());
+  } catch (...) {
+  }
+  void trace_slots() const noexcept try {
+    if (pool)
+      trace::tracer().counter("staging slots in use",
+                              static_cast<double>(pool->slot_count() - pool->free_slots()));
+  } catch (...) {
+  }
+
   std::vector<ReadRequest> requests_for(const Unit& u, std::byte* base) const {
     std::vector<ReadRequest> reqs;
     reqs.reserve(u.layout.ranges.size());
@@ -156,10 +185,24 @@ struct LayerStreamer::Impl {
     return reqs;
   }
 
+  // Checks a unit's bytes, just read into base, against the checkpoint's checksums (a ferry
+  // pack's; other formats have none). Throws FormatError naming the unit's blob and tensor.
+  void verify(const Unit& u, const std::byte* base) {
+    if (!checkpoint.has_checksums()) return;
+    const double t0 = now_s();
+    for (const auto& r : u.layout.ranges)
+      checkpoint.verify(r.file, r.offset_bytes, base + r.buffer_offset, r.min_bytes);
+    stats.verify_s += now_s() - t0;
+  }
+
   void start(std::size_t index, StagingLease lease) {
     Unit& u = units[index];
     u.lease.emplace(std::move(lease));
     const auto reqs = requests_for(u, u.lease->data());
+    if (trace::enabled()) {
+      u.submitted_at = std::chrono::steady_clock::now();
+      trace_slots();
+    }
     u.ticket = engine.submit(reqs);
     u.state = UnitState::in_flight;
     in_flight.push_back(index);
@@ -174,6 +217,7 @@ struct LayerStreamer::Impl {
     u.lease.reset();
     u.state = UnitState::idle;
     in_flight.erase(std::remove(in_flight.begin(), in_flight.end(), index), in_flight.end());
+    if (trace::enabled()) trace_slots();
   }
 
   // Starts the disk units after `after`, in cyclic order, while slots are free.
@@ -230,18 +274,36 @@ LayerStreamer::LayerStreamer(const Checkpoint& checkpoint, std::vector<StreamUni
   const double t0 = now_s();
   // A few units in flight at a time keep the queue full without queueing the whole model.
   constexpr std::size_t kLoadsInFlight = 2;
-  std::deque<IoTicket> loads;
+  std::deque<std::pair<IoTicket, std::size_t>> loads;  // and the unit each reads
+  uint64_t load_total_bytes = 0;
+  uint64_t load_done_bytes = 0;
+  for (const Unit& u : s.units)
+    if (u.spec.tier != Tier::disk && u.spec.tier != Tier::mapped)
+      load_total_bytes += u.layout.nbytes;
+  const auto finish_load = [&](std::pair<IoTicket, std::size_t>& load) {
+    load.first.wait();
+    load_done_bytes += s.units[load.second].layout.nbytes;
+    if (options.io.on_load_progress)
+      options.io.on_load_progress(load_done_bytes, load_total_bytes);
+    if (trace::enabled())
+      s.trace_read(load.second, trace::SpanKind::load, s.units[load.second].submitted_at,
+                   load.first.completed_at());
+  };
   for (Unit& u : s.units) {
     if (u.spec.tier == Tier::disk || u.spec.tier == Tier::mapped) continue;
     u.resident = AlignedBuffer(u.layout.nbytes, kDirectIoAlignment);
     s.resident_bytes += u.layout.nbytes;
-    loads.push_back(s.engine.submit(s.requests_for(u, u.resident.as<std::byte>())));
+    if (trace::enabled()) u.submitted_at = std::chrono::steady_clock::now();
+    loads.emplace_back(s.engine.submit(s.requests_for(u, u.resident.as<std::byte>())),
+                       static_cast<std::size_t>(&u - s.units.data()));
     if (loads.size() > kLoadsInFlight) {
-      loads.front().wait();
+      finish_load(loads.front());
       loads.pop_front();
     }
   }
-  for (IoTicket& t : loads) t.wait();
+  for (auto& load : loads) finish_load(load);
+  for (const Unit& u : s.units)
+    if (u.resident.data() != nullptr) s.verify(u, u.resident.as<std::byte>());
   for (Unit& u : s.units) {
     if (u.spec.tier != Tier::mapped) continue;
     if (s.mappings.empty())
@@ -252,6 +314,12 @@ LayerStreamer::LayerStreamer(const Checkpoint& checkpoint, std::vector<StreamUni
     }
   }
   s.stats.load_s = now_s() - t0;
+  if (trace::enabled()) {
+    trace::Tracer& t = trace::tracer();
+    t.counter("resident weight bytes", static_cast<double>(s.resident_bytes));
+    t.counter("staging bytes", static_cast<double>(s.pool ? s.pool->bytes_requested() : 0));
+    t.counter("pinned bytes", static_cast<double>(s.pool ? s.pool->bytes_locked() : 0));
+  }
   // The first streamed units start reading now, ahead of the first forward pass.
   if (!s.units.empty()) s.prefetch_after(s.units.size() - 1);
 }
@@ -284,6 +352,7 @@ UnitView LayerStreamer::acquire(std::size_t index) {
   }
   // A unit whose reads are not done yet is a stall: compute waits on the disk.
   const bool stalled = !u.ticket.poll();
+  const auto wait_begin = std::chrono::steady_clock::now();
   const double t0 = now_s();
   try {
     u.ticket.wait();
@@ -294,6 +363,15 @@ UnitView LayerStreamer::acquire(std::size_t index) {
   if (stalled) {
     ++s.stats.stalls;
     s.stats.stall_s += now_s() - t0;
+    if (trace::enabled()) s.trace_wait(index, wait_begin);
+  }
+  if (trace::enabled())
+    s.trace_read(index, trace::SpanKind::read, u.submitted_at, u.ticket.completed_at());
+  try {
+    s.verify(u, u.lease->data());
+  } catch (...) {
+    s.reset(index);
+    throw;
   }
   u.state = UnitState::held;
   s.in_flight.erase(std::remove(s.in_flight.begin(), s.in_flight.end(), index), s.in_flight.end());

@@ -79,6 +79,7 @@ struct StreamerStats {
   uint64_t stalls = 0;  // acquires that had to wait for I/O
   double stall_s = 0;   // time spent waiting
   double load_s = 0;    // reading the resident units at construction
+  double verify_s = 0;  // checking a ferry pack's checksums (resident loads and streams)
 };
 
 class LayerStreamer {

@@ -6,11 +6,14 @@
 #include <optional>
 
 #include "runtime/core/error.hpp"
+#include "runtime/core/process.hpp"
 #include "runtime/core/thread_pool.hpp"
 #include "runtime/core/units.hpp"
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/generate.hpp"
 #include "runtime/engine/loaded_model.hpp"
+#include "runtime/profile/policy.hpp"
+#include "runtime/profile/profile_run.hpp"
 #include "runtime/text/bpe_tokenizer.hpp"
 #include "tools/commands.hpp"
 
@@ -44,6 +47,8 @@ text::BpeTokenizer load_tokenizer(const std::string& model_dir, const TokenizerO
 struct LoadFlags {
   std::string max_ram;
   std::string io;
+  std::string plan;
+  std::string policy;
   bool mmap = false;
 };
 
@@ -52,6 +57,12 @@ void add_load_options(CLI::App* cmd, LoadFlags& o) {
                   "cap on host memory, e.g. 4GiB (default: what is free, cgroup limits included)")
       ->envname("FERRY_MAX_RAM");
   cmd->add_option("--io", o.io, "I/O engine: auto | uring | pread | buffered")->envname("FERRY_IO");
+  cmd->add_option("--policy", o.policy,
+                  "I/O options and staging slots from a policy written by `ferry tune`");
+  cmd->add_option("--plan", o.plan,
+                  "replay a plan saved by `ferry plan --json -o FILE` (refused, with the reason, "
+                  "when this machine has less than it needs)")
+      ->check(CLI::ExistingFile);
   cmd->add_flag("--mmap", o.mmap,
                 "compute straight from a memory map of the checkpoint, as llama.cpp does (no RAM "
                 "budget: the page cache decides; for comparison)");
@@ -62,7 +73,9 @@ engine::LoadOptions load_options(const LoadFlags& f, const model::ModelConfig& c
   engine::LoadOptions o;
   if (f.mmap) o.placement = engine::Placement::all(config, offload::Tier::mapped);
   if (!f.max_ram.empty()) o.max_ram_bytes = parse_size(f.max_ram);
+  if (!f.policy.empty()) profile::apply_policy(profile::load_policy(f.policy), o);
   if (!f.io.empty()) o.io.backend = offload::parse_io_backend(f.io);
+  if (!f.plan.empty()) o.plan = read_plan_file(f.plan);
   o.context = context;
   o.max_batch_rows = rows;
   o.max_logit_rows = logit_rows;
@@ -73,9 +86,20 @@ engine::LoadOptions load_options(const LoadFlags& f, const model::ModelConfig& c
 void print_plan(const engine::LoadedModel& m) {
   const auto& s = m.weights->streamer();
   fmt::print(stderr, "ferry: {}; load {:.2f} s\n", s.describe(), s.stats().load_s);
-  if (m.budget_bytes)
-    fmt::print(stderr, "ferry: plan: {} (budget from {})\n", m.plan.describe(m.budget_bytes),
-               m.budget_source);
+  if (m.plan) fmt::print(stderr, "ferry: plan: {}\n", m.plan->summary());
+}
+
+// The planner's prediction against what the run measured: s/token of decoding and peak RSS
+// from the kernel's accounting.
+void print_prediction(const planner::Plan& plan, double measured_s_per_token) {
+  const auto& p = plan.chosen.predicted;
+  const auto rss = peak_rss_bytes();
+  fmt::print(stderr,
+             "ferry: predicted {:.3f} s/token, peak RAM {}; measured {}, peak RSS {} (VmHWM)\n",
+             p.s_per_token, format_bytes(p.peak_ram_bytes),
+             measured_s_per_token > 0 ? fmt::format("{:.3f} s/token", measured_s_per_token)
+                                      : std::string("no decode steps"),
+             rss ? format_bytes(*rss) : std::string("unknown"));
 }
 
 struct RunOptions {
@@ -90,6 +114,7 @@ struct RunOptions {
   bool print_ids = false;
   bool ignore_eos = false;
   bool quiet = false;
+  std::string trace;
   TokenizerOptions tok;
   LoadFlags load;
 };
@@ -117,6 +142,7 @@ Command add_run(CLI::App& app) {
   cmd->add_flag("--print-ids", o->print_ids, "end with a JSON array of the generated ids");
   cmd->add_flag("--ignore-eos", o->ignore_eos, "keep going after <|endoftext|>");
   cmd->add_flag("-q,--quiet", o->quiet, "no statistics on stderr");
+  cmd->add_option("--trace", o->trace, "write a Chrome trace (Perfetto, chrome://tracing)");
   add_tokenizer_options(cmd, o->tok);
   add_load_options(cmd, o->load);
   return [o] {
@@ -137,8 +163,14 @@ Command add_run(CLI::App& app) {
     engine::check_prompt_length(n_prompt, config.n_positions);
     const int64_t context =
         std::min<int64_t>(config.n_positions, n_prompt + std::max<int64_t>(o->n, 1));
-    engine::LoadedModel m =
-        engine::load_model(o->model, load_options(o->load, config, context, n_prompt, 1));
+    engine::LoadOptions lo = load_options(o->load, config, context, n_prompt, 1);
+    lo.attended_tokens = n_prompt + o->n / 2;  // the middle of decoding, for the prediction
+    if (!o->trace.empty()) trace::tracer().start();
+    Progress loading("loading", o->quiet);
+    lo.io.on_load_progress = [&](uint64_t done, uint64_t total) { loading.update(done, total); };
+    engine::LoadedModel m = engine::load_model(o->model, lo);
+    loading.finish();
+    if (!o->trace.empty()) profile::trace_load_metadata(m);
     if (!o->quiet) print_plan(m);
     engine::GenerateOptions go;
     go.max_new_tokens = o->n;
@@ -164,9 +196,12 @@ Command add_run(CLI::App& app) {
         },
         &stats);
     if (dec) fmt::print("{}", dec->flush());
+    const double measured_s =
+        stats.decode_steps > 0 ? stats.decode_s / static_cast<double>(stats.decode_steps) : 0;
     fmt::print("\n");
     if (o->print_ids) fmt::print("[{}]\n", fmt::join(out, ", "));
     std::fflush(stdout);
+    if (!o->trace.empty()) profile::finish_trace(o->trace);
     if (!o->quiet) {
       const double prompt_tps =
           stats.prompt_s > 0 ? static_cast<double>(stats.prompt_tokens) / stats.prompt_s : 0;
@@ -176,6 +211,7 @@ Command add_run(CLI::App& app) {
                  "ferry: prompt {} tokens in {:.3f} s ({:.1f} tok/s); generated {} tokens, "
                  "decode {:.1f} tok/s\n",
                  stats.prompt_tokens, stats.prompt_s, prompt_tps, stats.new_tokens, decode_tps);
+      if (m.plan) print_prediction(*m.plan, measured_s);
     }
     return 0;
   };

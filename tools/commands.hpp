@@ -7,7 +7,10 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
+
+#include "planner/plan.hpp"
 
 namespace ferry::tools {
 
@@ -20,6 +23,15 @@ Command add_inspect(CLI::App& app);
 Command add_make_model(CLI::App& app);
 Command add_info(CLI::App& app);
 Command add_bench_io(CLI::App& app);
+Command add_profile(CLI::App& app);
+Command add_tune(CLI::App& app);
+Command add_convert(CLI::App& app);
+Command add_verify(CLI::App& app);
+Command add_plan(CLI::App& app);
+
+// A plan saved by `ferry plan --json -o FILE`. Throws InvalidArgument naming the file and the
+// problem.
+planner::Plan read_plan_file(const std::string& path);
 
 // "15496 995" or "15496,995" → ids. Throws InvalidArgument naming the bad entry.
 std::vector<int32_t> parse_ids(const std::string& text);
@@ -29,6 +41,8 @@ class Progress {
  public:
   Progress(std::string label, bool quiet);
   void update(uint64_t done_bytes, uint64_t total_bytes);
+  // Counts instead of bytes: "profile: 3 / 16 tokens  ETA 2 s".
+  void update_count(uint64_t done, uint64_t total, std::string_view what);
   void finish();
 
  private:

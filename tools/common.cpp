@@ -62,6 +62,19 @@ void Progress::update(uint64_t done_bytes, uint64_t total_bytes) {
   std::fflush(stderr);
 }
 
+void Progress::update_count(uint64_t done, uint64_t total, std::string_view what) {
+  if (!enabled_) return;
+  const double t = now_s();
+  if (done < total && t - last_draw_s_ < 0.2) return;
+  last_draw_s_ = t;
+  const double elapsed = t - start_s_;
+  const double eta =
+      done > 0 ? elapsed * static_cast<double>(total - done) / static_cast<double>(done) : 0;
+  fmt::print(stderr, "\r{}: {} / {} {}  {:.1f} s  ETA {:.0f} s   ", label_, done, total, what,
+             elapsed, eta);
+  std::fflush(stderr);
+}
+
 void Progress::finish() {
   if (enabled_ && last_draw_s_ >= 0) fmt::print(stderr, "\n");
 }

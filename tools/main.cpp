@@ -22,7 +22,12 @@ int main(int argc, char** argv) {
                                                   {"inspect", &ferry::tools::add_inspect},
                                                   {"make-model", &ferry::tools::add_make_model},
                                                   {"info", &ferry::tools::add_info},
-                                                  {"bench-io", &ferry::tools::add_bench_io}};
+                                                  {"bench-io", &ferry::tools::add_bench_io},
+                                                  {"profile", &ferry::tools::add_profile},
+                                                  {"tune", &ferry::tools::add_tune},
+                                                  {"convert", &ferry::tools::add_convert},
+                                                  {"verify", &ferry::tools::add_verify},
+                                                  {"plan", &ferry::tools::add_plan}};
   std::map<CLI::App*, ferry::tools::Command> commands;
   for (const auto& [name, add] : adders) {
     ferry::tools::Command cmd = add(app);

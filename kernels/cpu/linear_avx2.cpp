@@ -11,8 +11,17 @@
 // vectors fill the 16 ymm registers, and each loaded value feeds 3 or 4 FMAs. Partial sums per
 // 256-column block are added to y in a fixed order.
 //
+// Packed weights (q8, q4_g64, q4_g128; runtime/core/quant.hpp) take the same two paths. Decode
+// dequantizes in the inner loop — q8 widens 8 int8 codes per FMA and applies the row's scale to
+// the finished sum; q4 unpacks 8 bytes into 8 low and 8 high nibbles (two runs of consecutive
+// columns, by the layout's design) and forms min + scale·q with one FMA each — so a weight costs
+// half or a quarter of an f16's memory traffic. Prompt processing dequantizes into the f32 tile.
+//
 // Every output is a dot product in f32; each row's summation order depends only on k (never on
 // which slot of a tile it lands in, nor on the thread), so results are reproducible.
+#include <cstring>
+#include <type_traits>
+
 #include "kernels/cpu/detail/avx2_simd.hpp"
 #include "kernels/cpu/detail/paths.hpp"
 
@@ -50,29 +59,37 @@ void matvec_rows(const float* x, int64_t k, const typename W::Elem* w, int64_t l
   }
 }
 
-template <class W>
-void matvec(const float* x, int64_t k, const typename W::Elem* w, const float* bias, float* y,
-            int64_t o_begin, int64_t o_end) {
+// The decode loop over tiles of up to kRowTile weight rows: rows(o, NR, sums) puts the dot
+// products of rows o … o + NR − 1 in sums, NR a compile-time constant (std::integral_constant).
+template <class Rows>
+void matvec_tiles(const float* bias, float* y, int64_t o_begin, int64_t o_end, Rows rows) {
   alignas(16) float sums[kRowTile];
   for (int64_t o = o_begin; o < o_end; o += kRowTile) {
     const int64_t nr = min_i64(kRowTile, o_end - o);
-    const typename W::Elem* wo = w + o * k;
     switch (nr) {
       case 4:
-        matvec_rows<W, 4>(x, k, wo, k, sums);
+        rows(o, std::integral_constant<int, 4>{}, sums);
         break;
       case 3:
-        matvec_rows<W, 3>(x, k, wo, k, sums);
+        rows(o, std::integral_constant<int, 3>{}, sums);
         break;
       case 2:
-        matvec_rows<W, 2>(x, k, wo, k, sums);
+        rows(o, std::integral_constant<int, 2>{}, sums);
         break;
       default:
-        matvec_rows<W, 1>(x, k, wo, k, sums);
+        rows(o, std::integral_constant<int, 1>{}, sums);
         break;
     }
     for (int64_t r = 0; r < nr; ++r) y[o + r] = bias != nullptr ? sums[r] + bias[o + r] : sums[r];
   }
+}
+
+template <class W>
+void matvec(const float* x, int64_t k, const typename W::Elem* w, const float* bias, float* y,
+            int64_t o_begin, int64_t o_end) {
+  matvec_tiles(bias, y, o_begin, o_end, [&](int64_t o, auto nr, float* sums) {
+    matvec_rows<W, decltype(nr)::value>(x, k, w + o * k, k, sums);
+  });
 }
 
 // y[i, r] += x[i, :] · w[r, :] over kc columns, for MR rows of x and NR rows of f32 weights.
@@ -148,9 +165,11 @@ void widen_tile(const typename W::Elem* src, int64_t ld_src, int64_t rows, int64
   }
 }
 
-template <class W>
-void gemm(const float* x, int64_t m, int64_t k, const typename W::Elem* w, int64_t n,
-          const float* bias, float* y, int64_t o_begin, int64_t o_end) {
+// The prompt path for any weight storage: fill_tile(g, rows, kb, kc, tile) puts weight rows
+// g … g + rows − 1, columns kb … kb + kc − 1, as f32 into the tile (rows kKBlock apart).
+template <class FillTile>
+void gemm_tiled(const float* x, int64_t m, int64_t k, int64_t n, const float* bias, float* y,
+                int64_t o_begin, int64_t o_end, FillTile fill_tile) {
   alignas(32) float tile[kLinearRowGroup * kKBlock];
   for (int64_t g = o_begin; g < o_end; g += kLinearRowGroup) {
     const int64_t rows = min_i64(kLinearRowGroup, o_end - g);
@@ -159,9 +178,7 @@ void gemm(const float* x, int64_t m, int64_t k, const typename W::Elem* w, int64
     }
     for (int64_t kb = 0; kb < k; kb += kKBlock) {
       const int64_t kc = min_i64(kKBlock, k - kb);
-      // f32 weights are copied too: in place, rows k floats apart alias the same L1 sets
-      // whenever k is a multiple of 1024, and the copy is amortised over all m rows of x.
-      widen_tile<W>(w + g * k + kb, k, rows, kc, tile);
+      fill_tile(g, rows, kb, kc, tile);
       for (int64_t i = 0; i < m; i += kXTile) {
         const int mr = static_cast<int>(min_i64(kXTile, m - i));
         for (int64_t r = 0; r < rows; r += kRowTile) {
@@ -186,8 +203,174 @@ void linear_typed(const float* x, int64_t m, int64_t k, const void* w, int64_t n
   if (m == 1) {
     matvec<W>(x, k, wt, bias, y, o_begin, o_end);
   } else {
-    gemm<W>(x, m, k, wt, n, bias, y, o_begin, o_end);
+    // f32 weights are copied too: in place, rows k floats apart alias the same L1 sets
+    // whenever k is a multiple of 1024, and the copy is amortised over all m rows of x.
+    gemm_tiled(x, m, k, n, bias, y, o_begin, o_end,
+               [&](int64_t g, int64_t rows, int64_t kb, int64_t kc, float* tile) {
+                 widen_tile<W>(wt + g * k + kb, k, rows, kc, tile);
+               });
   }
+}
+
+// ---- Packed weights. The layout arithmetic of runtime/core/quant.hpp is repeated here on
+// purpose: this file must not instantiate inline functions other files share (see paths.hpp).
+
+struct PackedLayout {
+  int64_t group = 0;  // q4: columns per group; q8: 0
+  int64_t ng = 0;     // q4: groups per row
+  uint64_t row_bytes = 0;
+  uint64_t mins = 0;     // q4: offset of the minima in a row
+  uint64_t nibbles = 0;  // q4: offset of the nibbles in a row
+};
+
+PackedLayout packed_layout(DType t, int64_t k) {
+  PackedLayout l;
+  if (t == DType::q8) {
+    l.row_bytes = 4 + static_cast<uint64_t>((k + 3) / 4 * 4);
+    return l;
+  }
+  l.group = t == DType::q4_g64 ? 64 : 128;
+  l.ng = (k + l.group - 1) / l.group;
+  l.mins = static_cast<uint64_t>(l.ng) * 2;
+  l.nibbles = static_cast<uint64_t>(l.ng) * 4;
+  l.row_bytes = static_cast<uint64_t>(l.ng) * (4 + static_cast<uint64_t>(l.group / 2));
+  return l;
+}
+
+float f16_at(const unsigned char* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+// 8 nibble bytes → their low nibbles and high nibbles as floats.
+void q4_load8(const unsigned char* p, __m256& lo, __m256& hi) {
+  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  lo = _mm256_cvtepi32_ps(_mm256_and_si256(b, _mm256_set1_epi32(0x0f)));
+  hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
+}
+
+// Calls f(i, lo, hi) for i = 0, 8, … < G/2 with group g of a q4 row dequantized (min + scale · q,
+// one FMA): lo holds the group's elements i … i + 7, hi its elements G/2 + i … G/2 + i + 7.
+template <class F>
+void q4_group(const unsigned char* row, const PackedLayout& l, int64_t g, F f) {
+  const __m256 scale = _mm256_set1_ps(f16_at(row + 2 * g));
+  const __m256 min = _mm256_set1_ps(f16_at(row + l.mins + 2 * g));
+  const unsigned char* bytes = row + l.nibbles + static_cast<uint64_t>(g * (l.group / 2));
+  for (int64_t i = 0; i < l.group / 2; i += 8) {
+    __m256 lo;
+    __m256 hi;
+    q4_load8(bytes + i, lo, hi);
+    f(i, _mm256_fmadd_ps(lo, scale, min), _mm256_fmadd_ps(hi, scale, min));
+  }
+}
+
+float q4_scalar(const unsigned char* row, const PackedLayout& l, int64_t j) {
+  const int64_t g = j / l.group;
+  const int64_t i = j - g * l.group;
+  const unsigned char* bytes = row + l.nibbles + static_cast<uint64_t>(g * (l.group / 2));
+  const unsigned code = i < l.group / 2 ? (bytes[i] & 0x0fu) : (bytes[i - l.group / 2] >> 4);
+  return f16_at(row + l.mins + 2 * g) + f16_at(row + 2 * g) * static_cast<float>(code);
+}
+
+// A q8 row's codes as weights: the row's scale is applied to the finished sum.
+struct Q8Codes {
+  using Elem = int8_t;
+  static __m256 load8(const Elem* p) {
+    return _mm256_cvtepi32_ps(
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  static float load1(const Elem* p) { return static_cast<float>(*p); }
+};
+
+// sums[r] = x · w[r, :] for NR ≤ 4 q4 rows: whole groups with SIMD, a partial last group scalar.
+template <int NR>
+void matvec_q4_rows(const float* x, int64_t k, const unsigned char* w, const PackedLayout& l,
+                    float* sums) {
+  __m256 acc0[kRowTile];
+  __m256 acc1[kRowTile];
+  for (int r = 0; r < kRowTile; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
+  const int64_t half = l.group / 2;
+  const int64_t full_groups = k / l.group;
+  for (int64_t g = 0; g < full_groups; ++g) {
+    const float* xg = x + g * l.group;
+    for (int r = 0; r < NR; ++r) {
+      q4_group(w + r * l.row_bytes, l, g, [&](int64_t i, __m256 lo, __m256 hi) {
+        acc0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xg + i), lo, acc0[r]);
+        acc1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xg + half + i), hi, acc1[r]);
+      });
+    }
+  }
+  for (int r = 0; r < kRowTile; ++r) acc0[r] = _mm256_add_ps(acc0[r], acc1[r]);
+  _mm_storeu_ps(sums, hsum4(acc0[0], acc0[1], acc0[2], acc0[3]));
+  for (int r = 0; r < NR; ++r) {
+    for (int64_t t = full_groups * l.group; t < k; ++t)
+      sums[r] += x[t] * q4_scalar(w + r * l.row_bytes, l, t);
+  }
+}
+
+void matvec_packed(const float* x, int64_t k, const unsigned char* w, DType t, const float* bias,
+                   float* y, int64_t o_begin, int64_t o_end) {
+  const PackedLayout l = packed_layout(t, k);
+  if (t == DType::q8) {
+    matvec_tiles(bias, y, o_begin, o_end, [&](int64_t o, auto nr, float* sums) {
+      const unsigned char* wo = w + static_cast<uint64_t>(o) * l.row_bytes;
+      matvec_rows<Q8Codes, decltype(nr)::value>(x, k, reinterpret_cast<const int8_t*>(wo + 4),
+                                                static_cast<int64_t>(l.row_bytes), sums);
+      for (int r = 0; r < decltype(nr)::value; ++r) {
+        float scale;
+        std::memcpy(&scale, wo + r * l.row_bytes, 4);
+        sums[r] *= scale;
+      }
+    });
+  } else {
+    matvec_tiles(bias, y, o_begin, o_end, [&](int64_t o, auto nr, float* sums) {
+      matvec_q4_rows<decltype(nr)::value>(x, k, w + static_cast<uint64_t>(o) * l.row_bytes, l,
+                                          sums);
+    });
+  }
+}
+
+// dst[0:kc] = columns kb … kb + kc − 1 of one packed row, as f32 (kb is a multiple of kKBlock and
+// so of the group size).
+void dequant_row_slice(const unsigned char* row, DType t, const PackedLayout& l, int64_t k,
+                       int64_t kb, int64_t kc, float* dst) {
+  if (t == DType::q8) {
+    float s;
+    std::memcpy(&s, row, 4);
+    const __m256 scale = _mm256_set1_ps(s);
+    const auto* q = reinterpret_cast<const int8_t*>(row + 4 + kb);
+    int64_t j = 0;
+    for (; j + 8 <= kc; j += 8)
+      _mm256_store_ps(dst + j, _mm256_mul_ps(scale, Q8Codes::load8(q + j)));
+    for (; j < kc; ++j) dst[j] = s * static_cast<float>(q[j]);
+    return;
+  }
+  const int64_t half = l.group / 2;
+  int64_t j = 0;
+  for (; j + l.group <= kc && kb + j + l.group <= k; j += l.group) {
+    q4_group(row, l, (kb + j) / l.group, [&](int64_t i, __m256 lo, __m256 hi) {
+      _mm256_store_ps(dst + j + i, lo);
+      _mm256_store_ps(dst + j + half + i, hi);
+    });
+  }
+  for (; j < kc; ++j) dst[j] = q4_scalar(row, l, kb + j);
+}
+
+void linear_packed(const float* x, int64_t m, int64_t k, const void* w, DType t, int64_t n,
+                   const float* bias, float* y, int64_t o_begin, int64_t o_end) {
+  const auto* wb = static_cast<const unsigned char*>(w);
+  if (m == 1) {
+    matvec_packed(x, k, wb, t, bias, y, o_begin, o_end);
+    return;
+  }
+  const PackedLayout l = packed_layout(t, k);
+  gemm_tiled(x, m, k, n, bias, y, o_begin, o_end,
+             [&](int64_t g, int64_t rows, int64_t kb, int64_t kc, float* tile) {
+               for (int64_t r = 0; r < rows; ++r)
+                 dequant_row_slice(wb + static_cast<uint64_t>(g + r) * l.row_bytes, t, l, k, kb, kc,
+                                   tile + r * kKBlock);
+             });
 }
 
 }  // namespace
@@ -200,6 +383,11 @@ void linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt,
       break;
     case DType::bf16:
       linear_typed<BF16Weights>(x, m, k, w, n, bias, y, o_begin, o_end);
+      break;
+    case DType::q8:
+    case DType::q4_g64:
+    case DType::q4_g128:
+      linear_packed(x, m, k, w, wdt, n, bias, y, o_begin, o_end);
       break;
     default:
       linear_typed<F32Weights>(x, m, k, w, n, bias, y, o_begin, o_end);

@@ -89,7 +89,8 @@ const Paths& paths() {
 }
 
 void check_weight_dtype(DType wdt, const char* what) {
-  FERRY_EXPECT(is_float_weight(wdt), "{}: weights must be f32, f16 or bf16, got {}", what,
+  FERRY_EXPECT(is_matrix_weight(wdt),
+               "{}: weights must be f32, f16, bf16, q8, q4g64 or q4g128, got {}", what,
                dtype_name(wdt));
 }
 
@@ -171,7 +172,12 @@ void attention(const AttentionArgs& args, ThreadPool& pool) {
 
 void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst) {
   check_weight_dtype(dtype, "convert_to_f32");
-  paths().convert_to_f32(src, dtype, n, dst);
+  // A packed row is one embedding row per token: the portable loop is plenty.
+  if (is_quantized(dtype)) {
+    detail::portable::convert_to_f32(src, dtype, n, dst);
+  } else {
+    paths().convert_to_f32(src, dtype, n, dst);
+  }
 }
 
 namespace scalar {

@@ -35,7 +35,9 @@ struct AttentionArgs {
 std::string_view simd_level();
 
 // y[i, o] = sum_j x[i, j] · w[o, j] + bias[o], for i < m, o < n, j < k. w is row-major
-// [n, k] (PyTorch's nn.Linear layout) in dtype wdt (f32, f16 or bf16); bias may be null.
+// [n, k] (PyTorch's nn.Linear layout) in dtype wdt (f32, f16 or bf16), or packed (q8, q4_g64,
+// q4_g128: n rows of packed_row_bytes(wdt, k), runtime/core/quant.hpp), dequantized in the
+// product's inner loop; bias may be null.
 // m = 1 is the matrix–vector product of decoding; m > 1 (prompt processing) reuses each block
 // of w across all rows of x. Runs on every thread of pool.
 void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
@@ -60,7 +62,8 @@ void rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head,
 // out = softmax(q·kᵀ / sqrt(head_dim), causal) · v for every head and query token.
 void attention(const AttentionArgs& args, ThreadPool& pool);
 
-// dst[i] = float(src[i]) for an f32, f16 or bf16 source.
+// dst[i] = float(src[i]) for an f32, f16 or bf16 source; for a packed dtype, src is one packed
+// row of n columns (an embedding row of a ferry pack) and dst its dequantized values.
 void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst);
 
 // The portable fast path, what the kernels above run when the processor lacks AVX2 or

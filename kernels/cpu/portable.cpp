@@ -8,8 +8,10 @@
 #include <cstring>
 
 #include "kernels/common/math.hpp"
+#include "kernels/common/quant_math.hpp"
 #include "kernels/cpu/detail/paths.hpp"
 #include "runtime/core/half.hpp"
+#include "runtime/core/quant.hpp"
 
 namespace ferry::kernels::cpu::detail::portable {
 namespace {
@@ -80,11 +82,38 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
   }
 }
 
+// dst[0:n] = columns j0 … j0 + n − 1 of a packed row of cols columns, dequantized a group at a
+// time (the group's scale and minimum read once).
+void dequant_slice(const unsigned char* row, DType t, int64_t cols, int64_t j0, int64_t n,
+                   float* dst) {
+  if (t == DType::q8) {
+    const float scale = q8_row_scale(row);
+    const int8_t* q = q8_row_values(row) + j0;
+    for (int64_t i = 0; i < n; ++i) dst[i] = scale * static_cast<float>(q[i]);
+    return;
+  }
+  const int64_t group = quant_group_size(t);
+  const int64_t ng = quant_groups(t, cols);
+  for (int64_t j = j0; j < j0 + n;) {
+    const int64_t g = j / group;
+    const int64_t end = std::min(j0 + n, (g + 1) * group);
+    uint16_t scale_h;
+    uint16_t min_h;
+    std::memcpy(&scale_h, row + 2 * g, 2);
+    std::memcpy(&min_h, row + q4_mins_offset(ng) + 2 * g, 2);
+    const float scale = f16_to_f32(scale_h);
+    const float min = f16_to_f32(min_h);
+    const unsigned char* bytes = row + q4_nibbles_offset(ng) + g * (group / 2);
+    for (; j < end; ++j) dst[j - j0] = q4_dequant(min, scale, q4_code(bytes, j - g * group, group));
+  }
+}
+
 }  // namespace
 
 void linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
                  const float* bias, float* y, int64_t o_begin, int64_t o_end) {
   const std::size_t elem = dtype_size(wdt);
+  const uint64_t row_bytes = packed_row_bytes(wdt, k);
   float tile[kLinearRowGroup * kKBlock];
   for (int64_t g = o_begin; g < o_end; g += kLinearRowGroup) {
     const int64_t rows = std::min(kLinearRowGroup, o_end - g);
@@ -96,6 +125,14 @@ void linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt,
       if (wdt == DType::f32) {
         wb = static_cast<const float*>(w) + g * k + kb;
         ldw = k;
+      } else if (is_quantized(wdt)) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const auto* row =
+              static_cast<const unsigned char*>(w) + static_cast<uint64_t>(g + r) * row_bytes;
+          dequant_slice(row, wdt, k, kb, kc, tile + r * kKBlock);
+        }
+        wb = tile;
+        ldw = kKBlock;
       } else {
         for (int64_t r = 0; r < rows; ++r) {
           const auto* src = static_cast<const unsigned char*>(w) +
@@ -194,7 +231,11 @@ void add(float* y, const float* x, int64_t n) {
 }
 
 void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst) {
-  to_f32(src, dtype, n, dst);
+  if (is_quantized(dtype)) {
+    dequant_slice(static_cast<const unsigned char*>(src), dtype, n, 0, n, dst);
+  } else {
+    to_f32(src, dtype, n, dst);
+  }
 }
 
 }  // namespace ferry::kernels::cpu::detail::portable

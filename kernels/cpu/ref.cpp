@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "kernels/common/math.hpp"
+#include "kernels/common/quant_math.hpp"
 #include "kernels/cpu/ops.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/half.hpp"
@@ -29,16 +30,25 @@ float weight_at(const void* w, DType wdt, int64_t j) {
   return 0.0f;
 }
 
+// Element (o, j) of a [n, k] weight matrix of any weight dtype, packed ones included.
+float matrix_weight_at(const void* w, DType wdt, int64_t k, int64_t o, int64_t j) {
+  if (!is_quantized(wdt)) return weight_at(w, wdt, o * k + j);
+  const auto* row =
+      static_cast<const unsigned char*>(w) + static_cast<uint64_t>(o) * packed_row_bytes(wdt, k);
+  return packed_row_weight(row, wdt, k, j);
+}
+
 }  // namespace
 
 void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
             const float* bias, float* y) {
-  FERRY_EXPECT(is_float_weight(wdt), "linear: weights must be f32, f16 or bf16, got {}",
+  FERRY_EXPECT(is_matrix_weight(wdt),
+               "linear: weights must be f32, f16, bf16, q8, q4g64 or q4g128, got {}",
                dtype_name(wdt));
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t o = 0; o < n; ++o) {
       float sum = 0.0f;
-      for (int64_t j = 0; j < k; ++j) sum += x[i * k + j] * weight_at(w, wdt, o * k + j);
+      for (int64_t j = 0; j < k; ++j) sum += x[i * k + j] * matrix_weight_at(w, wdt, k, o, j);
       y[i * n + o] = bias != nullptr ? sum + bias[o] : sum;
     }
   }
@@ -108,9 +118,10 @@ void attention(const AttentionArgs& a) {
 }
 
 void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst) {
-  FERRY_EXPECT(is_float_weight(dtype), "convert_to_f32: source must be f32, f16 or bf16, got {}",
+  FERRY_EXPECT(is_matrix_weight(dtype),
+               "convert_to_f32: source must be f32, f16, bf16 or a packed row, got {}",
                dtype_name(dtype));
-  for (int64_t i = 0; i < n; ++i) dst[i] = weight_at(src, dtype, i);
+  for (int64_t i = 0; i < n; ++i) dst[i] = matrix_weight_at(src, dtype, n, 0, i);
 }
 
 }  // namespace ferry::kernels::cpu::ref

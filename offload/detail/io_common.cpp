@@ -21,6 +21,7 @@ void TicketState::finish_chunk(std::exception_ptr chunk_error) noexcept {
   }
   if (--remaining_chunks == 0) {
     done = true;
+    done_at = std::chrono::steady_clock::now();
     cv.notify_all();
   }
 }

@@ -32,6 +32,7 @@ struct TicketState {
   std::condition_variable cv;
   uint64_t remaining_chunks = 0;
   bool done = false;
+  std::chrono::steady_clock::time_point done_at;  // when the last chunk finished (for traces)
   std::exception_ptr error;         // the first failure of the batch
   std::atomic<bool> failed{false};  // lets backends drop queued chunks of a failed batch
 

@@ -163,6 +163,10 @@ std::optional<std::string_view> torch_storage_type(DType dtype) {
       return "LongStorage";
     case DType::boolean:
       return "BoolStorage";
+    case DType::q8:
+    case DType::q4_g64:
+    case DType::q4_g128:
+      break;  // packed dtypes have no torch storage
   }
   return std::nullopt;
 }

@@ -20,6 +20,12 @@ std::string_view dtype_name(DType t) {
       return "i64";
     case DType::boolean:
       return "bool";
+    case DType::q8:
+      return "q8";
+    case DType::q4_g64:
+      return "q4g64";
+    case DType::q4_g128:
+      return "q4g128";
   }
   return "?";
 }
@@ -33,6 +39,9 @@ std::optional<DType> parse_dtype(std::string_view name) {
   if (name == "i32" || name == "int32") return DType::i32;
   if (name == "i64" || name == "int64") return DType::i64;
   if (name == "bool") return DType::boolean;
+  if (name == "q8") return DType::q8;
+  if (name == "q4g64") return DType::q4_g64;
+  if (name == "q4g128") return DType::q4_g128;
   return std::nullopt;
 }
 
@@ -66,6 +75,10 @@ std::string_view dtype_to_safetensors(DType t) {
       return "I64";
     case DType::boolean:
       return "BOOL";
+    case DType::q8:
+    case DType::q4_g64:
+    case DType::q4_g128:
+      break;  // packed dtypes exist only in ferry packs
   }
   return "?";
 }

@@ -8,9 +8,11 @@
 
 namespace ferry {
 
-enum class DType : uint8_t { f32, f16, bf16, i8, u8, i32, i64, boolean };
+// q8, q4_g64 and q4_g128 are packed weight matrices (ferry packs only); their bytes are counted
+// per row, not per element: see runtime/core/quant.hpp for the layouts.
+enum class DType : uint8_t { f32, f16, bf16, i8, u8, i32, i64, boolean, q8, q4_g64, q4_g128 };
 
-// Bytes per element.
+// Bytes per element; 0 for the packed dtypes, whose size is per row (quant.hpp).
 constexpr std::size_t dtype_size(DType t) {
   switch (t) {
     case DType::f32:
@@ -29,6 +31,10 @@ constexpr std::size_t dtype_size(DType t) {
       return 8;
     case DType::boolean:
       return 1;
+    case DType::q8:
+    case DType::q4_g64:
+    case DType::q4_g128:
+      return 0;
   }
   return 0;
 }
@@ -47,5 +53,13 @@ std::string_view dtype_to_safetensors(DType t);
 constexpr bool is_float_weight(DType t) {
   return t == DType::f32 || t == DType::f16 || t == DType::bf16;
 }
+
+// True for the packed (quantized) weight dtypes.
+constexpr bool is_quantized(DType t) {
+  return t == DType::q8 || t == DType::q4_g64 || t == DType::q4_g128;
+}
+
+// True for every dtype a weight matrix may have: the float ones and the packed ones.
+constexpr bool is_matrix_weight(DType t) { return is_float_weight(t) || is_quantized(t); }
 
 }  // namespace ferry

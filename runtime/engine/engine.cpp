@@ -6,6 +6,7 @@
 
 #include "kernels/cpu/ops.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/core/trace.hpp"
 
 namespace ferry::engine {
 
@@ -77,6 +78,7 @@ const std::vector<float>& Engine::forward(std::span<const SeqTokens> batch, Logi
     rows += n;
   }
 
+  const trace::ScopedSpan pass_span(trace::SpanKind::pass, static_cast<int32_t>(rows));
   const auto urows = static_cast<std::size_t>(rows);
   const auto ue = static_cast<std::size_t>(n_embd);
   ensure(x_, urows * ue);
@@ -102,6 +104,7 @@ const std::vector<float>& Engine::forward(std::span<const SeqTokens> batch, Logi
 
   for (int layer = 0; layer < config_.n_layer; ++layer) {
     const BlockWeights w = weights_.acquire_block(layer);
+    const trace::ScopedSpan compute_span(trace::SpanKind::compute, layer);
     // GPT-J's block: one ln_1 feeds attention and the MLP in parallel;
     // x = x + (attn(ln(x)) + mlp(ln(x))).
     cpu::layer_norm(x_.data(), rows, n_embd, w.ln_1_w, w.ln_1_b, config_.layer_norm_epsilon,
@@ -132,6 +135,7 @@ const std::vector<float>& Engine::forward(std::span<const SeqTokens> batch, Logi
   ensure(final_, static_cast<std::size_t>(n_out) * ue);
   logits_.resize(static_cast<std::size_t>(n_out * vocab));
   const HeadWeights head = weights_.acquire_head();
+  const trace::ScopedSpan compute_span(trace::SpanKind::compute, config_.n_layer, "lm_head");
   for (int64_t i = 0; i < n_out; ++i) {
     cpu::layer_norm(
         x_.data() + static_cast<std::size_t>(out_rows[static_cast<std::size_t>(i)]) * ue, 1, n_embd,

@@ -1,6 +1,7 @@
 // LoadedModel: a model directory opened for inference — config.json parsed, the checkpoint's
-// metadata read and checked against it, a memory plan made for the RAM budget, and the
-// weights placed by it (resident, or streamed from disk through staging slots).
+// metadata read and checked against it, a plan made for this machine (or a saved plan checked
+// and replayed), and the weights placed by it (resident, or streamed from disk through staging
+// slots).
 #pragma once
 
 #include <cstdint>
@@ -11,7 +12,8 @@
 
 #include "offload/checkpoint.hpp"
 #include "offload/io_engine.hpp"
-#include "planner/memory_plan.hpp"
+#include "planner/plan.hpp"
+#include "runtime/engine/planning.hpp"
 #include "runtime/engine/weights.hpp"
 #include "runtime/model/model_config.hpp"
 
@@ -23,27 +25,28 @@ struct LoadOptions {
   int64_t max_batch_rows = 0;             // most tokens in one forward pass; 0: the context
   int64_t max_logit_rows = 0;             // most rows of logits one pass returns; 0: max_batch_rows
   int max_seqs = 1;
+  int64_t attended_tokens = 0;            // for the time prediction; 0: context / 2
   offload::IoOptions io = offload::IoOptions::from_env();
-  std::optional<Placement> placement;  // forces the tiers instead of planning them
+  // The machine to plan for; none: probe this one (figures cached, see ProbeOptions).
+  std::optional<planner::Machine> machine;
+  ProbeOptions probe;
+  // A tuned policy's staging slot count (prefetch depth + 1); none: the planner chooses.
+  std::optional<std::size_t> slot_count;
+  std::optional<planner::Plan> plan;   // replays a saved plan, after checking it still fits
+  std::optional<Placement> placement;  // forces the tiers, with no plan (tests, --mmap)
 };
 
 struct LoadedModel {
   model::ModelConfig config;
   std::unique_ptr<offload::Checkpoint> checkpoint;  // the weights refer to it: never moved
   std::unique_ptr<StreamingWeights> weights;
-  planner::MemoryPlan plan;
-  uint64_t budget_bytes = 0;
-  std::string budget_source;
+  std::optional<planner::Plan> plan;  // none when the placement was forced
 };
 
-// Host bytes ferry needs besides the weight units: KV cache, activations, f32 norms and
-// biases, and the runtime itself (code, tokenizer, allocator slack).
-uint64_t fixed_host_bytes(const model::ModelConfig& config, int max_seqs, int64_t context,
-                          int64_t max_batch_rows, int64_t max_logit_rows);
-
-// Opens dir (config.json + weights in any supported layout), plans memory and loads. Throws
-// with a message naming the file and what to do when anything is missing or inconsistent,
-// and PlanError (with the minimum) when the budget cannot hold the model even streamed.
+// Opens dir (config.json + weights in any supported layout), plans and loads. Throws with a
+// message naming the file and what to do when anything is missing or inconsistent, and
+// PlanError (with the smallest budget that works) when the budget cannot hold the model even
+// streamed, or when a saved plan does not fit this machine.
 LoadedModel load_model(const std::filesystem::path& dir, LoadOptions options = {});
 
 }  // namespace ferry::engine

@@ -5,6 +5,7 @@
 
 #include "kernels/cpu/ops.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/core/quant.hpp"
 
 namespace ferry::engine {
 
@@ -33,8 +34,10 @@ void check_checkpoint(const model::ModelConfig& config, const offload::Checkpoin
                           "vocab_size {}) needs {}; the config and the weights do not match",
                           checkpoint_where(checkpoint, *t), w.name, t->shape.str(), config.n_embd,
                           config.n_inner, config.vocab_size, w.shape.str());
-      FERRY_FORMAT_EXPECT(is_float_weight(t->dtype),
-                          "{}: tensor '{}' has dtype {}; ferry reads f32, f16 and bf16 weights",
+      // Matrices may be packed (a ferry pack's q8 / q4); norms and biases are always floats.
+      FERRY_FORMAT_EXPECT(is_float_weight(t->dtype) || (w.is_matrix() && is_quantized(t->dtype)),
+                          "{}: tensor '{}' has dtype {}; ferry reads f32, f16 and bf16 weights "
+                          "(and q8 / q4 matrices from ferry packs)",
                           checkpoint_where(checkpoint, *t), w.name, dtype_name(t->dtype));
     }
   }
@@ -106,7 +109,7 @@ StreamingWeights::StreamingWeights(model::ModelConfig config, const offload::Che
       streamer_(checkpoint, gptj_units(config_, placement),
                 streamer_options(placement, std::move(io))) {
   wte_ = &checkpoint.at(model::embedding_group(config_).weights[0].name);
-  row_.resize(static_cast<std::size_t>(config_.n_embd) * dtype_size(wte_->dtype));
+  row_.resize(packed_row_bytes(wte_->dtype, config_.n_embd));
 
   // Norms and biases: small, read once, widened to f32.
   std::vector<std::byte> narrow;

@@ -177,5 +177,77 @@ TEST(Cli, ErrorsNameTheProblem) {
   EXPECT_NE(r.err.find("shorten"), std::string::npos) << r.err;
 }
 
+// `ferry plan` answers from config.json alone (GPT-J-6B's, no weights) for a machine it is not
+// on, and its JSON says where every layer goes.
+TEST(CliPlan, GptjSixBOnColabT4FromConfigAlone) {
+  const std::string cfg = (test::data_dir() / "gptj-6b-config").string();
+  Result r = ferry({"plan", "-m", cfg, "--profile", "colab-t4", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  json plan = json::parse(r.out);
+  ASSERT_EQ(plan["layers"].size(), 29u);  // 28 blocks and the head
+  for (const auto& l : plan["layers"]) EXPECT_EQ(l["tier"], "device") << l.dump();
+  EXPECT_LT(plan["peak_ram_bytes"].get<double>(), 2.0 * (1 << 30));  // far below Colab's 12.7 GiB
+  EXPECT_GT(plan["s_per_token"].get<double>(), 0);
+  EXPECT_GT(plan["peak_vram_bytes"].get<double>(), 12e9);  // 12.1 GB of fp16 weights
+  EXPECT_GT(plan["peak_pinned_bytes"].get<double>(), 0);
+
+  r = ferry({"plan", "-m", cfg, "--profile", "colab-t4", "--max-vram", "6GiB", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  plan = json::parse(r.out);
+  int moved = 0;
+  for (const auto& l : plan["layers"]) moved += l["tier"] != "device";
+  EXPECT_GT(moved, 0);
+  EXPECT_LE(plan["peak_vram_bytes"].get<double>(), 6.0 * (1 << 30));
+
+  // The table names the bounding link; --explain shows the next best two.
+  r = ferry({"plan", "-m", cfg, "--profile", "colab-t4", "--max-vram", "6GiB", "--explain"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("bound by host → device"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("next 2:"), std::string::npos) << r.out;
+
+  r = ferry({"plan", "-m", cfg, "--profile", "colab-t4", "--max-vram", "1GiB"});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("needs at least"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("GiB of VRAM"), std::string::npos) << r.err;
+
+  r = ferry({"plan", "-m", cfg, "--profile", "colab-cpu", "--max-ram", "1GiB", "--ctx", "2048"});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("raise --max-ram to at least"), std::string::npos) << r.err;
+}
+
+// A plan saved by `ferry plan -o` drives `ferry run --plan`, which refuses one that does not fit.
+TEST(CliPlan, RunReplaysASavedPlan) {
+  const std::string tiny = (test::data_dir() / "gptj/tiny-f32").string();
+  test::TempDir tmp;
+  const std::string plan_file = (tmp / "plan.json").string();
+  Result r = ferry({"plan", "-m", tiny, "--max-ram", "1GiB", "--ctx", "16", "--no-measure", "-o",
+                    plan_file});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("predicted"), std::string::npos) << r.out;
+  r = ferry({"run", "-m", tiny, "--ids", "1 2 3", "-n", "4", "--plan", plan_file});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("ferry: plan: "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("measured"), std::string::npos) << r.err;
+
+  r = ferry({"run", "-m", tiny, "--ids", "1 2 3", "-n", "4", "--plan", plan_file, "--max-ram",
+             "4MiB"});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("the plan needs"), std::string::npos) << r.err;
+
+  r = ferry({"run", "-m", tiny, "--ids", "1 2 3", "-n", "40", "--plan", plan_file});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("--ctx 16"), std::string::npos) << r.err;
+
+  test::write_file(tmp / "bad.json", "{\"ferry_plan\": 1}");
+  r = ferry({"run", "-m", tiny, "--ids", "1 2", "--plan", (tmp / "bad.json").string()});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("bad.json"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("\"model\""), std::string::npos) << r.err;
+
+  r = ferry({"plan", "-m", tiny, "--profile", "no-such-machine"});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("colab-t4"), std::string::npos) << r.err;
+}
+
 }  // namespace
 }  // namespace ferry

@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <nlohmann/json.hpp>
 
 #include "runtime/core/error.hpp"
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/generate.hpp"
+#include "runtime/engine/kv_cache.hpp"
 #include "runtime/engine/loaded_model.hpp"
 #include "tests/support/test_support.hpp"
 
@@ -103,30 +105,55 @@ INSTANTIATE_TEST_SUITE_P(
                       StreamCase{"tiny-f16-bin-sharded", offload::IoBackendKind::buffered, 2, 2},
                       StreamCase{"tiny-f16-bin-sharded", offload::IoBackendKind::uring, 0, 4}));
 
-// A budget picks the placement: the plan keeps what fits and streams the rest.
+// A machine with known figures, so these tests never measure the disk or the CPU.
+planner::Machine test_machine() {
+  planner::Machine m;
+  m.name = "test";
+  m.ram_bytes = {64.0 * (1 << 30), "test"};
+  m.memlock_bytes = {1e18, "test"};
+  m.disk_bytes_per_s = {1e9, "test"};
+  m.cpu_compute_bytes_per_s = {1e10, "test"};
+  return m;
+}
+
+// A budget picks the placement: the plan keeps what fits and streams the rest, and the
+// streamer holds exactly what the plan says.
 TEST(Parity, BudgetedLoadStreamsWhatDoesNotFit) {
   const fs::path dir = test::data_dir() / "gptj/tiny-f16-bin-sharded";
   LoadOptions o;
   o.context = 64;
+  o.machine = test_machine();
   const auto config = model::ModelConfig::from_model_dir(dir);
-  const uint64_t fixed = fixed_host_bytes(config, 1, 64, 64, 64);
+  const uint64_t fixed =
+      fixed_host_bytes(config, 64, 64) + KvCache::bytes_needed(config, 1, o.context);
   const auto ck = offload::Checkpoint::open(dir);
   const auto units = offload::LayerStreamer::unit_bytes(
       ck, gptj_units(config, Placement::all(config, offload::Tier::disk)));
   const uint64_t largest = *std::max_element(units.begin(), units.end());
-  o.max_ram_bytes = fixed + 3 * largest + 100;  // 3 slots, nothing resident
-  LoadedModel m = load_model(dir, o);
-  EXPECT_EQ(m.plan.slot_count, 3u);
-  EXPECT_EQ(m.weights->streamer().tier(0), offload::Tier::disk);
-  EXPECT_EQ(m.plan.resident_units(), 0u);
-  EXPECT_LE(m.plan.peak_bytes, *o.max_ram_bytes);
-  check_against_reference(dir, expected_for("tiny-f16-bin-sharded"), o);
+  const uint64_t total = std::accumulate(units.begin(), units.end(), uint64_t{0});
+  const uint64_t margin = 16u << 20;  // what the planner keeps free below an explicit --max-ram
+  for (const uint64_t budget : {fixed + margin + 2 * largest + 100, fixed + margin + 2 * largest + total / 4}) {
+    o.max_ram_bytes = budget;
+    LoadedModel m = load_model(dir, o);
+    ASSERT_TRUE(m.plan);
+    const auto& c = m.plan->chosen;
+    EXPECT_LE(c.predicted.peak_ram_bytes, budget);
+    EXPECT_GT(c.count(planner::Tier::disk), 0u);
+    const auto& s = m.weights->streamer();
+    EXPECT_EQ(s.slot_count(), c.host_slots);
+    EXPECT_EQ(s.resident_bytes(), c.bytes(m.plan->request, planner::Tier::host));
+    EXPECT_EQ(s.staging_bytes(), c.host_slots * c.predicted.host_slot_bytes);
+    for (std::size_t i = 0; i < c.tiers.size(); ++i)
+      EXPECT_EQ(s.tier(i) == offload::Tier::disk, c.tiers[i] == planner::Tier::disk) << i;
+    check_against_reference(dir, expected_for("tiny-f16-bin-sharded"), o);
+  }
 
-  o.max_ram_bytes = fixed + 2 * largest + 100;  // two slots: still runs
-  EXPECT_EQ(load_model(dir, o).plan.slot_count, 2u);
-  check_against_reference(dir, expected_for("tiny-f16-bin-sharded"), o);
+  o.max_ram_bytes = fixed + margin + 3 * largest + 100;
+  o.slot_count = 3;  // a tuned policy's slot count is kept
+  EXPECT_EQ(load_model(dir, o).weights->streamer().slot_count(), 3u);
+  o.slot_count.reset();
 
-  o.max_ram_bytes = fixed + 2 * largest - 1;  // not even two slots
+  o.max_ram_bytes = fixed + margin + 2 * largest - 1;  // not even two slots
   try {
     load_model(dir, o);
     ADD_FAILURE() << "an impossible budget was accepted";
@@ -134,6 +161,48 @@ TEST(Parity, BudgetedLoadStreamsWhatDoesNotFit) {
     EXPECT_NE(std::string(e.what()).find("--max-ram"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("at least"), std::string::npos) << e.what();
   }
+}
+
+// A saved plan replays exactly, and is refused where it does not apply.
+TEST(Parity, SavedPlanReplaysAndIsCheckedAgainstTheMachine) {
+  const fs::path dir = test::data_dir() / "gptj/tiny-f16-bin-sharded";
+  LoadOptions o;
+  o.context = 64;
+  o.machine = test_machine();
+  o.max_ram_bytes = 45u << 20;
+  const planner::Plan plan = *load_model(dir, o).plan;
+  const auto json_plan = planner::plan_from_json(planner::plan_to_json(plan));
+
+  LoadOptions r;
+  r.context = 64;
+  r.machine = test_machine();
+  r.plan = json_plan;
+  LoadedModel m = load_model(dir, r);
+  for (std::size_t i = 0; i < plan.chosen.tiers.size(); ++i)
+    EXPECT_EQ(m.weights->streamer().tier(i) == offload::Tier::disk,
+              plan.chosen.tiers[i] == planner::Tier::disk);
+  check_against_reference(dir, expected_for("tiny-f16-bin-sharded"), r);
+
+  auto refused = [&](LoadOptions bad, const fs::path& d, const std::string& needle) {
+    try {
+      load_model(d, std::move(bad));
+      ADD_FAILURE() << "replayed: " << needle;
+    } catch (const PlanError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  LoadOptions small = r;
+  small.max_ram_bytes = 8u << 20;
+  refused(small, dir, "the plan needs");
+  LoadOptions longer = r;
+  longer.context = 128;
+  refused(longer, dir, "--ctx 64");
+  refused(r, test::data_dir() / "gptj/tiny-f32", "another model");
+  planner::Plan gpu = json_plan;
+  gpu.request.backend = planner::Backend::cuda;
+  LoadOptions cuda = r;
+  cuda.plan = gpu;
+  refused(cuda, dir, "cuda backend");
 }
 
 // The same weights as a torch.save zip give identical logits, bit for bit.

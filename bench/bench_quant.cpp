@@ -1,0 +1,98 @@
+// Compressed-weight benchmarks: the dequantizing matrix–vector product (decode, m = 1) on q8 and
+// q4 weights beside f16 — judged, like bench_kernels, in weight bytes per second against the
+// memory read loop there (a packed weight is fewer bytes, so the same GB/s is more weights/s) —
+// and the XXH64 checksum ferry runs over every streamed layer of a pack, judged against the disk
+// (a layer that checks faster than it reads costs little; `ferry bench-io` gives the disk rate).
+//
+//   bench_quant --benchmark_counters_tabular=true
+//
+// Shapes are GPT-J-6B's fc_in ([16384, 4096]) and a 4096 × 4096 projection.
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/ops.hpp"
+#include "kernels/cpu/quant.hpp"
+#include "offload/detail/xxhash64.hpp"
+#include "runtime/core/aligned_buffer.hpp"
+#include "runtime/core/half.hpp"
+#include "runtime/core/quant.hpp"
+#include "runtime/core/thread_pool.hpp"
+
+namespace {
+
+using ferry::DType;
+
+// A [n, k] matrix of dtype with weights ~U(-0.05, 0.05), packed as convert would.
+ferry::AlignedBuffer make_matrix(DType dt, int64_t n, int64_t k) {
+  const uint64_t row_bytes = ferry::packed_row_bytes(dt, k);
+  ferry::AlignedBuffer buf(static_cast<std::size_t>(n) * row_bytes, 4096);
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> dist(-0.05f, 0.05f);
+  std::vector<float> row(static_cast<std::size_t>(k));
+  for (int64_t o = 0; o < n; ++o) {
+    for (auto& v : row) v = dist(rng);
+    auto* dst = buf.as<unsigned char>() + static_cast<uint64_t>(o) * row_bytes;
+    if (dt == DType::f16) {
+      auto* h = reinterpret_cast<uint16_t*>(dst);
+      for (int64_t j = 0; j < k; ++j) h[j] = ferry::f32_to_f16(row[static_cast<std::size_t>(j)]);
+    } else {
+      ferry::kernels::cpu::quantize_row(row.data(), k, dt, dst, "bench");
+    }
+  }
+  return buf;
+}
+
+void BM_Matvec(benchmark::State& state, DType dt, int64_t n, int64_t k) {
+  const ferry::AlignedBuffer w = make_matrix(dt, n, k);
+  std::vector<float> x(static_cast<std::size_t>(k), 0.25f);
+  std::vector<float> y(static_cast<std::size_t>(n));
+  ferry::ThreadPool& pool = ferry::default_thread_pool();
+  for (auto _ : state) {
+    ferry::kernels::cpu::linear(x.data(), 1, k, w.data(), dt, n, nullptr, y.data(), pool);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *
+                          static_cast<int64_t>(w.size()));
+  state.counters["weights_per_s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * static_cast<double>(n * k),
+                         benchmark::Counter::kIsRate);
+}
+
+void BM_Xxh64(benchmark::State& state) {
+  const auto nbytes = static_cast<std::size_t>(state.range(0));
+  ferry::AlignedBuffer buf(nbytes, 4096);
+  for (std::size_t i = 0; i < nbytes; ++i)
+    buf.as<unsigned char>()[i] = static_cast<unsigned char>(i * 7);
+  for (auto _ : state) benchmark::DoNotOptimize(ferry::offload::detail::xxh64(buf.data(), nbytes));
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(nbytes));
+}
+
+BENCHMARK_CAPTURE(BM_Matvec, f16_fc_in, DType::f16, 16384, 4096)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q8_fc_in, DType::q8, 16384, 4096)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q4g64_fc_in, DType::q4_g64, 16384, 4096)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q4g128_fc_in, DType::q4_g128, 16384, 4096)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, f16_4096, DType::f16, 4096, 4096)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q8_4096, DType::q8, 4096, 4096)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q4g64_4096, DType::q4_g64, 4096, 4096)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_Xxh64)->Arg(256 << 10)->Arg(64 << 20)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# How well the planner predicts: three make-model sizes × two RAM budgets on the CPU backend.
+# Each run is `ferry run --max-ram B` inside a memory cgroup capped at B (v1 or v2; needs root),
+# and ferry prints its plan's prediction next to what it measured (decode s/token; peak RSS as
+# the kernel's VmHWM). The table compares them; the targets are peak RSS within 10% and s/token
+# within 25%. The machine figures the planner uses (disk and CPU mat-vec rates) are measured
+# once at the start (`ferry plan --reprobe`) and cached.
+#
+#   bench/plan_accuracy.sh            # env: FERRY, WORK (models, default /tmp/ferry-plan-accuracy),
+#                                     #      N_TOKENS (decode steps, default 8), KEEP=1 keeps models
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FERRY=${FERRY:-build/tools/ferry}
+WORK=${WORK:-/tmp/ferry-plan-accuracy}
+N_TOKENS=${N_TOKENS:-8}
+[ -x "$FERRY" ] || { echo "plan_accuracy: build ferry first (scripts/setup.sh)" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "plan_accuracy: needs root for memory cgroups" >&2; exit 1; }
+mkdir -p "$WORK"
+
+# name: make-model flags (f16, GPT-2 vocabulary)
+declare -A MODELS=(
+  [small]="--n-layer 8 --n-embd 1024 --n-inner 4096 --n-head 8 --rotary-dim 64"
+  [medium]="--n-layer 12 --n-embd 2048 --n-inner 8192 --n-head 16 --rotary-dim 64"
+  [large]="--n-layer 6 --n-embd 4096 --n-inner 16384 --n-head 16 --rotary-dim 64"
+)
+for name in small medium large; do
+  if [ ! -f "$WORK/$name/config.json" ]; then
+    # shellcheck disable=SC2086
+    "$FERRY" make-model --preset gptj-6b ${MODELS[$name]} --dtype f16 --seed 7 -o "$WORK/$name" >&2
+  fi
+done
+"$FERRY" plan -m "$WORK/large" --reprobe --max-ram 64GiB | grep -E "disk|CPU" >&2
+
+FERRY="$FERRY" WORK="$WORK" N_TOKENS="$N_TOKENS" python3 - <<'PY'
+import json, os, re, subprocess, sys, time
+
+ferry, work, n = os.environ["FERRY"], os.environ["WORK"], int(os.environ["N_TOKENS"])
+prompt = "464 2068 7586 21831 18045 625 262 16931"
+n_prompt = len(prompt.split())
+
+def cgroup_root():
+    if os.path.isdir("/sys/fs/cgroup/memory"):
+        return 1, "/sys/fs/cgroup/memory"
+    return 2, "/sys/fs/cgroup"
+
+def run_capped(cap, args):
+    v, root = cgroup_root()
+    cg = f"{root}/ferry-plan-acc-{os.getpid()}"
+    os.mkdir(cg)
+    try:
+        if v == 1:
+            open(f"{cg}/memory.limit_in_bytes", "w").write(str(cap))
+        else:
+            open(f"{cg}/memory.max", "w").write(str(cap))
+        def enter():
+            open(f"{cg}/cgroup.procs", "w").write(str(os.getpid()))
+        p = subprocess.run(args, preexec_fn=enter, capture_output=True, text=True)
+        peak_file = "memory.max_usage_in_bytes" if v == 1 else "memory.peak"
+        try:
+            peak = int(open(f"{cg}/{peak_file}").read())
+        except OSError:
+            peak = 0
+        return p, peak
+    finally:
+        os.rmdir(cg)
+
+UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+def size(s):
+    num, unit = s.split()
+    return float(num) * UNITS[unit]
+
+rows = []
+for name in ["small", "medium", "large"]:
+    model = f"{work}/{name}"
+    ctx = n_prompt + n
+    plan = json.loads(subprocess.run([ferry, "plan", "-m", model, "--json", "--max-ram", "64GiB",
+                                      "--ctx", str(ctx), "--no-measure"],
+                                     check=True, capture_output=True, text=True).stdout)
+    weights = sum(l["bytes"] for l in plan["layers"])
+    other = plan["peak_ram_bytes"] - weights
+    # Between the least that streams (two slots of the largest unit) and everything resident.
+    lo = other + 2 * max(l["bytes"] for l in plan["layers"])
+    for frac in (0.6, 0.2):
+        budget = int(lo + frac * (other + weights - lo)) + (16 << 20)
+        args = [ferry, "run", "-m", model, "--ids", prompt, "-n", str(n), "--ignore-eos",
+                "--max-ram", str(budget)]
+        p, cg_peak = run_capped(budget, args)
+        if p.returncode != 0:
+            print(f"{name} budget {budget}: exit {p.returncode}\n{p.stderr}", file=sys.stderr)
+            continue
+        m = re.search(r"predicted ([\d.]+) s/token, peak RAM ([\d.]+ \w+); measured ([\d.]+) "
+                      r"s/token, peak RSS ([\d.]+ \w+)", p.stderr)
+        plan_line = re.search(r"^ferry: plan: (.*)$", p.stderr, re.M).group(1)
+        ps, pr, ms, mr = float(m.group(1)), size(m.group(2)), float(m.group(3)), size(m.group(4))
+        rows.append(dict(model=name, weights=weights, budget=budget, pred_rss=pr, rss=mr,
+                         cg_peak=cg_peak, pred_s=ps, s=ms, plan=plan_line))
+
+gib = 2**30
+print(f"{'model':<7} {'weights':>8} {'budget':>8} {'pred RSS':>9} {'VmHWM':>8} {'err':>6} "
+      f"{'cg peak':>8} {'pred s/t':>9} {'s/t':>7} {'err':>6}")
+ok = True
+for r in rows:
+    e_rss = (r["pred_rss"] - r["rss"]) / r["rss"]
+    e_s = (r["pred_s"] - r["s"]) / r["s"]
+    ok &= abs(e_rss) <= 0.10 and abs(e_s) <= 0.25
+    print(f"{r['model']:<7} {r['weights']/gib:>7.2f}G {r['budget']/gib:>7.2f}G "
+          f"{r['pred_rss']/gib:>8.3f}G {r['rss']/gib:>7.3f}G {e_rss:>+6.1%} "
+          f"{r['cg_peak']/gib:>7.3f}G {r['pred_s']:>9.3f} {r['s']:>7.3f} {e_s:>+6.1%}")
+for r in rows:
+    print(f"  {r['model']} @ {r['budget']/gib:.2f} GiB: {r['plan']}")
+print("all within target (RSS ±10%, s/token ±25%)" if ok and len(rows) == 6 else
+      "NOT all within target")
+PY
+[ "${KEEP:-1}" = 1 ] || rm -rf "$WORK"

@@ -1,0 +1,204 @@
+#include "runtime/engine/convert.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "kernels/cpu/ops.hpp"
+#include "kernels/cpu/quant.hpp"
+#include "offload/checkpoint.hpp"
+#include "offload/pack_writer.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/core/half.hpp"
+#include "runtime/core/quant.hpp"
+#include "runtime/core/thread_pool.hpp"
+#include "runtime/engine/weights.hpp"
+#include "runtime/model/gptj_layout.hpp"
+
+namespace ferry::engine {
+
+namespace fs = std::filesystem;
+using model::WeightRole;
+
+namespace {
+
+// Files of a Hugging Face model directory that travel with the weights.
+constexpr const char* kSideFiles[] = {"vocab.json",
+                                      "merges.txt",
+                                      "tokenizer.json",
+                                      "tokenizer_config.json",
+                                      "special_tokens_map.json",
+                                      "added_tokens.json",
+                                      "generation_config.json"};
+
+// Source rows are read this many bytes at a time.
+constexpr uint64_t kReadChunkBytes = 16ull << 20;
+
+bool is_block_matrix(WeightRole r) {
+  return r == WeightRole::q_proj || r == WeightRole::k_proj || r == WeightRole::v_proj ||
+         r == WeightRole::out_proj || r == WeightRole::fc_in_w || r == WeightRole::fc_out_w;
+}
+
+// The same order as gptj_units', so a layer's blob is one contiguous read.
+constexpr WeightRole kBlockMatrices[] = {WeightRole::q_proj,  WeightRole::k_proj,
+                                         WeightRole::v_proj,  WeightRole::out_proj,
+                                         WeightRole::fc_in_w, WeightRole::fc_out_w};
+
+const model::WeightSpec& spec_of(const model::WeightGroup& g, WeightRole role) {
+  for (const auto& w : g.weights)
+    if (w.role == role) return w;
+  throw Error("internal: weight role not in group");
+}
+
+// One f32 value stored as dtype (f32, f16 or bf16); a finite value that would become infinite
+// is refused, since the model would silently change.
+void store_float(float v, DType dtype, std::byte* out, const std::string& name) {
+  if (dtype == DType::f32) {
+    std::memcpy(out, &v, 4);
+    return;
+  }
+  const uint16_t h = dtype == DType::f16 ? f32_to_f16(v) : f32_to_bf16(v);
+  const float back = dtype == DType::f16 ? f16_to_f32(h) : bf16_to_f32(h);
+  FERRY_EXPECT(std::isfinite(back) || !std::isfinite(v),
+               "tensor '{}' holds {}, beyond {}'s range; convert with --quant f32 or bf16", name, v,
+               dtype_name(dtype));
+  std::memcpy(out, &h, 2);
+}
+
+// Fills dst with tensor t of the source converted to dtype, reading a few MiB of rows at a time.
+void convert_tensor(const offload::Checkpoint& ck, const offload::TensorEntry& t, DType dtype,
+                    std::span<std::byte> dst, ThreadPool& pool) {
+  const int64_t cols = t.shape.rank >= 1 ? t.shape[t.shape.rank - 1] : 1;
+  const int64_t rows = cols > 0 ? t.shape.numel() / cols : 0;
+  const uint64_t src_row = packed_row_bytes(t.dtype, cols);
+  const uint64_t dst_row = packed_row_bytes(dtype, cols);
+  FERRY_EXPECT(static_cast<uint64_t>(rows) * dst_row == dst.size(),
+               "internal: tensor '{}' converts to {} bytes, not {}", t.name,
+               static_cast<uint64_t>(rows) * dst_row, dst.size());
+  const int64_t rows_per_read =
+      std::max<int64_t>(1, static_cast<int64_t>(kReadChunkBytes / std::max<uint64_t>(src_row, 1)));
+  std::vector<std::byte> src(static_cast<std::size_t>(rows_per_read) * src_row);
+  std::vector<float> wide(static_cast<std::size_t>(rows_per_read * cols));
+  const std::string what = fmt::format("tensor '{}'", t.name);
+  for (int64_t r0 = 0; r0 < rows; r0 += rows_per_read) {
+    const int64_t nr = std::min(rows_per_read, rows - r0);
+    ck.read_range(t, static_cast<uint64_t>(r0) * src_row, static_cast<uint64_t>(nr) * src_row,
+                  src.data());
+    pool.parallel_for(nr, 1, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        float* row = wide.data() + r * cols;
+        kernels::cpu::convert_to_f32(src.data() + static_cast<uint64_t>(r) * src_row, t.dtype, cols,
+                                     row);
+        std::byte* out = dst.data() + static_cast<uint64_t>(r0 + r) * dst_row;
+        if (is_quantized(dtype)) {
+          kernels::cpu::quantize_row(row, cols, dtype, out, what.c_str());
+        } else {
+          for (int64_t j = 0; j < cols; ++j)
+            store_float(row[j], dtype, out + static_cast<uint64_t>(j) * dtype_size(dtype), t.name);
+        }
+      }
+    });
+  }
+}
+
+}  // namespace
+
+ConvertResult convert_model(const fs::path& in, const fs::path& out,
+                            const ConvertOptions& options) {
+  FERRY_EXPECT(fs::is_directory(in),
+               "{} is not a model directory; give -m a Hugging Face model directory "
+               "(config.json + weights) or a ferry pack directory",
+               in.string());
+  std::error_code ec;
+  FERRY_EXPECT(!fs::exists(out, ec) || fs::is_directory(out, ec),
+               "{} exists and is not a directory; -o names the pack directory to write",
+               out.string());
+  FERRY_EXPECT(!fs::exists(out, ec) || !fs::equivalent(in, out, ec),
+               "-o {} is the input directory; write the pack to a new directory", out.string());
+  const model::ModelConfig config = model::ModelConfig::from_model_dir(in);
+  const auto ck = offload::Checkpoint::open(in);
+  check_checkpoint(config, ck);
+
+  const DType matrices = options.format.dtype;
+  const DType wte_src = ck.at(model::embedding_group(config).weights[0].name).dtype;
+  // What stays unquantized keeps 16 bits (f16, or bf16 if the source is bf16); a float format
+  // applies to everything.
+  const DType sixteen = !is_quantized(matrices)  ? matrices
+                        : wte_src == DType::bf16 ? DType::bf16
+                                                 : DType::f16;
+  const DType embeddings = options.quant_embeddings ? matrices : sixteen;
+  const DType lm_head = options.quant_lm_head ? matrices : sixteen;
+
+  std::vector<offload::PackBlobSpec> blobs;
+  std::vector<std::vector<const offload::TensorEntry*>> sources;
+  const auto add_blob = [&](std::string name) {
+    blobs.push_back({std::move(name), {}});
+    sources.emplace_back();
+  };
+  const auto add = [&](const model::WeightSpec& w, DType dtype) {
+    const offload::TensorEntry& t = ck.at(w.name);
+    // Norms and biases keep their source dtype: a few MiB, and exact.
+    const DType d = w.is_matrix() ? dtype : t.dtype;
+    blobs.back().tensors.push_back({w.name, d, w.shape});
+    sources.back().push_back(&t);
+  };
+  add_blob("vectors");
+  for (const auto& g : model::all_groups(config))
+    for (const auto& w : g.weights)
+      if (!w.is_matrix()) add(w, matrices);
+  add_blob("embedding");
+  add(model::embedding_group(config).weights[0], embeddings);
+  for (int l = 0; l < config.n_layer; ++l) {
+    add_blob(fmt::format("layer {}", l));
+    const model::WeightGroup g = model::block_group(config, l);
+    for (WeightRole r : kBlockMatrices) add(spec_of(g, r), matrices);
+  }
+  add_blob("lm_head");
+  add(spec_of(model::head_group(config), WeightRole::lm_head_w), lm_head);
+  for (const auto& g : model::all_groups(config))
+    for (const auto& w : g.weights)
+      FERRY_EXPECT(!w.is_matrix() || w.role == WeightRole::wte || w.role == WeightRole::lm_head_w ||
+                       is_block_matrix(w.role),
+                   "internal: matrix '{}' has no blob", w.name);
+
+  fs::create_directories(out);
+  nlohmann::json tokenizer = nlohmann::json::object();
+  for (const char* name : kSideFiles) {
+    if (!fs::is_regular_file(in / name, ec)) continue;
+    fs::copy_file(in / name, out / name, fs::copy_options::overwrite_existing);
+    tokenizer[name] = {{"bytes", fs::file_size(in / name)}};
+  }
+  fs::copy_file(in / "config.json", out / "config.json", fs::copy_options::overwrite_existing);
+
+  const int64_t group = quant_group_size(matrices);
+  nlohmann::json meta = {
+      {"model", config.to_json()},
+      {"tokenizer", {{"files", tokenizer}, {"note", "the files beside model.ferry"}}},
+      {"quantization",
+       {{"format", options.format.name()},
+        {"matrices", dtype_name(matrices)},
+        {"group_size", group > 0 ? nlohmann::json(group) : nlohmann::json(nullptr)},
+        {"embeddings", dtype_name(embeddings)},
+        {"lm_head", dtype_name(lm_head)}}},
+      {"source", {{"format", offload::format_name(ck.format())}, {"bytes", ck.total_bytes()}}}};
+
+  ThreadPool& pool = default_thread_pool();
+  offload::PackWriteOptions wo;
+  wo.metadata = std::move(meta);
+  wo.progress = options.progress;
+  ConvertResult result;
+  result.pack_file = out / "model.ferry";
+  result.source_bytes = ck.total_bytes();
+  result.pack_bytes = offload::write_pack(
+      result.pack_file, blobs,
+      [&](std::size_t b, std::size_t t, std::span<std::byte> dst) {
+        convert_tensor(ck, *sources[b][t], blobs[b].tensors[t].dtype, dst, pool);
+      },
+      wo);
+  return result;
+}
+
+}  // namespace ferry::engine

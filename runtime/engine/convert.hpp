@@ -1,0 +1,35 @@
+// convert_model: rewrites a GPT-J checkpoint (any layout ferry reads: safetensors, sharded,
+// torch zip; f32, f16 or bf16; or another ferry pack) as a ferry pack directory — config.json,
+// the tokenizer files, and model.ferry with one 4 KiB-aligned, checksummed blob per layer —
+// with the matrices in f16, int8 or int4. It streams a tensor at a time (memory: one blob plus
+// a few MiB), and the same input and options always give the same bytes.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+
+#include "offload/checkpoint_writer.hpp"
+#include "runtime/model/weight_format.hpp"
+
+namespace ferry::engine {
+
+struct ConvertOptions {
+  model::WeightFormat format;     // the blocks' six matrices (f32, f16, bf16, int8, int4)
+  bool quant_embeddings = false;  // wte in `format` too; otherwise 16-bit
+  bool quant_lm_head = false;     // lm_head in `format` too; otherwise 16-bit
+  offload::WriteProgress progress;
+};
+
+struct ConvertResult {
+  std::filesystem::path pack_file;  // <out>/model.ferry
+  uint64_t pack_bytes = 0;
+  uint64_t source_bytes = 0;  // the input checkpoint's tensor bytes
+};
+
+// The blob names, in file order: "vectors" (every norm and bias), "embedding", "layer 0" …
+// "layer N-1", "lm_head". Each layer blob holds q, k, v, out, fc_in, fc_out in gptj_units' order,
+// so a streamed layer is exactly one read of its blob.
+ConvertResult convert_model(const std::filesystem::path& in, const std::filesystem::path& out,
+                            const ConvertOptions& options);
+
+}  // namespace ferry::engine

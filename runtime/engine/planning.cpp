@@ -1,0 +1,295 @@
+#include "runtime/engine/planning.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+#include "kernels/cpu/ops.hpp"
+#include "offload/bench_io.hpp"
+#include "offload/layer_streamer.hpp"
+#include "planner/memory_probe.hpp"
+#include "planner/probe_cache.hpp"
+#include "runtime/core/aligned_buffer.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/core/quant.hpp"
+#include "runtime/core/thread_pool.hpp"
+#include "runtime/core/units.hpp"
+#include "runtime/engine/engine.hpp"
+#include "runtime/engine/kv_cache.hpp"
+#include "runtime/model/gptj_layout.hpp"
+
+namespace ferry::engine {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// Code, libraries, the tokenizer's tables, thread stacks and allocator slack: `ferry run` on a
+// tiny model peaks at 17–20 MiB of RSS with the GPT-2 tokenizer loaded.
+constexpr uint64_t kRuntimeBytes = 24ull << 20;
+// cuBLAS workspace and small device buffers of the CUDA backend.
+constexpr uint64_t kDeviceWorkspaceBytes = 32ull << 20;
+constexpr uint64_t kAlign = 4096;
+
+// Rates assumed when nothing can be measured; the source says so and names the flag.
+constexpr double kDefaultDiskBytesPerS = 5e8;
+constexpr double kDefaultCpuBytesPerS = 1e10;
+
+uint64_t align_up(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+uint64_t vector_floats(const model::ModelConfig& c) {
+  const auto e = static_cast<uint64_t>(c.n_embd);
+  return static_cast<uint64_t>(c.n_layer) * (3 * e + static_cast<uint64_t>(c.n_inner)) + 2 * e +
+         static_cast<uint64_t>(c.vocab_size);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// The weights' bytes per second through the CPU's matrix–vector product: a matrix four times
+// a large L3 cache (so it streams from DRAM, as layers do), the median of a few runs.
+double measure_cpu_matvec(DType dtype) {
+  constexpr int64_t k = 4096;
+  // packed_row_bytes: also right for packed (q8 / q4) matrices, whose dtype_size is 0.
+  const int64_t n = static_cast<int64_t>((128ull << 20) / packed_row_bytes(dtype, k));
+  AlignedBuffer w(static_cast<std::size_t>(n) * packed_row_bytes(dtype, k), 4096);
+  std::fill_n(static_cast<std::byte*>(w.data()), w.size(), std::byte{0});
+  std::vector<float> x(static_cast<std::size_t>(k), 0.5f);
+  std::vector<float> y(static_cast<std::size_t>(n));
+  std::vector<double> times;
+  for (int i = 0; i < 6; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    kernels::cpu::linear(x.data(), 1, k, w.data(), dtype, n, nullptr, y.data(),
+                         default_thread_pool());
+    if (i > 0) times.push_back(seconds_since(t0));  // the first run faults the pages in
+  }
+  std::nth_element(times.begin(), times.begin() + 2, times.end());
+  return static_cast<double>(w.size()) / times[2];
+}
+
+planner::Figure disk_figure(const offload::Checkpoint* checkpoint, const ProbeOptions& o) {
+  if (!checkpoint)
+    return {kDefaultDiskBytesPerS, "default: no weights to measure; give --disk-bw"};
+  const auto& files = checkpoint->files();
+  const auto biggest = std::max_element(files.begin(), files.end(), [](const auto& a, const auto& b) {
+    return a.size_bytes < b.size_bytes;
+  });
+  planner::ProbeCache cache;
+  const std::string key = planner::disk_cache_key(biggest->path);
+  if (!o.reprobe)
+    if (const auto c = cache.get(key))
+      return {c->value, fmt::format("cache {} ({}, {})", c->measured_at.substr(0, 10), key, c->how)};
+  if (!o.measure || biggest->size_bytes < (8ull << 20))
+    return {kDefaultDiskBytesPerS,
+            fmt::format("default: {} is too small to measure; give --disk-bw",
+                        biggest->path.filename().string())};
+  offload::BenchIoOptions bo;
+  bo.engines = {offload::IoBackendKind::uring, offload::IoBackendKind::pread};
+  constexpr uint64_t kMiB = 1ull << 20;
+  bo.max_bytes = std::min<uint64_t>(biggest->size_bytes, 256 * kMiB) / kMiB * kMiB;
+  bo.batch_bytes = std::min<uint64_t>(bo.max_bytes, 64 * kMiB);
+  try {
+    // Streaming reads the same ranges again every token, so the figure is a second pass over
+    // the range, after a cold first one (on virtual disks the host's cache makes them differ).
+    offload::bench_io(biggest->path, bo);
+    bo.evict_page_cache = false;  // O_DIRECT: the second pass still comes from the device
+    for (const auto& r : offload::bench_io(biggest->path, bo)) {
+      if (!r.error.empty() || r.bytes_per_s <= 0) continue;
+      const std::string how =
+          fmt::format("{} re-read of {} of {}", offload::to_string(r.engine),
+                      format_bytes(r.nbytes), biggest->path.filename().string());
+      cache.put(key, r.bytes_per_s, how);
+      return {r.bytes_per_s, "measured now: " + how};
+    }
+  } catch (const Error& e) {
+    return {kDefaultDiskBytesPerS, fmt::format("default: measuring failed ({}); give --disk-bw",
+                                               e.what())};
+  }
+  return {kDefaultDiskBytesPerS, "default: no I/O engine could read the checkpoint; give --disk-bw"};
+}
+
+planner::Figure cpu_figure(DType dtype, const ProbeOptions& o) {
+  planner::ProbeCache cache;
+  const std::string key = fmt::format("cpu {} {} {} threads", kernels::cpu::simd_level(),
+                                      dtype_name(dtype), default_thread_pool().size());
+  if (!o.reprobe)
+    if (const auto c = cache.get(key))
+      return {c->value, fmt::format("cache {} ({})", c->measured_at.substr(0, 10), key)};
+  if (!o.measure) return {kDefaultCpuBytesPerS, "default: not measured; give --cpu-bw"};
+  const double rate = measure_cpu_matvec(dtype);
+  cache.put(key, rate, "128 MiB matrix–vector product");
+  return {rate, fmt::format("measured now: {} 128 MiB mat-vec", key)};
+}
+
+}  // namespace
+
+uint64_t fixed_host_bytes(const model::ModelConfig& config, int64_t max_batch_rows,
+                          int64_t max_logit_rows) {
+  return Engine::activation_bytes(config, max_batch_rows, max_logit_rows) +
+         vector_floats(config) * sizeof(float) + kRuntimeBytes;
+}
+
+DType weight_dtype(const model::ModelConfig& config, const offload::Checkpoint* checkpoint) {
+  if (checkpoint)
+    if (const auto* t = checkpoint->find(model::block_group(config, 0).weights[3].name))
+      return t->dtype;
+  return config.torch_dtype;
+}
+
+planner::PlanRequest plan_request(const model::ModelConfig& config,
+                                  const offload::Checkpoint* checkpoint,
+                                  const planner::Machine& machine, const PlanOptions& o,
+                                  std::string model_name) {
+  const int64_t context = o.context > 0 ? o.context : config.n_positions;
+  FERRY_EXPECT(context <= config.n_positions,
+               "--ctx {} is longer than the model's context of {} tokens (n_positions); use "
+               "--ctx {} or less",
+               context, config.n_positions, config.n_positions);
+  const int64_t rows = o.max_batch_rows > 0 ? o.max_batch_rows : context;
+  const int64_t logit_rows = o.max_logit_rows > 0 ? o.max_logit_rows : rows;
+  const bool cuda = o.backend == planner::Backend::cuda;
+  const uint64_t kv_elt = cuda ? 2 : sizeof(float);  // fp16 KV on the GPU, f32 on the CPU
+
+  planner::PlanRequest r;
+  r.model = std::move(model_name);
+  r.backend = o.backend;
+  r.machine = machine;
+  r.context = context;
+  r.batch = o.max_seqs;
+  r.io_queue_depth = o.io_queue_depth;
+  r.forced_host_slots = o.forced_host_slots;
+  const uint64_t kv_f32 = KvCache::bytes_needed(config, o.max_seqs, context);
+  r.kv_bytes = kv_f32 / sizeof(float) * kv_elt;
+  r.kv_bytes_per_context_token = r.kv_bytes / static_cast<uint64_t>(context);
+  const auto attended =
+      static_cast<uint64_t>(o.attended_tokens > 0 ? std::min(o.attended_tokens, context)
+                                                  : std::max<int64_t>(1, context / 2));
+  const uint64_t kv_read = attended * 2 * static_cast<uint64_t>(config.n_embd) * kv_elt *
+                           static_cast<uint64_t>(o.max_seqs);
+
+  std::vector<uint64_t> bytes;
+  if (checkpoint) {
+    bytes = offload::LayerStreamer::unit_bytes(
+        *checkpoint, gptj_units(config, Placement::all(config, offload::Tier::disk)));
+  } else {
+    const DType dt = config.torch_dtype;
+    for (int l = 0; l < config.n_layer; ++l) {
+      uint64_t b = 0;
+      for (const auto& w : model::block_group(config, l).weights)
+        if (w.is_matrix()) b += align_up(static_cast<uint64_t>(w.shape.numel()) * dtype_size(dt));
+      bytes.push_back(b);
+    }
+    for (const auto& w : model::head_group(config).weights)
+      if (w.is_matrix())
+        bytes.push_back(align_up(static_cast<uint64_t>(w.shape.numel()) * dtype_size(dt)));
+  }
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    const bool head = i + 1 == bytes.size();
+    r.units.push_back({head ? "head" : fmt::format("layer {}", i), bytes[i], head ? 0 : kv_read});
+  }
+
+  if (!cuda) {
+    r.host_fixed_bytes = fixed_host_bytes(config, rows, logit_rows);
+  } else {
+    const auto e = static_cast<uint64_t>(config.n_embd);
+    const auto lr = static_cast<uint64_t>(std::min(rows, logit_rows));
+    r.host_fixed_bytes = kRuntimeBytes + (static_cast<uint64_t>(rows) * e +
+                                          lr * static_cast<uint64_t>(config.vocab_size)) *
+                                             sizeof(float);
+    r.device_fixed_bytes = Engine::activation_bytes(config, rows, logit_rows) / 2 +
+                           vector_floats(config) * sizeof(float) + kDeviceWorkspaceBytes;
+  }
+  return r;
+}
+
+planner::Machine probe_machine(const offload::Checkpoint* checkpoint, DType dtype,
+                               const ProbeOptions& o, const Device* device) {
+  planner::Machine m;
+  m.name = "this machine";
+  const planner::RamProbe ram = planner::probe_ram();
+  m.ram_bytes = {static_cast<double>(ram.available_bytes()), "available memory: " + ram.describe()};
+  m.memlock_bytes = planner::probe_memlock();
+  m.disk_bytes_per_s = disk_figure(checkpoint, o);
+  m.cpu_compute_bytes_per_s = cpu_figure(dtype, o);
+  if (device)
+    if (const auto mem = device->memory_info()) {
+      planner::ProbeCache cache;
+      auto cached = [&](const std::string& key, double fallback, const char* flag) {
+        if (const auto c = cache.get(key))
+          return planner::Figure{c->value, fmt::format("cache {} ({})", c->measured_at.substr(0, 10), key)};
+        return planner::Figure{fallback, fmt::format("default: not measured; give {}", flag)};
+      };
+      planner::GpuSpec g;
+      g.name = device->name();
+      g.vram_bytes = {static_cast<double>(mem->free_bytes), "free device memory (" + g.name + ")"};
+      g.h2d_bytes_per_s = cached("h2d " + g.name, 12e9, "--h2d-bw");
+      g.compute_bytes_per_s = cached("gpu " + g.name, 2.4e11, "--gpu-bw");
+      g.context_bytes = kDeviceWorkspaceBytes;  // the context is already in use: not in "free"
+      g.host_context_bytes = 300ull << 20;
+      m.gpu = g;
+    }
+  return m;
+}
+
+Placement placement_from_plan(const planner::Plan& plan, const model::ModelConfig& config) {
+  if (plan.request.backend != planner::Backend::cpu)
+    throw PlanError(
+        "the plan places layers on a CUDA device, but this ferry computes on the CPU; make a "
+        "CPU plan with `ferry plan --device cpu`");
+  const auto& tiers = plan.chosen.tiers;
+  FERRY_EXPECT(tiers.size() == static_cast<std::size_t>(config.n_layer) + 1,
+               "the plan has {} units but the model has {} layers and a head", tiers.size(),
+               config.n_layer);
+  auto to_offload = [](planner::Tier t) {
+    return t == planner::Tier::disk ? offload::Tier::disk : offload::Tier::host;
+  };
+  Placement p;
+  for (int l = 0; l < config.n_layer; ++l)
+    p.blocks.push_back(to_offload(tiers[static_cast<std::size_t>(l)]));
+  p.head = to_offload(tiers.back());
+  p.slot_count = std::max<std::size_t>(2, plan.chosen.host_slots);
+  return p;
+}
+
+void check_replay(const planner::Plan& saved, const planner::PlanRequest& now) {
+  const planner::PlanRequest& was = saved.request;
+  if (was.backend != now.backend)
+    throw PlanError(fmt::format(
+        "the plan is for the {} backend but this run uses {}; make a plan for it with "
+        "`ferry plan --device {}`",
+        planner::backend_name(was.backend), planner::backend_name(now.backend),
+        planner::backend_name(now.backend)));
+  if (was.units.size() != now.units.size())
+    throw PlanError(fmt::format(
+        "the plan has {} weight units but {} has {}: it was made for another model; make the "
+        "plan again with `ferry plan -m {}`",
+        was.units.size(), now.model, now.units.size(), now.model));
+  for (std::size_t i = 0; i < now.units.size(); ++i)
+    if (was.units[i].bytes != now.units[i].bytes)
+      throw PlanError(fmt::format(
+          "the plan's {} is {} but {} here is {}: the plan was made for another checkpoint; "
+          "make the plan again with `ferry plan -m {}`",
+          was.units[i].name, format_bytes(was.units[i].bytes), now.units[i].name,
+          format_bytes(now.units[i].bytes), now.model));
+  if (was.context < now.context || was.batch < now.batch)
+    throw PlanError(fmt::format(
+        "the plan was made for --ctx {} × {} sequence(s) but this run needs {} × {}; make the "
+        "plan with a larger --ctx",
+        was.context, was.batch, now.context, now.batch));
+  // What the placement needs here and now, against what the machine has now.
+  planner::PlanRequest here = now;
+  planner::Choice c = saved.chosen;
+  c.predicted = planner::predict(here, c);
+  const uint64_t have = now.machine.ram_bytes.bytes();
+  if (c.predicted.peak_ram_bytes > have)
+    throw PlanError(fmt::format(
+        "the plan needs {} of RAM at its peak but {} allows {}; free memory, or make a plan "
+        "for this machine with `ferry plan -m {} -o plan.json`",
+        format_bytes(c.predicted.peak_ram_bytes), now.machine.ram_bytes.source,
+        format_bytes(have), now.model));
+}
+
+}  // namespace ferry::engine

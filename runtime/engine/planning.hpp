@@ -1,0 +1,68 @@
+// Planning a model on a machine: the bytes of every weight unit (from the checkpoint when there
+// is one, from config.json alone otherwise), the KV cache and activations the request needs,
+// and the machine's figures (probed, cached, or a named profile, with flags on top) — turned
+// into a planner::PlanRequest, and a plan back into the placement the streamer uses.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "offload/checkpoint.hpp"
+#include "planner/machine.hpp"
+#include "planner/plan.hpp"
+#include "runtime/core/device.hpp"
+#include "runtime/engine/weights.hpp"
+#include "runtime/model/model_config.hpp"
+
+namespace ferry::engine {
+
+struct PlanOptions {
+  int64_t context = 0;          // KV cache tokens per sequence; 0: n_positions
+  int64_t max_batch_rows = 0;   // most tokens in one forward pass; 0: the context
+  int64_t max_logit_rows = 0;   // most rows of logits a pass returns; 0: max_batch_rows
+  int max_seqs = 1;
+  int64_t attended_tokens = 0;  // KV tokens a decode step reads on average; 0: context / 2
+  planner::Backend backend = planner::Backend::cpu;
+  uint32_t io_queue_depth = 16;
+  std::size_t forced_host_slots = 0;  // a tuned policy's slot count; 0: search
+};
+
+// Host bytes the CPU backend needs besides the weight units and the KV cache: activations,
+// norms and biases as f32, and the runtime itself (code, tokenizer tables, allocator slack).
+uint64_t fixed_host_bytes(const model::ModelConfig& config, int64_t max_batch_rows,
+                          int64_t max_logit_rows);
+
+// The weights' dtype: the checkpoint's matrices', else config.json's torch_dtype.
+DType weight_dtype(const model::ModelConfig& config, const offload::Checkpoint* checkpoint);
+
+// checkpoint may be null (plan from config.json alone, 4 KiB alignment estimated).
+planner::PlanRequest plan_request(const model::ModelConfig& config,
+                                  const offload::Checkpoint* checkpoint,
+                                  const planner::Machine& machine, const PlanOptions& options,
+                                  std::string model_name);
+
+struct ProbeOptions {
+  bool measure = true;   // false: never read the disk or run kernels; unknown figures get defaults
+  bool reprobe = false;  // measure again even when the cache has a recent figure
+};
+
+// This machine: free RAM (cgroups included), RLIMIT_MEMLOCK, the disk read rate of the
+// filesystem holding the checkpoint (a short O_DIRECT read, cached per block device) and the
+// CPU's matrix–vector rate for dtype (cached per SIMD level and thread count).
+// With a device that has memory of its own (CUDA), its free memory is the VRAM figure; its link
+// and compute rates come from the probe cache (`ferry tune` and the GPU benchmarks write them)
+// or T4-class defaults that say so.
+planner::Machine probe_machine(const offload::Checkpoint* checkpoint, DType dtype,
+                               const ProbeOptions& options = {}, const Device* device = nullptr);
+
+// Where the streamer puts each unit, from a CPU plan. Throws PlanError for a plan that places
+// units on a CUDA device (this backend computes on the CPU).
+Placement placement_from_plan(const planner::Plan& plan, const model::ModelConfig& config);
+
+// Refuses to replay a saved plan that does not match this model and request, or that needs
+// more RAM than available_ram (from ram_source): the error says what differs and what to do.
+void check_replay(const planner::Plan& saved, const planner::PlanRequest& now);
+
+}  // namespace ferry::engine

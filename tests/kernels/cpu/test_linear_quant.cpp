@@ -1,0 +1,234 @@
+// Packed (quantized) weights: quantize_row's codes and bounds, and linear on q8 / q4 weights —
+// dispatched and portable against the reference and against exact products of the dequantized
+// values, on awkward shapes (partial groups, k not a multiple of 8 or of the 256-wide block).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/ops.hpp"
+#include "kernels/cpu/quant.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/core/quant.hpp"
+#include "tests/kernels/cpu/kernel_test_util.hpp"
+
+namespace ferry::kernels::cpu {
+namespace {
+
+using test::kUnitRoundoff;
+using test::random_floats;
+using test::shape_name;
+
+constexpr DType kPacked[] = {DType::q8, DType::q4_g64, DType::q4_g128};
+
+struct Packed {
+  std::vector<unsigned char> bytes;
+  std::vector<float> values;  // the dequantized value of every element (reference)
+};
+
+Packed pack(const std::vector<float>& w, int64_t n, int64_t k, DType dt) {
+  Packed p;
+  const uint64_t row_bytes = packed_row_bytes(dt, k);
+  p.bytes.assign(static_cast<std::size_t>(n) * row_bytes, 0xAB);
+  p.values.resize(static_cast<std::size_t>(n * k));
+  for (int64_t o = 0; o < n; ++o) {
+    unsigned char* row = p.bytes.data() + static_cast<uint64_t>(o) * row_bytes;
+    quantize_row(w.data() + o * k, k, dt, row, "test");
+    ref::convert_to_f32(row, dt, k, p.values.data() + o * k);
+  }
+  return p;
+}
+
+// Against exact double products of the dequantized values: the f32 dot product's rounding,
+// (k + 3)·u·S as in test_linear.cpp, plus one rounding of each dequantized weight (the fast paths
+// form min + scale·q with an FMA, the reference with a product and a sum): 2u·S more.
+::testing::AssertionResult close(const char* what, const std::vector<float>& y,
+                                 const std::vector<double>& want, const std::vector<double>& scale,
+                                 int64_t k, double factor) {
+  for (std::size_t i = 0; i < y.size(); ++i) {
+    const double tol = factor * static_cast<double>(k + 5) * kUnitRoundoff * 1.01 * scale[i];
+    const double diff = std::fabs(static_cast<double>(y[i]) - want[i]);
+    if (!(diff <= tol)) {
+      return ::testing::AssertionFailure() << what << ": output " << i << " is " << y[i]
+                                           << ", want " << want[i] << " (tol " << tol << ")";
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+TEST(QuantLinearTest, FastAndScalarMatchReferenceAndExact) {
+  ThreadPool pool(2);
+  std::mt19937 rng(77);
+  int combo = 0;
+  for (DType dt : kPacked) {
+    for (int64_t m : {1, 2, 3, 5}) {
+      for (int64_t k : {1, 7, 17, 63, 64, 65, 130, 256, 300, 513}) {
+        for (int64_t n : {1, 3, 17, 33}) {
+          SCOPED_TRACE(shape_name(dt, m, k, n));
+          const auto x = random_floats(rng, static_cast<std::size_t>(m * k));
+          const auto w = random_floats(rng, static_cast<std::size_t>(n * k), -0.7f, 1.3f);
+          const Packed p = pack(w, n, k, dt);
+          const auto bias_values = random_floats(rng, static_cast<std::size_t>(n));
+          const float* bias = (combo++ % 2 == 0) ? bias_values.data() : nullptr;
+          const auto out = static_cast<std::size_t>(m * n);
+          std::vector<double> exact(out);
+          std::vector<double> scale(out);
+          for (int64_t i = 0; i < m; ++i) {
+            for (int64_t o = 0; o < n; ++o) {
+              double s = bias ? bias[o] : 0.0;
+              double a = bias ? std::fabs(bias[o]) : 0.0;
+              for (int64_t j = 0; j < k; ++j) {
+                const double prod = static_cast<double>(x[static_cast<std::size_t>(i * k + j)]) *
+                                    p.values[static_cast<std::size_t>(o * k + j)];
+                s += prod;
+                a += std::fabs(prod);
+              }
+              exact[static_cast<std::size_t>(i * n + o)] = s;
+              scale[static_cast<std::size_t>(i * n + o)] = a;
+            }
+          }
+          std::vector<float> y_ref(out, NAN);
+          std::vector<float> y_fast(out, NAN);
+          std::vector<float> y_scalar(out, NAN);
+          ref::linear(x.data(), m, k, p.bytes.data(), dt, n, bias, y_ref.data());
+          linear(x.data(), m, k, p.bytes.data(), dt, n, bias, y_fast.data(), pool);
+          scalar::linear(x.data(), m, k, p.bytes.data(), dt, n, bias, y_scalar.data(), pool);
+          ASSERT_TRUE(close("ref vs exact", y_ref, exact, scale, k, 1.0));
+          ASSERT_TRUE(close("fast vs exact", y_fast, exact, scale, k, 1.0));
+          ASSERT_TRUE(close("scalar vs exact", y_scalar, exact, scale, k, 1.0));
+        }
+      }
+    }
+  }
+}
+
+// Decode-sized rows (GPT-J's k) through many groups and blocks; thread count changes no bit.
+TEST(QuantLinearTest, LongRowsAndThreadCounts) {
+  ThreadPool one(1);
+  ThreadPool three(3);
+  std::mt19937 rng(5);
+  for (DType dt : kPacked) {
+    for (int64_t m : {1, 4}) {
+      const int64_t k = 4096 + 64;
+      const int64_t n = 37;
+      SCOPED_TRACE(shape_name(dt, m, k, n));
+      const auto x = random_floats(rng, static_cast<std::size_t>(m * k));
+      const auto w = random_floats(rng, static_cast<std::size_t>(n * k), -0.05f, 0.05f);
+      const Packed p = pack(w, n, k, dt);
+      std::vector<float> a(static_cast<std::size_t>(m * n));
+      std::vector<float> b(a.size());
+      std::vector<float> r(a.size());
+      linear(x.data(), m, k, p.bytes.data(), dt, n, nullptr, a.data(), one);
+      linear(x.data(), m, k, p.bytes.data(), dt, n, nullptr, b.data(), three);
+      ref::linear(x.data(), m, k, p.bytes.data(), dt, n, nullptr, r.data());
+      EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+      for (std::size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], r[i], 1e-4) << i;
+    }
+  }
+}
+
+// The codes are as close as the format allows: q8 within half a step of the row's scale, q4
+// within half a step of its group's (plus the f16 rounding of the stored minimum).
+TEST(QuantizeRowTest, ErrorsWithinHalfAStep) {
+  std::mt19937 rng(11);
+  for (DType dt : kPacked) {
+    for (int64_t k : {1, 5, 64, 100, 128, 1000}) {
+      SCOPED_TRACE(shape_name(dt, 1, k, 1));
+      const auto w = random_floats(rng, static_cast<std::size_t>(k), -2.0f, 3.0f);
+      const Packed p = pack(w, 1, k, dt);
+      const int64_t group = dt == DType::q8 ? k : quant_group_size(dt);
+      for (int64_t g0 = 0; g0 < k; g0 += group) {
+        float lo = w[static_cast<std::size_t>(g0)];
+        float hi = lo;
+        float absmax = 0.0f;
+        for (int64_t j = g0; j < std::min(k, g0 + group); ++j) {
+          lo = std::min(lo, w[static_cast<std::size_t>(j)]);
+          hi = std::max(hi, w[static_cast<std::size_t>(j)]);
+          absmax = std::max(absmax, std::fabs(w[static_cast<std::size_t>(j)]));
+        }
+        const double step = dt == DType::q8 ? absmax / 127.0 : (hi - lo) / 15.0;
+        const double slack = dt == DType::q8 ? 1e-6 : 2e-3 * (std::fabs(lo) + step);
+        for (int64_t j = g0; j < std::min(k, g0 + group); ++j) {
+          const auto u = static_cast<std::size_t>(j);
+          EXPECT_LE(std::fabs(p.values[u] - w[u]), 0.5 * step * 1.002 + slack) << j;
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantizeRowTest, ZerosAndConstantsAreExact) {
+  for (DType dt : kPacked) {
+    const std::vector<float> zeros(70, 0.0f);
+    const Packed z = pack(zeros, 1, 70, dt);
+    for (float v : z.values) EXPECT_EQ(v, 0.0f);
+  }
+  const std::vector<float> halves(70, 0.5f);  // exactly representable min, zero step
+  const Packed h = pack(halves, 1, 70, DType::q4_g64);
+  for (float v : h.values) EXPECT_EQ(v, 0.5f);
+}
+
+// The layout is the documented one: q8 scale then codes; q4 scales, minima, then nibbles with
+// element i low and element G/2 + i high.
+TEST(QuantizeRowTest, LayoutIsTheDocumentedOne) {
+  std::vector<float> w(64);
+  for (int j = 0; j < 64; ++j) w[static_cast<std::size_t>(j)] = static_cast<float>(j % 16);
+  std::vector<unsigned char> row(packed_row_bytes(DType::q4_g64, 64));
+  ASSERT_EQ(row.size(), 2u + 2u + 32u);
+  quantize_row(w.data(), 64, DType::q4_g64, row.data(), "t");
+  uint16_t scale;
+  uint16_t min;
+  std::memcpy(&scale, row.data(), 2);
+  std::memcpy(&min, row.data() + 2, 2);
+  EXPECT_EQ(f16_to_f32(scale), 1.0f);
+  EXPECT_EQ(f16_to_f32(min), 0.0f);
+  for (int i = 0; i < 32; ++i) {
+    EXPECT_EQ(row[4 + static_cast<std::size_t>(i)] & 0x0f, i % 16) << i;
+    EXPECT_EQ(row[4 + static_cast<std::size_t>(i)] >> 4, (32 + i) % 16) << i;
+  }
+  std::vector<float> v = {-1.27f, 0.5f, 1.0f};
+  std::vector<unsigned char> q8(packed_row_bytes(DType::q8, 3));
+  ASSERT_EQ(q8.size(), 8u);
+  quantize_row(v.data(), 3, DType::q8, q8.data(), "t");
+  float s;
+  std::memcpy(&s, q8.data(), 4);
+  EXPECT_FLOAT_EQ(s, 0.01f);
+  EXPECT_EQ(static_cast<int8_t>(q8[4]), -127);
+  EXPECT_EQ(static_cast<int8_t>(q8[5]), 50);
+  EXPECT_EQ(static_cast<int8_t>(q8[6]), 100);
+  EXPECT_EQ(q8[7], 0);  // padding
+}
+
+TEST(QuantizeRowTest, RefusesWhatCannotBeQuantized) {
+  std::vector<unsigned char> out(packed_row_bytes(DType::q4_g64, 4));
+  std::vector<float> nan = {1.0f, NAN, 0.0f, 2.0f};
+  try {
+    quantize_row(nan.data(), 4, DType::q8, out.data(), "tensor 'x'");
+    ADD_FAILURE() << "NaN accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("tensor 'x': element 1"), std::string::npos) << e.what();
+  }
+  std::vector<float> huge = {1e6f, 0.0f, 0.0f, 0.0f};
+  try {
+    quantize_row(huge.data(), 4, DType::q4_g64, out.data(), "tensor 'y'");
+    ADD_FAILURE() << "a value beyond f16 accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("--quant int8"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(quantize_row(huge.data(), 4, DType::f16, out.data(), "z"), InvalidArgument);
+}
+
+TEST(QuantLinearTest, ConvertToF32ReadsOnePackedRow) {
+  std::mt19937 rng(2);
+  for (DType dt : kPacked) {
+    const auto w = random_floats(rng, 200);
+    const Packed p = pack(w, 1, 200, dt);
+    std::vector<float> fast(200);
+    convert_to_f32(p.bytes.data(), dt, 200, fast.data());
+    EXPECT_EQ(fast, p.values);
+  }
+}
+
+}  // namespace
+}  // namespace ferry::kernels::cpu

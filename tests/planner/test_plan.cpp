@@ -1,0 +1,284 @@
+// The planner on synthetic machines: placements, predictions, refusals, JSON.
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "planner/plan.hpp"
+#include "runtime/core/error.hpp"
+
+namespace ferry::planner {
+namespace {
+
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+constexpr uint64_t kGiB = uint64_t{1} << 30;
+
+Machine cpu_machine(uint64_t ram, double disk_bw, double cpu_bw) {
+  Machine m;
+  m.name = "test";
+  m.ram_bytes = {static_cast<double>(ram), "test"};
+  m.ram_is_explicit_cap = true;
+  m.memlock_bytes = {static_cast<double>(uint64_t{1} << 62), "test"};
+  m.disk_bytes_per_s = {disk_bw, "test"};
+  m.cpu_compute_bytes_per_s = {cpu_bw, "test"};
+  return m;
+}
+
+// GPT-J-6B's shape: 28 blocks of 384 MiB and a head of 394 MiB (f16), 1 GiB of fixed memory.
+PlanRequest gptj_like(const Machine& m, Backend backend = Backend::cpu) {
+  PlanRequest r;
+  r.model = "gptj-like";
+  r.machine = m;
+  r.backend = backend;
+  r.context = 2048;
+  r.kv_bytes = 896 * kMiB;
+  r.kv_bytes_per_context_token = r.kv_bytes / 2048;
+  r.host_fixed_bytes = 128 * kMiB;
+  r.device_fixed_bytes = 256 * kMiB;
+  for (int i = 0; i < 28; ++i)
+    r.units.push_back({"layer " + std::to_string(i), 384 * kMiB, 8 * kMiB});
+  r.units.push_back({"head", 394 * kMiB, 0});
+  return r;
+}
+
+uint64_t usable(const Plan& p) { return p.ram_budget_bytes - p.ram_margin_bytes; }
+
+TEST(Plan, EverythingResidentWhenItFits) {
+  const Plan p = make_plan(gptj_like(cpu_machine(20 * kGiB, 1e9, 2e10)));
+  EXPECT_EQ(p.chosen.count(Tier::host), 29u);
+  EXPECT_EQ(p.chosen.count(Tier::disk), 0u);
+  EXPECT_EQ(p.chosen.host_slots, 0u);
+  EXPECT_EQ(p.chosen.predicted.disk_bytes_per_token, 0u);
+  // Compute-bound: the weights once through the mat-vec, plus the KV reads.
+  const double weights = 28.0 * 392 * kMiB + 394.0 * kMiB;
+  EXPECT_NEAR(p.chosen.predicted.s_per_token, weights / 2e10, 0.01);
+  EXPECT_EQ(p.chosen.predicted.bound, "compute");
+}
+
+TEST(Plan, StreamsWhatDoesNotFitAndStaysInBudget) {
+  for (uint64_t ram : {3 * kGiB, 4 * kGiB, 6 * kGiB, 9 * kGiB}) {
+    const Plan p = make_plan(gptj_like(cpu_machine(ram, 1e9, 2e10)));
+    const Prediction& pr = p.chosen.predicted;
+    EXPECT_LE(pr.peak_ram_bytes, usable(p)) << ram;
+    EXPECT_GE(p.chosen.host_slots, 2u) << ram;
+    EXPECT_GT(p.chosen.count(Tier::disk), 0u) << ram;
+    // Disk-bound: the streamed bytes at the disk rate, overlapped with compute.
+    EXPECT_EQ(pr.bound, "disk → host");
+    EXPECT_NEAR(pr.s_per_token, static_cast<double>(pr.disk_bytes_per_token) / 1e9,
+                0.05 * pr.s_per_token)
+        << ram;
+    // No feasible plan streams less: every resident byte that fits is used.
+    EXPECT_LT(usable(p) - pr.peak_ram_bytes, 384 * kMiB) << ram;
+  }
+}
+
+TEST(Plan, MoreMemoryIsNeverSlower) {
+  double last = 1e30;
+  for (uint64_t ram = 3 * kGiB; ram <= 14 * kGiB; ram += kGiB / 2) {
+    const Plan p = make_plan(gptj_like(cpu_machine(ram, 1.5e9, 1.2e10)));
+    EXPECT_LE(p.chosen.predicted.s_per_token, last * 1.0001) << ram;
+    last = p.chosen.predicted.s_per_token;
+  }
+}
+
+// With a disk as fast as compute, spreading resident layers between streamed ones keeps the
+// disk busy while they compute; a prefix leaves it idle for that stretch.
+TEST(Plan, SpreadOverlapsBetterThanPrefixWhenLinksAreBalanced) {
+  const PlanRequest r = gptj_like(cpu_machine(8 * kGiB, 1e10, 1e10));
+  Choice prefix;
+  Choice spread;
+  prefix.host_slots = spread.host_slots = 2;
+  for (std::size_t i = 0; i < r.units.size(); ++i) {
+    prefix.tiers.push_back(i < 14 ? Tier::host : Tier::disk);
+    spread.tiers.push_back(i % 2 == 0 ? Tier::host : Tier::disk);
+  }
+  const double tp = predict(r, prefix).s_per_token;
+  const double ts = predict(r, spread).s_per_token;
+  EXPECT_LT(ts, tp);
+  // Neither beats the busiest link.
+  const Prediction ps = predict(r, spread);
+  EXPECT_GE(ts * 1.0001, std::max(ps.disk_s, ps.compute_s));
+}
+
+TEST(Plan, TheTimeIsTheSlowestLinkWhenOverlapped) {
+  const PlanRequest r = gptj_like(cpu_machine(4 * kGiB, 5e8, 5e10));
+  Choice all_disk;
+  all_disk.host_slots = 3;
+  all_disk.tiers.assign(r.units.size(), Tier::disk);
+  const Prediction p = predict(r, all_disk);
+  EXPECT_NEAR(p.s_per_token, p.disk_s, 0.02 * p.disk_s);
+  EXPECT_EQ(p.disk_bytes_per_token, 28 * 384 * kMiB + 394 * kMiB);
+  // Two slots of the largest unit are the staging.
+  EXPECT_EQ(p.host_slot_bytes, 394 * kMiB);
+  EXPECT_EQ(p.peak_ram_bytes, r.host_fixed_bytes + r.kv_bytes + 3 * 394 * kMiB);
+}
+
+TEST(Plan, NonUniformUnitsSizeSlotsByTheLargestStreamed) {
+  PlanRequest r = gptj_like(cpu_machine(4 * kGiB, 1e9, 2e10));
+  r.units.back().bytes = 2 * kGiB;  // a huge head
+  const Plan p = make_plan(r);
+  // Streaming the head would need 2 GiB slots; keeping it resident is what fits best.
+  EXPECT_EQ(p.chosen.tiers.back(), Tier::host);
+  EXPECT_EQ(p.chosen.predicted.host_slot_bytes, 384 * kMiB);
+  EXPECT_LE(p.chosen.predicted.peak_ram_bytes, usable(p));
+}
+
+TEST(Plan, ForcedSlotCountIsKept) {
+  PlanRequest r = gptj_like(cpu_machine(6 * kGiB, 1e9, 2e10));
+  r.forced_host_slots = 5;
+  EXPECT_EQ(make_plan(r).chosen.host_slots, 5u);
+}
+
+TEST(Plan, RefusesWithTheSmallestBudgetThatWorks) {
+  const PlanRequest r = gptj_like(cpu_machine(1 * kGiB, 1e9, 2e10));
+  std::string msg;
+  try {
+    make_plan(r);
+    FAIL() << "an impossible budget was accepted";
+  } catch (const PlanError& e) {
+    msg = e.what();
+  }
+  EXPECT_NE(msg.find("needs at least"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("raise --max-ram"), std::string::npos) << msg;
+  // The named size really works, and a MiB less does not.
+  const auto pos = msg.find("raise --max-ram to at least ");
+  ASSERT_NE(pos, std::string::npos);
+  const uint64_t minimum = r.host_fixed_bytes + r.kv_bytes + 2 * 394 * kMiB;
+  PlanRequest ok = r;
+  for (uint64_t b = minimum; b < minimum + 200 * kMiB; b += kMiB) {
+    ok.machine.ram_bytes.value = static_cast<double>(b);
+    try {
+      make_plan(ok);
+      // The first budget that plans is the one the message names (as format_bytes prints it).
+      EXPECT_NE(msg.find(fmt::format("{:.2f} GiB", static_cast<double>(b) / kGiB)),
+                std::string::npos)
+          << msg << " / first working budget " << b;
+      return;
+    } catch (const PlanError&) {
+    }
+  }
+  FAIL() << "no budget near the minimum planned";
+}
+
+TEST(Plan, SuggestsAShorterContextWhenTheKvCacheIsTheProblem) {
+  PlanRequest r = gptj_like(cpu_machine(3 * kGiB, 1e9, 2e10));
+  r.kv_bytes = 4 * kGiB;
+  r.kv_bytes_per_context_token = r.kv_bytes / 2048;
+  try {
+    make_plan(r);
+    FAIL();
+  } catch (const PlanError& e) {
+    const std::string msg = e.what();
+    const auto pos = msg.find("--ctx ");
+    ASSERT_NE(msg.find("fits)"), std::string::npos) << msg;
+    const auto at = msg.find("(--ctx ");
+    ASSERT_NE(at, std::string::npos) << msg;
+    const int64_t ctx = std::stoll(msg.substr(at + 7));
+    ASSERT_GT(ctx, 0);
+    ASSERT_LT(ctx, 2048);
+    (void)pos;
+    PlanRequest shorter = r;
+    shorter.context = ctx;
+    shorter.kv_bytes = r.kv_bytes_per_context_token * static_cast<uint64_t>(ctx);
+    EXPECT_NO_THROW(make_plan(shorter)) << msg;
+  }
+}
+
+Machine t4() { return load_profile("colab-t4"); }
+
+TEST(Plan, GptjOnColabT4SitsOnTheDevice) {
+  const Plan p = make_plan(gptj_like(t4(), Backend::cuda));
+  EXPECT_EQ(p.chosen.count(Tier::device), 29u);
+  EXPECT_EQ(p.chosen.kv, KvPlace::device);
+  EXPECT_LT(p.chosen.predicted.peak_ram_bytes, 2 * kGiB);  // the load ring, not the model
+  EXPECT_LE(p.chosen.predicted.peak_vram_bytes, p.vram_budget_bytes - p.vram_margin_bytes);
+  EXPECT_EQ(p.chosen.predicted.bound, "compute");
+}
+
+TEST(Plan, LessVramMovesLayersToHostOrDisk) {
+  Machine m = t4();
+  m.gpu->vram_bytes = {6.0 * kGiB, "--max-vram"};
+  const Plan p = make_plan(gptj_like(m, Backend::cuda));
+  EXPECT_LT(p.chosen.count(Tier::device), 29u);
+  EXPECT_GT(p.chosen.count(Tier::host) + p.chosen.count(Tier::disk), 0u);
+  EXPECT_LE(p.chosen.predicted.peak_vram_bytes, 6 * kGiB);
+  EXPECT_EQ(p.chosen.predicted.bound, "host → device");
+  EXPECT_EQ(p.runners_up.size(), 2u);
+  for (const auto& c : p.runners_up)
+    EXPECT_GE(c.predicted.s_per_token, p.chosen.predicted.s_per_token * 0.995);
+
+  m.ram_bytes = {3.0 * kGiB, "--max-ram"};  // and little RAM: layers stream from disk
+  const Plan q = make_plan(gptj_like(m, Backend::cuda));
+  EXPECT_GT(q.chosen.count(Tier::disk), 0u);
+  EXPECT_EQ(q.chosen.predicted.bound, "disk → host");
+}
+
+TEST(Plan, RefusesATinyGpu) {
+  Machine m = t4();
+  m.gpu->vram_bytes = {1.0 * kGiB, "--max-vram"};
+  try {
+    make_plan(gptj_like(m, Backend::cuda));
+    FAIL();
+  } catch (const PlanError& e) {
+    EXPECT_NE(std::string(e.what()).find("of VRAM"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--max-vram"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Plan, CudaOnAMachineWithoutAGpuIsRefused) {
+  EXPECT_THROW(make_plan(gptj_like(cpu_machine(8 * kGiB, 1e9, 1e10), Backend::cuda)), PlanError);
+}
+
+TEST(Plan, JsonRoundTrip) {
+  Machine m = t4();
+  m.gpu->vram_bytes = {6.0 * kGiB, "--max-vram"};
+  const Plan p = make_plan(gptj_like(m, Backend::cuda));
+  const nlohmann::json j = plan_to_json(p);
+  EXPECT_EQ(j["layers"].size(), 29u);
+  for (const auto& l : j["layers"]) {
+    const std::string t = l["tier"];
+    EXPECT_TRUE(t == "device" || t == "host" || t == "disk") << t;
+  }
+  for (const char* k : {"peak_ram_bytes", "peak_vram_bytes", "peak_pinned_bytes", "s_per_token"})
+    EXPECT_TRUE(j.contains(k)) << k;
+  const Plan q = plan_from_json(nlohmann::json::parse(j.dump()));
+  EXPECT_EQ(q.chosen.tiers, p.chosen.tiers);
+  EXPECT_EQ(q.chosen.host_slots, p.chosen.host_slots);
+  EXPECT_EQ(q.chosen.device_slots, p.chosen.device_slots);
+  EXPECT_EQ(q.chosen.kv, p.chosen.kv);
+  EXPECT_EQ(q.request.context, p.request.context);
+  EXPECT_DOUBLE_EQ(q.chosen.predicted.s_per_token, p.chosen.predicted.s_per_token);
+  EXPECT_EQ(q.chosen.predicted.peak_ram_bytes, p.chosen.predicted.peak_ram_bytes);
+}
+
+TEST(Plan, BadPlanJsonNamesTheProblem) {
+  const Plan p = make_plan(gptj_like(cpu_machine(6 * kGiB, 1e9, 2e10)));
+  auto expect_error = [](const nlohmann::json& j, const std::string& needle) {
+    try {
+      plan_from_json(j);
+      ADD_FAILURE() << "accepted: " << needle;
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error(nlohmann::json::object(), "not a ferry plan");
+  nlohmann::json j = plan_to_json(p);
+  j["ferry_plan"] = 7;
+  expect_error(j, "version 7");
+  j = plan_to_json(p);
+  j.erase("layers");
+  expect_error(j, "\"layers\"");
+  j = plan_to_json(p);
+  j["layers"][3]["tier"] = "moon";
+  expect_error(j, "unknown tier 'moon'");
+  j = plan_to_json(p);
+  j["staging"]["host_slots"] = "three";
+  expect_error(j, "\"host_slots\"");
+  j = plan_to_json(p);
+  j["staging"]["host_slots"] = 1;
+  expect_error(j, "fewer than 2 staging slots");
+}
+
+}  // namespace
+}  // namespace ferry::planner

@@ -1,0 +1,277 @@
+// Ferry packs end to end: convert the Hugging Face fixtures (and a larger random model) to f16,
+// int8 and int4 packs, run them resident and streamed, and measure how far their logits move
+// from the f32 model's. Also: conversion is deterministic, and a damaged pack is caught with an
+// error naming the layer.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "runtime/core/error.hpp"
+#include "runtime/engine/convert.hpp"
+#include "runtime/engine/engine.hpp"
+#include "runtime/engine/loaded_model.hpp"
+#include "runtime/engine/make_model.hpp"
+#include "runtime/engine/sampler.hpp"
+#include "tests/offload/error_text.hpp"
+#include "tests/support/test_support.hpp"
+
+namespace ferry::engine {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+LoadOptions placed(const fs::path& dir, offload::Tier tier, std::size_t slots = 2) {
+  LoadOptions o;
+  o.placement = Placement::all(model::ModelConfig::from_model_dir(dir), tier, slots);
+  return o;
+}
+
+// Logits at every position of each prompt, concatenated.
+std::vector<float> all_logits(const fs::path& dir, const std::vector<std::vector<int32_t>>& prompts,
+                              offload::Tier tier = offload::Tier::host) {
+  LoadedModel m = load_model(dir, placed(dir, tier));
+  Engine engine(*m.weights, {}, default_thread_pool());
+  std::vector<float> out;
+  for (const auto& ids : prompts) {
+    engine.reset(0);
+    SeqTokens s{0, ids};
+    const auto& l = engine.forward({&s, 1}, LogitsFor::all);
+    out.insert(out.end(), l.begin(), l.end());
+  }
+  return out;
+}
+
+struct Agreement {
+  double max_abs = 0;
+  double mean_abs = 0;
+  double top1 = 0;  // fraction of positions whose argmax agrees
+  std::size_t positions = 0;
+};
+
+Agreement compare(const std::vector<float>& ref, const std::vector<float>& got, std::size_t vocab) {
+  Agreement a;
+  a.positions = ref.size() / vocab;
+  double sum = 0;
+  std::size_t agree = 0;
+  for (std::size_t p = 0; p < a.positions; ++p) {
+    const std::span<const float> r(ref.data() + p * vocab, vocab);
+    const std::span<const float> g(got.data() + p * vocab, vocab);
+    agree += argmax(r) == argmax(g);
+    for (std::size_t v = 0; v < vocab; ++v) {
+      const double d = std::fabs(static_cast<double>(r[v]) - g[v]);
+      a.max_abs = std::max(a.max_abs, d);
+      sum += d;
+    }
+  }
+  a.mean_abs = sum / static_cast<double>(ref.size());
+  a.top1 = static_cast<double>(agree) / static_cast<double>(a.positions);
+  return a;
+}
+
+fs::path convert(const fs::path& in, const fs::path& out, const std::string& quant, int group = 64,
+                 bool all = false) {
+  ConvertOptions o;
+  o.format = model::WeightFormat::parse(quant, group);
+  o.quant_embeddings = all;
+  o.quant_lm_head = all;
+  convert_model(in, out, o);
+  return out;
+}
+
+std::vector<std::vector<int32_t>> fixture_prompts(const std::string& fixture) {
+  const json e =
+      json::parse(test::read_file(test::data_dir() / "gptj" / fixture / "expected.json"));
+  std::vector<std::vector<int32_t>> prompts;
+  for (const json& p : e["prompts"]) prompts.push_back(p["input_ids"].get<std::vector<int32_t>>());
+  return prompts;
+}
+
+struct Case {
+  std::string quant;
+  int group;
+  bool all;  // embeddings and lm_head quantized too
+  double min_top1;
+};
+
+// Bounds on the logit error, from the measurements (README/issue 7 report): the fixtures are
+// randomly initialised (logit std ~0.16, top-2 margins from 0.0004, median 0.035), so top-1
+// agreement measures the margins as much as the quantization; these floors guard against
+// regressions, not the 99% / 95% targets a trained model is held to.
+double max_mean_error(const std::string& quant) {
+  return quant == "int4" ? 0.05 : quant == "int8" ? 0.005 : 0.0005;
+}
+
+// The f16 / int8 / int4 packs of every fixture against the fixture's f32 (or f16) weights run
+// by the same engine (itself within 2e-5 of Hugging Face). Printed for the record.
+TEST(QuantPack, FixturesAgreeWithTheSourceWeights) {
+  const Case cases[] = {{"f16", 64, false, 1.0},   {"int8", 64, false, 0.95},
+                        {"int8", 64, true, 0.95},  {"int4", 64, false, 0.6},
+                        {"int4", 128, false, 0.6}, {"int4", 64, true, 0.6}};
+  for (const std::string fixture : {"tiny-f32", "sharded-f32", "tiny-f16-bin-sharded"}) {
+    const fs::path src = test::data_dir() / "gptj" / fixture;
+    const auto prompts = fixture_prompts(fixture);
+    const auto vocab = static_cast<std::size_t>(model::ModelConfig::from_model_dir(src).vocab_size);
+    const auto ref = all_logits(src, prompts);
+    for (const Case& c : cases) {
+      SCOPED_TRACE(fixture + " " + c.quant + " g" + std::to_string(c.group));
+      test::TempDir dir;
+      convert(src, dir.path(), c.quant, c.group, c.all);
+      const Agreement a = compare(ref, all_logits(dir.path(), prompts), vocab);
+      std::printf(
+          "[quant] %-21s %-5s g%-3d %-9s positions %3zu  max|Δlogit| %.5f  mean %.6f  "
+          "top-1 %.1f%%\n",
+          fixture.c_str(), c.quant.c_str(), c.group, c.all ? "+emb+head" : "", a.positions,
+          a.max_abs, a.mean_abs, 100.0 * a.top1);
+      EXPECT_GE(a.top1, c.min_top1);
+      EXPECT_LT(a.mean_abs, max_mean_error(c.quant));
+    }
+  }
+}
+
+// A larger random model (make-model's law, 4 layers of 256) over 320 positions.
+TEST(QuantPack, LargerRandomModelOverManyPositions) {
+  test::TempDir src;
+  MakeModelOptions mo;
+  mo.config = model::preset_config("tiny");
+  mo.config.n_layer = 4;
+  mo.config.n_embd = 256;
+  mo.config.n_head = 4;
+  mo.config.rotary_dim = 32;
+  mo.config.n_inner = 1024;
+  mo.config.vocab_size = 2048;
+  mo.config.n_positions = 512;
+  mo.dtype = DType::f32;
+  mo.seed = 4;
+  make_model(src.path(), mo);
+  std::mt19937 rng(1);
+  std::uniform_int_distribution<int32_t> id(0, 2047);
+  std::vector<std::vector<int32_t>> prompts(2, std::vector<int32_t>(160));
+  for (auto& p : prompts)
+    for (auto& t : p) t = id(rng);
+  const auto ref = all_logits(src.path(), prompts);
+  for (const Case& c : {Case{"f16", 64, false, 0.0}, Case{"int8", 64, false, 0.0},
+                        Case{"int4", 64, false, 0.0}, Case{"int4", 128, false, 0.0}}) {
+    test::TempDir dir;
+    convert(src.path(), dir.path(), c.quant, c.group);
+    const Agreement a = compare(ref, all_logits(dir.path(), prompts), 2048);
+    std::printf(
+        "[quant] random-4x256-v2048     %-5s g%-3d positions %3zu  max|Δlogit| %.5f  "
+        "mean %.6f  top-1 %.1f%%\n",
+        c.quant.c_str(), c.group, a.positions, a.max_abs, a.mean_abs, 100.0 * a.top1);
+    EXPECT_LT(a.mean_abs, max_mean_error(c.quant));
+    EXPECT_GE(a.top1, c.quant == "int4" ? 0.7 : 0.97);
+  }
+}
+
+// Streamed through staging slots, a pack gives the logits it gives resident, bit for bit.
+TEST(QuantPack, StreamedEqualsResident) {
+  const fs::path src = test::data_dir() / "gptj/sharded-f32";
+  const auto prompts = fixture_prompts("sharded-f32");
+  for (const std::string q : {"f16", "int8", "int4"}) {
+    test::TempDir dir;
+    convert(src, dir.path(), q);
+    EXPECT_EQ(all_logits(dir.path(), prompts, offload::Tier::host),
+              all_logits(dir.path(), prompts, offload::Tier::disk))
+        << q;
+  }
+}
+
+// A streamed layer is one read of exactly its blob.
+TEST(QuantPack, OneLayerIsOneAlignedRead) {
+  test::TempDir dir;
+  convert(test::data_dir() / "gptj/tiny-f32", dir.path(), "int4");
+  const auto config = model::ModelConfig::from_model_dir(dir.path());
+  const auto ck = offload::Checkpoint::open(dir.path());
+  EXPECT_EQ(ck.format(), offload::CheckpointFormat::ferry_pack);
+  const auto units = gptj_units(config, Placement::all(config, offload::Tier::disk));
+  for (const auto& u : units) {
+    const offload::UnitLayout l = offload::plan_unit_reads(ck, u.tensors);
+    ASSERT_EQ(l.ranges.size(), 1u) << u.name;
+    EXPECT_EQ(l.ranges[0].offset_bytes % 4096, 0u) << u.name;
+  }
+  EXPECT_EQ(offload::LayerStreamer::unit_bytes(ck, units)[0],
+            model::packed_block_bytes(config, model::WeightFormat::parse("int4")));
+}
+
+TEST(QuantPack, ConversionIsDeterministic) {
+  test::TempDir a, b;
+  const fs::path src = test::data_dir() / "gptj/tiny-f16-bin-sharded";
+  convert(src, a.path(), "int4", 128, true);
+  convert(src, b.path(), "int4", 128, true);
+  const std::string pa = test::read_file(a / "model.ferry");
+  EXPECT_EQ(pa, test::read_file(b / "model.ferry"));
+  EXPECT_EQ(test::read_file(a / "config.json"), test::read_file(src / "config.json"));
+  // A pack converts again (to f16 here), through the same reader.
+  test::TempDir c;
+  convert(a.path(), c.path(), "f16");
+  EXPECT_NO_THROW(all_logits(c.path(), {{1, 2, 3}}));
+}
+
+// The message of what f throws (a test failure when it throws nothing).
+template <class F>
+std::string error_of(F&& f) {
+  return test::error_text<Error>(std::forward<F>(f));
+}
+
+// Flips one bit in the middle of a tensor's bytes.
+void flip_bit(const fs::path& pack, const std::string& tensor) {
+  const auto ck = offload::Checkpoint::open(pack);
+  const offload::TensorEntry& t = ck.at(tensor);
+  std::fstream f(pack / "model.ferry", std::ios::in | std::ios::out | std::ios::binary);
+  const auto at = static_cast<std::streamoff>(t.offset_bytes + t.nbytes / 2);
+  f.seekg(at);
+  char c = 0;
+  f.read(&c, 1);
+  c = static_cast<char>(c ^ 0x10);
+  f.seekp(at);
+  f.write(&c, 1);
+}
+
+TEST(QuantPack, AFlippedBitNamesTheLayerWhenLoadedOrStreamed) {
+  const fs::path src = test::data_dir() / "gptj/tiny-f32";
+  test::TempDir dir;
+  convert(src, dir.path(), "int8");
+  flip_bit(dir.path(), "transformer.h.1.mlp.fc_in.weight");
+  for (auto tier : {offload::Tier::host, offload::Tier::disk}) {
+    const std::string msg = error_of([&] { all_logits(dir.path(), {{1, 2, 3}}, tier); });
+    EXPECT_NE(msg.find("layer 1 is corrupt"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("transformer.h.1.mlp.fc_in.weight"), std::string::npos) << msg;
+  }
+  // Verification off trusts the bytes.
+  const auto off = offload::Checkpoint::open(dir.path(), offload::VerifyMode::off);
+  std::vector<std::byte> bytes(off.at("transformer.h.1.mlp.fc_in.weight").nbytes);
+  EXPECT_NO_THROW(off.read(off.at("transformer.h.1.mlp.fc_in.weight"), bytes.data()));
+  // ferry verify finds it too.
+  const auto ck2 = offload::Checkpoint::open(dir.path());
+  const std::string msg = error_of([&] { ck2.verify_all(); });
+  EXPECT_NE(msg.find("layer 1 is corrupt"), std::string::npos) << msg;
+
+  // A damaged embedding row is caught on the row's read.
+  test::TempDir dir2;
+  convert(src, dir2.path(), "int8");
+  flip_bit(dir2.path(), "transformer.wte.weight");
+  const std::string m2 = error_of([&] { all_logits(dir2.path(), {{1, 500, 999}}); });
+  EXPECT_NE(m2.find("embedding is corrupt"), std::string::npos) << m2;
+}
+
+TEST(QuantPack, ConvertRefusesBadRequests) {
+  const fs::path src = test::data_dir() / "gptj/tiny-f32";
+  test::TempDir dir;
+  std::string msg = error_of([&] { convert(src, dir.path(), "int3"); });
+  EXPECT_NE(msg.find("--quant int3"), std::string::npos) << msg;
+  msg = error_of([&] { convert(src, dir.path(), "int4", 32); });
+  EXPECT_NE(msg.find("--group 32"), std::string::npos) << msg;
+  msg = error_of([&] { convert("/nonexistent/model", dir.path(), "int8"); });
+  EXPECT_NE(msg.find("/nonexistent/model"), std::string::npos) << msg;
+  msg = error_of([&] { convert(src, src, "int8"); });
+  EXPECT_NE(msg.find("input directory"), std::string::npos) << msg;
+}
+
+}  // namespace
+}  // namespace ferry::engine
