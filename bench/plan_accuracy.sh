@@ -3,8 +3,13 @@
 # Each run is `ferry run --max-ram B` inside a memory cgroup capped at B (v1 or v2; needs root),
 # and ferry prints its plan's prediction next to what it measured (decode s/token; peak RSS as
 # the kernel's VmHWM). The table compares them; the targets are peak RSS within 10% and s/token
-# within 25%. The machine figures the planner uses (disk and CPU mat-vec rates) are measured
-# once at the start (`ferry plan --reprobe`) and cached.
+# within 25%. Every case runs twice: the first plans with the disk and CPU figures probed just
+# before it (`ferry plan --reprobe`: a 2×256 MiB O_DIRECT read and a 128 MiB mat-vec), the
+# second with what the first run achieved fed back into the probe cache (as every `ferry run`
+# and `ferry profile` does). The table shows each run's prediction against its measure; the
+# disk rate the run achieved is shown beside the one the probe measured, since this VM's
+# virtual disk drifts by 2× over minutes, and "run disk" is the cost model alone: the plan's
+# prediction given the disk rate the run achieved (`ferry plan --disk-bw`).
 #
 #   bench/plan_accuracy.sh            # env: FERRY, WORK (models, default /tmp/ferry-plan-accuracy),
 #                                     #      N_TOKENS (decode steps, default 8), KEEP=1 keeps models
@@ -29,7 +34,6 @@ for name in small medium large; do
     "$FERRY" make-model --preset gptj-6b ${MODELS[$name]} --dtype f16 --seed 7 -o "$WORK/$name" >&2
   fi
 done
-"$FERRY" plan -m "$WORK/large" --reprobe --max-ram 64GiB | grep -E "disk|CPU" >&2
 
 FERRY="$FERRY" WORK="$WORK" N_TOKENS="$N_TOKENS" python3 - <<'PY'
 import json, os, re, subprocess, sys, time
@@ -82,33 +86,64 @@ for name in ["small", "medium", "large"]:
     lo = other + 2 * max(l["bytes"] for l in plan["layers"])
     for frac in (0.6, 0.2):
         budget = int(lo + frac * (other + weights - lo)) + (16 << 20)
+        subprocess.run([ferry, "plan", "-m", model, "--reprobe", "--max-ram", str(budget),
+                        "--ctx", str(ctx)],
+                       check=True, capture_output=True)
         args = [ferry, "run", "-m", model, "--ids", prompt, "-n", str(n), "--ignore-eos",
                 "--max-ram", str(budget)]
-        p, cg_peak = run_capped(budget, args)
-        if p.returncode != 0:
-            print(f"{name} budget {budget}: exit {p.returncode}\n{p.stderr}", file=sys.stderr)
+        runs = []
+        for attempt in range(2):
+            p, cg_peak = run_capped(budget, args)
+            if p.returncode != 0:
+                print(f"{name} budget {budget}: exit {p.returncode}\n{p.stderr}", file=sys.stderr)
+                break
+            m = re.search(r"predicted ([\d.]+) s/token, peak RAM ([\d.]+ \w+); measured "
+                          r"([\d.]+) s/token, peak RSS ([\d.]+ \w+)", p.stderr)
+            d = re.search(r"disk → host achieved ([\d.]+) GB/s .*planned with ([\d.]+)\)",
+                          p.stderr)
+            plan_line = re.search(r"^ferry: plan: (.*)$", p.stderr, re.M).group(1)
+            runs.append(dict(pred_s=float(m.group(1)), pred_rss=size(m.group(2)),
+                             s=float(m.group(3)), rss=size(m.group(4)), cg_peak=cg_peak,
+                             disk=float(d.group(1)) if d else None,
+                             planned_disk=float(d.group(2)) if d else None, plan=plan_line))
+        if len(runs) < 2:
             continue
-        m = re.search(r"predicted ([\d.]+) s/token, peak RAM ([\d.]+ \w+); measured ([\d.]+) "
-                      r"s/token, peak RSS ([\d.]+ \w+)", p.stderr)
-        plan_line = re.search(r"^ferry: plan: (.*)$", p.stderr, re.M).group(1)
-        ps, pr, ms, mr = float(m.group(1)), size(m.group(2)), float(m.group(3)), size(m.group(4))
-        rows.append(dict(model=name, weights=weights, budget=budget, pred_rss=pr, rss=mr,
-                         cg_peak=cg_peak, pred_s=ps, s=ms, plan=plan_line))
+        first, second = runs
+        # The cost model alone: the same plan predicted with the disk rate the run achieved.
+        given = second["pred_s"]
+        if second["disk"]:
+            j = json.loads(subprocess.run(
+                [ferry, "plan", "-m", model, "--json", "--max-ram", str(budget), "--ctx", str(ctx),
+                 "--disk-bw", f"{second['disk']}GB/s"],
+                check=True, capture_output=True, text=True).stdout)
+            given = j["s_per_token"]
+        rows.append(dict(model=name, weights=weights, budget=budget, pred_rss=second["pred_rss"],
+                         rss=second["rss"], cg_peak=second["cg_peak"], probe_s=first["pred_s"],
+                         probe_disk=first["planned_disk"], probe_run_s=first["s"],
+                         pred_s=second["pred_s"], given_s=given,
+                         s=second["s"], disk=second["disk"], plan=second["plan"]))
 
 gib = 2**30
 print(f"{'model':<7} {'weights':>8} {'budget':>8} {'pred RSS':>9} {'VmHWM':>8} {'err':>6} "
-      f"{'cg peak':>8} {'pred s/t':>9} {'s/t':>7} {'err':>6}")
+      f"{'cg peak':>8} {'s/t 1':>7} {'probed':>7} {'err':>6} {'s/t 2':>7} {'learned':>8} {'err':>6} "
+      f"{'run disk':>8} {'err':>6} {'disk GB/s: probe':>16} {'run':>5}")
 ok = True
+fmt_disk = lambda v: f"{v:.2f}" if v is not None else "-"
 for r in rows:
     e_rss = (r["pred_rss"] - r["rss"]) / r["rss"]
     e_s = (r["pred_s"] - r["s"]) / r["s"]
-    ok &= abs(e_rss) <= 0.10 and abs(e_s) <= 0.25
+    e_p = (r["probe_s"] - r["probe_run_s"]) / r["probe_run_s"]
+    e_g = (r["given_s"] - r["s"]) / r["s"]
+    ok &= abs(e_rss) <= 0.10 and abs(e_p) <= 0.25
     print(f"{r['model']:<7} {r['weights']/gib:>7.2f}G {r['budget']/gib:>7.2f}G "
           f"{r['pred_rss']/gib:>8.3f}G {r['rss']/gib:>7.3f}G {e_rss:>+6.1%} "
-          f"{r['cg_peak']/gib:>7.3f}G {r['pred_s']:>9.3f} {r['s']:>7.3f} {e_s:>+6.1%}")
+          f"{r['cg_peak']/gib:>7.3f}G {r['probe_run_s']:>7.3f} {r['probe_s']:>7.3f} {e_p:>+6.1%} "
+          f"{r['s']:>7.3f} {r['pred_s']:>8.3f} {e_s:>+6.1%} {r['given_s']:>8.3f} {e_g:>+6.1%} "
+          f"{fmt_disk(r['probe_disk']):>16} "
+          f"{fmt_disk(r['disk']):>5}")
 for r in rows:
     print(f"  {r['model']} @ {r['budget']/gib:.2f} GiB: {r['plan']}")
-print("all within target (RSS ±10%, s/token ±25%)" if ok and len(rows) == 6 else
+print("all within target (RSS ±10%, s/token probed just before ±25%)" if ok and len(rows) == 6 else
       "NOT all within target")
 PY
 [ "${KEEP:-1}" = 1 ] || rm -rf "$WORK"

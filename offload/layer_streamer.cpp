@@ -116,7 +116,7 @@ struct Unit {
   std::optional<StagingLease> lease;
   IoTicket ticket;
   UnitState state = UnitState::idle;
-  std::chrono::steady_clock::time_point submitted_at;  // set only while tracing
+  std::chrono::steady_clock::time_point submitted_at;
 };
 
 double now_s() {
@@ -145,8 +145,9 @@ struct LayerStreamer::Impl {
 
   // Trace points, called only while tracing: a unit's read (or resident load) on the I/O
   // queue's track, from submit to completion; a wait on the compute track; slots in use.
-  void trace_read(std::size_t index, trace::SpanKind kind, std::chrono::steady_clock::time_point
-                  submitted, std::chrono::steady_clock::time_point completed) const noexcept try {
+  void trace_read(std::size_t index, trace::SpanKind kind,
+                  std::chrono::steady_clock::time_point submitted,
+                  std::chrono::steady_clock::time_point completed) const noexcept try {
     const Unit& u = units[index];
     trace::Tracer& t = trace::tracer();
     const uint32_t track = t.track(trace::TrackKind::io_queue, 0,
@@ -158,9 +159,8 @@ struct LayerStreamer::Impl {
   }
   void trace_wait(std::size_t index, std::chrono::steady_clock::time_point begin) const noexcept
       try {
-    trace::tracer().span(trace::compute_track(), trace::SpanKind::wait,
-                         static_cast<int32_t>(index), "wait " + units[index].spec.name, begin,
-                         std::chrono::steady_clock::now());
+    trace::tracer().span(trace::compute_track(), trace::SpanKind::wait, static_cast<int32_t>(index),
+                         "wait " + units[index].spec.name, begin, std::chrono::steady_clock::now());
   } catch (...) {
   }
   void trace_slots() const noexcept try {
@@ -195,14 +195,24 @@ struct LayerStreamer::Impl {
     stats.verify_s += now_s() - t0;
   }
 
+  // The time the disk was busy with streamed reads: the union of their [submitted, completed]
+  // intervals, taken in acquire order (which is submission order), so that bytes_read ÷
+  // read_busy_s is the rate the disk delivered, not diluted by the time slots were full.
+  std::chrono::steady_clock::time_point busy_until{};
+  void count_read_busy(std::chrono::steady_clock::time_point submitted,
+                       std::chrono::steady_clock::time_point completed) {
+    const auto begin = std::max(submitted, busy_until);
+    if (completed > begin)
+      stats.read_busy_s += std::chrono::duration<double>(completed - begin).count();
+    busy_until = std::max(busy_until, completed);
+  }
+
   void start(std::size_t index, StagingLease lease) {
     Unit& u = units[index];
     u.lease.emplace(std::move(lease));
     const auto reqs = requests_for(u, u.lease->data());
-    if (trace::enabled()) {
-      u.submitted_at = std::chrono::steady_clock::now();
-      trace_slots();
-    }
+    u.submitted_at = std::chrono::steady_clock::now();
+    if (trace::enabled()) trace_slots();
     u.ticket = engine.submit(reqs);
     u.state = UnitState::in_flight;
     in_flight.push_back(index);
@@ -220,11 +230,13 @@ struct LayerStreamer::Impl {
     if (trace::enabled()) trace_slots();
   }
 
-  // Starts the disk units after `after`, in cyclic order, while slots are free.
+  // Starts the disk units after `after`, in cyclic order (or up to the last unit when the
+  // prefetch is not cyclic), while slots are free.
   void prefetch_after(std::size_t after) {
     if (!pool) return;
     const std::size_t n = units.size();
     for (std::size_t k = 1; k <= n; ++k) {
+      if (!options.cyclic_prefetch && after + k >= n) return;
       const std::size_t v = (after + k) % n;
       Unit& u = units[v];
       if (u.spec.tier != Tier::disk || u.state != UnitState::idle) continue;
@@ -266,6 +278,7 @@ LayerStreamer::LayerStreamer(const Checkpoint& checkpoint, std::vector<StreamUni
     StagingPoolOptions po;
     po.slot_count = options.slot_count;
     po.slot_bytes = slot_bytes;
+    po.pinner = options.pinner;
     s.pool = std::make_unique<StagingPool>(po);
     s.registration = s.engine.register_buffers(s.pool->regions());
   }
@@ -283,8 +296,7 @@ LayerStreamer::LayerStreamer(const Checkpoint& checkpoint, std::vector<StreamUni
   const auto finish_load = [&](std::pair<IoTicket, std::size_t>& load) {
     load.first.wait();
     load_done_bytes += s.units[load.second].layout.nbytes;
-    if (options.io.on_load_progress)
-      options.io.on_load_progress(load_done_bytes, load_total_bytes);
+    if (options.io.on_load_progress) options.io.on_load_progress(load_done_bytes, load_total_bytes);
     if (trace::enabled())
       s.trace_read(load.second, trace::SpanKind::load, s.units[load.second].submitted_at,
                    load.first.completed_at());
@@ -321,7 +333,12 @@ LayerStreamer::LayerStreamer(const Checkpoint& checkpoint, std::vector<StreamUni
     t.counter("pinned bytes", static_cast<double>(s.pool ? s.pool->bytes_locked() : 0));
   }
   // The first streamed units start reading now, ahead of the first forward pass.
-  if (!s.units.empty()) s.prefetch_after(s.units.size() - 1);
+  if (!s.units.empty()) {
+    const bool cyclic = s.options.cyclic_prefetch;
+    s.options.cyclic_prefetch = true;  // "after the last unit" here means from the first
+    s.prefetch_after(s.units.size() - 1);
+    s.options.cyclic_prefetch = cyclic;
+  }
 }
 
 LayerStreamer::~LayerStreamer() = default;
@@ -365,6 +382,9 @@ UnitView LayerStreamer::acquire(std::size_t index) {
     s.stats.stall_s += now_s() - t0;
     if (trace::enabled()) s.trace_wait(index, wait_begin);
   }
+  s.count_read_busy(u.submitted_at, u.ticket.completed_at());
+  s.stats.bytes_acquired += u.layout.nbytes;
+  ++s.stats.units_acquired;
   if (trace::enabled())
     s.trace_read(index, trace::SpanKind::read, u.submitted_at, u.ticket.completed_at());
   try {
@@ -386,6 +406,17 @@ void LayerStreamer::release(std::size_t index) {
   if (u.spec.tier != Tier::disk || u.state != UnitState::held) return;
   s.reset(index);
   s.prefetch_after(index);
+}
+
+const UnitLayout& LayerStreamer::layout(std::size_t unit) const {
+  return impl_->units.at(unit).layout;
+}
+
+std::vector<MemoryRegion> LayerStreamer::resident_regions() const {
+  std::vector<MemoryRegion> out;
+  for (const Unit& u : impl_->units)
+    if (u.resident.data() != nullptr) out.push_back({u.resident.data(), u.resident.size()});
+  return out;
 }
 
 uint64_t LayerStreamer::resident_bytes() const { return impl_->resident_bytes; }

@@ -13,6 +13,7 @@
 
 #include "offload/checkpoint.hpp"
 #include "offload/io_engine.hpp"
+#include "offload/staging_pool.hpp"
 
 namespace ferry::offload {
 
@@ -57,6 +58,8 @@ class UnitView {
   const std::byte* tensor(std::size_t i) const {
     return pointers_ ? (*pointers_)[i] : base_ + (*offsets_)[i];
   }
+  // The unit's buffer (laid out as LayerStreamer::layout says); null for a mapped unit.
+  const std::byte* base() const { return base_; }
 
  private:
   const std::byte* base_ = nullptr;
@@ -70,6 +73,12 @@ struct StreamerOptions {
   std::size_t slot_count = 2;
   IoOptions io = IoOptions::from_env();
   uint64_t merge_gap_bytes = 64 * 1024;
+  // Keeps the staging slots resident; the CUDA backend passes cudaHostRegister so the slots are
+  // also the source of its asynchronous copies. Null leaves them unlocked.
+  std::shared_ptr<HostMemoryPinner> pinner = std::make_shared<MlockPinner>();
+  // After the last unit the prefetch goes on with the first (the next token's). A one-pass
+  // reader (the CUDA backend loading its device-resident layers) turns it off.
+  bool cyclic_prefetch = true;
 };
 
 // Counters of what the streamer did, for the run summary and the planner's feedback.
@@ -78,8 +87,13 @@ struct StreamerStats {
   uint64_t units_streamed = 0;
   uint64_t stalls = 0;  // acquires that had to wait for I/O
   double stall_s = 0;   // time spent waiting
-  double load_s = 0;    // reading the resident units at construction
-  double verify_s = 0;  // checking a ferry pack's checksums (resident loads and streams)
+  // Wall time with at least one streamed read outstanding (up to the last acquire), so
+  // bytes_of_acquired / read_busy_s is the disk's delivered rate.
+  double read_busy_s = 0;
+  uint64_t bytes_acquired = 0;  // bytes of streamed units whose reads completed and were used
+  uint64_t units_acquired = 0;
+  double load_s = 0;            // reading the resident units at construction
+  double verify_s = 0;          // checking a ferry pack's checksums (resident loads and streams)
 };
 
 class LayerStreamer {
@@ -104,6 +118,11 @@ class LayerStreamer {
   UnitView acquire(std::size_t unit);
   // The unit's slot (if streamed) goes back to the pool, and is refilled with a prefetch.
   void release(std::size_t unit);
+
+  // Where unit's tensors sit in its buffer (UnitView::base()), and the buffer's size.
+  const UnitLayout& layout(std::size_t unit) const;
+  // The host memory of every resident (host- or device-tier) unit, e.g. to register it for DMA.
+  std::vector<MemoryRegion> resident_regions() const;
 
   uint64_t resident_bytes() const;  // host memory of resident units
   uint64_t staging_bytes() const;   // slot_count × slot size (0 when nothing streams)

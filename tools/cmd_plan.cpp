@@ -42,8 +42,8 @@ double parse_rate(std::string text, const char* flag) {
     FERRY_EXPECT(v > 0, "zero");
     return static_cast<double>(v);
   } catch (const Error&) {
-    throw InvalidArgument(fmt::format(
-        "{} '{}' is not a rate; write it like 2.5GB/s, 500MB/s or 12e9", flag, text));
+    throw InvalidArgument(
+        fmt::format("{} '{}' is not a rate; write it like 2.5GB/s, 500MB/s or 12e9", flag, text));
   }
 }
 
@@ -77,9 +77,10 @@ planner::Plan read_plan_file(const std::string& path) {
   try {
     j = nlohmann::json::parse(in);
   } catch (const nlohmann::json::exception& e) {
-    throw InvalidArgument(fmt::format("the plan {} is not valid JSON ({}); write plans with "
-                                      "`ferry plan --json -o FILE`",
-                                      path, e.what()));
+    throw InvalidArgument(
+        fmt::format("the plan {} is not valid JSON ({}); write plans with "
+                    "`ferry plan --json -o FILE`",
+                    path, e.what()));
   }
   try {
     return planner::plan_from_json(j);
@@ -143,14 +144,17 @@ Command add_plan(CLI::App& app) {
       engine::ProbeOptions po;
       po.measure = !o->no_measure;
       po.reprobe = o->reprobe;
+      po.read_unit_bytes = engine::typical_unit_bytes(config, ck);
       machine = engine::probe_machine(ck, engine::weight_dtype(config, ck), po);
     }
     if (!o->max_ram.empty()) {
       machine.ram_bytes = {static_cast<double>(parse_size(o->max_ram)), "--max-ram"};
       machine.ram_is_explicit_cap = true;
     }
-    if (!o->disk_bw.empty()) machine.disk_bytes_per_s = {parse_rate(o->disk_bw, "--disk-bw"), "--disk-bw"};
-    if (!o->cpu_bw.empty()) machine.cpu_compute_bytes_per_s = {parse_rate(o->cpu_bw, "--cpu-bw"), "--cpu-bw"};
+    if (!o->disk_bw.empty())
+      machine.disk_bytes_per_s = {parse_rate(o->disk_bw, "--disk-bw"), "--disk-bw"};
+    if (!o->cpu_bw.empty())
+      machine.cpu_compute_bytes_per_s = {parse_rate(o->cpu_bw, "--cpu-bw"), "--cpu-bw"};
     const bool gpu_flags = !o->max_vram.empty() || !o->h2d_bw.empty() || !o->gpu_bw.empty();
     if (gpu_flags && !machine.gpu) {
       // A what-if GPU on a machine without one: T4-class figures unless the flags say otherwise.
@@ -165,8 +169,10 @@ Command add_plan(CLI::App& app) {
     }
     if (!o->max_vram.empty())
       machine.gpu->vram_bytes = {static_cast<double>(parse_size(o->max_vram)), "--max-vram"};
-    if (!o->h2d_bw.empty()) machine.gpu->h2d_bytes_per_s = {parse_rate(o->h2d_bw, "--h2d-bw"), "--h2d-bw"};
-    if (!o->gpu_bw.empty()) machine.gpu->compute_bytes_per_s = {parse_rate(o->gpu_bw, "--gpu-bw"), "--gpu-bw"};
+    if (!o->h2d_bw.empty())
+      machine.gpu->h2d_bytes_per_s = {parse_rate(o->h2d_bw, "--h2d-bw"), "--h2d-bw"};
+    if (!o->gpu_bw.empty())
+      machine.gpu->compute_bytes_per_s = {parse_rate(o->gpu_bw, "--gpu-bw"), "--gpu-bw"};
 
     engine::PlanOptions po;
     po.context = o->ctx;
@@ -181,8 +187,8 @@ Command add_plan(CLI::App& app) {
                    o->device);
       po.backend = o->device == "cuda" ? planner::Backend::cuda : planner::Backend::cpu;
     }
-    const planner::Plan plan = planner::make_plan(
-        engine::plan_request(config, ck, machine, po, model_path.string()));
+    const planner::Plan plan =
+        planner::make_plan(engine::plan_request(config, ck, machine, po, model_path.string()));
 
     const nlohmann::json j = planner::plan_to_json(plan);
     if (!o->out.empty()) {

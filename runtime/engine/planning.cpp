@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <vector>
 
@@ -70,18 +71,57 @@ double measure_cpu_matvec(DType dtype) {
   return static_cast<double>(w.size()) / times[2];
 }
 
-planner::Figure disk_figure(const offload::Checkpoint* checkpoint, const ProbeOptions& o) {
-  if (!checkpoint)
-    return {kDefaultDiskBytesPerS, "default: no weights to measure; give --disk-bw"};
-  const auto& files = checkpoint->files();
-  const auto biggest = std::max_element(files.begin(), files.end(), [](const auto& a, const auto& b) {
-    return a.size_bytes < b.size_bytes;
-  });
+std::string cpu_cache_key(DType dtype) {
+  return fmt::format("cpu {} {} {} threads", kernels::cpu::simd_level(), dtype_name(dtype),
+                     default_thread_pool().size());
+}
+
+// The size class of one streamed read: the power of two nearest to a unit's bytes (8 MiB ..
+// 1 GiB). A virtual disk delivers more per second to larger reads (each layer read pays a
+// fixed latency), so disk figures are kept per class.
+uint64_t read_class_bytes(uint64_t unit_bytes) {
+  constexpr uint64_t kMiB = 1ull << 20;
+  const uint64_t b =
+      std::clamp<uint64_t>(unit_bytes ? unit_bytes : 64 * kMiB, 8 * kMiB, 1ull << 30);
+  const uint64_t lo = std::bit_floor(b);
+  return b - lo < 2 * lo - b ? lo : 2 * lo;
+}
+
+std::string disk_key_of(const offload::Checkpoint& checkpoint, uint64_t unit_bytes) {
+  const auto& files = checkpoint.files();
+  const auto biggest =
+      std::max_element(files.begin(), files.end(),
+                       [](const auto& a, const auto& b) { return a.size_bytes < b.size_bytes; });
+  return fmt::format("{}, {} reads", planner::disk_cache_key(biggest->path),
+                     format_bytes(read_class_bytes(unit_bytes)));
+}
+
+std::optional<double> learn_rate(const std::string& key, uint64_t bytes, double busy_s,
+                                 std::string_view how) {
+  if (bytes < (64ull << 20) || busy_s < 0.05) return std::nullopt;
   planner::ProbeCache cache;
-  const std::string key = planner::disk_cache_key(biggest->path);
+  if (!cache.path()) return std::nullopt;
+  const double sample = static_cast<double>(bytes) / busy_s;
+  const auto old = cache.get(key);
+  const double value = old ? 0.5 * (old->value + sample) : sample;
+  cache.put(key, value,
+            fmt::format("{} ({:.2f} GB/s over {}){}", how, sample / 1e9, format_bytes(bytes),
+                        old ? fmt::format(", averaged with {:.2f} GB/s", old->value / 1e9) : ""));
+  return value;
+}
+
+planner::Figure disk_figure(const offload::Checkpoint* checkpoint, const ProbeOptions& o) {
+  if (!checkpoint) return {kDefaultDiskBytesPerS, "default: no weights to measure; give --disk-bw"};
+  const auto& files = checkpoint->files();
+  const auto biggest =
+      std::max_element(files.begin(), files.end(),
+                       [](const auto& a, const auto& b) { return a.size_bytes < b.size_bytes; });
+  planner::ProbeCache cache;
+  const std::string key = disk_key_of(*checkpoint, o.read_unit_bytes);
   if (!o.reprobe)
     if (const auto c = cache.get(key))
-      return {c->value, fmt::format("cache {} ({}, {})", c->measured_at.substr(0, 10), key, c->how)};
+      return {c->value,
+              fmt::format("cache {} ({}, {})", c->measured_at.substr(0, 10), key, c->how)};
   if (!o.measure || biggest->size_bytes < (8ull << 20))
     return {kDefaultDiskBytesPerS,
             fmt::format("default: {} is too small to measure; give --disk-bw",
@@ -89,8 +129,13 @@ planner::Figure disk_figure(const offload::Checkpoint* checkpoint, const ProbeOp
   offload::BenchIoOptions bo;
   bo.engines = {offload::IoBackendKind::uring, offload::IoBackendKind::pread};
   constexpr uint64_t kMiB = 1ull << 20;
-  bo.max_bytes = std::min<uint64_t>(biggest->size_bytes, 256 * kMiB) / kMiB * kMiB;
-  bo.batch_bytes = std::min<uint64_t>(bo.max_bytes, 64 * kMiB);
+  // Reads shaped like streaming: one batch per unit of the size class, two in flight (two
+  // staging slots), over at least 256 MiB.
+  const uint64_t unit = read_class_bytes(o.read_unit_bytes);
+  bo.max_bytes =
+      std::min<uint64_t>(biggest->size_bytes, std::max(256 * kMiB, 2 * unit)) / kMiB * kMiB;
+  bo.batch_bytes = std::min<uint64_t>(bo.max_bytes, unit);
+  bo.batches_in_flight = 2;
   try {
     // Streaming reads the same ranges again every token, so the figure is a second pass over
     // the range, after a cold first one (on virtual disks the host's cache makes them differ).
@@ -105,16 +150,16 @@ planner::Figure disk_figure(const offload::Checkpoint* checkpoint, const ProbeOp
       return {r.bytes_per_s, "measured now: " + how};
     }
   } catch (const Error& e) {
-    return {kDefaultDiskBytesPerS, fmt::format("default: measuring failed ({}); give --disk-bw",
-                                               e.what())};
+    return {kDefaultDiskBytesPerS,
+            fmt::format("default: measuring failed ({}); give --disk-bw", e.what())};
   }
-  return {kDefaultDiskBytesPerS, "default: no I/O engine could read the checkpoint; give --disk-bw"};
+  return {kDefaultDiskBytesPerS,
+          "default: no I/O engine could read the checkpoint; give --disk-bw"};
 }
 
 planner::Figure cpu_figure(DType dtype, const ProbeOptions& o) {
   planner::ProbeCache cache;
-  const std::string key = fmt::format("cpu {} {} {} threads", kernels::cpu::simd_level(),
-                                      dtype_name(dtype), default_thread_pool().size());
+  const std::string key = cpu_cache_key(dtype);
   if (!o.reprobe)
     if (const auto c = cache.get(key))
       return {c->value, fmt::format("cache {} ({})", c->measured_at.substr(0, 10), key)};
@@ -125,6 +170,28 @@ planner::Figure cpu_figure(DType dtype, const ProbeOptions& o) {
 }
 
 }  // namespace
+
+std::optional<double> learn_disk_rate(const offload::Checkpoint& checkpoint, uint64_t unit_bytes,
+                                      uint64_t bytes, double busy_s, std::string_view how) {
+  if (checkpoint.files().empty()) return std::nullopt;
+  return learn_rate(disk_key_of(checkpoint, unit_bytes), bytes, busy_s, how);
+}
+
+uint64_t typical_unit_bytes(const model::ModelConfig& config,
+                            const offload::Checkpoint* checkpoint) {
+  const auto r = plan_request(config, checkpoint, planner::Machine{}, PlanOptions{}, "");
+  std::vector<uint64_t> bytes;
+  for (const auto& u : r.units) bytes.push_back(u.bytes);
+  if (bytes.empty()) return 0;
+  std::nth_element(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(bytes.size() / 2),
+                   bytes.end());
+  return bytes[bytes.size() / 2];
+}
+
+std::optional<double> learn_cpu_rate(DType dtype, uint64_t weight_bytes, double busy_s,
+                                     std::string_view how) {
+  return learn_rate(cpu_cache_key(dtype), weight_bytes, busy_s, how);
+}
 
 uint64_t fixed_host_bytes(const model::ModelConfig& config, int64_t max_batch_rows,
                           int64_t max_logit_rows) {
@@ -219,7 +286,8 @@ planner::Machine probe_machine(const offload::Checkpoint* checkpoint, DType dtyp
       planner::ProbeCache cache;
       auto cached = [&](const std::string& key, double fallback, const char* flag) {
         if (const auto c = cache.get(key))
-          return planner::Figure{c->value, fmt::format("cache {} ({})", c->measured_at.substr(0, 10), key)};
+          return planner::Figure{c->value,
+                                 fmt::format("cache {} ({})", c->measured_at.substr(0, 10), key)};
         return planner::Figure{fallback, fmt::format("default: not measured; give {}", flag)};
       };
       planner::GpuSpec g;
@@ -235,33 +303,38 @@ planner::Machine probe_machine(const offload::Checkpoint* checkpoint, DType dtyp
 }
 
 Placement placement_from_plan(const planner::Plan& plan, const model::ModelConfig& config) {
-  if (plan.request.backend != planner::Backend::cpu)
+  const bool cuda = plan.request.backend == planner::Backend::cuda;
+#ifndef FERRY_HAS_CUDA
+  if (cuda)
     throw PlanError(
-        "the plan places layers on a CUDA device, but this ferry computes on the CPU; make a "
-        "CPU plan with `ferry plan --device cpu`");
+        "the plan places layers on a CUDA device, but this ferry was built without the CUDA "
+        "backend; make a CPU plan with `ferry plan --device cpu`");
+#endif
   const auto& tiers = plan.chosen.tiers;
   FERRY_EXPECT(tiers.size() == static_cast<std::size_t>(config.n_layer) + 1,
                "the plan has {} units but the model has {} layers and a head", tiers.size(),
                config.n_layer);
-  auto to_offload = [](planner::Tier t) {
-    return t == planner::Tier::disk ? offload::Tier::disk : offload::Tier::host;
+  auto to_offload = [cuda](planner::Tier t) {
+    if (t == planner::Tier::disk) return offload::Tier::disk;
+    return cuda && t == planner::Tier::device ? offload::Tier::device : offload::Tier::host;
   };
   Placement p;
   for (int l = 0; l < config.n_layer; ++l)
     p.blocks.push_back(to_offload(tiers[static_cast<std::size_t>(l)]));
   p.head = to_offload(tiers.back());
   p.slot_count = std::max<std::size_t>(2, plan.chosen.host_slots);
+  if (cuda) p.device_slots = std::max<std::size_t>(2, plan.chosen.device_slots);
   return p;
 }
 
 void check_replay(const planner::Plan& saved, const planner::PlanRequest& now) {
   const planner::PlanRequest& was = saved.request;
   if (was.backend != now.backend)
-    throw PlanError(fmt::format(
-        "the plan is for the {} backend but this run uses {}; make a plan for it with "
-        "`ferry plan --device {}`",
-        planner::backend_name(was.backend), planner::backend_name(now.backend),
-        planner::backend_name(now.backend)));
+    throw PlanError(
+        fmt::format("the plan is for the {} backend but this run uses {}; make a plan for it with "
+                    "`ferry plan --device {}`",
+                    planner::backend_name(was.backend), planner::backend_name(now.backend),
+                    planner::backend_name(now.backend)));
   if (was.units.size() != now.units.size())
     throw PlanError(fmt::format(
         "the plan has {} weight units but {} has {}: it was made for another model; make the "
@@ -288,8 +361,8 @@ void check_replay(const planner::Plan& saved, const planner::PlanRequest& now) {
     throw PlanError(fmt::format(
         "the plan needs {} of RAM at its peak but {} allows {}; free memory, or make a plan "
         "for this machine with `ferry plan -m {} -o plan.json`",
-        format_bytes(c.predicted.peak_ram_bytes), now.machine.ram_bytes.source,
-        format_bytes(have), now.model));
+        format_bytes(c.predicted.peak_ram_bytes), now.machine.ram_bytes.source, format_bytes(have),
+        now.model));
 }
 
 }  // namespace ferry::engine

@@ -19,9 +19,9 @@
 namespace ferry::engine {
 
 struct PlanOptions {
-  int64_t context = 0;          // KV cache tokens per sequence; 0: n_positions
-  int64_t max_batch_rows = 0;   // most tokens in one forward pass; 0: the context
-  int64_t max_logit_rows = 0;   // most rows of logits a pass returns; 0: max_batch_rows
+  int64_t context = 0;         // KV cache tokens per sequence; 0: n_positions
+  int64_t max_batch_rows = 0;  // most tokens in one forward pass; 0: the context
+  int64_t max_logit_rows = 0;  // most rows of logits a pass returns; 0: max_batch_rows
   int max_seqs = 1;
   int64_t attended_tokens = 0;  // KV tokens a decode step reads on average; 0: context / 2
   planner::Backend backend = planner::Backend::cpu;
@@ -46,7 +46,14 @@ planner::PlanRequest plan_request(const model::ModelConfig& config,
 struct ProbeOptions {
   bool measure = true;   // false: never read the disk or run kernels; unknown figures get defaults
   bool reprobe = false;  // measure again even when the cache has a recent figure
+  // The bytes a layer read carries (typical_unit_bytes): the disk is measured with reads of
+  // that size, as streaming does them. 0: 64 MiB.
+  uint64_t read_unit_bytes = 0;
 };
+
+// The bytes of the model's median weight unit (for GPT-J: one layer).
+uint64_t typical_unit_bytes(const model::ModelConfig& config,
+                            const offload::Checkpoint* checkpoint);
 
 // This machine: free RAM (cgroups included), RLIMIT_MEMLOCK, the disk read rate of the
 // filesystem holding the checkpoint (a short O_DIRECT read, cached per block device) and the
@@ -57,8 +64,19 @@ struct ProbeOptions {
 planner::Machine probe_machine(const offload::Checkpoint* checkpoint, DType dtype,
                                const ProbeOptions& options = {}, const Device* device = nullptr);
 
-// Where the streamer puts each unit, from a CPU plan. Throws PlanError for a plan that places
-// units on a CUDA device (this backend computes on the CPU).
+// Feeds a rate this machine achieved back into the probe cache, so the next plan predicts
+// from what streaming really got rather than from the short probe: the cached figure moves
+// halfway towards the new one (one noisy run cannot swing it), or becomes it when none is
+// cached. Ignored below 64 MiB or 50 ms of work (too little to say anything). Returns the
+// figure now cached, or nothing when the sample was ignored or the cache is off.
+// unit_bytes: the streamed units' mean size (the disk figure is kept per read size class).
+std::optional<double> learn_disk_rate(const offload::Checkpoint& checkpoint, uint64_t unit_bytes,
+                                      uint64_t bytes, double busy_s, std::string_view how);
+std::optional<double> learn_cpu_rate(DType dtype, uint64_t weight_bytes, double busy_s,
+                                     std::string_view how);
+
+// Where the streamer puts each unit, from a plan. A CUDA plan keeps its device tier and device
+// slots; without the CUDA backend compiled in, it is refused with PlanError.
 Placement placement_from_plan(const planner::Plan& plan, const model::ModelConfig& config);
 
 // Refuses to replay a saved plan that does not match this model and request, or that needs

@@ -7,6 +7,7 @@
 #include "runtime/core/thread_pool.hpp"
 #include "runtime/core/trace.hpp"
 #include "runtime/engine/engine.hpp"
+#include "runtime/engine/planning.hpp"
 
 namespace ferry::profile {
 
@@ -57,6 +58,8 @@ ProfileRun run_profile(const ProfileOptions& o) {
   load.max_logit_rows = 1;
 
   ProfileRun r;
+  uint64_t plan_weight_bytes = 0;  // what the planner's compute figure is per pass
+  DType weight_dtype = DType::f32;
   trace::Tracer& t = trace::tracer();
   if (o.trace) t.start();
   try {
@@ -81,6 +84,15 @@ ProfileRun run_profile(const ProfileOptions& o) {
           return true;
         },
         &r.stats);
+    // What this run achieved goes back into the planner's cached figures (ferry tune's trials
+    // and every profile teach the next plan).
+    const auto& st = streamer.stats();
+    if (m.plan)
+      engine::learn_disk_rate(*m.checkpoint, m.plan->slot_bytes, st.bytes_acquired, st.read_busy_s,
+                              "ferry profile");
+    weight_dtype = engine::weight_dtype(m.config, m.checkpoint.get());
+    if (m.plan)
+      for (const auto& u : m.plan->request.units) plan_weight_bytes += u.bytes + u.kv_read_bytes;
   } catch (...) {
     if (o.trace) t.stop();
     throw;
@@ -88,6 +100,11 @@ ProfileRun run_profile(const ProfileOptions& o) {
   if (o.trace) {
     r.trace = finish_trace({});
     r.summary = summarize(r.trace, r.stats, {r.planner_s_per_token});
+    const auto& d = r.summary.decode;
+    if (d.passes > 0 && d.compute_s_per_pass > 0 && plan_weight_bytes > 0)
+      engine::learn_cpu_rate(weight_dtype, plan_weight_bytes * static_cast<uint64_t>(d.passes),
+                             d.compute_s_per_pass * static_cast<double>(d.passes),
+                             "decode compute in ferry profile");
   } else {
     r.summary.wall_s = r.stats.prompt_s + r.stats.decode_s;
     r.summary.prompt = {r.stats.prompt_tokens, 1, r.stats.prompt_s,
