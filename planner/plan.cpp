@@ -59,20 +59,24 @@ uint64_t largest_of(const PlanRequest& r, const Choice& c, std::initializer_list
 // between streamed ones and the disk keeps reading while they compute).
 std::vector<bool> pick(std::size_t n, std::size_t k, bool spread) {
   std::vector<bool> in(n, false);
-  for (std::size_t i = 0; i < n; ++i)
-    in[i] = spread ? ((i + 1) * k / n > i * k / n) : i < k;
+  for (std::size_t i = 0; i < n; ++i) in[i] = spread ? ((i + 1) * k / n > i * k / n) : i < k;
   return in;
 }
 
-std::string fmt_s(double s) { return s >= 1 ? fmt::format("{:.2f} s", s) : fmt::format("{:.1f} ms", s * 1e3); }
+std::string fmt_s(double s) {
+  return s >= 1 ? fmt::format("{:.2f} s", s) : fmt::format("{:.1f} ms", s * 1e3);
+}
 
 }  // namespace
 
 std::string_view tier_name(Tier t) {
   switch (t) {
-    case Tier::device: return "device";
-    case Tier::host: return "host";
-    case Tier::disk: return "disk";
+    case Tier::device:
+      return "device";
+    case Tier::host:
+      return "host";
+    case Tier::disk:
+      return "disk";
   }
   return "?";
 }
@@ -109,8 +113,7 @@ Prediction predict(const PlanRequest& r, const Choice& c) {
   FERRY_EXPECT(!cuda || r.machine.gpu, "a CUDA plan needs a machine with a GPU");
   // Host slots hold disk-tier units (on CUDA they also carry every unit once, at load);
   // device slots hold the units that are not resident on the device.
-  const uint64_t host_slot =
-      cuda ? largest_unit(r) : largest_of(r, c, {Tier::disk});
+  const uint64_t host_slot = cuda ? largest_unit(r) : largest_of(r, c, {Tier::disk});
   const uint64_t dev_slot = cuda ? largest_of(r, c, {Tier::host, Tier::disk}) : 0;
   Prediction p;
   p.host_slot_bytes = c.host_slots > 0 ? host_slot : 0;
@@ -247,7 +250,11 @@ bool fits(const Prediction& p, const Budgets& b, bool cuda) {
       if (ctx >= 1 && ctx < r.context)
         msg += fmt::format(", or use a smaller --ctx (--ctx {} fits)", ctx);
     }
-    throw PlanError(msg + ", or use a compressed pack (ferry convert --quant int8 or int4)");
+    if (r.compression == PlanRequest::Compression::none)
+      msg += ", or use a compressed pack (ferry convert --quant int8 or int4)";
+    else if (r.compression == PlanRequest::Compression::int8)
+      msg += ", or use an int4 pack (ferry convert --quant int4)";
+    throw PlanError(msg);
   }
   const GpuSpec& g = *r.machine.gpu;
   const uint64_t min_vram = g.context_bytes + r.device_fixed_bytes + 2 * slot;
@@ -266,9 +273,8 @@ bool fits(const Prediction& p, const Budgets& b, bool cuda) {
       "it, {} for the runtime) but {} allows {}; raise --max-ram to at least {}, or use a "
       "smaller --ctx",
       r.model, format_bytes(budget_for(min_ram, exact)), format_bytes(g.host_context_bytes),
-      format_bytes(2 * slot), format_bytes(r.kv_bytes), r.context,
-      format_bytes(r.host_fixed_bytes), ram_source, format_bytes(plan.ram_budget_bytes),
-      format_bytes(budget_for(min_ram, exact))));
+      format_bytes(2 * slot), format_bytes(r.kv_bytes), r.context, format_bytes(r.host_fixed_bytes),
+      ram_source, format_bytes(plan.ram_budget_bytes), format_bytes(budget_for(min_ram, exact))));
 }
 
 }  // namespace
@@ -290,8 +296,8 @@ Plan make_plan(const PlanRequest& r) {
   Plan plan;
   plan.request = r;
   plan.ram_budget_bytes = r.machine.ram_bytes.bytes();
-  plan.ram_margin_bytes =
-      std::min(plan.ram_budget_bytes, ram_margin(plan.ram_budget_bytes, r.machine.ram_is_explicit_cap));
+  plan.ram_margin_bytes = std::min(
+      plan.ram_budget_bytes, ram_margin(plan.ram_budget_bytes, r.machine.ram_is_explicit_cap));
   if (cuda) {
     plan.vram_budget_bytes = r.machine.gpu->vram_bytes.bytes();
     plan.vram_margin_bytes = std::min(plan.vram_budget_bytes, vram_margin(plan.vram_budget_bytes));
@@ -371,8 +377,8 @@ Plan make_plan(const PlanRequest& r) {
   using Key = std::tuple<std::size_t, std::size_t, std::size_t, std::size_t, std::size_t, int>;
   std::map<Key, Choice> best;
   for (auto& c : feasible) {
-    const Key k{c.count(Tier::device), c.count(Tier::host), c.count(Tier::disk), c.host_slots,
-                c.device_slots, static_cast<int>(c.kv)};
+    const Key k{c.count(Tier::device), c.count(Tier::host), c.count(Tier::disk),
+                c.host_slots,          c.device_slots,      static_cast<int>(c.kv)};
     auto it = best.find(k);
     if (it == best.end() || c.predicted.s_per_token < it->second.predicted.s_per_token)
       best[k] = std::move(c);
@@ -460,9 +466,8 @@ std::string Plan::table() const {
   t += fmt::format("; prefetch depth {}; I/O queue depth {}\n", c.prefetch_depth(),
                    r.io_queue_depth);
   t += fmt::format("  {:<13}{} on the {} ({} tokens × {} sequence{})\n", "KV cache",
-                   format_bytes(r.kv_bytes),
-                   cuda && c.kv == KvPlace::device ? "device" : "host", r.context, r.batch,
-                   r.batch == 1 ? "" : "s");
+                   format_bytes(r.kv_bytes), cuda && c.kv == KvPlace::device ? "device" : "host",
+                   r.context, r.batch, r.batch == 1 ? "" : "s");
   t += fmt::format("  {:<13}{} of {} (margin {} kept free; budget from {})\n", "peak RAM",
                    format_bytes(p.peak_ram_bytes), format_bytes(ram_budget_bytes),
                    format_bytes(ram_margin_bytes), r.machine.ram_bytes.source);
@@ -473,9 +478,8 @@ std::string Plan::table() const {
   t += fmt::format("  {:<13}{}\n", "peak pinned", format_bytes(p.peak_pinned_bytes));
   t += fmt::format("  {:<13}{:.3f} s/token ({:.2f} tokens/s), bound by {}\n", "predicted",
                    p.s_per_token, p.s_per_token > 0 ? 1 / p.s_per_token : 0.0, p.bound);
-  t += fmt::format("  {:<13}disk → host {} ({} at {:.2f} GB/s)", "per token",
-                   fmt_s(p.disk_s), format_bytes(p.disk_bytes_per_token),
-                   r.machine.disk_bytes_per_s.value / 1e9);
+  t += fmt::format("  {:<13}disk → host {} ({} at {:.2f} GB/s)", "per token", fmt_s(p.disk_s),
+                   format_bytes(p.disk_bytes_per_token), r.machine.disk_bytes_per_s.value / 1e9);
   if (cuda)
     t += fmt::format("; host → device {} ({} at {:.2f} GB/s)", fmt_s(p.h2d_s),
                      format_bytes(p.h2d_bytes_per_token),
@@ -491,10 +495,9 @@ std::string Plan::explain() const {
     const double slower = chosen.predicted.s_per_token > 0
                               ? c.predicted.s_per_token / chosen.predicted.s_per_token
                               : 1.0;
-    e += fmt::format("next {}:   {}\n          ({:.2f}× the chosen time{})\n", i + 1,
-                     choice_line(*this, c), slower,
-                     slower <= 1 + kTieFraction ? "; as fast within 0.5%, but needs more memory"
-                                                : "");
+    e += fmt::format(
+        "next {}:   {}\n          ({:.2f}× the chosen time{})\n", i + 1, choice_line(*this, c),
+        slower, slower <= 1 + kTieFraction ? "; as fast within 0.5%, but needs more memory" : "");
   }
   if (runners_up.empty()) e += "no other placement fits the budgets\n";
   e += fmt::format(
@@ -622,7 +625,8 @@ Plan plan_from_json(const json& j) {
   r.kv_bytes_per_context_token = field<uint64_t>(kv, "bytes_per_context_token", " of kv_cache");
   const auto kv_place = field<std::string>(kv, "place", " of kv_cache");
   if (kv_place != "host" && kv_place != "device")
-    throw InvalidArgument(fmt::format("the plan's kv_cache place '{}' is not host or device", kv_place));
+    throw InvalidArgument(
+        fmt::format("the plan's kv_cache place '{}' is not host or device", kv_place));
   Choice& c = plan.chosen;
   c.kv = kv_place == "device" ? KvPlace::device : KvPlace::host;
   const json layers = field<json>(j, "layers", "");

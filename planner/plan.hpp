@@ -32,50 +32,52 @@ enum class KvPlace { host, device };
 // One unit of weights, in compute order: a transformer block, or the head (final norm and
 // lm_head). Units can differ in size; the search does not assume they are uniform.
 struct PlanUnit {
-  std::string name;             // "layer 3", "head"
-  uint64_t bytes = 0;           // as read and as resident (4 KiB-aligned ranges)
-  uint64_t kv_read_bytes = 0;   // KV cache bytes its attention reads per decoded token
+  std::string name;            // "layer 3", "head"
+  uint64_t bytes = 0;          // as read and as resident (4 KiB-aligned ranges)
+  uint64_t kv_read_bytes = 0;  // KV cache bytes its attention reads per decoded token
 };
 
 // Everything the planner needs to know about one request, in bytes and machine figures.
 struct PlanRequest {
-  std::string model;                  // for messages: the model directory or config
+  std::string model;  // for messages: the model directory or config
   std::vector<PlanUnit> units;
   Backend backend = Backend::cpu;
   Machine machine;
-  int64_t context = 0;                // KV cache tokens per sequence
-  int batch = 1;                      // sequences
-  uint64_t kv_bytes = 0;              // the whole KV cache, as the backend stores it
+  int64_t context = 0;                      // KV cache tokens per sequence
+  int batch = 1;                            // sequences
+  uint64_t kv_bytes = 0;                    // the whole KV cache, as the backend stores it
   uint64_t kv_bytes_per_context_token = 0;  // kv_bytes / context, to suggest a smaller --ctx
-  uint64_t host_fixed_bytes = 0;      // runtime, activations, norms and biases on the host
-  uint64_t device_fixed_bytes = 0;    // activations and workspace on the GPU (cuda)
+  uint64_t host_fixed_bytes = 0;            // runtime, activations, norms and biases on the host
+  uint64_t device_fixed_bytes = 0;          // activations and workspace on the GPU (cuda)
   uint32_t io_queue_depth = 16;
   std::size_t max_host_slots = 4;     // the search tries 2 … max_host_slots
   std::size_t forced_host_slots = 0;  // non-zero: a tuned policy fixes the slot count
+  // The weights are already int4 (nothing smaller to suggest), int8 (int4 is), or neither.
+  enum class Compression { none, int8, int4 } compression = Compression::none;
 };
 
 struct Prediction {
   uint64_t peak_ram_bytes = 0;
   uint64_t peak_vram_bytes = 0;
-  uint64_t host_slot_bytes = 0;     // one host staging slot: the largest unit it carries
+  uint64_t host_slot_bytes = 0;  // one host staging slot: the largest unit it carries
   uint64_t device_slot_bytes = 0;
-  uint64_t peak_pinned_bytes = 0;   // locked (CPU) or page-locked for DMA (CUDA) host memory
-  double s_per_token = 0;           // decoding one token, steady state, prefetch overlapped
-  double disk_s = 0;                // busy time per token of each link
+  uint64_t peak_pinned_bytes = 0;  // locked (CPU) or page-locked for DMA (CUDA) host memory
+  double s_per_token = 0;          // decoding one token, steady state, prefetch overlapped
+  double disk_s = 0;               // busy time per token of each link
   double h2d_s = 0;
   double compute_s = 0;
   uint64_t disk_bytes_per_token = 0;
   uint64_t h2d_bytes_per_token = 0;
-  std::string bound;                // the busiest link: "disk → host", "host → device", "compute"
+  std::string bound;  // the busiest link: "disk → host", "host → device", "compute"
 };
 
 // One placement and its predicted cost.
 struct Choice {
-  std::vector<Tier> tiers;          // one per unit
-  std::size_t host_slots = 0;       // staging slots in host RAM (disk-tier units; CUDA load ring)
-  std::size_t device_slots = 0;     // staging slots in VRAM for host/disk-tier units (CUDA)
+  std::vector<Tier> tiers;       // one per unit
+  std::size_t host_slots = 0;    // staging slots in host RAM (disk-tier units; CUDA load ring)
+  std::size_t device_slots = 0;  // staging slots in VRAM for host/disk-tier units (CUDA)
   KvPlace kv = KvPlace::host;
-  std::string arrangement;          // "prefix" or "spread": which units of a tier were chosen
+  std::string arrangement;  // "prefix" or "spread": which units of a tier were chosen
   Prediction predicted;
 
   std::size_t count(Tier t) const;
@@ -85,13 +87,13 @@ struct Choice {
 
 struct Plan {
   PlanRequest request;
-  uint64_t ram_budget_bytes = 0;    // what the machine figure allows
-  uint64_t ram_margin_bytes = 0;    // kept free for what the model cannot see
+  uint64_t ram_budget_bytes = 0;  // what the machine figure allows
+  uint64_t ram_margin_bytes = 0;  // kept free for what the model cannot see
   uint64_t vram_budget_bytes = 0;
   uint64_t vram_margin_bytes = 0;
-  uint64_t slot_bytes = 0;          // one host staging slot of the chosen placement
+  uint64_t slot_bytes = 0;  // one host staging slot of the chosen placement
   Choice chosen;
-  std::vector<Choice> runners_up;   // the next best two, for --explain
+  std::vector<Choice> runners_up;  // the next best two, for --explain
 
   // "28 layers + head: 6 host, 23 disk through 3 slots of 384 MiB (prefetch 2); peak RAM
   // 3.7 GiB of 4.0 GiB; 0.41 s/token, bound by disk → host"

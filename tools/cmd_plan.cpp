@@ -1,6 +1,7 @@
 // ferry plan: will the model fit, how fast will it run, and what to change if it does not —
 // answered before loading, from config.json alone (weights, when present, give exact sizes).
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <filesystem>
 #include <fstream>
@@ -13,6 +14,7 @@
 #include "runtime/core/units.hpp"
 #include "runtime/engine/planning.hpp"
 #include "runtime/model/model_config.hpp"
+#include "runtime/model/weight_format.hpp"
 #include "tools/commands.hpp"
 
 namespace ferry::tools {
@@ -58,6 +60,8 @@ struct PlanFlags {
   std::string h2d_bw;
   std::string gpu_bw;
   std::string dtype;
+  std::string quant;
+  double goal = 0;
   std::string out;
   int64_t ctx = 0;
   int batch = 1;
@@ -67,6 +71,46 @@ struct PlanFlags {
   bool no_measure = false;
   bool reprobe = false;
 };
+
+// One format `ferry plan --quant` considered: its plan, or why it does not fit.
+struct QuantCandidate {
+  QuantCandidate(std::optional<model::WeightFormat> f, std::string n)
+      : format(f), name(std::move(n)) {}
+  std::optional<model::WeightFormat> format;  // none: the checkpoint as stored
+  std::string name;
+  uint64_t weight_bytes = 0;
+  std::optional<planner::Plan> plan;
+  std::string refusal;
+};
+
+// --quant auto: the least compression that fits and meets the goal (s/token; 0: none). When
+// nothing meets the goal, the fastest that fits; when nothing fits, the most compressed
+// candidate's refusal is thrown (it names the smallest budget).
+std::size_t choose_quant(const std::vector<QuantCandidate>& c, double goal, std::string& why) {
+  std::optional<std::size_t> fastest;
+  std::vector<std::string> passed;
+  for (std::size_t i = 0; i < c.size(); ++i) {
+    if (!c[i].plan) {
+      passed.push_back(fmt::format("{} does not fit", c[i].name));
+      continue;
+    }
+    const double s = c[i].plan->chosen.predicted.s_per_token;
+    if (!fastest || s < c[*fastest].plan->chosen.predicted.s_per_token) fastest = i;
+    if (goal <= 0 || s <= goal) {
+      why = passed.empty() ? fmt::format("{} is the least compression and fits{}", c[i].name,
+                                         goal > 0 ? fmt::format(" within {} s/token", goal) : "")
+                           : fmt::format("{}; {} is the least compression that fits{}",
+                                         fmt::join(passed, ", "), c[i].name,
+                                         goal > 0 ? fmt::format(" within {} s/token", goal) : "");
+      return i;
+    }
+    passed.push_back(fmt::format("{} fits but takes {:.3g} s/token", c[i].name, s));
+  }
+  if (!fastest) throw PlanError(c.back().refusal);
+  why = fmt::format("no format meets the goal of {} s/token ({}); {} is the fastest that fits",
+                    goal, fmt::join(passed, ", "), c[*fastest].name);
+  return *fastest;
+}
 
 }  // namespace
 
@@ -109,6 +153,11 @@ Command add_plan(CLI::App& app) {
   cmd->add_option("--gpu-bw", o->gpu_bw, "GPU mat-vec rate in weight bytes/s, e.g. 240GB/s");
   cmd->add_option("--dtype", o->dtype,
                   "weight dtype when there are no weights to read (default: config.json's)");
+  cmd->add_option("--quant", o->quant,
+                  "plan for a ferry pack: f16 | int8 | int4 | int4-g128, or auto: the least "
+                  "compression that fits (and meets --goal)");
+  cmd->add_option("--goal", o->goal, "with --quant auto: the s/token the choice must reach")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--ctx", o->ctx, "KV cache tokens per sequence (default: n_positions)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--batch", o->batch, "sequences decoded together")->check(CLI::PositiveNumber);
@@ -187,10 +236,74 @@ Command add_plan(CLI::App& app) {
                    o->device);
       po.backend = o->device == "cuda" ? planner::Backend::cuda : planner::Backend::cpu;
     }
-    const planner::Plan plan =
-        planner::make_plan(engine::plan_request(config, ck, machine, po, model_path.string()));
+    // The formats to plan: the weights as stored, one pack format, or (auto) the weights as
+    // stored and then each compression, least first.
+    FERRY_EXPECT(o->goal <= 0 || o->quant == "auto",
+                 "--goal chooses among formats; add --quant auto");
+    std::vector<QuantCandidate> candidates;
+    const DType stored = engine::weight_dtype(config, ck);
+    if (o->quant.empty()) {
+      candidates.emplace_back(std::nullopt, std::string(dtype_name(stored)));
+    } else if (o->quant == "auto") {
+      FERRY_EXPECT(is_float_weight(stored),
+                   "{} is already a {} pack; --quant auto chooses the format to convert to, so "
+                   "plan this one without --quant",
+                   o->model, dtype_name(stored));
+      candidates.emplace_back(std::nullopt, std::string(dtype_name(stored)));
+      for (const char* q : {"int8", "int4"}) {
+        const auto f = model::WeightFormat::parse(q);
+        candidates.emplace_back(f, f.name());
+      }
+    } else {
+      const auto f = model::WeightFormat::parse(o->quant);
+      candidates.emplace_back(f, f.name());
+    }
+    for (auto& c : candidates) {
+      engine::PlanOptions cpo = po;
+      cpo.format = c.format;
+      planner::Machine cm = machine;
+      // A quantized mat-vec moves its bytes at its own rate: measured per format on this machine.
+      if (c.format && o->profile.empty() && o->cpu_bw.empty()) {
+        engine::ProbeOptions probe;
+        probe.measure = !o->no_measure;
+        probe.reprobe = o->reprobe;
+        cm.cpu_compute_bytes_per_s = engine::cpu_compute_figure(c.format->dtype, probe);
+      }
+      const auto request = engine::plan_request(config, ck, cm, cpo, model_path.string());
+      for (const auto& u : request.units) c.weight_bytes += u.bytes;
+      try {
+        c.plan = planner::make_plan(request);
+      } catch (const PlanError& e) {
+        if (candidates.size() == 1) throw;
+        c.refusal = e.what();
+      }
+    }
+    std::string why;
+    const std::size_t chosen = o->quant == "auto" ? choose_quant(candidates, o->goal, why) : 0;
+    const planner::Plan& plan = *candidates[chosen].plan;
 
-    const nlohmann::json j = planner::plan_to_json(plan);
+    nlohmann::json j = planner::plan_to_json(plan);
+    if (!o->quant.empty()) {
+      nlohmann::json q = {{"mode", o->quant}, {"chosen", candidates[chosen].name}};
+      if (o->quant == "auto") {
+        q["why"] = why;
+        if (o->goal > 0) q["goal_s_per_token"] = o->goal;
+        q["candidates"] = nlohmann::json::array();
+        for (const auto& c : candidates) {
+          nlohmann::json cj = {
+              {"format", c.name}, {"weight_bytes", c.weight_bytes}, {"fits", c.plan.has_value()}};
+          if (c.plan) {
+            cj["s_per_token"] = c.plan->chosen.predicted.s_per_token;
+            cj["peak_ram_bytes"] = c.plan->chosen.predicted.peak_ram_bytes;
+            cj["peak_vram_bytes"] = c.plan->chosen.predicted.peak_vram_bytes;
+          } else {
+            cj["refusal"] = c.refusal;
+          }
+          q["candidates"].push_back(cj);
+        }
+      }
+      j["quant"] = q;
+    }
     if (!o->out.empty()) {
       std::ofstream out(o->out);
       out << j.dump(2) << "\n";
@@ -206,6 +319,41 @@ Command add_plan(CLI::App& app) {
                                                  format_bytes(ck->total_bytes()))
                                    : fmt::format("none read: sizes from config.json as {}",
                                                  dtype_name(config.torch_dtype)));
+    if (o->quant == "auto") {
+      fmt::print("quant auto: the least compression that fits{}\n",
+                 o->goal > 0 ? fmt::format(" and reaches {} s/token", o->goal) : "");
+      for (std::size_t i = 0; i < candidates.size(); ++i) {
+        const auto& c = candidates[i];
+        fmt::print(
+            "  {:<6} weights {:>10}  {}{}\n", c.name, format_bytes(c.weight_bytes),
+            c.plan ? fmt::format(
+                         "{:.3f} s/token, peak RAM {}{}", c.plan->chosen.predicted.s_per_token,
+                         format_bytes(c.plan->chosen.predicted.peak_ram_bytes),
+                         c.plan->request.backend == planner::Backend::cuda
+                             ? fmt::format(", VRAM {}",
+                                           format_bytes(c.plan->chosen.predicted.peak_vram_bytes))
+                             : std::string())
+                   : "does not fit: " + c.refusal.substr(0, c.refusal.find(';')),
+            i == chosen ? "   <- chosen" : "");
+      }
+      fmt::print("  chose {}: {}\n", candidates[chosen].name, why);
+      // A much faster choice the goal did not ask for: say what it would take.
+      const double s_chosen = plan.chosen.predicted.s_per_token;
+      for (std::size_t i = chosen + 1; i < candidates.size(); ++i)
+        if (candidates[i].plan &&
+            candidates[i].plan->chosen.predicted.s_per_token * 1.5 < s_chosen) {
+          const double s = candidates[i].plan->chosen.predicted.s_per_token;
+          fmt::print("  {} would be {:.1f}× faster ({:.3f} s/token): --goal {:.3g} chooses it\n",
+                     candidates[i].name, s_chosen / s, s, s * 1.05);
+          break;
+        }
+      if (candidates[chosen].format)
+        fmt::print("  make it with: ferry convert -m {} -o {}.ferry --quant {}\n", dir.string(),
+                   dir.string(), candidates[chosen].name);
+    } else if (candidates[chosen].format) {
+      fmt::print("quant: planned for a {} ferry pack (ferry convert --quant {})\n",
+                 candidates[chosen].name, candidates[chosen].name);
+    }
     fmt::print("{}", plan.table());
     if (o->explain) fmt::print("{}", plan.explain());
     return 0;

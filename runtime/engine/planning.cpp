@@ -177,6 +177,10 @@ std::optional<double> learn_disk_rate(const offload::Checkpoint& checkpoint, uin
   return learn_rate(disk_key_of(checkpoint, unit_bytes), bytes, busy_s, how);
 }
 
+planner::Figure cpu_compute_figure(DType dtype, const ProbeOptions& options) {
+  return cpu_figure(dtype, options);
+}
+
 uint64_t typical_unit_bytes(const model::ModelConfig& config,
                             const offload::Checkpoint* checkpoint) {
   const auto r = plan_request(config, checkpoint, planner::Machine{}, PlanOptions{}, "");
@@ -228,6 +232,10 @@ planner::PlanRequest plan_request(const model::ModelConfig& config,
   r.batch = o.max_seqs;
   r.io_queue_depth = o.io_queue_depth;
   r.forced_host_slots = o.forced_host_slots;
+  const DType packed = o.format ? o.format->dtype : weight_dtype(config, checkpoint);
+  if (packed == DType::q8) r.compression = planner::PlanRequest::Compression::int8;
+  if (packed == DType::q4_g64 || packed == DType::q4_g128)
+    r.compression = planner::PlanRequest::Compression::int4;
   const uint64_t kv_f32 = KvCache::bytes_needed(config, o.max_seqs, context);
   r.kv_bytes = kv_f32 / sizeof(float) * kv_elt;
   r.kv_bytes_per_context_token = r.kv_bytes / static_cast<uint64_t>(context);
@@ -238,7 +246,11 @@ planner::PlanRequest plan_request(const model::ModelConfig& config,
                            static_cast<uint64_t>(o.max_seqs);
 
   std::vector<uint64_t> bytes;
-  if (checkpoint) {
+  if (o.format) {
+    bytes.assign(static_cast<std::size_t>(config.n_layer),
+                 model::packed_block_bytes(config, *o.format));
+    bytes.push_back(model::packed_head_bytes(config, *o.format));
+  } else if (checkpoint) {
     bytes = offload::LayerStreamer::unit_bytes(
         *checkpoint, gptj_units(config, Placement::all(config, offload::Tier::disk)));
   } else {

@@ -15,6 +15,7 @@
 #include "runtime/core/device.hpp"
 #include "runtime/engine/weights.hpp"
 #include "runtime/model/model_config.hpp"
+#include "runtime/model/weight_format.hpp"
 
 namespace ferry::engine {
 
@@ -27,6 +28,9 @@ struct PlanOptions {
   planner::Backend backend = planner::Backend::cpu;
   uint32_t io_queue_depth = 16;
   std::size_t forced_host_slots = 0;  // a tuned policy's slot count; 0: search
+  // Plan for a ferry pack of this format (ferry convert --quant) instead of the checkpoint's
+  // own bytes: every layer and the head are one blob of the pack's size.
+  std::optional<model::WeightFormat> format;
 };
 
 // Host bytes the CPU backend needs besides the weight units and the KV cache: activations,
@@ -50,6 +54,10 @@ struct ProbeOptions {
   // that size, as streaming does them. 0: 64 MiB.
   uint64_t read_unit_bytes = 0;
 };
+
+// The CPU's matrix–vector rate for dtype (weight bytes/s): cached, measured (128 MiB), or a
+// default, each saying so.
+planner::Figure cpu_compute_figure(DType dtype, const ProbeOptions& options);
 
 // The bytes of the model's median weight unit (for GPT-J: one layer).
 uint64_t typical_unit_bytes(const model::ModelConfig& config,

@@ -215,6 +215,65 @@ TEST(CliPlan, GptjSixBOnColabT4FromConfigAlone) {
   EXPECT_NE(r.err.find("raise --max-ram to at least"), std::string::npos) << r.err;
 }
 
+// --quant auto: the least compression that fits and meets --goal, with every candidate in the
+// JSON; the refusal when even int4 does not fit suggests no further compression.
+TEST(CliPlan, QuantAutoPicksTheLeastCompressionThatFitsAndMeetsTheGoal) {
+  const std::string cfg = (test::data_dir() / "gptj-6b-config").string();
+  Result r = ferry({"plan", "-m", cfg, "--profile", "laptop-8g", "--quant", "auto", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  json plan = json::parse(r.out);
+  const json& q = plan["quant"];
+  ASSERT_EQ(q["candidates"].size(), 3u) << q.dump();
+  EXPECT_EQ(q["candidates"][0]["format"], "f16");
+  EXPECT_EQ(q["candidates"][1]["format"], "int8");
+  EXPECT_EQ(q["candidates"][2]["format"], "int4");
+  // Each compression streams fewer bytes and is predicted faster on a disk-bound laptop.
+  for (int i = 1; i < 3; ++i) {
+    EXPECT_LT(q["candidates"][i]["weight_bytes"].get<double>(),
+              0.6 * q["candidates"][i - 1]["weight_bytes"].get<double>());
+    EXPECT_LT(q["candidates"][i]["s_per_token"].get<double>(),
+              q["candidates"][i - 1]["s_per_token"].get<double>());
+  }
+  EXPECT_EQ(q["chosen"], "f16");  // no goal: f16 fits 5.5 GiB streamed
+  const double s_int8 = q["candidates"][1]["s_per_token"].get<double>();
+  const double s_int4 = q["candidates"][2]["s_per_token"].get<double>();
+
+  // A goal between int8 and int4 picks int4, and says why; the plan is int4's.
+  const std::string goal = std::to_string((s_int8 + s_int4) / 2);
+  r = ferry({"plan", "-m", cfg, "--profile", "laptop-8g", "--quant", "auto", "--goal", goal});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("chose int4"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("int8 fits but takes"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("ferry convert"), std::string::npos) << r.out;
+  r = ferry({"plan", "-m", cfg, "--profile", "laptop-8g", "--quant", "auto", "--goal", goal,
+             "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  plan = json::parse(r.out);
+  EXPECT_EQ(plan["quant"]["chosen"], "int4");
+  EXPECT_DOUBLE_EQ(plan["s_per_token"].get<double>(), s_int4);
+
+  // An unreachable goal: the fastest that fits, saying no format meets it.
+  r = ferry({"plan", "-m", cfg, "--profile", "laptop-8g", "--quant", "auto", "--goal", "1e-6"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("no format meets the goal"), std::string::npos) << r.out;
+
+  // Nothing fits: int4's refusal, naming the smallest budget, without suggesting a pack.
+  r = ferry({"plan", "-m", cfg, "--profile", "laptop-8g", "--quant", "auto", "--max-ram", "1GiB"});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("raise --max-ram to at least"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("ferry convert"), std::string::npos) << r.err;
+  r = ferry({"plan", "-m", cfg, "--profile", "laptop-8g", "--quant", "int8", "--max-ram", "1GiB"});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("int4 pack"), std::string::npos) << r.err;
+
+  r = ferry({"plan", "-m", cfg, "--profile", "laptop-8g", "--goal", "1"});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("add --quant auto"), std::string::npos) << r.err;
+  r = ferry({"plan", "-m", cfg, "--profile", "laptop-8g", "--quant", "int3"});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("int3"), std::string::npos) << r.err;
+}
+
 // A plan saved by `ferry plan -o` drives `ferry run --plan`, which refuses one that does not fit.
 TEST(CliPlan, RunReplaysASavedPlan) {
   const std::string tiny = (test::data_dir() / "gptj/tiny-f32").string();
