@@ -36,16 +36,20 @@ std::string_view format_name(CheckpointFormat f) {
   return "?";
 }
 
-VerifyMode verify_mode_from_env() {
-  const char* env = std::getenv("FERRY_VERIFY");
-  const std::string v = env != nullptr ? env : "";
-  if (v.empty() || v == "always") return VerifyMode::always;
+VerifyMode parse_verify_mode(std::string_view v, std::string_view source) {
+  if (v == "always") return VerifyMode::always;
   if (v == "once") return VerifyMode::once;
   if (v == "off") return VerifyMode::off;
   throw InvalidArgument(fmt::format(
-      "FERRY_VERIFY={} is not a verify mode; use always (check a ferry pack's checksums on every "
-      "read), once (on the first read of each part) or off",
-      v));
+      "{} '{}' is not a verify mode; use always (check a ferry pack's checksums on every read), "
+      "once (on the first read of each part) or off",
+      source, v));
+}
+
+VerifyMode verify_mode_from_env() {
+  const char* env = std::getenv("FERRY_VERIFY");
+  if (env == nullptr || *env == '\0') return VerifyMode::always;
+  return parse_verify_mode(env, "FERRY_VERIFY");
 }
 
 namespace {

@@ -27,6 +27,8 @@ std::string_view format_name(CheckpointFormat f);  // "safetensors", "torch-zip"
 // sets it; always is the default.
 enum class VerifyMode { always, once, off };
 VerifyMode verify_mode_from_env();
+// "always" | "once" | "off"; throws InvalidArgument naming source (e.g. "--verify") otherwise.
+VerifyMode parse_verify_mode(std::string_view text, std::string_view source);
 
 // Where one tensor's bytes live. Tensors are dense and row-major (a non-contiguous torch
 // tensor is refused at open with a FormatError naming it).
