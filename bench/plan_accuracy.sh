@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# How well the planner predicts: three make-model sizes × two RAM budgets on the CPU backend.
+# How well the planner predicts: three make-model sizes × three RAM budgets on the CPU backend
+# (everything resident, so compute-bound; and two that stream, so disk-bound).
 # Each run is `ferry run --max-ram B` inside a memory cgroup capped at B (v1 or v2; needs root),
 # and ferry prints its plan's prediction next to what it measured (decode s/token; peak RSS as
 # the kernel's VmHWM). The table compares them; the targets are peak RSS within 10% and s/token
@@ -84,7 +85,8 @@ for name in ["small", "medium", "large"]:
     other = plan["peak_ram_bytes"] - weights
     # Between the least that streams (two slots of the largest unit) and everything resident.
     lo = other + 2 * max(l["bytes"] for l in plan["layers"])
-    for frac in (0.6, 0.2):
+    # Everything resident (compute-bound), then two streamed budgets (disk-bound).
+    for frac in (1.05, 0.6, 0.2):
         budget = int(lo + frac * (other + weights - lo)) + (16 << 20)
         subprocess.run([ferry, "plan", "-m", model, "--reprobe", "--max-ram", str(budget),
                         "--ctx", str(ctx)],
@@ -101,20 +103,27 @@ for name in ["small", "medium", "large"]:
                           r"([\d.]+) s/token, peak RSS ([\d.]+ \w+)", p.stderr)
             d = re.search(r"disk → host achieved ([\d.]+) GB/s .*planned with ([\d.]+)\)",
                           p.stderr)
+            c = re.search(r"compute achieved ([\d.]+) GB/s", p.stderr)
             plan_line = re.search(r"^ferry: plan: (.*)$", p.stderr, re.M).group(1)
             runs.append(dict(pred_s=float(m.group(1)), pred_rss=size(m.group(2)),
                              s=float(m.group(3)), rss=size(m.group(4)), cg_peak=cg_peak,
                              disk=float(d.group(1)) if d else None,
+                             cpu=float(c.group(1)) if c else None,
                              planned_disk=float(d.group(2)) if d else None, plan=plan_line))
         if len(runs) < 2:
             continue
         first, second = runs
-        # The cost model alone: the same plan predicted with the disk rate the run achieved.
+        # The cost model alone: the same plan predicted with the disk and CPU rates the run
+        # achieved.
         given = second["pred_s"]
-        if second["disk"]:
+        if second["disk"] or second["cpu"]:
+            extra = []
+            if second["disk"]:
+                extra += ["--disk-bw", f"{second['disk']}GB/s"]
+            if second["cpu"]:
+                extra += ["--cpu-bw", f"{second['cpu']}GB/s"]
             j = json.loads(subprocess.run(
-                [ferry, "plan", "-m", model, "--json", "--max-ram", str(budget), "--ctx", str(ctx),
-                 "--disk-bw", f"{second['disk']}GB/s"],
+                [ferry, "plan", "-m", model, "--json", "--max-ram", str(budget), "--ctx", str(ctx)] + extra,
                 check=True, capture_output=True, text=True).stdout)
             given = j["s_per_token"]
         rows.append(dict(model=name, weights=weights, budget=budget, pred_rss=second["pred_rss"],
@@ -143,7 +152,7 @@ for r in rows:
           f"{fmt_disk(r['disk']):>5}")
 for r in rows:
     print(f"  {r['model']} @ {r['budget']/gib:.2f} GiB: {r['plan']}")
-print("all within target (RSS ±10%, s/token probed just before ±25%)" if ok and len(rows) == 6 else
+print("all within target (RSS ±10%, s/token probed just before ±25%)" if ok and len(rows) == 9 else
       "NOT all within target")
 PY
 [ "${KEEP:-1}" = 1 ] || rm -rf "$WORK"

@@ -194,6 +194,8 @@ Command add_plan(CLI::App& app) {
       po.measure = !o->no_measure;
       po.reprobe = o->reprobe;
       po.read_unit_bytes = engine::typical_unit_bytes(config, ck);
+      po.n_embd = config.n_embd;
+      po.n_inner = config.n_inner;
       machine = engine::probe_machine(ck, engine::weight_dtype(config, ck), po);
     }
     if (!o->max_ram.empty()) {
@@ -267,6 +269,8 @@ Command add_plan(CLI::App& app) {
         engine::ProbeOptions probe;
         probe.measure = !o->no_measure;
         probe.reprobe = o->reprobe;
+        probe.n_embd = config.n_embd;
+        probe.n_inner = config.n_inner;
         cm.cpu_compute_bytes_per_s = engine::cpu_compute_figure(c.format->dtype, probe);
       }
       const auto request = engine::plan_request(config, ck, cm, cpo, model_path.string());

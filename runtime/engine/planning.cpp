@@ -50,30 +50,56 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// The weights' bytes per second through the CPU's matrix–vector product: a matrix four times
-// a large L3 cache (so it streams from DRAM, as layers do), the median of a few runs.
-double measure_cpu_matvec(DType dtype) {
-  constexpr int64_t k = 4096;
-  // packed_row_bytes: also right for packed (q8 / q4) matrices, whose dtype_size is 0.
-  const int64_t n = static_cast<int64_t>((128ull << 20) / packed_row_bytes(dtype, k));
-  AlignedBuffer w(static_cast<std::size_t>(n) * packed_row_bytes(dtype, k), 4096);
-  std::fill_n(static_cast<std::byte*>(w.data()), w.size(), std::byte{0});
-  std::vector<float> x(static_cast<std::size_t>(k), 0.5f);
-  std::vector<float> y(static_cast<std::size_t>(n));
+// The weights' bytes per second through the CPU's matrix–vector products of one transformer
+// block of the model's shapes (q, k, v, out: n_embd × n_embd; fc_in, fc_out: n_inner × n_embd
+// and back), as decoding runs them: six calls per block, so small models pay the per-call cost
+// they really pay. The rows are cut so the block is at most 128 MiB (the probe must not need
+// much memory: it runs before the model's budget is known to be safe), and repeated to stream
+// at least 128 MiB from DRAM per timing. The median of a few timings after a warm-up.
+double measure_cpu_matvec(DType dtype, int64_t n_embd, int64_t n_inner) {
+  constexpr uint64_t kMiB = 1ull << 20;
+  const int64_t e = n_embd > 0 ? n_embd : 4096;
+  const int64_t f = n_inner > 0 ? n_inner : 4 * e;
+  struct Mat {
+    int64_t k, n;
+  };
+  std::vector<Mat> mats = {{e, e}, {e, e}, {e, e}, {e, e}, {e, f}, {f, e}};
+  const auto block_bytes = [&] {
+    uint64_t b = 0;
+    for (const auto& m : mats) b += static_cast<uint64_t>(m.n) * packed_row_bytes(dtype, m.k);
+    return b;
+  };
+  if (block_bytes() > 128 * kMiB) {
+    const double cut = static_cast<double>(128 * kMiB) / static_cast<double>(block_bytes());
+    for (auto& m : mats)
+      m.n = std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(m.n) * cut));
+  }
+  std::vector<AlignedBuffer> w;
+  for (const auto& m : mats) {
+    w.emplace_back(static_cast<std::size_t>(m.n) * packed_row_bytes(dtype, m.k), 4096);
+    std::fill_n(static_cast<std::byte*>(w.back().data()), w.back().size(), std::byte{0});
+  }
+  const uint64_t bytes = block_bytes();
+  const int reps =
+      static_cast<int>(std::max<uint64_t>(1, (128 * kMiB) / std::max<uint64_t>(bytes, 1)));
+  std::vector<float> x(static_cast<std::size_t>(std::max(e, f)), 0.5f);
+  std::vector<float> y(static_cast<std::size_t>(std::max(e, f)));
   std::vector<double> times;
   for (int i = 0; i < 6; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    kernels::cpu::linear(x.data(), 1, k, w.data(), dtype, n, nullptr, y.data(),
-                         default_thread_pool());
+    for (int r = 0; r < reps; ++r)
+      for (std::size_t j = 0; j < mats.size(); ++j)
+        kernels::cpu::linear(x.data(), 1, mats[j].k, w[j].data(), dtype, mats[j].n, nullptr,
+                             y.data(), default_thread_pool());
     if (i > 0) times.push_back(seconds_since(t0));  // the first run faults the pages in
   }
   std::nth_element(times.begin(), times.begin() + 2, times.end());
-  return static_cast<double>(w.size()) / times[2];
+  return static_cast<double>(bytes) * reps / times[2];
 }
 
-std::string cpu_cache_key(DType dtype) {
-  return fmt::format("cpu {} {} {} threads", kernels::cpu::simd_level(), dtype_name(dtype),
-                     default_thread_pool().size());
+std::string cpu_cache_key(DType dtype, int64_t n_embd) {
+  return fmt::format("cpu {} {} {} threads, n_embd {}", kernels::cpu::simd_level(),
+                     dtype_name(dtype), default_thread_pool().size(), n_embd > 0 ? n_embd : 4096);
 }
 
 // The size class of one streamed read: the power of two nearest to a unit's bytes (8 MiB ..
@@ -159,12 +185,12 @@ planner::Figure disk_figure(const offload::Checkpoint* checkpoint, const ProbeOp
 
 planner::Figure cpu_figure(DType dtype, const ProbeOptions& o) {
   planner::ProbeCache cache;
-  const std::string key = cpu_cache_key(dtype);
+  const std::string key = cpu_cache_key(dtype, o.n_embd);
   if (!o.reprobe)
     if (const auto c = cache.get(key))
       return {c->value, fmt::format("cache {} ({})", c->measured_at.substr(0, 10), key)};
   if (!o.measure) return {kDefaultCpuBytesPerS, "default: not measured; give --cpu-bw"};
-  const double rate = measure_cpu_matvec(dtype);
+  const double rate = measure_cpu_matvec(dtype, o.n_embd, o.n_inner);
   cache.put(key, rate, "128 MiB matrix–vector product");
   return {rate, fmt::format("measured now: {} 128 MiB mat-vec", key)};
 }
@@ -192,9 +218,9 @@ uint64_t typical_unit_bytes(const model::ModelConfig& config,
   return bytes[bytes.size() / 2];
 }
 
-std::optional<double> learn_cpu_rate(DType dtype, uint64_t weight_bytes, double busy_s,
-                                     std::string_view how) {
-  return learn_rate(cpu_cache_key(dtype), weight_bytes, busy_s, how);
+std::optional<double> learn_cpu_rate(DType dtype, int64_t n_embd, uint64_t weight_bytes,
+                                     double busy_s, std::string_view how) {
+  return learn_rate(cpu_cache_key(dtype, n_embd), weight_bytes, busy_s, how);
 }
 
 uint64_t fixed_host_bytes(const model::ModelConfig& config, int64_t max_batch_rows,

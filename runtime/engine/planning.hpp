@@ -53,6 +53,9 @@ struct ProbeOptions {
   // The bytes a layer read carries (typical_unit_bytes): the disk is measured with reads of
   // that size, as streaming does them. 0: 64 MiB.
   uint64_t read_unit_bytes = 0;
+  // The model's shapes: the CPU is measured on one block's matrices (0: GPT-J-6B's).
+  int64_t n_embd = 0;
+  int64_t n_inner = 0;
 };
 
 // The CPU's matrix–vector rate for dtype (weight bytes/s): cached, measured (128 MiB), or a
@@ -80,8 +83,8 @@ planner::Machine probe_machine(const offload::Checkpoint* checkpoint, DType dtyp
 // unit_bytes: the streamed units' mean size (the disk figure is kept per read size class).
 std::optional<double> learn_disk_rate(const offload::Checkpoint& checkpoint, uint64_t unit_bytes,
                                       uint64_t bytes, double busy_s, std::string_view how);
-std::optional<double> learn_cpu_rate(DType dtype, uint64_t weight_bytes, double busy_s,
-                                     std::string_view how);
+std::optional<double> learn_cpu_rate(DType dtype, int64_t n_embd, uint64_t weight_bytes,
+                                     double busy_s, std::string_view how);
 
 // Where the streamer puts each unit, from a plan. A CUDA plan keeps its device tier and device
 // slots; without the CUDA backend compiled in, it is refused with PlanError.

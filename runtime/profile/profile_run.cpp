@@ -102,9 +102,9 @@ ProfileRun run_profile(const ProfileOptions& o) {
     r.summary = summarize(r.trace, r.stats, {r.planner_s_per_token});
     const auto& d = r.summary.decode;
     if (d.passes > 0 && d.compute_s_per_pass > 0 && plan_weight_bytes > 0)
-      engine::learn_cpu_rate(weight_dtype, plan_weight_bytes * static_cast<uint64_t>(d.passes),
-                             d.compute_s_per_pass * static_cast<double>(d.passes),
-                             "decode compute in ferry profile");
+      engine::learn_cpu_rate(
+          weight_dtype, config.n_embd, plan_weight_bytes * static_cast<uint64_t>(d.passes),
+          d.compute_s_per_pass * static_cast<double>(d.passes), "decode compute in ferry profile");
   } else {
     r.summary.wall_s = r.stats.prompt_s + r.stats.decode_s;
     r.summary.prompt = {r.stats.prompt_tokens, 1, r.stats.prompt_s,
