@@ -11,6 +11,9 @@
 #include "runtime/core/thread_pool.hpp"
 #include "runtime/core/units.hpp"
 #include "tools/commands.hpp"
+#ifdef FERRY_HAS_CUDA
+#include "runtime/cuda/cuda_device.hpp"
+#endif
 
 namespace ferry::tools {
 
@@ -41,7 +44,11 @@ Command add_info(CLI::App& app) {
     fmt::print("ferry {}\n", FERRY_VERSION);
     fmt::print("cpu kernels: {}\n", kernels::cpu::simd_level());
 #ifdef FERRY_HAS_CUDA
-    fmt::print("cuda: compiled\n");
+    fmt::print("cuda: compiled (architectures {}; CUDA runtime {})\n",
+               cuda::compiled_architectures(), cuda::runtime_version());
+    const auto gpus = cuda::describe_devices();
+    if (gpus.empty()) fmt::print("cuda devices: none ({})\n", cuda::no_device_reason());
+    for (const auto& line : gpus) fmt::print("device {}\n", line);
 #else
     fmt::print("cuda: not compiled (no CUDA toolkit at build time)\n");
 #endif

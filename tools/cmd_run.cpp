@@ -16,6 +16,10 @@
 #include "runtime/profile/profile_run.hpp"
 #include "runtime/text/bpe_tokenizer.hpp"
 #include "tools/commands.hpp"
+#ifdef FERRY_HAS_CUDA
+#include "runtime/cuda/cuda_device.hpp"
+#include "runtime/cuda/cuda_engine.hpp"
+#endif
 
 namespace ferry::tools {
 
@@ -115,8 +119,54 @@ struct RunOptions {
   bool ignore_eos = false;
   bool quiet = false;
   std::string trace;
+  std::string device = "cpu";
+  std::string max_vram;
   TokenizerOptions tok;
   LoadFlags load;
+};
+
+// The CUDA backend's pieces of a run: the device (opened before planning, so its free memory
+// is the VRAM figure) and the engine. Without the backend compiled in, --device cuda says so.
+struct CudaRun {
+#ifdef FERRY_HAS_CUDA
+  std::optional<cuda::CudaDevice> device;
+#endif
+  void open(const RunOptions& o, engine::LoadOptions& lo) {
+    FERRY_EXPECT(o.device == "cpu" || o.device == "cuda", "--device '{}' is not cpu or cuda",
+                 o.device);
+    if (o.device != "cuda") {
+      FERRY_EXPECT(o.max_vram.empty(), "--max-vram needs --device cuda");
+      return;
+    }
+#ifdef FERRY_HAS_CUDA
+    FERRY_EXPECT(!o.load.mmap, "--mmap computes from a memory map on the CPU; drop --device cuda");
+    device.emplace(0);
+    lo.backend = planner::Backend::cuda;
+    lo.device = &*device;
+    if (!o.max_vram.empty()) lo.max_vram_bytes = parse_size(o.max_vram);
+#else
+    (void)lo;
+    throw InvalidArgument(
+        "--device cuda: this ferry was built without the CUDA backend (no CUDA toolkit at build "
+        "time); run without --device cuda to use the CPU");
+#endif
+  }
+  std::unique_ptr<engine::ForwardPass> engine(engine::LoadedModel& m, int64_t context,
+                                              const engine::LoadOptions& lo) {
+#ifdef FERRY_HAS_CUDA
+    if (device) {
+      cuda::CudaEngineOptions co;
+      co.device = device->ordinal();
+      co.context = context;
+      co.io = lo.io;
+      return std::make_unique<cuda::CudaEngine>(m.config, *m.checkpoint, m.placement, co);
+    }
+#endif
+    (void)lo;
+    engine::EngineOptions eo;
+    eo.context = context;
+    return std::make_unique<engine::Engine>(*m.weights, eo, default_thread_pool());
+  }
 };
 
 std::string token_text(const text::BpeTokenizer& tok, text::StreamDecoder& dec, int32_t id) {
@@ -143,6 +193,9 @@ Command add_run(CLI::App& app) {
   cmd->add_flag("--ignore-eos", o->ignore_eos, "keep going after <|endoftext|>");
   cmd->add_flag("-q,--quiet", o->quiet, "no statistics on stderr");
   cmd->add_option("--trace", o->trace, "write a Chrome trace (Perfetto, chrome://tracing)");
+  cmd->add_option("--device", o->device, "cpu (default) | cuda")->envname("FERRY_DEVICE");
+  cmd->add_option("--max-vram", o->max_vram, "cap on GPU memory with --device cuda, e.g. 6GiB")
+      ->envname("FERRY_MAX_VRAM");
   add_tokenizer_options(cmd, o->tok);
   add_load_options(cmd, o->load);
   return [o] {
@@ -165,27 +218,39 @@ Command add_run(CLI::App& app) {
         std::min<int64_t>(config.n_positions, n_prompt + std::max<int64_t>(o->n, 1));
     engine::LoadOptions lo = load_options(o->load, config, context, n_prompt, 1);
     lo.attended_tokens = n_prompt + o->n / 2;  // the middle of decoding, for the prediction
+    CudaRun gpu;
+    gpu.open(*o, lo);
     if (!o->trace.empty()) trace::tracer().start();
     Progress loading("loading", o->quiet);
     lo.io.on_load_progress = [&](uint64_t done, uint64_t total) { loading.update(done, total); };
     engine::LoadedModel m = engine::load_model(o->model, lo);
+    // The CUDA engine loads its device-resident layers as it is made.
+    const std::unique_ptr<engine::ForwardPass> engine_ptr = gpu.engine(m, context, lo);
     loading.finish();
-    if (!o->trace.empty()) profile::trace_load_metadata(m);
-    if (!o->quiet) print_plan(m);
+    if (!o->trace.empty() && m.weights) profile::trace_load_metadata(m);
+    if (!o->quiet) {
+#ifdef FERRY_HAS_CUDA
+      if (const auto* ce = dynamic_cast<const cuda::CudaEngine*>(engine_ptr.get())) {
+        fmt::print(stderr, "ferry: {}; load {:.2f} s\n", ce->describe(), ce->stats().load_s);
+        if (m.plan) fmt::print(stderr, "ferry: plan: {}\n", m.plan->summary());
+      }
+#endif
+      if (m.weights) print_plan(m);
+    }
     engine::GenerateOptions go;
     go.max_new_tokens = o->n;
     if (!o->ignore_eos) go.eos_id = m.config.eos_token_id;
     go.sampling = {o->temperature, o->top_k, o->top_p, o->seed};
-    engine::EngineOptions eo;
-    eo.context = context;
-    engine::Engine eng(*m.weights, eo, default_thread_pool());
+    engine::ForwardPass& eng = *engine_ptr;
 
     std::optional<text::StreamDecoder> dec;
     if (tok) dec.emplace(*tok);
     engine::GenerateStats stats;
+    std::optional<double> prompt_stall_s;  // the streamer's waits up to the first token
     const auto out = engine::generate(
         eng, 0, prompt, go,
         [&](int32_t id) {
+          if (!prompt_stall_s && m.weights) prompt_stall_s = m.weights->streamer().stats().stall_s;
           if (dec) {
             fmt::print("{}", token_text(*tok, *dec, id));
           } else {
@@ -211,7 +276,21 @@ Command add_run(CLI::App& app) {
                  "ferry: prompt {} tokens in {:.3f} s ({:.1f} tok/s); generated {} tokens, "
                  "decode {:.1f} tok/s\n",
                  stats.prompt_tokens, stats.prompt_s, prompt_tps, stats.new_tokens, decode_tps);
-      if (m.plan) print_prediction(*m.plan, measured_s);
+      if (m.plan && m.weights) {
+        const double decode_stall_s =
+            m.weights->streamer().stats().stall_s - prompt_stall_s.value_or(0);
+        print_prediction(m, measured_s, stats.decode_steps, stats.decode_s - decode_stall_s);
+      }
+      if (!m.weights) {  // the CUDA backend: the plan's prediction and the host's peak
+        const auto rss = peak_rss_bytes();
+        fmt::print(stderr, "ferry: predicted {}; measured {:.3f} s/token, peak RSS {} (VmHWM)\n",
+                   m.plan ? fmt::format("{:.3f} s/token, peak RAM {}, peak VRAM {}",
+                                        m.plan->chosen.predicted.s_per_token,
+                                        format_bytes(m.plan->chosen.predicted.peak_ram_bytes),
+                                        format_bytes(m.plan->chosen.predicted.peak_vram_bytes))
+                          : std::string("nothing (placement forced)"),
+                   measured_s, rss ? format_bytes(*rss) : std::string("unknown"));
+      }
     }
     return 0;
   };

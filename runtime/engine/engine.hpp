@@ -29,7 +29,21 @@ struct EngineOptions {
   int64_t context = 0;  // KV capacity per sequence; 0 means n_positions
 };
 
-class Engine {
+// What generate() and the tools drive: a batched forward pass with its KV cache, on any
+// backend (Engine on the CPU, cuda::CudaEngine on a GPU).
+class ForwardPass {
+ public:
+  virtual ~ForwardPass() = default;
+  virtual const model::ModelConfig& config() const = 0;
+  virtual int64_t context() const = 0;
+  virtual int64_t length(int seq) const = 0;
+  virtual void reset(int seq) = 0;
+  // Runs the batch and returns logits ([rows, vocab_size], see LogitsFor).
+  virtual const std::vector<float>& forward(std::span<const SeqTokens> batch,
+                                            LogitsFor which) = 0;
+};
+
+class Engine final : public ForwardPass {
  public:
   Engine(WeightProvider& weights, EngineOptions options, ThreadPool& pool);
 
@@ -38,15 +52,15 @@ class Engine {
   static uint64_t activation_bytes(const model::ModelConfig& config, int64_t max_rows,
                                    int64_t max_logit_rows);
 
-  const model::ModelConfig& config() const { return config_; }
-  int64_t context() const { return cache_.capacity(); }
-  int64_t length(int seq) const { return cache_.length(seq); }
-  void reset(int seq) { cache_.set_length(seq, 0); }
+  const model::ModelConfig& config() const override { return config_; }
+  int64_t context() const override { return cache_.capacity(); }
+  int64_t length(int seq) const override { return cache_.length(seq); }
+  void reset(int seq) override { cache_.set_length(seq, 0); }
 
   // Runs the batch and returns logits ([rows, vocab_size], see LogitsFor). Throws
   // InvalidArgument for a token id outside the vocabulary or a sequence that would outgrow
   // the context, before any state changes.
-  const std::vector<float>& forward(std::span<const SeqTokens> batch, LogitsFor which);
+  const std::vector<float>& forward(std::span<const SeqTokens> batch, LogitsFor which) override;
 
  private:
   void attention_block(std::span<const SeqTokens> batch, const BlockWeights& w, int layer);

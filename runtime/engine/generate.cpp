@@ -19,7 +19,7 @@ void check_prompt_length(int64_t n_tokens, int64_t context) {
                n_tokens, context);
 }
 
-std::vector<int32_t> generate(Engine& engine, int seq, std::span<const int32_t> prompt,
+std::vector<int32_t> generate(ForwardPass& engine, int seq, std::span<const int32_t> prompt,
                               const GenerateOptions& options, const TokenCallback& on_token,
                               GenerateStats* stats) {
   options.sampling.validate();

@@ -36,7 +36,7 @@ using TokenCallback = std::function<bool(int32_t)>;
 
 // Runs sequence slot `seq` of the engine (reset first) on the prompt. Checks before running
 // that prompt + max_new_tokens fits the engine's context.
-std::vector<int32_t> generate(Engine& engine, int seq, std::span<const int32_t> prompt,
+std::vector<int32_t> generate(ForwardPass& engine, int seq, std::span<const int32_t> prompt,
                               const GenerateOptions& options, const TokenCallback& on_token = {},
                               GenerateStats* stats = nullptr);
 

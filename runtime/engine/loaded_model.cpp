@@ -22,11 +22,13 @@ LoadedModel load_model(const std::filesystem::path& dir, LoadOptions options) {
                                    ? *options.machine
                                    : probe_machine(m.checkpoint.get(),
                                                    weight_dtype(m.config, m.checkpoint.get()),
-                                                   options.probe);
+                                                   options.probe, options.device);
     if (options.max_ram_bytes) {
       machine.ram_bytes = {static_cast<double>(*options.max_ram_bytes), "--max-ram"};
       machine.ram_is_explicit_cap = true;
     }
+    if (options.max_vram_bytes && machine.gpu)
+      machine.gpu->vram_bytes = {static_cast<double>(*options.max_vram_bytes), "--max-vram"};
     PlanOptions po;
     po.context = options.context;
     po.max_batch_rows = options.max_batch_rows;
@@ -35,6 +37,7 @@ LoadedModel load_model(const std::filesystem::path& dir, LoadOptions options) {
     po.attended_tokens = options.attended_tokens;
     po.io_queue_depth = options.io.queue_depth;
     po.forced_host_slots = options.slot_count.value_or(0);
+    po.backend = options.backend;
     const planner::PlanRequest request =
         plan_request(m.config, m.checkpoint.get(), machine, po, dir.string());
     if (options.plan) {
@@ -45,7 +48,9 @@ LoadedModel load_model(const std::filesystem::path& dir, LoadOptions options) {
     }
     placement = placement_from_plan(*m.plan, m.config);
   }
-  m.weights = std::make_unique<StreamingWeights>(m.config, *m.checkpoint, placement, options.io);
+  m.placement = placement;
+  if (options.backend == planner::Backend::cpu)
+    m.weights = std::make_unique<StreamingWeights>(m.config, *m.checkpoint, placement, options.io);
   return m;
 }
 

@@ -34,13 +34,19 @@ struct LoadOptions {
   std::optional<std::size_t> slot_count;
   std::optional<planner::Plan> plan;   // replays a saved plan, after checking it still fits
   std::optional<Placement> placement;  // forces the tiers, with no plan (tests, --mmap)
+  // CUDA: plan for this device (its free memory is the VRAM figure, capped by max_vram_bytes)
+  // and leave the weights to the CUDA engine (LoadedModel::weights stays null).
+  planner::Backend backend = planner::Backend::cpu;
+  const Device* device = nullptr;
+  std::optional<uint64_t> max_vram_bytes;
 };
 
 struct LoadedModel {
   model::ModelConfig config;
   std::unique_ptr<offload::Checkpoint> checkpoint;  // the weights refer to it: never moved
-  std::unique_ptr<StreamingWeights> weights;
+  std::unique_ptr<StreamingWeights> weights;  // null for the CUDA backend
   std::optional<planner::Plan> plan;  // none when the placement was forced
+  Placement placement;
 };
 
 // Opens dir (config.json + weights in any supported layout), plans and loads. Throws with a

@@ -69,6 +69,9 @@ struct Placement {
   std::vector<offload::Tier> blocks;  // n_layer entries
   offload::Tier head = offload::Tier::host;
   std::size_t slot_count = 2;
+  // CUDA only: slots in device memory that host- and disk-tier units are copied into before
+  // use (one computing, the others filling ahead of it); ignored on the CPU.
+  std::size_t device_slots = 2;
 
   static Placement all(const model::ModelConfig& config, offload::Tier tier,
                        std::size_t slot_count = 2);

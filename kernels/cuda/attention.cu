@@ -1,0 +1,109 @@
+// Causal attention over the KV cache, for prompt processing and decoding alike: one 256-thread
+// block per (query token, head). The query sits in shared memory; each warp takes keys in turn
+// and its 32 lanes read one key row together (coalesced), so the cache is read once per block;
+// the f32 scores of every key stay in shared memory for the softmax; then each thread owns
+// output features and sums p·v over the keys, again reading cache rows whole. Decoding (one
+// token, thousands of keys) is bound by reading K and V once, which this does; the prompt pass
+// re-reads the cache per token, fine at GPT-J's 2048-token context. Scores, softmax and sums are
+// f32 whatever the cache's dtype, with the steps of kernels/common/nn_math.hpp.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "kernels/common/math.hpp"
+#include "kernels/common/nn_math.hpp"
+#include "kernels/cuda/detail/reduce.cuh"
+#include "kernels/cuda/ops.hpp"
+
+namespace ferry::kernels::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxKeys = 8192;
+constexpr int64_t kMaxHeadDim = 1024;
+
+__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float load(const uint16_t* p, int64_t i) {
+  return __half2float(__ushort_as_half(p[i]));  // exact, like f16_to_f32
+}
+
+template <class KV>
+__global__ void attention_kernel(const float* __restrict__ q_all, int64_t q_stride,
+                                 const KV* __restrict__ k_all, const KV* __restrict__ v_all,
+                                 int64_t kv_head_stride, float* __restrict__ out_all,
+                                 int64_t out_stride, int64_t n_past, int64_t head_dim,
+                                 float divisor) {
+  extern __shared__ float shared[];
+  __shared__ float scratch[32];
+  float* q = shared;                  // [head_dim]
+  float* scores = shared + head_dim;  // [n_keys]
+  const int64_t t = blockIdx.x;
+  const int64_t h = blockIdx.y;
+  const int64_t n_keys = n_past + t + 1;
+  const float* q_src = q_all + t * q_stride + h * head_dim;
+  const KV* k = k_all + h * kv_head_stride;
+  const KV* v = v_all + h * kv_head_stride;
+  float* out = out_all + t * out_stride + h * head_dim;
+
+  for (int64_t d = threadIdx.x; d < head_dim; d += blockDim.x) q[d] = q_src[d];
+  __syncthreads();
+
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int n_warps = blockDim.x >> 5;
+  for (int64_t j = warp; j < n_keys; j += n_warps) {
+    const KV* row = k + j * head_dim;
+    float dot = 0.0f;
+    for (int64_t d = lane; d < head_dim; d += 32) dot += q[d] * load(row, d);
+    dot = detail::warp_sum(dot);
+    if (lane == 0) scores[j] = attention_score(dot, divisor);
+  }
+  __syncthreads();
+
+  float m = -INFINITY;
+  for (int64_t j = threadIdx.x; j < n_keys; j += blockDim.x) m = fmaxf(m, scores[j]);
+  const float max_score = detail::block_max(m, scratch);
+  float s = 0.0f;
+  for (int64_t j = threadIdx.x; j < n_keys; j += blockDim.x) {
+    const float e = softmax_exp(scores[j], max_score);
+    scores[j] = e;
+    s += e;
+  }
+  const float denom = detail::block_sum(s, scratch);  // its __syncthreads publish the e's
+
+  for (int64_t d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int64_t j = 0; j < n_keys; ++j)
+      acc += softmax_prob(scores[j], denom) * load(v + j * head_dim, d);
+    out[d] = acc;
+  }
+}
+
+}  // namespace
+
+int64_t attention_max_keys() { return kMaxKeys; }
+
+cudaError_t attention(const AttentionArgs& a, cudaStream_t stream) {
+  if (a.n_new <= 0 || a.n_head <= 0) return cudaSuccess;
+  const int64_t n_keys = a.n_past + a.n_new;
+  if (n_keys > kMaxKeys || a.head_dim > kMaxHeadDim || a.head_dim <= 0 || a.n_new > 2147483647 ||
+      a.n_head > 65535)
+    return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(a.n_new), static_cast<unsigned>(a.n_head));
+  const std::size_t shmem = static_cast<std::size_t>(a.head_dim + n_keys) * sizeof(float);
+  const float divisor = attention_scale_divisor(a.head_dim);
+  if (a.kv_dtype == DType::f32) {
+    attention_kernel<float><<<grid, kThreads, shmem, stream>>>(
+        a.q, a.q_stride, static_cast<const float*>(a.k), static_cast<const float*>(a.v),
+        a.kv_head_stride, a.out, a.out_stride, a.n_past, a.head_dim, divisor);
+  } else if (a.kv_dtype == DType::f16) {
+    attention_kernel<uint16_t><<<grid, kThreads, shmem, stream>>>(
+        a.q, a.q_stride, static_cast<const uint16_t*>(a.k), static_cast<const uint16_t*>(a.v),
+        a.kv_head_stride, a.out, a.out_stride, a.n_past, a.head_dim, divisor);
+  } else {
+    return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace ferry::kernels::cuda

@@ -1,0 +1,87 @@
+// The CUDA kernels: every operation of the GPT-J forward pass on device pointers, each the twin
+// of a kernels/cpu function with the same arguments plus a stream (never the default stream).
+// Activations are f32; a matrix product's input may be converted to the weights' f16 / bf16 first
+// (cuBLAS multiplies like types), and every product and score accumulates in f32. Launchers
+// return cudaGetLastError() after their launch (or the cuBLAS status) and never throw; the
+// runtime turns errors into exceptions (runtime/cuda/cuda_check.hpp). Only kernels/cuda and
+// runtime/cuda include this header.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <string>
+
+#include "runtime/core/dtype.hpp"
+
+namespace ferry::kernels::cuda {
+
+// y[i, :] = (x[i, :] - mean) / sqrt(var + eps) · gamma + beta for i < m, written as ydt (f32 for
+// the residual path, f16 / bf16 when y feeds a product with such weights). One block per row.
+cudaError_t layer_norm(const float* x, int64_t m, int64_t n, const float* gamma, const float* beta,
+                       float eps, void* y, DType ydt, cudaStream_t stream);
+
+// x = gelu_new(x), in place.
+cudaError_t gelu_new(float* x, int64_t n, cudaStream_t stream);
+
+// y += x.
+cudaError_t add(float* y, const float* x, int64_t n, cudaStream_t stream);
+
+// y[i, o] += bias[o] for a row-major [m, n] y.
+cudaError_t add_bias(float* y, int64_t m, int64_t n, const float* bias, cudaStream_t stream);
+
+// GPT-J's parallel residual: x = x + (mlp + attn), all [n].
+cudaError_t gptj_residual(float* x, const float* attn, const float* mlp, int64_t n,
+                          cudaStream_t stream);
+
+// dst[i] = src[i] converted (f32, f16, bf16 either side, round to nearest even). src and dst may
+// be the same memory when both types have the same size (bf16 → f16 in place, for sm_75).
+cudaError_t convert(const void* src, DType sdt, void* dst, DType ddt, int64_t n,
+                    cudaStream_t stream);
+
+// The CPU twin's rotary_interleaved; positions is a device array of m positions.
+cudaError_t rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head,
+                               int64_t head_dim, int64_t rotary_dim, const int32_t* positions,
+                               cudaStream_t stream);
+
+// Writes n_new rows of keys and values ([t * src_stride + h * head_dim + d], f32) into a
+// head-major cache ([h * kv_head_stride + (n_past + t) * head_dim + d]) of dtype kv_dt (f32 or
+// f16).
+cudaError_t kv_store(const float* k, const float* v, int64_t src_stride, int64_t n_new,
+                     int64_t n_past, int64_t n_head, int64_t head_dim, void* k_cache, void* v_cache,
+                     int64_t kv_head_stride, DType kv_dt, cudaStream_t stream);
+
+// kernels/cpu's AttentionArgs with the cache in f32 or f16 (scores always f32).
+struct AttentionArgs {
+  const float* q = nullptr;  // q[t * q_stride + h * head_dim + d]
+  int64_t q_stride = 0;
+  const void* k = nullptr;  // k[h * kv_head_stride + j * head_dim + d], j < n_past + n_new
+  const void* v = nullptr;
+  DType kv_dtype = DType::f32;
+  int64_t kv_head_stride = 0;
+  float* out = nullptr;  // out[t * out_stride + h * head_dim + d]
+  int64_t out_stride = 0;
+  int64_t n_new = 0;
+  int64_t n_past = 0;
+  int64_t n_head = 0;
+  int64_t head_dim = 0;
+};
+
+// Most keys one query may attend to: the scores of a (token, head) live in shared memory.
+int64_t attention_max_keys();
+
+// out = softmax(q·kᵀ / sqrt(head_dim), causal) · v, one block per (token, head). Prompt and
+// decode are the same kernel: a decode step is n_new = 1.
+cudaError_t attention(const AttentionArgs& args, cudaStream_t stream);
+
+// y[i, o] = Σ_j x[i, j] · w[o, j] for i < m, o < n, j < k: w row-major [n, k] in wdt (f32, f16
+// or bf16), x row-major [m, k] in the same dtype, y f32. cublasGemmEx with f32 accumulation
+// (pedantic f32 for f32 weights, so no TF32 creeps in). The handle's stream is the stream.
+// cuBLAS is loaded on first use (cublas_loader.cpp); empty once it loaded, else why it did not.
+std::string cublas_load_error();
+
+cublasStatus_t linear(cublasHandle_t handle, const void* x, int64_t m, int64_t k, const void* w,
+                      DType wdt, int64_t n, float* y);
+
+}  // namespace ferry::kernels::cuda

@@ -1,0 +1,313 @@
+// Every CUDA kernel against its CPU twin (kernels/cpu, reference versions) on random inputs of
+// awkward sizes. Tolerances are atol + rtol·|ref| per dtype: element-wise kernels differ from
+// the CPU only by the device's libm (tanhf, expf, sinf/cosf: ≤ 2 ulp), sums only by their order
+// (bounded by k·u·Σ|terms|), 16-bit product inputs by one rounding of each input (2^-11 for
+// f16, 2^-8 for bf16, relative to Σ|x·w|). Skipped without a GPU (label gpu).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/ops.hpp"
+#include "kernels/cuda/ops.hpp"
+#include "runtime/core/half.hpp"
+#include "tests/kernels/cpu/kernel_test_util.hpp"
+#include "tests/kernels/cuda/cuda_test_util.hpp"
+
+namespace ferry::kernels {
+namespace {
+
+namespace kc = kernels::cuda;
+using cpu::test::random_floats;
+using cpu::test::random_weights;
+using ferry::cuda::DeviceBuffer;
+
+constexpr double kU = 5.9604644775390625e-08;  // f32 unit roundoff
+
+class CudaKernels : public ferry::cuda::test::GpuTest {};
+
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, double atol,
+                  double rtol, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size());
+  for (std::size_t i = 0; i < got.size(); ++i)
+    ASSERT_LE(std::fabs(static_cast<double>(got[i]) - want[i]), atol + rtol * std::fabs(want[i]))
+        << what << " element " << i << ": got " << got[i] << " want " << want[i];
+}
+
+TEST_F(CudaKernels, LayerNormMatchesCpuInEveryOutputType) {
+  std::mt19937 rng(1);
+  for (int64_t n : {1, 31, 64, 257, 4096}) {
+    const int64_t m = 5;
+    const auto x = random_floats(rng, static_cast<std::size_t>(m * n), -3.0f, 3.0f);
+    const auto g = random_floats(rng, static_cast<std::size_t>(n), 0.5f, 1.5f);
+    const auto b = random_floats(rng, static_cast<std::size_t>(n), -0.5f, 0.5f);
+    std::vector<float> want(x.size());
+    cpu::ref::layer_norm(x.data(), m, n, g.data(), b.data(), 1e-5f, want.data());
+    const DeviceBuffer dx = upload(x), dg = upload(g), db = upload(b);
+    for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
+      DeviceBuffer dy(x.size() * dtype_size(dt));
+      FERRY_CUDA_LAUNCH(kc::layer_norm(dx.as<float>(), m, n, dg.as<float>(), db.as<float>(), 1e-5f,
+                                       dy.data(), dt, stream().get()));
+      std::vector<float> got(x.size());
+      if (dt == DType::f32) {
+        got = download<float>(dy, x.size());
+      } else {
+        const auto bits = download<uint16_t>(dy, x.size());
+        for (std::size_t i = 0; i < got.size(); ++i)
+          got[i] = dt == DType::f16 ? f16_to_f32(bits[i]) : bf16_to_f32(bits[i]);
+      }
+      // Sums in another order: the mean and variance move by ~n·u; outputs are O(3).
+      const double rel = dt == DType::f32 ? 0.0 : (dt == DType::f16 ? 0x1p-11 : 0x1p-8);
+      expect_close(got, want, 64.0 * static_cast<double>(n) * kU * 4.0, rel,
+                   std::string(dtype_name(dt)) + " n=" + std::to_string(n));
+    }
+  }
+}
+
+TEST_F(CudaKernels, ElementwiseMatchCpu) {
+  std::mt19937 rng(2);
+  const int64_t m = 7, n = 1023;
+  const auto x = random_floats(rng, static_cast<std::size_t>(m * n), -6.0f, 6.0f);
+  const auto y0 = random_floats(rng, x.size());
+  const auto bias = random_floats(rng, static_cast<std::size_t>(n));
+  const auto attn = random_floats(rng, x.size());
+
+  auto want = x;
+  cpu::ref::gelu_new(want.data(), m * n);
+  DeviceBuffer d = upload(x);
+  FERRY_CUDA_LAUNCH(kc::gelu_new(d.as<float>(), m * n, stream().get()));
+  expect_close(download<float>(d, x.size()), want, 4 * kU, 8 * kU, "gelu_new");
+
+  want = y0;
+  cpu::ref::add(want.data(), x.data(), m * n);
+  d = upload(y0);
+  DeviceBuffer dx = upload(x);
+  FERRY_CUDA_LAUNCH(kc::add(d.as<float>(), dx.as<float>(), m * n, stream().get()));
+  expect_close(download<float>(d, x.size()), want, 0, 0, "add");
+
+  want = y0;
+  for (std::size_t i = 0; i < want.size(); ++i) want[i] += bias[i % static_cast<std::size_t>(n)];
+  d = upload(y0);
+  DeviceBuffer dbias = upload(bias);
+  FERRY_CUDA_LAUNCH(kc::add_bias(d.as<float>(), m, n, dbias.as<float>(), stream().get()));
+  expect_close(download<float>(d, x.size()), want, 0, 0, "add_bias");
+
+  // The engine's two CPU adds: mlp += attn, x += mlp.
+  auto mlp = y0;
+  want = x;
+  cpu::ref::add(mlp.data(), attn.data(), m * n);
+  cpu::ref::add(want.data(), mlp.data(), m * n);
+  d = upload(x);
+  DeviceBuffer dattn = upload(attn), dmlp = upload(y0);
+  FERRY_CUDA_LAUNCH(
+      kc::gptj_residual(d.as<float>(), dattn.as<float>(), dmlp.as<float>(), m * n, stream().get()));
+  expect_close(download<float>(d, x.size()), want, 0, 0, "gptj_residual");
+}
+
+TEST_F(CudaKernels, ConvertIsExactBothWaysAndInPlace) {
+  std::mt19937 rng(3);
+  auto values = random_floats(rng, 5001, -70000.0f, 70000.0f);
+  const auto small = random_floats(rng, 999, -1e-5f, 1e-5f);
+  values.insert(values.end(), small.begin(), small.end());
+  const auto n = static_cast<int64_t>(values.size());
+  const DeviceBuffer src = upload(values);
+  for (DType dt : {DType::f16, DType::bf16}) {
+    DeviceBuffer half(values.size() * 2);
+    FERRY_CUDA_LAUNCH(kc::convert(src.data(), DType::f32, half.data(), dt, n, stream().get()));
+    const auto bits = download<uint16_t>(half, values.size());
+    for (std::size_t i = 0; i < values.size(); ++i)
+      ASSERT_EQ(bits[i], dt == DType::f16 ? f32_to_f16(values[i]) : f32_to_bf16(values[i])) << i;
+    DeviceBuffer back(values.size() * 4);
+    FERRY_CUDA_LAUNCH(kc::convert(half.data(), dt, back.data(), DType::f32, n, stream().get()));
+    std::vector<float> want(values.size());
+    cpu::ref::convert_to_f32(bits.data(), dt, n, want.data());
+    expect_close(download<float>(back, values.size()), want, 0, 0, "to f32");
+  }
+  // bf16 → f16 in place, as the engine does on sm_75.
+  std::vector<uint16_t> b(values.size());
+  for (std::size_t i = 0; i < b.size(); ++i) b[i] = f32_to_bf16(values[i] / 2.0f);
+  DeviceBuffer db = upload(b);
+  FERRY_CUDA_LAUNCH(kc::convert(db.data(), DType::bf16, db.data(), DType::f16, n, stream().get()));
+  const auto h = download<uint16_t>(db, b.size());
+  for (std::size_t i = 0; i < b.size(); ++i) ASSERT_EQ(h[i], f32_to_f16(bf16_to_f32(b[i]))) << i;
+  // Widening in place is refused, not raced.
+  EXPECT_EQ(kc::convert(db.data(), DType::f16, db.data(), DType::f32, n, stream().get()),
+            cudaErrorInvalidValue);
+}
+
+TEST_F(CudaKernels, RotaryMatchesCpu) {
+  std::mt19937 rng(4);
+  for (int64_t rotary_dim : {2, 8, 64}) {
+    const int64_t m = 9, n_head = 3, head_dim = 64 + 2;
+    const int64_t stride = n_head * head_dim + 5;  // rows with padding
+    auto x = random_floats(rng, static_cast<std::size_t>(m * stride));
+    std::vector<int32_t> pos = {0, 1, 2, 17, 255, 511, 1024, 1999, 2047};
+    auto want = x;
+    cpu::ref::rotary_interleaved(want.data(), m, stride, n_head, head_dim, rotary_dim, pos.data());
+    DeviceBuffer dx = upload(x), dpos = upload(pos);
+    FERRY_CUDA_LAUNCH(kc::rotary_interleaved(dx.as<float>(), m, stride, n_head, head_dim,
+                                             rotary_dim, dpos.as<int32_t>(), stream().get()));
+    // Same angle bits; device sinf/cosf within 2 ulp of the host's at angles up to ~2000 rad.
+    expect_close(download<float>(dx, x.size()), want, 1e-6, 8 * kU,
+                 "rotary_dim " + std::to_string(rotary_dim));
+  }
+}
+
+TEST_F(CudaKernels, KvStoreScattersRows) {
+  std::mt19937 rng(5);
+  const int64_t n_new = 3, n_past = 4, n_head = 2, head_dim = 5, cap = 10, stride = 13;
+  const auto k = random_floats(rng, static_cast<std::size_t>(n_new * stride));
+  const auto v = random_floats(rng, k.size());
+  const DeviceBuffer dk = upload(k), dv = upload(v);
+  for (DType dt : {DType::f32, DType::f16}) {
+    const std::size_t elems = static_cast<std::size_t>(n_head * cap * head_dim);
+    std::vector<uint8_t> zeros(elems * dtype_size(dt), 0);
+    DeviceBuffer ck = upload(zeros), cv = upload(zeros);
+    FERRY_CUDA_LAUNCH(kc::kv_store(dk.as<float>(), dv.as<float>(), stride, n_new, n_past, n_head,
+                                   head_dim, ck.data(), cv.data(), cap * head_dim, dt,
+                                   stream().get()));
+    const auto gk = download<uint8_t>(ck, zeros.size());
+    const auto gv = download<uint8_t>(cv, zeros.size());
+    for (int64_t t = 0; t < n_new; ++t)
+      for (int64_t h = 0; h < n_head; ++h)
+        for (int64_t d = 0; d < head_dim; ++d) {
+          const auto dst =
+              static_cast<std::size_t>(h * cap * head_dim + (n_past + t) * head_dim + d);
+          const auto src = static_cast<std::size_t>(t * stride + h * head_dim + d);
+          float kk, vv;
+          if (dt == DType::f32) {
+            std::memcpy(&kk, gk.data() + dst * 4, 4);
+            std::memcpy(&vv, gv.data() + dst * 4, 4);
+            ASSERT_EQ(kk, k[src]);
+            ASSERT_EQ(vv, v[src]);
+          } else {
+            uint16_t hk, hv;
+            std::memcpy(&hk, gk.data() + dst * 2, 2);
+            std::memcpy(&hv, gv.data() + dst * 2, 2);
+            ASSERT_EQ(hk, f32_to_f16(k[src]));
+            ASSERT_EQ(hv, f32_to_f16(v[src]));
+          }
+        }
+  }
+}
+
+TEST_F(CudaKernels, AttentionMatchesCpuForPromptAndDecode) {
+  std::mt19937 rng(6);
+  struct Shape {
+    int64_t n_new, n_past, n_head, head_dim;
+  };
+  for (const Shape s : {Shape{1, 0, 1, 1}, Shape{7, 0, 3, 33}, Shape{1, 1500, 2, 256},
+                        Shape{5, 40, 4, 64}, Shape{33, 0, 2, 256}}) {
+    const int64_t cap = s.n_past + s.n_new + 3;
+    const int64_t stride = s.n_head * s.head_dim;
+    const auto q = random_floats(rng, static_cast<std::size_t>(s.n_new * stride), -1.0f, 1.0f);
+    const auto k = random_floats(rng, static_cast<std::size_t>(s.n_head * cap * s.head_dim));
+    const auto v = random_floats(rng, k.size());
+    for (DType kv : {DType::f32, DType::f16}) {
+      // The CPU twin reads the cache as the GPU sees it (f16-rounded for an f16 cache).
+      std::vector<float> kr = k, vr = v;
+      std::vector<uint16_t> kh(k.size()), vh(v.size());
+      if (kv == DType::f16)
+        for (std::size_t i = 0; i < k.size(); ++i) {
+          kh[i] = f32_to_f16(k[i]);
+          vh[i] = f32_to_f16(v[i]);
+          kr[i] = f16_to_f32(kh[i]);
+          vr[i] = f16_to_f32(vh[i]);
+        }
+      std::vector<float> want(q.size());
+      cpu::AttentionArgs a;
+      a.q = q.data();
+      a.q_stride = stride;
+      a.k = kr.data();
+      a.v = vr.data();
+      a.kv_head_stride = cap * s.head_dim;
+      a.out = want.data();
+      a.out_stride = stride;
+      a.n_new = s.n_new;
+      a.n_past = s.n_past;
+      a.n_head = s.n_head;
+      a.head_dim = s.head_dim;
+      cpu::ref::attention(a);
+
+      const DeviceBuffer dq = upload(q);
+      const DeviceBuffer dk = kv == DType::f32 ? upload(k) : upload(kh);
+      const DeviceBuffer dv = kv == DType::f32 ? upload(v) : upload(vh);
+      DeviceBuffer dout(q.size() * 4);
+      kc::AttentionArgs g;
+      g.q = dq.as<float>();
+      g.q_stride = stride;
+      g.k = dk.data();
+      g.v = dv.data();
+      g.kv_dtype = kv;
+      g.kv_head_stride = cap * s.head_dim;
+      g.out = dout.as<float>();
+      g.out_stride = stride;
+      g.n_new = s.n_new;
+      g.n_past = s.n_past;
+      g.n_head = s.n_head;
+      g.head_dim = s.head_dim;
+      FERRY_CUDA_LAUNCH(kc::attention(g, stream().get()));
+      // Scores: dots of head_dim terms in another order (|q·k| ≤ head_dim), expf within 2 ulp;
+      // outputs are convex combinations of |v| ≤ 1.
+      const double atol = 8.0 * static_cast<double>(s.head_dim + s.n_past + s.n_new) * kU;
+      expect_close(download<float>(dout, q.size()), want, atol, 16 * kU,
+                   std::string(dtype_name(kv)) + " n_new=" + std::to_string(s.n_new) + " n_past=" +
+                       std::to_string(s.n_past) + " head_dim=" + std::to_string(s.head_dim));
+    }
+  }
+  // Beyond the shared-memory limit: refused with an error, not launched.
+  kc::AttentionArgs too_long;
+  too_long.n_new = 1;
+  too_long.n_head = 1;
+  too_long.head_dim = 64;
+  too_long.n_past = kc::attention_max_keys();
+  EXPECT_EQ(kc::attention(too_long, stream().get()), cudaErrorInvalidValue);
+}
+
+TEST_F(CudaKernels, LinearMatchesCpuForEveryWeightType) {
+  std::mt19937 rng(7);
+  ferry::cuda::CublasHandle cublas(stream(), 32u << 20);
+  struct Shape {
+    int64_t m, k, n;
+  };
+  for (const Shape s : {Shape{1, 1, 1}, Shape{1, 33, 50}, Shape{3, 256, 17}, Shape{17, 1000, 129},
+                        Shape{1, 4096, 300}}) {
+    const auto x = random_floats(rng, static_cast<std::size_t>(s.m * s.k));
+    for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
+      const auto w = random_weights(rng, dt, static_cast<std::size_t>(s.n * s.k));
+      // The GPU multiplies x rounded to the weights' type: so does the reference here.
+      std::vector<float> xr = x;
+      std::vector<uint16_t> xh(x.size());
+      for (std::size_t i = 0; i < x.size() && dt != DType::f32; ++i) {
+        xh[i] = dt == DType::f16 ? f32_to_f16(x[i]) : f32_to_bf16(x[i]);
+        xr[i] = dt == DType::f16 ? f16_to_f32(xh[i]) : bf16_to_f32(xh[i]);
+      }
+      std::vector<float> want(static_cast<std::size_t>(s.m * s.n));
+      cpu::ref::linear(xr.data(), s.m, s.k, w.data(), dt, s.n, nullptr, want.data());
+      const DeviceBuffer dx = dt == DType::f32 ? upload(x) : upload(xh);
+      const DeviceBuffer dw = dt == DType::f32 ? upload(w.values) : upload(w.bits);
+      DeviceBuffer dy(want.size() * 4);
+      FERRY_CUBLAS_TRY(
+          kc::linear(cublas.get(), dx.data(), s.m, s.k, dw.data(), dt, s.n, dy.as<float>()));
+      // Same products (exact in f32 for 16-bit inputs), summed in another order (cuBLAS
+      // blocks the sum): rounding errors of random sign grow like sqrt(k)·u·Σ|x·w|; 4× that.
+      const auto got = download<float>(dy, want.size());
+      for (int64_t i = 0; i < s.m; ++i)
+        for (int64_t o = 0; o < s.n; ++o) {
+          double mag = 0;
+          for (int64_t j = 0; j < s.k; ++j)
+            mag += std::fabs(static_cast<double>(xr[static_cast<std::size_t>(i * s.k + j)]) *
+                             w.values[static_cast<std::size_t>(o * s.k + j)]);
+          const double tol = 4.0 * std::sqrt(static_cast<double>(s.k)) * kU * mag + 1e-30;
+          const auto at = static_cast<std::size_t>(i * s.n + o);
+          ASSERT_LE(std::fabs(static_cast<double>(got[at]) - want[at]), tol)
+              << cpu::test::shape_name(dt, s.m, s.k, s.n) << " at " << i << "," << o;
+        }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ferry::kernels
