@@ -233,6 +233,22 @@ bool fits(const Prediction& p, const Budgets& b, bool cuda) {
   const bool exact = r.machine.ram_is_explicit_cap;
   const uint64_t slot = largest_unit(r);
   const std::string& ram_source = r.machine.ram_bytes.source;
+  if (!cuda && r.forced_host_slots > 2) {
+    // The slot count was fixed (--slots, a tuned policy): say how many fit, if any does.
+    const uint64_t forced =
+        budget_for(r.host_fixed_bytes + r.kv_bytes + r.forced_host_slots * slot, exact);
+    const uint64_t usable = plan.ram_budget_bytes - plan.ram_margin_bytes;
+    const uint64_t other = r.host_fixed_bytes + r.kv_bytes;
+    const uint64_t fit = usable > other ? (usable - other) / slot : 0;
+    if (fit >= 2)
+      throw PlanError(fmt::format(
+          "{} staging slots of {} (--slots or the policy's slot count) need {} of RAM but {} "
+          "allows {}; use --slots {}{} (or drop the fixed count and let the planner choose), or "
+          "raise --max-ram to at least {}",
+          r.forced_host_slots, format_bytes(slot), format_bytes(forced), ram_source,
+          format_bytes(plan.ram_budget_bytes), std::min<uint64_t>(fit, r.forced_host_slots - 1),
+          fit > 2 ? " or fewer" : "", format_bytes(forced)));
+  }
   if (!cuda) {
     const uint64_t min_ram = r.host_fixed_bytes + r.kv_bytes + 2 * slot;
     const uint64_t need = budget_for(min_ram, exact);

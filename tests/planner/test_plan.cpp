@@ -130,6 +130,29 @@ TEST(Plan, ForcedSlotCountIsKept) {
   EXPECT_EQ(make_plan(r).chosen.host_slots, 5u);
 }
 
+// A fixed slot count (--slots, a tuned policy) that does not fit says how many do, and that
+// count really plans.
+TEST(Plan, ForcedSlotCountThatDoesNotFitSaysHowManyDo) {
+  PlanRequest r = gptj_like(cpu_machine(3 * kGiB, 1e9, 2e10));
+  r.forced_host_slots = 6;
+  std::string msg;
+  try {
+    make_plan(r);
+    FAIL() << "6 slots of 394 MiB were accepted in 3 GiB";
+  } catch (const PlanError& e) {
+    msg = e.what();
+  }
+  const auto pos = msg.find("use --slots ");
+  ASSERT_NE(pos, std::string::npos) << msg;
+  const auto fit = static_cast<std::size_t>(std::stoul(msg.substr(pos + 12)));
+  EXPECT_GE(fit, 2u) << msg;
+  EXPECT_LT(fit, 6u) << msg;
+  r.forced_host_slots = fit;
+  EXPECT_EQ(make_plan(r).chosen.host_slots, fit);
+  r.forced_host_slots = fit + 1;
+  EXPECT_THROW(make_plan(r), PlanError);
+}
+
 TEST(Plan, RefusesWithTheSmallestBudgetThatWorks) {
   const PlanRequest r = gptj_like(cpu_machine(1 * kGiB, 1e9, 2e10));
   std::string msg;
