@@ -53,6 +53,7 @@ struct LoadFlags {
   std::string io;
   std::string plan;
   std::string policy;
+  std::string verify;
   bool mmap = false;
 };
 
@@ -67,6 +68,10 @@ void add_load_options(CLI::App* cmd, LoadFlags& o) {
                   "replay a plan saved by `ferry plan --json -o FILE` (refused, with the reason, "
                   "when this machine has less than it needs)")
       ->check(CLI::ExistingFile);
+  cmd->add_option("--verify", o.verify,
+                  "a ferry pack's checksums: always (every read, the default), once (first read "
+                  "of each layer: at load for resident layers) or off")
+      ->envname("FERRY_VERIFY");
   cmd->add_flag("--mmap", o.mmap,
                 "compute straight from a memory map of the checkpoint, as llama.cpp does (no RAM "
                 "budget: the page cache decides; for comparison)");
@@ -80,6 +85,7 @@ engine::LoadOptions load_options(const LoadFlags& f, const model::ModelConfig& c
   if (!f.policy.empty()) profile::apply_policy(profile::load_policy(f.policy), o);
   if (!f.io.empty()) o.io.backend = offload::parse_io_backend(f.io);
   if (!f.plan.empty()) o.plan = read_plan_file(f.plan);
+  if (!f.verify.empty()) o.verify = offload::parse_verify_mode(f.verify, "--verify");
   o.context = context;
   o.max_batch_rows = rows;
   o.max_logit_rows = logit_rows;
@@ -94,8 +100,12 @@ void print_plan(const engine::LoadedModel& m) {
 }
 
 // The planner's prediction against what the run measured: s/token of decoding and peak RSS
-// from the kernel's accounting.
-void print_prediction(const planner::Plan& plan, double measured_s_per_token) {
+// from the kernel's accounting; and, when layers streamed, the disk rate the run achieved,
+// which goes back into the probe cache for the next plan.
+// decode_compute_s: the decode passes' time less their waits on the disk.
+void print_prediction(const engine::LoadedModel& m, double measured_s_per_token,
+                      int64_t decode_steps, double decode_compute_s) {
+  const planner::Plan& plan = *m.plan;
   const auto& p = plan.chosen.predicted;
   const auto rss = peak_rss_bytes();
   fmt::print(stderr,
@@ -104,6 +114,28 @@ void print_prediction(const planner::Plan& plan, double measured_s_per_token) {
              measured_s_per_token > 0 ? fmt::format("{:.3f} s/token", measured_s_per_token)
                                       : std::string("no decode steps"),
              rss ? format_bytes(*rss) : std::string("unknown"));
+  // What the CPU achieved per weight byte while decoding, as the planner counts its work.
+  uint64_t pass_bytes = 0;
+  for (const auto& u : plan.request.units) pass_bytes += u.bytes + u.kv_read_bytes;
+  if (decode_steps > 0 && decode_compute_s > 0) {
+    const uint64_t bytes = pass_bytes * static_cast<uint64_t>(decode_steps);
+    const auto learned =
+        engine::learn_cpu_rate(engine::weight_dtype(m.config, m.checkpoint.get()), m.config.n_embd,
+                               bytes, decode_compute_s, "decode compute in ferry run");
+    fmt::print(stderr, "ferry: compute achieved {:.2f} GB/s of weights (planned with {:.2f}){}\n",
+               static_cast<double>(bytes) / decode_compute_s / 1e9,
+               plan.request.machine.cpu_compute_bytes_per_s.value / 1e9,
+               learned ? fmt::format("; next plans use {:.2f}", *learned / 1e9) : std::string());
+  }
+  const auto& st = m.weights->streamer().stats();
+  if (st.bytes_acquired == 0 || st.read_busy_s <= 0) return;
+  const double achieved = static_cast<double>(st.bytes_acquired) / st.read_busy_s;
+  const auto learned = engine::learn_disk_rate(*m.checkpoint, st.bytes_acquired / st.units_acquired,
+                                               st.bytes_acquired, st.read_busy_s, "ferry run");
+  fmt::print(stderr, "ferry: disk → host achieved {:.2f} GB/s over {} (planned with {:.2f}){}\n",
+             achieved / 1e9, format_bytes(st.bytes_acquired),
+             plan.request.machine.disk_bytes_per_s.value / 1e9,
+             learned ? fmt::format("; next plans use {:.2f}", *learned / 1e9) : std::string());
 }
 
 struct RunOptions {

@@ -11,18 +11,25 @@ LoadedModel load_model(const std::filesystem::path& dir, LoadOptions options) {
                dir.string());
   LoadedModel m;
   m.config = model::ModelConfig::from_model_dir(dir);
-  m.checkpoint = std::make_unique<offload::Checkpoint>(offload::Checkpoint::open(dir));
+  m.checkpoint = std::make_unique<offload::Checkpoint>(
+      offload::Checkpoint::open(dir, options.verify.value_or(offload::verify_mode_from_env())));
   check_checkpoint(m.config, *m.checkpoint);
 
   Placement placement;
   if (options.placement) {
     placement = *options.placement;
   } else {
-    planner::Machine machine = options.machine
-                                   ? *options.machine
-                                   : probe_machine(m.checkpoint.get(),
-                                                   weight_dtype(m.config, m.checkpoint.get()),
-                                                   options.probe, options.device);
+    ProbeOptions probe = options.probe;
+    if (!options.machine) {
+      probe.read_unit_bytes = typical_unit_bytes(m.config, m.checkpoint.get());
+      probe.n_embd = m.config.n_embd;
+      probe.n_inner = m.config.n_inner;
+    }
+    planner::Machine machine =
+        options.machine
+            ? *options.machine
+            : probe_machine(m.checkpoint.get(), weight_dtype(m.config, m.checkpoint.get()), probe,
+                            options.device);
     if (options.max_ram_bytes) {
       machine.ram_bytes = {static_cast<double>(*options.max_ram_bytes), "--max-ram"};
       machine.ram_is_explicit_cap = true;

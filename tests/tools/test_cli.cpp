@@ -5,9 +5,11 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "offload/checkpoint.hpp"
 #include "tests/support/test_support.hpp"
 
 namespace ferry {
@@ -272,6 +274,38 @@ TEST(CliPlan, QuantAutoPicksTheLeastCompressionThatFitsAndMeetsTheGoal) {
   r = ferry({"plan", "-m", cfg, "--profile", "laptop-8g", "--quant", "int3"});
   EXPECT_EQ(r.rc, 1);
   EXPECT_NE(r.err.find("int3"), std::string::npos) << r.err;
+}
+
+// ferry run --verify: a flipped bit in a pack's layer is named whether checked on every read or
+// only the first; off trusts the bytes (the user's choice); a bad mode names the flag.
+TEST(CliRun, VerifyCatchesAFlippedBitInAPackLayer) {
+  const std::string tiny = (test::data_dir() / "gptj/tiny-f32").string();
+  test::TempDir tmp;
+  const std::string pack = (tmp / "pack").string();
+  Result r = ferry({"convert", "-m", tiny, "-o", pack, "--quant", "int8", "--quiet"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  {
+    const auto ck = offload::Checkpoint::open(pack);
+    const auto& t = ck.at("transformer.h.1.mlp.fc_in.weight");
+    std::fstream f(tmp / "pack" / "model.ferry", std::ios::in | std::ios::out | std::ios::binary);
+    const auto at = static_cast<std::streamoff>(t.offset_bytes + t.nbytes / 2);
+    char c = 0;
+    f.seekg(at);
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x04);
+    f.seekp(at);
+    f.write(&c, 1);
+  }
+  for (const char* mode : {"always", "once"}) {
+    r = ferry({"run", "-m", pack, "--ids", "1 2 3", "-n", "3", "--verify", mode});
+    EXPECT_EQ(r.rc, 1) << mode;
+    EXPECT_NE(r.err.find("layer 1 is corrupt"), std::string::npos) << mode << ": " << r.err;
+  }
+  r = ferry({"run", "-m", pack, "--ids", "1 2 3", "-n", "3", "--verify", "off"});
+  EXPECT_EQ(r.rc, 0) << r.err;
+  r = ferry({"run", "-m", pack, "--ids", "1 2 3", "-n", "3", "--verify", "sometimes"});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("--verify 'sometimes'"), std::string::npos) << r.err;
 }
 
 // A plan saved by `ferry plan -o` drives `ferry run --plan`, which refuses one that does not fit.
