@@ -52,17 +52,41 @@ struct Agreement {
   double mean_abs = 0;
   double top1 = 0;  // fraction of positions whose argmax agrees
   std::size_t positions = 0;
+  // The same over the positions the reference decides clearly: its top-2 margin is at least
+  // kClearMargin (the fixtures' median margin is 0.035; a trained model's is ~1).
+  double top1_clear = 1;
+  std::size_t clear_positions = 0;
 };
+
+constexpr float kClearMargin = 0.05f;
+
+float top2_margin(std::span<const float> r) {
+  float a = -INFINITY, b = -INFINITY;
+  for (float v : r) {
+    if (v > a) {
+      b = a;
+      a = v;
+    } else if (v > b) {
+      b = v;
+    }
+  }
+  return a - b;
+}
 
 Agreement compare(const std::vector<float>& ref, const std::vector<float>& got, std::size_t vocab) {
   Agreement a;
   a.positions = ref.size() / vocab;
   double sum = 0;
   std::size_t agree = 0;
+  std::size_t agree_clear = 0;
   for (std::size_t p = 0; p < a.positions; ++p) {
     const std::span<const float> r(ref.data() + p * vocab, vocab);
     const std::span<const float> g(got.data() + p * vocab, vocab);
     agree += argmax(r) == argmax(g);
+    if (top2_margin(r) >= kClearMargin) {
+      ++a.clear_positions;
+      agree_clear += argmax(r) == argmax(g);
+    }
     for (std::size_t v = 0; v < vocab; ++v) {
       const double d = std::fabs(static_cast<double>(r[v]) - g[v]);
       a.max_abs = std::max(a.max_abs, d);
@@ -71,6 +95,8 @@ Agreement compare(const std::vector<float>& ref, const std::vector<float>& got, 
   }
   a.mean_abs = sum / static_cast<double>(ref.size());
   a.top1 = static_cast<double>(agree) / static_cast<double>(a.positions);
+  if (a.clear_positions > 0)
+    a.top1_clear = static_cast<double>(agree_clear) / static_cast<double>(a.clear_positions);
   return a;
 }
 
@@ -107,6 +133,12 @@ double max_mean_error(const std::string& quant) {
   return quant == "int4" ? 0.05 : quant == "int8" ? 0.005 : 0.0005;
 }
 
+// On the positions the reference decides clearly, int8 meets the 99% target; int4's error
+// (max |Δlogit| ~0.2 here) still flips a few margins above 0.05.
+double min_clear_top1(const std::string& quant) {
+  return quant == "int4" ? 0.8 : quant == "int8" ? 0.99 : 1.0;
+}
+
 // The f16 / int8 / int4 packs of every fixture against the fixture's f32 (or f16) weights run
 // by the same engine (itself within 2e-5 of Hugging Face). Printed for the record.
 TEST(QuantPack, FixturesAgreeWithTheSourceWeights) {
@@ -125,10 +157,12 @@ TEST(QuantPack, FixturesAgreeWithTheSourceWeights) {
       const Agreement a = compare(ref, all_logits(dir.path(), prompts), vocab);
       std::printf(
           "[quant] %-21s %-5s g%-3d %-9s positions %3zu  max|Δlogit| %.5f  mean %.6f  "
-          "top-1 %.1f%%\n",
+          "top-1 %.1f%%  (margin ≥ %.2f: %zu positions, %.1f%%)\n",
           fixture.c_str(), c.quant.c_str(), c.group, c.all ? "+emb+head" : "", a.positions,
-          a.max_abs, a.mean_abs, 100.0 * a.top1);
+          a.max_abs, a.mean_abs, 100.0 * a.top1, kClearMargin, a.clear_positions,
+          100.0 * a.top1_clear);
       EXPECT_GE(a.top1, c.min_top1);
+      EXPECT_GE(a.top1_clear, min_clear_top1(c.quant));
       EXPECT_LT(a.mean_abs, max_mean_error(c.quant));
     }
   }
@@ -162,10 +196,12 @@ TEST(QuantPack, LargerRandomModelOverManyPositions) {
     const Agreement a = compare(ref, all_logits(dir.path(), prompts), 2048);
     std::printf(
         "[quant] random-4x256-v2048     %-5s g%-3d positions %3zu  max|Δlogit| %.5f  "
-        "mean %.6f  top-1 %.1f%%\n",
-        c.quant.c_str(), c.group, a.positions, a.max_abs, a.mean_abs, 100.0 * a.top1);
+        "mean %.6f  top-1 %.1f%%  (margin ≥ %.2f: %zu positions, %.1f%%)\n",
+        c.quant.c_str(), c.group, a.positions, a.max_abs, a.mean_abs, 100.0 * a.top1,
+        kClearMargin, a.clear_positions, 100.0 * a.top1_clear);
     EXPECT_LT(a.mean_abs, max_mean_error(c.quant));
     EXPECT_GE(a.top1, c.quant == "int4" ? 0.7 : 0.97);
+    EXPECT_GE(a.top1_clear, min_clear_top1(c.quant));
   }
 }
 
