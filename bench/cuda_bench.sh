@@ -42,7 +42,7 @@ if ! grep -q '^device cuda:' "$OUT_DIR/info.txt"; then
   echo "cuda_bench: no CUDA device ($(grep '^cuda' "$OUT_DIR/info.txt" | tr '\n' ' ')); nothing measured"
   exit 0
 fi
-command -v nvidia-smi >/dev/null && nvidia-smi > "$OUT_DIR/nvidia-smi.txt" 2>&1 || true
+if command -v nvidia-smi >/dev/null; then nvidia-smi > "$OUT_DIR/nvidia-smi.txt" 2>&1 || true; fi
 gpu=$(grep -m1 '^device cuda:' "$OUT_DIR/info.txt" | sed 's/^device //')
 log "GPU: $gpu"
 
@@ -89,8 +89,11 @@ run_ferry() {
   local t0 t1 rc=0
   t0=$(date +%s.%N)
   # shellcheck disable=SC2086
+  # The run replays the plan just printed (`ferry plan` plans for a what-if GPU of --max-vram),
+  # so the prediction, the tiers and the PCIe bytes below are the run's.
   timeout "$RUN_TIMEOUT" "${timer[@]}" "$FERRY" run -m "$MODEL_DIR" --ids "$IDS" -n "$N_TOKENS" \
-    --device cuda $flags --print-ids > "$OUT_DIR/run_$name.out" 2> "$OUT_DIR/run_$name.err" || rc=$?
+    --device cuda $flags --plan "$OUT_DIR/plan_$name.json" --print-ids \
+    > "$OUT_DIR/run_$name.out" 2> "$OUT_DIR/run_$name.err" || rc=$?
   t1=$(date +%s.%N)
   python3 - "$OUT_DIR" "$name" "$rc" "$cache" "$t0" "$t1" "$pinned_gbps" <<'PY'
 import json, re, sys

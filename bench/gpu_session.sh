@@ -11,7 +11,7 @@
 #   bench/gpu_session.sh            env: OUT  BUILD=build-gpu  JOBS=$(nproc)  FULL=0
 #                                        SANITIZE=1  MODEL_DIR=/var/tmp/ferry-gptj-6b
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-gpu-session-out}
 BUILD=${BUILD:-build-gpu}
 JOBS=${JOBS:-$(nproc)}
@@ -39,10 +39,10 @@ fi
 step configure cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DFERRY_CUDA_ARCHITECTURES=native -DFERRY_BUILD_BENCH=ON
 step build cmake --build "$BUILD" -j"$JOBS" --target ferry test_cuda_kernels test_cuda_engine \
-  test_cuda_cli_gpu test_cuda_cli test_kernels bench_cuda_h2d
+  test_cuda_cli_gpu test_cuda_cli test_cublas_loader test_kernels bench_cuda_h2d
 "$BUILD/tools/ferry" info > "$OUT/ferry-info.txt" 2>&1
 step gpu_tests ctest --test-dir "$BUILD" -L gpu --output-on-failure --output-junit "$PWD/$OUT/gpu-tests.xml"
-step shared_math_tests ctest --test-dir "$BUILD" -R 'NnMath|CudaCli' --output-on-failure
+step shared_math_tests ctest --test-dir "$BUILD" -R 'NnMath|CudaCli|CublasLoader' --output-on-failure
 
 if [ "$SANITIZE" = 1 ]; then
   cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)

@@ -187,6 +187,10 @@ struct CudaEngine::Impl {
   void describe_units(const std::vector<offload::StreamUnitSpec>& specs) {
     const bool bf16_ok = device.has_bf16() && options.keep_bf16;
     for (const auto& spec : specs) {
+      FERRY_EXPECT(spec.tier != Tier::mapped,
+                   "{}: the mapped tier (--mmap) computes on the CPU; the CUDA backend copies "
+                   "layers from registered memory",
+                   spec.name);
       GpuUnit u;
       u.tier = spec.tier;
       for (const auto& name : spec.tensors) {

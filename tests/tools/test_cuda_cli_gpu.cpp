@@ -43,7 +43,8 @@ TEST(CudaCliGpu, RunMatchesCpuTokens) {
   // A plan for this device, edited so that layers alternate disk and host tiers (the fixture is
   // too small for a VRAM cap to split it): streamed through device slots, the same tokens.
   test::TempDir tmp;
-  const Result plan = ferry("plan -m " + dir + " --device cuda --ctx 64 --json");
+  // (`ferry plan` plans for a what-if GPU given --max-vram; the run replays it on this one.)
+  const Result plan = ferry("plan -m " + dir + " --device cuda --max-vram 2GiB --ctx 64 --json");
   ASSERT_EQ(plan.rc, 0) << plan.err;
   nlohmann::json j = nlohmann::json::parse(plan.out);
   std::size_t i = 0;

@@ -9,10 +9,13 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/core/error.hpp"
+#include "runtime/core/thread_pool.hpp"
 #include "runtime/cuda/cuda_device.hpp"
 #include "runtime/cuda/cuda_engine.hpp"
+#include "runtime/engine/engine.hpp"
 #include "runtime/engine/generate.hpp"
 #include "runtime/engine/loaded_model.hpp"
+#include "runtime/engine/make_model.hpp"
 #include "runtime/engine/sampler.hpp"
 #include "tests/support/test_support.hpp"
 
@@ -207,6 +210,42 @@ TEST_F(CudaEngineTest, PlannedLoadRuns) {
   EXPECT_EQ(m.weights, nullptr);
   CudaEngine eng(m.config, *m.checkpoint, m.placement, options_for(64));
   check_against_reference(eng, expected_for("tiny-f16-bin-sharded"), false);
+}
+
+// bf16 weights: multiplied as bf16 where the GPU can (sm_80+), converted to f16 in place
+// otherwise (sm_75; forced here with keep_bf16 = false); both against the CPU engine on the same
+// random bf16 model, within the 16-bit tolerance (bf16 inputs round at 2^-8, f16 at 2^-11; the
+// CPU keeps activations f32).
+TEST_F(CudaEngineTest, Bf16WeightsEitherWay) {
+  test::TempDir tmp;
+  engine::MakeModelOptions mo;
+  mo.config = model::preset_config("tiny");
+  mo.dtype = DType::bf16;
+  mo.seed = 5;
+  engine::make_model(tmp.path(), mo);
+  const auto config = model::ModelConfig::from_model_dir(tmp.path());
+  const auto ck = offload::Checkpoint::open(tmp.path());
+  const std::vector<int32_t> ids = {1, 50, 7, 300, 12, 9};
+  const auto vocab = static_cast<std::size_t>(config.vocab_size);
+
+  engine::StreamingWeights w(config, ck, Placement::all(config, Tier::host));
+  engine::Engine cpu(w, {}, default_thread_pool());
+  SeqTokens s{0, ids};
+  const std::vector<float> want = cpu.forward({&s, 1}, LogitsFor::last);
+  float scale = 0;
+  for (float v : want) scale = std::max(scale, std::fabs(v));
+  for (bool keep : {true, false}) {
+    SCOPED_TRACE(keep ? "bf16 kept" : "bf16 converted to f16");
+    CudaEngineOptions o = options_for(64);
+    o.keep_bf16 = keep;
+    // Disk-tier layers too: the conversion also runs on every streamed copy.
+    Placement p = Placement::all(config, Tier::device);
+    p.blocks.back() = Tier::disk;
+    CudaEngine eng(config, ck, p, o);
+    const auto& got = eng.forward({&s, 1}, LogitsFor::last);
+    const float tol = static_cast<float>(2 * config.n_layer + 2) * 0x1p-8f * scale;
+    for (std::size_t i = 0; i < vocab; ++i) ASSERT_NEAR(got[i], want[i], tol) << i;
+  }
 }
 
 // A context beyond the attention kernel's shared memory is refused with the flag to change.
