@@ -80,12 +80,7 @@ std::vector<std::string> describe_devices() {
   return lines;
 }
 
-std::string compiled_architectures() {
-  std::string a = FERRY_CUDA_ARCHITECTURES;
-  for (auto& c : a)
-    if (c == ';') c = ',';
-  return a;
-}
+std::string compiled_architectures() { return FERRY_CUDA_ARCHITECTURES; }
 
 std::string runtime_version() {
   int v = 0;
