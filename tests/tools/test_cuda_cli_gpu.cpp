@@ -17,10 +17,17 @@ struct Result {
   std::string err;
 };
 
+// The ferry binary: FERRY_BIN from the environment when set (prebuilt binaries run on another
+// machine, bench/gpu_session.sh), else the one this build made.
+std::string ferry_bin() {
+  const char* env = std::getenv("FERRY_BIN");
+  return env != nullptr && *env != '\0' ? env : FERRY_BIN;
+}
+
 Result ferry(const std::string& args) {
   test::TempDir tmp;
-  const std::string cmd = std::string(FERRY_BIN) + " " + args + " >" + (tmp / "out").string() +
-                          " 2>" + (tmp / "err").string() + " </dev/null";
+  const std::string cmd = ferry_bin() + " " + args + " >" + (tmp / "out").string() + " 2>" +
+                          (tmp / "err").string() + " </dev/null";
   const int status = std::system(cmd.c_str());
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, test::read_file(tmp / "out"),
           test::read_file(tmp / "err")};
