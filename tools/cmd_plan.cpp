@@ -17,6 +17,10 @@
 #include "runtime/model/weight_format.hpp"
 #include "tools/commands.hpp"
 
+#ifdef FERRY_HAS_CUDA
+#include "runtime/cuda/cuda_device.hpp"
+#endif
+
 namespace ferry::tools {
 
 namespace fs = std::filesystem;
@@ -196,7 +200,17 @@ Command add_plan(CLI::App& app) {
       po.read_unit_bytes = engine::typical_unit_bytes(config, ck);
       po.n_embd = config.n_embd;
       po.n_inner = config.n_inner;
-      machine = engine::probe_machine(ck, engine::weight_dtype(config, ck), po);
+      // This machine's GPU, when the CUDA backend is compiled in and a device answers: its free
+      // memory is the VRAM figure, as `ferry run --device cuda` will see it.
+      const Device* gpu = nullptr;
+#ifdef FERRY_HAS_CUDA
+      std::optional<cuda::CudaDevice> cuda_device;
+      if (o->device != "cpu" && cuda::device_count() > 0) {
+        cuda_device.emplace(0);
+        gpu = &*cuda_device;
+      }
+#endif
+      machine = engine::probe_machine(ck, engine::weight_dtype(config, ck), po, gpu);
     }
     if (!o->max_ram.empty()) {
       machine.ram_bytes = {static_cast<double>(parse_size(o->max_ram)), "--max-ram"};

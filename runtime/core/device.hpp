@@ -24,6 +24,12 @@ class Device {
   virtual std::string name() const = 0;  // "cpu (avx2, 2 threads)", "NVIDIA T4 (sm_75)"
   // Memory of the device apart from host RAM; none for the CPU, whose memory is the host's.
   virtual std::optional<DeviceMemoryInfo> memory_info() const = 0;
+  // Host → device copies from page-locked memory, bytes per second (the best of a few copies of
+  // nbytes); none for the CPU, which has no such link.
+  virtual std::optional<double> measure_h2d_bytes_per_s(uint64_t nbytes) const {
+    (void)nbytes;
+    return std::nullopt;
+  }
 };
 
 class CpuDevice final : public Device {

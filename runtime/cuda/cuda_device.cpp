@@ -1,10 +1,15 @@
 #include "runtime/cuda/cuda_device.hpp"
 
 #include <fmt/format.h>
+#include <algorithm>
+#include <chrono>
+#include <cstring>
 
+#include "runtime/core/aligned_buffer.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/units.hpp"
 #include "runtime/cuda/cuda_check.hpp"
+#include "runtime/cuda/resources.hpp"
 
 namespace ferry::cuda {
 
@@ -62,6 +67,32 @@ std::optional<DeviceMemoryInfo> CudaDevice::memory_info() const {
   FERRY_CUDA_TRY(cudaSetDevice(current));
   FERRY_CUDA_TRY(err);
   return DeviceMemoryInfo{free_bytes, total_bytes};
+}
+
+std::optional<double> CudaDevice::measure_h2d_bytes_per_s(uint64_t nbytes) const {
+  int current = 0;
+  FERRY_CUDA_TRY(cudaGetDevice(&current));
+  FERRY_CUDA_TRY(cudaSetDevice(ordinal_));
+  struct Restore {
+    int device;
+    ~Restore() { (void)cudaSetDevice(device); }
+  } restore{current};
+  const std::size_t n = std::max<std::size_t>(nbytes / 4096 * 4096, 4096);
+  AlignedBuffer host(n, 4096);
+  std::memset(host.data(), 1, n);  // fault the pages in before registering them
+  const HostRegistration pinned(host.data(), n);
+  const DeviceBuffer dev(n);
+  const CudaStream stream;
+  double best = 0;
+  for (int i = 0; i < 5; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    FERRY_CUDA_TRY(
+        cudaMemcpyAsync(dev.data(), host.data(), n, cudaMemcpyHostToDevice, stream.get()));
+    FERRY_CUDA_TRY(cudaStreamSynchronize(stream.get()));
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (i > 0 && s > 0) best = std::max(best, static_cast<double>(n) / s);  // the first warms up
+  }
+  return best > 0 ? std::optional<double>(best) : std::nullopt;
 }
 
 std::vector<std::string> describe_devices() {

@@ -332,6 +332,17 @@ planner::Machine probe_machine(const offload::Checkpoint* checkpoint, DType dtyp
       g.name = device->name();
       g.vram_bytes = {static_cast<double>(mem->free_bytes), "free device memory (" + g.name + ")"};
       g.h2d_bytes_per_s = cached("h2d " + g.name, 12e9, "--h2d-bw");
+      if (o.measure && (o.reprobe || !cache.get("h2d " + g.name))) {
+        // 256 MiB from page-locked memory, as the staging ring copies a layer.
+        try {
+          if (const auto rate = device->measure_h2d_bytes_per_s(256ull << 20)) {
+            cache.put("h2d " + g.name, *rate, "cudaMemcpyAsync of 256 MiB from registered memory");
+            g.h2d_bytes_per_s = {*rate, "measured now: pinned copy of 256 MiB to " + g.name};
+          }
+        } catch (const Error& e) {
+          g.h2d_bytes_per_s.source += fmt::format(" (measuring failed: {})", e.what());
+        }
+      }
       g.compute_bytes_per_s = cached("gpu " + g.name, 2.4e11, "--gpu-bw");
       g.context_bytes = kDeviceWorkspaceBytes;  // the context is already in use: not in "free"
       g.host_context_bytes = 300ull << 20;

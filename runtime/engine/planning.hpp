@@ -69,9 +69,9 @@ uint64_t typical_unit_bytes(const model::ModelConfig& config,
 // This machine: free RAM (cgroups included), RLIMIT_MEMLOCK, the disk read rate of the
 // filesystem holding the checkpoint (a short O_DIRECT read, cached per block device) and the
 // CPU's matrix–vector rate for dtype (cached per SIMD level and thread count).
-// With a device that has memory of its own (CUDA), its free memory is the VRAM figure; its link
-// and compute rates come from the probe cache (`ferry tune` and the GPU benchmarks write them)
-// or T4-class defaults that say so.
+// With a device that has memory of its own (CUDA), its free memory is the VRAM figure and its
+// host → device rate is a 256 MiB pinned copy (cached per device name); its compute rate comes
+// from the probe cache ("gpu NAME") or a T4-class default that says so.
 planner::Machine probe_machine(const offload::Checkpoint* checkpoint, DType dtype,
                                const ProbeOptions& options = {}, const Device* device = nullptr);
 
