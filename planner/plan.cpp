@@ -376,6 +376,7 @@ Plan make_plan(const PlanRequest& r) {
             for (std::size_t ds : {2, 3}) {
               if (fast == n && ds == 3) continue;
               for (KvPlace kv : {KvPlace::device, KvPlace::host}) {
+                if (kv == KvPlace::host && r.kv_device_only) continue;
                 c.host_slots = hs;
                 c.device_slots = fast == n ? 0 : ds;
                 c.kv = kv;

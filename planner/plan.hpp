@@ -52,6 +52,9 @@ struct PlanRequest {
   uint32_t io_queue_depth = 16;
   std::size_t max_host_slots = 4;     // the search tries 2 … max_host_slots
   std::size_t forced_host_slots = 0;  // non-zero: a tuned policy fixes the slot count
+  // The backend keeps the KV cache on the device (ferry's CUDA engine does): the search does not
+  // consider host-resident KV (FlexGen's layout) then.
+  bool kv_device_only = false;
   // The weights are already int4 (nothing smaller to suggest), int8 (int4 is), or neither.
   enum class Compression { none, int8, int4 } compression = Compression::none;
 };

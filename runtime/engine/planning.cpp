@@ -304,8 +304,12 @@ planner::PlanRequest plan_request(const model::ModelConfig& config,
     r.host_fixed_bytes = kRuntimeBytes + (static_cast<uint64_t>(rows) * e +
                                           lr * static_cast<uint64_t>(config.vocab_size)) *
                                              sizeof(float);
-    r.device_fixed_bytes = Engine::activation_bytes(config, rows, logit_rows) / 2 +
+    // The CUDA engine keeps activations and logits in f32 on the device, plus a 16-bit copy of
+    // each product's input (at most rows × n_inner), and the KV cache on the device.
+    r.device_fixed_bytes = Engine::activation_bytes(config, rows, logit_rows) +
+                           static_cast<uint64_t>(rows) * static_cast<uint64_t>(config.n_inner) * 2 +
                            vector_floats(config) * sizeof(float) + kDeviceWorkspaceBytes;
+    r.kv_device_only = true;
   }
   return r;
 }

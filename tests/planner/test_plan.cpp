@@ -219,6 +219,22 @@ TEST(Plan, GptjOnColabT4SitsOnTheDevice) {
   EXPECT_EQ(p.chosen.predicted.bound, "compute");
 }
 
+// A backend that keeps the KV cache on the device gets no plan that puts it on the host, even
+// where that would be faster (a 2048-token cache of 896 MiB in 4 GiB of VRAM).
+TEST(Plan, KvStaysOnTheDeviceWhenTheBackendKeepsItThere) {
+  Machine m = t4();
+  m.gpu->vram_bytes = {4.0 * kGiB, "--max-vram"};
+  PlanRequest r = gptj_like(m, Backend::cuda);
+  const Plan free_choice = make_plan(r);
+  r.kv_device_only = true;
+  const Plan p = make_plan(r);
+  EXPECT_EQ(p.chosen.kv, KvPlace::device);
+  for (const auto& c : p.runners_up) EXPECT_EQ(c.kv, KvPlace::device);
+  EXPECT_LE(p.chosen.predicted.peak_vram_bytes, 4 * kGiB);
+  // Never better than the search that may use the host.
+  EXPECT_GE(p.chosen.predicted.s_per_token, free_choice.chosen.predicted.s_per_token * 0.999);
+}
+
 TEST(Plan, LessVramMovesLayersToHostOrDisk) {
   Machine m = t4();
   m.gpu->vram_bytes = {6.0 * kGiB, "--max-vram"};
