@@ -33,18 +33,6 @@ namespace {
 
 constexpr std::size_t kCublasWorkspaceBytes = 32ull << 20;  // the planner's device workspace
 
-// The order of a block unit's matrices (engine::gptj_units streams them in this order).
-constexpr WeightRole kBlockVectors[] = {WeightRole::ln_1_w, WeightRole::ln_1_b, WeightRole::fc_in_b,
-                                        WeightRole::fc_out_b};
-constexpr WeightRole kHeadVectors[] = {WeightRole::ln_f_w, WeightRole::ln_f_b,
-                                       WeightRole::lm_head_b};
-
-const model::WeightSpec& spec_of(const model::WeightGroup& g, WeightRole role) {
-  for (const auto& w : g.weights)
-    if (w.role == role) return w;
-  throw Error(fmt::format("internal: weight role {} not in this group", static_cast<int>(role)));
-}
-
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -169,11 +157,11 @@ struct CudaEngine::Impl {
     for (int l = 0; l < config.n_layer; ++l) {
       const model::WeightGroup g = model::block_group(config, l);
       block_vector_offsets.push_back(host.size());
-      for (WeightRole r : kBlockVectors) load(spec_of(g, r));
+      for (WeightRole r : model::kBlockVectors) load(g.spec(r));
     }
     const model::WeightGroup head = model::head_group(config);
     head_vector_offset = host.size();
-    for (WeightRole r : kHeadVectors) load(spec_of(head, r));
+    for (WeightRole r : model::kHeadVectors) load(head.spec(r));
     vectors = DeviceBuffer(host.size() * sizeof(float));
     // Synchronous on purpose: once, at load, from pageable memory.
     FERRY_CUDA_TRY(cudaMemcpyAsync(vectors.data(), host.data(), host.size() * sizeof(float),

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "kernels/cpu/ops.hpp"
@@ -38,19 +39,8 @@ constexpr const char* kSideFiles[] = {"vocab.json",
 constexpr uint64_t kReadChunkBytes = 16ull << 20;
 
 bool is_block_matrix(WeightRole r) {
-  return r == WeightRole::q_proj || r == WeightRole::k_proj || r == WeightRole::v_proj ||
-         r == WeightRole::out_proj || r == WeightRole::fc_in_w || r == WeightRole::fc_out_w;
-}
-
-// The same order as gptj_units', so a layer's blob is one contiguous read.
-constexpr WeightRole kBlockMatrices[] = {WeightRole::q_proj,  WeightRole::k_proj,
-                                         WeightRole::v_proj,  WeightRole::out_proj,
-                                         WeightRole::fc_in_w, WeightRole::fc_out_w};
-
-const model::WeightSpec& spec_of(const model::WeightGroup& g, WeightRole role) {
-  for (const auto& w : g.weights)
-    if (w.role == role) return w;
-  throw Error("internal: weight role not in group");
+  return std::find(std::begin(model::kBlockMatrices), std::end(model::kBlockMatrices), r) !=
+         std::end(model::kBlockMatrices);
 }
 
 // One f32 value stored as dtype (f32, f16 or bf16); a finite value that would become infinite
@@ -154,10 +144,11 @@ ConvertResult convert_model(const fs::path& in, const fs::path& out,
   for (int l = 0; l < config.n_layer; ++l) {
     add_blob(fmt::format("layer {}", l));
     const model::WeightGroup g = model::block_group(config, l);
-    for (WeightRole r : kBlockMatrices) add(spec_of(g, r), matrices);
+    // model::kBlockMatrices: the order gptj_units streams, so a layer's blob is one read.
+    for (WeightRole r : model::kBlockMatrices) add(g.spec(r), matrices);
   }
   add_blob("lm_head");
-  add(spec_of(model::head_group(config), WeightRole::lm_head_w), lm_head);
+  add(model::head_group(config).spec(WeightRole::lm_head_w), lm_head);
   for (const auto& g : model::all_groups(config))
     for (const auto& w : g.weights)
       FERRY_EXPECT(!w.is_matrix() || w.role == WeightRole::wte || w.role == WeightRole::lm_head_w ||

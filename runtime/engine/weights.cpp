@@ -54,21 +54,6 @@ Placement Placement::all(const model::ModelConfig& config, offload::Tier tier,
 
 namespace {
 
-// The order of a block unit's matrices; acquire_block reads them back in this order.
-constexpr WeightRole kBlockMatrices[] = {WeightRole::q_proj,  WeightRole::k_proj,
-                                         WeightRole::v_proj,  WeightRole::out_proj,
-                                         WeightRole::fc_in_w, WeightRole::fc_out_w};
-constexpr WeightRole kBlockVectors[] = {WeightRole::ln_1_w, WeightRole::ln_1_b, WeightRole::fc_in_b,
-                                        WeightRole::fc_out_b};
-constexpr WeightRole kHeadVectors[] = {WeightRole::ln_f_w, WeightRole::ln_f_b,
-                                       WeightRole::lm_head_b};
-
-const model::WeightSpec& spec_of(const model::WeightGroup& g, WeightRole role) {
-  for (const auto& w : g.weights)
-    if (w.role == role) return w;
-  throw Error(fmt::format("internal: weight role {} not in this group", static_cast<int>(role)));
-}
-
 model::ModelConfig checked(model::ModelConfig config, const offload::Checkpoint& checkpoint) {
   check_checkpoint(config, checkpoint);
   return config;
@@ -94,11 +79,11 @@ std::vector<offload::StreamUnitSpec> gptj_units(const model::ModelConfig& config
     offload::StreamUnitSpec u;
     u.name = fmt::format("layer {}", l);
     u.tier = placement.blocks[static_cast<std::size_t>(l)];
-    for (WeightRole r : kBlockMatrices) u.tensors.push_back(spec_of(g, r).name);
+    for (WeightRole r : model::kBlockMatrices) u.tensors.push_back(g.spec(r).name);
     units.push_back(std::move(u));
   }
   const model::WeightGroup head = model::head_group(config);
-  units.push_back({"lm_head", {spec_of(head, WeightRole::lm_head_w).name}, placement.head});
+  units.push_back({"lm_head", {head.spec(WeightRole::lm_head_w).name}, placement.head});
   return units;
 }
 
@@ -125,14 +110,14 @@ StreamingWeights::StreamingWeights(model::ModelConfig config, const offload::Che
   for (int l = 0; l < config_.n_layer; ++l) {
     const model::WeightGroup g = model::block_group(config_, l);
     block_vector_offsets_.push_back(vectors_.size());
-    for (WeightRole r : kBlockVectors) load_vector(spec_of(g, r));
-    for (WeightRole r : kBlockMatrices)
-      block_dtypes_.push_back(checkpoint.at(spec_of(g, r).name).dtype);
+    for (WeightRole r : model::kBlockVectors) load_vector(g.spec(r));
+    for (WeightRole r : model::kBlockMatrices)
+      block_dtypes_.push_back(checkpoint.at(g.spec(r).name).dtype);
   }
   const model::WeightGroup head = model::head_group(config_);
   head_vector_offset_ = vectors_.size();
-  for (WeightRole r : kHeadVectors) load_vector(spec_of(head, r));
-  lm_head_dtype_ = checkpoint.at(spec_of(head, WeightRole::lm_head_w).name).dtype;
+  for (WeightRole r : model::kHeadVectors) load_vector(head.spec(r));
+  lm_head_dtype_ = checkpoint.at(head.spec(WeightRole::lm_head_w).name).dtype;
 }
 
 void StreamingWeights::embed(std::span<const int32_t> ids, float* out) {

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "runtime/core/error.hpp"
+
 namespace ferry::model {
 
 uint64_t WeightGroup::bytes(DType dtype) const {
@@ -34,6 +36,12 @@ WeightGroup block_group(const ModelConfig& c, int layer) {
               {WeightRole::fc_out_w, p + "mlp.fc_out.weight", Shape{e, f}},
               {WeightRole::fc_out_b, p + "mlp.fc_out.bias", Shape{e}},
           }};
+}
+
+const WeightSpec& WeightGroup::spec(WeightRole role) const {
+  for (const auto& w : weights)
+    if (w.role == role) return w;
+  throw Error(fmt::format("internal: weight role {} not in this group", static_cast<int>(role)));
 }
 
 WeightGroup head_group(const ModelConfig& c) {

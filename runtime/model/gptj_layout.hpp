@@ -46,7 +46,19 @@ struct WeightGroup {
   int layer = -1;  // for blocks
   std::vector<WeightSpec> weights;
   uint64_t bytes(DType dtype) const;  // as a checkpoint stores it, every tensor in dtype
+  // The weight with this role; throws Error (an internal mistake) when the group has none.
+  const WeightSpec& spec(WeightRole role) const;
 };
+
+// A block unit's matrices in the order they are streamed and read back, its vectors (norms
+// and biases, kept f32), and the head's vectors: one order for every backend.
+inline constexpr WeightRole kBlockMatrices[] = {WeightRole::q_proj,  WeightRole::k_proj,
+                                                WeightRole::v_proj,  WeightRole::out_proj,
+                                                WeightRole::fc_in_w, WeightRole::fc_out_w};
+inline constexpr WeightRole kBlockVectors[] = {WeightRole::ln_1_w, WeightRole::ln_1_b,
+                                               WeightRole::fc_in_b, WeightRole::fc_out_b};
+inline constexpr WeightRole kHeadVectors[] = {WeightRole::ln_f_w, WeightRole::ln_f_b,
+                                              WeightRole::lm_head_b};
 
 WeightGroup embedding_group(const ModelConfig& c);
 WeightGroup block_group(const ModelConfig& c, int layer);
