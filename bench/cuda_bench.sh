@@ -8,18 +8,21 @@
 #      made once in MODEL_DIR), run greedily with
 #        colab:    --max-vram 15GiB --max-ram 10GiB   (every layer resident; RAM bounded at load)
 #        streamed: --max-vram 6GiB  --max-ram 10GiB   (layers that do not fit stream every token)
+#        disk:     --max-vram 6GiB  --max-ram 4GiB    (and those that do not fit in RAM from disk)
 #      recording load time, s/token (ferry's decode rate), peak RSS (VmHWM via /usr/bin/time, else
 #      ferry's own line) and the plan's prediction; s/token is set against the bound
 #        max(bytes over PCIe per token / pinned copy rate, s/token of the all-resident run)
-#      (the all-resident run is the compute time: it copies nothing per token).
+#      (the all-resident run is the compute time: it copies nothing per token), and for the disk
+#      case the bytes read from disk per token / the disk rate ferry probed before the run.
 #   3. Hugging Face Accelerate loading the same checkpoint with device_map="auto" and the same
-#      max_memory (when python3 has torch, transformers and accelerate), same prompt and tokens.
+#      max_memory (when python3 has torch, transformers and accelerate), same prompt and tokens
+#      (not for the disk case: Accelerate would first write its own offload copy to disk).
 # The page cache is dropped before each run when this runs as root (else noted: a warm cache
 # flatters load times).
 #   bench/cuda_bench.sh
 #   env: BUILD=build  FERRY=$BUILD/tools/ferry  H2D=$BUILD/bench/bench_cuda_h2d
 #        OUT_DIR=${OUT:-bench-out}/cuda_bench  MODEL_DIR=/var/tmp/ferry-gptj-6b  N_TOKENS=16
-#        IDS="<8 ids>"  CASES="colab streamed"  HF=1  RUN_TIMEOUT=1200
+#        IDS="<8 ids>"  CASES="colab streamed disk"  HF=1  RUN_TIMEOUT=1200
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +33,7 @@ OUT_DIR=${OUT_DIR:-${OUT:-bench-out}/cuda_bench}
 MODEL_DIR=${MODEL_DIR:-/var/tmp/ferry-gptj-6b}
 N_TOKENS=${N_TOKENS:-16}
 IDS=${IDS:-"15496 11 616 1438 318 257 1332 13"}
-CASES=${CASES-"colab streamed"}  # empty: the copy rates only
+CASES=${CASES-"colab streamed disk"}  # empty: the copy rates only
 HF=${HF:-1}
 RUN_TIMEOUT=${RUN_TIMEOUT:-1200}
 mkdir -p "$OUT_DIR"
@@ -72,6 +75,7 @@ flags_for() {
   case "$1" in
     colab) echo "--max-vram 15GiB --max-ram 10GiB" ;;
     streamed) echo "--max-vram 6GiB --max-ram 10GiB" ;;
+    disk) echo "--max-vram 6GiB --max-ram 4GiB" ;;
     *) echo "cuda_bench: unknown case $1" >&2; exit 2 ;;
   esac
 }
@@ -104,10 +108,14 @@ def num(pattern, default=None):
     m = re.search(pattern, err)
     return float(m.group(1)) if m else default
 decode_tps = num(r"decode ([0-9.]+) tok/s")
+# ferry's own "measured X s/token" has three decimals; tok/s has one (0.6 tok/s for 1.794 s).
+measured = num(r"measured ([0-9.]+) s/token")
 rss_kb = num(r"Maximum resident set size \(kbytes\): ([0-9]+)")
 streamed_bytes = sum(l["bytes"] for l in plan["layers"] if l["tier"] != "device")
+disk_bytes = plan["links"]["disk_bytes_per_token"]
+disk_probed = plan["machine"]["disk_bytes_per_s"]
 r = {"case": name, "rc": rc, "page_cache": cache, "wall_s": round(t1 - t0, 2),
-     "load_s": num(r"load ([0-9.]+) s"), "s_per_token": (1 / decode_tps) if decode_tps else None,
+     "load_s": num(r"load ([0-9.]+) s"), "s_per_token": measured if measured and measured >= 0.05 else (1 / decode_tps) if decode_tps else None,
      "peak_rss_bytes": rss_kb * 1024 if rss_kb else None,
      "ferry_peak_rss": (re.search(r"peak RSS ([^;\n]+)", err) or [None, None])[1],
      "predicted_s_per_token": plan.get("s_per_token"), "predicted_bound": plan.get("bound"),
@@ -115,6 +123,9 @@ r = {"case": name, "rc": rc, "page_cache": cache, "wall_s": round(t1 - t0, 2),
      "predicted_peak_vram_bytes": plan.get("peak_vram_bytes"),
      "pcie_bytes_per_token": streamed_bytes,
      "pcie_s_per_token": streamed_bytes / (pinned * 1e9) if pinned > 0 else None,
+     "disk_bytes_per_token": disk_bytes, "disk_probed_gbps": disk_probed / 1e9,
+     "disk_s_per_token": disk_bytes / disk_probed if disk_bytes else 0.0,
+     "disk_achieved_gbps": num(r"disk → host achieved ([0-9.]+) GB/s"),
      "layers_on_device": sum(1 for l in plan["layers"] if l["tier"] == "device"),
      "layers": len(plan["layers"])}
 json.dump(r, open(f"{out}/{name}.json", "w"), indent=1)
@@ -140,9 +151,13 @@ import torch
 from transformers import AutoModelForCausalLM
 d, vram, ram, n, ids, name, cache = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), [int(x) for x in sys.argv[5].split()], sys.argv[6], sys.argv[7]
 t0 = time.time()
-m = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float16, device_map="auto",
-                                         max_memory={0: vram, "cpu": ram}, low_cpu_mem_usage=True,
-                                         offload_folder=tempfile.mkdtemp(prefix="hf-offload-"))
+import transformers
+# transformers 4.56 renamed torch_dtype to dtype; device_map implies low_cpu_mem_usage.
+major, minor = (int(v) for v in transformers.__version__.split(".")[:2])
+dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+m = AutoModelForCausalLM.from_pretrained(d, device_map="auto", max_memory={0: vram, "cpu": ram},
+                                         offload_folder=tempfile.mkdtemp(prefix="hf-offload-"),
+                                         **{dtype_kw: torch.float16})
 torch.cuda.synchronize()
 load_s = time.time() - t0
 x = torch.tensor([ids], device="cuda")
@@ -151,6 +166,7 @@ def gen(k):
     out = m.generate(x, max_new_tokens=k, min_new_tokens=k, do_sample=False)
     torch.cuda.synchronize()
     return time.time() - t, out[0, len(ids):].tolist()
+gen(2)  # warm-up: the first generate pays for CUDA's and cuBLAS's set-up
 t1, _ = gen(1)
 tn, toks = gen(n)
 placement = {}
@@ -165,7 +181,7 @@ PY
 
 for c in $CASES; do
   run_ferry "$c"
-  [ "$HF" = 1 ] && run_hf "$c"
+  [ "$HF" = 1 ] && [ "$c" != disk ] && run_hf "$c"
 done
 
 python3 - "$OUT_DIR" "$gpu" "$CASES" <<'PY'
@@ -184,7 +200,7 @@ compute = (s.get("colab") or {}).get("s_per_token")
 for c in cases:
     r = s.get(c) or {}
     if r.get("s_per_token") and compute:
-        bound = max(r.get("pcie_s_per_token") or 0, compute)
+        bound = max(r.get("pcie_s_per_token") or 0, r.get("disk_s_per_token") or 0, compute)
         r["bound_s_per_token"] = bound
         r["over_bound"] = r["s_per_token"] / bound
 json.dump(s, open(f"{out}/summary.json", "w"), indent=1)

@@ -7,15 +7,19 @@
 #      developer's machine, carried along: the GPU image lacks ferry's build dependencies), else
 #      configure and build the CUDA targets there for this GPU (FERRY_CUDA_ARCHITECTURES=native)
 #   2. the gpu tests (kernels vs their CPU twins, the engine vs Hugging Face, streamed vs
-#      resident, bf16, the CLI), JUnit XML
-#   3. compute-sanitizer memcheck, racecheck and initcheck on the kernel and engine tests
+#      resident, bf16, the CLI), JUnit XML; the streamed and batched engine tests 25 times over
+#   3. compute-sanitizer memcheck on the kernel and engine tests
 #   4. bench/cuda_bench.sh: copy rates always; the GPT-J-6B-shaped runs and HF Accelerate when
-#      FULL=1 (making the 12 GB checkpoint and loading it four times takes many minutes)
+#      FULL=1 (the 12 GB checkpoint is made in the background while the tests run)
+#   5. compute-sanitizer initcheck and racecheck (slow: racecheck gets what time is left)
 # Each step's log is kept even when a step fails; the script goes on and exits with the first
 # failure's status. Without a GPU it runs nothing and says so.
 #   bench/gpu_session.sh     env: OUT  BIN=gpu-bin  BUILD=build-gpu  JOBS  FULL=0  SANITIZE=1
 #                                 MODEL_DIR=/var/tmp/ferry-gptj-6b
-# A device call: carry ["gpu-bin"], command "bench/gpu_session.sh", timeout_s 540.
+#          STEP_TIMEOUT=120 (s per step)  DEADLINE=480 (s: no step starts later; the device call's
+#          timeout_s should leave a minute more)
+# A device call: carry ["gpu-bin"], command "FULL=1 bench/gpu_session.sh", timeout_s 560. On an
+# H200 (2026-11-26) the whole of it took about 4 minutes, racecheck of the engine excepted.
 # shellcheck disable=SC2034  # the test binaries' variables are read through ${!t}
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -37,12 +41,23 @@ BUILD=${BUILD:-build-gpu}
 JOBS=${JOBS:-$(nproc)}
 FULL=${FULL:-0}
 SANITIZE=${SANITIZE:-1}
+# The device call is killed at its limit, and then nothing comes back: each step gets at most
+# STEP_TIMEOUT seconds, and no step starts after DEADLINE seconds.
+STEP_TIMEOUT=${STEP_TIMEOUT:-120}
+DEADLINE=${DEADLINE:-480}
+MODEL_DIR=${MODEL_DIR:-/var/tmp/ferry-gptj-6b}
 status=0
 step() {  # step NAME CMD...: runs CMD, log in $WORK/NAME.log, remembers the first failure
   local name=$1; shift
-  echo "== $name: $*" | tee -a "$WORK/steps.txt"
+  if [ $SECONDS -ge "$DEADLINE" ]; then
+    echo "== $name: skipped, past the ${DEADLINE} s deadline" | tee -a "$WORK/steps.txt"
+    return 0
+  fi
+  local limit=$STEP_TIMEOUT left=$((DEADLINE + 30 - SECONDS))
+  [ $left -lt "$limit" ] && limit=$left
+  echo "== $name (limit ${limit} s): $*" | tee -a "$WORK/steps.txt"
   local t0=$SECONDS rc=0
-  "$@" > "$WORK/$name.log" 2>&1 || rc=$?
+  timeout -k 5 "$limit" "$@" > "$WORK/$name.log" 2>&1 || rc=$?
   echo "   rc=$rc in $((SECONDS - t0)) s" | tee -a "$WORK/steps.txt"
   tail -n 5 "$WORK/$name.log"
   [ $rc -ne 0 ] && [ $status -eq 0 ] && status=$rc
@@ -73,28 +88,70 @@ export FERRY_TEST_DATA=$PWD/tests/data FERRY_DATA_DIR=$PWD/data FERRY_CACHE_DIR=
 export FERRY_BIN=$PWD/$ferry
 "$ferry" info > "$WORK/ferry-info.txt" 2>&1
 cat "$WORK/ferry-info.txt"
+# The 12 GB checkpoint is written while the tests run (16 cores, the tests use one).
+maker=
+if [ "$FULL" = 1 ] && [ ! -f "$MODEL_DIR/config.json" ]; then
+  mkdir -p "$(dirname "$MODEL_DIR")"
+  ( t0=$SECONDS; "$ferry" make-model --preset gptj-6b --dtype f16 -o "$MODEL_DIR" --quiet
+    echo "make-model rc=$? in $((SECONDS - t0)) s" ) > "$WORK/make-model.log" 2>&1 &
+  maker=$!
+fi
 
 for t in kernels engine cli loader; do
   step "test_$t" "${!t}" --gtest_output="xml:$WORK/test_$t.xml"
 done
+# The streamed and batched paths again and again: an event waited on too late shows up as a
+# token that differs now and then, not every time.
+step test_engine_repeat "$engine" --gtest_repeat=25 --gtest_brief=1 \
+  --gtest_filter='*StreamedEqualsResident*:*BatchedSequences*:*PlannedLoad*'
 
-if [ "$SANITIZE" = 1 ]; then
-  cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-  for tool in memcheck racecheck; do
-    step "sanitizer_${tool}_kernels" "$cs" --tool "$tool" --error-exitcode 9 "$kernels"
-    # The engine under the sanitizer is slow: the tiny fixtures resident, streamed and batched.
-    step "sanitizer_${tool}_engine" "$cs" --tool "$tool" --error-exitcode 9 "$engine" \
-      --gtest_filter='*CudaParity*/0:*StreamedEqualsResident*:*BatchedSequences*'
+cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+# sanitizer NAME TOOL BINARY [gtest filter]: every error printed (device backtraces only), then
+# the errors counted by kind and kernel into steps.txt, so one line says where they all are.
+sanitizer() {
+  local name=$1 tool=$2 bin=$3 filter=${4:-}
+  step "$name" "$cs" --tool "$tool" --error-exitcode 9 --print-limit 0 --show-backtrace device \
+    "$bin" ${filter:+"--gtest_filter=$filter"}
+  [ -f "$WORK/$name.log" ] || return 0
+  grep -E '^=========( +at |.*(error|Error|Uninitialized|Invalid|hazard))' "$WORK/$name.log" |
+    grep -v 'ERROR SUMMARY\|RACECHECK SUMMARY' | sed -E 's/\+0x[0-9a-f]+//; s/\(.*//; s/ +/ /g' |
+    sort | uniq -c | sort -rn | head -8 | sed 's/^/     /' | tee -a "$WORK/steps.txt"
+}
+# racecheck checks shared memory within kernels: the resident f32 fixture runs every kernel that
+# has any (layer norm, attention) and is slow enough under it. initcheck runs each engine test
+# alone, so that reports say which path they come from.
+sanitize() {  # sanitize TOOL...
+  for tool in "$@"; do
+    sanitizer "sanitizer_${tool}_kernels" "$tool" "$kernels"
+    case $tool in
+      racecheck) sanitizer "sanitizer_${tool}_engine" "$tool" "$engine" '*CudaParity*/0' ;;
+      initcheck)
+        for t in 'CudaParity*/0' StreamedEqualsResident BatchedSequences; do
+          sanitizer "sanitizer_${tool}_engine_${t%%\**}" "$tool" "$engine" "*$t*"
+        done ;;
+      *) sanitizer "sanitizer_${tool}_engine" "$tool" "$engine" \
+           '*CudaParity*/0:*StreamedEqualsResident*:*BatchedSequences*' ;;
+    esac
   done
-  step sanitizer_initcheck_engine "$cs" --tool initcheck --error-exitcode 9 "$engine" \
-    --gtest_filter='*CudaParity*/0:*StreamedEqualsResident*'
-fi
+}
+[ "$SANITIZE" = 1 ] && sanitize memcheck
 
 if [ "$FULL" = 1 ]; then
-  step cuda_bench env FERRY="$ferry" H2D="$h2d" OUT_DIR="$WORK/cuda_bench" bench/cuda_bench.sh
+  if [ -n "$maker" ]; then
+    echo "== waiting for make-model" | tee -a "$WORK/steps.txt"
+    while kill -0 "$maker" 2>/dev/null && [ $SECONDS -lt $((DEADLINE - 150)) ]; do sleep 2; done
+    kill -0 "$maker" 2>/dev/null && { echo "make-model still running at $SECONDS s: stopped";
+                                      kill "$maker"; } | tee -a "$WORK/steps.txt"
+    tee -a "$WORK/steps.txt" < "$WORK/make-model.log"
+  fi
+  STEP_TIMEOUT=$((DEADLINE - SECONDS)) step cuda_bench env FERRY="$ferry" H2D="$h2d" \
+    OUT_DIR="$WORK/cuda_bench" MODEL_DIR="$MODEL_DIR" RUN_TIMEOUT="${RUN_TIMEOUT:-150}" \
+    bench/cuda_bench.sh
+  cp "$WORK/cuda_bench/summary.json" "$OUT/" 2>/dev/null
 else
   step cuda_bench env FERRY="$ferry" H2D="$h2d" OUT_DIR="$WORK/cuda_bench" CASES= HF=0 \
     bench/cuda_bench.sh
 fi
+[ "$SANITIZE" = 1 ] && sanitize initcheck racecheck
 echo "gpu_session: done, first failure status $status; logs in $WORK, packed into $OUT/gpu-session.tgz" | tee -a "$WORK/steps.txt"
 exit $status

@@ -69,6 +69,10 @@ std::string fmt_s(double s) {
 
 }  // namespace
 
+double unit_overhead_s(Backend backend) {
+  return backend == Backend::cuda ? kGpuUnitOverheadS : kCpuUnitOverheadS;
+}
+
 std::string_view tier_name(Tier t) {
   switch (t) {
     case Tier::device:

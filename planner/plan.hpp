@@ -107,6 +107,10 @@ struct Plan {
   std::string explain() const;
 };
 
+// The fixed cost per unit per pass that the time model adds to its bytes ÷ rate (launches and
+// synchronisation), so that a rate learned from a run can leave it out.
+double unit_overhead_s(Backend backend);
+
 // Searches every placement: for each count of units per tier (all counts, so the result is
 // exact for uniform layers), the two arrangements (a prefix, or spread evenly so the disk
 // reads while resident layers compute), each staging slot count and each KV place; keeps the

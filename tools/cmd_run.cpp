@@ -183,6 +183,34 @@ struct CudaRun {
         "time); run without --device cuda to use the CPU");
 #endif
   }
+  // With every unit in VRAM the decode time is the GPU's compute alone: its rate per weight
+  // byte (less the planner's per-unit overhead) goes into the probe cache for this GPU, so that
+  // the next plan predicts this GPU rather than a default. Runs that stream learn nothing here.
+  void learn(const engine::LoadedModel& m, const engine::GenerateStats& stats) const {
+#ifdef FERRY_HAS_CUDA
+    if (!device || !m.plan || stats.decode_steps <= 0) return;
+    const planner::Plan& plan = *m.plan;
+    if (plan.chosen.count(planner::Tier::device) != plan.chosen.tiers.size()) return;
+    uint64_t pass_bytes = 0;
+    for (const auto& u : plan.request.units) pass_bytes += u.bytes + u.kv_read_bytes;
+    const auto steps = static_cast<double>(stats.decode_steps);
+    const double overhead_s = steps * static_cast<double>(plan.request.units.size()) *
+                              planner::unit_overhead_s(planner::Backend::cuda);
+    const double busy_s = stats.decode_s - overhead_s;
+    if (busy_s < 0.5 * stats.decode_s) return;  // launch-bound: the bytes say nothing
+    const uint64_t bytes = pass_bytes * static_cast<uint64_t>(stats.decode_steps);
+    const auto learned = engine::learn_gpu_rate(device->name(), bytes, busy_s,
+                                                "decode compute in ferry run, all in VRAM");
+    const double planned =
+        plan.request.machine.gpu ? plan.request.machine.gpu->compute_bytes_per_s.value : 0;
+    fmt::print(stderr, "ferry: GPU compute achieved {:.1f} GB/s of weights (planned with {:.1f}){}\n",
+               static_cast<double>(bytes) / busy_s / 1e9, planned / 1e9,
+               learned ? fmt::format("; next plans use {:.1f}", *learned / 1e9) : std::string());
+#else
+    (void)m;
+    (void)stats;
+#endif
+  }
   std::unique_ptr<engine::ForwardPass> engine(engine::LoadedModel& m, int64_t context,
                                               const engine::LoadOptions& lo) {
 #ifdef FERRY_HAS_CUDA
@@ -313,6 +341,7 @@ Command add_run(CLI::App& app) {
             m.weights->streamer().stats().stall_s - prompt_stall_s.value_or(0);
         print_prediction(m, measured_s, stats.decode_steps, stats.decode_s - decode_stall_s);
       }
+      if (!m.weights) gpu.learn(m, stats);
       if (!m.weights) {  // the CUDA backend: the plan's prediction and the host's peak
         const auto rss = peak_rss_bytes();
         fmt::print(stderr, "ferry: predicted {}; measured {:.3f} s/token, peak RSS {} (VmHWM)\n",

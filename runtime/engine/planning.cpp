@@ -223,6 +223,11 @@ std::optional<double> learn_cpu_rate(DType dtype, int64_t n_embd, uint64_t weigh
   return learn_rate(cpu_cache_key(dtype, n_embd), weight_bytes, busy_s, how);
 }
 
+std::optional<double> learn_gpu_rate(const std::string& gpu_name, uint64_t weight_bytes,
+                                     double busy_s, std::string_view how) {
+  return learn_rate("gpu " + gpu_name, weight_bytes, busy_s, how);
+}
+
 uint64_t fixed_host_bytes(const model::ModelConfig& config, int64_t max_batch_rows,
                           int64_t max_logit_rows) {
   return Engine::activation_bytes(config, max_batch_rows, max_logit_rows) +

@@ -14,8 +14,8 @@ TEST(MathTest, RotaryInvFreqMatchesDouble) {
     for (int64_t i = 0; i < rotary_dim / 2; ++i) {
       const double want =
           std::pow(10000.0, -static_cast<double>(2 * i) / static_cast<double>(rotary_dim));
-      // Three f32 roundings (the exponent's division, powf, the reciprocal), powf's argument
-      // error amplified by ln(10000) ≈ 9.2: within 16 ulps.
+      // Three f32 roundings (the exponent's division, the power rounded from double, the
+      // reciprocal), the exponent's error amplified by ln(10000) ≈ 9.2: within 16 ulps.
       EXPECT_NEAR(rotary_inv_freq(i, rotary_dim), want, 16.0 * want * 5.96e-8)
           << "i=" << i << " rotary_dim=" << rotary_dim;
     }

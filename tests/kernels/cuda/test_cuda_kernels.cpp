@@ -31,9 +31,16 @@ class CudaKernels : public ferry::cuda::test::GpuTest {};
 void expect_close(const std::vector<float>& got, const std::vector<float>& want, double atol,
                   double rtol, const std::string& what) {
   ASSERT_EQ(got.size(), want.size());
-  for (std::size_t i = 0; i < got.size(); ++i)
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    // Infinities and NaNs must come out as they went in (inf - inf is NaN, so no tolerance).
+    if (!std::isfinite(want[i]) || !std::isfinite(got[i])) {
+      ASSERT_TRUE(std::isnan(want[i]) ? std::isnan(got[i]) : got[i] == want[i])
+          << what << " element " << i << ": got " << got[i] << " want " << want[i];
+      continue;
+    }
     ASSERT_LE(std::fabs(static_cast<double>(got[i]) - want[i]), atol + rtol * std::fabs(want[i]))
         << what << " element " << i << ": got " << got[i] << " want " << want[i];
+  }
 }
 
 TEST_F(CudaKernels, LayerNormMatchesCpuInEveryOutputType) {
