@@ -278,8 +278,10 @@ Command add_plan(CLI::App& app) {
       engine::PlanOptions cpo = po;
       cpo.format = c.format;
       planner::Machine cm = machine;
-      // A quantized mat-vec moves its bytes at its own rate: measured per format on this machine.
-      if (c.format && o->profile.empty() && o->cpu_bw.empty()) {
+      // A quantized mat-vec moves its bytes at its own rate: measured per format on this machine
+      // (the CPU's; a GPU plan times its products with the GPU's figure).
+      if (c.format && o->profile.empty() && o->cpu_bw.empty() &&
+          po.backend != planner::Backend::cuda) {
         engine::ProbeOptions probe;
         probe.measure = !o->no_measure;
         probe.reprobe = o->reprobe;

@@ -97,14 +97,9 @@ void dequant_slice(const unsigned char* row, DType t, int64_t cols, int64_t j0, 
   for (int64_t j = j0; j < j0 + n;) {
     const int64_t g = j / group;
     const int64_t end = std::min(j0 + n, (g + 1) * group);
-    uint16_t scale_h;
-    uint16_t min_h;
-    std::memcpy(&scale_h, row + 2 * g, 2);
-    std::memcpy(&min_h, row + q4_mins_offset(ng) + 2 * g, 2);
-    const float scale = f16_to_f32(scale_h);
-    const float min = f16_to_f32(min_h);
-    const unsigned char* bytes = row + q4_nibbles_offset(ng) + g * (group / 2);
-    for (; j < end; ++j) dst[j - j0] = q4_dequant(min, scale, q4_code(bytes, j - g * group, group));
+    const Q4Group q = q4_group(row, ng, group, g);
+    for (; j < end; ++j)
+      dst[j - j0] = q4_dequant(q.min, q.scale, q4_code(q.bytes, j - g * group, group));
   }
 }
 

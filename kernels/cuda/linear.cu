@@ -10,9 +10,11 @@
 namespace ferry::kernels::cuda {
 
 cublasStatus_t linear(cublasHandle_t handle, const void* x, int64_t m, int64_t k, const void* w,
-                      DType wdt, int64_t n, float* y) {
+                      DType wdt, int64_t n, float* y, int64_t ldy) {
   if (m <= 0 || n <= 0) return CUBLAS_STATUS_SUCCESS;
-  if (m > 2147483647 || n > 2147483647 || k > 2147483647 || k <= 0)
+  if (ldy == 0) ldy = n;
+  if (m > 2147483647 || n > 2147483647 || k > 2147483647 || k <= 0 || ldy < n ||
+      ldy > 2147483647)
     return CUBLAS_STATUS_INVALID_VALUE;
   cudaDataType_t type;
   cublasComputeType_t compute;
@@ -38,7 +40,8 @@ cublasStatus_t linear(cublasHandle_t handle, const void* x, int64_t m, int64_t k
   const int mi = static_cast<int>(m);
   const int ki = static_cast<int>(k);
   return cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, ni, mi, ki, &alpha, w, type, ki, x, type,
-                      ki, &beta, y, CUDA_R_32F, ni, compute, CUBLAS_GEMM_DEFAULT);
+                      ki, &beta, y, CUDA_R_32F, static_cast<int>(ldy), compute,
+                      CUBLAS_GEMM_DEFAULT);
 }
 
 }  // namespace ferry::kernels::cuda

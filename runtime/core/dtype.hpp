@@ -6,14 +6,17 @@
 #include <optional>
 #include <string_view>
 
+#include "runtime/core/host_device.hpp"
+
 namespace ferry {
 
 // q8, q4_g64 and q4_g128 are packed weight matrices (ferry packs only); their bytes are counted
 // per row, not per element: see runtime/core/quant.hpp for the layouts.
 enum class DType : uint8_t { f32, f16, bf16, i8, u8, i32, i64, boolean, q8, q4_g64, q4_g128 };
 
-// Bytes per element; 0 for the packed dtypes, whose size is per row (quant.hpp).
-constexpr std::size_t dtype_size(DType t) {
+// Bytes per element; 0 for the packed dtypes, whose size is per row (quant.hpp). Callable in
+// CUDA kernels (packed_row_bytes).
+FERRY_HD constexpr std::size_t dtype_size(DType t) {
   switch (t) {
     case DType::f32:
       return 4;

@@ -63,7 +63,8 @@ struct GpuUnit {
   std::vector<uint64_t> offsets;  // each matrix's offset in the unit's buffer
   uint64_t nbytes = 0;            // the unit's buffer
   std::vector<DType> stored;      // each matrix's dtype in the checkpoint
-  std::vector<DType> compute;     // as multiplied (bf16 becomes f16 without bf16 support)
+  std::vector<DType> compute;     // as multiplied (bf16 becomes f16 without bf16 support;
+                                  // packed ones are f16 when dequantized for cuBLAS)
   std::vector<int64_t> numel;     // elements of each matrix
   int slot = -1;                  // the device slot holding it while acquired
 };
@@ -121,6 +122,11 @@ struct CudaEngine::Impl {
   float *x = nullptr, *h = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *attn = nullptr,
         *proj = nullptr, *ff = nullptr, *mlp = nullptr, *final_rows = nullptr, *logits = nullptr;
   void* gemm_in = nullptr;  // a product's input converted to the weights' 16-bit dtype
+  // Packed (q8 / q4) matrices multiplied by more than kPackedGemvMaxRows rows are dequantized
+  // into this f16 buffer, a chunk of rows at a time, for cuBLAS: the size of the largest block
+  // matrix (n_inner × n_embd), so the lm_head goes in several chunks.
+  DeviceBuffer dequant;
+  int64_t dequant_elems = 0;
   int32_t* positions = nullptr;
   PinnedScratch host_x;
   PinnedScratch host_positions;
@@ -171,7 +177,8 @@ struct CudaEngine::Impl {
 
   const float* vec(std::size_t offset) const { return vectors.as<float>() + offset; }
 
-  // Matrix dtypes of every unit, checked: the GPU path multiplies f32, f16 and bf16.
+  // Matrix dtypes of every unit, checked: the GPU path multiplies f32, f16 and bf16 matrices and
+  // the packed q8 / q4 ones of ferry packs.
   void describe_units(const std::vector<offload::StreamUnitSpec>& specs) {
     const bool bf16_ok = device.has_bf16() && options.keep_bf16;
     for (const auto& spec : specs) {
@@ -183,13 +190,16 @@ struct CudaEngine::Impl {
       u.tier = spec.tier;
       for (const auto& name : spec.tensors) {
         const offload::TensorEntry& t = checkpoint.at(name);
-        FERRY_EXPECT(is_float_weight(t.dtype),
-                     "tensor '{}' is {}; the CUDA backend multiplies f32, f16 and bf16 weights, "
-                     "so run this pack on the CPU (without --device cuda) or convert the model "
-                     "again without --quant",
+        FERRY_EXPECT(is_float_weight(t.dtype) || is_quantized(t.dtype),
+                     "tensor '{}' is {}; the CUDA backend multiplies f32, f16, bf16 and packed "
+                     "q8 / q4 weights",
                      name, dtype_name(t.dtype));
         u.stored.push_back(t.dtype);
-        u.compute.push_back(t.dtype == DType::bf16 && !bf16_ok ? DType::f16 : t.dtype);
+        u.compute.push_back((t.dtype == DType::bf16 && !bf16_ok) || is_quantized(t.dtype)
+                                ? DType::f16
+                                : t.dtype);
+        if (is_quantized(t.dtype))
+          dequant_elems = std::max(dequant_elems, config.n_inner * config.n_embd);
         u.numel.push_back(t.shape.numel());
       }
       const offload::UnitLayout layout = offload::plan_unit_reads(checkpoint, spec.tensors);
@@ -199,10 +209,11 @@ struct CudaEngine::Impl {
     }
   }
 
-  // bf16 matrices become f16 in place (same size) on GPUs without bf16 products.
+  // bf16 matrices become f16 in place (same size) on GPUs without bf16 products. (Packed ones
+  // stay packed: they are dequantized as they are multiplied.)
   void convert_in_place(const GpuUnit& u, std::byte* base) {
     for (std::size_t i = 0; i < u.stored.size(); ++i)
-      if (u.stored[i] != u.compute[i])
+      if (is_float_weight(u.stored[i]) && u.stored[i] != u.compute[i])
         FERRY_CUDA_LAUNCH(kc::convert(base + u.offsets[i], u.stored[i], base + u.offsets[i],
                                       u.compute[i], u.numel[i], compute.get()));
   }
@@ -278,6 +289,7 @@ struct CudaEngine::Impl {
     const auto t0 = std::chrono::steady_clock::now();
     host_slots = std::max<std::size_t>(2, placement.slot_count);
     describe_units(specs);
+    if (dequant_elems > 0) dequant = DeviceBuffer(static_cast<std::size_t>(dequant_elems) * 2);
     load_vectors();
     wte = &checkpoint.at(model::embedding_group(config).weights[0].name);
     wte_row.resize(packed_row_bytes(wte->dtype, config.n_embd));
@@ -395,6 +407,11 @@ struct CudaEngine::Impl {
   // y[rows, n] = in[rows, k] · Wᵀ for matrix i of unit u, whose bytes start at base.
   void linear(const float* in, int64_t rows, const GpuUnit& u, const std::byte* base, std::size_t i,
               int64_t n, int64_t kdim, float* y) {
+    const DType st = u.stored[i];
+    if (is_quantized(st)) {
+      packed_linear(in, rows, base + u.offsets[i], st, n, kdim, y);
+      return;
+    }
     const DType dt = u.compute[i];
     const void* input = in;
     if (dt != DType::f32) {
@@ -402,6 +419,26 @@ struct CudaEngine::Impl {
       input = gemm_in;
     }
     FERRY_CUBLAS_TRY(kc::linear(cublas->get(), input, rows, kdim, base + u.offsets[i], dt, n, y));
+  }
+
+  // The same product with packed weights: fused into one pass over the packed bytes for a few
+  // rows (decoding), else dequantized to f16 a chunk of weight rows at a time for cuBLAS. Both on
+  // the compute stream, so a chunk's buffer is free again when the next dequantization runs.
+  void packed_linear(const float* in, int64_t rows, const std::byte* w, DType st, int64_t n,
+                     int64_t kdim, float* y) {
+    cudaStream_t cs = compute.get();
+    if (rows <= kc::kPackedGemvMaxRows) {
+      FERRY_CUDA_LAUNCH(kc::packed_gemv(w, st, n, kdim, in, rows, y, n, cs));
+      return;
+    }
+    FERRY_CUDA_LAUNCH(kc::convert(in, DType::f32, gemm_in, DType::f16, rows * kdim, cs));
+    const int64_t chunk = std::max<int64_t>(1, dequant_elems / kdim);
+    for (int64_t r0 = 0; r0 < n; r0 += chunk) {
+      const int64_t nr = std::min(chunk, n - r0);
+      FERRY_CUDA_LAUNCH(kc::dequantize_rows(w, st, kdim, r0, nr, dequant.as<uint16_t>(), cs));
+      FERRY_CUBLAS_TRY(
+          kc::linear(cublas->get(), gemm_in, rows, kdim, dequant.data(), DType::f16, nr, y + r0, n));
+    }
   }
 
   const std::vector<float>& forward(std::span<const SeqTokens> batch, LogitsFor which);

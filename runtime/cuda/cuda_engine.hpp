@@ -42,7 +42,8 @@ struct CudaEngineStats {
 class CudaEngine final : public engine::ForwardPass {
  public:
   // Throws CudaError when there is no device, InvalidArgument for weights the GPU path does not
-  // multiply (q8 / q4 packs) and for a context beyond attention's limit.
+  // multiply (anything but f32, f16, bf16 and the q8 / q4 of packs) and for a context beyond
+  // attention's limit.
   CudaEngine(const model::ModelConfig& config, const offload::Checkpoint& checkpoint,
              const engine::Placement& placement, CudaEngineOptions options = {});
   ~CudaEngine() override;

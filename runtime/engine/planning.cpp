@@ -314,6 +314,11 @@ planner::PlanRequest plan_request(const model::ModelConfig& config,
     r.device_fixed_bytes = Engine::activation_bytes(config, rows, logit_rows) +
                            static_cast<uint64_t>(rows) * static_cast<uint64_t>(config.n_inner) * 2 +
                            vector_floats(config) * sizeof(float) + kDeviceWorkspaceBytes;
+    // Packed matrices multiplied by many rows are dequantized to f16 into one staging buffer
+    // of the largest block matrix's size (CudaEngine).
+    if (r.compression != planner::PlanRequest::Compression::none)
+      r.device_fixed_bytes += static_cast<uint64_t>(config.n_inner) *
+                              static_cast<uint64_t>(config.n_embd) * 2;
     r.kv_device_only = true;
   }
   return r;

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/common/quant_math.hpp"
 #include "kernels/cpu/ops.hpp"
 #include "kernels/cpu/quant.hpp"
 #include "runtime/core/error.hpp"
@@ -227,6 +228,49 @@ TEST(QuantLinearTest, ConvertToF32ReadsOnePackedRow) {
     std::vector<float> fast(200);
     convert_to_f32(p.bytes.data(), dt, 200, fast.data());
     EXPECT_EQ(fast, p.values);
+  }
+}
+
+// The CUDA packed product's split of a row among a warp's lanes (packed_row_lane_sums, which
+// the kernel calls with 32 lanes), run here lane by lane: every column is counted exactly once,
+// with its weight, for every m up to the kernel's 8 rows; so the lanes' sums added up are the
+// product, within f32 summation order of the reference. Also with lane counts that leave lanes
+// idle (64 > a g64 group's 32 bytes) or take several bytes each (3).
+TEST(QuantLinearTest, GpuLaneSplitCoversEveryColumnOnce) {
+  constexpr int M = 8;
+  std::mt19937 rng(9);
+  for (DType dt : kPacked) {
+    for (const int64_t k : {int64_t{1}, int64_t{63}, int64_t{64}, int64_t{200}, int64_t{1000}}) {
+      const int64_t n = 5;
+      const Packed p = pack(random_floats(rng, static_cast<std::size_t>(n * k)), n, k, dt);
+      const auto row_bytes = packed_row_bytes(dt, k);
+      for (const int64_t m : {int64_t{1}, int64_t{3}, int64_t{8}}) {
+        const auto x = random_floats(rng, static_cast<std::size_t>(m * k));
+        std::vector<float> want(static_cast<std::size_t>(m * n));
+        ref::linear(x.data(), m, k, p.bytes.data(), dt, n, nullptr, want.data());
+        for (const int lanes : {32, 64, 3}) {
+          for (int64_t o = 0; o < n; ++o) {
+            double sum[M] = {};
+            double mag[M] = {};
+            for (int lane = 0; lane < lanes; ++lane) {
+              float acc[M] = {};
+              packed_row_lane_sums(p.bytes.data() + o * row_bytes, dt, k, x.data(), m, lane, lanes,
+                                   acc);
+              for (int i = 0; i < M; ++i) sum[i] += acc[i];
+            }
+            for (int64_t i = 0; i < m; ++i)
+              for (int64_t j = 0; j < k; ++j)
+                mag[i] += std::fabs(static_cast<double>(x[static_cast<std::size_t>(i * k + j)]) *
+                                    p.values[static_cast<std::size_t>(o * k + j)]);
+            for (int64_t i = m; i < M; ++i) EXPECT_EQ(sum[i], 0.0) << "row beyond m";
+            for (int64_t i = 0; i < m; ++i)
+              ASSERT_NEAR(sum[i], want[static_cast<std::size_t>(i * n + o)],
+                          2.0 * static_cast<double>(k) * kUnitRoundoff * mag[i] + 1e-30)
+                  << shape_name(dt, m, k, n) << " lanes " << lanes << " row " << o;
+          }
+        }
+      }
+    }
   }
 }
 

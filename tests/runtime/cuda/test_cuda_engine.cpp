@@ -1,17 +1,19 @@
 // The CUDA forward pass end to end (label gpu: skipped without a device): against Hugging
 // Face's logits for every fixture, f32 within the CPU's 2e-5 and f16 within a derived bound;
-// streamed (host and disk tiers through device slots) equal to resident token for token; and a
-// plan made for the device run as planned.
+// streamed (host and disk tiers through device slots) equal to resident token for token; a
+// plan made for the device run as planned; and ferry packs (q8, q4) against the CPU engine.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "kernels/cuda/ops.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/thread_pool.hpp"
 #include "runtime/cuda/cuda_device.hpp"
 #include "runtime/cuda/cuda_engine.hpp"
+#include "runtime/engine/convert.hpp"
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/generate.hpp"
 #include "runtime/engine/loaded_model.hpp"
@@ -245,6 +247,85 @@ TEST_F(CudaEngineTest, Bf16WeightsEitherWay) {
     const auto& got = eng.forward({&s, 1}, LogitsFor::last);
     const float tol = static_cast<float>(2 * config.n_layer + 2) * 0x1p-8f * scale;
     for (std::size_t i = 0; i < vocab; ++i) ASSERT_NEAR(got[i], want[i], tol) << i;
+  }
+}
+
+// Ferry packs on the GPU against the CPU engine on the same pack. Every packed weight dequantizes
+// to the same f32 on both (kernels/common/quant_math.hpp). Passes of up to kPackedGemvMaxRows
+// rows (the 5-token prompt, every decode step) multiply them in f32 in one fused pass; longer
+// ones (the 33-token prompt) round inputs and weights to f16 for cuBLAS, and the 16-bit
+// embeddings and lm_head of the int8 / int4 cases are multiplied in f16 anyway: so the f16
+// path's bound (logit_tolerance) holds, and argmax and greedy tokens agree wherever the margin
+// exceeds twice it. Streamed equals resident bit for bit.
+TEST_F(CudaEngineTest, PacksMatchTheCpuOnTheSamePack) {
+  struct Case {
+    const char* quant;
+    int group;
+    bool all;  // embeddings and lm_head packed too
+  };
+  const auto prompts =
+      expected_for("sharded-f32")["prompts"].get<std::vector<json>>();
+  for (const Case c : {Case{"int8", 64, false}, Case{"int4", 64, false}, Case{"int4", 128, true},
+                       Case{"int8", 64, true}}) {
+    SCOPED_TRACE(std::string(c.quant) + " g" + std::to_string(c.group) + (c.all ? " all" : ""));
+    test::TempDir tmp;
+    engine::ConvertOptions co;
+    co.format = model::WeightFormat::parse(c.quant, c.group);
+    co.quant_embeddings = c.all;
+    co.quant_lm_head = c.all;
+    engine::convert_model(test::data_dir() / "gptj/sharded-f32", tmp.path(), co);
+    const auto config = model::ModelConfig::from_model_dir(tmp.path());
+    const auto ck = offload::Checkpoint::open(tmp.path());
+    const auto vocab = static_cast<std::size_t>(config.vocab_size);
+    engine::StreamingWeights w(config, ck, Placement::all(config, Tier::host));
+    engine::Engine cpu(w, {}, default_thread_pool());
+    CudaEngine gpu(config, ck, Placement::all(config, Tier::device), options_for(64));
+
+    const auto long_ids = prompts.back()["input_ids"].get<std::vector<int32_t>>();
+    ASSERT_GT(long_ids.size(), static_cast<std::size_t>(kernels::cuda::kPackedGemvMaxRows));
+    const std::vector<int32_t> short_ids(long_ids.begin(), long_ids.begin() + 5);
+    for (const std::vector<int32_t>* ids : {&short_ids, &long_ids}) {
+      SCOPED_TRACE(std::to_string(ids->size()) + " tokens");
+      SeqTokens s{0, *ids};
+      cpu.reset(0);
+      gpu.reset(0);
+      const std::vector<float> want = cpu.forward({&s, 1}, LogitsFor::all);
+      const std::vector<float> got = gpu.forward({&s, 1}, LogitsFor::all);
+      ASSERT_EQ(got.size(), want.size());
+      const float tol = logit_tolerance(config, want, false);
+      for (std::size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], tol) << i;
+      for (std::size_t pos = 0; pos < ids->size(); ++pos) {
+        const Top2 t = top2(want.data() + pos * vocab, vocab);
+        if (t.margin > 2 * tol) {
+          EXPECT_EQ(top2(got.data() + pos * vocab, vocab).best, t.best) << "position " << pos;
+        }
+      }
+    }
+    // Decoding (one row a pass: the fused product): the CPU's greedy tokens, step by step.
+    cpu.reset(0);
+    gpu.reset(0);
+    std::vector<int32_t> input = short_ids;
+    for (int step = 0; step < 12; ++step) {
+      SeqTokens s{0, input};
+      const std::vector<float> want = cpu.forward({&s, 1}, LogitsFor::last);
+      const std::vector<float> got = gpu.forward({&s, 1}, LogitsFor::last);
+      const float tol = logit_tolerance(config, want, false);
+      const Top2 t = top2(want.data(), vocab);
+      if (t.margin <= 2 * tol) break;  // a near tie may go either way; then the paths part
+      ASSERT_EQ(top2(got.data(), vocab).best, t.best) << "decode step " << step;
+      input = {t.best};
+    }
+    // Host- and disk-tier packed units through device slots: the same bits.
+    Placement p = Placement::all(config, Tier::disk, 2);
+    p.device_slots = 2;
+    for (std::size_t l = 1; l < p.blocks.size(); l += 2) p.blocks[l] = Tier::host;
+    CudaEngine streamed(config, ck, p, options_for(64));
+    SeqTokens s{0, long_ids};
+    gpu.reset(0);
+    const std::vector<float> resident = gpu.forward({&s, 1}, LogitsFor::all);
+    const auto& through_slots = streamed.forward({&s, 1}, LogitsFor::all);
+    EXPECT_TRUE(std::equal(resident.begin(), resident.end(), through_slots.begin()));
+    EXPECT_GT(streamed.stats().h2d_bytes, 0u);
   }
 }
 

@@ -50,5 +50,23 @@ TEST(CudaPlacement, CudaPlanKeepsDeviceTiers) {
 #endif
 }
 
+// A pack on the GPU: its units are the packed bytes, and the device also holds the f16 buffer
+// that packed matrices are dequantized into for cuBLAS (n_inner × n_embd × 2 bytes).
+TEST(CudaPlacement, PackPlansCountTheDequantizationBuffer) {
+  const auto config = model::ModelConfig::from_model_dir(test::data_dir() / "gptj/tiny-f32");
+  const planner::Machine m = planner::load_profile("colab-t4");
+  PlanOptions po;
+  po.backend = planner::Backend::cuda;
+  po.context = 64;
+  const planner::PlanRequest f16 = plan_request(config, nullptr, m, po, "tiny");
+  po.format = model::WeightFormat::parse("int4", 64);
+  const planner::PlanRequest q4 = plan_request(config, nullptr, m, po, "tiny");
+  EXPECT_EQ(q4.device_fixed_bytes - f16.device_fixed_bytes,
+            static_cast<uint64_t>(config.n_inner * config.n_embd * 2));
+  EXPECT_LT(q4.units[0].bytes, f16.units[0].bytes / 3);
+  po.backend = planner::Backend::cpu;
+  EXPECT_EQ(plan_request(config, nullptr, m, po, "tiny").device_fixed_bytes, 0u);
+}
+
 }  // namespace
 }  // namespace ferry::engine
