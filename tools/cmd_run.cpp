@@ -99,6 +99,19 @@ void print_plan(const engine::LoadedModel& m) {
   if (m.plan) fmt::print(stderr, "ferry: plan: {}\n", m.plan->summary());
 }
 
+// When layers streamed from disk: the rate the disk delivered (bytes of the units read ÷ the time
+// reads were outstanding), against the plan's figure, and into the probe cache for the next plan.
+void report_disk_rate(const engine::LoadedModel& m, const offload::StreamerStats& st) {
+  if (!m.plan || st.bytes_acquired == 0 || st.units_acquired == 0 || st.read_busy_s <= 0) return;
+  const double achieved = static_cast<double>(st.bytes_acquired) / st.read_busy_s;
+  const auto learned = engine::learn_disk_rate(*m.checkpoint, st.bytes_acquired / st.units_acquired,
+                                               st.bytes_acquired, st.read_busy_s, "ferry run");
+  fmt::print(stderr, "ferry: disk → host achieved {:.2f} GB/s over {} (planned with {:.2f}){}\n",
+             achieved / 1e9, format_bytes(st.bytes_acquired),
+             m.plan->request.machine.disk_bytes_per_s.value / 1e9,
+             learned ? fmt::format("; next plans use {:.2f}", *learned / 1e9) : std::string());
+}
+
 // The planner's prediction against what the run measured: s/token of decoding and peak RSS
 // from the kernel's accounting; and, when layers streamed, the disk rate the run achieved,
 // which goes back into the probe cache for the next plan.
@@ -127,15 +140,7 @@ void print_prediction(const engine::LoadedModel& m, double measured_s_per_token,
                plan.request.machine.cpu_compute_bytes_per_s.value / 1e9,
                learned ? fmt::format("; next plans use {:.2f}", *learned / 1e9) : std::string());
   }
-  const auto& st = m.weights->streamer().stats();
-  if (st.bytes_acquired == 0 || st.read_busy_s <= 0) return;
-  const double achieved = static_cast<double>(st.bytes_acquired) / st.read_busy_s;
-  const auto learned = engine::learn_disk_rate(*m.checkpoint, st.bytes_acquired / st.units_acquired,
-                                               st.bytes_acquired, st.read_busy_s, "ferry run");
-  fmt::print(stderr, "ferry: disk → host achieved {:.2f} GB/s over {} (planned with {:.2f}){}\n",
-             achieved / 1e9, format_bytes(st.bytes_acquired),
-             plan.request.machine.disk_bytes_per_s.value / 1e9,
-             learned ? fmt::format("; next plans use {:.2f}", *learned / 1e9) : std::string());
+  report_disk_rate(m, m.weights->streamer().stats());
 }
 
 struct RunOptions {
@@ -183,12 +188,17 @@ struct CudaRun {
         "time); run without --device cuda to use the CPU");
 #endif
   }
-  // With every unit in VRAM the decode time is the GPU's compute alone: its rate per weight
-  // byte (less the planner's per-unit overhead) goes into the probe cache for this GPU, so that
-  // the next plan predicts this GPU rather than a default. Runs that stream learn nothing here.
-  void learn(const engine::LoadedModel& m, const engine::GenerateStats& stats) const {
+  // What a CUDA run teaches the planner. Layers streamed from disk: the disk's delivered rate,
+  // as for a CPU run. Every unit in VRAM: the decode time is the GPU's compute alone, so its
+  // rate per weight byte (less the planner's per-unit overhead) goes into the probe cache for
+  // this GPU, and the next plan predicts this GPU rather than a default.
+  void learn(const engine::LoadedModel& m, const engine::ForwardPass& eng,
+             const engine::GenerateStats& stats) const {
 #ifdef FERRY_HAS_CUDA
-    if (!device || !m.plan || stats.decode_steps <= 0) return;
+    if (!device || !m.plan) return;
+    if (const auto* ce = dynamic_cast<const cuda::CudaEngine*>(&eng))
+      if (const auto* st = ce->streamer_stats()) report_disk_rate(m, *st);
+    if (stats.decode_steps <= 0) return;
     const planner::Plan& plan = *m.plan;
     if (plan.chosen.count(planner::Tier::device) != plan.chosen.tiers.size()) return;
     uint64_t pass_bytes = 0;
@@ -208,6 +218,7 @@ struct CudaRun {
                learned ? fmt::format("; next plans use {:.1f}", *learned / 1e9) : std::string());
 #else
     (void)m;
+    (void)eng;
     (void)stats;
 #endif
   }
@@ -341,7 +352,7 @@ Command add_run(CLI::App& app) {
             m.weights->streamer().stats().stall_s - prompt_stall_s.value_or(0);
         print_prediction(m, measured_s, stats.decode_steps, stats.decode_s - decode_stall_s);
       }
-      if (!m.weights) gpu.learn(m, stats);
+      if (!m.weights) gpu.learn(m, eng, stats);
       if (!m.weights) {  // the CUDA backend: the plan's prediction and the host's peak
         const auto rss = peak_rss_bytes();
         fmt::print(stderr, "ferry: predicted {}; measured {:.3f} s/token, peak RSS {} (VmHWM)\n",

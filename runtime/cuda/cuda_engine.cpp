@@ -616,6 +616,10 @@ const std::vector<float>& CudaEngine::forward(std::span<const SeqTokens> batch, 
 }
 const CudaEngineStats& CudaEngine::stats() const { return impl_->stats; }
 
+const offload::StreamerStats* CudaEngine::streamer_stats() const {
+  return impl_->streamer ? &impl_->streamer->stats() : nullptr;
+}
+
 std::string CudaEngine::describe() const {
   const Impl& s = *impl_;
   std::size_t on_device = 0;

@@ -58,6 +58,8 @@ class CudaEngine final : public engine::ForwardPass {
                                     engine::LogitsFor which) override;
 
   const CudaEngineStats& stats() const;
+  // The run-time streamer's counters (host- and disk-tier units); null when every unit is in VRAM.
+  const offload::StreamerStats* streamer_stats() const;
   // "NVIDIA T4 (sm_75): 29 of 29 units in VRAM (11.3 GiB), KV f16 …; streamed …"
   std::string describe() const;
 
