@@ -387,15 +387,17 @@ UnitView LayerStreamer::acquire(std::size_t index) {
   ++s.stats.units_acquired;
   if (trace::enabled())
     s.trace_read(index, trace::SpanKind::read, u.submitted_at, u.ticket.completed_at());
+  u.state = UnitState::held;
+  s.in_flight.erase(std::remove(s.in_flight.begin(), s.in_flight.end(), index), s.in_flight.end());
+  // The next reads go out before this unit's checksum is computed, so the disk works while the
+  // CPU hashes rather than waiting for it.
+  s.prefetch_after(index);
   try {
     s.verify(u, u.lease->data());
   } catch (...) {
     s.reset(index);
     throw;
   }
-  u.state = UnitState::held;
-  s.in_flight.erase(std::remove(s.in_flight.begin(), s.in_flight.end(), index), s.in_flight.end());
-  s.prefetch_after(index);
   return {u.lease->data(), &u.layout.tensor_offsets};
 }
 
