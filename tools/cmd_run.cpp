@@ -99,6 +99,14 @@ void print_plan(const engine::LoadedModel& m) {
   if (m.plan) fmt::print(stderr, "ferry: plan: {}\n", m.plan->summary());
 }
 
+// The bytes one decode pass reads, as the planner counts its work: every unit's weights and the
+// KV cache its attention reads.
+uint64_t pass_bytes(const planner::Plan& plan) {
+  uint64_t bytes = 0;
+  for (const auto& u : plan.request.units) bytes += u.bytes + u.kv_read_bytes;
+  return bytes;
+}
+
 // When layers streamed from disk: the rate the disk delivered (bytes of the units read ÷ the time
 // reads were outstanding), against the plan's figure, and into the probe cache for the next plan.
 void report_disk_rate(const engine::LoadedModel& m, const offload::StreamerStats& st) {
@@ -128,10 +136,8 @@ void print_prediction(const engine::LoadedModel& m, double measured_s_per_token,
                                       : std::string("no decode steps"),
              rss ? format_bytes(*rss) : std::string("unknown"));
   // What the CPU achieved per weight byte while decoding, as the planner counts its work.
-  uint64_t pass_bytes = 0;
-  for (const auto& u : plan.request.units) pass_bytes += u.bytes + u.kv_read_bytes;
   if (decode_steps > 0 && decode_compute_s > 0) {
-    const uint64_t bytes = pass_bytes * static_cast<uint64_t>(decode_steps);
+    const uint64_t bytes = pass_bytes(plan) * static_cast<uint64_t>(decode_steps);
     const auto learned =
         engine::learn_cpu_rate(engine::weight_dtype(m.config, m.checkpoint.get()), m.config.n_embd,
                                bytes, decode_compute_s, "decode compute in ferry run");
@@ -201,14 +207,12 @@ struct CudaRun {
     if (stats.decode_steps <= 0) return;
     const planner::Plan& plan = *m.plan;
     if (plan.chosen.count(planner::Tier::device) != plan.chosen.tiers.size()) return;
-    uint64_t pass_bytes = 0;
-    for (const auto& u : plan.request.units) pass_bytes += u.bytes + u.kv_read_bytes;
     const auto steps = static_cast<double>(stats.decode_steps);
     const double overhead_s = steps * static_cast<double>(plan.request.units.size()) *
                               planner::unit_overhead_s(planner::Backend::cuda);
     const double busy_s = stats.decode_s - overhead_s;
     if (busy_s < 0.5 * stats.decode_s) return;  // launch-bound: the bytes say nothing
-    const uint64_t bytes = pass_bytes * static_cast<uint64_t>(stats.decode_steps);
+    const uint64_t bytes = pass_bytes(plan) * static_cast<uint64_t>(stats.decode_steps);
     const auto learned = engine::learn_gpu_rate(device->name(), bytes, busy_s,
                                                 "decode compute in ferry run, all in VRAM");
     const double planned =
@@ -352,8 +356,8 @@ Command add_run(CLI::App& app) {
             m.weights->streamer().stats().stall_s - prompt_stall_s.value_or(0);
         print_prediction(m, measured_s, stats.decode_steps, stats.decode_s - decode_stall_s);
       }
-      if (!m.weights) gpu.learn(m, eng, stats);
-      if (!m.weights) {  // the CUDA backend: the plan's prediction and the host's peak
+      if (!m.weights) {  // the CUDA backend: what it teaches, the prediction, the host's peak
+        gpu.learn(m, eng, stats);
         const auto rss = peak_rss_bytes();
         fmt::print(stderr, "ferry: predicted {}; measured {:.3f} s/token, peak RSS {} (VmHWM)\n",
                    m.plan ? fmt::format("{:.3f} s/token, peak RAM {}, peak VRAM {}",

@@ -198,8 +198,7 @@ struct CudaEngine::Impl {
         u.compute.push_back((t.dtype == DType::bf16 && !bf16_ok) || is_quantized(t.dtype)
                                 ? DType::f16
                                 : t.dtype);
-        if (is_quantized(t.dtype))
-          dequant_elems = std::max(dequant_elems, config.n_inner * config.n_embd);
+        if (is_quantized(t.dtype)) dequant_elems = config.n_inner * config.n_embd;
         u.numel.push_back(t.shape.numel());
       }
       const offload::UnitLayout layout = offload::plan_unit_reads(checkpoint, spec.tensors);

@@ -1,5 +1,6 @@
 // Helpers for the CPU kernel tests: seeded random data, weights stored in f32/f16/bf16 together
-// with their exact f32 values, and the ULP unit the tolerances are written in.
+// with their exact f32 values, packed (q8 / q4) weights, and the ULP unit the tolerances are
+// written in.
 #pragma once
 
 #include <cmath>
@@ -8,8 +9,11 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/ops.hpp"
+#include "kernels/cpu/quant.hpp"
 #include "runtime/core/dtype.hpp"
 #include "runtime/core/half.hpp"
+#include "runtime/core/quant.hpp"
 
 namespace ferry::kernels::cpu::test {
 
@@ -67,6 +71,26 @@ inline Weights random_weights(std::mt19937& rng, DType dtype, std::size_t n,
 inline std::string shape_name(DType dt, int64_t m, int64_t k, int64_t n) {
   return std::string(dtype_name(dt)) + " m=" + std::to_string(m) + " k=" + std::to_string(k) +
          " n=" + std::to_string(n);
+}
+
+// w [n, k] packed row by row as dtype dt (q8, q4_g64, q4_g128), as `ferry convert` packs it,
+// with the dequantized value of every element.
+struct Packed {
+  std::vector<unsigned char> bytes;
+  std::vector<float> values;  // the dequantized value of every element (reference)
+};
+
+inline Packed pack(const std::vector<float>& w, int64_t n, int64_t k, DType dt) {
+  Packed p;
+  const uint64_t row_bytes = packed_row_bytes(dt, k);
+  p.bytes.assign(static_cast<std::size_t>(n) * row_bytes, 0xAB);
+  p.values.resize(static_cast<std::size_t>(n * k));
+  for (int64_t o = 0; o < n; ++o) {
+    unsigned char* row = p.bytes.data() + static_cast<uint64_t>(o) * row_bytes;
+    quantize_row(w.data() + o * k, k, dt, row, "test");
+    ref::convert_to_f32(row, dt, k, p.values.data() + o * k);
+  }
+  return p;
 }
 
 }  // namespace ferry::kernels::cpu::test

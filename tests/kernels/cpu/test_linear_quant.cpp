@@ -18,28 +18,12 @@ namespace ferry::kernels::cpu {
 namespace {
 
 using test::kUnitRoundoff;
+using test::pack;
+using test::Packed;
 using test::random_floats;
 using test::shape_name;
 
 constexpr DType kPacked[] = {DType::q8, DType::q4_g64, DType::q4_g128};
-
-struct Packed {
-  std::vector<unsigned char> bytes;
-  std::vector<float> values;  // the dequantized value of every element (reference)
-};
-
-Packed pack(const std::vector<float>& w, int64_t n, int64_t k, DType dt) {
-  Packed p;
-  const uint64_t row_bytes = packed_row_bytes(dt, k);
-  p.bytes.assign(static_cast<std::size_t>(n) * row_bytes, 0xAB);
-  p.values.resize(static_cast<std::size_t>(n * k));
-  for (int64_t o = 0; o < n; ++o) {
-    unsigned char* row = p.bytes.data() + static_cast<uint64_t>(o) * row_bytes;
-    quantize_row(w.data() + o * k, k, dt, row, "test");
-    ref::convert_to_f32(row, dt, k, p.values.data() + o * k);
-  }
-  return p;
-}
 
 // Against exact double products of the dequantized values: the f32 dot product's rounding,
 // (k + 3)·u·S as in test_linear.cpp, plus one rounding of each dequantized weight (the fast paths

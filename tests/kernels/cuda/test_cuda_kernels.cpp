@@ -12,7 +12,6 @@
 
 #include "kernels/common/quant_math.hpp"
 #include "kernels/cpu/ops.hpp"
-#include "kernels/cpu/quant.hpp"
 #include "kernels/cuda/ops.hpp"
 #include "runtime/core/half.hpp"
 #include "tests/kernels/cpu/kernel_test_util.hpp"
@@ -318,18 +317,6 @@ TEST_F(CudaKernels, LinearMatchesCpuForEveryWeightType) {
   }
 }
 
-// A random [n, k] matrix packed as dtype t, row by row, as `ferry convert` packs it.
-std::vector<unsigned char> packed_matrix(std::mt19937& rng, DType t, int64_t n, int64_t k) {
-  const auto row_bytes = static_cast<std::size_t>(packed_row_bytes(t, k));
-  std::vector<unsigned char> w(static_cast<std::size_t>(n) * row_bytes);
-  for (int64_t o = 0; o < n; ++o) {
-    const auto values = random_floats(rng, static_cast<std::size_t>(k));
-    cpu::quantize_row(values.data(), k, t, w.data() + static_cast<std::size_t>(o) * row_bytes,
-                      "test");
-  }
-  return w;
-}
-
 // Every weight the same f16 the host's reading of the shared math rounds to, for rows starting
 // anywhere (the chunks of the lm_head) and row widths that leave a q4 group part-filled.
 TEST_F(CudaKernels, DequantizeRowsIsTheSharedMathRoundedToF16) {
@@ -337,7 +324,7 @@ TEST_F(CudaKernels, DequantizeRowsIsTheSharedMathRoundedToF16) {
   for (DType t : {DType::q8, DType::q4_g64, DType::q4_g128}) {
     for (const int64_t k : {int64_t{64}, int64_t{200}, int64_t{1000}}) {
       const int64_t n = 13;
-      const auto w = packed_matrix(rng, t, n, k);
+      const auto w = cpu::test::pack(random_floats(rng, static_cast<std::size_t>(n * k)), n, k, t).bytes;
       const DeviceBuffer dw = upload(w);
       const int64_t row0 = 3, rows = 9;
       DeviceBuffer out(static_cast<std::size_t>(rows * k) * 2);
@@ -371,7 +358,8 @@ TEST_F(CudaKernels, PackedProductsMatchCpuFusedAndThroughCublas) {
   for (DType t : {DType::q8, DType::q4_g64, DType::q4_g128}) {
     for (const Shape s : {Shape{1, 64, 1}, Shape{1, 200, 37}, Shape{3, 1000, 37},
                           Shape{8, 256, 64}, Shape{9, 200, 37}, Shape{17, 1000, 37}}) {
-      const auto w = packed_matrix(rng, t, s.n, s.k);
+      const auto w =
+          cpu::test::pack(random_floats(rng, static_cast<std::size_t>(s.n * s.k)), s.n, s.k, t).bytes;
       const auto x = random_floats(rng, static_cast<std::size_t>(s.m * s.k));
       std::vector<float> want(static_cast<std::size_t>(s.m * s.n));
       cpu::ref::linear(x.data(), s.m, s.k, w.data(), t, s.n, nullptr, want.data());
