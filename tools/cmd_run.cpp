@@ -1,10 +1,14 @@
-// ferry run and ferry logits: inference on a model directory.
+// ferry run, ferry logits and ferry perplexity: inference on a model directory.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 #include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
 #include <optional>
 
+#include "planner/memory_probe.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/process.hpp"
 #include "runtime/core/thread_pool.hpp"
@@ -12,6 +16,7 @@
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/generate.hpp"
 #include "runtime/engine/loaded_model.hpp"
+#include "runtime/engine/perplexity.hpp"
 #include "runtime/profile/policy.hpp"
 #include "runtime/profile/profile_run.hpp"
 #include "runtime/text/bpe_tokenizer.hpp"
@@ -75,6 +80,12 @@ void add_load_options(CLI::App* cmd, LoadFlags& o) {
   cmd->add_flag("--mmap", o.mmap,
                 "compute straight from a memory map of the checkpoint, as llama.cpp does (no RAM "
                 "budget: the page cache decides; for comparison)");
+}
+
+void add_device_options(CLI::App* cmd, std::string& device, std::string& max_vram) {
+  cmd->add_option("--device", device, "cpu (default) | cuda")->envname("FERRY_DEVICE");
+  cmd->add_option("--max-vram", max_vram, "cap on GPU memory with --device cuda, e.g. 6GiB")
+      ->envname("FERRY_MAX_VRAM");
 }
 
 engine::LoadOptions load_options(const LoadFlags& f, const model::ModelConfig& config,
@@ -174,24 +185,38 @@ struct CudaRun {
 #ifdef FERRY_HAS_CUDA
   std::optional<cuda::CudaDevice> device;
 #endif
-  void open(const RunOptions& o, engine::LoadOptions& lo) {
-    FERRY_EXPECT(o.device == "cpu" || o.device == "cuda", "--device '{}' is not cpu or cuda",
-                 o.device);
-    if (o.device != "cuda") {
-      FERRY_EXPECT(o.max_vram.empty(), "--max-vram needs --device cuda");
+  void open(const std::string& device_name, const std::string& max_vram, bool mmap,
+            engine::LoadOptions& lo) {
+    FERRY_EXPECT(device_name == "cpu" || device_name == "cuda", "--device '{}' is not cpu or cuda",
+                 device_name);
+    if (device_name != "cuda") {
+      FERRY_EXPECT(max_vram.empty(), "--max-vram needs --device cuda");
       return;
     }
 #ifdef FERRY_HAS_CUDA
-    FERRY_EXPECT(!o.load.mmap, "--mmap computes from a memory map on the CPU; drop --device cuda");
+    FERRY_EXPECT(!mmap, "--mmap computes from a memory map on the CPU; drop --device cuda");
     device.emplace(0);
     lo.backend = planner::Backend::cuda;
     lo.device = &*device;
-    if (!o.max_vram.empty()) lo.max_vram_bytes = parse_size(o.max_vram);
+    if (!max_vram.empty()) lo.max_vram_bytes = parse_size(max_vram);
 #else
+    (void)mmap;
     (void)lo;
     throw InvalidArgument(
         "--device cuda: this ferry was built without the CUDA backend (no CUDA toolkit at build "
         "time); run without --device cuda to use the CPU");
+#endif
+  }
+  // Two models on one device (a perplexity run against a reference): each plans for half of the
+  // VRAM, --max-vram or what is free now.
+  void halve_vram(engine::LoadOptions& lo) const {
+#ifdef FERRY_HAS_CUDA
+    if (!device) return;
+    const auto info = device->memory_info();
+    const uint64_t vram = lo.max_vram_bytes ? *lo.max_vram_bytes : info ? info->free_bytes : 0;
+    lo.max_vram_bytes = vram / 2;
+#else
+    (void)lo;
 #endif
   }
   // What a CUDA run teaches the planner. Layers streamed from disk: the disk's delivered rate,
@@ -217,7 +242,8 @@ struct CudaRun {
                                                 "decode compute in ferry run, all in VRAM");
     const double planned =
         plan.request.machine.gpu ? plan.request.machine.gpu->compute_bytes_per_s.value : 0;
-    fmt::print(stderr, "ferry: GPU compute achieved {:.1f} GB/s of weights (planned with {:.1f}){}\n",
+    fmt::print(stderr,
+               "ferry: GPU compute achieved {:.1f} GB/s of weights (planned with {:.1f}){}\n",
                static_cast<double>(bytes) / busy_s / 1e9, planned / 1e9,
                learned ? fmt::format("; next plans use {:.1f}", *learned / 1e9) : std::string());
 #else
@@ -268,9 +294,7 @@ Command add_run(CLI::App& app) {
   cmd->add_flag("--ignore-eos", o->ignore_eos, "keep going after <|endoftext|>");
   cmd->add_flag("-q,--quiet", o->quiet, "no statistics on stderr");
   cmd->add_option("--trace", o->trace, "write a Chrome trace (Perfetto, chrome://tracing)");
-  cmd->add_option("--device", o->device, "cpu (default) | cuda")->envname("FERRY_DEVICE");
-  cmd->add_option("--max-vram", o->max_vram, "cap on GPU memory with --device cuda, e.g. 6GiB")
-      ->envname("FERRY_MAX_VRAM");
+  add_device_options(cmd, o->device, o->max_vram);
   add_tokenizer_options(cmd, o->tok);
   add_load_options(cmd, o->load);
   return [o] {
@@ -294,7 +318,7 @@ Command add_run(CLI::App& app) {
     engine::LoadOptions lo = load_options(o->load, config, context, n_prompt, 1);
     lo.attended_tokens = n_prompt + o->n / 2;  // the middle of decoding, for the prediction
     CudaRun gpu;
-    gpu.open(*o, lo);
+    gpu.open(o->device, o->max_vram, o->load.mmap, lo);
     if (!o->trace.empty()) trace::tracer().start();
     Progress loading("loading", o->quiet);
     lo.io.on_load_progress = [&](uint64_t done, uint64_t total) { loading.update(done, total); };
@@ -419,6 +443,192 @@ Command add_logits(CLI::App& app) {
           "{{\"logits\": [{}]}}\n",
           fmt::join(logits.begin(), logits.begin() + static_cast<std::ptrdiff_t>(vocab), ", "));
     }
+    return 0;
+  };
+}
+
+namespace {
+
+// The whole of a text file, for `perplexity -f`.
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  FERRY_EXPECT(in.good(), "cannot read the text file {}: {}; check the path given to -f", path,
+               std::error_code(errno, std::generic_category()).message());
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  FERRY_EXPECT(!in.bad(), "reading the text file {} failed", path);
+  return text;
+}
+
+}  // namespace
+
+Command add_perplexity(CLI::App& app) {
+  struct Options {
+    std::string model;
+    std::string reference;
+    std::string file;
+    std::string prompt;
+    std::string ids;
+    int64_t ctx = 0;
+    int64_t stride = 0;
+    int64_t max_tokens = 0;
+    bool json = false;
+    bool quiet = false;
+    std::string device = "cpu";
+    std::string max_vram;
+    TokenizerOptions tok;
+    LoadFlags load;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand(
+      "perplexity",
+      "score a text: perplexity, and against --reference the KL divergence and top-1 agreement");
+  cmd->add_option("-m,--model", o->model, "model directory (a checkpoint or a ferry pack)")
+      ->required();
+  auto* f = cmd->add_option("-f,--file", o->file, "the text to score, a UTF-8 file");
+  auto* p = cmd->add_option("-p,--prompt", o->prompt, "the text to score");
+  auto* i = cmd->add_option("--ids", o->ids, "the token ids to score, e.g. \"15496 995 11\"");
+  f->excludes(p)->excludes(i);
+  p->excludes(i);
+  cmd->add_option("--reference", o->reference,
+                  "also run this model (e.g. the checkpoint a pack was converted from) on the same "
+                  "windows and compare; the two share the RAM (and VRAM) budget half and half");
+  cmd->add_option("--ctx", o->ctx, "tokens per window (default 512, or n_positions when smaller)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--stride", o->stride,
+                  "tokens a window advances; each window scores only the tokens no earlier one did "
+                  "(default ctx / 2)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-tokens", o->max_tokens, "score only the text's first N tokens")
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag("--json", o->json, "also print the results as JSON on the last line");
+  cmd->add_flag("-q,--quiet", o->quiet, "no plans or progress on stderr");
+  add_device_options(cmd, o->device, o->max_vram);
+  add_tokenizer_options(cmd, o->tok);
+  add_load_options(cmd, o->load);
+  return [o] {
+    FERRY_EXPECT(!o->file.empty() || !o->prompt.empty() || !o->ids.empty(),
+                 "give the text to score with -f FILE, -p TEXT or --ids \"I J K\"");
+    std::vector<int32_t> ids;
+    if (!o->ids.empty()) {
+      ids = parse_ids(o->ids);
+    } else {
+      const std::string text = o->file.empty() ? o->prompt : read_text_file(o->file);
+      ids = load_tokenizer(o->model, o->tok).encode(text);
+    }
+    if (o->max_tokens > 0 && static_cast<int64_t>(ids.size()) > o->max_tokens)
+      ids.resize(static_cast<std::size_t>(o->max_tokens));
+
+    const auto config = model::ModelConfig::from_model_dir(o->model);
+    std::optional<model::ModelConfig> ref_config;
+    if (!o->reference.empty()) ref_config = model::ModelConfig::from_model_dir(o->reference);
+    const int64_t n_positions =
+        std::min(config.n_positions, ref_config ? ref_config->n_positions : config.n_positions);
+    FERRY_EXPECT(o->ctx <= n_positions,
+                 "--ctx {} is longer than the model's context of {} tokens (n_positions); give "
+                 "--ctx {} or less",
+                 o->ctx, n_positions, n_positions);
+    engine::PerplexityOptions po;
+    po.context = o->ctx > 0 ? o->ctx : std::min<int64_t>(512, n_positions);
+    po.stride = o->stride;
+    FERRY_EXPECT(po.stride < po.context,
+                 "--stride {} is not shorter than the window of {} tokens: each window keeps at "
+                 "least one token of context before the tokens it scores; give --stride {} or less",
+                 po.stride, po.context, po.context - 1);
+    // Engines sized for the longest window fed, with logits for every position of it.
+    const int64_t fed =
+        std::max<int64_t>(1, std::min<int64_t>(po.context, static_cast<int64_t>(ids.size())));
+
+    engine::LoadOptions lo = load_options(o->load, config, fed, fed, fed);
+    lo.attended_tokens = fed / 2;
+    CudaRun gpu;
+    gpu.open(o->device, o->max_vram, o->load.mmap, lo);
+    engine::LoadOptions ref_lo = lo;
+    if (ref_config) {
+      FERRY_EXPECT(o->load.plan.empty(),
+                   "--plan replays one model's plan; with --reference both models are planned "
+                   "together, so drop --plan");
+      if (lo.max_ram_bytes) {
+        lo.max_ram_source = "half of --max-ram (the reference has the other half)";
+      } else {
+        const planner::RamProbe probe = planner::probe_ram();
+        lo.max_ram_bytes = probe.available_bytes();
+        lo.max_ram_source =
+            fmt::format("half of {}; the reference has the other half", probe.describe());
+      }
+      *lo.max_ram_bytes /= 2;
+      gpu.halve_vram(lo);
+      ref_lo = lo;
+    }
+    Progress loading("loading", o->quiet);
+    lo.io.on_load_progress = [&](uint64_t done, uint64_t total) { loading.update(done, total); };
+    ref_lo.io.on_load_progress = lo.io.on_load_progress;
+    engine::LoadedModel m = engine::load_model(o->model, lo);
+    const std::unique_ptr<engine::ForwardPass> model_engine = gpu.engine(m, fed, lo);
+    std::optional<engine::LoadedModel> ref;
+    std::unique_ptr<engine::ForwardPass> ref_engine;
+    if (ref_config) {
+      ref.emplace(engine::load_model(o->reference, ref_lo));
+      ref_engine = gpu.engine(*ref, fed, ref_lo);
+    }
+    loading.finish();
+    if (!o->quiet) {
+      for (const engine::LoadedModel* lm : {&m, ref ? &*ref : nullptr}) {
+        if (lm == nullptr) continue;
+        fmt::print(stderr, "ferry: {} {}\n", lm == &m ? "model" : "reference",
+                   lm == &m ? o->model : o->reference);
+        if (lm->weights) print_plan(*lm);
+        if (!lm->weights && lm->plan) fmt::print(stderr, "ferry: plan: {}\n", lm->plan->summary());
+      }
+    }
+    Progress progress("perplexity", o->quiet);
+    po.on_window = [&](int64_t done, int64_t total, int64_t) {
+      progress.update_count(static_cast<uint64_t>(done), static_cast<uint64_t>(total), "windows");
+    };
+    const engine::PerplexityReport r =
+        engine::evaluate_perplexity(*model_engine, ids, po, ref_engine.get());
+    progress.finish();
+
+    const auto& s = r.model;
+    const auto pct = [](int64_t k, int64_t n) { return n > 0 ? 100.0 * double(k) / double(n) : 0; };
+    fmt::print(
+        "perplexity {:.4f} ± {:.4f} over {} tokens ({} window{} of {}, stride {}); mean "
+        "NLL {:.5f} nats/token; top-1 accuracy {:.2f}%; {:.2f} s ({:.1f} tokens/s)\n",
+        s.perplexity(), s.perplexity_stderr(), s.tokens, r.windows, r.windows == 1 ? "" : "s",
+        r.context, r.stride, s.mean_nll(), pct(s.top1_correct, s.tokens), s.seconds,
+        s.seconds > 0 ? double(s.tokens) / s.seconds : 0.0);
+    nlohmann::json j;
+    j["model"] = o->model;
+    j["tokens"] = s.tokens;
+    j["windows"] = r.windows;
+    j["context"] = r.context;
+    j["stride"] = r.stride;
+    j["perplexity"] = s.perplexity();
+    j["perplexity_stderr"] = s.perplexity_stderr();
+    j["mean_nll"] = s.mean_nll();
+    j["top1_accuracy"] = pct(s.top1_correct, s.tokens) / 100;
+    j["seconds"] = s.seconds;
+    if (r.vs_reference) {
+      const auto& vs = *r.vs_reference;
+      const auto& rs = vs.reference;
+      const double ratio = s.perplexity() / rs.perplexity();
+      fmt::print("reference perplexity {:.4f} ± {:.4f} ({}); model ÷ reference {:.5f} ({:+.3f}%)\n",
+                 rs.perplexity(), rs.perplexity_stderr(), o->reference, ratio, 100.0 * (ratio - 1));
+      fmt::print(
+          "KL(reference ‖ model) mean {:.6f}, max {:.6f} nats; same top-1 token at "
+          "{:.2f}% of {} positions\n",
+          vs.mean_kl(s.tokens), vs.kl_max, pct(vs.top1_agree, s.tokens), s.tokens);
+      j["reference"] = {{"model", o->reference},
+                        {"perplexity", rs.perplexity()},
+                        {"perplexity_stderr", rs.perplexity_stderr()},
+                        {"mean_nll", rs.mean_nll()},
+                        {"top1_accuracy", pct(rs.top1_correct, rs.tokens) / 100},
+                        {"seconds", rs.seconds},
+                        {"perplexity_ratio", ratio},
+                        {"kl_mean", vs.mean_kl(s.tokens)},
+                        {"kl_max", vs.kl_max},
+                        {"top1_agreement", pct(vs.top1_agree, s.tokens) / 100}};
+    }
+    if (o->json) fmt::print("{}\n", j.dump());
     return 0;
   };
 }

@@ -18,6 +18,7 @@ using Command = std::function<int()>;
 
 Command add_run(CLI::App& app);
 Command add_logits(CLI::App& app);
+Command add_perplexity(CLI::App& app);
 Command add_tokenize(CLI::App& app);
 Command add_inspect(CLI::App& app);
 Command add_make_model(CLI::App& app);

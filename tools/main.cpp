@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   using Adder = ferry::tools::Command (*)(CLI::App&);
   const std::pair<const char*, Adder> adders[] = {{"run", &ferry::tools::add_run},
                                                   {"logits", &ferry::tools::add_logits},
+                                                  {"perplexity", &ferry::tools::add_perplexity},
                                                   {"tokenize", &ferry::tools::add_tokenize},
                                                   {"inspect", &ferry::tools::add_inspect},
                                                   {"make-model", &ferry::tools::add_make_model},

@@ -31,7 +31,7 @@ LoadedModel load_model(const std::filesystem::path& dir, LoadOptions options) {
             : probe_machine(m.checkpoint.get(), weight_dtype(m.config, m.checkpoint.get()), probe,
                             options.device);
     if (options.max_ram_bytes) {
-      machine.ram_bytes = {static_cast<double>(*options.max_ram_bytes), "--max-ram"};
+      machine.ram_bytes = {static_cast<double>(*options.max_ram_bytes), options.max_ram_source};
       machine.ram_is_explicit_cap = true;
     }
     if (options.max_vram_bytes && machine.gpu)

@@ -179,6 +179,71 @@ TEST(Cli, ErrorsNameTheProblem) {
   EXPECT_NE(r.err.find("shorten"), std::string::npos) << r.err;
 }
 
+// `ferry perplexity` on a text file, then a pack of the model against it as the reference: the
+// reference's figures are the first run's, the pack moves them a little; bad requests are refused.
+TEST(CliPerplexity, ScoresATextAndAPackAgainstItsSource) {
+  test::TempDir tmp;
+  const fs::path model = tmp / "m";
+  Result r =
+      ferry({"make-model", "--preset", "tiny", "--n-layer", "2", "--n-embd", "64", "--n-head", "4",
+             "--rotary-dim", "8", "--dtype", "f32", "--seed", "3", "-o", model.string(), "-q"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const fs::path text = tmp / "text.txt";
+  std::ofstream(text) << "It was the best of times, it was the worst of times, it was the age of "
+                         "wisdom, it was the age of foolishness, it was the epoch of belief.\n";
+  r = ferry({"tokenize", "-m", model.string(), "--text", test::read_file(text)});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto n_tokens = static_cast<int64_t>(json::parse(last_line(r.out)).size());
+  ASSERT_GT(n_tokens, 20);
+
+  r = ferry({"perplexity", "-m", model.string(), "-f", text.string(), "--ctx", "16", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json base = json::parse(last_line(r.out));
+  EXPECT_EQ(base["tokens"], n_tokens - 1);
+  EXPECT_EQ(base["context"], 16);
+  EXPECT_EQ(base["stride"], 8);
+  EXPECT_EQ(base["windows"], 1 + (n_tokens - 16 + 7) / 8);
+  // A random model spreads its bets over the 50400 tokens of GPT-J's vocabulary.
+  EXPECT_GT(base["perplexity"].get<double>(), 20000);
+  EXPECT_LT(base["perplexity"].get<double>(), 150000);
+  EXPECT_NE(r.out.find("perplexity "), std::string::npos);
+
+  const fs::path pack = tmp / "pack";
+  r = ferry({"convert", "-m", model.string(), "-o", pack.string(), "--quant", "int4", "-q"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  r = ferry({"perplexity", "-m", pack.string(), "-f", text.string(), "--ctx", "16", "--reference",
+             model.string(), "--max-ram", "1GiB", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json vs = json::parse(last_line(r.out));
+  EXPECT_DOUBLE_EQ(vs["reference"]["perplexity"].get<double>(), base["perplexity"].get<double>());
+  EXPECT_GT(vs["reference"]["kl_mean"].get<double>(), 0);
+  EXPECT_LT(vs["reference"]["kl_mean"].get<double>(), 0.01);
+  EXPECT_NEAR(vs["reference"]["perplexity_ratio"].get<double>(), 1.0, 0.05);
+  EXPECT_GT(vs["reference"]["top1_agreement"].get<double>(), 0.5);
+  EXPECT_NE(r.out.find("KL(reference"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("half of --max-ram"), std::string::npos) << r.err;
+
+  struct Case {
+    std::vector<std::string> args;
+    std::string must_say;
+  };
+  const std::string m = model.string();
+  const std::vector<Case> cases = {
+      {{"perplexity", "-m", m, "-f", (tmp / "missing.txt").string()}, "missing.txt"},
+      {{"perplexity", "-m", m, "--ids", "5"}, "at least 2"},
+      {{"perplexity", "-m", m, "--ids", "5 6 7", "--ctx", "100000"}, "n_positions"},
+      {{"perplexity", "-m", m, "--ids", "5 6 7", "--ctx", "8", "--stride", "8"}, "--stride 7"},
+      {{"perplexity", "-m", m}, "-f FILE"},
+      {{"perplexity", "-m", m, "--ids", "5 6 7", "--reference", (tmp / "nothing").string()},
+       "nothing"},
+  };
+  for (const auto& c : cases) {
+    r = ferry(c.args);
+    EXPECT_EQ(r.rc, 1) << c.must_say << " " << r.out << r.err;
+    EXPECT_NE(r.err.find(c.must_say), std::string::npos) << r.err;
+  }
+}
+
 // `ferry plan` answers from config.json alone (GPT-J-6B's, no weights) for a machine it is not
 // on, and its JSON says where every layer goes.
 TEST(CliPlan, GptjSixBOnColabT4FromConfigAlone) {
@@ -247,8 +312,8 @@ TEST(CliPlan, QuantAutoPicksTheLeastCompressionThatFitsAndMeetsTheGoal) {
   EXPECT_NE(r.out.find("chose int4"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("int8 fits but takes"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("ferry convert"), std::string::npos) << r.out;
-  r = ferry({"plan", "-m", cfg, "--profile", "laptop-8g", "--quant", "auto", "--goal", goal,
-             "--json"});
+  r = ferry(
+      {"plan", "-m", cfg, "--profile", "laptop-8g", "--quant", "auto", "--goal", goal, "--json"});
   ASSERT_EQ(r.rc, 0) << r.err;
   plan = json::parse(r.out);
   EXPECT_EQ(plan["quant"]["chosen"], "int4");
@@ -313,8 +378,8 @@ TEST(CliPlan, RunReplaysASavedPlan) {
   const std::string tiny = (test::data_dir() / "gptj/tiny-f32").string();
   test::TempDir tmp;
   const std::string plan_file = (tmp / "plan.json").string();
-  Result r = ferry({"plan", "-m", tiny, "--max-ram", "1GiB", "--ctx", "16", "--no-measure", "-o",
-                    plan_file});
+  Result r = ferry(
+      {"plan", "-m", tiny, "--max-ram", "1GiB", "--ctx", "16", "--no-measure", "-o", plan_file});
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.out.find("predicted"), std::string::npos) << r.out;
   r = ferry({"run", "-m", tiny, "--ids", "1 2 3", "-n", "4", "--plan", plan_file});
@@ -322,8 +387,8 @@ TEST(CliPlan, RunReplaysASavedPlan) {
   EXPECT_NE(r.err.find("ferry: plan: "), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("measured"), std::string::npos) << r.err;
 
-  r = ferry({"run", "-m", tiny, "--ids", "1 2 3", "-n", "4", "--plan", plan_file, "--max-ram",
-             "4MiB"});
+  r = ferry(
+      {"run", "-m", tiny, "--ids", "1 2 3", "-n", "4", "--plan", plan_file, "--max-ram", "4MiB"});
   EXPECT_EQ(r.rc, 1);
   EXPECT_NE(r.err.find("the plan needs"), std::string::npos) << r.err;
 
