@@ -2,8 +2,8 @@
 # Builds, on this (GPU-less) machine, what bench/gpu_session.sh runs on a lent GPU machine, whose
 # image has nvcc, CMake and ninja but not ferry's other dependencies (fmt, liburing, GoogleTest,
 # CLI11, …) and cannot fetch them: a Release build of ferry, the gpu test binaries and the copy
-# benchmark, stripped, with the shared libraries they need that the image may lack, in gpu-bin/
-# (ignored by git). Then: device run with carry ["gpu-bin"] and command `bench/gpu_session.sh`.
+# and packed-product benchmarks, stripped, with the shared libraries they need that the image may
+# lack, in gpu-bin/ (ignored by git). Then: device run with carry ["gpu-bin"] and command `bench/gpu_session.sh`.
 #   bench/gpu_prebuild.sh            env: BUILD=build-gpu  DEST=gpu-bin  JOBS=$(nproc)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,8 @@ BUILD=${BUILD:-build-gpu}
 DEST=${DEST:-gpu-bin}
 JOBS=${JOBS:-$(nproc)}
 targets=(tools/ferry tests/kernels/test_cuda_kernels tests/kernels/test_cublas_loader
-         tests/runtime/test_cuda_engine tests/tools/test_cuda_cli_gpu bench/bench_cuda_h2d)
+         tests/runtime/test_cuda_engine tests/tools/test_cuda_cli_gpu bench/bench_cuda_h2d
+         bench/bench_cuda_packed)
 [ -f "$BUILD/CMakeCache.txt" ] ||
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFERRY_WITH_CUDA=ON
 # shellcheck disable=SC2046  # one word per target

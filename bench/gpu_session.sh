@@ -8,7 +8,8 @@
 #      configure and build the CUDA targets there for this GPU (FERRY_CUDA_ARCHITECTURES=native)
 #   2. the gpu tests (kernels vs their CPU twins, the engine vs Hugging Face, streamed vs
 #      resident, bf16, the CLI), JUnit XML; the streamed and batched engine tests 25 times over
-#   3. compute-sanitizer memcheck on the kernel and engine tests
+#   3. compute-sanitizer memcheck on the kernel and engine tests; the packed-product benchmark
+#      (fused against dequantize + cuBLAS: bench/cuda/packed_gemm.cpp)
 #   4. bench/cuda_bench.sh: copy rates always; the GPT-J-6B-shaped runs and HF Accelerate when
 #      FULL=1 (the 12 GB checkpoint is made in the background while the tests run)
 #   5. compute-sanitizer initcheck and racecheck (slow: racecheck gets what time is left)
@@ -74,15 +75,17 @@ if [ -x "$BIN/ferry" ]; then
   export LD_LIBRARY_PATH="$PWD/$BIN/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   ferry=$BIN/ferry kernels=$BIN/test_cuda_kernels engine=$BIN/test_cuda_engine
   cli=$BIN/test_cuda_cli_gpu loader=$BIN/test_cublas_loader h2d=$BIN/bench_cuda_h2d
+  packed=$BIN/bench_cuda_packed
   echo "== prebuilt binaries from $BIN" | tee -a "$WORK/steps.txt"
 else
   step configure cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DFERRY_CUDA_ARCHITECTURES=native
   step build cmake --build "$BUILD" -j"$JOBS" --target ferry test_cuda_kernels test_cuda_engine \
-    test_cuda_cli_gpu test_cublas_loader bench_cuda_h2d
+    test_cuda_cli_gpu test_cublas_loader bench_cuda_h2d bench_cuda_packed
   ferry=$BUILD/tools/ferry kernels=$BUILD/tests/kernels/test_cuda_kernels
   engine=$BUILD/tests/runtime/test_cuda_engine cli=$BUILD/tests/tools/test_cuda_cli_gpu
   loader=$BUILD/tests/kernels/test_cublas_loader h2d=$BUILD/bench/bench_cuda_h2d
+  packed=$BUILD/bench/bench_cuda_packed
 fi
 export FERRY_TEST_DATA=$PWD/tests/data FERRY_DATA_DIR=$PWD/data FERRY_CACHE_DIR=$WORK/probe-cache
 export FERRY_BIN=$PWD/$ferry
@@ -135,6 +138,11 @@ sanitize() {  # sanitize TOOL...
   done
 }
 [ "$SANITIZE" = 1 ] && sanitize memcheck
+# Packed products fused against dequantize + cuBLAS, per dtype, shape and batch rows: where the
+# engine's kPackedGemvMaxRows should sit (the `choose` lines, also in steps.txt).
+step bench_packed "$packed"
+grep '"choose"' "$WORK/bench_packed.log" 2>/dev/null | sed 's/^/     /' | tee -a "$WORK/steps.txt"
+cp "$WORK/bench_packed.log" "$OUT/bench_packed.jsonl" 2>/dev/null
 
 if [ "$FULL" = 1 ]; then
   if [ -n "$maker" ]; then
