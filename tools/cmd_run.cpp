@@ -213,6 +213,7 @@ struct CudaRun {
 #ifdef FERRY_HAS_CUDA
     if (!device) return;
     const auto info = device->memory_info();
+    lo.max_vram_source = lo.max_vram_bytes ? "half of --max-vram" : "half of the free VRAM";
     const uint64_t vram = lo.max_vram_bytes ? *lo.max_vram_bytes : info ? info->free_bytes : 0;
     lo.max_vram_bytes = vram / 2;
 #else

@@ -35,7 +35,8 @@ LoadedModel load_model(const std::filesystem::path& dir, LoadOptions options) {
       machine.ram_is_explicit_cap = true;
     }
     if (options.max_vram_bytes && machine.gpu)
-      machine.gpu->vram_bytes = {static_cast<double>(*options.max_vram_bytes), "--max-vram"};
+      machine.gpu->vram_bytes = {static_cast<double>(*options.max_vram_bytes),
+                                 options.max_vram_source};
     PlanOptions po;
     po.context = options.context;
     po.max_batch_rows = options.max_batch_rows;

@@ -41,6 +41,7 @@ struct LoadOptions {
   planner::Backend backend = planner::Backend::cpu;
   const Device* device = nullptr;
   std::optional<uint64_t> max_vram_bytes;
+  std::string max_vram_source = "--max-vram";  // where max_vram_bytes came from
 };
 
 struct LoadedModel {

@@ -64,5 +64,30 @@ TEST(CudaCliGpu, RunMatchesCpuTokens) {
   EXPECT_NE(streamed.err.find("device slots"), std::string::npos) << streamed.err;
 }
 
+// `ferry perplexity --device cuda` scores as the CPU does (within the GPU's rounding), alone and
+// with a reference on the same device (the two engines share it, half the VRAM each).
+TEST(CudaCliGpu, PerplexityMatchesCpu) {
+  if (ferry("info").out.find("device cuda:") == std::string::npos) GTEST_SKIP() << "no CUDA device";
+  const std::string dir = (test::data_dir() / "gptj/sharded-f32").string();
+  const std::string args = "perplexity -m " + dir +
+                           " --ids '154 11 61 7 300 42 99 5 17 250 3 480 66 12 8 140 27' --ctx 8 "
+                           "--json --reference " +
+                           dir;
+  const Result cpu = ferry(args);
+  ASSERT_EQ(cpu.rc, 0) << cpu.err;
+  const Result gpu = ferry(args + " --device cuda");
+  ASSERT_EQ(gpu.rc, 0) << gpu.err;
+  const auto last = [](std::string s) {  // the JSON line ends the output
+    while (!s.empty() && s.back() == '\n') s.pop_back();
+    return nlohmann::json::parse(s.substr(s.rfind('\n') + 1));
+  };
+  const nlohmann::json c = last(cpu.out);
+  const nlohmann::json g = last(gpu.out);
+  EXPECT_EQ(g["tokens"], c["tokens"]);
+  EXPECT_NEAR(g["mean_nll"].get<double>(), c["mean_nll"].get<double>(), 1e-4);
+  EXPECT_EQ(g["reference"]["kl_max"].get<double>(), 0.0);  // the same model twice, on one device
+  EXPECT_NE(gpu.err.find("half of"), std::string::npos) << gpu.err;
+}
+
 }  // namespace
 }  // namespace ferry
