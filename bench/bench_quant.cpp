@@ -2,7 +2,8 @@
 // q4 weights beside f16 — judged, like bench_kernels, in weight bytes per second against the
 // memory read loop there (a packed weight is fewer bytes, so the same GB/s is more weights/s) —
 // and the XXH64 checksum ferry runs over every streamed layer of a pack, judged against the disk
-// (a layer that checks faster than it reads costs little; `ferry bench-io` gives the disk rate).
+// (a layer that checks faster than it reads costs little; `ferry bench-io` gives the disk rate);
+// and quantize_row, the CPU work of `ferry convert`, in weights per second.
 //
 //   bench_quant --benchmark_counters_tabular=true
 //
@@ -92,6 +93,29 @@ BENCHMARK_CAPTURE(BM_Matvec, q4g64_4096, DType::q4_g64, 4096, 4096)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(BM_Xxh64)->Arg(256 << 10)->Arg(64 << 20)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// `ferry convert`'s per-row work, one thread: f32 weights ~N(0, 0.02) to packed rows. GPT-J-6B
+// has 6.05e9 weights, so 1e8 weights/s is about a minute of CPU for the whole model.
+void BM_QuantizeRow(benchmark::State& state, DType dt) {
+  const int64_t k = 4096;
+  const int64_t rows = 64;
+  std::mt19937 rng(1);
+  std::normal_distribution<float> dist(0.0f, 0.02f);
+  std::vector<float> w(static_cast<std::size_t>(rows * k));
+  for (auto& v : w) v = dist(rng);
+  std::vector<unsigned char> out(ferry::packed_row_bytes(dt, k));
+  for (auto _ : state) {
+    for (int64_t r = 0; r < rows; ++r)
+      ferry::kernels::cpu::quantize_row(w.data() + r * k, k, dt, out.data(), "bench");
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["weights_per_s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * static_cast<double>(rows * k),
+                         benchmark::Counter::kIsRate);
+}
+BENCHMARK_CAPTURE(BM_QuantizeRow, q8, DType::q8)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_QuantizeRow, q4g64, DType::q4_g64)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_QuantizeRow, q4g128, DType::q4_g128)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -3,14 +3,18 @@
 // values, on awkward shapes (partial groups, k not a multiple of 8 or of the 256-wide block).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <random>
 #include <vector>
 
 #include "kernels/common/quant_math.hpp"
 #include "kernels/cpu/ops.hpp"
 #include "kernels/cpu/quant.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/core/half.hpp"
 #include "runtime/core/quant.hpp"
 #include "tests/kernels/cpu/kernel_test_util.hpp"
 
@@ -113,9 +117,29 @@ TEST(QuantLinearTest, LongRowsAndThreadCounts) {
   }
 }
 
-// The codes are as close as the format allows: q8 within half a step of the row's scale, q4
-// within half a step of its group's (plus the f16 rounding of the stored minimum).
-TEST(QuantizeRowTest, ErrorsWithinHalfAStep) {
+// The squared error of one q4 group rounded the plain way: min/max range, f16 parameters.
+double minmax_sq_error(const float* w, int64_t n) {
+  float lo = w[0];
+  float hi = w[0];
+  for (int64_t j = 0; j < n; ++j) {
+    lo = std::min(lo, w[j]);
+    hi = std::max(hi, w[j]);
+  }
+  const float s = f16_to_f32(f32_to_f16((hi - lo) / 15.0f));
+  const float m = f16_to_f32(f32_to_f16(lo));
+  double e = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const float q = s > 0 ? std::clamp(std::nearbyint((w[j] - m) / s), 0.0f, 15.0f) : 0.0f;
+    const double d = static_cast<double>(m + s * q) - w[j];
+    e += d * d;
+  }
+  return e;
+}
+
+// q8's codes are within half a step of the row's scale. q4's group parameters are fitted: never
+// a larger squared error than rounding over the group's min/max range (one of the candidates),
+// and no element off by more than one step of that range (outliers are clipped a little at most).
+TEST(QuantizeRowTest, ErrorsAreBoundedAndNoWorseThanMinMax) {
   std::mt19937 rng(11);
   for (DType dt : kPacked) {
     for (int64_t k : {1, 5, 64, 100, 128, 1000}) {
@@ -124,22 +148,55 @@ TEST(QuantizeRowTest, ErrorsWithinHalfAStep) {
       const Packed p = pack(w, 1, k, dt);
       const int64_t group = dt == DType::q8 ? k : quant_group_size(dt);
       for (int64_t g0 = 0; g0 < k; g0 += group) {
+        const int64_t n = std::min(k, g0 + group) - g0;
         float lo = w[static_cast<std::size_t>(g0)];
         float hi = lo;
         float absmax = 0.0f;
-        for (int64_t j = g0; j < std::min(k, g0 + group); ++j) {
-          lo = std::min(lo, w[static_cast<std::size_t>(j)]);
-          hi = std::max(hi, w[static_cast<std::size_t>(j)]);
-          absmax = std::max(absmax, std::fabs(w[static_cast<std::size_t>(j)]));
+        double sq_error = 0;
+        for (int64_t j = g0; j < g0 + n; ++j) {
+          const auto u = static_cast<std::size_t>(j);
+          lo = std::min(lo, w[u]);
+          hi = std::max(hi, w[u]);
+          absmax = std::max(absmax, std::fabs(w[u]));
+          sq_error += (static_cast<double>(p.values[u]) - w[u]) * (p.values[u] - w[u]);
         }
         const double step = dt == DType::q8 ? absmax / 127.0 : (hi - lo) / 15.0;
         const double slack = dt == DType::q8 ? 1e-6 : 2e-3 * (std::fabs(lo) + step);
-        for (int64_t j = g0; j < std::min(k, g0 + group); ++j) {
+        const double bound = dt == DType::q8 ? 0.5 * step * 1.002 : step * 1.002;
+        for (int64_t j = g0; j < g0 + n; ++j) {
           const auto u = static_cast<std::size_t>(j);
-          EXPECT_LE(std::fabs(p.values[u] - w[u]), 0.5 * step * 1.002 + slack) << j;
+          EXPECT_LE(std::fabs(p.values[u] - w[u]), bound + slack) << j;
+        }
+        if (dt != DType::q8) {
+          EXPECT_LE(sq_error, minmax_sq_error(w.data() + g0, n) * (1 + 1e-12)) << g0;
         }
       }
     }
+  }
+}
+
+// On normally distributed weights the fitted groups lower the squared error by several per cent
+// against min/max rounding (about 10% for groups of 64); the logits of the packs follow (KL to
+// the f32 model down 10–14% on the fixtures over 1500 positions, `ferry perplexity --reference`).
+TEST(QuantizeRowTest, FittedGroupsBeatMinMaxOnGaussianWeights) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  for (DType dt : {DType::q4_g64, DType::q4_g128}) {
+    const int64_t k = 4096;
+    std::vector<float> w(static_cast<std::size_t>(64 * k));
+    for (auto& v : w) v = normal(rng);
+    const Packed p = pack(w, 64, k, dt);
+    double fitted = 0;
+    double minmax = 0;
+    const int64_t group = quant_group_size(dt);
+    for (std::size_t i = 0; i < w.size(); ++i)
+      fitted += (static_cast<double>(p.values[i]) - w[i]) * (p.values[i] - w[i]);
+    for (std::size_t g0 = 0; g0 < w.size(); g0 += static_cast<std::size_t>(group))
+      minmax += minmax_sq_error(w.data() + g0, group);
+    std::printf("[quant] %s on N(0, 0.02): squared error %.4f of min/max rounding's\n",
+                std::string(dtype_name(dt)).c_str(), fitted / minmax);
+    EXPECT_LT(fitted, 0.95 * minmax) << dtype_name(dt);
+    EXPECT_GT(fitted, 0.7 * minmax) << dtype_name(dt);  // a fit this good would be a bug here
   }
 }
 

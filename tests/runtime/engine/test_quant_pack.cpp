@@ -16,6 +16,7 @@
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/loaded_model.hpp"
 #include "runtime/engine/make_model.hpp"
+#include "runtime/engine/perplexity.hpp"
 #include "runtime/engine/sampler.hpp"
 #include "tests/offload/error_text.hpp"
 #include "tests/support/test_support.hpp"
@@ -142,9 +143,11 @@ double min_clear_top1(const std::string& quant) {
 // The f16 / int8 / int4 packs of every fixture against the fixture's f32 (or f16) weights run
 // by the same engine (itself within 2e-5 of Hugging Face). Printed for the record.
 TEST(QuantPack, FixturesAgreeWithTheSourceWeights) {
+  // 41 positions each: one position is 2.4 points, so the int4 floors catch breakage only; the
+  // test below measures agreement over 1499 positions.
   const Case cases[] = {{"f16", 64, false, 1.0},   {"int8", 64, false, 0.95},
-                        {"int8", 64, true, 0.95},  {"int4", 64, false, 0.6},
-                        {"int4", 128, false, 0.6}, {"int4", 64, true, 0.6}};
+                        {"int8", 64, true, 0.95},  {"int4", 64, false, 0.5},
+                        {"int4", 128, false, 0.5}, {"int4", 64, true, 0.5}};
   for (const std::string fixture : {"tiny-f32", "sharded-f32", "tiny-f16-bin-sharded"}) {
     const fs::path src = test::data_dir() / "gptj" / fixture;
     const auto prompts = fixture_prompts(fixture);
@@ -164,6 +167,47 @@ TEST(QuantPack, FixturesAgreeWithTheSourceWeights) {
       EXPECT_GE(a.top1, c.min_top1);
       EXPECT_GE(a.top1_clear, min_clear_top1(c.quant));
       EXPECT_LT(a.mean_abs, max_mean_error(c.quant));
+    }
+  }
+}
+
+// The same packs over 1499 positions of random ids per fixture (windows of up to 128 tokens), where
+// one position is 0.07% rather than 2.4% of the agreement: mean KL(f32 ‖ pack) per position and
+// top-1 agreement, through the perplexity evaluator that `ferry perplexity --reference` runs.
+// Measured (2026-11-26): int8 97.8–98.2% and KL 2–5e-6; int4 g64 72.5–75.5% and KL 2.9–7.5e-4.
+TEST(QuantPack, FixturesOverManyPositions) {
+  for (const std::string fixture : {"tiny-f32", "sharded-f32", "tiny-f16-bin-sharded"}) {
+    const fs::path src = test::data_dir() / "gptj" / fixture;
+    const auto config = model::ModelConfig::from_model_dir(src);
+    std::mt19937 rng(1);
+    std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(config.vocab_size) - 1);
+    std::vector<int32_t> ids(1500);
+    for (auto& t : ids) t = id(rng);
+    const int64_t ctx = std::min<int64_t>(128, config.n_positions);
+    LoadedModel ref_model = load_model(src, placed(src, offload::Tier::host));
+    EngineOptions eo;
+    eo.context = ctx;
+    Engine ref(*ref_model.weights, eo, default_thread_pool());
+    for (const std::string quant : {"int8", "int4"}) {
+      SCOPED_TRACE(fixture + " " + quant);
+      test::TempDir dir;
+      convert(src, dir.path(), quant);
+      LoadedModel packed = load_model(dir.path(), placed(dir.path(), offload::Tier::host));
+      Engine eng(*packed.weights, eo, default_thread_pool());
+      PerplexityOptions po;
+      po.context = ctx;
+      const PerplexityReport r = evaluate_perplexity(eng, ids, po, &ref);
+      const double top1 =
+          static_cast<double>(r.vs_reference->top1_agree) / static_cast<double>(r.model.tokens);
+      const double kl = r.vs_reference->mean_kl(r.model.tokens);
+      std::printf(
+          "[quant] %-21s %-5s g64  positions %lld  KL %.2e  top-1 %.1f%%  perplexity "
+          "÷ f32 %.5f\n",
+          fixture.c_str(), quant.c_str(), static_cast<long long>(r.model.tokens), kl, 100.0 * top1,
+          r.model.perplexity() / r.vs_reference->reference.perplexity());
+      EXPECT_EQ(r.model.tokens, 1499);
+      EXPECT_GE(top1, quant == "int8" ? 0.96 : 0.68);
+      EXPECT_LT(kl, quant == "int8" ? 2e-5 : 1.5e-3);
     }
   }
 }
@@ -197,8 +241,8 @@ TEST(QuantPack, LargerRandomModelOverManyPositions) {
     std::printf(
         "[quant] random-4x256-v2048     %-5s g%-3d positions %3zu  max|Δlogit| %.5f  "
         "mean %.6f  top-1 %.1f%%  (margin ≥ %.2f: %zu positions, %.1f%%)\n",
-        c.quant.c_str(), c.group, a.positions, a.max_abs, a.mean_abs, 100.0 * a.top1,
-        kClearMargin, a.clear_positions, 100.0 * a.top1_clear);
+        c.quant.c_str(), c.group, a.positions, a.max_abs, a.mean_abs, 100.0 * a.top1, kClearMargin,
+        a.clear_positions, 100.0 * a.top1_clear);
     EXPECT_LT(a.mean_abs, max_mean_error(c.quant));
     EXPECT_GE(a.top1, c.quant == "int4" ? 0.7 : 0.97);
     EXPECT_GE(a.top1_clear, min_clear_top1(c.quant));
