@@ -573,13 +573,17 @@ Command add_perplexity(CLI::App& app) {
     }
     loading.finish();
     if (!o->quiet) {
-      for (const engine::LoadedModel* lm : {&m, ref ? &*ref : nullptr}) {
-        if (lm == nullptr) continue;
-        fmt::print(stderr, "ferry: {} {}\n", lm == &m ? "model" : "reference",
-                   lm == &m ? o->model : o->reference);
-        if (lm->weights) print_plan(*lm);
-        if (!lm->weights && lm->plan) fmt::print(stderr, "ferry: plan: {}\n", lm->plan->summary());
-      }
+      const auto describe = [](const char* role, const std::string& dir,
+                               const engine::LoadedModel& lm) {
+        fmt::print(stderr, "ferry: {} {}\n", role, dir);
+        if (lm.weights) {
+          print_plan(lm);
+        } else if (lm.plan) {  // the CUDA backend
+          fmt::print(stderr, "ferry: plan: {}\n", lm.plan->summary());
+        }
+      };
+      describe("model", o->model, m);
+      if (ref) describe("reference", o->reference, *ref);
     }
     Progress progress("perplexity", o->quiet);
     po.on_window = [&](int64_t done, int64_t total, int64_t) {

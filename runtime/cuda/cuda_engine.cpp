@@ -12,6 +12,7 @@
 #include "kernels/cuda/ops.hpp"
 #include "offload/layer_streamer.hpp"
 #include "runtime/core/aligned_buffer.hpp"
+#include "runtime/core/clock.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/quant.hpp"
 #include "runtime/core/units.hpp"
@@ -32,10 +33,6 @@ using offload::Tier;
 namespace {
 
 constexpr std::size_t kCublasWorkspaceBytes = 32ull << 20;  // the planner's device workspace
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 // Pinned host memory for small per-pass transfers (embedded rows, positions, logits): page
 // aligned and registered, grown on demand.
@@ -195,9 +192,8 @@ struct CudaEngine::Impl {
                      "q8 / q4 weights",
                      name, dtype_name(t.dtype));
         u.stored.push_back(t.dtype);
-        u.compute.push_back((t.dtype == DType::bf16 && !bf16_ok) || is_quantized(t.dtype)
-                                ? DType::f16
-                                : t.dtype);
+        u.compute.push_back(
+            (t.dtype == DType::bf16 && !bf16_ok) || is_quantized(t.dtype) ? DType::f16 : t.dtype);
         if (is_quantized(t.dtype)) dequant_elems = config.n_inner * config.n_embd;
         u.numel.push_back(t.shape.numel());
       }
@@ -435,8 +431,8 @@ struct CudaEngine::Impl {
     for (int64_t r0 = 0; r0 < n; r0 += chunk) {
       const int64_t nr = std::min(chunk, n - r0);
       FERRY_CUDA_LAUNCH(kc::dequantize_rows(w, st, kdim, r0, nr, dequant.as<uint16_t>(), cs));
-      FERRY_CUBLAS_TRY(
-          kc::linear(cublas->get(), gemm_in, rows, kdim, dequant.data(), DType::f16, nr, y + r0, n));
+      FERRY_CUBLAS_TRY(kc::linear(cublas->get(), gemm_in, rows, kdim, dequant.data(), DType::f16,
+                                  nr, y + r0, n));
     }
   }
 

@@ -2,15 +2,10 @@
 
 #include <chrono>
 
+#include "runtime/core/clock.hpp"
 #include "runtime/core/error.hpp"
 
 namespace ferry::engine {
-
-namespace {
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-}  // namespace
 
 void check_prompt_length(int64_t n_tokens, int64_t context) {
   FERRY_EXPECT(n_tokens <= context,

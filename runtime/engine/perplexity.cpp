@@ -4,15 +4,12 @@
 #include <chrono>
 #include <cmath>
 
+#include "runtime/core/clock.hpp"
 #include "runtime/core/error.hpp"
 
 namespace ferry::engine {
 
 namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 // A row of logits as a distribution: its log-normalizer and its most likely token.
 struct RowSummary {

@@ -13,6 +13,7 @@
 #include "planner/memory_probe.hpp"
 #include "planner/probe_cache.hpp"
 #include "runtime/core/aligned_buffer.hpp"
+#include "runtime/core/clock.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/quant.hpp"
 #include "runtime/core/thread_pool.hpp"
@@ -44,10 +45,6 @@ uint64_t vector_floats(const model::ModelConfig& c) {
   const auto e = static_cast<uint64_t>(c.n_embd);
   return static_cast<uint64_t>(c.n_layer) * (3 * e + static_cast<uint64_t>(c.n_inner)) + 2 * e +
          static_cast<uint64_t>(c.vocab_size);
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 // The weights' bytes per second through the CPU's matrix–vector products of one transformer
@@ -317,8 +314,8 @@ planner::PlanRequest plan_request(const model::ModelConfig& config,
     // Packed matrices multiplied by many rows are dequantized to f16 into one staging buffer
     // of the largest block matrix's size (CudaEngine).
     if (r.compression != planner::PlanRequest::Compression::none)
-      r.device_fixed_bytes += static_cast<uint64_t>(config.n_inner) *
-                              static_cast<uint64_t>(config.n_embd) * 2;
+      r.device_fixed_bytes +=
+          static_cast<uint64_t>(config.n_inner) * static_cast<uint64_t>(config.n_embd) * 2;
     r.kv_device_only = true;
   }
   return r;
