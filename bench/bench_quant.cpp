@@ -92,6 +92,11 @@ BENCHMARK_CAPTURE(BM_Matvec, q8_4096, DType::q8, 4096, 4096)
 BENCHMARK_CAPTURE(BM_Matvec, q4g64_4096, DType::q4_g64, 4096, 4096)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
+// Cache-resident (128 × 2048: 512 KiB in f16, 144 KiB in q4, split over the threads): the
+// kernels' compute ceiling, to set beside the memory-bound shapes above.
+BENCHMARK_CAPTURE(BM_Matvec, f16_cached, DType::f16, 128, 2048)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q8_cached, DType::q8, 128, 2048)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q4g64_cached, DType::q4_g64, 128, 2048)->UseRealTime();
 BENCHMARK(BM_Xxh64)->Arg(256 << 10)->Arg(64 << 20)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // `ferry convert`'s per-row work, one thread: f32 weights ~N(0, 0.02) to packed rows. GPT-J-6B

@@ -14,8 +14,10 @@
 // Packed weights (q8, q4_g64, q4_g128; runtime/core/quant.hpp) take the same two paths. Decode
 // dequantizes in the inner loop — q8 widens 8 int8 codes per FMA and applies the row's scale to
 // the finished sum; q4 unpacks 8 bytes into 8 low and 8 high nibbles (two runs of consecutive
-// columns, by the layout's design) and forms min + scale·q with one FMA each — so a weight costs
-// half or a quarter of an f16's memory traffic. Prompt processing dequantizes into the f32 tile.
+// columns, by the layout's design), dots the codes with x and applies each group's scale to that
+// sum and its min to the group's Σx (shared by all rows) — so a weight costs half or a quarter of
+// an f16's memory traffic and one convert and one FMA. Prompt processing dequantizes into the f32
+// tile.
 //
 // Every output is a dot product in f32; each row's summation order depends only on k (never on
 // which slot of a tile it lands in, nor on the thread), so results are reproducible.
@@ -283,28 +285,66 @@ struct Q8Codes {
   static float load1(const Elem* p) { return static_cast<float>(*p); }
 };
 
-// sums[r] = x · w[r, :] for NR ≤ 4 q4 rows: whole groups with SIMD, a partial last group scalar.
-template <int NR>
+// Per-group sums of x, for the factored q4 decode below: Σ_j x_j (min + scale·q_j) = scale·Σ x_j
+// q_j
+// + min·Σ x_j, so the second term needs only x's group sums, which every row shares. They are
+// computed once per call into a stack array when k allows (GPT-J's widest k needs 256), else per
+// row tile.
+constexpr int64_t kMaxGroupSums = 1024;
+
+float group_sum(const float* x, int64_t group) {
+  __m256 a0 = _mm256_setzero_ps();
+  __m256 a1 = _mm256_setzero_ps();
+  for (int64_t i = 0; i < group; i += 16) {
+    a0 = _mm256_add_ps(a0, _mm256_loadu_ps(x + i));
+    a1 = _mm256_add_ps(a1, _mm256_loadu_ps(x + i + 8));
+  }
+  return hsum(_mm256_add_ps(a0, a1));
+}
+
+// sums[r] = x · w[r, :] for NR ≤ 4 q4 rows of G-column groups: whole groups with SIMD, a partial
+// last group scalar. Per group and row the codes q (0…15, exact in f32) are dotted with x into one
+// 8-wide sum, the group's scale applied to that sum with one FMA into the row's accumulator, and
+// min·Σx added as a scalar: a convert and an FMA per 8 weights, the rows' chains interleaved.
+template <int NR, int G>
 void matvec_q4_rows(const float* x, int64_t k, const unsigned char* w, const PackedLayout& l,
-                    float* sums) {
-  __m256 acc0[kRowTile];
-  __m256 acc1[kRowTile];
-  for (int r = 0; r < kRowTile; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
-  const int64_t half = l.group / 2;
-  const int64_t full_groups = k / l.group;
+                    const float* xsum, float* sums) {  // xsum: nullptr = computed here
+  constexpr int kHalf = G / 2;
+  __m256 acc[kRowTile];
+  float mins[kRowTile] = {};
+  for (int r = 0; r < kRowTile; ++r) acc[r] = _mm256_setzero_ps();
+  const int64_t full_groups = k / G;
+  const __m256i low4 = _mm256_set1_epi32(0x0f);
   for (int64_t g = 0; g < full_groups; ++g) {
-    const float* xg = x + g * l.group;
+    const float* xg = x + g * G;
+    const unsigned char* bytes = w + l.nibbles + static_cast<uint64_t>(g * kHalf);
+    __m256 d[kRowTile];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) d[r] = _mm256_setzero_ps();
+#pragma GCC unroll 8
+    for (int i = 0; i < kHalf; i += 8) {
+      const __m256 x0 = _mm256_loadu_ps(xg + i);
+      const __m256 x1 = _mm256_loadu_ps(xg + kHalf + i);
+#pragma GCC unroll 4
+      for (int r = 0; r < NR; ++r) {
+        const __m256i b = _mm256_cvtepu8_epi32(
+            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes + r * l.row_bytes + i)));
+        d[r] = _mm256_fmadd_ps(x0, _mm256_cvtepi32_ps(_mm256_and_si256(b, low4)), d[r]);
+        d[r] = _mm256_fmadd_ps(x1, _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4)), d[r]);
+      }
+    }
+    const float sx = xsum != nullptr ? xsum[g] : group_sum(xg, G);
+#pragma GCC unroll 4
     for (int r = 0; r < NR; ++r) {
-      q4_group(w + r * l.row_bytes, l, g, [&](int64_t i, __m256 lo, __m256 hi) {
-        acc0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xg + i), lo, acc0[r]);
-        acc1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xg + half + i), hi, acc1[r]);
-      });
+      const unsigned char* row = w + r * l.row_bytes;
+      acc[r] = _mm256_fmadd_ps(d[r], _mm256_set1_ps(f16_at(row + 2 * g)), acc[r]);
+      mins[r] += f16_at(row + l.mins + 2 * g) * sx;
     }
   }
-  for (int r = 0; r < kRowTile; ++r) acc0[r] = _mm256_add_ps(acc0[r], acc1[r]);
-  _mm_storeu_ps(sums, hsum4(acc0[0], acc0[1], acc0[2], acc0[3]));
+  _mm_storeu_ps(sums, hsum4(acc[0], acc[1], acc[2], acc[3]));
   for (int r = 0; r < NR; ++r) {
-    for (int64_t t = full_groups * l.group; t < k; ++t)
+    sums[r] += mins[r];
+    for (int64_t t = full_groups * G; t < k; ++t)
       sums[r] += x[t] * q4_scalar(w + r * l.row_bytes, l, t);
   }
 }
@@ -324,9 +364,20 @@ void matvec_packed(const float* x, int64_t k, const unsigned char* w, DType t, c
       }
     });
   } else {
+    float xsum_buf[kMaxGroupSums];
+    const int64_t groups = k / l.group;
+    const float* xsum = nullptr;
+    if (groups <= kMaxGroupSums) {
+      for (int64_t g = 0; g < groups; ++g) xsum_buf[g] = group_sum(x + g * l.group, l.group);
+      xsum = xsum_buf;
+    }
     matvec_tiles(bias, y, o_begin, o_end, [&](int64_t o, auto nr, float* sums) {
-      matvec_q4_rows<decltype(nr)::value>(x, k, w + static_cast<uint64_t>(o) * l.row_bytes, l,
-                                          sums);
+      const unsigned char* wo = w + static_cast<uint64_t>(o) * l.row_bytes;
+      if (l.group == 64) {
+        matvec_q4_rows<decltype(nr)::value, 64>(x, k, wo, l, xsum, sums);
+      } else {
+        matvec_q4_rows<decltype(nr)::value, 128>(x, k, wo, l, xsum, sums);
+      }
     });
   }
 }
