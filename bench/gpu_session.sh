@@ -129,11 +129,11 @@ sanitize() {  # sanitize TOOL...
     case $tool in
       racecheck) sanitizer "sanitizer_${tool}_engine" "$tool" "$engine" '*CudaParity*/0' ;;
       initcheck)
-        for t in 'CudaParity*/0' StreamedEqualsResident BatchedSequences; do
+        for t in 'CudaParity*/0' StreamedEqualsResident BatchedSequences PacksMatch; do
           sanitizer "sanitizer_${tool}_engine_${t%%\**}" "$tool" "$engine" "*$t*"
         done ;;
       *) sanitizer "sanitizer_${tool}_engine" "$tool" "$engine" \
-           '*CudaParity*/0:*StreamedEqualsResident*:*BatchedSequences*' ;;
+           '*CudaParity*/0:*StreamedEqualsResident*:*BatchedSequences*:*PacksMatch*' ;;
     esac
   done
 }

@@ -239,8 +239,9 @@ struct CudaRun {
     const double busy_s = stats.decode_s - overhead_s;
     if (busy_s < 0.5 * stats.decode_s) return;  // launch-bound: the bytes say nothing
     const uint64_t bytes = pass_bytes(plan) * static_cast<uint64_t>(stats.decode_steps);
-    const auto learned = engine::learn_gpu_rate(device->name(), bytes, busy_s,
-                                                "decode compute in ferry run, all in VRAM");
+    const auto learned = engine::learn_gpu_rate(
+        device->name(), engine::weight_dtype(m.config, m.checkpoint.get()), bytes, busy_s,
+        "decode compute in ferry run, all in VRAM");
     const double planned =
         plan.request.machine.gpu ? plan.request.machine.gpu->compute_bytes_per_s.value : 0;
     fmt::print(stderr,

@@ -1,7 +1,7 @@
 // Packed (int8 / int4) products on the GPU, the two ways CudaEngine can run them, so the switch
 // between them (kPackedGemvMaxRows) is measured rather than guessed:
 //   fused    kc::packed_gemv: one pass over the packed bytes, dequantized in the product's loop
-//            (m ≤ kPackedGemvMaxRows rows of x)
+//            (m ≤ kPackedGemvLimit rows of x; the engine uses it up to kPackedGemvMaxRows)
 //   cublas   kc::dequantize_rows into an f16 staging buffer of n_inner × n_embd elements (the
 //            engine's), then cuBLAS on f16 — how the engine runs m > kPackedGemvMaxRows
 // and, for scale, cuBLAS on f16 weights of the same shape (what an f16 checkpoint costs), all
@@ -10,13 +10,15 @@
 // fc_in 16384×4096, fc_out 4096×16384); m runs over decode (1) to prompt (512) batch sizes.
 // Prints one JSON object per line: a line per (dtype, shape, m, path) with µs and GB/s of weight
 // bytes, then per dtype the largest m at which fused beats dequantize + cuBLAS on every shape
-// (`choose`), beside the constant the engine uses. Exits 0 with a message when there is no GPU.
-// Never asserts a timing.
+// (`choose`, up to kPackedGemvLimit), beside the constant the engine uses. Each timing repeats the
+// product until the events span at least 5 ms, so launch overhead does not pass for kernel time.
+// Exits 0 with a message when there is no GPU. Never asserts a timing.
 //   bench_cuda_packed [--iters 20] [--max-m 512]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -28,6 +30,7 @@
 #include "runtime/core/error.hpp"
 #include "runtime/core/half.hpp"
 #include "runtime/core/quant.hpp"
+#include "runtime/core/thread_pool.hpp"
 #include "runtime/cuda/cuda_check.hpp"
 #include "runtime/cuda/cuda_device.hpp"
 #include "runtime/cuda/resources.hpp"
@@ -44,8 +47,8 @@ struct Shape {
   int64_t k;  // inputs
 };
 
-// Times `iters` back-to-back runs of f on the stream with CUDA events (after two warm-ups); the
-// mean in seconds.
+// Times back-to-back runs of f on the stream with CUDA events, after two warm-ups: `iters` runs,
+// or as many more as make the timed span at least 5 ms. The mean in seconds.
 template <class F>
 double time_on(const CudaStream& s, int iters, F&& f) {
   f();
@@ -54,37 +57,59 @@ double time_on(const CudaStream& s, int iters, F&& f) {
   cudaEvent_t b = nullptr;
   FERRY_CUDA_TRY(cudaEventCreate(&a));
   FERRY_CUDA_TRY(cudaEventCreate(&b));
-  FERRY_CUDA_TRY(cudaEventRecord(a, s.get()));
-  for (int i = 0; i < iters; ++i) f();
-  FERRY_CUDA_TRY(cudaEventRecord(b, s.get()));
-  FERRY_CUDA_TRY(cudaEventSynchronize(b));
-  float ms = 0;
-  FERRY_CUDA_TRY(cudaEventElapsedTime(&ms, a, b));
+  double mean = 0;
+  for (int round = 0; round < 3; ++round) {
+    FERRY_CUDA_TRY(cudaEventRecord(a, s.get()));
+    for (int i = 0; i < iters; ++i) f();
+    FERRY_CUDA_TRY(cudaEventRecord(b, s.get()));
+    FERRY_CUDA_TRY(cudaEventSynchronize(b));
+    float ms = 0;
+    FERRY_CUDA_TRY(cudaEventElapsedTime(&ms, a, b));
+    mean = static_cast<double>(ms) / 1e3 / iters;
+    if (ms >= 5.0f) break;
+    iters = static_cast<int>(std::min<double>(1e5, std::ceil(iters * 6.0 / std::max(ms, 0.01f))));
+  }
   cudaEventDestroy(a);
   cudaEventDestroy(b);
-  return static_cast<double>(ms) / 1e3 / iters;
+  return mean;
 }
 
-// A [n, k] matrix of N(0, 0.02) weights in dtype t (packed with the converter's own quantizer).
-std::vector<unsigned char> make_weights(DType t, int64_t n, int64_t k, unsigned seed) {
+// A [n, k] matrix of N(0, 0.02) weights, f32.
+std::vector<float> make_weights(int64_t n, int64_t k, unsigned seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> d(0.0f, 0.02f);
+  std::vector<float> w(static_cast<std::size_t>(n * k));
+  for (auto& v : w) v = d(rng);
+  return w;
+}
+
+// w in dtype t (packed with the converter's own quantizer), the rows over the host's cores.
+std::vector<unsigned char> encode(const std::vector<float>& w, int64_t n, int64_t k, DType t) {
   const uint64_t row_bytes = packed_row_bytes(t, k);
   std::vector<unsigned char> out(row_bytes * static_cast<uint64_t>(n));
-  std::vector<float> row(static_cast<std::size_t>(k));
-  for (int64_t r = 0; r < n; ++r) {
-    for (auto& v : row) v = d(rng);
-    unsigned char* dst = out.data() + static_cast<uint64_t>(r) * row_bytes;
-    if (is_quantized(t)) {
-      kernels::cpu::quantize_row(row.data(), k, t, dst, "bench weights");
-    } else {
-      for (int64_t j = 0; j < k; ++j) {
-        const uint16_t h = f32_to_f16(row[static_cast<std::size_t>(j)]);
-        std::memcpy(dst + 2 * j, &h, 2);
+  default_thread_pool().parallel_for(n, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* row = w.data() + r * k;
+      unsigned char* dst = out.data() + static_cast<uint64_t>(r) * row_bytes;
+      if (is_quantized(t)) {
+        kernels::cpu::quantize_row(row, k, t, dst, "bench weights");
+      } else {
+        for (int64_t j = 0; j < k; ++j) {
+          const uint16_t h = f32_to_f16(row[j]);
+          std::memcpy(dst + 2 * j, &h, 2);
+        }
       }
     }
-  }
+  });
   return out;
+}
+
+DeviceBuffer upload(const std::vector<unsigned char>& host, const CudaStream& stream) {
+  DeviceBuffer d(host.size());
+  FERRY_CUDA_TRY(
+      cudaMemcpyAsync(d.data(), host.data(), host.size(), cudaMemcpyHostToDevice, stream.get()));
+  stream.synchronize();
+  return d;
 }
 
 }  // namespace
@@ -137,20 +162,18 @@ int main(int argc, char** argv) try {
   FERRY_CUDA_TRY(cudaMemsetAsync(x32.data(), 0, x32.size(), stream.get()));
   FERRY_CUDA_TRY(cudaMemsetAsync(x16.data(), 0, x16.size(), stream.get()));
 
-  for (const DType t : {DType::q8, DType::q4_g64, DType::q4_g128}) {
-    // The largest m at which fused is faster than dequantize + cuBLAS on every shape.
-    int64_t fused_wins_to = kc::kPackedGemvMaxRows;
-    bool decided = false;
-    for (const Shape& sh : shapes) {
-      const auto host_w = make_weights(t, sh.n, sh.k, 1);
-      const auto host_f16 = make_weights(DType::f16, sh.n, sh.k, 1);
-      DeviceBuffer w(host_w.size());
-      DeviceBuffer w16(host_f16.size());
-      FERRY_CUDA_TRY(cudaMemcpy(w.data(), host_w.data(), host_w.size(), cudaMemcpyHostToDevice));
-      FERRY_CUDA_TRY(
-          cudaMemcpy(w16.data(), host_f16.data(), host_f16.size(), cudaMemcpyHostToDevice));
-      const auto* xf = static_cast<const float*>(x32.data());
-      auto* yf = static_cast<float*>(y.data());
+  // Per dtype, the largest m at which fused is faster than dequantize + cuBLAS on every shape.
+  const DType dtypes[] = {DType::q8, DType::q4_g64, DType::q4_g128};
+  int64_t fused_wins_to[3] = {kc::kPackedGemvLimit, kc::kPackedGemvLimit, kc::kPackedGemvLimit};
+  const auto* xf = static_cast<const float*>(x32.data());
+  auto* yf = static_cast<float*>(y.data());
+  for (const Shape& sh : shapes) {
+    const auto w32 = make_weights(sh.n, sh.k, 1);
+    const DeviceBuffer w16 = upload(encode(w32, sh.n, sh.k, DType::f16), stream);
+    for (int di = 0; di < 3; ++di) {
+      const DType t = dtypes[di];
+      const auto host_w = encode(w32, sh.n, sh.k, t);
+      const DeviceBuffer w = upload(host_w, stream);
       int64_t shape_wins_to = 0;  // fused is faster for every m up to this one
       bool winning = true;
       for (const int64_t m : ms) {
@@ -177,14 +200,16 @@ int main(int argc, char** argv) try {
           }
         });
         line("dequantize+cublas", via_cublas, host_w.size());
-        const double f16 = time_on(stream, iters, [&] {
-          FERRY_CUDA_LAUNCH(
-              kc::convert(xf, DType::f32, x16.data(), DType::f16, m * sh.k, stream.get()));
-          FERRY_CUBLAS_TRY(
-              kc::linear(cublas.get(), x16.data(), m, sh.k, w16.data(), DType::f16, sh.n, yf));
-        });
-        line("cublas f16 weights", f16, host_f16.size());
-        if (m <= kc::kPackedGemvMaxRows) {
+        if (di == 0) {  // the same for every dtype
+          const double f16 = time_on(stream, iters, [&] {
+            FERRY_CUDA_LAUNCH(
+                kc::convert(xf, DType::f32, x16.data(), DType::f16, m * sh.k, stream.get()));
+            FERRY_CUBLAS_TRY(
+                kc::linear(cublas.get(), x16.data(), m, sh.k, w16.data(), DType::f16, sh.n, yf));
+          });
+          line("cublas f16 weights", f16, static_cast<uint64_t>(sh.n * sh.k) * 2);
+        }
+        if (m <= kc::kPackedGemvLimit) {
           const double fused = time_on(stream, iters, [&] {
             FERRY_CUDA_LAUNCH(
                 kc::packed_gemv(w.data(), t, sh.n, sh.k, xf, m, yf, sh.n, stream.get()));
@@ -194,14 +219,15 @@ int main(int argc, char** argv) try {
           if (winning) shape_wins_to = m;
         }
       }
-      fused_wins_to = decided ? std::min(fused_wins_to, shape_wins_to) : shape_wins_to;
-      decided = true;
+      fused_wins_to[di] = std::min(fused_wins_to[di], shape_wins_to);
     }
-    std::printf("%s\n", fmt::format("{{\"dtype\": \"{}\", \"choose\": \"fused for m <= {}, "
-                                    "dequantize + cuBLAS above\", \"engine_uses\": {}}}",
-                                    dtype_name(t), fused_wins_to, kc::kPackedGemvMaxRows)
-                            .c_str());
   }
+  for (int di = 0; di < 3; ++di)
+    std::printf("%s\n",
+                fmt::format("{{\"dtype\": \"{}\", \"choose\": \"fused for m <= {}, "
+                            "dequantize + cuBLAS above\", \"engine_uses\": {}}}",
+                            dtype_name(dtypes[di]), fused_wins_to[di], kc::kPackedGemvMaxRows)
+                    .c_str());
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "bench_cuda_packed: %s\n", e.what());

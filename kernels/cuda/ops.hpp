@@ -89,7 +89,7 @@ cublasStatus_t linear(cublasHandle_t handle, const void* x, int64_t m, int64_t k
 // Packed weights (ferry packs: q8, q4_g64, q4_g128, runtime/core/quant.hpp), two ways, both
 // dequantizing through kernels/common/quant_math.hpp exactly as the CPU does:
 //
-// packed_gemv: y[i, o] = Σ_j x[i, j] · w[o, j] for i < m ≤ kPackedGemvMaxRows, o < n, j < k, with
+// packed_gemv: y[i, o] = Σ_j x[i, j] · w[o, j] for i < m ≤ kPackedGemvLimit, o < n, j < k, with
 // the dequantization fused into the product: one warp per output row reads the row's packed
 // bytes once (k/2 + a little for q4: a quarter of f16's), x stays f32 and the sums f32. For
 // decoding, where a product is a pass over the weights, this reads the fewest bytes.
@@ -97,7 +97,13 @@ cublasStatus_t linear(cublasHandle_t handle, const void* x, int64_t m, int64_t k
 // dequantize_rows: rows [row0, row0 + rows) of a packed [*, k] matrix into f16 [rows, k], for a
 // cuBLAS product (`linear` with DType::f16) when m is larger and the product is worth tensor
 // cores: the caller chunks the rows to fit its staging buffer.
+//
+// kPackedGemvLimit is the most rows packed_gemv takes (an 8-row and a 32-row kernel);
+// kPackedGemvMaxRows is where CudaEngine switches to dequantize + cuBLAS, set from
+// bench_cuda_packed's `choose` lines (docs/cuda.md).
+constexpr int64_t kPackedGemvLimit = 32;
 constexpr int64_t kPackedGemvMaxRows = 8;
+static_assert(kPackedGemvMaxRows <= kPackedGemvLimit);
 cudaError_t packed_gemv(const void* w, DType wdt, int64_t n, int64_t k, const float* x, int64_t m,
                         float* y, int64_t ldy, cudaStream_t stream);
 cudaError_t dequantize_rows(const void* w, DType wdt, int64_t k, int64_t row0, int64_t rows,

@@ -1,14 +1,19 @@
 // Products with the packed weights of ferry packs (q8, q4_g64, q4_g128; runtime/core/quant.hpp).
 // Every weight is dequantized by the functions of kernels/common/quant_math.hpp, the ones the CPU
-// kernels use, so a weight is the same f32 on both backends; the products differ from the CPU's
-// only in the order of their f32 sums (packed_gemv) or by one f16 rounding of each input
+// reference kernels use, so a weight is the same f32 on both backends; the products differ from
+// the CPU's only in the order of their f32 sums (packed_gemv; the CPU's AVX2 decode also factors
+// each q4 group's scale and minimum out of its sum) or by one f16 rounding of each input
 // (dequantize_rows + cuBLAS).
 //
-// packed_gemv gives each output row to one warp, each lane adding what packed_row_lane_sums
-// (kernels/common/quant_math.hpp, run lane by lane by the CPU tests) assigns it: for q8 a stride
-// of the row's int8 values; for q4 the nibble bytes of each group in turn (all 32 of a g64
-// group's, 2 each of a g128 group's 64), two weights a byte, the group's scale and minimum read
-// once per lane. The m ≤ 8 activation rows stay f32 and are read from L1/L2.
+// packed_gemv gives each output row to one warp, each lane adding what packed_row_lane_sums_t
+// (kernels/common/quant_math.hpp, run lane by lane by the CPU tests) assigns it: the row's 4-byte
+// words lane, lane + 32, …, so a warp reads 128 consecutive bytes a step with four steps in
+// flight, each q4 word with its group's scale and minimum. The m ≤ 32 activation rows stay f32
+// and are read from L1/L2. The kernels are instantiated per dtype (so group sizes are
+// constants) and for up to 8 or up to 32 rows (the sums stay in registers).
+//
+// dequantize_rows gives each row to blockIdx.y and its columns to the threads along x: one f16
+// out per thread, by packed_row_weight_t, coalesced writes.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -24,38 +29,39 @@ constexpr int kThreads = 256;
 constexpr int kWarp = 32;
 constexpr int kRowsPerBlock = kThreads / kWarp;
 
-__global__ void packed_gemv_kernel(const unsigned char* __restrict__ w, DType t, int64_t n,
-                                   int64_t k, const float* __restrict__ x, int64_t m,
-                                   float* __restrict__ y, int64_t ldy) {
-  constexpr int M = static_cast<int>(kPackedGemvMaxRows);
+template <DType T, int M>
+__global__ void packed_gemv_kernel(const unsigned char* __restrict__ w, int64_t n, int64_t k,
+                                   const float* __restrict__ x, int64_t m, float* __restrict__ y,
+                                   int64_t ldy) {
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
-  const uint64_t row_bytes = packed_row_bytes(t, k);
+  const uint64_t row_bytes = packed_row_bytes(T, k);
   const int64_t first = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
   const int64_t step = static_cast<int64_t>(gridDim.x) * kRowsPerBlock;
   for (int64_t o = first; o < n; o += step) {  // the whole warp takes the same rows
     const unsigned char* row = w + static_cast<uint64_t>(o) * row_bytes;
     float acc[M] = {};
-    packed_row_lane_sums(row, t, k, x, m, lane, kWarp, acc);
+    packed_row_lane_sums_t<T>(row, k, x, m, lane, kWarp, acc);
 #pragma unroll
     for (int i = 0; i < M; ++i) {
+      if (i >= m) break;  // m is the same for the whole warp: the shuffles stay converged
       float s = acc[i];
       for (int off = kWarp / 2; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
-      if (lane == 0 && i < m) y[i * ldy + o] = s;
+      if (lane == 0) y[i * ldy + o] = s;
     }
   }
 }
 
-// One thread per weight: element j of packed row r, as f32 by the shared math, then rounded to f16.
-__global__ void dequantize_kernel(const unsigned char* __restrict__ w, DType t, int64_t k,
-                                  int64_t row0, int64_t rows, uint16_t* __restrict__ out) {
-  const uint64_t row_bytes = packed_row_bytes(t, k);
-  const int64_t total = rows * k;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = i / k;
-    const int64_t j = i - r * k;
+template <DType T>
+__global__ void dequantize_kernel(const unsigned char* __restrict__ w, int64_t k, int64_t row0,
+                                  int64_t rows, uint16_t* __restrict__ out) {
+  const uint64_t row_bytes = packed_row_bytes(T, k);
+  const int64_t ng = quant_groups(T, k);
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const unsigned char* row = w + static_cast<uint64_t>(row0 + r) * row_bytes;
-    out[i] = f32_to_f16(packed_row_weight(row, t, k, j));
+    uint16_t* o = out + r * k;
+    for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < k;
+         j += static_cast<int64_t>(gridDim.x) * blockDim.x)
+      o[j] = f32_to_f16(packed_row_weight_t<T>(row, ng, j));
   }
 }
 
@@ -64,11 +70,27 @@ __global__ void dequantize_kernel(const unsigned char* __restrict__ w, DType t, 
 cudaError_t packed_gemv(const void* w, DType wdt, int64_t n, int64_t k, const float* x, int64_t m,
                         float* y, int64_t ldy, cudaStream_t stream) {
   if (n <= 0 || m <= 0) return cudaSuccess;
-  if (!is_quantized(wdt) || k <= 0 || m > kPackedGemvMaxRows || ldy < n)
-    return cudaErrorInvalidValue;
-  const int64_t blocks = std::clamp<int64_t>((n + kRowsPerBlock - 1) / kRowsPerBlock, 1, 65535);
-  packed_gemv_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      static_cast<const unsigned char*>(w), wdt, n, k, x, m, y, ldy);
+  if (!is_quantized(wdt) || k <= 0 || m > kPackedGemvLimit || ldy < n) return cudaErrorInvalidValue;
+  const auto blocks =
+      static_cast<unsigned>(std::clamp<int64_t>((n + kRowsPerBlock - 1) / kRowsPerBlock, 1, 65535));
+  const auto* wb = static_cast<const unsigned char*>(w);
+  const auto launch = [&](auto kernel) {
+    kernel<<<blocks, kThreads, 0, stream>>>(wb, n, k, x, m, y, ldy);
+  };
+  const bool few = m <= 8;
+  switch (wdt) {
+    case DType::q8:
+      few ? launch(packed_gemv_kernel<DType::q8, 8>) : launch(packed_gemv_kernel<DType::q8, 32>);
+      break;
+    case DType::q4_g64:
+      few ? launch(packed_gemv_kernel<DType::q4_g64, 8>)
+          : launch(packed_gemv_kernel<DType::q4_g64, 32>);
+      break;
+    default:
+      few ? launch(packed_gemv_kernel<DType::q4_g128, 8>)
+          : launch(packed_gemv_kernel<DType::q4_g128, 32>);
+      break;
+  }
   return cudaGetLastError();
 }
 
@@ -76,9 +98,21 @@ cudaError_t dequantize_rows(const void* w, DType wdt, int64_t k, int64_t row0, i
                             uint16_t* out, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
   if (!is_quantized(wdt) || k <= 0 || row0 < 0) return cudaErrorInvalidValue;
-  const int64_t blocks = std::clamp<int64_t>((rows * k + kThreads - 1) / kThreads, 1, 65535);
-  dequantize_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      static_cast<const unsigned char*>(w), wdt, k, row0, rows, out);
+  const dim3 grid(
+      static_cast<unsigned>(std::clamp<int64_t>((k + kThreads - 1) / kThreads, 1, 65535)),
+      static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+  const auto* wb = static_cast<const unsigned char*>(w);
+  switch (wdt) {
+    case DType::q8:
+      dequantize_kernel<DType::q8><<<grid, kThreads, 0, stream>>>(wb, k, row0, rows, out);
+      break;
+    case DType::q4_g64:
+      dequantize_kernel<DType::q4_g64><<<grid, kThreads, 0, stream>>>(wb, k, row0, rows, out);
+      break;
+    default:
+      dequantize_kernel<DType::q4_g128><<<grid, kThreads, 0, stream>>>(wb, k, row0, rows, out);
+      break;
+  }
   return cudaGetLastError();
 }
 

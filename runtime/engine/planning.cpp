@@ -220,9 +220,14 @@ std::optional<double> learn_cpu_rate(DType dtype, int64_t n_embd, uint64_t weigh
   return learn_rate(cpu_cache_key(dtype, n_embd), weight_bytes, busy_s, how);
 }
 
-std::optional<double> learn_gpu_rate(const std::string& gpu_name, uint64_t weight_bytes,
-                                     double busy_s, std::string_view how) {
-  return learn_rate("gpu " + gpu_name, weight_bytes, busy_s, how);
+// Per GPU and weight dtype: a packed product's bytes cost more work than an f16 one's.
+std::string gpu_cache_key(const std::string& gpu_name, DType dtype) {
+  return fmt::format("gpu {} {}", gpu_name, dtype_name(dtype));
+}
+
+std::optional<double> learn_gpu_rate(const std::string& gpu_name, DType dtype,
+                                     uint64_t weight_bytes, double busy_s, std::string_view how) {
+  return learn_rate(gpu_cache_key(gpu_name, dtype), weight_bytes, busy_s, how);
 }
 
 uint64_t fixed_host_bytes(const model::ModelConfig& config, int64_t max_batch_rows,
@@ -354,7 +359,7 @@ planner::Machine probe_machine(const offload::Checkpoint* checkpoint, DType dtyp
           g.h2d_bytes_per_s.source += fmt::format(" (measuring failed: {})", e.what());
         }
       }
-      g.compute_bytes_per_s = cached("gpu " + g.name, 2.4e11, "--gpu-bw");
+      g.compute_bytes_per_s = cached(gpu_cache_key(g.name, dtype), 2.4e11, "--gpu-bw");
       g.context_bytes = kDeviceWorkspaceBytes;  // the context is already in use: not in "free"
       g.host_context_bytes = 300ull << 20;
       m.gpu = g;

@@ -85,10 +85,11 @@ std::optional<double> learn_disk_rate(const offload::Checkpoint& checkpoint, uin
                                       uint64_t bytes, double busy_s, std::string_view how);
 std::optional<double> learn_cpu_rate(DType dtype, int64_t n_embd, uint64_t weight_bytes,
                                      double busy_s, std::string_view how);
-// A GPU's decode rate in weight bytes/s, kept per device name ("gpu NAME"): learned only from
-// runs with every unit in VRAM, where the decode time is compute and nothing else.
-std::optional<double> learn_gpu_rate(const std::string& gpu_name, uint64_t weight_bytes,
-                                     double busy_s, std::string_view how);
+// A GPU's decode rate in weight bytes/s, kept per device name and weight dtype ("gpu NAME
+// q4g64"): learned only from runs with every unit in VRAM, where the decode time is compute and
+// nothing else.
+std::optional<double> learn_gpu_rate(const std::string& gpu_name, DType dtype,
+                                     uint64_t weight_bytes, double busy_s, std::string_view how);
 
 // Where the streamer puts each unit, from a plan. A CUDA plan keeps its device tier and device
 // slots; without the CUDA backend compiled in, it is refused with PlanError.

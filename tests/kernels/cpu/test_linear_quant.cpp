@@ -332,5 +332,28 @@ TEST(QuantLinearTest, GpuLaneSplitCoversEveryColumnOnce) {
   }
 }
 
+// The CUDA dequantization kernel's per-dtype element (packed_row_weight_t) is the shared one.
+TEST(QuantLinearTest, TypedElementIsTheSharedElement) {
+  std::mt19937 rng(10);
+  for (DType dt : kPacked) {
+    for (const int64_t k : {int64_t{1}, int64_t{63}, int64_t{64}, int64_t{200}, int64_t{1000}}) {
+      const Packed p = pack(random_floats(rng, static_cast<std::size_t>(3 * k)), 3, k, dt);
+      const auto row_bytes = packed_row_bytes(dt, k);
+      const int64_t ng = quant_groups(dt, k);
+      for (int64_t r = 0; r < 3; ++r) {
+        const unsigned char* row = p.bytes.data() + r * row_bytes;
+        for (int64_t j = 0; j < k; ++j) {
+          const float want = packed_row_weight(row, dt, k, j);
+          const float got = dt == DType::q8       ? packed_row_weight_t<DType::q8>(row, ng, j)
+                            : dt == DType::q4_g64 ? packed_row_weight_t<DType::q4_g64>(row, ng, j)
+                                                  : packed_row_weight_t<DType::q4_g128>(row, ng, j);
+          ASSERT_EQ(want, got) << shape_name(dt, 1, k, 3) << " row " << r << " column " << j;
+          ASSERT_EQ(want, p.values[static_cast<std::size_t>(r * k + j)]);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace ferry::kernels::cpu

@@ -324,12 +324,13 @@ TEST_F(CudaKernels, DequantizeRowsIsTheSharedMathRoundedToF16) {
   for (DType t : {DType::q8, DType::q4_g64, DType::q4_g128}) {
     for (const int64_t k : {int64_t{64}, int64_t{200}, int64_t{1000}}) {
       const int64_t n = 13;
-      const auto w = cpu::test::pack(random_floats(rng, static_cast<std::size_t>(n * k)), n, k, t).bytes;
+      const auto w =
+          cpu::test::pack(random_floats(rng, static_cast<std::size_t>(n * k)), n, k, t).bytes;
       const DeviceBuffer dw = upload(w);
       const int64_t row0 = 3, rows = 9;
       DeviceBuffer out(static_cast<std::size_t>(rows * k) * 2);
-      FERRY_CUDA_LAUNCH(kc::dequantize_rows(dw.data(), t, k, row0, rows, out.as<uint16_t>(),
-                                            stream().get()));
+      FERRY_CUDA_LAUNCH(
+          kc::dequantize_rows(dw.data(), t, k, row0, rows, out.as<uint16_t>(), stream().get()));
       const auto got = download<uint16_t>(out, static_cast<std::size_t>(rows * k));
       const auto row_bytes = packed_row_bytes(t, k);
       for (int64_t r = 0; r < rows; ++r)
@@ -345,10 +346,11 @@ TEST_F(CudaKernels, DequantizeRowsIsTheSharedMathRoundedToF16) {
 }
 
 // Packed products against the CPU's (which dequantizes through the same functions, so each
-// weight is the same f32): fused for m ≤ kPackedGemvMaxRows, where only the order of the f32
-// sums differs (bounded as for f32 products, 4·sqrt(k)·u·Σ|x·w|); above it dequantized to f16 in
-// chunks for cuBLAS, where x and w are each rounded to f16 once more (2·2^-11·Σ|x·w|, plus the
-// sums). The chunk size here is 5 rows, so n = 37 takes 8 chunks, the last part-filled.
+// weight is the same f32), both ways for every shape: fused (m ≤ kPackedGemvLimit: the 8-row and
+// the 32-row kernels), where only the order of the f32 sums differs (bounded as for f32
+// products, 4·sqrt(k)·u·Σ|x·w|); and dequantized to f16 in chunks for cuBLAS, where x and w are
+// each rounded to f16 once more (2·2^-11·Σ|x·w|, plus the sums). The chunk size here is 5 rows,
+// so n = 37 takes 8 chunks, the last part-filled.
 TEST_F(CudaKernels, PackedProductsMatchCpuFusedAndThroughCublas) {
   std::mt19937 rng(12);
   ferry::cuda::CublasHandle cublas(stream(), 32u << 20);
@@ -356,54 +358,57 @@ TEST_F(CudaKernels, PackedProductsMatchCpuFusedAndThroughCublas) {
     int64_t m, k, n;
   };
   for (DType t : {DType::q8, DType::q4_g64, DType::q4_g128}) {
-    for (const Shape s : {Shape{1, 64, 1}, Shape{1, 200, 37}, Shape{3, 1000, 37},
-                          Shape{8, 256, 64}, Shape{9, 200, 37}, Shape{17, 1000, 37}}) {
+    for (const Shape s :
+         {Shape{1, 64, 1}, Shape{1, 200, 37}, Shape{3, 1000, 37}, Shape{8, 256, 64},
+          Shape{9, 200, 37}, Shape{17, 1000, 37}, Shape{32, 130, 9}, Shape{40, 64, 5}}) {
       const auto w =
-          cpu::test::pack(random_floats(rng, static_cast<std::size_t>(s.n * s.k)), s.n, s.k, t).bytes;
+          cpu::test::pack(random_floats(rng, static_cast<std::size_t>(s.n * s.k)), s.n, s.k, t)
+              .bytes;
       const auto x = random_floats(rng, static_cast<std::size_t>(s.m * s.k));
       std::vector<float> want(static_cast<std::size_t>(s.m * s.n));
       cpu::ref::linear(x.data(), s.m, s.k, w.data(), t, s.n, nullptr, want.data());
       const DeviceBuffer dw = upload(w);
       const DeviceBuffer dx = upload(x);
-      DeviceBuffer dy(want.size() * 4);
-      const bool fused = s.m <= kc::kPackedGemvMaxRows;
-      if (fused) {
-        FERRY_CUDA_LAUNCH(
-            kc::packed_gemv(dw.data(), t, s.n, s.k, dx.as<float>(), s.m, dy.as<float>(), s.n,
-                            stream().get()));
-      } else {
-        std::vector<uint16_t> xh(x.size());
-        for (std::size_t i = 0; i < x.size(); ++i) xh[i] = f32_to_f16(x[i]);
-        const DeviceBuffer dxh = upload(xh);
-        const int64_t chunk = 5;
-        DeviceBuffer deq(static_cast<std::size_t>(chunk * s.k) * 2);
-        for (int64_t r0 = 0; r0 < s.n; r0 += chunk) {
-          const int64_t nr = std::min(chunk, s.n - r0);
-          FERRY_CUDA_LAUNCH(kc::dequantize_rows(dw.data(), t, s.k, r0, nr, deq.as<uint16_t>(),
-                                                stream().get()));
-          FERRY_CUBLAS_TRY(kc::linear(cublas.get(), dxh.data(), s.m, s.k, deq.data(), DType::f16,
-                                      nr, dy.as<float>() + r0, s.n));
-        }
-      }
-      const auto got = download<float>(dy, want.size());
       const auto row_bytes = packed_row_bytes(t, s.k);
-      for (int64_t i = 0; i < s.m; ++i)
-        for (int64_t o = 0; o < s.n; ++o) {
-          double mag = 0;
-          for (int64_t j = 0; j < s.k; ++j)
-            mag += std::fabs(static_cast<double>(x[static_cast<std::size_t>(i * s.k + j)]) *
-                             packed_row_weight(w.data() + o * row_bytes, t, s.k, j));
-          const double sums = 4.0 * std::sqrt(static_cast<double>(s.k)) * kU * mag;
-          const double tol = fused ? sums + 1e-30 : sums + 2.0 * 4.8828125e-4 * mag;
-          const auto at = static_cast<std::size_t>(i * s.n + o);
-          ASSERT_LE(std::fabs(static_cast<double>(got[at]) - want[at]), tol)
-              << cpu::test::shape_name(t, s.m, s.k, s.n) << (fused ? " fused" : " cuBLAS")
-              << " at " << i << "," << o;
+      for (const bool fused : {true, false}) {
+        if (fused && s.m > kc::kPackedGemvLimit) continue;
+        DeviceBuffer dy(want.size() * 4);
+        if (fused) {
+          FERRY_CUDA_LAUNCH(kc::packed_gemv(dw.data(), t, s.n, s.k, dx.as<float>(), s.m,
+                                            dy.as<float>(), s.n, stream().get()));
+        } else {
+          std::vector<uint16_t> xh(x.size());
+          for (std::size_t i = 0; i < x.size(); ++i) xh[i] = f32_to_f16(x[i]);
+          const DeviceBuffer dxh = upload(xh);
+          const int64_t chunk = 5;
+          DeviceBuffer deq(static_cast<std::size_t>(chunk * s.k) * 2);
+          for (int64_t r0 = 0; r0 < s.n; r0 += chunk) {
+            const int64_t nr = std::min(chunk, s.n - r0);
+            FERRY_CUDA_LAUNCH(
+                kc::dequantize_rows(dw.data(), t, s.k, r0, nr, deq.as<uint16_t>(), stream().get()));
+            FERRY_CUBLAS_TRY(kc::linear(cublas.get(), dxh.data(), s.m, s.k, deq.data(), DType::f16,
+                                        nr, dy.as<float>() + r0, s.n));
+          }
         }
+        const auto got = download<float>(dy, want.size());
+        for (int64_t i = 0; i < s.m; ++i)
+          for (int64_t o = 0; o < s.n; ++o) {
+            double mag = 0;
+            for (int64_t j = 0; j < s.k; ++j)
+              mag += std::fabs(static_cast<double>(x[static_cast<std::size_t>(i * s.k + j)]) *
+                               packed_row_weight(w.data() + o * row_bytes, t, s.k, j));
+            const double sums = 4.0 * std::sqrt(static_cast<double>(s.k)) * kU * mag;
+            const double tol = fused ? sums + 1e-30 : sums + 2.0 * 4.8828125e-4 * mag;
+            const auto at = static_cast<std::size_t>(i * s.n + o);
+            ASSERT_LE(std::fabs(static_cast<double>(got[at]) - want[at]), tol)
+                << cpu::test::shape_name(t, s.m, s.k, s.n) << (fused ? " fused" : " cuBLAS")
+                << " at " << i << "," << o;
+          }
+      }
     }
   }
-  EXPECT_EQ(kc::packed_gemv(nullptr, DType::q8, 4, 4, nullptr, kc::kPackedGemvMaxRows + 1,
-                            nullptr, 4, stream().get()),
+  EXPECT_EQ(kc::packed_gemv(nullptr, DType::q8, 4, 4, nullptr, kc::kPackedGemvLimit + 1, nullptr, 4,
+                            stream().get()),
             cudaErrorInvalidValue);
 }
 
