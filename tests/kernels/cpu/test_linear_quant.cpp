@@ -48,46 +48,53 @@ constexpr DType kPacked[] = {DType::q8, DType::q4_g64, DType::q4_g128};
   return ::testing::AssertionSuccess();
 }
 
-// The fast q4 decode's arithmetic (kernels/cpu/linear_avx2.cpp, m = 1), in double: each whole
+// The fast decode's arithmetic (kernels/cpu/linear_avx2.cpp, m = 1), in double. q4: each whole
 // group of x rounded to int8 exactly as the kernel rounds it (dx = max|x|/127 and xq =
 // round-half-even(x·(127/max|x|)), both in f32), Σ q·xq exact, scale·dx rounded to f32 as the
-// kernel forms it, the minima against exact group sums, a partial last group dequantized.
-// `magnitude` bounds the f32 sums' rounding; `act_bound` bounds how far x's rounding moves the
-// result from the exact product (|x − dx·xq| ≤ dx/2, plus a few ulps of x).
+// kernel forms it, the minima against exact group sums. q8: each whole 64-column block of x
+// rounded to int16 the same way (32767 steps), Σ q·xq exact, the row's scale applied last. Columns
+// past the whole groups or blocks in f32. `magnitude` bounds the f32 sums' rounding; `act_bound`
+// bounds how far x's rounding moves the result from the exact product (|x − dx·xq| ≤ dx/2, plus a
+// few ulps of x).
 struct Emulated {
   double value = 0;
   double magnitude = 0;
   double act_bound = 0;
 };
-Emulated q4_int8_decode(const float* x, int64_t k, const unsigned char* row, DType dt) {
-  const int64_t group = dt == DType::q4_g64 ? 64 : 128;
+Emulated packed_decode(const float* x, int64_t k, const unsigned char* row, DType dt) {
+  const bool q8 = dt == DType::q8;
+  const int64_t group = q8 ? 64 : dt == DType::q4_g64 ? 64 : 128;
+  const float steps = q8 ? 32767.0f : 127.0f;
   const int64_t ng = quant_groups(dt, k);
   const int64_t full = k / group;
+  const float row_scale = q8 ? q8_row_scale(row) : 1.0f;
   Emulated e;
   for (int64_t g = 0; g < full; ++g) {
     const float* xg = x + g * group;
     float amax = 0;
     for (int64_t j = 0; j < group; ++j) amax = std::max(amax, std::fabs(xg[j]));
-    const float dx = amax / 127.0f;
-    const float inv = amax > 0 ? 127.0f / amax : 0.0f;
-    const Q4Group q = q4_group(row, ng, group, g);
+    const float dx = amax / steps;
+    const float inv = amax > 0 ? steps / amax : 0.0f;
+    const Q4Group q = q8 ? Q4Group{row_scale, 0.0f, nullptr} : q4_group(row, ng, group, g);
     int64_t dot = 0;
     double sum_x = 0;
     double sum_abs_x = 0;
     double act = 0;
     for (int64_t j = 0; j < group; ++j) {
       const float v = xg[j] * inv;
-      const auto xq = static_cast<int64_t>(std::clamp(std::nearbyint(v), -127.0f, 127.0f));
-      const unsigned code = q4_code(q.bytes, j, group);
-      dot += static_cast<int64_t>(code) * xq;
+      const auto xq = static_cast<int64_t>(std::clamp(std::nearbyint(v), -steps, steps));
+      const int64_t code =
+          q8 ? q8_row_values(row)[g * group + j] : static_cast<int64_t>(q4_code(q.bytes, j, group));
+      dot += code * xq;
       sum_x += xg[j];
       sum_abs_x += std::fabs(xg[j]);
-      act += code * (0.5 * 1.001 * dx + 4.0 * kUnitRoundoff * std::fabs(xg[j]));
+      act += static_cast<double>(std::abs(code)) *
+             (0.5 * 1.001 * dx + 4.0 * kUnitRoundoff * std::fabs(xg[j]));
     }
-    const float sc = q.scale * dx;
-    e.value += static_cast<double>(sc) * static_cast<double>(dot) + q.min * sum_x;
-    e.magnitude += std::fabs(static_cast<double>(sc) * static_cast<double>(dot)) +
-                   std::fabs(q.min) * sum_abs_x;
+    // q4: scale·dx rounded to f32 by the kernel; q8: dx alone, the row's scale applied last.
+    const double sc = q8 ? static_cast<double>(row_scale) * dx : static_cast<double>(q.scale * dx);
+    e.value += sc * static_cast<double>(dot) + q.min * sum_x;
+    e.magnitude += std::fabs(sc * static_cast<double>(dot)) + std::fabs(q.min) * sum_abs_x;
     e.act_bound += std::fabs(q.scale) * act;
   }
   for (int64_t j = full * group; j < k; ++j) {
@@ -149,11 +156,11 @@ TEST(QuantLinearTest, FastAndScalarMatchReferenceAndExact) {
           scalar::linear(x.data(), m, k, p.bytes.data(), dt, n, bias, y_scalar.data(), pool);
           ASSERT_TRUE(close("ref vs exact", y_ref, exact, scale, k, 1.0));
           ASSERT_TRUE(close("scalar vs exact", y_scalar, exact, scale, k, 1.0));
-          if (m == 1 && group > 0) {
-            // The decode's integer path: against its own arithmetic in double (only the f32
+          if (m == 1) {
+            // The decode's integer paths: against their own arithmetic in double (only the f32
             // sums' rounding apart), and against the exact product within x's rounding.
             for (int64_t o = 0; o < n; ++o) {
-              const Emulated e = q4_int8_decode(
+              const Emulated e = packed_decode(
                   x.data(), k, p.bytes.data() + static_cast<uint64_t>(o) * row_bytes, dt);
               const double b = bias ? bias[o] : 0.0;
               const double got = y_fast[static_cast<std::size_t>(o)];
@@ -200,10 +207,10 @@ TEST(QuantLinearTest, LongRowsAndThreadCounts) {
       ref::linear(x.data(), m, k, p.bytes.data(), dt, n, nullptr, r.data());
       EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
       for (std::size_t i = 0; i < a.size(); ++i) {
-        // The q4 decode rounds x to int8 per group (while k·G fits its stack buffer).
+        // The decode rounds x to int8 (q4) or int16 (q8) per group while it fits its buffer.
         double act = 0;
-        if (m == 1 && dt != DType::q8)
-          act = q4_int8_decode(x.data(), k, p.bytes.data() + i * packed_row_bytes(dt, k), dt)
+        if (m == 1)
+          act = packed_decode(x.data(), k, p.bytes.data() + i * packed_row_bytes(dt, k), dt)
                     .act_bound;
         EXPECT_NEAR(a[i], r[i], 1e-4 + act) << i;
       }

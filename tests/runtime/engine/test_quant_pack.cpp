@@ -231,12 +231,13 @@ double kl_of(std::span<const float> p_logits, std::span<const float> q_logits) {
   return std::max(kl, 0.0);
 }
 
-// Decoding runs a pack's products one row at a time, where the CPU's q4 kernel also rounds x to
-// int8 per group (kernels/cpu/linear_avx2.cpp); prompts run them many rows at a time in f32. Over
-// the same positions, token by token through the KV cache against the f32 model's prompt pass, the
-// decode path must stay as close to the f32 model as the prompt path: x's rounding (~0.3% per
-// group) is small beside the 4-bit codes' (~8.5%). Measured (2026-11-26): KL within 1-3% of the
-// prompt path's, top-1 within a point.
+// Decoding runs a pack's products one row at a time, where the CPU's kernels also round x, to
+// int8 per group for q4 and to int16 per 64 columns for q8 (kernels/cpu/linear_avx2.cpp); prompts
+// run them many rows at a time in f32. Over the same positions, token by token through the KV
+// cache against the f32 model's prompt pass, the decode path must stay as close to the f32 model
+// as the prompt path: x's rounding (~0.3% per group for q4, ~0.002% for q8) is small beside the
+// codes' own error (~8.5% and ~0.6%). Measured (2026-11-26): KL within 1-3% of the prompt path's,
+// top-1 within a point.
 TEST(QuantPack, DecodeIsAsCloseAsThePromptPath) {
   const fs::path src = test::data_dir() / "gptj/tiny-f16-bin-sharded";
   const auto config = model::ModelConfig::from_model_dir(src);
@@ -247,7 +248,8 @@ TEST(QuantPack, DecodeIsAsCloseAsThePromptPath) {
   for (auto& p : prompts)
     for (auto& t : p) t = id(rng);
   const auto ref = all_logits(src, prompts);
-  for (const auto& [quant, group] : {std::pair<std::string, int>{"int4", 64}, {"int4", 128}}) {
+  for (const auto& [quant, group] :
+       {std::pair<std::string, int>{"int8", 64}, {"int4", 64}, {"int4", 128}}) {
     SCOPED_TRACE(quant + " g" + std::to_string(group));
     test::TempDir dir;
     convert(src, dir.path(), quant, group);
