@@ -141,13 +141,15 @@ struct Checkpoint::Impl {
   mutable std::mutex verified_mutex;
   mutable std::vector<std::vector<char>> verified;  // VerifyMode::once: chunks already checked
 
-  uint64_t verify_range(uint64_t offset_bytes, const void* data, uint64_t nbytes) const {
+  uint64_t verify_range(uint64_t offset_bytes, const void* data, uint64_t nbytes,
+                        ThreadPool* pool = nullptr) const {
     if (!pack || verify == VerifyMode::off) return 0;
     if (verify == VerifyMode::always)
-      return detail::verify_pack_range(*pack, offset_bytes, data, nbytes, files[0].path.string());
+      return detail::verify_pack_range(*pack, offset_bytes, data, nbytes, files[0].path.string(),
+                                       nullptr, pool);
     const std::lock_guard lock(verified_mutex);
     return detail::verify_pack_range(*pack, offset_bytes, data, nbytes, files[0].path.string(),
-                                     &verified);
+                                     &verified, pool);
   }
 
   // Appends one parsed file's tensors (already in offset order); a name seen in an earlier
@@ -363,14 +365,15 @@ void Checkpoint::read_range(const TensorEntry& t, uint64_t offset_bytes, uint64_
 }
 
 uint64_t Checkpoint::verify(uint32_t file_index, uint64_t offset_bytes, const void* data,
-                            uint64_t nbytes) const {
+                            uint64_t nbytes, ThreadPool* pool) const {
   if (!impl_->pack || file_index != 0) return 0;
-  return impl_->verify_range(offset_bytes, data, nbytes);
+  return impl_->verify_range(offset_bytes, data, nbytes, pool);
 }
 
 bool Checkpoint::has_checksums() const { return impl_->pack != nullptr; }
 
-uint64_t Checkpoint::verify_all(const std::function<void(uint64_t, uint64_t)>& progress) const {
+uint64_t Checkpoint::verify_all(const std::function<void(uint64_t, uint64_t)>& progress,
+                                ThreadPool* pool) const {
   FERRY_EXPECT(impl_->pack != nullptr,
                "{} is a {} checkpoint, which carries no checksums; only ferry packs can be "
                "verified (make one with ferry convert)",
@@ -387,7 +390,7 @@ uint64_t Checkpoint::verify_all(const std::function<void(uint64_t, uint64_t)>& p
     const uint64_t n = std::min(kReadBytes, file_bytes - at);
     pread_full(impl_->fds[0].get(), buf.data(), n, at, impl_->files[0].path, "the pack");
     checked += detail::verify_pack_range(*impl_->pack, at, buf.data(), n,
-                                         impl_->files[0].path.string(), &seen);
+                                         impl_->files[0].path.string(), &seen, pool);
     if (progress) progress(at + n, file_bytes);
     if (at + n >= file_bytes) break;
     at += n - detail::kPackChecksumChunk;

@@ -17,6 +17,10 @@
 #include "runtime/core/dtype.hpp"
 #include "runtime/core/tensor.hpp"
 
+namespace ferry {
+class ThreadPool;
+}  // namespace ferry
+
 namespace ferry::offload {
 
 enum class CheckpointFormat { safetensors, torch_zip, ferry_pack };
@@ -82,13 +86,16 @@ class Checkpoint {
   // Checks bytes [offset_bytes, offset_bytes + nbytes) of files()[file_index], already read into
   // data, against the checkpoint's checksums (ferry packs have one per 256 KiB of each blob;
   // other formats none, and this does nothing). Only chunks wholly inside the range are checked.
-  // Throws FormatError naming the blob ("layer 3") and tensor. Returns the bytes checked.
-  uint64_t verify(uint32_t file_index, uint64_t offset_bytes, const void* data,
-                  uint64_t nbytes) const;
+  // Throws FormatError naming the blob ("layer 3") and tensor. Returns the bytes checked. With a
+  // pool, the chunks are hashed on all its threads (not from inside its parallel_for).
+  uint64_t verify(uint32_t file_index, uint64_t offset_bytes, const void* data, uint64_t nbytes,
+                  ThreadPool* pool = nullptr) const;
   bool has_checksums() const;
   // Reads the whole pack once, 64 MiB at a time, and checks every checksum (ferry verify).
-  // progress(done, total) after each read. Returns the bytes checked; throws as verify does.
-  uint64_t verify_all(const std::function<void(uint64_t, uint64_t)>& progress = {}) const;
+  // progress(done, total) after each read. Returns the bytes checked; throws as verify does. With
+  // a pool, each read's chunks are hashed on its threads.
+  uint64_t verify_all(const std::function<void(uint64_t, uint64_t)>& progress = {},
+                      ThreadPool* pool = nullptr) const;
   VerifyMode verify_mode() const;
   // The ferry pack's header "metadata" (model config, quantization, tokenizer); null otherwise.
   const nlohmann::json* pack_metadata() const;

@@ -191,7 +191,8 @@ struct LayerStreamer::Impl {
     if (!checkpoint.has_checksums()) return;
     const double t0 = now_s();
     for (const auto& r : u.layout.ranges)
-      checkpoint.verify(r.file, r.offset_bytes, base + r.buffer_offset, r.min_bytes);
+      checkpoint.verify(r.file, r.offset_bytes, base + r.buffer_offset, r.min_bytes,
+                        options.verify_pool);
     stats.verify_s += now_s() - t0;
   }
 

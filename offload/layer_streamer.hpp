@@ -15,6 +15,10 @@
 #include "offload/io_engine.hpp"
 #include "offload/staging_pool.hpp"
 
+namespace ferry {
+class ThreadPool;
+}  // namespace ferry
+
 namespace ferry::offload {
 
 // Where a unit's bytes live between uses. `device` is resident on the compute device (on the
@@ -79,6 +83,10 @@ struct StreamerOptions {
   // After the last unit the prefetch goes on with the first (the next token's). A one-pass
   // reader (the CUDA backend loading its device-resident layers) turns it off.
   bool cyclic_prefetch = true;
+  // Hashes a unit's checksum chunks on this pool's threads (a ferry pack's; resident loads and
+  // streamed units alike) when set; acquire() must then not be called from inside its
+  // parallel_for. Null hashes on the calling thread.
+  ThreadPool* verify_pool = nullptr;
 };
 
 // Counters of what the streamer did, for the run summary and the planner's feedback.
@@ -92,8 +100,8 @@ struct StreamerStats {
   double read_busy_s = 0;
   uint64_t bytes_acquired = 0;  // bytes of streamed units whose reads completed and were used
   uint64_t units_acquired = 0;
-  double load_s = 0;            // reading the resident units at construction
-  double verify_s = 0;          // checking a ferry pack's checksums (resident loads and streams)
+  double load_s = 0;    // reading the resident units at construction
+  double verify_s = 0;  // checking a ferry pack's checksums (resident loads and streams)
 };
 
 class LayerStreamer {

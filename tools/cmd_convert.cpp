@@ -6,6 +6,7 @@
 
 #include "offload/checkpoint.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/core/thread_pool.hpp"
 #include "runtime/core/units.hpp"
 #include "runtime/engine/convert.hpp"
 #include "tools/commands.hpp"
@@ -77,7 +78,8 @@ Command add_verify(CLI::App& app) {
     Progress progress("verify", o->quiet);
     const double t0 = now_s();
     const uint64_t checked =
-        ck.verify_all([&](uint64_t done, uint64_t total) { progress.update(done, total); });
+        ck.verify_all([&](uint64_t done, uint64_t total) { progress.update(done, total); },
+                      &default_thread_pool());
     progress.finish();
     fmt::print("{}: ok, {} checked in {:.1f} s\n", o->model, format_bytes(checked), now_s() - t0);
     return 0;

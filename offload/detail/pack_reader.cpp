@@ -9,6 +9,7 @@
 #include "offload/detail/xxhash64.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/quant.hpp"
+#include "runtime/core/thread_pool.hpp"
 
 namespace ferry::offload::detail {
 
@@ -230,10 +231,16 @@ std::vector<ChunkSpan> pack_chunks_overlapping(const PackContents& pack, uint64_
 
 uint64_t verify_pack_range(const PackContents& pack, uint64_t offset_bytes, const void* data,
                            uint64_t nbytes, const std::string& source,
-                           std::vector<std::vector<char>>* verified) {
+                           std::vector<std::vector<char>>* verified, ThreadPool* pool) {
   const auto* base = static_cast<const unsigned char*>(data);
   const uint64_t end = offset_bytes + nbytes;
-  uint64_t checked = 0;
+  struct Chunk {
+    std::size_t blob;
+    uint64_t index;
+    uint64_t lo;  // absolute file offsets
+    uint64_t hi;
+  };
+  std::vector<Chunk> chunks;
   for (const ChunkSpan& span : pack_chunks_overlapping(pack, offset_bytes, nbytes)) {
     const PackBlob& blob = pack.blobs[span.blob];
     for (uint64_t c = span.first; c < span.last; ++c) {
@@ -241,17 +248,33 @@ uint64_t verify_pack_range(const PackContents& pack, uint64_t offset_bytes, cons
       const uint64_t hi = std::min(lo + kPackChecksumChunk, blob.offset_bytes + blob.nbytes);
       if (lo < offset_bytes || hi > end) continue;  // only partly read: checked elsewhere
       if (verified && (*verified)[span.blob][c]) continue;
-      if (xxh64(base + (lo - offset_bytes), hi - lo) == blob.checksums[c]) {
-        checked += hi - lo;
-        if (verified) (*verified)[span.blob][c] = 1;
-        continue;
-      }
-      FERRY_FORMAT_EXPECT(false,
-                          "{}: {} is corrupt: bytes [{}, {}){} fail their xxh64 checksum; the pack "
-                          "was damaged on disk or in transfer — copy it again or re-run ferry "
-                          "convert",
-                          source, blob.name, lo, hi, tensors_in(pack, lo, hi));
+      chunks.push_back({span.blob, c, lo, hi});
     }
+  }
+  std::vector<char> good(chunks.size(), 0);
+  const auto hash = [&](int64_t first, int64_t last) {
+    for (auto i = static_cast<std::size_t>(first); i < static_cast<std::size_t>(last); ++i) {
+      const Chunk& c = chunks[i];
+      good[i] =
+          xxh64(base + (c.lo - offset_bytes), c.hi - c.lo) == pack.blobs[c.blob].checksums[c.index];
+    }
+  };
+  // 4 chunks (1 MiB) a task at least: less is not worth waking the pool.
+  if (pool != nullptr && chunks.size() >= 8) {
+    pool->parallel_for(static_cast<int64_t>(chunks.size()), 4, hash);
+  } else {
+    hash(0, static_cast<int64_t>(chunks.size()));
+  }
+  uint64_t checked = 0;
+  for (std::size_t i = 0; i < chunks.size(); ++i) {
+    const Chunk& c = chunks[i];
+    FERRY_FORMAT_EXPECT(good[i],
+                        "{}: {} is corrupt: bytes [{}, {}){} fail their xxh64 checksum; the pack "
+                        "was damaged on disk or in transfer — copy it again or re-run ferry "
+                        "convert",
+                        source, pack.blobs[c.blob].name, c.lo, c.hi, tensors_in(pack, c.lo, c.hi));
+    checked += c.hi - c.lo;
+    if (verified) (*verified)[c.blob][c.index] = 1;
   }
   return checked;
 }

@@ -9,6 +9,10 @@
 
 #include "offload/detail/source.hpp"
 
+namespace ferry {
+class ThreadPool;
+}  // namespace ferry
+
 namespace ferry::offload::detail {
 
 struct PackBlob {
@@ -35,10 +39,13 @@ PackContents read_pack(uint64_t file_size, const ReadAt& read_at, const std::str
 // Checks the checksum of every chunk that lies wholly inside bytes [offset_bytes, offset_bytes +
 // nbytes) of the pack, whose contents are at data. Throws FormatError naming the blob and the
 // tensor holding the first damaged chunk. Returns the number of bytes checked. With `verified`
-// (one flag per chunk per blob), chunks already flagged are skipped and good ones flagged.
+// (one flag per chunk per blob), chunks already flagged are skipped and good ones flagged. With
+// a pool, the chunks are hashed on all its threads (the caller must not be inside one of its
+// parallel_for calls); which chunk is reported does not depend on it.
 uint64_t verify_pack_range(const PackContents& pack, uint64_t offset_bytes, const void* data,
                            uint64_t nbytes, const std::string& source,
-                           std::vector<std::vector<char>>* verified = nullptr);
+                           std::vector<std::vector<char>>* verified = nullptr,
+                           ThreadPool* pool = nullptr);
 
 // The chunks [first, last) of blob b that overlap bytes [offset_bytes, offset_bytes + nbytes).
 struct ChunkSpan {

@@ -15,6 +15,7 @@
 #include "runtime/core/clock.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/quant.hpp"
+#include "runtime/core/thread_pool.hpp"
 #include "runtime/core/units.hpp"
 #include "runtime/cuda/cuda_check.hpp"
 #include "runtime/cuda/cuda_device.hpp"
@@ -256,6 +257,7 @@ struct CudaEngine::Impl {
     so.io = options.io;
     so.pinner = std::make_shared<CudaHostPinner>();
     so.cyclic_prefetch = false;
+    so.verify_pool = &default_thread_pool();
     offload::LayerStreamer loader(checkpoint, std::move(load_specs), so);
     uint64_t done_bytes = 0;
     uint64_t total_bytes = 0;
@@ -305,6 +307,7 @@ struct CudaEngine::Impl {
       so.slot_count = host_slots;
       so.io = options.io;
       so.pinner = std::make_shared<CudaHostPinner>();
+      so.verify_pool = &default_thread_pool();  // the host thread only waits on the GPU here
       streamer = std::make_unique<offload::LayerStreamer>(checkpoint, std::move(run_specs), so);
       for (const auto& r : streamer->resident_regions())
         resident_registrations.emplace_back(r.data, r.nbytes);

@@ -6,6 +6,7 @@
 #include "kernels/cpu/ops.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/quant.hpp"
+#include "runtime/core/thread_pool.hpp"
 
 namespace ferry::engine {
 
@@ -63,6 +64,7 @@ offload::StreamerOptions streamer_options(const Placement& placement, offload::I
   offload::StreamerOptions o;
   o.slot_count = placement.slot_count;
   o.io = std::move(io);
+  o.verify_pool = &default_thread_pool();  // between layers, while the kernels wait anyway
   return o;
 }
 

@@ -1,6 +1,7 @@
 // The ferry pack format: write_pack and Checkpoint::open round-trip any blobs and dtypes; blobs
 // are 4 KiB aligned and one read each; every kind of damage — a flipped bit, a truncated file,
 // another version, a foreign file, a damaged header — is refused with a message saying what.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -13,6 +14,7 @@
 #include "offload/pack_writer.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/quant.hpp"
+#include "runtime/core/thread_pool.hpp"
 #include "tests/offload/error_text.hpp"
 #include "tests/support/test_support.hpp"
 
@@ -146,6 +148,56 @@ TEST(Pack, VerifyOnceChecksEachChunkOnce) {
   std::vector<std::byte> buf(ck.at("d").nbytes);
   ck.read(ck.at("d"), buf.data());
   EXPECT_EQ(ck.verify(0, ck.at("d").offset_bytes, buf.data(), buf.size()), 0u);  // done already
+}
+
+// Hashed on a pool (a blob of 4 MiB: 16 checksum chunks), verification checks the same bytes and
+// names the first damaged chunk, whichever thread hashed which; with verify once, through the
+// pool too, each chunk once.
+TEST(Pack, VerificationOnAPoolReportsTheFirstDamagedChunk) {
+  test::TempDir dir;
+  const fs::path file = dir / "model.ferry";
+  const std::vector<PackBlobSpec> big = {{"layer 0", {{"w", DType::f32, Shape{1024, 1024}}}}};
+  write_pack(file, big,
+             [](std::size_t b, std::size_t t, std::span<std::byte> dst) {
+               for (std::size_t i = 0; i < dst.size(); ++i) dst[i] = byte_of(b, t, i);
+             },
+             {});
+  ThreadPool pool(3);
+  uint64_t start = 0;
+  uint64_t nbytes = 0;
+  {
+    const Checkpoint ck = Checkpoint::open(file);
+    start = ck.at("w").offset_bytes;
+    nbytes = ck.at("w").nbytes;
+    std::vector<std::byte> buf(nbytes);
+    ck.read(ck.at("w"), buf.data());
+    EXPECT_EQ(ck.verify(0, start, buf.data(), nbytes, &pool), nbytes);
+    EXPECT_EQ(ck.verify(0, start, buf.data(), nbytes), nbytes);
+  }
+  const uint64_t chunk = detail::kPackChecksumChunk;
+  flip(file, start + 11 * chunk + 5, 0x01);  // chunk 11, then chunk 3: 3 is reported
+  flip(file, start + 3 * chunk + 17, 0x40);
+  const Checkpoint ck = Checkpoint::open(file, VerifyMode::off);
+  std::vector<std::byte> buf(nbytes);
+  ck.read(ck.at("w"), buf.data());
+  const Checkpoint always = Checkpoint::open(file);
+  const std::string want = fmt::format("bytes [{}, {})", start + 3 * chunk, start + 4 * chunk);
+  for (int round = 0; round < 20; ++round) {
+    const std::string msg =
+        error_text<FormatError>([&] { always.verify(0, start, buf.data(), nbytes, &pool); });
+    ASSERT_NE(msg.find(want), std::string::npos) << msg;
+    ASSERT_NE(msg.find("layer 0 is corrupt"), std::string::npos) << msg;
+  }
+  // Streamed with a verify pool: the same error, from acquire.
+  StreamerOptions so;
+  so.verify_pool = &pool;
+  LayerStreamer s(always, {{"layer 0", {"w"}, Tier::disk}}, so);
+  const std::string msg = error_text<FormatError>([&] { s.acquire(0); });
+  EXPECT_NE(msg.find(want), std::string::npos) << msg;
+  // Only once: the good chunks are remembered, the bad ones are reported again.
+  const Checkpoint once = Checkpoint::open(file, VerifyMode::once);
+  EXPECT_THROW(once.verify(0, start, buf.data(), nbytes, &pool), FormatError);
+  EXPECT_THROW(once.verify(0, start, buf.data(), nbytes, &pool), FormatError);
 }
 
 TEST(Pack, ATruncatedPackIsRefused) {
