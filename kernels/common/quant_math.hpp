@@ -57,17 +57,9 @@ FERRY_HD Q4Group q4_group(const unsigned char* row, int64_t ng, int64_t group, i
           row + q4_nibbles_offset(ng) + g * (group / 2)};
 }
 
-// Element j of a packed row of cols columns (q8 or q4), as f32.
-FERRY_HD float packed_row_weight(const unsigned char* row, DType t, int64_t cols, int64_t j) {
-  if (t == DType::q8) return q8_row_scale(row) * static_cast<float>(q8_row_values(row)[j]);
-  const int64_t group = quant_group_size(t);
-  const int64_t g = j / group;
-  const Q4Group q = q4_group(row, quant_groups(t, cols), group, g);
-  return q4_dequant(q.min, q.scale, q4_code(q.bytes, j - g * group, group));
-}
-
-// Element j of a packed row of cols columns, dtype T known at compile time (so the group size
-// is a constant: the CUDA dequantization kernel divides by a power of two, not a variable).
+// Element j of a packed row, dtype T known at compile time (so the group size is a constant: the
+// CUDA dequantization kernel divides by a power of two, not a variable); ng: the row's groups
+// (quant_groups; unused for q8).
 template <DType T>
 FERRY_HD float packed_row_weight_t(const unsigned char* row, int64_t ng, int64_t j) {
   if constexpr (T == DType::q8) {
@@ -77,6 +69,18 @@ FERRY_HD float packed_row_weight_t(const unsigned char* row, int64_t ng, int64_t
     const int64_t g = j / G;
     const Q4Group q = q4_group(row, ng, G, g);
     return q4_dequant(q.min, q.scale, q4_code(q.bytes, j - g * G, G));
+  }
+}
+
+// Element j of a packed row of cols columns (q8 or q4), as f32.
+FERRY_HD float packed_row_weight(const unsigned char* row, DType t, int64_t cols, int64_t j) {
+  switch (t) {
+    case DType::q8:
+      return packed_row_weight_t<DType::q8>(row, 0, j);
+    case DType::q4_g64:
+      return packed_row_weight_t<DType::q4_g64>(row, quant_groups(t, cols), j);
+    default:
+      return packed_row_weight_t<DType::q4_g128>(row, quant_groups(t, cols), j);
   }
 }
 

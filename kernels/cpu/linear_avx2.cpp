@@ -287,11 +287,10 @@ struct Q8Codes {
   static float load1(const Elem* p) { return static_cast<float>(*p); }
 };
 
-// Per-group sums of x, for the factored q4 decode below: Σ_j x_j (min + scale·q_j) = scale·Σ x_j
-// q_j
-// + min·Σ x_j, so the second term needs only x's group sums, which every row shares. They are
-// computed once per call into a stack array when k allows (GPT-J's widest k needs 256), else per
-// row tile.
+// Per-group sums of x, for the factored q4 decode below: Σ_j x_j (min + scale·q_j) =
+// scale·Σ x_j q_j + min·Σ x_j, so the second term needs only x's group sums, which every row
+// shares. They are computed once per call into a stack array when k allows (GPT-J's widest k needs
+// 256), else per row tile.
 constexpr int64_t kMaxGroupSums = 1024;
 
 float group_sum(const float* x, int64_t group) {
@@ -358,17 +357,22 @@ void matvec_q4_rows(const float* x, int64_t k, const unsigned char* w, const Pac
 // about 0.3% per group to each row's sum, far below the 4-bit codes' own ~8.5%.
 constexpr int64_t kMaxQuantizedX = 65536;  // int8 on the stack: k up to 65536
 
+// max |x_i| over n floats (n a multiple of 8).
+float abs_max(const float* x, int64_t n) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 m = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; i += 8)
+    m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + i), abs_mask));
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+  return _mm_cvtss_f32(h);
+}
+
 void quantize_x(const float* x, int64_t groups, int64_t group, int8_t* xq, float* dx) {
   for (int64_t g = 0; g < groups; ++g) {
     const float* xg = x + g * group;
-    __m256 m = _mm256_setzero_ps();
-    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    for (int64_t i = 0; i < group; i += 8)
-      m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(xg + i), abs_mask));
-    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
-    const float amax = _mm_cvtss_f32(h);
+    const float amax = abs_max(xg, group);
     dx[g] = amax / 127.0f;
     const __m256 inv = _mm256_set1_ps(amax > 0 ? 127.0f / amax : 0.0f);
     for (int64_t i = 0; i < group; i += 8) {
@@ -467,16 +471,9 @@ void matvec_q4_rows_i8(const float* x, const int8_t* xq, const float* dx, const 
 constexpr int64_t kQ8Block = 64;
 
 void quantize_x16(const float* x, int64_t blocks, int16_t* xq, float* dx) {
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   for (int64_t b = 0; b < blocks; ++b) {
     const float* xb = x + b * kQ8Block;
-    __m256 m = _mm256_setzero_ps();
-    for (int64_t i = 0; i < kQ8Block; i += 8)
-      m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(xb + i), abs_mask));
-    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
-    const float amax = _mm_cvtss_f32(h);
+    const float amax = abs_max(xb, kQ8Block);
     dx[b] = amax / 32767.0f;
     const __m256 inv = _mm256_set1_ps(amax > 0 ? 32767.0f / amax : 0.0f);
     for (int64_t i = 0; i < kQ8Block; i += 16) {
@@ -525,6 +522,21 @@ void matvec_q8_rows_i16(const float* x, const int16_t* xq, const float* dx, int6
       sums[r] += x[j] * static_cast<float>(w[r * ldw + j]);
 }
 
+// matvec_tiles over the rows of a q4 matrix at w: rows(NR, G, the tile's first row, sums), the
+// row count and the group size both compile-time constants (std::integral_constant).
+template <class Rows>
+void q4_tiles(const unsigned char* w, const PackedLayout& l, const float* bias, float* y,
+              int64_t o_begin, int64_t o_end, Rows rows) {
+  matvec_tiles(bias, y, o_begin, o_end, [&](int64_t o, auto nr, float* sums) {
+    const unsigned char* wo = w + static_cast<uint64_t>(o) * l.row_bytes;
+    if (l.group == 64) {
+      rows(nr, std::integral_constant<int, 64>{}, wo, sums);
+    } else {
+      rows(nr, std::integral_constant<int, 128>{}, wo, sums);
+    }
+  });
+}
+
 void matvec_packed(const float* x, int64_t k, const unsigned char* w, DType t, const float* bias,
                    float* y, int64_t o_begin, int64_t o_end) {
   const PackedLayout l = packed_layout(t, k);
@@ -561,24 +573,17 @@ void matvec_packed(const float* x, int64_t k, const unsigned char* w, DType t, c
       alignas(32) int8_t xq[kMaxQuantizedX];
       float dx[kMaxGroupSums];
       quantize_x(x, groups, l.group, xq, dx);
-      matvec_tiles(bias, y, o_begin, o_end, [&](int64_t o, auto nr, float* sums) {
-        const unsigned char* wo = w + static_cast<uint64_t>(o) * l.row_bytes;
-        if (l.group == 64) {
-          matvec_q4_rows_i8<decltype(nr)::value, 64>(x, xq, dx, xsum, k, wo, l, sums);
-        } else {
-          matvec_q4_rows_i8<decltype(nr)::value, 128>(x, xq, dx, xsum, k, wo, l, sums);
-        }
-      });
+      q4_tiles(w, l, bias, y, o_begin, o_end,
+               [&](auto nr, auto g, const unsigned char* wo, float* sums) {
+                 matvec_q4_rows_i8<decltype(nr)::value, decltype(g)::value>(x, xq, dx, xsum, k, wo,
+                                                                            l, sums);
+               });
       return;
     }
-    matvec_tiles(bias, y, o_begin, o_end, [&](int64_t o, auto nr, float* sums) {
-      const unsigned char* wo = w + static_cast<uint64_t>(o) * l.row_bytes;
-      if (l.group == 64) {
-        matvec_q4_rows<decltype(nr)::value, 64>(x, k, wo, l, xsum, sums);
-      } else {
-        matvec_q4_rows<decltype(nr)::value, 128>(x, k, wo, l, xsum, sums);
-      }
-    });
+    q4_tiles(w, l, bias, y, o_begin, o_end,
+             [&](auto nr, auto g, const unsigned char* wo, float* sums) {
+               matvec_q4_rows<decltype(nr)::value, decltype(g)::value>(x, k, wo, l, xsum, sums);
+             });
   }
 }
 
