@@ -27,10 +27,9 @@
 #include <string>
 #include <vector>
 
-#include "kernels/common/quant_math.hpp"
+#include "kernels/cpu/ops.hpp"
 #include "offload/checkpoint.hpp"
 #include "offload/checkpoint_writer.hpp"
-#include "runtime/core/half.hpp"
 #include "runtime/core/quant.hpp"
 #include "runtime/engine/convert.hpp"
 #include "runtime/engine/engine.hpp"
@@ -51,30 +50,18 @@ bool is_block_matrix(const std::string& name) {
   return false;
 }
 
-// A tensor as f32 values, whatever its stored dtype (packed rows dequantized).
+// A tensor as f32 values, whatever its stored dtype (packed rows dequantized, a row at a time).
 std::vector<float> read_f32(const offload::Checkpoint& ck, const offload::TensorEntry& t) {
   std::vector<std::byte> raw(t.nbytes);
   ck.read(t, raw.data());
-  const auto n = static_cast<std::size_t>(t.shape.numel());
-  std::vector<float> out(n);
-  const auto* b = reinterpret_cast<const unsigned char*>(raw.data());
-  if (t.dtype == DType::f32) {
-    std::memcpy(out.data(), b, n * 4);
-  } else if (t.dtype == DType::f16 || t.dtype == DType::bf16) {
-    for (std::size_t i = 0; i < n; ++i) {
-      uint16_t h;
-      std::memcpy(&h, b + 2 * i, 2);
-      out[i] = t.dtype == DType::f16 ? f16_to_f32(h) : bf16_to_f32(h);
-    }
-  } else {
-    const int64_t rows = t.shape[0];
-    const int64_t cols = static_cast<int64_t>(n) / rows;
-    const uint64_t row_bytes = packed_row_bytes(t.dtype, cols);
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < cols; ++j)
-        out[static_cast<std::size_t>(r * cols + j)] =
-            kernels::packed_row_weight(b + static_cast<uint64_t>(r) * row_bytes, t.dtype, cols, j);
-  }
+  const int64_t n = t.shape.numel();
+  std::vector<float> out(static_cast<std::size_t>(n));
+  const int64_t rows = is_quantized(t.dtype) ? t.shape[0] : 1;
+  const int64_t cols = n / rows;
+  const uint64_t row_bytes = packed_row_bytes(t.dtype, cols);
+  for (int64_t r = 0; r < rows; ++r)
+    kernels::cpu::convert_to_f32(raw.data() + static_cast<uint64_t>(r) * row_bytes, t.dtype, cols,
+                                 out.data() + r * cols);
   return out;
 }
 
