@@ -9,6 +9,9 @@
 #        colab:    --max-vram 15GiB --max-ram 10GiB   (every layer resident; RAM bounded at load)
 #        streamed: --max-vram 6GiB  --max-ram 10GiB   (layers that do not fit stream every token)
 #        disk:     --max-vram 6GiB  --max-ram 4GiB    (and those that do not fit in RAM from disk)
+#        vram3:    --max-vram 3GiB  --max-ram 20GiB   (most layers cross PCIe every token, none from disk)
+#      and, when PACK_CASES is set, the same cases on a ferry pack of it (PACK_QUANT, made once in
+#      PACK_DIR by `ferry convert`), named PACK_QUANT_CASE: the bytes a pack saves on PCIe.
 #      recording load time, s/token (ferry's decode rate), peak RSS (VmHWM via /usr/bin/time, else
 #      ferry's own line) and the plan's prediction; s/token is set against the bound
 #        max(bytes over PCIe per token / pinned copy rate, s/token of the all-resident run)
@@ -23,6 +26,7 @@
 #   env: BUILD=build  FERRY=$BUILD/tools/ferry  H2D=$BUILD/bench/bench_cuda_h2d
 #        OUT_DIR=${OUT:-bench-out}/cuda_bench  MODEL_DIR=/var/tmp/ferry-gptj-6b  N_TOKENS=16
 #        IDS="<8 ids>"  CASES="colab streamed disk"  HF=1  RUN_TIMEOUT=1200
+#        PACK_CASES=""  PACK_QUANT=int4  PACK_DIR=$MODEL_DIR-$PACK_QUANT.ferry
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +40,9 @@ IDS=${IDS:-"15496 11 616 1438 318 257 1332 13"}
 CASES=${CASES-"colab streamed disk"}  # empty: the copy rates only
 HF=${HF:-1}
 RUN_TIMEOUT=${RUN_TIMEOUT:-1200}
+PACK_CASES=${PACK_CASES-}
+PACK_QUANT=${PACK_QUANT:-int4}
+PACK_DIR=${PACK_DIR:-$MODEL_DIR-$PACK_QUANT.ferry}
 mkdir -p "$OUT_DIR"
 log() { echo "== $*" >&2; }
 
@@ -69,6 +76,11 @@ if [ -n "$CASES" ] && [ ! -f "$MODEL_DIR/config.json" ]; then
   mkdir -p "$(dirname "$MODEL_DIR")"
   "$FERRY" make-model --preset gptj-6b --dtype f16 -o "$MODEL_DIR" > "$OUT_DIR/make-model.txt" 2>&1
 fi
+if [ -n "$PACK_CASES" ] && [ ! -f "$PACK_DIR/model.ferry" ]; then
+  log "converting $MODEL_DIR to an $PACK_QUANT pack in $PACK_DIR"
+  "$FERRY" convert -m "$MODEL_DIR" -o "$PACK_DIR" --quant "$PACK_QUANT" --quiet \
+    > "$OUT_DIR/convert.txt" 2>&1
+fi
 ctx=$(( $(echo "$IDS" | wc -w) + N_TOKENS ))
 
 flags_for() {
@@ -76,17 +88,18 @@ flags_for() {
     colab) echo "--max-vram 15GiB --max-ram 10GiB" ;;
     streamed) echo "--max-vram 6GiB --max-ram 10GiB" ;;
     disk) echo "--max-vram 6GiB --max-ram 4GiB" ;;
+    vram3) echo "--max-vram 3GiB --max-ram 20GiB" ;;
     *) echo "cuda_bench: unknown case $1" >&2; exit 2 ;;
   esac
 }
 
 # One ferry run: its plan, its output, and the figures pulled out of them into NAME.json.
-run_ferry() {
-  local name=$1 flags
-  flags=$(flags_for "$name")
-  log "ferry $name: $flags"
+run_ferry() {  # run_ferry CASE [MODEL [NAME]]
+  local name=${3:-$1} model=${2:-$MODEL_DIR} flags
+  flags=$(flags_for "$1")
+  log "ferry $name ($model): $flags"
   # shellcheck disable=SC2086
-  "$FERRY" plan -m "$MODEL_DIR" --device cuda $flags --ctx "$ctx" --json > "$OUT_DIR/plan_$name.json"
+  "$FERRY" plan -m "$model" --device cuda $flags --ctx "$ctx" --json > "$OUT_DIR/plan_$name.json"
   local cache; cache=$(drop_caches)
   local timer=()
   [ -x /usr/bin/time ] && timer=(/usr/bin/time -v)
@@ -95,7 +108,7 @@ run_ferry() {
   # shellcheck disable=SC2086
   # The run replays the plan just printed (`ferry plan` plans for a what-if GPU of --max-vram),
   # so the prediction, the tiers and the PCIe bytes below are the run's.
-  timeout "$RUN_TIMEOUT" "${timer[@]}" "$FERRY" run -m "$MODEL_DIR" --ids "$IDS" -n "$N_TOKENS" \
+  timeout "$RUN_TIMEOUT" "${timer[@]}" "$FERRY" run -m "$model" --ids "$IDS" -n "$N_TOKENS" \
     --device cuda $flags --plan "$OUT_DIR/plan_$name.json" --print-ids \
     > "$OUT_DIR/run_$name.out" 2> "$OUT_DIR/run_$name.err" || rc=$?
   t1=$(date +%s.%N)
@@ -181,28 +194,35 @@ PY
 
 for c in $CASES; do
   run_ferry "$c"
-  [ "$HF" = 1 ] && [ "$c" != disk ] && run_hf "$c"
+  [ "$HF" = 1 ] && [ "$c" != disk ] && [ "$c" != vram3 ] && run_hf "$c"
+done
+for c in $PACK_CASES; do
+  run_ferry "$c" "$PACK_DIR" "${PACK_QUANT}_$c"
 done
 
-python3 - "$OUT_DIR" "$gpu" "$CASES" <<'PY'
+python3 - "$OUT_DIR" "$gpu" "$CASES" "$PACK_CASES" "$PACK_QUANT" <<'PY'
 import json, os, sys
-out, gpu, cases = sys.argv[1], sys.argv[2], sys.argv[3].split()
+out, gpu, cases, pack_cases, quant = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split(), sys.argv[5]
 s = {"gpu": gpu}
 if os.path.exists(f"{out}/h2d.json"):
     s["h2d"] = json.load(open(f"{out}/h2d.json"))
-for c in cases:
-    for k in (c, "hf_" + c):
-        p = f"{out}/{k}.json"
-        if os.path.exists(p):
-            try: s[k] = json.load(open(p))
-            except ValueError: s[k] = {"unreadable": p}
-compute = (s.get("colab") or {}).get("s_per_token")
-for c in cases:
-    r = s.get(c) or {}
-    if r.get("s_per_token") and compute:
-        bound = max(r.get("pcie_s_per_token") or 0, r.get("disk_s_per_token") or 0, compute)
-        r["bound_s_per_token"] = bound
-        r["over_bound"] = r["s_per_token"] / bound
+# Each family's compute time is its all-resident (colab) run: it copies nothing per token.
+families = [("", cases), (quant + "_", pack_cases)]
+for prefix, names in families:
+    for c in names:
+        for k in (prefix + c, "hf_" + c):
+            p = f"{out}/{k}.json"
+            if os.path.exists(p):
+                try: s[k] = json.load(open(p))
+                except ValueError: s[k] = {"unreadable": p}
+for prefix, names in families:
+    compute = (s.get(prefix + "colab") or {}).get("s_per_token")
+    for c in names:
+        r = s.get(prefix + c) or {}
+        if r.get("s_per_token") and compute:
+            bound = max(r.get("pcie_s_per_token") or 0, r.get("disk_s_per_token") or 0, compute)
+            r["bound_s_per_token"] = bound
+            r["over_bound"] = r["s_per_token"] / bound
 json.dump(s, open(f"{out}/summary.json", "w"), indent=1)
 print(json.dumps(s))
 PY

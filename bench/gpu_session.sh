@@ -10,13 +10,14 @@
 #      resident, bf16, the CLI), JUnit XML; the streamed and batched engine tests 25 times over
 #   3. compute-sanitizer memcheck on the kernel and engine tests; the packed-product benchmark
 #      (fused against dequantize + cuBLAS: bench/cuda/packed_gemm.cpp)
-#   4. bench/cuda_bench.sh: copy rates always; the GPT-J-6B-shaped runs and HF Accelerate when
-#      FULL=1 (the 12 GB checkpoint is made in the background while the tests run)
+#   4. bench/cuda_bench.sh: copy rates always; the GPT-J-6B-shaped runs, f16 and int4 pack, when
+#      FULL=1 (the 12 GB checkpoint and its pack are made in the background while the tests run)
 #   5. compute-sanitizer initcheck and racecheck (slow: racecheck gets what time is left)
 # Each step's log is kept even when a step fails; the script goes on and exits with the first
 # failure's status. Without a GPU it runs nothing and says so.
 #   bench/gpu_session.sh     env: OUT  BIN=gpu-bin  BUILD=build-gpu  JOBS  FULL=0  SANITIZE=1
 #                                 MODEL_DIR=/var/tmp/ferry-gptj-6b
+#          PACK_QUANT=int4  CASES / PACK_CASES / HF (FULL's runs: bench/cuda_bench.sh)
 #          STEP_TIMEOUT=120 (s per step)  DEADLINE=480 (s: no step starts later; the device call's
 #          timeout_s should leave a minute more)
 # A device call: carry ["gpu-bin"], command "FULL=1 bench/gpu_session.sh", timeout_s 560. On an
@@ -92,11 +93,18 @@ export FERRY_BIN=$PWD/$ferry
 "$ferry" info > "$WORK/ferry-info.txt" 2>&1
 cat "$WORK/ferry-info.txt"
 # The 12 GB checkpoint is written while the tests run (16 cores, the tests use one).
+# Then its int4 pack (PACK_QUANT), for the same cases on packed weights.
 maker=
-if [ "$FULL" = 1 ] && [ ! -f "$MODEL_DIR/config.json" ]; then
+PACK_QUANT=${PACK_QUANT:-int4}
+PACK_DIR=${PACK_DIR:-$MODEL_DIR-$PACK_QUANT.ferry}
+if [ "$FULL" = 1 ] && [ ! -f "$PACK_DIR/model.ferry" ]; then
   mkdir -p "$(dirname "$MODEL_DIR")"
-  ( t0=$SECONDS; "$ferry" make-model --preset gptj-6b --dtype f16 -o "$MODEL_DIR" --quiet
-    echo "make-model rc=$? in $((SECONDS - t0)) s" ) > "$WORK/make-model.log" 2>&1 &
+  ( if [ ! -f "$MODEL_DIR/config.json" ]; then
+      t0=$SECONDS; "$ferry" make-model --preset gptj-6b --dtype f16 -o "$MODEL_DIR" --quiet
+      echo "make-model rc=$? in $((SECONDS - t0)) s"
+    fi
+    t0=$SECONDS; "$ferry" convert -m "$MODEL_DIR" -o "$PACK_DIR" --quant "$PACK_QUANT" --quiet
+    echo "convert --quant $PACK_QUANT rc=$? in $((SECONDS - t0)) s" ) > "$WORK/make-model.log" 2>&1 &
   maker=$!
 fi
 
@@ -152,9 +160,12 @@ if [ "$FULL" = 1 ]; then
                                       kill "$maker"; } | tee -a "$WORK/steps.txt"
     tee -a "$WORK/steps.txt" < "$WORK/make-model.log"
   fi
+  # The f16 cases the H200 measured before (docs/cuda.md) are in CASES; by default the ones that
+  # set the pack beside f16: every layer resident, and 3 GiB of VRAM (most layers over PCIe).
   STEP_TIMEOUT=$((DEADLINE - SECONDS)) step cuda_bench env FERRY="$ferry" H2D="$h2d" \
     OUT_DIR="$WORK/cuda_bench" MODEL_DIR="$MODEL_DIR" RUN_TIMEOUT="${RUN_TIMEOUT:-150}" \
-    bench/cuda_bench.sh
+    CASES="${CASES-colab vram3}" PACK_CASES="${PACK_CASES-colab vram3}" PACK_QUANT="$PACK_QUANT" \
+    PACK_DIR="$PACK_DIR" HF="${HF:-0}" bench/cuda_bench.sh
   cp "$WORK/cuda_bench/summary.json" "$OUT/" 2>/dev/null
 else
   step cuda_bench env FERRY="$ferry" H2D="$h2d" OUT_DIR="$WORK/cuda_bench" CASES= HF=0 \
