@@ -12,7 +12,7 @@
 #      (fused against dequantize + cuBLAS: bench/cuda/packed_gemm.cpp)
 #   4. bench/cuda_bench.sh: copy rates always; the GPT-J-6B-shaped runs, f16 and int4 pack, when
 #      FULL=1 (the 12 GB checkpoint and its pack are made in the background while the tests run)
-#   5. compute-sanitizer initcheck and racecheck (slow: racecheck gets what time is left)
+#   5. compute-sanitizer racecheck, then initcheck (slow: it gets what time is left)
 # Each step's log is kept even when a step fails; the script goes on and exits with the first
 # failure's status. Without a GPU it runs nothing and says so.
 #   bench/gpu_session.sh     env: OUT  BIN=gpu-bin  BUILD=build-gpu  JOBS  FULL=0  SANITIZE=1
@@ -171,6 +171,6 @@ else
   step cuda_bench env FERRY="$ferry" H2D="$h2d" OUT_DIR="$WORK/cuda_bench" CASES= HF=0 \
     bench/cuda_bench.sh
 fi
-[ "$SANITIZE" = 1 ] && sanitize initcheck racecheck
+[ "$SANITIZE" = 1 ] && sanitize racecheck initcheck
 echo "gpu_session: done, first failure status $status; logs in $WORK, packed into $OUT/gpu-session.tgz" | tee -a "$WORK/steps.txt"
 exit $status

@@ -210,10 +210,20 @@ int main(int argc, char** argv) try {
           line("cublas f16 weights", f16, static_cast<uint64_t>(sh.n * sh.k) * 2);
         }
         if (m <= kc::kPackedGemvLimit) {
-          const double fused = time_on(stream, iters, [&] {
-            FERRY_CUDA_LAUNCH(
-                kc::packed_gemv(w.data(), t, sh.n, sh.k, xf, m, yf, sh.n, stream.get()));
-          });
+          const auto time_fused = [&](int block_rows) {
+            return time_on(stream, iters, [&] {
+              FERRY_CUDA_LAUNCH(kc::packed_gemv(w.data(), t, sh.n, sh.k, xf, m, yf, sh.n,
+                                                stream.get(), block_rows));
+            });
+          };
+          // Up to 8 rows of x, each block size of the kernel (kPackedGemvBlockRows is the default).
+          if (m <= 8) {
+            for (const int br : {1, 2, 4}) {
+              const std::string path = fmt::format("fused {} rows/block", br);
+              line(path.c_str(), time_fused(br), host_w.size());
+            }
+          }
+          const double fused = time_fused(0);
           line("fused", fused, host_w.size());
           winning = winning && fused < via_cublas;
           if (winning) shape_wins_to = m;

@@ -97,86 +97,163 @@ FERRY_HD uint32_t load_word(const unsigned char* p) {
 #endif
 }
 
+// 2^23 + byte t of v, exactly: the byte put in the low mantissa bits of 2^23 (one byte permute on
+// the device, no integer → float conversion). Less 2^23 it is the byte's value as f32.
+FERRY_HD float biased_byte(uint32_t v, int t) {
 #if defined(__CUDA_ARCH__)
-#define FERRY_UNROLL_4 _Pragma("unroll 4")
+  return __int_as_float(
+      static_cast<int>(__byte_perm(v, 0x4B000000u, 0x7540u + static_cast<unsigned>(t))));
 #else
-#define FERRY_UNROLL_4
+  return f32_from_bits(0x4B000000u | ((v >> (8 * t)) & 0xffu));
 #endif
+}
 
-// What lane `lane` of `lanes` adds up of one packed row's products with m ≤ M rows of x (row i
-// of x at x + i·k): acc[i] += Σ w[j]·x[i, j] over the columns the lane takes, each w[j] the
-// shared dequantized value above. The CUDA packed product (kernels/cuda/quant.cu) runs one warp
-// per row with lanes = 32 and adds the lanes' sums; the CPU tests run every lane here, so the
-// kernel's indexing is checked without a GPU.
-//
-// The lane takes the row's 4-byte words lane, lane + lanes, … so a warp reads 128 consecutive
-// bytes per step, four steps in flight on the device (unrolled): q8 words hold 4 consecutive
-// codes; a q4 word holds bytes c … c + 3 of a group (c a multiple of 4), i.e. columns
-// g·G + c … + 3 in its low nibbles and g·G + G/2 + c … + 3 in its high ones, the group's scale and
-// minimum read with it. Columns past the last whole word (q8) or whole group (q4) go one by one.
-template <DType T, int M>
-FERRY_HD void packed_row_lane_sums_t(const unsigned char* row, int64_t k, const float* x, int64_t m,
-                                     int lane, int lanes, float (&acc)[M]) {
-  auto add = [&](int64_t j, float w) {
-    for (int i = 0; i < M; ++i)
-      if (i < m) acc[i] += w * x[i * k + j];
-  };
+// A packed row as words, the unit of the CUDA products: the row's 4-byte words of codes, each
+// read with one 32-bit load. q8 word u holds columns 4u … 4u + 3; q4 word u holds bytes c … c + 3
+// (c a multiple of 4) of group g = u / (G/8), i.e. columns g·G + c … + 3 in its low nibbles and
+// g·G + G/2 + c … + 3 in its high ones. Columns from packed_tail_column on (a q8 row's last
+// k mod 4, a q4 row's partial last group) are read one by one (packed_row_weight_t).
+template <DType T>
+FERRY_HD int64_t packed_row_words(int64_t k) {
+  if constexpr (T == DType::q8)
+    return k / 4;
+  else
+    return k / (T == DType::q4_g64 ? 64 : 128) * ((T == DType::q4_g64 ? 64 : 128) / 8);
+}
+template <DType T>
+FERRY_HD int64_t packed_tail_column(int64_t k) {
+  return T == DType::q8 ? packed_row_words<T>(k) * 4
+                        : k / (T == DType::q4_g64 ? 64 : 128) * (T == DType::q4_g64 ? 64 : 128);
+}
+// The first column of word u (q4: of its low nibbles; its high ones start G/2 further on).
+template <DType T>
+FERRY_HD int64_t packed_word_column(int64_t u) {
   if constexpr (T == DType::q8) {
-    const float scale = q8_row_scale(row);
-    const unsigned char* q = row + 4;
-    const int64_t words = k / 4;
-    FERRY_UNROLL_4
-    for (int64_t u = lane; u < words; u += lanes) {
-      const uint32_t v = load_word(q + 4 * u);
-      for (int t = 0; t < 4; ++t)
-        add(4 * u + t, scale * static_cast<float>(static_cast<int8_t>((v >> (8 * t)) & 0xffu)));
-    }
-    for (int64_t j = 4 * words + lane; j < k; j += lanes)
-      add(j, scale * static_cast<float>(q8_row_values(row)[j]));
+    return 4 * u;
   } else {
     constexpr int64_t G = T == DType::q4_g64 ? 64 : 128;
-    constexpr int64_t kHalf = G / 2;
-    constexpr int64_t kWords = kHalf / 4;  // words per group
-    const int64_t ng = (k + G - 1) / G;
-    const int64_t full = k / G;
-    const unsigned char* nibbles = row + q4_nibbles_offset(ng);
-    FERRY_UNROLL_4
-    for (int64_t u = lane; u < full * kWords; u += lanes) {
-      const int64_t g = u / kWords;
-      const int64_t lo = g * G + (u - g * kWords) * 4;  // the low nibbles' first column
-      const Q4Group q = q4_group(row, ng, G, g);
-      const uint32_t v = load_word(nibbles + 4 * u);
-      for (int t = 0; t < 4; ++t) {
-        const unsigned byte = (v >> (8 * t)) & 0xffu;
-        add(lo + t, q4_dequant(q.min, q.scale, byte & 0x0fu));
-        add(lo + kHalf + t, q4_dequant(q.min, q.scale, byte >> 4));
+    constexpr int64_t kWords = G / 8;
+    const int64_t g = u / kWords;
+    return g * G + (u - g * kWords) * 4;
+  }
+}
+// The weights of word u of a row of ng groups (unused for q8): w[0..3] the columns from
+// packed_word_column on, and for q4 w[4..7] the columns G/2 further on; each the very f32 of
+// packed_row_weight_t.
+template <DType T>
+FERRY_HD void packed_word_weights_t(const unsigned char* row, int64_t ng, int64_t u,
+                                    float (&w)[8]) {
+  if constexpr (T == DType::q8) {
+    const float scale = q8_row_scale(row);
+    const uint32_t v = load_word(row + 4 + 4 * u) ^ 0x80808080u;  // codes + 128, as bytes
+    for (int t = 0; t < 4; ++t) w[t] = scale * (biased_byte(v, t) - 8388736.0f);  // 2^23 + 128
+    for (int t = 4; t < 8; ++t) w[t] = 0.0f;
+  } else {
+    constexpr int64_t G = T == DType::q4_g64 ? 64 : 128;
+    constexpr int64_t kWords = G / 8;
+    const int64_t g = u / kWords;
+    const Q4Group q = q4_group(row, ng, G, g);
+    const uint32_t v = load_word(q.bytes + (u - g * kWords) * 4);
+    const uint32_t lo = v & 0x0f0f0f0fu;
+    const uint32_t hi = (v >> 4) & 0x0f0f0f0fu;
+    for (int t = 0; t < 4; ++t) {
+      w[t] = q.min + q.scale * (biased_byte(lo, t) - 8388608.0f);
+      w[4 + t] = q.min + q.scale * (biased_byte(hi, t) - 8388608.0f);
+    }
+  }
+}
+
+// Four consecutive f32 at p: one 16-byte load on the device when `aligned` (p 16-byte aligned).
+FERRY_HD void load_x4(const float* p, bool aligned, float* v) {
+#if defined(__CUDA_ARCH__)
+  if (aligned) {
+    const float4 f = *reinterpret_cast<const float4*>(p);
+    v[0] = f.x;
+    v[1] = f.y;
+    v[2] = f.z;
+    v[3] = f.w;
+    return;
+  }
+#endif
+  (void)aligned;
+  for (int t = 0; t < 4; ++t) v[t] = p[t];
+}
+
+#if defined(__CUDA_ARCH__)
+#define FERRY_UNROLL _Pragma("unroll")
+#else
+#define FERRY_UNROLL
+#endif
+
+// What thread `lane` of `lanes` adds up of the products of rows ≤ R consecutive packed rows
+// (row r at row + r·row_bytes) with m ≤ M rows of x (row i at x + i·k): acc[r][i] += Σ w_r[j]·x[i,
+// j] over the columns the thread takes, each w_r[j] the shared dequantized value above. The CUDA
+// packed product (kernels/cuda/quant.cu) runs it with the whole block as lanes (lanes = 256) and
+// adds the threads' sums; the CPU tests run every lane here, so its indexing is checked without a
+// GPU.
+//
+// The thread takes the words lane, lane + lanes, … of every row (so a block reads 1 KiB of a row
+// per step, coalesced), dequantizes each word of each of the rows once and multiplies it with
+// each row of x, whose 8 (q4) or 4 (q8) columns it reads once for all R weight rows
+// (x_aligned: x is 16-byte aligned and k a multiple of 4, so each 4 columns are one load). The
+// columns from packed_tail_column on go one by one.
+template <DType T, int M, int R>
+FERRY_HD void packed_rows_lane_sums_t(const unsigned char* row, uint64_t row_bytes, int rows,
+                                      int64_t k, const float* x, int64_t m, bool x_aligned,
+                                      int lane, int lanes, float (&acc)[R][M]) {
+  constexpr int kSpan = T == DType::q8 ? 4 : 8;  // weights per word
+  constexpr int64_t kHalf = T == DType::q4_g64 ? 32 : 64;
+  const int64_t ng = quant_groups(T, k);
+  const int64_t words = packed_row_words<T>(k);
+#if defined(__CUDA_ARCH__)
+#pragma unroll(4 / R)  // loads in flight: 4 words of one row, 2 of two, 1 of four
+#endif
+  for (int64_t u = lane; u < words; u += lanes) {
+    float w[R][8];
+    FERRY_UNROLL
+    for (int r = 0; r < R; ++r)
+      if (r < rows)
+        packed_word_weights_t<T>(row + static_cast<uint64_t>(r) * row_bytes, ng, u, w[r]);
+    const int64_t lo = packed_word_column<T>(u);
+    FERRY_UNROLL
+    for (int i = 0; i < M; ++i) {
+      if (i >= m) break;
+      float xv[8];
+      load_x4(x + i * k + lo, x_aligned, xv);
+      if constexpr (kSpan == 8) load_x4(x + i * k + lo + kHalf, x_aligned, xv + 4);
+      FERRY_UNROLL
+      for (int r = 0; r < R; ++r) {
+        if (r >= rows) break;
+        FERRY_UNROLL
+        for (int t = 0; t < kSpan; ++t) acc[r][i] += w[r][t] * xv[t];
       }
     }
-    if (full < ng) {  // a partial last group: its bytes lane, lane + lanes, …
-      const Q4Group q = q4_group(row, ng, G, full);
-      for (int64_t b = lane; b < kHalf; b += lanes) {
-        const int64_t lo = full * G + b;
-        if (lo < k) add(lo, q4_dequant(q.min, q.scale, q4_code(q.bytes, b, G)));
-        if (lo + kHalf < k)
-          add(lo + kHalf, q4_dequant(q.min, q.scale, q4_code(q.bytes, b + kHalf, G)));
-      }
+  }
+  for (int64_t j = packed_tail_column<T>(k) + lane; j < k; j += lanes) {
+    for (int r = 0; r < R && r < rows; ++r) {
+      const float wj = packed_row_weight_t<T>(row + static_cast<uint64_t>(r) * row_bytes, ng, j);
+      for (int i = 0; i < M; ++i)
+        if (i < m) acc[r][i] += wj * x[i * k + j];
     }
   }
 }
 
 // The same for a dtype known at run time (the CPU tests).
-template <int M>
-FERRY_HD void packed_row_lane_sums(const unsigned char* row, DType t, int64_t k, const float* x,
-                                   int64_t m, int lane, int lanes, float (&acc)[M]) {
+template <int M, int R>
+FERRY_HD void packed_rows_lane_sums(const unsigned char* row, DType t, uint64_t row_bytes, int rows,
+                                    int64_t k, const float* x, int64_t m, int lane, int lanes,
+                                    float (&acc)[R][M]) {
   switch (t) {
     case DType::q8:
-      packed_row_lane_sums_t<DType::q8>(row, k, x, m, lane, lanes, acc);
+      packed_rows_lane_sums_t<DType::q8>(row, row_bytes, rows, k, x, m, false, lane, lanes, acc);
       break;
     case DType::q4_g64:
-      packed_row_lane_sums_t<DType::q4_g64>(row, k, x, m, lane, lanes, acc);
+      packed_rows_lane_sums_t<DType::q4_g64>(row, row_bytes, rows, k, x, m, false, lane, lanes,
+                                             acc);
       break;
     default:
-      packed_row_lane_sums_t<DType::q4_g128>(row, k, x, m, lane, lanes, acc);
+      packed_rows_lane_sums_t<DType::q4_g128>(row, row_bytes, rows, k, x, m, false, lane, lanes,
+                                              acc);
       break;
   }
 }

@@ -5,15 +5,20 @@
 // each q4 group's scale and minimum out of its sum) or by one f16 rounding of each input
 // (dequantize_rows + cuBLAS).
 //
-// packed_gemv gives each output row to one warp, each lane adding what packed_row_lane_sums_t
-// (kernels/common/quant_math.hpp, run lane by lane by the CPU tests) assigns it: the row's 4-byte
-// words lane, lane + 32, …, so a warp reads 128 consecutive bytes a step with four steps in
-// flight, each q4 word with its group's scale and minimum. The m ≤ 32 activation rows stay f32
-// and are read from L1/L2. The kernels are instantiated per dtype (so group sizes are
-// constants) and for up to 8 or up to 32 rows (the sums stay in registers).
+// packed_gemv gives each block of 256 threads R consecutive output rows (R = 1, 2 or 4 for
+// m ≤ 8, kPackedGemvBlockRows by default; 1 for the 32-row kernel), every thread adding what
+// packed_rows_lane_sums_t (kernels/common/ quant_math.hpp, run lane by lane by the CPU tests)
+// assigns it: the rows' 4-byte words tid, tid + 256, …, so the block reads 1 KiB of each row per
+// step, coalesced. Each word is dequantized once (codes to f32 by a byte permute into 2^23's
+// mantissa, no int → float conversion) and multiplied with every row of x, whose columns are read
+// once per step for all R rows (16-byte loads when x is aligned). The threads' sums are added by
+// warp shuffles and then across the 8 warps through shared memory, in a fixed order. Kernels are
+// instantiated per dtype (group sizes are constants) and for up to 8 or up to 32 rows of x (the
+// sums stay in registers).
 //
-// dequantize_rows gives each row to blockIdx.y and its columns to the threads along x: one f16
-// out per thread, by packed_row_weight_t, coalesced writes.
+// dequantize_rows gives each row to blockIdx.y and its words to the threads along x: one word
+// (4 or 8 weights, packed_word_weights_t) per thread, written as 8-byte stores when the rows allow
+// it; the columns of a partial last group one per thread.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -27,68 +32,134 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
-constexpr int kRowsPerBlock = kThreads / kWarp;
+constexpr int kWarps = kThreads / kWarp;
 
-template <DType T, int M>
-__global__ void packed_gemv_kernel(const unsigned char* __restrict__ w, int64_t n, int64_t k,
-                                   const float* __restrict__ x, int64_t m, float* __restrict__ y,
-                                   int64_t ldy) {
-  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+template <DType T, int M, int R>
+__global__ void __launch_bounds__(kThreads)
+    packed_gemv_kernel(const unsigned char* __restrict__ w, int64_t n, int64_t k,
+                       const float* __restrict__ x, int64_t m, float* __restrict__ y, int64_t ldy) {
+  __shared__ float part[kWarps][R][M];
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid % kWarp;
+  const int warp = tid / kWarp;
   const uint64_t row_bytes = packed_row_bytes(T, k);
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kRowsPerBlock;
-  for (int64_t o = first; o < n; o += step) {  // the whole warp takes the same rows
-    const unsigned char* row = w + static_cast<uint64_t>(o) * row_bytes;
-    float acc[M] = {};
-    packed_row_lane_sums_t<T>(row, k, x, m, lane, kWarp, acc);
+  const bool x_aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 && k % 4 == 0;
+  for (int64_t o0 = static_cast<int64_t>(blockIdx.x) * R; o0 < n;
+       o0 += static_cast<int64_t>(gridDim.x) * R) {  // the whole block takes the same rows
+    const int rows = static_cast<int>(n - o0 < R ? n - o0 : R);
+    float acc[R][M] = {};
+    packed_rows_lane_sums_t<T, M, R>(w + static_cast<uint64_t>(o0) * row_bytes, row_bytes, rows, k,
+                                     x, m, x_aligned, tid, kThreads, acc);
 #pragma unroll
-    for (int i = 0; i < M; ++i) {
-      if (i >= m) break;  // m is the same for the whole warp: the shuffles stay converged
-      float s = acc[i];
-      for (int off = kWarp / 2; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
-      if (lane == 0) y[i * ldy + o] = s;
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        if (i >= m || r >= rows) break;  // the same for the whole block: shuffles stay converged
+        float s = acc[r][i];
+        for (int off = kWarp / 2; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
+        if (lane == 0) part[warp][r][i] = s;
+      }
     }
+    __syncthreads();
+    if (tid < R * M) {
+      const int r = tid / M;
+      const int i = tid % M;
+      if (r < rows && i < m) {
+        float s = 0.0f;
+        for (int v = 0; v < kWarps; ++v) s += part[v][r][i];
+        y[i * ldy + o0 + r] = s;
+      }
+    }
+    __syncthreads();  // part is written again for the next rows
   }
+}
+
+// Four f16 as one 8-byte store (p 8-byte aligned).
+__device__ void store_f16x4(uint16_t* p, const float* v) {
+  uint2 q;
+  q.x = static_cast<uint32_t>(f32_to_f16(v[0])) | static_cast<uint32_t>(f32_to_f16(v[1])) << 16;
+  q.y = static_cast<uint32_t>(f32_to_f16(v[2])) | static_cast<uint32_t>(f32_to_f16(v[3])) << 16;
+  *reinterpret_cast<uint2*>(p) = q;
 }
 
 template <DType T>
 __global__ void dequantize_kernel(const unsigned char* __restrict__ w, int64_t k, int64_t row0,
                                   int64_t rows, uint16_t* __restrict__ out) {
+  constexpr int64_t kHalf = T == DType::q4_g64 ? 32 : 64;
   const uint64_t row_bytes = packed_row_bytes(T, k);
   const int64_t ng = quant_groups(T, k);
+  const int64_t words = packed_row_words<T>(k);
+  const int64_t tail = packed_tail_column<T>(k);
+  const int64_t units = words + (k - tail);
+  const bool vec = k % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const unsigned char* row = w + static_cast<uint64_t>(row0 + r) * row_bytes;
     uint16_t* o = out + r * k;
-    for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < k;
-         j += static_cast<int64_t>(gridDim.x) * blockDim.x)
-      o[j] = f32_to_f16(packed_row_weight_t<T>(row, ng, j));
+    for (int64_t u = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; u < units;
+         u += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      if (u >= words) {  // a column past the whole words
+        const int64_t j = tail + (u - words);
+        o[j] = f32_to_f16(packed_row_weight_t<T>(row, ng, j));
+        continue;
+      }
+      float v[8];
+      packed_word_weights_t<T>(row, ng, u, v);
+      const int64_t lo = packed_word_column<T>(u);
+      constexpr int kParts = T == DType::q8 ? 1 : 2;
+#pragma unroll
+      for (int h = 0; h < kParts; ++h) {
+        uint16_t* p = o + lo + h * kHalf;
+        if (vec) {
+          store_f16x4(p, v + 4 * h);
+        } else {
+          for (int t = 0; t < 4; ++t) p[t] = f32_to_f16(v[4 * h + t]);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+namespace {
+
+template <DType T>
+void launch_packed_gemv(const unsigned char* w, int64_t n, int64_t k, const float* x, int64_t m,
+                        float* y, int64_t ldy, cudaStream_t stream, int block_rows) {
+  const auto launch = [&](auto kernel, int64_t rows_per_block) {
+    const auto blocks = static_cast<unsigned>(
+        std::clamp<int64_t>((n + rows_per_block - 1) / rows_per_block, 1, 65535));
+    kernel<<<blocks, kThreads, 0, stream>>>(w, n, k, x, m, y, ldy);
+  };
+  if (m > 8) return launch(packed_gemv_kernel<T, 32, 1>, 1);
+  switch (block_rows) {
+    case 1:
+      return launch(packed_gemv_kernel<T, 8, 1>, 1);
+    case 2:
+      return launch(packed_gemv_kernel<T, 8, 2>, 2);
+    default:
+      return launch(packed_gemv_kernel<T, 8, 4>, 4);
   }
 }
 
 }  // namespace
 
 cudaError_t packed_gemv(const void* w, DType wdt, int64_t n, int64_t k, const float* x, int64_t m,
-                        float* y, int64_t ldy, cudaStream_t stream) {
+                        float* y, int64_t ldy, cudaStream_t stream, int block_rows) {
   if (n <= 0 || m <= 0) return cudaSuccess;
   if (!is_quantized(wdt) || k <= 0 || m > kPackedGemvLimit || ldy < n) return cudaErrorInvalidValue;
-  const auto blocks =
-      static_cast<unsigned>(std::clamp<int64_t>((n + kRowsPerBlock - 1) / kRowsPerBlock, 1, 65535));
+  if (block_rows == 0) block_rows = kPackedGemvBlockRows;
+  if (block_rows != 1 && block_rows != 2 && block_rows != 4) return cudaErrorInvalidValue;
   const auto* wb = static_cast<const unsigned char*>(w);
-  const auto launch = [&](auto kernel) {
-    kernel<<<blocks, kThreads, 0, stream>>>(wb, n, k, x, m, y, ldy);
-  };
-  const bool few = m <= 8;
   switch (wdt) {
     case DType::q8:
-      few ? launch(packed_gemv_kernel<DType::q8, 8>) : launch(packed_gemv_kernel<DType::q8, 32>);
+      launch_packed_gemv<DType::q8>(wb, n, k, x, m, y, ldy, stream, block_rows);
       break;
     case DType::q4_g64:
-      few ? launch(packed_gemv_kernel<DType::q4_g64, 8>)
-          : launch(packed_gemv_kernel<DType::q4_g64, 32>);
+      launch_packed_gemv<DType::q4_g64>(wb, n, k, x, m, y, ldy, stream, block_rows);
       break;
     default:
-      few ? launch(packed_gemv_kernel<DType::q4_g128, 8>)
-          : launch(packed_gemv_kernel<DType::q4_g128, 32>);
+      launch_packed_gemv<DType::q4_g128>(wb, n, k, x, m, y, ldy, stream, block_rows);
       break;
   }
   return cudaGetLastError();
@@ -98,8 +169,14 @@ cudaError_t dequantize_rows(const void* w, DType wdt, int64_t k, int64_t row0, i
                             uint16_t* out, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
   if (!is_quantized(wdt) || k <= 0 || row0 < 0) return cudaErrorInvalidValue;
+  // A row's words, then its tail columns one per thread.
+  const int64_t units =
+      wdt == DType::q8 ? packed_row_words<DType::q8>(k) + k % 4
+      : wdt == DType::q4_g64
+          ? packed_row_words<DType::q4_g64>(k) + (k - packed_tail_column<DType::q4_g64>(k))
+          : packed_row_words<DType::q4_g128>(k) + (k - packed_tail_column<DType::q4_g128>(k));
   const dim3 grid(
-      static_cast<unsigned>(std::clamp<int64_t>((k + kThreads - 1) / kThreads, 1, 65535)),
+      static_cast<unsigned>(std::clamp<int64_t>((units + kThreads - 1) / kThreads, 1, 65535)),
       static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
   const auto* wb = static_cast<const unsigned char*>(w);
   switch (wdt) {

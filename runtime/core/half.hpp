@@ -22,7 +22,16 @@ FERRY_HD float f32_from_bits(uint32_t u) {
 }
 
 // IEEE binary16 → binary32, exact for every input including subnormals, inf and NaN.
+// On the device every finite or infinite value goes through the hardware's conversion (one
+// instruction, the same result); NaN keeps the portable path, so its payload is kept as here.
 FERRY_HD float f16_to_f32(uint16_t h) {
+#if defined(__CUDA_ARCH__)
+  if ((h & 0x7c00u) != 0x7c00u || (h & 0x3ffu) == 0) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+  }
+#endif
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t exp = (h >> 10) & 0x1fu;
   uint32_t mant = h & 0x3ffu;
@@ -39,9 +48,17 @@ FERRY_HD float f16_to_f32(uint16_t h) {
   return f32_from_bits(sign | (static_cast<uint32_t>(112 - e) << 23) | (mant << 13));
 }
 
-// binary32 → binary16 with round-to-nearest-even (what torch's .half() does).
+// binary32 → binary16 with round-to-nearest-even (what torch's .half() does); on the device the
+// hardware's conversion except for NaN, as above.
 FERRY_HD uint16_t f32_to_f16(float f) {
   const uint32_t u = f32_bits(f);
+#if defined(__CUDA_ARCH__)
+  if ((u & 0x7fffffffu) <= 0x7f800000u) {  // not NaN: the hardware's round-to-nearest-even
+    uint16_t h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+  }
+#endif
   const uint32_t sign = (u >> 16) & 0x8000u;
   const uint32_t abs = u & 0x7fffffffu;
   if (abs >= 0x7f800000u) {  // inf or NaN

@@ -373,11 +373,11 @@ TEST(QuantLinearTest, ConvertToF32ReadsOnePackedRow) {
   }
 }
 
-// The CUDA packed product's split of a row among a warp's lanes (packed_row_lane_sums, which
-// the kernel calls with 32 lanes), run here lane by lane: every column is counted exactly once,
-// with its weight, for every m up to the kernel's 8 rows; so the lanes' sums added up are the
-// product, within f32 summation order of the reference. Also with lane counts that leave lanes
-// idle (64 > a g64 group's 32 bytes) or take several bytes each (3).
+// The CUDA packed product's split of R rows among a block's threads (packed_rows_lane_sums, which
+// the kernel calls with 256 lanes and R = 4 or 1), run here lane by lane: every column of every
+// row is counted exactly once, with its weight, for every m up to the kernel's 8 rows, and rows
+// past n or m get nothing; so the lanes' sums added up are the product, within f32 summation
+// order of the reference. Also with lane counts that take several words each (32, 3).
 TEST(QuantLinearTest, GpuLaneSplitCoversEveryColumnOnce) {
   constexpr int M = 8;
   std::mt19937 rng(9);
@@ -390,25 +390,46 @@ TEST(QuantLinearTest, GpuLaneSplitCoversEveryColumnOnce) {
         const auto x = random_floats(rng, static_cast<std::size_t>(m * k));
         std::vector<float> want(static_cast<std::size_t>(m * n));
         ref::linear(x.data(), m, k, p.bytes.data(), dt, n, nullptr, want.data());
-        for (const int lanes : {32, 64, 3}) {
-          for (int64_t o = 0; o < n; ++o) {
-            double sum[M] = {};
-            double mag[M] = {};
-            for (int lane = 0; lane < lanes; ++lane) {
-              float acc[M] = {};
-              packed_row_lane_sums(p.bytes.data() + o * row_bytes, dt, k, x.data(), m, lane, lanes,
-                                   acc);
-              for (int i = 0; i < M; ++i) sum[i] += acc[i];
+        for (const int lanes : {256, 32, 3}) {
+          // As the kernels run it: 4 rows a block for m ≤ 8 (the last block part-filled), 1 row.
+          for (const int per_block : {4, 1}) {
+            for (int64_t o0 = 0; o0 < n; o0 += per_block) {
+              const int rows = static_cast<int>(std::min<int64_t>(per_block, n - o0));
+              double sum[4][M] = {};
+              for (int lane = 0; lane < lanes; ++lane) {
+                float acc[4][M] = {};
+                if (per_block == 4) {
+                  packed_rows_lane_sums<M, 4>(p.bytes.data() + o0 * row_bytes, dt, row_bytes, rows,
+                                              k, x.data(), m, lane, lanes, acc);
+                } else {
+                  float one[1][M] = {};
+                  packed_rows_lane_sums<M, 1>(p.bytes.data() + o0 * row_bytes, dt, row_bytes, 1, k,
+                                              x.data(), m, lane, lanes, one);
+                  for (int i = 0; i < M; ++i) acc[0][i] = one[0][i];
+                }
+                for (int r = 0; r < 4; ++r)
+                  for (int i = 0; i < M; ++i) sum[r][i] += acc[r][i];
+              }
+              for (int r = 0; r < 4; ++r) {
+                const int64_t o = o0 + r;
+                for (int i = 0; i < M; ++i) {
+                  if (r >= rows || i >= m) {
+                    EXPECT_EQ(sum[r][i], 0.0) << "row beyond m or n";
+                  }
+                }
+                if (r >= rows) continue;
+                double mag[M] = {};
+                for (int64_t i = 0; i < m; ++i)
+                  for (int64_t j = 0; j < k; ++j)
+                    mag[i] +=
+                        std::fabs(static_cast<double>(x[static_cast<std::size_t>(i * k + j)]) *
+                                  p.values[static_cast<std::size_t>(o * k + j)]);
+                for (int64_t i = 0; i < m; ++i)
+                  ASSERT_NEAR(sum[r][i], want[static_cast<std::size_t>(i * n + o)],
+                              2.0 * static_cast<double>(k) * kUnitRoundoff * mag[i] + 1e-30)
+                      << shape_name(dt, m, k, n) << " lanes " << lanes << " row " << o;
+              }
             }
-            for (int64_t i = 0; i < m; ++i)
-              for (int64_t j = 0; j < k; ++j)
-                mag[i] += std::fabs(static_cast<double>(x[static_cast<std::size_t>(i * k + j)]) *
-                                    p.values[static_cast<std::size_t>(o * k + j)]);
-            for (int64_t i = m; i < M; ++i) EXPECT_EQ(sum[i], 0.0) << "row beyond m";
-            for (int64_t i = 0; i < m; ++i)
-              ASSERT_NEAR(sum[i], want[static_cast<std::size_t>(i * n + o)],
-                          2.0 * static_cast<double>(k) * kUnitRoundoff * mag[i] + 1e-30)
-                  << shape_name(dt, m, k, n) << " lanes " << lanes << " row " << o;
           }
         }
       }
@@ -434,6 +455,31 @@ TEST(QuantLinearTest, TypedElementIsTheSharedElement) {
           ASSERT_EQ(want, got) << shape_name(dt, 1, k, 3) << " row " << r << " column " << j;
           ASSERT_EQ(want, p.values[static_cast<std::size_t>(r * k + j)]);
         }
+        // The CUDA kernels' words (packed_word_weights_t) hold the same f32 at their columns, and
+        // the words and the tail columns cover the row once.
+        std::vector<int> seen(static_cast<std::size_t>(k));
+        const auto check_words = [&](auto tag) {
+          constexpr DType T = decltype(tag)::value;
+          constexpr int64_t half = T == DType::q8 ? 0 : (T == DType::q4_g64 ? 32 : 64);
+          for (int64_t u = 0; u < packed_row_words<T>(k); ++u) {
+            float w[8];
+            packed_word_weights_t<T>(row, ng, u, w);
+            const int64_t lo = packed_word_column<T>(u);
+            for (int t = 0; t < (T == DType::q8 ? 4 : 8); ++t) {
+              const int64_t j = lo + (t < 4 ? t : half + t - 4);
+              ASSERT_LT(j, k);
+              ++seen[static_cast<std::size_t>(j)];
+              ASSERT_EQ(w[t], packed_row_weight(row, dt, k, j))
+                  << shape_name(dt, 1, k, 3) << " word " << u << " column " << j;
+            }
+          }
+          for (int64_t j = packed_tail_column<T>(k); j < k; ++j)
+            ++seen[static_cast<std::size_t>(j)];
+        };
+        if (dt == DType::q8) check_words(std::integral_constant<DType, DType::q8>{});
+        if (dt == DType::q4_g64) check_words(std::integral_constant<DType, DType::q4_g64>{});
+        if (dt == DType::q4_g128) check_words(std::integral_constant<DType, DType::q4_g128>{});
+        for (int64_t j = 0; j < k; ++j) ASSERT_EQ(seen[static_cast<std::size_t>(j)], 1) << j;
       }
     }
   }

@@ -322,7 +322,8 @@ TEST_F(CudaKernels, LinearMatchesCpuForEveryWeightType) {
 TEST_F(CudaKernels, DequantizeRowsIsTheSharedMathRoundedToF16) {
   std::mt19937 rng(11);
   for (DType t : {DType::q8, DType::q4_g64, DType::q4_g128}) {
-    for (const int64_t k : {int64_t{64}, int64_t{200}, int64_t{1000}}) {
+    for (const int64_t k :
+         {int64_t{64}, int64_t{200}, int64_t{1000}, int64_t{130}, int64_t{1001}}) {
       const int64_t n = 13;
       const auto w =
           cpu::test::pack(random_floats(rng, static_cast<std::size_t>(n * k)), n, k, t).bytes;
@@ -346,8 +347,9 @@ TEST_F(CudaKernels, DequantizeRowsIsTheSharedMathRoundedToF16) {
 }
 
 // Packed products against the CPU's (which dequantizes through the same functions, so each
-// weight is the same f32), both ways for every shape: fused (m ≤ kPackedGemvLimit: the 8-row and
-// the 32-row kernels), where only the order of the f32 sums differs (bounded as for f32
+// weight is the same f32), both ways for every shape: fused (m ≤ kPackedGemvLimit: the 8-row
+// kernel with 1, 2 and 4 rows a block, the 32-row kernel; k = 130 and 1001 read x one column at
+// a time, the others 4 at a time), where only the order of the f32 sums differs (bounded as for f32
 // products, 4·sqrt(k)·u·Σ|x·w|); and dequantized to f16 in chunks for cuBLAS, where x and w are
 // each rounded to f16 once more (2·2^-11·Σ|x·w|, plus the sums). The chunk size here is 5 rows,
 // so n = 37 takes 8 chunks, the last part-filled.
@@ -358,9 +360,9 @@ TEST_F(CudaKernels, PackedProductsMatchCpuFusedAndThroughCublas) {
     int64_t m, k, n;
   };
   for (DType t : {DType::q8, DType::q4_g64, DType::q4_g128}) {
-    for (const Shape s :
-         {Shape{1, 64, 1}, Shape{1, 200, 37}, Shape{3, 1000, 37}, Shape{8, 256, 64},
-          Shape{9, 200, 37}, Shape{17, 1000, 37}, Shape{32, 130, 9}, Shape{40, 64, 5}}) {
+    for (const Shape s : {Shape{1, 64, 1}, Shape{1, 200, 37}, Shape{3, 1000, 37}, Shape{8, 256, 64},
+                          Shape{9, 200, 37}, Shape{17, 1000, 37}, Shape{32, 130, 9},
+                          Shape{40, 64, 5}, Shape{2, 130, 37}, Shape{5, 1001, 9}}) {
       const auto w =
           cpu::test::pack(random_floats(rng, static_cast<std::size_t>(s.n * s.k)), s.n, s.k, t)
               .bytes;
@@ -370,12 +372,15 @@ TEST_F(CudaKernels, PackedProductsMatchCpuFusedAndThroughCublas) {
       const DeviceBuffer dw = upload(w);
       const DeviceBuffer dx = upload(x);
       const auto row_bytes = packed_row_bytes(t, s.k);
-      for (const bool fused : {true, false}) {
+      // Fused with each block size (1, 2, 4 rows; one kernel above 8 rows of x), then cuBLAS.
+      for (const int way : {1, 2, 4, 0}) {
+        const bool fused = way != 0;
         if (fused && s.m > kc::kPackedGemvLimit) continue;
+        if (fused && s.m > 8 && way != 1) continue;
         DeviceBuffer dy(want.size() * 4);
         if (fused) {
           FERRY_CUDA_LAUNCH(kc::packed_gemv(dw.data(), t, s.n, s.k, dx.as<float>(), s.m,
-                                            dy.as<float>(), s.n, stream().get()));
+                                            dy.as<float>(), s.n, stream().get(), way));
         } else {
           std::vector<uint16_t> xh(x.size());
           for (std::size_t i = 0; i < x.size(); ++i) xh[i] = f32_to_f16(x[i]);
@@ -401,7 +406,8 @@ TEST_F(CudaKernels, PackedProductsMatchCpuFusedAndThroughCublas) {
             const double tol = fused ? sums + 1e-30 : sums + 2.0 * 4.8828125e-4 * mag;
             const auto at = static_cast<std::size_t>(i * s.n + o);
             ASSERT_LE(std::fabs(static_cast<double>(got[at]) - want[at]), tol)
-                << cpu::test::shape_name(t, s.m, s.k, s.n) << (fused ? " fused" : " cuBLAS")
+                << cpu::test::shape_name(t, s.m, s.k, s.n)
+                << (fused ? " fused, rows/block " + std::to_string(way) : std::string(" cuBLAS"))
                 << " at " << i << "," << o;
           }
       }
@@ -409,6 +415,8 @@ TEST_F(CudaKernels, PackedProductsMatchCpuFusedAndThroughCublas) {
   }
   EXPECT_EQ(kc::packed_gemv(nullptr, DType::q8, 4, 4, nullptr, kc::kPackedGemvLimit + 1, nullptr, 4,
                             stream().get()),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(kc::packed_gemv(nullptr, DType::q8, 4, 4, nullptr, 1, nullptr, 4, stream().get(), 3),
             cudaErrorInvalidValue);
 }
 
