@@ -210,20 +210,21 @@ int main(int argc, char** argv) try {
           line("cublas f16 weights", f16, static_cast<uint64_t>(sh.n * sh.k) * 2);
         }
         if (m <= kc::kPackedGemvLimit) {
-          const auto time_fused = [&](int block_rows) {
+          const auto time_fused = [&](kc::PackedGemvTiling tiling) {
             return time_on(stream, iters, [&] {
-              FERRY_CUDA_LAUNCH(kc::packed_gemv(w.data(), t, sh.n, sh.k, xf, m, yf, sh.n,
-                                                stream.get(), block_rows));
+              FERRY_CUDA_LAUNCH(
+                  kc::packed_gemv(w.data(), t, sh.n, sh.k, xf, m, yf, sh.n, stream.get(), tiling));
             });
           };
-          // Up to 8 rows of x, each block size of the kernel (kPackedGemvBlockRows is the default).
+          // Up to 8 rows of x, each tiling compiled (kPackedGemvTiling is the default).
           if (m <= 8) {
-            for (const int br : {1, 2, 4}) {
-              const std::string path = fmt::format("fused {} rows/block", br);
-              line(path.c_str(), time_fused(br), host_w.size());
+            for (const kc::PackedGemvTiling tiling : kc::kPackedGemvTilings) {
+              const std::string path =
+                  fmt::format("fused {} warps x {} rows", tiling.warps_per_row, tiling.rows);
+              line(path.c_str(), time_fused(tiling), host_w.size());
             }
           }
-          const double fused = time_fused(0);
+          const double fused = time_fused({});
           line("fused", fused, host_w.size());
           winning = winning && fused < via_cublas;
           if (winning) shape_wins_to = m;

@@ -90,11 +90,10 @@ cublasStatus_t linear(cublasHandle_t handle, const void* x, int64_t m, int64_t k
 // dequantizing through kernels/common/quant_math.hpp exactly as the CPU does:
 //
 // packed_gemv: y[i, o] = Σ_j x[i, j] · w[o, j] for i < m ≤ kPackedGemvLimit, o < n, j < k, with
-// the dequantization fused into the product: a block of 256 threads takes block_rows output rows
-// (m ≤ 8: 1, 2 or 4, 0 = kPackedGemvBlockRows; m > 8: 1) and reads their packed bytes once
-// (k/2 + a little for q4: a quarter of f16's), each column of x once for all of them; x stays
-// f32 and the sums f32. For decoding, where a product is a pass over the weights, this reads the
-// fewest bytes.
+// the dequantization fused into the product: a group of warps takes a few output rows
+// (PackedGemvTiling below) and reads their packed bytes once (k/2 + a little for q4: a quarter
+// of f16's), each column of x once for all of them; x stays f32 and the sums f32. For decoding,
+// where a product is a pass over the weights, this reads the fewest bytes.
 //
 // dequantize_rows: rows [row0, row0 + rows) of a packed [*, k] matrix into f16 [rows, k], for a
 // cuBLAS product (`linear` with DType::f16) when m is larger and the product is worth tensor
@@ -106,10 +105,22 @@ cublasStatus_t linear(cublasHandle_t handle, const void* x, int64_t m, int64_t k
 constexpr int64_t kPackedGemvLimit = 32;
 constexpr int64_t kPackedGemvMaxRows = 8;
 static_assert(kPackedGemvMaxRows <= kPackedGemvLimit);
-// Output rows per block for m ≤ 8, set from bench_cuda_packed (which times 1, 2 and 4).
-constexpr int kPackedGemvBlockRows = 4;
+// How packed_gemv splits the rows for m ≤ 8: warps_per_row warps take `rows` rows together
+// (above 8 rows of x: one warp a row). The tilings compiled are the ones
+// packed_gemv_tiling_exists names; bench_cuda_packed times each and the default is set from it.
+struct PackedGemvTiling {
+  int warps_per_row = 0;  // 0 and 0: kPackedGemvTiling
+  int rows = 0;
+};
+constexpr PackedGemvTiling kPackedGemvTiling{1, 1};
+constexpr PackedGemvTiling kPackedGemvTilings[] = {{1, 1}, {1, 2}, {1, 4}, {2, 1}, {4, 1}, {8, 1}};
+constexpr bool packed_gemv_tiling_exists(PackedGemvTiling t) {
+  for (const PackedGemvTiling c : kPackedGemvTilings)
+    if (c.warps_per_row == t.warps_per_row && c.rows == t.rows) return true;
+  return false;
+}
 cudaError_t packed_gemv(const void* w, DType wdt, int64_t n, int64_t k, const float* x, int64_t m,
-                        float* y, int64_t ldy, cudaStream_t stream, int block_rows = 0);
+                        float* y, int64_t ldy, cudaStream_t stream, PackedGemvTiling tiling = {});
 cudaError_t dequantize_rows(const void* w, DType wdt, int64_t k, int64_t row0, int64_t rows,
                             uint16_t* out, cudaStream_t stream);
 

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/common/quant_math.hpp"
@@ -373,11 +374,11 @@ TEST(QuantLinearTest, ConvertToF32ReadsOnePackedRow) {
   }
 }
 
-// The CUDA packed product's split of R rows among a block's threads (packed_rows_lane_sums, which
-// the kernel calls with 256 lanes and R = 4 or 1), run here lane by lane: every column of every
-// row is counted exactly once, with its weight, for every m up to the kernel's 8 rows, and rows
-// past n or m get nothing; so the lanes' sums added up are the product, within f32 summation
-// order of the reference. Also with lane counts that take several words each (32, 3).
+// The CUDA packed product's split of R rows among a group of threads (packed_rows_lane_sums, which
+// the kernel calls with 32, 64, 128 or 256 lanes and R = 1, 2 or 4), run here lane by lane: every
+// column of every row is counted exactly once, with its weight, for every m up to the kernel's 8
+// rows, and rows past n or m get nothing; so the lanes' sums added up are the product, within f32
+// summation order of the reference. Also with lane counts that take several words each (32, 3).
 TEST(QuantLinearTest, GpuLaneSplitCoversEveryColumnOnce) {
   constexpr int M = 8;
   std::mt19937 rng(9);
@@ -391,22 +392,24 @@ TEST(QuantLinearTest, GpuLaneSplitCoversEveryColumnOnce) {
         std::vector<float> want(static_cast<std::size_t>(m * n));
         ref::linear(x.data(), m, k, p.bytes.data(), dt, n, nullptr, want.data());
         for (const int lanes : {256, 32, 3}) {
-          // As the kernels run it: 4 rows a block for m ≤ 8 (the last block part-filled), 1 row.
-          for (const int per_block : {4, 1}) {
+          // As the kernels run it: 1, 2 or 4 rows a group (the last group part-filled).
+          for (const int per_block : {4, 2, 1}) {
             for (int64_t o0 = 0; o0 < n; o0 += per_block) {
               const int rows = static_cast<int>(std::min<int64_t>(per_block, n - o0));
               double sum[4][M] = {};
               for (int lane = 0; lane < lanes; ++lane) {
                 float acc[4][M] = {};
-                if (per_block == 4) {
-                  packed_rows_lane_sums<M, 4>(p.bytes.data() + o0 * row_bytes, dt, row_bytes, rows,
-                                              k, x.data(), m, lane, lanes, acc);
-                } else {
-                  float one[1][M] = {};
-                  packed_rows_lane_sums<M, 1>(p.bytes.data() + o0 * row_bytes, dt, row_bytes, 1, k,
-                                              x.data(), m, lane, lanes, one);
-                  for (int i = 0; i < M; ++i) acc[0][i] = one[0][i];
-                }
+                const auto run = [&](auto r_tag) {
+                  constexpr int R = decltype(r_tag)::value;
+                  float part[R][M] = {};
+                  packed_rows_lane_sums<M, R>(p.bytes.data() + o0 * row_bytes, dt, row_bytes, rows,
+                                              k, x.data(), m, lane, lanes, part);
+                  for (int r = 0; r < R; ++r)
+                    for (int i = 0; i < M; ++i) acc[r][i] = part[r][i];
+                };
+                if (per_block == 4) run(std::integral_constant<int, 4>{});
+                if (per_block == 2) run(std::integral_constant<int, 2>{});
+                if (per_block == 1) run(std::integral_constant<int, 1>{});
                 for (int r = 0; r < 4; ++r)
                   for (int i = 0; i < M; ++i) sum[r][i] += acc[r][i];
               }
