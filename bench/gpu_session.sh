@@ -156,8 +156,10 @@ if [ "$FULL" = 1 ]; then
   if [ -n "$maker" ]; then
     echo "== waiting for make-model" | tee -a "$WORK/steps.txt"
     while kill -0 "$maker" 2>/dev/null && [ $SECONDS -lt $((DEADLINE - 150)) ]; do sleep 2; done
-    kill -0 "$maker" 2>/dev/null && { echo "make-model still running at $SECONDS s: stopped";
-                                      kill "$maker"; } | tee -a "$WORK/steps.txt"
+    # Stopped with its ferry child, else a convert left running writes the pack beside the one
+    # cuda_bench.sh then starts.
+    kill -0 "$maker" 2>/dev/null && { echo "make-model / convert still running at $SECONDS s: stopped";
+                                      pkill -P "$maker"; kill "$maker"; } | tee -a "$WORK/steps.txt"
     tee -a "$WORK/steps.txt" < "$WORK/make-model.log"
   fi
   # The f16 cases the H200 measured before (docs/cuda.md) are in CASES; by default the ones that

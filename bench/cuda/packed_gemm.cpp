@@ -210,21 +210,20 @@ int main(int argc, char** argv) try {
           line("cublas f16 weights", f16, static_cast<uint64_t>(sh.n * sh.k) * 2);
         }
         if (m <= kc::kPackedGemvLimit) {
-          const auto time_fused = [&](kc::PackedGemvTiling tiling) {
+          const auto time_fused = [&](int warps_per_row) {
             return time_on(stream, iters, [&] {
-              FERRY_CUDA_LAUNCH(
-                  kc::packed_gemv(w.data(), t, sh.n, sh.k, xf, m, yf, sh.n, stream.get(), tiling));
+              FERRY_CUDA_LAUNCH(kc::packed_gemv(w.data(), t, sh.n, sh.k, xf, m, yf, sh.n,
+                                                stream.get(), warps_per_row));
             });
           };
-          // Up to 8 rows of x, each tiling compiled (kPackedGemvTiling is the default).
+          // Up to 8 rows of x, each number of warps a row (the default: packed_gemv_warps_per_row).
           if (m <= 8) {
-            for (const kc::PackedGemvTiling tiling : kc::kPackedGemvTilings) {
-              const std::string path =
-                  fmt::format("fused {} warps x {} rows", tiling.warps_per_row, tiling.rows);
-              line(path.c_str(), time_fused(tiling), host_w.size());
+            for (const int warps : {1, 2, 4}) {
+              const std::string path = fmt::format("fused {} warps a row", warps);
+              line(path.c_str(), time_fused(warps), host_w.size());
             }
           }
-          const double fused = time_fused({});
+          const double fused = time_fused(0);
           line("fused", fused, host_w.size());
           winning = winning && fused < via_cublas;
           if (winning) shape_wins_to = m;

@@ -185,35 +185,30 @@ FERRY_HD void load_x4(const float* p, bool aligned, float* v) {
 #define FERRY_UNROLL
 #endif
 
-// What thread `lane` of `lanes` adds up of the products of rows ≤ R consecutive packed rows
-// (row r at row + r·row_bytes) with m ≤ M rows of x (row i at x + i·k): acc[r][i] += Σ w_r[j]·x[i,
-// j] over the columns the thread takes, each w_r[j] the shared dequantized value above. The CUDA
-// packed product (kernels/cuda/quant.cu) runs it with the whole block as lanes (lanes = 256) and
-// adds the threads' sums; the CPU tests run every lane here, so its indexing is checked without a
-// GPU.
+// What thread `lane` of `lanes` adds up of one packed row's products with m ≤ M rows of x (row i
+// at x + i·k): acc[i] += Σ w[j]·x[i, j] over the columns the thread takes, each w[j] the shared
+// dequantized value above. The CUDA packed product (kernels/cuda/quant.cu) runs it with the W
+// warps of a row as lanes (lanes = 32·W) and adds the threads' sums; the CPU tests run every lane
+// here, so its indexing is checked without a GPU.
 //
-// The thread takes the words lane, lane + lanes, … of every row (so a block reads 1 KiB of a row
-// per step, coalesced), dequantizes each word of each of the rows once and multiplies it with
-// each row of x, whose 8 (q4) or 4 (q8) columns it reads once for all R weight rows
-// (x_aligned: x is 16-byte aligned and k a multiple of 4, so each 4 columns are one load). The
-// columns from packed_tail_column on go one by one.
-template <DType T, int M, int R>
-FERRY_HD void packed_rows_lane_sums_t(const unsigned char* row, uint64_t row_bytes, int rows,
-                                      int64_t k, const float* x, int64_t m, bool x_aligned,
-                                      int lane, int lanes, float (&acc)[R][M]) {
+// The thread takes the row's words lane, lane + lanes, … (so the warps read 128·W consecutive
+// bytes per step, coalesced, up to four words a thread in flight on the device), dequantizes each
+// word once and multiplies it with each row of x, whose 8 (q4) or 4 (q8) columns it reads as
+// 4-column pieces (x_aligned: x is 16-byte aligned and k a multiple of 4, so each piece is one
+// load). The columns from packed_tail_column on go one by one.
+template <DType T, int M>
+FERRY_HD void packed_row_lane_sums_t(const unsigned char* row, int64_t k, const float* x, int64_t m,
+                                     bool x_aligned, int lane, int lanes, float (&acc)[M]) {
   constexpr int kSpan = T == DType::q8 ? 4 : 8;  // weights per word
   constexpr int64_t kHalf = T == DType::q4_g64 ? 32 : 64;
   const int64_t ng = quant_groups(T, k);
   const int64_t words = packed_row_words<T>(k);
 #if defined(__CUDA_ARCH__)
-#pragma unroll(4 / R)  // loads in flight: 4 words of one row, 2 of two, 1 of four
+#pragma unroll 4
 #endif
   for (int64_t u = lane; u < words; u += lanes) {
-    float w[R][8];
-    FERRY_UNROLL
-    for (int r = 0; r < R; ++r)
-      if (r < rows)
-        packed_word_weights_t<T>(row + static_cast<uint64_t>(r) * row_bytes, ng, u, w[r]);
+    float w[8];
+    packed_word_weights_t<T>(row, ng, u, w);
     const int64_t lo = packed_word_column<T>(u);
     FERRY_UNROLL
     for (int i = 0; i < M; ++i) {
@@ -222,38 +217,29 @@ FERRY_HD void packed_rows_lane_sums_t(const unsigned char* row, uint64_t row_byt
       load_x4(x + i * k + lo, x_aligned, xv);
       if constexpr (kSpan == 8) load_x4(x + i * k + lo + kHalf, x_aligned, xv + 4);
       FERRY_UNROLL
-      for (int r = 0; r < R; ++r) {
-        if (r >= rows) break;
-        FERRY_UNROLL
-        for (int t = 0; t < kSpan; ++t) acc[r][i] += w[r][t] * xv[t];
-      }
+      for (int t = 0; t < kSpan; ++t) acc[i] += w[t] * xv[t];
     }
   }
   for (int64_t j = packed_tail_column<T>(k) + lane; j < k; j += lanes) {
-    for (int r = 0; r < R && r < rows; ++r) {
-      const float wj = packed_row_weight_t<T>(row + static_cast<uint64_t>(r) * row_bytes, ng, j);
-      for (int i = 0; i < M; ++i)
-        if (i < m) acc[r][i] += wj * x[i * k + j];
-    }
+    const float wj = packed_row_weight_t<T>(row, ng, j);
+    for (int i = 0; i < M; ++i)
+      if (i < m) acc[i] += wj * x[i * k + j];
   }
 }
 
 // The same for a dtype known at run time (the CPU tests).
-template <int M, int R>
-FERRY_HD void packed_rows_lane_sums(const unsigned char* row, DType t, uint64_t row_bytes, int rows,
-                                    int64_t k, const float* x, int64_t m, int lane, int lanes,
-                                    float (&acc)[R][M]) {
+template <int M>
+FERRY_HD void packed_row_lane_sums(const unsigned char* row, DType t, int64_t k, const float* x,
+                                   int64_t m, int lane, int lanes, float (&acc)[M]) {
   switch (t) {
     case DType::q8:
-      packed_rows_lane_sums_t<DType::q8>(row, row_bytes, rows, k, x, m, false, lane, lanes, acc);
+      packed_row_lane_sums_t<DType::q8>(row, k, x, m, false, lane, lanes, acc);
       break;
     case DType::q4_g64:
-      packed_rows_lane_sums_t<DType::q4_g64>(row, row_bytes, rows, k, x, m, false, lane, lanes,
-                                             acc);
+      packed_row_lane_sums_t<DType::q4_g64>(row, k, x, m, false, lane, lanes, acc);
       break;
     default:
-      packed_rows_lane_sums_t<DType::q4_g128>(row, row_bytes, rows, k, x, m, false, lane, lanes,
-                                              acc);
+      packed_row_lane_sums_t<DType::q4_g128>(row, k, x, m, false, lane, lanes, acc);
       break;
   }
 }

@@ -90,10 +90,10 @@ cublasStatus_t linear(cublasHandle_t handle, const void* x, int64_t m, int64_t k
 // dequantizing through kernels/common/quant_math.hpp exactly as the CPU does:
 //
 // packed_gemv: y[i, o] = Σ_j x[i, j] · w[o, j] for i < m ≤ kPackedGemvLimit, o < n, j < k, with
-// the dequantization fused into the product: a group of warps takes a few output rows
-// (PackedGemvTiling below) and reads their packed bytes once (k/2 + a little for q4: a quarter
-// of f16's), each column of x once for all of them; x stays f32 and the sums f32. For decoding,
-// where a product is a pass over the weights, this reads the fewest bytes.
+// the dequantization fused into the product: 1, 2 or 4 warps take each output row
+// (packed_gemv_warps_per_row below) and read its packed bytes once (k/2 + a little for q4: a
+// quarter of f16's); x stays f32 and the sums f32. For decoding, where a product is a pass over
+// the weights, this reads the fewest bytes.
 //
 // dequantize_rows: rows [row0, row0 + rows) of a packed [*, k] matrix into f16 [rows, k], for a
 // cuBLAS product (`linear` with DType::f16) when m is larger and the product is worth tensor
@@ -101,26 +101,23 @@ cublasStatus_t linear(cublasHandle_t handle, const void* x, int64_t m, int64_t k
 //
 // kPackedGemvLimit is the most rows packed_gemv takes (an 8-row and a 32-row kernel);
 // kPackedGemvMaxRows is where CudaEngine switches to dequantize + cuBLAS, set from
-// bench_cuda_packed's `choose` lines (docs/cuda.md).
+// bench_cuda_packed's `choose` lines (docs/cuda.md: on an H100 fused wins for q4 up to 8 rows,
+// for q8 up to 4, and is within 2% at 8).
 constexpr int64_t kPackedGemvLimit = 32;
 constexpr int64_t kPackedGemvMaxRows = 8;
 static_assert(kPackedGemvMaxRows <= kPackedGemvLimit);
-// How packed_gemv splits the rows for m ≤ 8: warps_per_row warps take `rows` rows together
-// (above 8 rows of x: one warp a row). The tilings compiled are the ones
-// packed_gemv_tiling_exists names; bench_cuda_packed times each and the default is set from it.
-struct PackedGemvTiling {
-  int warps_per_row = 0;  // 0 and 0: kPackedGemvTiling
-  int rows = 0;
-};
-constexpr PackedGemvTiling kPackedGemvTiling{1, 1};
-constexpr PackedGemvTiling kPackedGemvTilings[] = {{1, 1}, {1, 2}, {1, 4}, {2, 1}, {4, 1}, {8, 1}};
-constexpr bool packed_gemv_tiling_exists(PackedGemvTiling t) {
-  for (const PackedGemvTiling c : kPackedGemvTilings)
-    if (c.warps_per_row == t.warps_per_row && c.rows == t.rows) return true;
-  return false;
+// How many warps packed_gemv gives each output row (1, 2 or 4) for m ≤ 8 rows of x, measured by
+// bench_cuda_packed on an H100 (docs/cuda.md, summed over a GPT-J layer's shapes): for q4 one
+// warp while m ≤ 2, for q8 two at m = 1; beyond, four. (Giving a warp several output rows, to
+// read x once for all of them, was slower everywhere.)
+constexpr int packed_gemv_warps_per_row(DType t, int64_t m) {
+  if (m > 2) return 4;
+  if (t == DType::q8) return m == 1 ? 2 : 4;
+  return 1;
 }
+// warps_per_row: 0 for packed_gemv_warps_per_row, else 1, 2 or 4 (the benchmark times each).
 cudaError_t packed_gemv(const void* w, DType wdt, int64_t n, int64_t k, const float* x, int64_t m,
-                        float* y, int64_t ldy, cudaStream_t stream, PackedGemvTiling tiling = {});
+                        float* y, int64_t ldy, cudaStream_t stream, int warps_per_row = 0);
 cudaError_t dequantize_rows(const void* w, DType wdt, int64_t k, int64_t row0, int64_t rows,
                             uint16_t* out, cudaStream_t stream);
 

@@ -5,16 +5,16 @@
 // each q4 group's scale and minimum out of its sum) or by one f16 rounding of each input
 // (dequantize_rows + cuBLAS).
 //
-// packed_gemv gives a group of W warps R consecutive output rows (PackedGemvTiling,
-// kernels/cuda/ops.hpp; above 8 rows of x one warp a row), every thread of the group adding what
-// packed_rows_lane_sums_t (kernels/common/quant_math.hpp, run lane by lane by the CPU tests)
-// assigns it: the rows' 4-byte words t, t + 32·W, …, so a group reads 128·W consecutive bytes of
-// each row per step, coalesced, up to 4 words a thread in flight. Each word is dequantized once
-// (codes to f32 by a byte permute into 2^23's mantissa, no int → float conversion) and multiplied
-// with every row of x, whose columns are read once per step for all R rows (16-byte loads when x
-// is aligned). The threads' sums are added by warp shuffles and, for W > 1, across the group's
-// warps through shared memory, in a fixed order. Kernels are instantiated per dtype (group sizes
-// are constants) and for up to 8 or up to 32 rows of x (the sums stay in registers).
+// packed_gemv gives each output row to W warps (1, 2 or 4: packed_gemv_warps_per_row,
+// kernels/cuda/ops.hpp; above 8 rows of x one warp), every thread adding what
+// packed_row_lane_sums_t (kernels/common/quant_math.hpp, run lane by lane by the CPU tests) assigns
+// it: the row's 4-byte words t, t + 32·W, …, so the row's warps read 128·W consecutive bytes per
+// step, coalesced, up to 4 words a thread in flight. Each word is dequantized once (codes to f32
+// by a byte permute into 2^23's mantissa, no int → float conversion) and multiplied with every
+// row of x (16-byte loads when x is aligned). The threads' sums are added by warp shuffles and,
+// for W > 1, across the row's warps through shared memory, in a fixed order. Kernels are
+// instantiated per dtype (group sizes are constants) and for up to 8 or up to 32 rows of x (the
+// sums stay in registers).
 //
 // dequantize_rows gives each row to blockIdx.y and its words to the threads along x: one word
 // (4 or 8 weights, packed_word_weights_t) per thread, written as 8-byte stores when the rows allow
@@ -34,53 +34,46 @@ constexpr int kThreads = 256;
 constexpr int kWarp = 32;
 constexpr int kWarps = kThreads / kWarp;
 
-// W warps take R consecutive rows together (a row group); a block holds 8 / W groups.
-template <DType T, int M, int R, int W>
+// W warps take each output row; a block holds 8 / W rows at a time.
+template <DType T, int M, int W>
 __global__ void __launch_bounds__(kThreads)
     packed_gemv_kernel(const unsigned char* __restrict__ w, int64_t n, int64_t k,
                        const float* __restrict__ x, int64_t m, float* __restrict__ y, int64_t ldy) {
-  constexpr int kGroups = kWarps / W;
-  __shared__ float part[W > 1 ? kWarps : 1][R][M];
+  constexpr int kRows = kWarps / W;
+  __shared__ float part[W > 1 ? kWarps : 1][M];
   const int tid = static_cast<int>(threadIdx.x);
   const int lane = tid % kWarp;
   const int warp = tid / kWarp;
-  const int group = warp / W;
-  const int lane_in_group = tid - group * W * kWarp;
+  const int slot = warp / W;  // which of the block's rows
+  const int lane_in_row = tid - slot * W * kWarp;
   const uint64_t row_bytes = packed_row_bytes(T, k);
   const bool x_aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 && k % 4 == 0;
-  // Every group of the block goes round the loop as often (W > 1 synchronizes the block).
-  for (int64_t b0 = static_cast<int64_t>(blockIdx.x) * kGroups * R; b0 < n;
-       b0 += static_cast<int64_t>(gridDim.x) * kGroups * R) {
-    const int64_t o0 = b0 + static_cast<int64_t>(group) * R;
-    const int rows = o0 >= n ? 0 : static_cast<int>(n - o0 < R ? n - o0 : R);
-    float acc[R][M] = {};
-    if (rows > 0)
-      packed_rows_lane_sums_t<T, M, R>(w + static_cast<uint64_t>(o0) * row_bytes, row_bytes, rows,
-                                       k, x, m, x_aligned, lane_in_group, W * kWarp, acc);
+  // Every warp of the block goes round the loop as often (W > 1 synchronizes the block).
+  for (int64_t b0 = static_cast<int64_t>(blockIdx.x) * kRows; b0 < n;
+       b0 += static_cast<int64_t>(gridDim.x) * kRows) {
+    const int64_t o = b0 + slot;
+    const bool live = o < n;  // the same for the whole warp: shuffles stay converged
+    float acc[M] = {};
+    if (live)
+      packed_row_lane_sums_t<T, M>(w + static_cast<uint64_t>(o) * row_bytes, k, x, m, x_aligned,
+                                   lane_in_row, W * kWarp, acc);
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-#pragma unroll
-      for (int i = 0; i < M; ++i) {
-        if (i >= m || r >= rows) break;  // the same for the whole warp: shuffles stay converged
-        float s = acc[r][i];
-        for (int off = kWarp / 2; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
-        if constexpr (W == 1) {
-          if (lane == 0) y[i * ldy + o0 + r] = s;
-        } else {
-          if (lane == 0) part[warp][r][i] = s;
-        }
+    for (int i = 0; i < M; ++i) {
+      if (i >= m || !live) break;
+      float s = acc[i];
+      for (int off = kWarp / 2; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
+      if constexpr (W == 1) {
+        if (lane == 0) y[i * ldy + o] = s;
+      } else {
+        if (lane == 0) part[warp][i] = s;
       }
     }
     if constexpr (W > 1) {
       __syncthreads();
-      if (lane_in_group < R * M) {
-        const int r = lane_in_group / M;
-        const int i = lane_in_group % M;
-        if (r < rows && i < m) {
-          float s = 0.0f;
-          for (int v = 0; v < W; ++v) s += part[group * W + v][r][i];
-          y[i * ldy + o0 + r] = s;
-        }
+      if (live && lane_in_row < m) {
+        float s = 0.0f;
+        for (int v = 0; v < W; ++v) s += part[slot * W + v][lane_in_row];
+        y[lane_in_row * ldy + o] = s;
       }
       __syncthreads();  // part is written again for the next rows
     }
@@ -138,47 +131,41 @@ namespace {
 
 template <DType T>
 void launch_packed_gemv(const unsigned char* w, int64_t n, int64_t k, const float* x, int64_t m,
-                        float* y, int64_t ldy, cudaStream_t stream, PackedGemvTiling tiling) {
+                        float* y, int64_t ldy, cudaStream_t stream, int warps_per_row) {
   const auto launch = [&](auto kernel, int64_t rows_per_block) {
     const auto blocks = static_cast<unsigned>(
         std::clamp<int64_t>((n + rows_per_block - 1) / rows_per_block, 1, 65535));
     kernel<<<blocks, kThreads, 0, stream>>>(w, n, k, x, m, y, ldy);
   };
-  if (m > 8) return launch(packed_gemv_kernel<T, 32, 1, 1>, kWarps);
-  switch (tiling.warps_per_row * 8 + tiling.rows) {
-    case 1 * 8 + 2:
-      return launch(packed_gemv_kernel<T, 8, 2, 1>, 2 * kWarps);
-    case 1 * 8 + 4:
-      return launch(packed_gemv_kernel<T, 8, 4, 1>, 4 * kWarps);
-    case 2 * 8 + 1:
-      return launch(packed_gemv_kernel<T, 8, 1, 2>, kWarps / 2);
-    case 4 * 8 + 1:
-      return launch(packed_gemv_kernel<T, 8, 1, 4>, kWarps / 4);
-    case 8 * 8 + 1:
-      return launch(packed_gemv_kernel<T, 8, 1, 8>, 1);
+  if (m > 8) return launch(packed_gemv_kernel<T, 32, 1>, kWarps);
+  switch (warps_per_row) {
+    case 2:
+      return launch(packed_gemv_kernel<T, 8, 2>, kWarps / 2);
+    case 4:
+      return launch(packed_gemv_kernel<T, 8, 4>, kWarps / 4);
     default:
-      return launch(packed_gemv_kernel<T, 8, 1, 1>, kWarps);
+      return launch(packed_gemv_kernel<T, 8, 1>, kWarps);
   }
 }
 
 }  // namespace
 
 cudaError_t packed_gemv(const void* w, DType wdt, int64_t n, int64_t k, const float* x, int64_t m,
-                        float* y, int64_t ldy, cudaStream_t stream, PackedGemvTiling tiling) {
+                        float* y, int64_t ldy, cudaStream_t stream, int warps_per_row) {
   if (n <= 0 || m <= 0) return cudaSuccess;
   if (!is_quantized(wdt) || k <= 0 || m > kPackedGemvLimit || ldy < n) return cudaErrorInvalidValue;
-  if (tiling.warps_per_row == 0 && tiling.rows == 0) tiling = kPackedGemvTiling;
-  if (!packed_gemv_tiling_exists(tiling)) return cudaErrorInvalidValue;
+  if (warps_per_row == 0) warps_per_row = packed_gemv_warps_per_row(wdt, m);
+  if (warps_per_row != 1 && warps_per_row != 2 && warps_per_row != 4) return cudaErrorInvalidValue;
   const auto* wb = static_cast<const unsigned char*>(w);
   switch (wdt) {
     case DType::q8:
-      launch_packed_gemv<DType::q8>(wb, n, k, x, m, y, ldy, stream, tiling);
+      launch_packed_gemv<DType::q8>(wb, n, k, x, m, y, ldy, stream, warps_per_row);
       break;
     case DType::q4_g64:
-      launch_packed_gemv<DType::q4_g64>(wb, n, k, x, m, y, ldy, stream, tiling);
+      launch_packed_gemv<DType::q4_g64>(wb, n, k, x, m, y, ldy, stream, warps_per_row);
       break;
     default:
-      launch_packed_gemv<DType::q4_g128>(wb, n, k, x, m, y, ldy, stream, tiling);
+      launch_packed_gemv<DType::q4_g128>(wb, n, k, x, m, y, ldy, stream, warps_per_row);
       break;
   }
   return cudaGetLastError();

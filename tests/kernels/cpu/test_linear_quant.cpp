@@ -374,11 +374,11 @@ TEST(QuantLinearTest, ConvertToF32ReadsOnePackedRow) {
   }
 }
 
-// The CUDA packed product's split of R rows among a group of threads (packed_rows_lane_sums, which
-// the kernel calls with 32, 64, 128 or 256 lanes and R = 1, 2 or 4), run here lane by lane: every
-// column of every row is counted exactly once, with its weight, for every m up to the kernel's 8
-// rows, and rows past n or m get nothing; so the lanes' sums added up are the product, within f32
-// summation order of the reference. Also with lane counts that take several words each (32, 3).
+// The CUDA packed product's split of a row among its warps' lanes (packed_row_lane_sums, which
+// the kernel calls with 32, 64 or 128 lanes), run here lane by lane: every column is counted
+// exactly once, with its weight, for every m up to the kernel's 8 rows; so the lanes' sums added
+// up are the product, within f32 summation order of the reference. Also with lane counts that
+// take several words each (3) or leave lanes idle (256).
 TEST(QuantLinearTest, GpuLaneSplitCoversEveryColumnOnce) {
   constexpr int M = 8;
   std::mt19937 rng(9);
@@ -391,48 +391,25 @@ TEST(QuantLinearTest, GpuLaneSplitCoversEveryColumnOnce) {
         const auto x = random_floats(rng, static_cast<std::size_t>(m * k));
         std::vector<float> want(static_cast<std::size_t>(m * n));
         ref::linear(x.data(), m, k, p.bytes.data(), dt, n, nullptr, want.data());
-        for (const int lanes : {256, 32, 3}) {
-          // As the kernels run it: 1, 2 or 4 rows a group (the last group part-filled).
-          for (const int per_block : {4, 2, 1}) {
-            for (int64_t o0 = 0; o0 < n; o0 += per_block) {
-              const int rows = static_cast<int>(std::min<int64_t>(per_block, n - o0));
-              double sum[4][M] = {};
-              for (int lane = 0; lane < lanes; ++lane) {
-                float acc[4][M] = {};
-                const auto run = [&](auto r_tag) {
-                  constexpr int R = decltype(r_tag)::value;
-                  float part[R][M] = {};
-                  packed_rows_lane_sums<M, R>(p.bytes.data() + o0 * row_bytes, dt, row_bytes, rows,
-                                              k, x.data(), m, lane, lanes, part);
-                  for (int r = 0; r < R; ++r)
-                    for (int i = 0; i < M; ++i) acc[r][i] = part[r][i];
-                };
-                if (per_block == 4) run(std::integral_constant<int, 4>{});
-                if (per_block == 2) run(std::integral_constant<int, 2>{});
-                if (per_block == 1) run(std::integral_constant<int, 1>{});
-                for (int r = 0; r < 4; ++r)
-                  for (int i = 0; i < M; ++i) sum[r][i] += acc[r][i];
-              }
-              for (int r = 0; r < 4; ++r) {
-                const int64_t o = o0 + r;
-                for (int i = 0; i < M; ++i) {
-                  if (r >= rows || i >= m) {
-                    EXPECT_EQ(sum[r][i], 0.0) << "row beyond m or n";
-                  }
-                }
-                if (r >= rows) continue;
-                double mag[M] = {};
-                for (int64_t i = 0; i < m; ++i)
-                  for (int64_t j = 0; j < k; ++j)
-                    mag[i] +=
-                        std::fabs(static_cast<double>(x[static_cast<std::size_t>(i * k + j)]) *
-                                  p.values[static_cast<std::size_t>(o * k + j)]);
-                for (int64_t i = 0; i < m; ++i)
-                  ASSERT_NEAR(sum[r][i], want[static_cast<std::size_t>(i * n + o)],
-                              2.0 * static_cast<double>(k) * kUnitRoundoff * mag[i] + 1e-30)
-                      << shape_name(dt, m, k, n) << " lanes " << lanes << " row " << o;
-              }
+        for (const int lanes : {32, 64, 128, 256, 3}) {
+          for (int64_t o = 0; o < n; ++o) {
+            double sum[M] = {};
+            double mag[M] = {};
+            for (int lane = 0; lane < lanes; ++lane) {
+              float acc[M] = {};
+              packed_row_lane_sums(p.bytes.data() + o * row_bytes, dt, k, x.data(), m, lane, lanes,
+                                   acc);
+              for (int i = 0; i < M; ++i) sum[i] += acc[i];
             }
+            for (int64_t i = 0; i < m; ++i)
+              for (int64_t j = 0; j < k; ++j)
+                mag[i] += std::fabs(static_cast<double>(x[static_cast<std::size_t>(i * k + j)]) *
+                                    p.values[static_cast<std::size_t>(o * k + j)]);
+            for (int64_t i = m; i < M; ++i) EXPECT_EQ(sum[i], 0.0) << "row beyond m";
+            for (int64_t i = 0; i < m; ++i)
+              ASSERT_NEAR(sum[i], want[static_cast<std::size_t>(i * n + o)],
+                          2.0 * static_cast<double>(k) * kUnitRoundoff * mag[i] + 1e-30)
+                  << shape_name(dt, m, k, n) << " lanes " << lanes << " row " << o;
           }
         }
       }
