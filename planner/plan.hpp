@@ -72,6 +72,9 @@ struct Prediction {
   uint64_t disk_bytes_per_token = 0;
   uint64_t h2d_bytes_per_token = 0;
   std::string bound;  // the busiest link: "disk → host", "host → device", "compute"
+  // s_per_token with the disk at 70% of its probed rate; set for the choices that tie on
+  // s_per_token (make_plan breaks ties with it), else 0.
+  double slow_disk_s_per_token = 0;
 };
 
 // One placement and its predicted cost.
