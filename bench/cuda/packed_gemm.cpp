@@ -216,12 +216,10 @@ int main(int argc, char** argv) try {
                                                 stream.get(), warps_per_row));
             });
           };
-          // Up to 8 rows of x, each number of warps a row (the default: packed_gemv_warps_per_row).
-          if (m <= 8) {
-            for (const int warps : {1, 2, 4}) {
-              const std::string path = fmt::format("fused {} warps a row", warps);
-              line(path.c_str(), time_fused(warps), host_w.size());
-            }
+          // Each number of warps a row (the default: packed_gemv_warps_per_row).
+          for (const int warps : {1, 2, 4}) {
+            const std::string path = fmt::format("fused {} warps a row", warps);
+            line(path.c_str(), time_fused(warps), host_w.size());
           }
           const double fused = time_fused(0);
           line("fused", fused, host_w.size());

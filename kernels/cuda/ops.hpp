@@ -99,14 +99,15 @@ cublasStatus_t linear(cublasHandle_t handle, const void* x, int64_t m, int64_t k
 // cuBLAS product (`linear` with DType::f16) when m is larger and the product is worth tensor
 // cores: the caller chunks the rows to fit its staging buffer.
 //
-// kPackedGemvLimit is the most rows packed_gemv takes (an 8-row and a 32-row kernel);
+// kPackedGemvLimit is the most rows packed_gemv takes (a 32-row kernel, one warp a row, was 4–6×
+// slower than dequantize + cuBLAS at 16 and 32 rows on an H100, and is gone);
 // kPackedGemvMaxRows is where CudaEngine switches to dequantize + cuBLAS, set from
 // bench_cuda_packed's `choose` lines (docs/cuda.md: on an H100 fused wins for q4 up to 8 rows,
 // for q8 up to 4, and is within 2% at 8).
-constexpr int64_t kPackedGemvLimit = 32;
+constexpr int kPackedGemvLimit = 8;
 constexpr int64_t kPackedGemvMaxRows = 8;
 static_assert(kPackedGemvMaxRows <= kPackedGemvLimit);
-// How many warps packed_gemv gives each output row (1, 2 or 4) for m ≤ 8 rows of x, measured by
+// How many warps packed_gemv gives each output row (1, 2 or 4), measured by
 // bench_cuda_packed on an H100 (docs/cuda.md, summed over a GPT-J layer's shapes): for q4 one
 // warp while m ≤ 2, for q8 two at m = 1; beyond, four. (Giving a warp several output rows, to
 // read x once for all of them, was slower everywhere.)

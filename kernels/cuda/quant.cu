@@ -6,15 +6,15 @@
 // (dequantize_rows + cuBLAS).
 //
 // packed_gemv gives each output row to W warps (1, 2 or 4: packed_gemv_warps_per_row,
-// kernels/cuda/ops.hpp; above 8 rows of x one warp), every thread adding what
+// kernels/cuda/ops.hpp), every thread adding what
 // packed_row_lane_sums_t (kernels/common/quant_math.hpp, run lane by lane by the CPU tests) assigns
 // it: the row's 4-byte words t, t + 32·W, …, so the row's warps read 128·W consecutive bytes per
 // step, coalesced, up to 4 words a thread in flight. Each word is dequantized once (codes to f32
 // by a byte permute into 2^23's mantissa, no int → float conversion) and multiplied with every
 // row of x (16-byte loads when x is aligned). The threads' sums are added by warp shuffles and,
 // for W > 1, across the row's warps through shared memory, in a fixed order. Kernels are
-// instantiated per dtype (group sizes are constants) and for up to 8 or up to 32 rows of x (the
-// sums stay in registers).
+// instantiated per dtype (group sizes are constants) for up to kPackedGemvLimit = 8 rows of x
+// (the sums stay in registers).
 //
 // dequantize_rows gives each row to blockIdx.y and its words to the threads along x: one word
 // (4 or 8 weights, packed_word_weights_t) per thread, written as 8-byte stores when the rows allow
@@ -137,7 +137,6 @@ void launch_packed_gemv(const unsigned char* w, int64_t n, int64_t k, const floa
         std::clamp<int64_t>((n + rows_per_block - 1) / rows_per_block, 1, 65535));
     kernel<<<blocks, kThreads, 0, stream>>>(w, n, k, x, m, y, ldy);
   };
-  if (m > 8) return launch(packed_gemv_kernel<T, 32, 1>, kWarps);
   switch (warps_per_row) {
     case 2:
       return launch(packed_gemv_kernel<T, 8, 2>, kWarps / 2);

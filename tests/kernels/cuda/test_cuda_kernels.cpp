@@ -347,13 +347,13 @@ TEST_F(CudaKernels, DequantizeRowsIsTheSharedMathRoundedToF16) {
             cudaErrorInvalidValue);
 }
 
-// Packed products against the CPU's (which dequantizes through the same functions, so each
-// weight is the same f32), both ways for every shape: fused (m ≤ kPackedGemvLimit: the 8-row
-// kernel with 1, 2 and 4 warps a row, the 32-row kernel; k = 130 and 1001 read x one column at
-// a time, the others 4 at a time), where only the order of the f32 sums differs (bounded as for f32
-// products, 4·sqrt(k)·u·Σ|x·w|); and dequantized to f16 in chunks for cuBLAS, where x and w are
-// each rounded to f16 once more (2·2^-11·Σ|x·w|, plus the sums). The chunk size here is 5 rows,
-// so n = 37 takes 8 chunks, the last part-filled.
+// Packed products against the CPU's (which dequantizes through the same functions, so each weight
+// is the same f32), both ways for every shape: fused (m ≤ kPackedGemvLimit: the 8-row kernel with
+// 1, 2 and 4 warps a row; k = 130 and 1001 read x one column at a time, the others 4 at a time),
+// where only the order of the f32 sums differs (bounded as for f32 products, 4·sqrt(k)·u·Σ|x·w|);
+// and dequantized to f16 in chunks for cuBLAS, where x and w are each rounded to f16 once more
+// (2·2^-11·Σ|x·w|, plus the sums). The chunk size here is 5 rows, so n = 37 takes 8 chunks, the
+// last part-filled.
 TEST_F(CudaKernels, PackedProductsMatchCpuFusedAndThroughCublas) {
   std::mt19937 rng(12);
   ferry::cuda::CublasHandle cublas(stream(), 32u << 20);
@@ -373,12 +373,10 @@ TEST_F(CudaKernels, PackedProductsMatchCpuFusedAndThroughCublas) {
       const DeviceBuffer dw = upload(w);
       const DeviceBuffer dx = upload(x);
       const auto row_bytes = packed_row_bytes(t, s.k);
-      // Fused with 1, 2 and 4 warps a row (one kernel, one warp a row, above 8 rows of x), then
-      // cuBLAS.
+      // Fused with 1, 2 and 4 warps a row (up to kPackedGemvLimit rows of x), then cuBLAS.
       for (const int way : {1, 2, 4, 0}) {
         const bool fused = way != 0;
         if (fused && s.m > kc::kPackedGemvLimit) continue;
-        if (fused && s.m > 8 && way != 1) continue;
         DeviceBuffer dy(want.size() * 4);
         if (fused) {
           FERRY_CUDA_LAUNCH(kc::packed_gemv(dw.data(), t, s.n, s.k, dx.as<float>(), s.m,
