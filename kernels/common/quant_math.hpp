@@ -65,7 +65,7 @@ FERRY_HD float packed_row_weight_t(const unsigned char* row, int64_t ng, int64_t
   if constexpr (T == DType::q8) {
     return q8_row_scale(row) * static_cast<float>(q8_row_values(row)[j]);
   } else {
-    constexpr int64_t G = T == DType::q4_g64 ? 64 : 128;
+    constexpr int64_t G = quant_group_size(T);
     const int64_t g = j / G;
     const Q4Group q = q4_group(row, ng, G, g);
     return q4_dequant(q.min, q.scale, q4_code(q.bytes, j - g * G, G));
@@ -113,17 +113,15 @@ FERRY_HD float biased_byte(uint32_t v, int t) {
 // (c a multiple of 4) of group g = u / (G/8), i.e. columns g·G + c … + 3 in its low nibbles and
 // g·G + G/2 + c … + 3 in its high ones. Columns from packed_tail_column on (a q8 row's last
 // k mod 4, a q4 row's partial last group) are read one by one (packed_row_weight_t).
-template <DType T>
-FERRY_HD int64_t packed_row_words(int64_t k) {
-  if constexpr (T == DType::q8)
-    return k / 4;
-  else
-    return k / (T == DType::q4_g64 ? 64 : 128) * ((T == DType::q4_g64 ? 64 : 128) / 8);
+FERRY_HD constexpr int64_t packed_row_words(DType t, int64_t k) {
+  return t == DType::q8 ? k / 4 : k / quant_group_size(t) * (quant_group_size(t) / 8);
 }
-template <DType T>
-FERRY_HD int64_t packed_tail_column(int64_t k) {
-  return T == DType::q8 ? packed_row_words<T>(k) * 4
-                        : k / (T == DType::q4_g64 ? 64 : 128) * (T == DType::q4_g64 ? 64 : 128);
+FERRY_HD constexpr int64_t packed_tail_column(DType t, int64_t k) {
+  return t == DType::q8 ? k / 4 * 4 : k / quant_group_size(t) * quant_group_size(t);
+}
+// What the CUDA kernels hand out one per thread: the row's words, then its tail columns.
+FERRY_HD constexpr int64_t packed_row_units(DType t, int64_t k) {
+  return packed_row_words(t, k) + (k - packed_tail_column(t, k));
 }
 // The first column of word u (q4: of its low nibbles; its high ones start G/2 further on).
 template <DType T>
@@ -131,15 +129,15 @@ FERRY_HD int64_t packed_word_column(int64_t u) {
   if constexpr (T == DType::q8) {
     return 4 * u;
   } else {
-    constexpr int64_t G = T == DType::q4_g64 ? 64 : 128;
+    constexpr int64_t G = quant_group_size(T);
     constexpr int64_t kWords = G / 8;
     const int64_t g = u / kWords;
     return g * G + (u - g * kWords) * 4;
   }
 }
 // The weights of word u of a row of ng groups (unused for q8): w[0..3] the columns from
-// packed_word_column on, and for q4 w[4..7] the columns G/2 further on; each the very f32 of
-// packed_row_weight_t.
+// packed_word_column on, and for q4 w[4..7] the columns G/2 further on (q8 leaves them unset);
+// each the very f32 of packed_row_weight_t.
 template <DType T>
 FERRY_HD void packed_word_weights_t(const unsigned char* row, int64_t ng, int64_t u,
                                     float (&w)[8]) {
@@ -147,9 +145,8 @@ FERRY_HD void packed_word_weights_t(const unsigned char* row, int64_t ng, int64_
     const float scale = q8_row_scale(row);
     const uint32_t v = load_word(row + 4 + 4 * u) ^ 0x80808080u;  // codes + 128, as bytes
     for (int t = 0; t < 4; ++t) w[t] = scale * (biased_byte(v, t) - 8388736.0f);  // 2^23 + 128
-    for (int t = 4; t < 8; ++t) w[t] = 0.0f;
   } else {
-    constexpr int64_t G = T == DType::q4_g64 ? 64 : 128;
+    constexpr int64_t G = quant_group_size(T);
     constexpr int64_t kWords = G / 8;
     const int64_t g = u / kWords;
     const Q4Group q = q4_group(row, ng, G, g);
@@ -200,9 +197,9 @@ template <DType T, int M>
 FERRY_HD void packed_row_lane_sums_t(const unsigned char* row, int64_t k, const float* x, int64_t m,
                                      bool x_aligned, int lane, int lanes, float (&acc)[M]) {
   constexpr int kSpan = T == DType::q8 ? 4 : 8;  // weights per word
-  constexpr int64_t kHalf = T == DType::q4_g64 ? 32 : 64;
+  constexpr int64_t kHalf = quant_group_size(T) / 2;
   const int64_t ng = quant_groups(T, k);
-  const int64_t words = packed_row_words<T>(k);
+  const int64_t words = packed_row_words(T, k);
 #if defined(__CUDA_ARCH__)
 #pragma unroll 4
 #endif
@@ -220,7 +217,7 @@ FERRY_HD void packed_row_lane_sums_t(const unsigned char* row, int64_t k, const 
       for (int t = 0; t < kSpan; ++t) acc[i] += w[t] * xv[t];
     }
   }
-  for (int64_t j = packed_tail_column<T>(k) + lane; j < k; j += lanes) {
+  for (int64_t j = packed_tail_column(T, k) + lane; j < k; j += lanes) {
     const float wj = packed_row_weight_t<T>(row, ng, j);
     for (int i = 0; i < M; ++i)
       if (i < m) acc[i] += wj * x[i * k + j];

@@ -91,12 +91,12 @@ __device__ void store_f16x4(uint16_t* p, const float* v) {
 template <DType T>
 __global__ void dequantize_kernel(const unsigned char* __restrict__ w, int64_t k, int64_t row0,
                                   int64_t rows, uint16_t* __restrict__ out) {
-  constexpr int64_t kHalf = T == DType::q4_g64 ? 32 : 64;
+  constexpr int64_t kHalf = quant_group_size(T) / 2;
   const uint64_t row_bytes = packed_row_bytes(T, k);
   const int64_t ng = quant_groups(T, k);
-  const int64_t words = packed_row_words<T>(k);
-  const int64_t tail = packed_tail_column<T>(k);
-  const int64_t units = words + (k - tail);
+  const int64_t words = packed_row_words(T, k);
+  const int64_t tail = packed_tail_column(T, k);
+  const int64_t units = packed_row_units(T, k);
   const bool vec = k % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const unsigned char* row = w + static_cast<uint64_t>(row0 + r) * row_bytes;
@@ -124,10 +124,6 @@ __global__ void dequantize_kernel(const unsigned char* __restrict__ w, int64_t k
     }
   }
 }
-
-}  // namespace
-
-namespace {
 
 template <DType T>
 void launch_packed_gemv(const unsigned char* w, int64_t n, int64_t k, const float* x, int64_t m,
@@ -174,12 +170,7 @@ cudaError_t dequantize_rows(const void* w, DType wdt, int64_t k, int64_t row0, i
                             uint16_t* out, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
   if (!is_quantized(wdt) || k <= 0 || row0 < 0) return cudaErrorInvalidValue;
-  // A row's words, then its tail columns one per thread.
-  const int64_t units =
-      wdt == DType::q8 ? packed_row_words<DType::q8>(k) + k % 4
-      : wdt == DType::q4_g64
-          ? packed_row_words<DType::q4_g64>(k) + (k - packed_tail_column<DType::q4_g64>(k))
-          : packed_row_words<DType::q4_g128>(k) + (k - packed_tail_column<DType::q4_g128>(k));
+  const int64_t units = packed_row_units(wdt, k);
   const dim3 grid(
       static_cast<unsigned>(std::clamp<int64_t>((units + kThreads - 1) / kThreads, 1, 65535)),
       static_cast<unsigned>(std::min<int64_t>(rows, 65535)));

@@ -27,7 +27,7 @@
 namespace ferry {
 
 // Columns per group of a packed dtype (q8: the whole row, reported as 0).
-FERRY_HD int64_t quant_group_size(DType t) {
+FERRY_HD constexpr int64_t quant_group_size(DType t) {
   return t == DType::q4_g64 ? 64 : (t == DType::q4_g128 ? 128 : 0);
 }
 

@@ -440,8 +440,9 @@ TEST(QuantLinearTest, TypedElementIsTheSharedElement) {
         std::vector<int> seen(static_cast<std::size_t>(k));
         const auto check_words = [&](auto tag) {
           constexpr DType T = decltype(tag)::value;
-          constexpr int64_t half = T == DType::q8 ? 0 : (T == DType::q4_g64 ? 32 : 64);
-          for (int64_t u = 0; u < packed_row_words<T>(k); ++u) {
+          constexpr int64_t half = quant_group_size(T) / 2;
+          int64_t units = 0;
+          for (int64_t u = 0; u < packed_row_words(T, k); ++u, ++units) {
             float w[8];
             packed_word_weights_t<T>(row, ng, u, w);
             const int64_t lo = packed_word_column<T>(u);
@@ -453,8 +454,9 @@ TEST(QuantLinearTest, TypedElementIsTheSharedElement) {
                   << shape_name(dt, 1, k, 3) << " word " << u << " column " << j;
             }
           }
-          for (int64_t j = packed_tail_column<T>(k); j < k; ++j)
+          for (int64_t j = packed_tail_column(T, k); j < k; ++j, ++units)
             ++seen[static_cast<std::size_t>(j)];
+          EXPECT_EQ(units, packed_row_units(T, k));
         };
         if (dt == DType::q8) check_words(std::integral_constant<DType, DType::q8>{});
         if (dt == DType::q4_g64) check_words(std::integral_constant<DType, DType::q4_g64>{});
