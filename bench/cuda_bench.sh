@@ -210,7 +210,7 @@ if os.path.exists(f"{out}/h2d.json"):
 families = [("", cases), (quant + "_", pack_cases)]
 for prefix, names in families:
     for c in names:
-        for k in (prefix + c, "hf_" + c):
+        for k in (prefix + c, "hf_" + c) if not prefix else (prefix + c,):
             p = f"{out}/{k}.json"
             if os.path.exists(p):
                 try: s[k] = json.load(open(p))
