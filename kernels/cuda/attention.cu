@@ -6,6 +6,10 @@
 // token, thousands of keys) is bound by reading K and V once, which this does; the prompt pass
 // re-reads the cache per token, fine at GPT-J's 2048-token context. Scores, softmax and sums are
 // f32 whatever the cache's dtype, with the steps of kernels/common/nn_math.hpp.
+// Grouped-query attention (Llama 3, Mistral, Qwen) only changes which cache head a block reads:
+// the query heads of one group read the same K/V rows. In a decode step (n_new = 1) a group's
+// blocks are neighbours in the grid and run together, so most of the repeated reads should hit
+// L2 (not measured yet; a block per (token, KV head) would read the rows once for sure).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -32,7 +36,7 @@ __global__ void attention_kernel(const float* __restrict__ q_all, int64_t q_stri
                                  const KV* __restrict__ k_all, const KV* __restrict__ v_all,
                                  int64_t kv_head_stride, float* __restrict__ out_all,
                                  int64_t out_stride, int64_t n_past, int64_t head_dim,
-                                 float divisor) {
+                                 int64_t group, float divisor) {
   extern __shared__ float shared[];
   __shared__ float scratch[32];
   float* q = shared;                  // [head_dim]
@@ -41,8 +45,9 @@ __global__ void attention_kernel(const float* __restrict__ q_all, int64_t q_stri
   const int64_t h = blockIdx.y;
   const int64_t n_keys = n_past + t + 1;
   const float* q_src = q_all + t * q_stride + h * head_dim;
-  const KV* k = k_all + h * kv_head_stride;
-  const KV* v = v_all + h * kv_head_stride;
+  const int64_t kv_h = h / group;  // HF's repeat_kv: each KV head serves `group` query heads
+  const KV* k = k_all + kv_h * kv_head_stride;
+  const KV* v = v_all + kv_h * kv_head_stride;
   float* out = out_all + t * out_stride + h * head_dim;
 
   for (int64_t d = threadIdx.x; d < head_dim; d += blockDim.x) q[d] = q_src[d];
@@ -87,19 +92,20 @@ cudaError_t attention(const AttentionArgs& a, cudaStream_t stream) {
   if (a.n_new <= 0 || a.n_head <= 0) return cudaSuccess;
   const int64_t n_keys = a.n_past + a.n_new;
   if (n_keys > kMaxKeys || a.head_dim > kMaxHeadDim || a.head_dim <= 0 || a.n_new > 2147483647 ||
-      a.n_head > 65535)
+      a.n_head > 65535 || a.n_kv_head < 0 || (a.n_kv_head > 0 && a.n_head % a.n_kv_head != 0))
     return cudaErrorInvalidValue;
+  const int64_t group = a.n_kv_head > 0 ? a.n_head / a.n_kv_head : 1;
   const dim3 grid(static_cast<unsigned>(a.n_new), static_cast<unsigned>(a.n_head));
   const std::size_t shmem = static_cast<std::size_t>(a.head_dim + n_keys) * sizeof(float);
   const float divisor = attention_scale_divisor(a.head_dim);
   if (a.kv_dtype == DType::f32) {
     attention_kernel<float><<<grid, kThreads, shmem, stream>>>(
         a.q, a.q_stride, static_cast<const float*>(a.k), static_cast<const float*>(a.v),
-        a.kv_head_stride, a.out, a.out_stride, a.n_past, a.head_dim, divisor);
+        a.kv_head_stride, a.out, a.out_stride, a.n_past, a.head_dim, group, divisor);
   } else if (a.kv_dtype == DType::f16) {
     attention_kernel<uint16_t><<<grid, kThreads, shmem, stream>>>(
         a.q, a.q_stride, static_cast<const uint16_t*>(a.k), static_cast<const uint16_t*>(a.v),
-        a.kv_head_stride, a.out, a.out_stride, a.n_past, a.head_dim, divisor);
+        a.kv_head_stride, a.out, a.out_stride, a.n_past, a.head_dim, group, divisor);
   } else {
     return cudaErrorInvalidValue;
   }

@@ -1,9 +1,11 @@
-// The CUDA kernels that are not a matrix product or attention: layer norm, gelu_new, adds,
-// rotary, dtype conversion and the KV cache store. They are memory-bound one-pass loops; each
-// element's math is the shared __host__ __device__ function the CPU reference also follows
-// (kernels/common/), so the two backends differ only in the order of layer norm's sums.
-// Layer norm runs one 256-thread block per row (GPT-J's rows are 4096 wide: 16 floats a
-// thread) and re-reads the row for each of its three passes from L1/L2 instead of holding it.
+// The CUDA kernels that are not a matrix product or attention: layer norm and RMSNorm, gelu_new,
+// SwiGLU's silu·up, adds, both rotary layouts, dtype conversion and the KV cache store. They are
+// memory-bound one-pass loops; each element's math is the shared __host__ __device__ function
+// the CPU reference also follows (kernels/common/), so the two backends differ only in the order
+// of the norms' sums, the device's libm, and where nvcc fuses a product and a sum into one FMA
+// (its default). The norms run one 256-thread block per row (hidden rows are 3584–5120 wide:
+// 14–20 floats a thread; Qwen3's per-head norm rows 128) and re-read the row for each pass from
+// L1/L2 instead of holding it.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -42,10 +44,30 @@ __global__ void layer_norm_kernel(const float* __restrict__ x, int64_t n,
                    layer_norm_apply(row[j], mean, rstd, gamma[j], beta[j]));
 }
 
+// No __restrict__ on x and y: they may be the same memory (f32 output, in place). Each element
+// is read by the thread that writes it, and every read of the sum pass happens before the
+// block_sum's barriers, so no write overtakes a read.
+__global__ void rms_norm_kernel(const float* x, int64_t n, const float* __restrict__ gamma,
+                                float eps, void* y, DType ydt) {
+  __shared__ float scratch[32];
+  const float* row = x + blockIdx.x * n;
+  float sq = 0.0f;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) sq += row[j] * row[j];
+  const float rstd = rms_norm_rstd(detail::block_sum(sq, scratch), n, eps);
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
+    store_from_f32(y, ydt, blockIdx.x * n + j, rms_norm_apply(row[j], rstd, gamma[j]));
+}
+
 __global__ void gelu_kernel(float* __restrict__ x, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x)
     x[i] = kernels::gelu_new(x[i]);
+}
+
+__global__ void silu_mul_kernel(float* __restrict__ gate, const float* __restrict__ up, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x)
+    gate[i] = kernels::silu_mul(gate[i], up[i]);
 }
 
 __global__ void add_kernel(float* __restrict__ y, const float* __restrict__ x, int64_t n) {
@@ -99,6 +121,27 @@ __global__ void rotary_kernel(float* __restrict__ x, int64_t m, int64_t row_stri
   }
 }
 
+// One thread per (row, head, pair): consecutive threads take consecutive i, so the reads of
+// x[i] and of x[i + half] are each coalesced. The CPU takes each cos/sin once per (row, pair) for
+// every head; here every thread computes its own, the same bits (sinf/cosf are deterministic).
+__global__ void rotary_half_kernel(float* __restrict__ x, int64_t m, int64_t row_stride,
+                                   int64_t n_head, int64_t head_dim, int64_t rotary_dim,
+                                   const float* __restrict__ inv_freq,
+                                   const int32_t* __restrict__ positions) {
+  const int64_t half = rotary_dim / 2;
+  const int64_t total = m * n_head * half;
+  for (int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; idx < total;
+       idx += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t i = idx % half;
+    const int64_t h = (idx / half) % n_head;
+    const int64_t r = idx / (half * n_head);
+    float* head = x + r * row_stride + h * head_dim;
+    const float angle = rotary_angle_freq(positions[r], inv_freq[i]);
+    // Full-range cosf/sinf, as in rotary_kernel.
+    rotary_rotate_half_pair(head[i], head[i + half], ::cosf(angle), ::sinf(angle));
+  }
+}
+
 __global__ void kv_store_kernel(const float* __restrict__ k, const float* __restrict__ v,
                                 int64_t src_stride, int64_t n_new, int64_t n_past, int64_t n_head,
                                 int64_t head_dim, void* k_cache, void* v_cache,
@@ -127,9 +170,25 @@ cudaError_t layer_norm(const float* x, int64_t m, int64_t n, const float* gamma,
   return cudaGetLastError();
 }
 
+cudaError_t rms_norm(const float* x, int64_t m, int64_t n, const float* gamma, float eps, void* y,
+                     DType ydt, cudaStream_t stream) {
+  if (m <= 0) return cudaSuccess;
+  if (m > 2147483647 || !is_float_weight(ydt)) return cudaErrorInvalidValue;
+  // A 16-bit y over x would overwrite rows other blocks have yet to read.
+  if (static_cast<const void*>(x) == y && ydt != DType::f32) return cudaErrorInvalidValue;
+  rms_norm_kernel<<<static_cast<unsigned>(m), kThreads, 0, stream>>>(x, n, gamma, eps, y, ydt);
+  return cudaGetLastError();
+}
+
 cudaError_t gelu_new(float* x, int64_t n, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   gelu_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n);
+  return cudaGetLastError();
+}
+
+cudaError_t silu_mul(float* gate, const float* up, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  silu_mul_kernel<<<grid_for(n), kThreads, 0, stream>>>(gate, up, n);
   return cudaGetLastError();
 }
 
@@ -169,6 +228,17 @@ cudaError_t rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t 
   if (total <= 0) return cudaSuccess;
   rotary_kernel<<<grid_for(total), kThreads, 0, stream>>>(x, m, row_stride, n_head, head_dim,
                                                           rotary_dim, positions);
+  return cudaGetLastError();
+}
+
+cudaError_t rotary_half(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_t head_dim,
+                        int64_t rotary_dim, const float* inv_freq, const int32_t* positions,
+                        cudaStream_t stream) {
+  if (rotary_dim < 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim) return cudaErrorInvalidValue;
+  const int64_t total = m * n_head * (rotary_dim / 2);
+  if (total <= 0) return cudaSuccess;
+  rotary_half_kernel<<<grid_for(total), kThreads, 0, stream>>>(x, m, row_stride, n_head, head_dim,
+                                                               rotary_dim, inv_freq, positions);
   return cudaGetLastError();
 }
 

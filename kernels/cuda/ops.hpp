@@ -1,10 +1,10 @@
-// The CUDA kernels: every operation of the GPT-J forward pass on device pointers, each the twin
-// of a kernels/cpu function with the same arguments plus a stream (never the default stream).
-// Activations are f32; a matrix product's input may be converted to the weights' f16 / bf16 first
-// (cuBLAS multiplies like types), and every product and score accumulates in f32. Launchers
-// return cudaGetLastError() after their launch (or the cuBLAS status) and never throw; the
-// runtime turns errors into exceptions (runtime/cuda/cuda_check.hpp). Only kernels/cuda and
-// runtime/cuda include this header.
+// The CUDA kernels: every operation of the GPT-J and Llama-family forward passes on device
+// pointers, each the twin of a kernels/cpu function with the same arguments plus a stream (never
+// the default stream). Activations are f32; a matrix product's input may be converted to the
+// weights' f16 / bf16 first (cuBLAS multiplies like types), and every product and score
+// accumulates in f32. Launchers return cudaGetLastError() after their launch (or the cuBLAS
+// status) and never throw; the runtime turns errors into exceptions (runtime/cuda/cuda_check.hpp).
+// Only kernels/cuda and runtime/cuda include this header.
 #pragma once
 
 #include <cublas_v2.h>
@@ -22,8 +22,17 @@ namespace ferry::kernels::cuda {
 cudaError_t layer_norm(const float* x, int64_t m, int64_t n, const float* gamma, const float* beta,
                        float eps, void* y, DType ydt, cudaStream_t stream);
 
+// y[i, :] = gamma · (x[i, :] · 1/sqrt(mean(x[i, :]²) + eps)) for i < m: RMSNorm (Llama,
+// Mistral, Qwen), written as ydt like layer_norm's output. One block per row. y may be x when ydt
+// is f32 (each element is read before it is written); a 16-bit y must not overlap x.
+cudaError_t rms_norm(const float* x, int64_t m, int64_t n, const float* gamma, float eps, void* y,
+                     DType ydt, cudaStream_t stream);
+
 // x = gelu_new(x), in place.
 cudaError_t gelu_new(float* x, int64_t n, cudaStream_t stream);
+
+// gate[i] = silu(gate[i]) · up[i]: SwiGLU's elementwise step, in place in gate.
+cudaError_t silu_mul(float* gate, const float* up, int64_t n, cudaStream_t stream);
 
 // y += x.
 cudaError_t add(float* y, const float* x, int64_t n, cudaStream_t stream);
@@ -45,9 +54,18 @@ cudaError_t rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t 
                                int64_t head_dim, int64_t rotary_dim, const int32_t* positions,
                                cudaStream_t stream);
 
+// The CPU twin's rotary_half (Llama's rotate_half layout): feature i of the first rotary_dim of
+// every head pairs with i + rotary_dim/2, both turned by positions[row] · inv_freq[i]. inv_freq
+// (rotary_dim/2 entries, from the model description) and positions (m) are device arrays.
+// rotary_dim must be even and at most head_dim.
+cudaError_t rotary_half(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_t head_dim,
+                        int64_t rotary_dim, const float* inv_freq, const int32_t* positions,
+                        cudaStream_t stream);
+
 // Writes n_new rows of keys and values ([t * src_stride + h * head_dim + d], f32) into a
 // head-major cache ([h * kv_head_stride + (n_past + t) * head_dim + d]) of dtype kv_dt (f32 or
-// f16).
+// f16). n_head is the number of KV heads (AttentionArgs::n_kv_head under grouped-query
+// attention), the heads the k and v projections produce.
 cudaError_t kv_store(const float* k, const float* v, int64_t src_stride, int64_t n_new,
                      int64_t n_past, int64_t n_head, int64_t head_dim, void* k_cache, void* v_cache,
                      int64_t kv_head_stride, DType kv_dt, cudaStream_t stream);
@@ -56,7 +74,9 @@ cudaError_t kv_store(const float* k, const float* v, int64_t src_stride, int64_t
 struct AttentionArgs {
   const float* q = nullptr;  // q[t * q_stride + h * head_dim + d]
   int64_t q_stride = 0;
-  const void* k = nullptr;  // k[h * kv_head_stride + j * head_dim + d], j < n_past + n_new
+  // k[kv_h * kv_head_stride + j * head_dim + d], j < n_past + n_new, kv_h the KV head of query
+  // head h (below).
+  const void* k = nullptr;
   const void* v = nullptr;
   DType kv_dtype = DType::f32;
   int64_t kv_head_stride = 0;
@@ -66,13 +86,16 @@ struct AttentionArgs {
   int64_t n_past = 0;
   int64_t n_head = 0;
   int64_t head_dim = 0;
+  // Grouped-query attention, as the CPU's: query head h reads KV head h / (n_head / n_kv_head);
+  // 0 means n_head (no grouping). n_head must be a multiple of it.
+  int64_t n_kv_head = 0;
 };
 
 // Most keys one query may attend to: the scores of a (token, head) live in shared memory.
 int64_t attention_max_keys();
 
-// out = softmax(q·kᵀ / sqrt(head_dim), causal) · v, one block per (token, head). Prompt and
-// decode are the same kernel: a decode step is n_new = 1.
+// out = softmax(q·kᵀ / sqrt(head_dim), causal) · v, one block per (token, query head). Prompt
+// and decode are the same kernel: a decode step is n_new = 1.
 cudaError_t attention(const AttentionArgs& args, cudaStream_t stream);
 
 // y[i, o] = Σ_j x[i, j] · w[o, j] for i < m, o < n, j < k: w row-major [n, k] in wdt (f32, f16

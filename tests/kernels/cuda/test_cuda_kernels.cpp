@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -73,6 +74,103 @@ TEST_F(CudaKernels, LayerNormMatchesCpuInEveryOutputType) {
                    std::string(dtype_name(dt)) + " n=" + std::to_string(n));
     }
   }
+}
+
+// RMSNorm's one sum is of n positive squares: in any order within n·u of exact (relative), so
+// rstd within n·u/2 + 3u and each output (two products more) within n·u/2 + 6u on either side:
+// (n + 16)·u between them, plus one rounding to f16 / bf16 for a 16-bit output. Rows of the
+// widths of Llama 3 / Mistral (4096), Qwen2.5 (3584) and the Qwen3 per-head norm (128).
+TEST_F(CudaKernels, RmsNormMatchesCpuInEveryOutputTypeAndInPlace) {
+  std::mt19937 rng(13);
+  for (int64_t n : {1, 31, 128, 257, 3584, 4096}) {
+    const int64_t m = 5;
+    const auto x = random_floats(rng, static_cast<std::size_t>(m * n), -3.0f, 3.0f);
+    const auto g = random_floats(rng, static_cast<std::size_t>(n), 0.5f, 1.5f);
+    std::vector<float> want(x.size());
+    cpu::ref::rms_norm(x.data(), m, n, g.data(), 1e-6f, want.data());
+    const DeviceBuffer dx = upload(x), dg = upload(g);
+    const double sums = static_cast<double>(n + 16) * kU;
+    for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
+      DeviceBuffer dy(x.size() * dtype_size(dt));
+      FERRY_CUDA_LAUNCH(
+          kc::rms_norm(dx.as<float>(), m, n, dg.as<float>(), 1e-6f, dy.data(), dt, stream().get()));
+      std::vector<float> got(x.size());
+      if (dt == DType::f32) {
+        got = download<float>(dy, x.size());
+      } else {
+        const auto bits = download<uint16_t>(dy, x.size());
+        for (std::size_t i = 0; i < got.size(); ++i)
+          got[i] = dt == DType::f16 ? f16_to_f32(bits[i]) : bf16_to_f32(bits[i]);
+      }
+      const double rel = dt == DType::f32 ? 0.0 : (dt == DType::f16 ? 0x1p-11 : 0x1p-8);
+      // atol: f16 subnormals (below 2^-14) round in steps of 2^-24.
+      expect_close(got, want, 1e-7, sums + rel,
+                   std::string(dtype_name(dt)) + " n=" + std::to_string(n));
+    }
+    // In place (y = x, f32), as the engine normalises the residual stream's copy: the same bits.
+    DeviceBuffer dxy = upload(x), dy(x.size() * 4);
+    FERRY_CUDA_LAUNCH(kc::rms_norm(dxy.as<float>(), m, n, dg.as<float>(), 1e-6f, dy.data(),
+                                   DType::f32, stream().get()));
+    FERRY_CUDA_LAUNCH(kc::rms_norm(dxy.as<float>(), m, n, dg.as<float>(), 1e-6f, dxy.data(),
+                                   DType::f32, stream().get()));
+    expect_close(download<float>(dxy, x.size()), download<float>(dy, x.size()), 0, 0,
+                 "in place n=" + std::to_string(n));
+  }
+  // A 16-bit y over x is refused, not raced.
+  DeviceBuffer d(64 * sizeof(float));
+  EXPECT_EQ(kc::rms_norm(d.as<float>(), 4, 16, d.as<float>(), 1e-6f, d.data(), DType::f16,
+                         stream().get()),
+            cudaErrorInvalidValue);
+}
+
+// silu(g)·u = g / (1 + expf(-g)) · u: the device's expf is within 2 ulp, the host's within 1,
+// and the three operations after it may each round the other way: 16·u relative. Past g ≈ -88,
+// expf(-g) overflows to inf on both sides and the result is ±0.
+TEST_F(CudaKernels, SiluMulMatchesCpu) {
+  std::mt19937 rng(14);
+  auto gate = random_floats(rng, 100003, -12.0f, 12.0f);
+  for (float v : {-100.0f, -88.0f, -20.0f, -1e-30f, 0.0f, 1e-30f, 20.0f, 88.0f, 100.0f})
+    gate.push_back(v);
+  const auto up = random_floats(rng, gate.size(), -4.0f, 4.0f);
+  const auto n = static_cast<int64_t>(gate.size());
+  auto want = gate;
+  cpu::ref::silu_mul(want.data(), up.data(), n);
+  DeviceBuffer dg = upload(gate);
+  const DeviceBuffer du = upload(up);
+  FERRY_CUDA_LAUNCH(kc::silu_mul(dg.as<float>(), du.as<float>(), n, stream().get()));
+  expect_close(download<float>(dg, gate.size()), want, 1e-37, 16 * kU, "silu_mul");
+}
+
+// Llama's rotate_half layout, rotary_dim below head_dim (partial rotary) and equal to it (Llama,
+// Mistral, Qwen), Llama 3's rope_theta 500000 frequencies, positions to 32767. The angles are
+// the same float products on both sides; sinf/cosf of the device are within 2 ulp over the full
+// range, so each rotated value is within a few ulp of 1 (|x| ≤ 1) of the host's. Everything past
+// rotary_dim and the row padding must come back bit for bit.
+TEST_F(CudaKernels, RotaryHalfMatchesCpu) {
+  std::mt19937 rng(15);
+  const int64_t m = 11, n_head = 3, head_dim = 128;
+  const int64_t stride = n_head * head_dim + 5;  // rows with padding
+  const std::vector<int32_t> pos = {0, 1, 2, 17, 255, 511, 1024, 2047, 8191, 20000, 32767};
+  for (int64_t rotary_dim : {2, 64, 128}) {
+    std::vector<float> inv_freq(static_cast<std::size_t>(rotary_dim / 2));
+    for (std::size_t i = 0; i < inv_freq.size(); ++i)
+      inv_freq[i] = static_cast<float>(
+          1.0 / std::pow(500000.0, static_cast<double>(2 * i) / static_cast<double>(rotary_dim)));
+    const auto x = random_floats(rng, static_cast<std::size_t>(m * stride));
+    auto want = x;
+    cpu::ref::rotary_half(want.data(), m, stride, n_head, head_dim, rotary_dim, inv_freq.data(),
+                          pos.data());
+    DeviceBuffer dx = upload(x);
+    const DeviceBuffer dpos = upload(pos), dfreq = upload(inv_freq);
+    FERRY_CUDA_LAUNCH(kc::rotary_half(dx.as<float>(), m, stride, n_head, head_dim, rotary_dim,
+                                      dfreq.as<float>(), dpos.as<int32_t>(), stream().get()));
+    expect_close(download<float>(dx, x.size()), want, 1e-6, 8 * kU,
+                 "rotary_dim " + std::to_string(rotary_dim));
+  }
+  EXPECT_EQ(kc::rotary_half(nullptr, 1, 8, 1, 8, 3, nullptr, nullptr, stream().get()),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(kc::rotary_half(nullptr, 1, 8, 1, 8, 10, nullptr, nullptr, stream().get()),
+            cudaErrorInvalidValue);
 }
 
 TEST_F(CudaKernels, ElementwiseMatchCpu) {
@@ -273,6 +371,112 @@ TEST_F(CudaKernels, AttentionMatchesCpuForPromptAndDecode) {
   too_long.head_dim = 64;
   too_long.n_past = kc::attention_max_keys();
   EXPECT_EQ(kc::attention(too_long, stream().get()), cudaErrorInvalidValue);
+}
+
+// Grouped-query attention (GQA 2:1 and 4:1 as Llama 3 / Mistral, 7:1 as Qwen2.5-7B, and MQA,
+// one KV head) against the CPU reference over a cache of n_kv_head heads, with the tolerance of
+// the ungrouped test; and against the same kernel over that cache with every KV head repeated for
+// its query heads (HF's repeat_kv, n_kv_head 0): the same reads, so the same bits.
+TEST_F(CudaKernels, AttentionWithGroupedKvHeadsMatchesCpuAndRepeatedHeads) {
+  std::mt19937 rng(16);
+  struct Shape {
+    int64_t n_new, n_past, n_head, n_kv_head, head_dim;
+  };
+  for (const Shape s : {Shape{7, 0, 4, 2, 64}, Shape{1, 1500, 8, 2, 128}, Shape{5, 40, 7, 1, 128},
+                        Shape{33, 0, 8, 1, 64}, Shape{3, 20, 28, 4, 128}}) {
+    const int64_t cap = s.n_past + s.n_new + 3;
+    const int64_t stride = s.n_head * s.head_dim;
+    const int64_t group = s.n_head / s.n_kv_head;
+    const int64_t head_elems = cap * s.head_dim;
+    const auto q = random_floats(rng, static_cast<std::size_t>(s.n_new * stride), -1.0f, 1.0f);
+    const auto k = random_floats(rng, static_cast<std::size_t>(s.n_kv_head * head_elems));
+    const auto v = random_floats(rng, k.size());
+    const std::string name =
+        "n_head=" + std::to_string(s.n_head) + " n_kv_head=" + std::to_string(s.n_kv_head) +
+        " n_new=" + std::to_string(s.n_new) + " n_past=" + std::to_string(s.n_past);
+    for (DType kv : {DType::f32, DType::f16}) {
+      std::vector<float> kr = k, vr = v;
+      std::vector<uint16_t> kh(k.size()), vh(v.size());
+      if (kv == DType::f16)
+        for (std::size_t i = 0; i < k.size(); ++i) {
+          kh[i] = f32_to_f16(k[i]);
+          vh[i] = f32_to_f16(v[i]);
+          kr[i] = f16_to_f32(kh[i]);
+          vr[i] = f16_to_f32(vh[i]);
+        }
+      std::vector<float> want(q.size());
+      cpu::AttentionArgs a;
+      a.q = q.data();
+      a.q_stride = stride;
+      a.k = kr.data();
+      a.v = vr.data();
+      a.kv_head_stride = head_elems;
+      a.out = want.data();
+      a.out_stride = stride;
+      a.n_new = s.n_new;
+      a.n_past = s.n_past;
+      a.n_head = s.n_head;
+      a.head_dim = s.head_dim;
+      a.n_kv_head = s.n_kv_head;
+      cpu::ref::attention(a);
+
+      // The cache as the GPU stores it, and that cache with each KV head repeated group times.
+      const std::size_t elem = dtype_size(kv);
+      std::vector<uint8_t> kb(k.size() * elem), vb(v.size() * elem);
+      std::memcpy(kb.data(), kv == DType::f32 ? static_cast<const void*>(k.data()) : kh.data(),
+                  kb.size());
+      std::memcpy(vb.data(), kv == DType::f32 ? static_cast<const void*>(v.data()) : vh.data(),
+                  vb.size());
+      const std::size_t head_bytes = static_cast<std::size_t>(head_elems) * elem;
+      std::vector<uint8_t> kb_rep(static_cast<std::size_t>(s.n_head) * head_bytes);
+      std::vector<uint8_t> vb_rep(kb_rep.size());
+      for (int64_t h = 0; h < s.n_head; ++h) {
+        const std::size_t from = static_cast<std::size_t>(h / group) * head_bytes;
+        const std::size_t to = static_cast<std::size_t>(h) * head_bytes;
+        std::memcpy(kb_rep.data() + to, kb.data() + from, head_bytes);
+        std::memcpy(vb_rep.data() + to, vb.data() + from, head_bytes);
+      }
+
+      const DeviceBuffer dq = upload(q);
+      const DeviceBuffer dk = upload(kb), dv = upload(vb);
+      const DeviceBuffer dk_rep = upload(kb_rep), dv_rep = upload(vb_rep);
+      DeviceBuffer dout(q.size() * 4), dout_rep(q.size() * 4);
+      kc::AttentionArgs g;
+      g.q = dq.as<float>();
+      g.q_stride = stride;
+      g.k = dk.data();
+      g.v = dv.data();
+      g.kv_dtype = kv;
+      g.kv_head_stride = head_elems;
+      g.out = dout.as<float>();
+      g.out_stride = stride;
+      g.n_new = s.n_new;
+      g.n_past = s.n_past;
+      g.n_head = s.n_head;
+      g.head_dim = s.head_dim;
+      g.n_kv_head = s.n_kv_head;
+      FERRY_CUDA_LAUNCH(kc::attention(g, stream().get()));
+      kc::AttentionArgs r = g;
+      r.k = dk_rep.data();
+      r.v = dv_rep.data();
+      r.out = dout_rep.as<float>();
+      r.n_kv_head = 0;
+      FERRY_CUDA_LAUNCH(kc::attention(r, stream().get()));
+
+      const auto got = download<float>(dout, q.size());
+      const double atol = 8.0 * static_cast<double>(s.head_dim + s.n_past + s.n_new) * kU;
+      expect_close(got, want, atol, 16 * kU, std::string(dtype_name(kv)) + " " + name);
+      expect_close(got, download<float>(dout_rep, q.size()), 0, 0,
+                   std::string(dtype_name(kv)) + " repeated heads " + name);
+    }
+  }
+  // Query heads that cannot share the KV heads evenly: refused, not launched.
+  kc::AttentionArgs uneven;
+  uneven.n_new = 1;
+  uneven.n_head = 6;
+  uneven.n_kv_head = 4;
+  uneven.head_dim = 64;
+  EXPECT_EQ(kc::attention(uneven, stream().get()), cudaErrorInvalidValue);
 }
 
 TEST_F(CudaKernels, LinearMatchesCpuForEveryWeightType) {
