@@ -1,15 +1,20 @@
 // attention: the fast and portable kernels (online softmax over key blocks) against the
 // reference and against a naive double-precision softmax(q·kᵀ/sqrt(d))·v, with a KV cache holding
 // past tokens, several new tokens (causality), strides with padding, and contexts that span
-// several key blocks with a maximum that rises from block to block.
+// several key blocks with a maximum that rises from block to block; and grouped-query attention
+// (n_kv_head < n_head) against the same problem with every KV head repeated for its query heads,
+// as Hugging Face's repeat_kv does.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <limits>
 #include <vector>
 
 #include "kernels/cpu/ops.hpp"
+#include "runtime/core/error.hpp"
 #include "tests/kernels/cpu/kernel_test_util.hpp"
 
 namespace ferry::kernels::cpu {
@@ -24,6 +29,7 @@ struct Problem {
   int64_t n_new = 0;
   int64_t n_head = 0;
   int64_t head_dim = 0;
+  int64_t n_kv_head = 0;  // 0: one KV head per query head
   int64_t capacity = 0;  // cache rows per head; rows ≥ n_past + n_new hold NaN and must not be read
   int64_t q_stride = 0;
   int64_t out_stride = 0;
@@ -32,6 +38,7 @@ struct Problem {
   std::vector<float> v;
 
   int64_t kv_head_stride() const { return capacity * head_dim; }
+  int64_t kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
 
   AttentionArgs args(float* out) const {
     AttentionArgs a;
@@ -46,20 +53,23 @@ struct Problem {
     a.n_past = n_past;
     a.n_head = n_head;
     a.head_dim = head_dim;
+    a.n_kv_head = n_kv_head;
     return a;
   }
   std::size_t out_size() const { return static_cast<std::size_t>(n_new * out_stride); }
 };
 
 // Random q, k, v. q is scaled so the softmax is peaked, and key j is scaled by 1 + key_growth·j
-// so later blocks of keys hold larger scores and the online softmax must rescale.
+// so later blocks of keys hold larger scores and the online softmax must rescale. The cache
+// holds n_kv_head heads (n_head when 0).
 Problem make_problem(std::mt19937& rng, int64_t n_past, int64_t n_new, int64_t n_head,
-                     int64_t head_dim, float key_growth) {
+                     int64_t head_dim, float key_growth, int64_t n_kv_head = 0) {
   Problem p;
   p.n_past = n_past;
   p.n_new = n_new;
   p.n_head = n_head;
   p.head_dim = head_dim;
+  p.n_kv_head = n_kv_head;
   p.capacity = n_past + n_new + 5;
   p.q_stride = n_head * head_dim + 3;
   p.out_stride = n_head * head_dim + 2;
@@ -70,10 +80,10 @@ Problem make_problem(std::mt19937& rng, int64_t n_past, int64_t n_new, int64_t n
       p.q[static_cast<std::size_t>(t * p.q_stride + d)] = 3.0f * dist(rng);
     }
   }
-  const auto cache = static_cast<std::size_t>(n_head * p.kv_head_stride());
+  const auto cache = static_cast<std::size_t>(p.kv_heads() * p.kv_head_stride());
   p.k.assign(cache, kNaN);
   p.v.assign(cache, kNaN);
-  for (int64_t h = 0; h < n_head; ++h) {
+  for (int64_t h = 0; h < p.kv_heads(); ++h) {
     for (int64_t j = 0; j < n_past + n_new; ++j) {
       for (int64_t d = 0; d < head_dim; ++d) {
         const auto at = static_cast<std::size_t>(h * p.kv_head_stride() + j * head_dim + d);
@@ -83,6 +93,25 @@ Problem make_problem(std::mt19937& rng, int64_t n_past, int64_t n_new, int64_t n
     }
   }
   return p;
+}
+
+// HF's repeat_kv: the same problem with KV head g copied to query heads g·group … (g+1)·group - 1
+// and no grouping left.
+Problem repeat_kv(const Problem& p) {
+  Problem r = p;
+  r.n_kv_head = 0;
+  const int64_t group = p.n_head / p.kv_heads();
+  const auto head = static_cast<std::size_t>(p.kv_head_stride());
+  r.k.assign(static_cast<std::size_t>(p.n_head) * head, kNaN);
+  r.v.assign(r.k.size(), kNaN);
+  for (int64_t h = 0; h < p.n_head; ++h) {
+    const auto from = static_cast<std::ptrdiff_t>(static_cast<std::size_t>(h / group) * head);
+    const auto to = static_cast<std::ptrdiff_t>(static_cast<std::size_t>(h) * head);
+    const auto len = static_cast<std::ptrdiff_t>(head);
+    std::copy(p.k.begin() + from, p.k.begin() + from + len, r.k.begin() + to);
+    std::copy(p.v.begin() + from, p.v.begin() + from + len, r.v.begin() + to);
+  }
+  return r;
 }
 
 // The naive double-precision result and a per-(token, head) error bound for an f32 computation.
@@ -98,6 +127,7 @@ struct Expected {
 };
 
 Expected naive_attention(const Problem& p) {
+  EXPECT_EQ(p.kv_heads(), p.n_head) << "naive_attention takes repeat_kv's problem";
   Expected e;
   e.out.assign(p.out_size(), 0.0);
   e.tol.assign(p.out_size(), 0.0);
@@ -201,6 +231,66 @@ TEST(AttentionTest, FastAndScalarMatchReferenceAndNaiveDouble) {
     EXPECT_TRUE(matches("fast vs ref", p, fast_out, ref_out, e, 2.0));
     EXPECT_TRUE(matches("scalar vs ref", p, scalar_out, ref_out, e, 2.0));
   }
+}
+
+// Grouped-query attention: 2:1 and 4:1 (Llama 3, Mistral), 7:1 (Qwen2.5-7B) and one KV head
+// for all (MQA), prompt and decode, against the naive double result of the repeated problem with
+// the ungrouped test's tolerance; and each kernel against itself on the repeated problem, where
+// it reads the same numbers in the same order: the same bits.
+TEST(AttentionTest, GroupedKvHeadsMatchRepeatedKvHeads) {
+  ThreadPool pool(2);
+  std::mt19937 rng(17);
+  struct GqaCase {
+    int64_t n_past, n_new, n_head, n_kv_head, head_dim;
+    float key_growth;
+  };
+  const GqaCase cases[] = {
+      {5, 4, 4, 2, 20, 0.0f},      // 2:1, past and several new tokens
+      {150, 1, 8, 2, 128, 0.02f},  // 4:1 decode over three key blocks, rising maxima
+      {0, 70, 4, 1, 64, 0.01f},    // MQA prompt spanning two key blocks
+      {130, 3, 7, 1, 7, -0.005f},  // MQA, falling maxima, a head smaller than one vector
+      {9, 5, 28, 4, 16, 0.0f},     // 7:1, Qwen2.5-7B's 28 query heads over 4 KV heads
+  };
+  using Kernel = void (*)(const AttentionArgs&, ThreadPool&);
+  struct Impl {
+    const char* name;
+    Kernel fn;
+  };
+  const Impl impls[] = {{"ref", [](const AttentionArgs& a, ThreadPool&) { ref::attention(a); }},
+                        {"fast", attention},
+                        {"scalar", scalar::attention}};
+  for (const GqaCase& c : cases) {
+    SCOPED_TRACE("n_past=" + std::to_string(c.n_past) + " n_new=" + std::to_string(c.n_new) +
+                 " n_head=" + std::to_string(c.n_head) + " n_kv_head=" +
+                 std::to_string(c.n_kv_head) + " head_dim=" + std::to_string(c.head_dim));
+    const Problem p =
+        make_problem(rng, c.n_past, c.n_new, c.n_head, c.head_dim, c.key_growth, c.n_kv_head);
+    const Problem repeated = repeat_kv(p);
+    const Expected e = naive_attention(repeated);
+    std::vector<float> ref_out(p.out_size(), -7.0f);
+    ref::attention(p.args(ref_out.data()));
+    for (const Impl& impl : impls) {
+      std::vector<float> grouped(p.out_size(), -7.0f);
+      std::vector<float> ungrouped(p.out_size(), -7.0f);
+      impl.fn(p.args(grouped.data()), pool);
+      impl.fn(repeated.args(ungrouped.data()), pool);
+      EXPECT_TRUE(matches(impl.name, p, grouped, e.out, e, 1.0)) << "vs double";
+      EXPECT_TRUE(matches(impl.name, p, grouped, ref_out, e, 2.0)) << "vs ref";
+      EXPECT_EQ(0, std::memcmp(grouped.data(), ungrouped.data(), grouped.size() * sizeof(float)))
+          << impl.name << ": grouped and repeated KV heads differ";
+    }
+  }
+}
+
+// Query heads that cannot share the KV heads evenly are refused by name.
+TEST(AttentionTest, UnevenGroupsAreRefused) {
+  ThreadPool pool(1);
+  std::mt19937 rng(19);
+  Problem p = make_problem(rng, 2, 1, 6, 8, 0.0f, 3);
+  p.n_kv_head = 4;  // 6 query heads over 4 KV heads
+  std::vector<float> out(p.out_size(), -7.0f);
+  EXPECT_THROW(attention(p.args(out.data()), pool), InvalidArgument);
+  EXPECT_THROW(scalar::attention(p.args(out.data()), pool), InvalidArgument);
 }
 
 // Token t sees cache rows 0 … n_past + t only: changing the rows of later tokens leaves the

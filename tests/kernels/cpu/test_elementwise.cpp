@@ -1,6 +1,6 @@
-// layer_norm, gelu_new, add, rotary_interleaved, convert_to_f32 and simd_level: the fast and
-// portable kernels against the reference, and all of them against independent double-precision
-// computations.
+// layer_norm, rms_norm, gelu_new, silu_mul, add, rotary_interleaved, rotary_half, convert_to_f32
+// and simd_level: the fast and portable kernels against the reference, and all of them against
+// independent double-precision computations.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -135,6 +135,64 @@ TEST(LayerNormTest, LargeOffsetNeedsTwoPasses) {
   }
 }
 
+// ---- rms_norm ---------------------------------------------------------------------------------
+
+// Double-precision RMSNorm of one row: gamma · x / sqrt(mean(x²) + eps).
+std::vector<double> rms_norm_double(const float* x, int64_t n, const float* gamma, double eps) {
+  double sq = 0.0;
+  for (int64_t j = 0; j < n; ++j) sq += static_cast<double>(x[j]) * x[j];
+  const double rstd = 1.0 / std::sqrt(sq / static_cast<double>(n) + eps);
+  std::vector<double> y(static_cast<std::size_t>(n));
+  for (int64_t j = 0; j < n; ++j) y[static_cast<std::size_t>(j)] = gamma[j] * (x[j] * rstd);
+  return y;
+}
+
+// The f32 sum of n positive squares is within (n - 1)·u of exact (relative), so rstd is within
+// n·u/2 + 3u and every output (two more products) within n·u/2 + 6u: the tolerance is twice that,
+// relative, which at n = 4096 is 2.5e-4 at worst (typically ~sqrt(n)·u). It still catches the
+// mistakes that matter: subtracting the mean (layer norm) moves outputs by ~|mean|·rstd, dividing
+// by n - 1 by 1/(2n) relative (5e-4 at n = 1000 against a tolerance of 6e-5), a missing eps by
+// eps/(2·mean(x²)) (~1e-2 with eps 1e-2 below).
+TEST(RmsNormTest, MatchesDoubleAndReference) {
+  std::mt19937 rng(41);
+  for (float eps : {1e-6f, 1e-2f}) {
+    for (int64_t n : {1, 7, 8, 9, 64, 65, 128, 1000, 4096}) {
+      const int64_t m = 3;
+      SCOPED_TRACE("n=" + std::to_string(n) + " eps=" + std::to_string(eps));
+      const auto x = random_floats(rng, static_cast<std::size_t>(m * n), -1.0f, 1.5f);
+      const auto gamma = random_floats(rng, static_cast<std::size_t>(n), 0.5f, 2.0f);
+      std::vector<float> y_ref(x.size());
+      ref::rms_norm(x.data(), m, n, gamma.data(), eps, y_ref.data());
+      std::vector<float> y_fast(x.size(), NAN);
+      rms_norm(x.data(), m, n, gamma.data(), eps, y_fast.data());
+      // In place (y = x) gives the same bits.
+      auto y_inplace = x;
+      rms_norm(y_inplace.data(), m, n, gamma.data(), eps, y_inplace.data());
+      const double rtol = (static_cast<double>(n) + 12.0) * kUnitRoundoff;
+      for (int64_t i = 0; i < m; ++i) {
+        const auto want = rms_norm_double(x.data() + i * n, n, gamma.data(), eps);
+        for (int64_t j = 0; j < n; ++j) {
+          const auto at = static_cast<std::size_t>(i * n + j);
+          const double w = want[static_cast<std::size_t>(j)];
+          ASSERT_NEAR(y_ref[at], w, rtol * std::fabs(w) + 1e-30) << "ref row " << i << " col " << j;
+          ASSERT_EQ(bits_of(y_fast[at]), bits_of(y_ref[at])) << "fast row " << i << " col " << j;
+          ASSERT_EQ(bits_of(y_inplace[at]), bits_of(y_ref[at])) << "in place " << i << " " << j;
+        }
+      }
+    }
+  }
+}
+
+// Hand-computed: x = (3, 4), gamma = (1, 2), eps 0: mean(x²) = 12.5, rstd = 1/sqrt(12.5).
+TEST(RmsNormTest, HandComputed) {
+  const std::vector<float> x = {3.0f, 4.0f};
+  const std::vector<float> gamma = {1.0f, 2.0f};
+  std::vector<float> y(2);
+  rms_norm(x.data(), 1, 2, gamma.data(), 0.0f, y.data());
+  EXPECT_NEAR(y[0], 3.0 / std::sqrt(12.5), 1e-7);
+  EXPECT_NEAR(y[1], 8.0 / std::sqrt(12.5), 1e-6);
+}
+
 // ---- gelu_new ---------------------------------------------------------------------------------
 
 double gelu_new_double(double x) {
@@ -163,6 +221,38 @@ TEST(GeluNewTest, MatchesDoubleFormula) {
   // Known values of the tanh approximation (gelu_new(1) = 0.841192; gelu_new(-1) = -0.158808).
   EXPECT_NEAR(fast[static_cast<std::size_t>(2000 + 200)], 0.8411920071, 1e-6);
   EXPECT_NEAR(fast[static_cast<std::size_t>(2000 - 200)], -0.1588079929, 1e-6);
+}
+
+// ---- silu_mul ---------------------------------------------------------------------------------
+
+// silu(g)·u in double: g / (1 + e^-g) · u. The float formula rounds four times (exp within an ulp,
+// the sum, the division, the product) and exp's error enters 1 + e^-g damped by e/(1 + e) ≤ 1:
+// within 12·u relative. Past g ≈ -88 e^-g overflows in float and the result is ±0, which the
+// double formula puts below 1e-30.
+TEST(SiluMulTest, MatchesDoubleFormulaAndReference) {
+  std::mt19937 rng(43);
+  std::vector<float> gate;
+  for (int i = -2000; i <= 2000; ++i) gate.push_back(static_cast<float>(i) * 0.01f);
+  for (float v : {-100.0f, -88.0f, -30.0f, -1e-30f, 0.0f, 1e-30f, 30.0f, 88.0f, 100.0f, 1e4f})
+    gate.push_back(v);
+  const auto up = random_floats(rng, gate.size(), -4.0f, 4.0f);
+  const auto n = static_cast<int64_t>(gate.size());
+  auto fast = gate;
+  auto reference = gate;
+  silu_mul(fast.data(), up.data(), n);
+  ref::silu_mul(reference.data(), up.data(), n);
+  for (std::size_t i = 0; i < gate.size(); ++i) {
+    const double g = gate[i];
+    const double want = g / (1.0 + std::exp(-g)) * up[i];
+    ASSERT_NEAR(reference[i], want, 12.0 * kUnitRoundoff * std::fabs(want) + 1e-30)
+        << "gate=" << gate[i] << " up=" << up[i];
+    ASSERT_EQ(bits_of(fast[i]), bits_of(reference[i])) << "gate=" << gate[i];
+  }
+  // silu(1)·1 = 1 / (1 + e^-1) = 0.7310585786.
+  float g1 = 1.0f;
+  const float u1 = 1.0f;
+  silu_mul(&g1, &u1, 1);
+  EXPECT_NEAR(g1, 0.7310585786, 1e-7);
 }
 
 // ---- add --------------------------------------------------------------------------------------
@@ -248,6 +338,101 @@ TEST(RotaryTest, HandComputedRotation) {
   EXPECT_NEAR(x[3], std::cos(0.01), 1e-7);
   EXPECT_EQ(x[4], 5.0f);
   EXPECT_EQ(x[5], 6.0f);
+}
+
+// ---- rotary_half ------------------------------------------------------------------------------
+
+// Llama's inverse frequencies without scaling: 1 / theta^(2i / rotary_dim), rounded to float as
+// the model description hands them over.
+std::vector<float> llama_inv_freq(int64_t rotary_dim, double theta) {
+  std::vector<float> f(static_cast<std::size_t>(rotary_dim / 2));
+  for (std::size_t i = 0; i < f.size(); ++i)
+    f[i] = static_cast<float>(
+        1.0 / std::pow(theta, static_cast<double>(2 * i) / static_cast<double>(rotary_dim)));
+  return f;
+}
+
+// HF's apply_rotary_pos_emb in double, on the first rotary_dim features of one head:
+// x·cos + rotate_half(x)·sin, rotate_half(x) = cat(-x[half:], x[:half]), with cos and sin of the
+// angle pos·inv_freq[d mod half] (emb = cat(freqs, freqs)). The inverse frequencies are the float
+// ones the kernel gets; the product with pos is taken in double.
+std::vector<double> rotate_half_double(const float* head, int64_t rotary_dim,
+                                       const std::vector<float>& inv_freq, int32_t pos) {
+  const int64_t half = rotary_dim / 2;
+  std::vector<double> y(static_cast<std::size_t>(rotary_dim));
+  for (int64_t d = 0; d < rotary_dim; ++d) {
+    const double angle = static_cast<double>(pos) * inv_freq[static_cast<std::size_t>(d % half)];
+    const double rotated = d < half ? -static_cast<double>(head[d + half]) : head[d - half];
+    y[static_cast<std::size_t>(d)] = head[d] * std::cos(angle) + rotated * std::sin(angle);
+  }
+  return y;
+}
+
+// Rows of n_head heads with padding, rotary_dim below head_dim (partial rotary) and equal to it,
+// Llama 3's theta (500000) and Llama 2's (10000), positions up to 32767 rad of angle. Tolerance:
+// the float angle pos·inv_freq is one rounding off the double one (u·|angle|), which moves the
+// pair by (|x_i| + |x_i+half|)·u·|angle|; cosf/sinf and the two products and sum add a few u.
+// Swapping the halves' roles, rotating interleaved pairs, or a wrong sign is off by O(|x|).
+TEST(RotaryHalfTest, MatchesHfRotateHalfInDouble) {
+  std::mt19937 rng(47);
+  const int64_t n_head = 3;
+  const int64_t head_dim = 32;
+  const std::vector<int32_t> positions = {0, 1, 2, 7, 100, 2047, 8191, 32767};
+  const auto m = static_cast<int64_t>(positions.size());
+  for (double theta : {10000.0, 500000.0}) {
+    for (int64_t rotary_dim : {2, 8, 16, 32}) {
+      SCOPED_TRACE("rotary_dim=" + std::to_string(rotary_dim) + " theta=" + std::to_string(theta));
+      const auto inv_freq = llama_inv_freq(rotary_dim, theta);
+      const int64_t row_stride = n_head * head_dim + 5;
+      const auto x0 = random_floats(rng, static_cast<std::size_t>(m * row_stride));
+      auto fast = x0;
+      auto reference = x0;
+      rotary_half(fast.data(), m, row_stride, n_head, head_dim, rotary_dim, inv_freq.data(),
+                  positions.data());
+      ref::rotary_half(reference.data(), m, row_stride, n_head, head_dim, rotary_dim,
+                       inv_freq.data(), positions.data());
+      const int64_t half = rotary_dim / 2;
+      for (int64_t r = 0; r < m; ++r) {
+        const int32_t pos = positions[static_cast<std::size_t>(r)];
+        for (int64_t c = 0; c < row_stride; ++c) {
+          const auto at = static_cast<std::size_t>(r * row_stride + c);
+          ASSERT_EQ(bits_of(fast[at]), bits_of(reference[at])) << "row " << r << " col " << c;
+          const int64_t h = c / head_dim;
+          const int64_t d = c % head_dim;
+          if (h >= n_head || d >= rotary_dim || pos == 0) {
+            // Untouched: features past rotary_dim, the row padding, and position 0.
+            ASSERT_EQ(bits_of(fast[at]), bits_of(x0[at])) << "row " << r << " col " << c;
+            continue;
+          }
+          const float* head = x0.data() + r * row_stride + h * head_dim;
+          const double want =
+              rotate_half_double(head, rotary_dim, inv_freq, pos)[static_cast<std::size_t>(d)];
+          const double angle =
+              static_cast<double>(pos) * inv_freq[static_cast<std::size_t>(d % half)];
+          const double pair = std::fabs(static_cast<double>(head[d % half])) +
+                              std::fabs(static_cast<double>(head[d % half + half]));
+          const double tol = pair * kUnitRoundoff * (2.0 * std::fabs(angle) + 8.0) + 1e-30;
+          ASSERT_NEAR(fast[at], want, tol) << "row " << r << " col " << c;
+        }
+      }
+    }
+  }
+}
+
+// Position 1, rotary_dim 4, head_dim 6, theta 10000: inv_freq = (1, 0.01); feature 0 pairs with
+// 2, feature 1 with 3.
+TEST(RotaryHalfTest, HandComputedRotation) {
+  std::vector<float> x = {1.0f, 0.0f, 0.0f, 1.0f, 5.0f, 6.0f};
+  const std::vector<float> inv_freq = {1.0f, 0.01f};
+  const int32_t pos = 1;
+  rotary_half(x.data(), 1, 6, 1, 6, 4, inv_freq.data(), &pos);
+  EXPECT_NEAR(x[0], std::cos(1.0), 1e-7);    // 1·cos 1 - 0·sin 1
+  EXPECT_NEAR(x[2], std::sin(1.0), 1e-7);    // 0·cos 1 + 1·sin 1
+  EXPECT_NEAR(x[1], -std::sin(0.01), 1e-8);  // 0·cos - 1·sin
+  EXPECT_NEAR(x[3], std::cos(0.01), 1e-7);   // 1·cos + 0·sin
+  EXPECT_EQ(x[4], 5.0f);
+  EXPECT_EQ(x[5], 6.0f);
+  EXPECT_THROW(rotary_half(x.data(), 1, 6, 1, 6, 3, inv_freq.data(), &pos), InvalidArgument);
 }
 
 // ---- convert_to_f32 ---------------------------------------------------------------------------
