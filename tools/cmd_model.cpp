@@ -7,7 +7,7 @@
 #include "runtime/core/error.hpp"
 #include "runtime/core/units.hpp"
 #include "runtime/engine/make_model.hpp"
-#include "runtime/model/gptj_layout.hpp"
+#include "runtime/model/layout.hpp"
 #include "runtime/model/model_config.hpp"
 #include "tools/commands.hpp"
 

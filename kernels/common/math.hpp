@@ -53,6 +53,24 @@ FERRY_HD void rotary_rotate_pair(float& x0, float& x1, float cos_a, float sin_a)
   x1 = b * cos_a + a * sin_a;
 }
 
+// Rotates the pair (x[i], x[i + half]) of Llama's rotate_half layout: HF computes
+// x * cos + rotate_half(x) * sin with rotate_half(x) = cat(-x[half:], x[:half]), so in float
+// x[i]·cos - x[i+half]·sin and x[i+half]·cos + x[i]·sin: the same two products and sum as an
+// interleaved pair, on other indices.
+FERRY_HD void rotary_rotate_half_pair(float& lo, float& hi, float cos_a, float sin_a) {
+  rotary_rotate_pair(lo, hi, cos_a, sin_a);
+}
+
+// Llama's rotary angle: float(pos) * inv_freq, with the inverse frequency taken from a table
+// the model description computed (rope_theta, rope scaling).
+FERRY_HD float rotary_angle_freq(int32_t pos, float inv_freq) {
+  return static_cast<float>(pos) * inv_freq;
+}
+
+// SiLU as torch computes it in float32 (x / (1 + exp(-x))), times the up projection: one
+// element of Llama's SwiGLU, down(silu(gate(x)) * up(x)).
+FERRY_HD float silu_mul(float gate, float up) { return gate / (1.0f + ::expf(-gate)) * up; }
+
 // HF's attention scale: scores are divided by sqrt(head_dim) computed in float32.
 FERRY_HD float attention_scale_divisor(int64_t head_dim) {
   return ::sqrtf(static_cast<float>(head_dim));

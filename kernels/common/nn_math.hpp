@@ -26,6 +26,16 @@ FERRY_HD float layer_norm_apply(float x, float mean, float rstd, float gamma, fl
   return (x - mean) * rstd * gamma + beta;
 }
 
+// RMSNorm (Llama, Mistral, Qwen): 1 / sqrt(Σx² / n + eps) in f32, as HF's LlamaRMSNorm computes
+// torch.rsqrt(variance + eps).
+FERRY_HD float rms_norm_rstd(float sq_sum, int64_t n, float eps) {
+  const float var = sq_sum / static_cast<float>(n);
+  return 1.0f / ::sqrtf(var + eps);
+}
+
+// One RMSNorm output element: weight · (x · rstd), the product inside first as HF writes it.
+FERRY_HD float rms_norm_apply(float x, float rstd, float gamma) { return gamma * (x * rstd); }
+
 // A scaled attention score: q·k divided (not multiplied by a reciprocal) by sqrt(head_dim), as
 // Hugging Face's GPT-J does; divisor is attention_scale_divisor(head_dim) from math.hpp.
 FERRY_HD float attention_score(float dot, float divisor) { return dot / divisor; }

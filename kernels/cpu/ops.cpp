@@ -112,6 +112,9 @@ void run_linear(LinearRowsFn rows, const float* x, int64_t m, int64_t k, const v
 }
 
 void run_attention(AttentionPairsFn pairs, const AttentionArgs& args, ThreadPool& pool) {
+  FERRY_EXPECT(args.n_kv_head == 0 || (args.n_kv_head > 0 && args.n_head % args.n_kv_head == 0),
+               "attention: {} query heads cannot share {} KV heads evenly", args.n_head,
+               args.n_kv_head);
   FERRY_EXPECT(args.n_new >= 0 && args.n_past >= 0 && args.n_head >= 0 && args.head_dim > 0,
                "attention: bad sizes n_new={} n_past={} n_head={} head_dim={}", args.n_new,
                args.n_past, args.n_head, args.head_dim);
@@ -161,6 +164,34 @@ void rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head,
       for (int64_t h = 0; h < n_head; ++h) {
         float* pair = row + h * head_dim + 2 * i;
         rotary_rotate_pair(pair[0], pair[1], cos_a, sin_a);
+      }
+    }
+  }
+}
+
+// One pass per row, no SIMD: the norm is O(n) beside the O(n²) products around it.
+void rms_norm(const float* x, int64_t m, int64_t n, const float* gamma, float eps, float* y) {
+  ref::rms_norm(x, m, n, gamma, eps, y);
+}
+
+void silu_mul(float* gate, const float* up, int64_t n) { ref::silu_mul(gate, up, n); }
+
+// As rotary_interleaved: each cos/sin once per row and pair, applied to every head.
+void rotary_half(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_t head_dim,
+                 int64_t rotary_dim, const float* inv_freq, const int32_t* positions) {
+  FERRY_EXPECT(rotary_dim % 2 == 0 && rotary_dim <= head_dim,
+               "rotary_half: rotary_dim {} must be even and at most head_dim {}", rotary_dim,
+               head_dim);
+  const int64_t half = rotary_dim / 2;
+  for (int64_t r = 0; r < m; ++r) {
+    float* row = x + r * row_stride;
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = rotary_angle_freq(positions[r], inv_freq[i]);
+      const float cos_a = ::cosf(angle);
+      const float sin_a = ::sinf(angle);
+      for (int64_t h = 0; h < n_head; ++h) {
+        float* head = row + h * head_dim;
+        rotary_rotate_half_pair(head[i], head[i + half], cos_a, sin_a);
       }
     }
   }

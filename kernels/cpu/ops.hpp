@@ -28,7 +28,15 @@ struct AttentionArgs {
   int64_t n_past = 0;
   int64_t n_head = 0;
   int64_t head_dim = 0;
+  // Grouped-query attention: query head h reads KV head h / (n_head / n_kv_head) (HF's
+  // repeat_kv gives each KV head to consecutive query heads). 0 means n_head (no grouping).
+  int64_t n_kv_head = 0;
 };
+
+// The KV head a query head reads.
+inline int64_t attention_kv_head(const AttentionArgs& a, int64_t h) {
+  return a.n_kv_head > 0 ? h / (a.n_head / a.n_kv_head) : h;
+}
 
 // Which implementation the dispatched kernels use: "avx2" or "scalar". FERRY_SIMD=scalar in the
 // environment forces the portable path.
@@ -46,6 +54,19 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
 // y[i, :] = (x[i, :] - mean) / sqrt(var + eps) · gamma + beta, per row of n features.
 void layer_norm(const float* x, int64_t m, int64_t n, const float* gamma, const float* beta,
                 float eps, float* y);
+
+// y[i, :] = gamma · (x[i, :] · 1/sqrt(mean(x[i, :]²) + eps)): RMSNorm (Llama, Mistral, Qwen),
+// per row of n features; y may be x.
+void rms_norm(const float* x, int64_t m, int64_t n, const float* gamma, float eps, float* y);
+
+// gate[i] = silu(gate[i]) · up[i]: SwiGLU's elementwise step, in place in gate.
+void silu_mul(float* gate, const float* up, int64_t n);
+
+// Llama's rotary embedding (rotate_half), in place, on the first rotary_dim features of every
+// head of every row: feature i pairs with i + rotary_dim/2, both rotated by positions[row] ·
+// inv_freq[i] (inv_freq has rotary_dim/2 entries, computed by the model description).
+void rotary_half(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_t head_dim,
+                 int64_t rotary_dim, const float* inv_freq, const int32_t* positions);
 
 // x = gelu_new(x) = 0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³))), in place.
 void gelu_new(float* x, int64_t n);
@@ -90,6 +111,10 @@ void gelu_new(float* x, int64_t n);
 void add(float* y, const float* x, int64_t n);
 void rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_t head_dim,
                         int64_t rotary_dim, const int32_t* positions);
+void rms_norm(const float* x, int64_t m, int64_t n, const float* gamma, float eps, float* y);
+void silu_mul(float* gate, const float* up, int64_t n);
+void rotary_half(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_t head_dim,
+                 int64_t rotary_dim, const float* inv_freq, const int32_t* positions);
 void attention(const AttentionArgs& args);
 void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst);
 }  // namespace ref

@@ -163,8 +163,8 @@ void attention_pairs(const AttentionArgs& a, int64_t p_begin, int64_t p_end) {
     const int64_t t = p / a.n_head;
     const int64_t h = p % a.n_head;
     const float* q = a.q + t * a.q_stride + h * hd;
-    const float* k = a.k + h * a.kv_head_stride;
-    const float* v = a.v + h * a.kv_head_stride;
+    const float* k = a.k + attention_kv_head(a, h) * a.kv_head_stride;
+    const float* v = a.v + attention_kv_head(a, h) * a.kv_head_stride;
     float* out = a.out + t * a.out_stride + h * hd;
     const int64_t n_keys = a.n_past + t + 1;
     float running_max = -INFINITY;

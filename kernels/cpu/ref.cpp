@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "kernels/common/math.hpp"
+#include "kernels/common/nn_math.hpp"
 #include "kernels/common/quant_math.hpp"
 #include "kernels/cpu/ops.hpp"
 #include "runtime/core/error.hpp"
@@ -90,14 +91,42 @@ void rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head,
   }
 }
 
+void rms_norm(const float* x, int64_t m, int64_t n, const float* gamma, float eps, float* y) {
+  for (int64_t i = 0; i < m; ++i) {
+    const float* row = x + i * n;
+    float sq = 0.0f;
+    for (int64_t j = 0; j < n; ++j) sq += row[j] * row[j];
+    const float rstd = rms_norm_rstd(sq, n, eps);
+    for (int64_t j = 0; j < n; ++j) y[i * n + j] = rms_norm_apply(row[j], rstd, gamma[j]);
+  }
+}
+
+void silu_mul(float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) gate[i] = kernels::silu_mul(gate[i], up[i]);
+}
+
+void rotary_half(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_t head_dim,
+                 int64_t rotary_dim, const float* inv_freq, const int32_t* positions) {
+  const int64_t half = rotary_dim / 2;
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t h = 0; h < n_head; ++h) {
+      float* head = x + r * row_stride + h * head_dim;
+      for (int64_t i = 0; i < half; ++i) {
+        const float angle = rotary_angle_freq(positions[r], inv_freq[i]);
+        rotary_rotate_half_pair(head[i], head[i + half], ::cosf(angle), ::sinf(angle));
+      }
+    }
+  }
+}
+
 void attention(const AttentionArgs& a) {
   const float divisor = attention_scale_divisor(a.head_dim);
   for (int64_t t = 0; t < a.n_new; ++t) {
     const int64_t n_keys = a.n_past + t + 1;
     for (int64_t h = 0; h < a.n_head; ++h) {
       const float* q = a.q + t * a.q_stride + h * a.head_dim;
-      const float* k = a.k + h * a.kv_head_stride;
-      const float* v = a.v + h * a.kv_head_stride;
+      const float* k = a.k + attention_kv_head(a, h) * a.kv_head_stride;
+      const float* v = a.v + attention_kv_head(a, h) * a.kv_head_stride;
       float* out = a.out + t * a.out_stride + h * a.head_dim;
       auto score = [&](int64_t j) {
         float dot = 0.0f;

@@ -20,7 +20,7 @@
 #include "runtime/cuda/cuda_check.hpp"
 #include "runtime/cuda/cuda_device.hpp"
 #include "runtime/cuda/resources.hpp"
-#include "runtime/model/gptj_layout.hpp"
+#include "runtime/model/layout.hpp"
 
 namespace ferry::cuda {
 
@@ -592,7 +592,7 @@ CudaEngine::CudaEngine(const model::ModelConfig& config, const offload::Checkpoi
                        const Placement& placement, CudaEngineOptions options)
     : impl_(std::make_unique<Impl>(config, checkpoint, placement, std::move(options))) {
   engine::check_checkpoint(config, checkpoint);
-  impl_->build(engine::gptj_units(config, placement));
+  impl_->build(engine::model_units(config, placement));
 }
 
 CudaEngine::~CudaEngine() {

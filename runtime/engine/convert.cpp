@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
 
@@ -17,7 +18,7 @@
 #include "runtime/core/quant.hpp"
 #include "runtime/core/thread_pool.hpp"
 #include "runtime/engine/weights.hpp"
-#include "runtime/model/gptj_layout.hpp"
+#include "runtime/model/layout.hpp"
 
 namespace ferry::engine {
 
@@ -35,13 +36,21 @@ constexpr const char* kSideFiles[] = {"vocab.json",
                                       "added_tokens.json",
                                       "generation_config.json"};
 
+std::string read_text_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  FERRY_EXPECT(in.good(), "cannot read {}", path.string());
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+void write_text_file(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.flush();
+  FERRY_EXPECT(out.good(), "cannot write {}", path.string());
+}
+
 // Source rows are read this many bytes at a time.
 constexpr uint64_t kReadChunkBytes = 16ull << 20;
-
-bool is_block_matrix(WeightRole r) {
-  return std::find(std::begin(model::kBlockMatrices), std::end(model::kBlockMatrices), r) !=
-         std::end(model::kBlockMatrices);
-}
 
 // One f32 value stored as dtype (f32, f16 or bf16); a finite value that would become infinite
 // is refused, since the model would silently change.
@@ -128,8 +137,8 @@ ConvertResult convert_model(const fs::path& in, const fs::path& out,
     blobs.push_back({std::move(name), {}});
     sources.emplace_back();
   };
-  const auto add = [&](const model::WeightSpec& w, DType dtype) {
-    const offload::TensorEntry& t = ck.at(w.name);
+  const auto add = [&](const model::WeightSpec& w, DType dtype, const std::string& source) {
+    const offload::TensorEntry& t = ck.at(source);
     // Norms and biases keep their source dtype: a few MiB, and exact.
     const DType d = w.is_matrix() ? dtype : t.dtype;
     blobs.back().tensors.push_back({w.name, d, w.shape});
@@ -138,22 +147,22 @@ ConvertResult convert_model(const fs::path& in, const fs::path& out,
   add_blob("vectors");
   for (const auto& g : model::all_groups(config))
     for (const auto& w : g.weights)
-      if (!w.is_matrix()) add(w, matrices);
+      if (!w.is_matrix()) add(w, matrices, w.name);
   add_blob("embedding");
-  add(model::embedding_group(config).weights[0], embeddings);
+  const model::WeightSpec table = model::embedding_group(config).weights[0];
+  add(table, embeddings, table.name);
   for (int l = 0; l < config.n_layer; ++l) {
     add_blob(fmt::format("layer {}", l));
-    const model::WeightGroup g = model::block_group(config, l);
-    // model::kBlockMatrices: the order gptj_units streams, so a layer's blob is one read.
-    for (WeightRole r : model::kBlockMatrices) add(g.spec(r), matrices);
+    // The block's matrices in the order model_units streams them, so a layer's blob is one read.
+    for (const auto& w : model::block_group(config, l).matrices()) add(w, matrices, w.name);
   }
+  // A tied output projection is written as its own lm_head.weight (it may be quantized where
+  // the embedding is not), and the pack's config.json says the two are no longer tied.
+  model::ModelConfig pack_config = config;
+  pack_config.tie_word_embeddings = false;
   add_blob("lm_head");
-  add(model::head_group(config).spec(WeightRole::lm_head_w), lm_head);
-  for (const auto& g : model::all_groups(config))
-    for (const auto& w : g.weights)
-      FERRY_EXPECT(!w.is_matrix() || w.role == WeightRole::wte || w.role == WeightRole::lm_head_w ||
-                       is_block_matrix(w.role),
-                   "internal: matrix '{}' has no blob", w.name);
+  add(model::head_group(pack_config).spec(WeightRole::lm_head_w), lm_head,
+      model::head_group(config).spec(WeightRole::lm_head_w).name);
 
   fs::create_directories(out);
   nlohmann::json tokenizer = nlohmann::json::object();
@@ -162,11 +171,17 @@ ConvertResult convert_model(const fs::path& in, const fs::path& out,
     fs::copy_file(in / name, out / name, fs::copy_options::overwrite_existing);
     tokenizer[name] = {{"bytes", fs::file_size(in / name)}};
   }
-  fs::copy_file(in / "config.json", out / "config.json", fs::copy_options::overwrite_existing);
+  if (config.tie_word_embeddings) {
+    nlohmann::json j = nlohmann::json::parse(read_text_file(in / "config.json"));
+    j["tie_word_embeddings"] = false;
+    write_text_file(out / "config.json", j.dump(2) + "\n");
+  } else {
+    fs::copy_file(in / "config.json", out / "config.json", fs::copy_options::overwrite_existing);
+  }
 
   const int64_t group = quant_group_size(matrices);
   nlohmann::json meta = {
-      {"model", config.to_json()},
+      {"model", pack_config.to_json()},
       {"tokenizer", {{"files", tokenizer}, {"note", "the files beside model.ferry"}}},
       {"quantization",
        {{"format", options.format.name()},

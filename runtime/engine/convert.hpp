@@ -27,7 +27,7 @@ struct ConvertResult {
 };
 
 // The blob names, in file order: "vectors" (every norm and bias), "embedding", "layer 0" …
-// "layer N-1", "lm_head". Each layer blob holds q, k, v, out, fc_in, fc_out in gptj_units' order,
+// "layer N-1", "lm_head". Each layer blob holds q, k, v, out, fc_in, fc_out in model_units' order,
 // so a streamed layer is exactly one read of its blob.
 ConvertResult convert_model(const std::filesystem::path& in, const std::filesystem::path& out,
                             const ConvertOptions& options);

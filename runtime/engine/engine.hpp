@@ -1,14 +1,16 @@
-// Engine: the GPT-J forward pass on the CPU. One call processes a batch of sequences, each
+// Engine: the forward pass of every model family, written once over a Backend's operations
+// (backend.hpp) with weights looked up by role. One call processes a batch of sequences, each
 // appending any number of tokens (a whole prompt in one pass, or one token while decoding);
 // every matrix product runs once over all the batch's tokens.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
 #include "runtime/core/thread_pool.hpp"
-#include "runtime/engine/kv_cache.hpp"
+#include "runtime/engine/backend.hpp"
 #include "runtime/engine/weights.hpp"
 
 namespace ferry::engine {
@@ -26,11 +28,10 @@ enum class LogitsFor {
 
 struct EngineOptions {
   int max_seqs = 1;
-  int64_t context = 0;  // KV capacity per sequence; 0 means n_positions
+  int64_t context = 0;  // KV capacity per sequence; 0 means model::default_context
 };
 
-// What generate() and the tools drive: a batched forward pass with its KV cache, on any
-// backend (Engine on the CPU, cuda::CudaEngine on a GPU).
+// What generate() and the tools drive: a batched forward pass with its KV cache.
 class ForwardPass {
  public:
   virtual ~ForwardPass() = default;
@@ -45,6 +46,8 @@ class ForwardPass {
 
 class Engine final : public ForwardPass {
  public:
+  explicit Engine(std::unique_ptr<Backend> backend);
+  // On the CPU backend, over these weights.
   Engine(WeightProvider& weights, EngineOptions options, ThreadPool& pool);
 
   // Bytes of activations a forward pass of up to max_rows tokens needs, with logits for up to
@@ -53,9 +56,11 @@ class Engine final : public ForwardPass {
                                    int64_t max_logit_rows);
 
   const model::ModelConfig& config() const override { return config_; }
-  int64_t context() const override { return cache_.capacity(); }
-  int64_t length(int seq) const override { return cache_.length(seq); }
-  void reset(int seq) override { cache_.set_length(seq, 0); }
+  int64_t context() const override { return backend_->context(); }
+  int64_t length(int seq) const override { return backend_->length(seq); }
+  void reset(int seq) override { backend_->set_length(seq, 0); }
+  Backend& backend() { return *backend_; }
+  const Backend& backend() const { return *backend_; }
 
   // Runs the batch and returns logits ([rows, vocab_size], see LogitsFor). Throws
   // InvalidArgument for a token id outside the vocabulary or a sequence that would outgrow
@@ -63,27 +68,31 @@ class Engine final : public ForwardPass {
   const std::vector<float>& forward(std::span<const SeqTokens> batch, LogitsFor which) override;
 
  private:
-  void attention_block(std::span<const SeqTokens> batch, const BlockWeights& w, int layer);
+  // The activations of one pass ([rows, width] each, rows = tokens in the batch).
+  struct Acts {
+    float* x;      // [rows, n_embd] residual stream
+    float* h;      // [rows, n_embd] a norm's output
+    float* q;      // [rows, q_dim]
+    float* k;      // [rows, kv_dim]
+    float* v;      // [rows, kv_dim]
+    float* attn;   // [rows, q_dim] attention output before o_proj
+    float* proj;   // [rows, n_embd] o_proj output
+    float* ff;     // [rows, n_inner] fc_in / gate output
+    float* up;     // [rows, n_inner] SwiGLU's up projection (null for GPT-J)
+    float* mlp;    // [rows, n_embd]
+    float* final;  // [logit rows, n_embd] rows taken for the head
+    float* logits; // [logit rows, vocab]
+  };
+  void block(const UnitWeights& w, int layer, int64_t rows, const Acts& a);
+  void attention(const UnitWeights& w, int layer, int64_t rows, const Acts& a);
+  void mlp(const UnitWeights& w, int64_t rows, const Acts& a);
 
+  std::unique_ptr<Backend> backend_;
   model::ModelConfig config_;
-  WeightProvider& weights_;
-  ThreadPool& pool_;
-  KvCache cache_;
-
-  // Activations, reused between calls; rows = tokens in the batch.
-  std::vector<float> x_;     // [rows, n_embd] residual stream
-  std::vector<float> h_;     // [rows, n_embd] ln_1 output
-  std::vector<float> q_;     // [rows, n_embd]
-  std::vector<float> k_;     // [rows, n_embd]
-  std::vector<float> v_;     // [rows, n_embd]
-  std::vector<float> attn_;  // [rows, n_embd] attention output before out_proj
-  std::vector<float> proj_;  // [rows, n_embd] out_proj output
-  std::vector<float> ff_;    // [rows, n_inner]
-  std::vector<float> mlp_;   // [rows, n_embd]
   std::vector<int32_t> tokens_;
   std::vector<int32_t> positions_;
-  std::vector<float> final_;   // [logit rows, n_embd] ln_f output
-  std::vector<float> logits_;  // [logit rows, vocab]
+  std::vector<SeqRows> seqs_;
+  std::vector<float> logits_;  // [logit rows, vocab], on the host
 };
 
 }  // namespace ferry::engine

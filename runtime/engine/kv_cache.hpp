@@ -1,5 +1,5 @@
 // KvCache: keys (after rotary) and values of every past token, per sequence slot and layer,
-// in f32, laid out head-major ([n_head][capacity][head_dim]) so that attention for one head
+// in f32, laid out head-major ([n_kv_head][capacity][head_dim]) so that attention for one head
 // reads one contiguous block.
 #pragma once
 

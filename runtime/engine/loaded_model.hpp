@@ -22,7 +22,7 @@ namespace ferry::engine {
 struct LoadOptions {
   std::optional<uint64_t> max_ram_bytes;  // none: what the machine (and its cgroups) has free
   std::string max_ram_source = "--max-ram";  // where max_ram_bytes came from, for the plan's text
-  int64_t context = 0;                    // KV cache tokens per sequence; 0: n_positions
+  int64_t context = 0;                    // KV cache tokens per sequence; 0: default_context
   int64_t max_batch_rows = 0;             // most tokens in one forward pass; 0: the context
   int64_t max_logit_rows = 0;             // most rows of logits one pass returns; 0: max_batch_rows
   int max_seqs = 1;

@@ -8,7 +8,7 @@
 #include "runtime/core/error.hpp"
 #include "runtime/core/half.hpp"
 #include "runtime/core/thread_pool.hpp"
-#include "runtime/model/gptj_layout.hpp"
+#include "runtime/model/layout.hpp"
 #include "runtime/text/embedded_gpt2.hpp"
 
 namespace ferry::engine {

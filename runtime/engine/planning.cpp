@@ -20,7 +20,7 @@
 #include "runtime/core/units.hpp"
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/kv_cache.hpp"
-#include "runtime/model/gptj_layout.hpp"
+#include "runtime/model/layout.hpp"
 
 namespace ferry::engine {
 
@@ -41,10 +41,12 @@ constexpr double kDefaultCpuBytesPerS = 1e10;
 
 uint64_t align_up(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
+// Every norm and bias, kept as f32 beside the streamed matrices.
 uint64_t vector_floats(const model::ModelConfig& c) {
-  const auto e = static_cast<uint64_t>(c.n_embd);
-  return static_cast<uint64_t>(c.n_layer) * (3 * e + static_cast<uint64_t>(c.n_inner)) + 2 * e +
-         static_cast<uint64_t>(c.vocab_size);
+  uint64_t n = 0;
+  for (const auto& g : model::all_groups(c))
+    for (const auto& w : g.vectors()) n += static_cast<uint64_t>(w.shape.numel());
+  return n;
 }
 
 // The weights' bytes per second through the CPU's matrix–vector products of one transformer
@@ -238,7 +240,8 @@ uint64_t fixed_host_bytes(const model::ModelConfig& config, int64_t max_batch_ro
 
 DType weight_dtype(const model::ModelConfig& config, const offload::Checkpoint* checkpoint) {
   if (checkpoint)
-    if (const auto* t = checkpoint->find(model::block_group(config, 0).weights[3].name))
+    if (const auto* t =
+            checkpoint->find(model::block_group(config, 0).spec(model::WeightRole::q_proj).name))
       return t->dtype;
   return config.torch_dtype;
 }
@@ -247,11 +250,14 @@ planner::PlanRequest plan_request(const model::ModelConfig& config,
                                   const offload::Checkpoint* checkpoint,
                                   const planner::Machine& machine, const PlanOptions& o,
                                   std::string model_name) {
-  const int64_t context = o.context > 0 ? o.context : config.n_positions;
-  FERRY_EXPECT(context <= config.n_positions,
-               "--ctx {} is longer than the model's context of {} tokens (n_positions); use "
-               "--ctx {} or less",
-               context, config.n_positions, config.n_positions);
+  const int64_t context = o.context > 0 ? o.context : model::default_context(config);
+  const int64_t limit = model::max_context(config);
+  FERRY_EXPECT(context <= limit,
+               "--ctx {} is longer than the model's context of {} tokens ({}); use --ctx {} or "
+               "less",
+               context, limit,
+               config.sliding_window > 0 ? "its sliding window" : "max_position_embeddings",
+               limit);
   const int64_t rows = o.max_batch_rows > 0 ? o.max_batch_rows : context;
   const int64_t logit_rows = o.max_logit_rows > 0 ? o.max_logit_rows : rows;
   const bool cuda = o.backend == planner::Backend::cuda;
@@ -275,7 +281,7 @@ planner::PlanRequest plan_request(const model::ModelConfig& config,
   const auto attended =
       static_cast<uint64_t>(o.attended_tokens > 0 ? std::min(o.attended_tokens, context)
                                                   : std::max<int64_t>(1, context / 2));
-  const uint64_t kv_read = attended * 2 * static_cast<uint64_t>(config.n_embd) * kv_elt *
+  const uint64_t kv_read = attended * 2 * static_cast<uint64_t>(config.kv_dim()) * kv_elt *
                            static_cast<uint64_t>(o.max_seqs);
 
   std::vector<uint64_t> bytes;
@@ -285,7 +291,7 @@ planner::PlanRequest plan_request(const model::ModelConfig& config,
     bytes.push_back(model::packed_head_bytes(config, *o.format));
   } else if (checkpoint) {
     bytes = offload::LayerStreamer::unit_bytes(
-        *checkpoint, gptj_units(config, Placement::all(config, offload::Tier::disk)));
+        *checkpoint, model_units(config, Placement::all(config, offload::Tier::disk)));
   } else {
     const DType dt = config.torch_dtype;
     for (int l = 0; l < config.n_layer; ++l) {

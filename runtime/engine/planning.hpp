@@ -20,7 +20,7 @@
 namespace ferry::engine {
 
 struct PlanOptions {
-  int64_t context = 0;         // KV cache tokens per sequence; 0: n_positions
+  int64_t context = 0;         // KV cache tokens per sequence; 0: model::default_context
   int64_t max_batch_rows = 0;  // most tokens in one forward pass; 0: the context
   int64_t max_logit_rows = 0;  // most rows of logits a pass returns; 0: max_batch_rows
   int max_seqs = 1;

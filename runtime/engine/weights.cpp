@@ -26,15 +26,15 @@ void check_checkpoint(const model::ModelConfig& config, const offload::Checkpoin
       const offload::TensorEntry* t = checkpoint.find(w.name);
       FERRY_FORMAT_EXPECT(t != nullptr,
                           "tensor '{}' is missing from the checkpoint ({}, {} tensors); "
-                          "config.json describes a GPT-J with n_layer {} — is this the "
-                          "checkpoint that goes with this config?",
+                          "config.json describes a {} — is this the checkpoint that goes with "
+                          "this config?",
                           w.name, checkpoint.files().front().path.parent_path().string(),
-                          checkpoint.tensors().size(), config.n_layer);
+                          checkpoint.tensors().size(), config.summary());
       FERRY_FORMAT_EXPECT(t->shape == w.shape,
-                          "{}: tensor '{}' has shape {} but config.json (n_embd {}, n_inner {}, "
-                          "vocab_size {}) needs {}; the config and the weights do not match",
-                          checkpoint_where(checkpoint, *t), w.name, t->shape.str(), config.n_embd,
-                          config.n_inner, config.vocab_size, w.shape.str());
+                          "{}: tensor '{}' has shape {} but config.json ({}) needs {}; the config "
+                          "and the weights do not match",
+                          checkpoint_where(checkpoint, *t), w.name, t->shape.str(),
+                          config.summary(), w.shape.str());
       // Matrices may be packed (a ferry pack's q8 / q4); norms and biases are always floats.
       FERRY_FORMAT_EXPECT(is_float_weight(t->dtype) || (w.is_matrix() && is_quantized(t->dtype)),
                           "{}: tensor '{}' has dtype {}; ferry reads f32, f16 and bf16 weights "
@@ -68,24 +68,25 @@ offload::StreamerOptions streamer_options(const Placement& placement, offload::I
   return o;
 }
 
+std::vector<std::string> matrix_names(const model::WeightGroup& g) {
+  std::vector<std::string> names;
+  for (const auto& w : g.matrices()) names.push_back(w.name);
+  return names;
+}
+
 }  // namespace
 
-std::vector<offload::StreamUnitSpec> gptj_units(const model::ModelConfig& config,
-                                                const Placement& placement) {
+std::vector<offload::StreamUnitSpec> model_units(const model::ModelConfig& config,
+                                                 const Placement& placement) {
   FERRY_EXPECT(placement.blocks.size() == static_cast<std::size_t>(config.n_layer),
                "the placement names {} blocks but the model has {}", placement.blocks.size(),
                config.n_layer);
   std::vector<offload::StreamUnitSpec> units;
   for (int l = 0; l < config.n_layer; ++l) {
-    const model::WeightGroup g = model::block_group(config, l);
-    offload::StreamUnitSpec u;
-    u.name = fmt::format("layer {}", l);
-    u.tier = placement.blocks[static_cast<std::size_t>(l)];
-    for (WeightRole r : model::kBlockMatrices) u.tensors.push_back(g.spec(r).name);
-    units.push_back(std::move(u));
+    units.push_back({fmt::format("layer {}", l), matrix_names(model::block_group(config, l)),
+                     placement.blocks[static_cast<std::size_t>(l)]});
   }
-  const model::WeightGroup head = model::head_group(config);
-  units.push_back({"lm_head", {head.spec(WeightRole::lm_head_w).name}, placement.head});
+  units.push_back({"lm_head", matrix_names(model::head_group(config)), placement.head});
   return units;
 }
 
@@ -93,77 +94,67 @@ StreamingWeights::StreamingWeights(model::ModelConfig config, const offload::Che
                                    const Placement& placement, offload::IoOptions io)
     : config_(checked(std::move(config), checkpoint)),
       checkpoint_(checkpoint),
-      streamer_(checkpoint, gptj_units(config_, placement),
+      streamer_(checkpoint, model_units(config_, placement),
                 streamer_options(placement, std::move(io))) {
-  wte_ = &checkpoint.at(model::embedding_group(config_).weights[0].name);
-  row_.resize(packed_row_bytes(wte_->dtype, config_.n_embd));
+  embed_ = &checkpoint.at(model::embedding_group(config_).weights[0].name);
+  row_.resize(packed_row_bytes(embed_->dtype, config_.n_embd));
 
+  for (int l = 0; l < config_.n_layer; ++l) groups_.push_back(model::block_group(config_, l));
+  groups_.push_back(model::head_group(config_));
   // Norms and biases: small, read once, widened to f32.
   std::vector<std::byte> narrow;
-  const auto load_vector = [&](const model::WeightSpec& w) {
-    const offload::TensorEntry& t = checkpoint.at(w.name);
-    const std::size_t at = vectors_.size();
-    vectors_.resize(at + static_cast<std::size_t>(w.shape.numel()));
-    narrow.resize(t.nbytes);
-    checkpoint.read(t, narrow.data());
-    kernels::cpu::convert_to_f32(narrow.data(), t.dtype, w.shape.numel(), vectors_.data() + at);
-    return at;
-  };
-  for (int l = 0; l < config_.n_layer; ++l) {
-    const model::WeightGroup g = model::block_group(config_, l);
-    block_vector_offsets_.push_back(vectors_.size());
-    for (WeightRole r : model::kBlockVectors) load_vector(g.spec(r));
-    for (WeightRole r : model::kBlockMatrices)
-      block_dtypes_.push_back(checkpoint.at(g.spec(r).name).dtype);
+  for (const auto& g : groups_) {
+    auto& offsets = vector_offsets_.emplace_back();
+    for (const auto& w : g.vectors()) {
+      const offload::TensorEntry& t = checkpoint.at(w.name);
+      offsets.push_back(vectors_.size());
+      vectors_.resize(vectors_.size() + static_cast<std::size_t>(w.shape.numel()));
+      narrow.resize(t.nbytes);
+      checkpoint.read(t, narrow.data());
+      kernels::cpu::convert_to_f32(narrow.data(), t.dtype, w.shape.numel(),
+                                   vectors_.data() + offsets.back());
+    }
+    auto& dtypes = dtypes_.emplace_back();
+    for (const auto& w : g.matrices()) dtypes.push_back(checkpoint.at(w.name).dtype);
   }
-  const model::WeightGroup head = model::head_group(config_);
-  head_vector_offset_ = vectors_.size();
-  for (WeightRole r : model::kHeadVectors) load_vector(head.spec(r));
-  lm_head_dtype_ = checkpoint.at(head.spec(WeightRole::lm_head_w).name).dtype;
 }
 
 void StreamingWeights::embed(std::span<const int32_t> ids, float* out) {
   const std::size_t n_embd = static_cast<std::size_t>(config_.n_embd);
   for (std::size_t i = 0; i < ids.size(); ++i) {
-    checkpoint_.read_range(*wte_, static_cast<uint64_t>(ids[i]) * row_.size(), row_.size(),
+    checkpoint_.read_range(*embed_, static_cast<uint64_t>(ids[i]) * row_.size(), row_.size(),
                            row_.data());
-    kernels::cpu::convert_to_f32(row_.data(), wte_->dtype, config_.n_embd, out + i * n_embd);
+    kernels::cpu::convert_to_f32(row_.data(), embed_->dtype, config_.n_embd, out + i * n_embd);
   }
 }
 
-BlockWeights StreamingWeights::acquire_block(int layer) {
-  const offload::UnitView v = streamer_.acquire(static_cast<std::size_t>(layer));
-  const int64_t e = config_.n_embd;
-  const int64_t f = config_.n_inner;
-  const DType* dt = block_dtypes_.data() + static_cast<std::size_t>(layer) * 6;
-  const float* vecs = vec(block_vector_offsets_[static_cast<std::size_t>(layer)]);
-  BlockWeights b;
-  b.q_proj = {v.tensor(0), dt[0], e, e};
-  b.k_proj = {v.tensor(1), dt[1], e, e};
-  b.v_proj = {v.tensor(2), dt[2], e, e};
-  b.out_proj = {v.tensor(3), dt[3], e, e};
-  b.fc_in = {v.tensor(4), dt[4], f, e};
-  b.fc_out = {v.tensor(5), dt[5], e, f};
-  b.ln_1_w = vecs;
-  b.ln_1_b = vecs + e;
-  b.fc_in_b = vecs + 2 * e;
-  b.fc_out_b = vecs + 2 * e + f;
-  return b;
+UnitWeights StreamingWeights::unit(const model::WeightGroup& group,
+                                   const offload::UnitView& view) const {
+  const auto index = static_cast<std::size_t>(&group - groups_.data());
+  UnitWeights u;
+  const auto matrices = group.matrices();
+  for (std::size_t i = 0; i < matrices.size(); ++i) {
+    const auto& w = matrices[i];
+    u.set(w.role, MatrixView{view.tensor(i), dtypes_[index][i], w.shape.dims[0], w.shape.dims[1]});
+  }
+  const auto vectors = group.vectors();
+  for (std::size_t i = 0; i < vectors.size(); ++i)
+    u.set(vectors[i].role, vectors_.data() + vector_offsets_[index][i]);
+  return u;
+}
+
+UnitWeights StreamingWeights::acquire_block(int layer) {
+  const auto l = static_cast<std::size_t>(layer);
+  return unit(groups_[l], streamer_.acquire(l));
 }
 
 void StreamingWeights::release_block(int layer) {
   streamer_.release(static_cast<std::size_t>(layer));
 }
 
-HeadWeights StreamingWeights::acquire_head() {
-  const offload::UnitView v = streamer_.acquire(static_cast<std::size_t>(config_.n_layer));
-  const float* vecs = vec(head_vector_offset_);
-  HeadWeights h;
-  h.ln_f_w = vecs;
-  h.ln_f_b = vecs + config_.n_embd;
-  h.lm_head = {v.tensor(0), lm_head_dtype_, config_.vocab_size, config_.n_embd};
-  h.lm_head_b = vecs + 2 * config_.n_embd;
-  return h;
+UnitWeights StreamingWeights::acquire_head() {
+  const auto n = static_cast<std::size_t>(config_.n_layer);
+  return unit(groups_[n], streamer_.acquire(n));
 }
 
 void StreamingWeights::release_head() {

@@ -2,6 +2,7 @@
 
 #include "runtime/core/error.hpp"
 #include "runtime/core/quant.hpp"
+#include "runtime/model/layout.hpp"
 
 namespace ferry::model {
 
@@ -60,9 +61,7 @@ uint64_t packed_block_bytes(const ModelConfig& c, WeightFormat format) {
   const auto add = [&](int64_t rows, int64_t cols) {
     at = align_up(at, kTensorAlignment) + packed_matrix_bytes(rows, cols, format);
   };
-  for (int i = 0; i < 4; ++i) add(c.n_embd, c.n_embd);  // q, k, v, out
-  add(c.n_inner, c.n_embd);                             // fc_in
-  add(c.n_embd, c.n_inner);                             // fc_out
+  for (const auto& w : block_group(c, 0).matrices()) add(w.shape[0], w.shape[1]);
   return align_up(at, kBlobAlignment);
 }
 

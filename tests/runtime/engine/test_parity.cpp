@@ -73,6 +73,30 @@ TEST_P(Parity, MatchesHuggingFace) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, Parity,
                          ::testing::Values("tiny-f32", "sharded-f32", "tiny-f16-bin-sharded"));
 
+// The Llama family against transformers' LlamaForCausalLM, Qwen2ForCausalLM and
+// MistralForCausalLM: GQA, llama3 rope scaling, rotate_half, RMSNorm, SwiGLU, q/k/v biases, tied
+// embeddings, bf16 shards split inside a layer, f16 subnormals.
+class LlamaParity : public ::testing::TestWithParam<std::string> {};
+
+json llama_expected(const std::string& fixture) {
+  return json::parse(test::read_file(test::data_dir() / "llama" / fixture / "expected.json"));
+}
+
+TEST_P(LlamaParity, MatchesHuggingFace) {
+  check_against_reference(test::data_dir() / "llama" / GetParam(), llama_expected(GetParam()));
+}
+
+TEST_P(LlamaParity, StreamedFromDiskMatchesHuggingFace) {
+  const fs::path dir = test::data_dir() / "llama" / GetParam();
+  LoadOptions o;
+  o.placement = Placement::all(model::ModelConfig::from_model_dir(dir), offload::Tier::disk);
+  check_against_reference(dir, llama_expected(GetParam()), std::move(o));
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, LlamaParity,
+                         ::testing::Values("llama3-gqa-f32", "qwen2-bias-tied-bf16-sharded",
+                                           "mistral-f16"));
+
 // Streamed from disk through staging slots, every unit or some, with every I/O engine: the
 // same logits and tokens as resident weights.
 struct StreamCase {
@@ -128,7 +152,7 @@ TEST(Parity, BudgetedLoadStreamsWhatDoesNotFit) {
       fixed_host_bytes(config, 64, 64) + KvCache::bytes_needed(config, 1, o.context);
   const auto ck = offload::Checkpoint::open(dir);
   const auto units = offload::LayerStreamer::unit_bytes(
-      ck, gptj_units(config, Placement::all(config, offload::Tier::disk)));
+      ck, model_units(config, Placement::all(config, offload::Tier::disk)));
   const uint64_t largest = *std::max_element(units.begin(), units.end());
   const uint64_t total = std::accumulate(units.begin(), units.end(), uint64_t{0});
   const uint64_t margin = 16u << 20;  // what the planner keeps free below an explicit --max-ram

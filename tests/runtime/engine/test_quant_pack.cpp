@@ -37,7 +37,7 @@ TEST(QuantPack, OneLayerIsOneAlignedRead) {
   const auto config = model::ModelConfig::from_model_dir(dir.path());
   const auto ck = offload::Checkpoint::open(dir.path());
   EXPECT_EQ(ck.format(), offload::CheckpointFormat::ferry_pack);
-  const auto units = gptj_units(config, Placement::all(config, offload::Tier::disk));
+  const auto units = model_units(config, Placement::all(config, offload::Tier::disk));
   for (const auto& u : units) {
     const offload::UnitLayout l = offload::plan_unit_reads(ck, u.tensors);
     ASSERT_EQ(l.ranges.size(), 1u) << u.name;

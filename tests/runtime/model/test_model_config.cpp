@@ -3,7 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/core/error.hpp"
-#include "runtime/model/gptj_layout.hpp"
+#include "runtime/model/layout.hpp"
 #include "runtime/model/model_config.hpp"
 #include "tests/support/test_support.hpp"
 

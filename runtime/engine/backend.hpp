@@ -1,0 +1,101 @@
+// Backend: the operations the model program (engine.hpp) is written over, and the weights they
+// read. A backend owns where things live — activations, the KV cache, the weights' residency —
+// and how each operation runs there: the CPU backend (cpu_backend.hpp) on host memory and the
+// thread pool, the CUDA backend (runtime/cuda/cuda_backend.hpp) on device memory and streams.
+// Every pointer a backend hands out or takes is in its own memory; the program never reads one.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "runtime/core/dtype.hpp"
+#include "runtime/model/layout.hpp"
+#include "runtime/model/model_config.hpp"
+
+namespace ferry::engine {
+
+// A row-major weight matrix as stored in the checkpoint: [rows, cols] of dtype.
+struct MatrixView {
+  const void* data = nullptr;
+  DType dtype = DType::f32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
+// One unit's weights by role (model/layout.hpp): matrices in their stored dtype, norms and
+// biases as f32. A role the model does not have is a null pointer.
+struct UnitWeights {
+  std::array<MatrixView, model::kWeightRoleCount> matrices{};
+  std::array<const float*, model::kWeightRoleCount> vectors{};
+
+  const MatrixView& matrix(model::WeightRole r) const {
+    return matrices[static_cast<std::size_t>(r)];
+  }
+  const float* vector(model::WeightRole r) const { return vectors[static_cast<std::size_t>(r)]; }
+  void set(model::WeightRole r, MatrixView m) { matrices[static_cast<std::size_t>(r)] = m; }
+  void set(model::WeightRole r, const float* v) { vectors[static_cast<std::size_t>(r)] = v; }
+};
+
+// The rows of one sequence in a pass: rows row0 … row0 + n_new - 1 of the activations are its
+// new tokens, at positions n_past … n_past + n_new - 1.
+struct SeqRows {
+  int seq = 0;
+  int64_t row0 = 0;
+  int64_t n_new = 0;
+  int64_t n_past = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const model::ModelConfig& config() const = 0;
+  // "cpu (avx2, 2 threads)", "cuda (NVIDIA H100 …)": for logs and plans.
+  virtual std::string name() const = 0;
+
+  // KV cache: tokens per sequence slot, slots, and each slot's stored length.
+  virtual int64_t context() const = 0;
+  virtual int max_seqs() const = 0;
+  virtual int64_t length(int seq) const = 0;
+  virtual void set_length(int seq, int64_t n) = 0;
+
+  // Activation buffers of the given sizes (floats), in backend memory, kept between passes and
+  // grown when a pass needs more; pointers stay valid until the next call.
+  virtual std::vector<float*> activations(std::span<const std::size_t> floats) = 0;
+  // A pass begins: its tokens' positions (for rotary) in row order.
+  virtual void begin_pass(std::span<const int32_t> positions) = 0;
+
+  // Weights. Views stay valid until the matching release.
+  virtual void embed(std::span<const int32_t> ids, float* x) = 0;  // x[i, :] = table[ids[i], :]
+  virtual UnitWeights acquire_block(int layer) = 0;
+  virtual void release_block(int layer) = 0;
+  virtual UnitWeights acquire_head() = 0;
+  virtual void release_head() = 0;
+
+  // Operations, each over `rows` rows of the pass (y may be x where noted).
+  // y = norm(x) per row of n features; beta may be null (RMSNorm has none).
+  virtual void norm(model::NormKind kind, const float* x, int64_t rows, int64_t n,
+                    const float* gamma, const float* beta, float eps, float* y) = 0;
+  // y[rows, w.rows] = x[rows, w.cols] · wᵀ (+ bias).
+  virtual void linear(const float* x, int64_t rows, const MatrixView& w, const float* bias,
+                      float* y) = 0;
+  // Rotary embedding of n_head heads of head_dim in each row (row stride n_head · head_dim), at
+  // the positions of begin_pass, in the config's style.
+  virtual void rotary(float* x, int64_t rows, int64_t n_head) = 0;
+  // Stores k and v (rows of kv_dim) of each sequence's new tokens in the layer's cache, then
+  // out = causal attention of q (rows of q_dim) over everything cached.
+  virtual void attend(int layer, std::span<const SeqRows> seqs, const float* q, const float* k,
+                      const float* v, float* out) = 0;
+  virtual void gelu_new(float* x, int64_t n) = 0;
+  virtual void silu_mul(float* gate, const float* up, int64_t n) = 0;  // gate = silu(gate)·up
+  virtual void add(float* y, const float* x, int64_t n) = 0;           // y += x
+  // y[i, :] = x[rows[i], :] for rows of n floats.
+  virtual void gather_rows(const float* x, std::span<const int64_t> rows, int64_t n,
+                           float* y) = 0;
+  // Copies n floats of backend memory into out (host), resized to n.
+  virtual void read(const float* x, int64_t n, std::vector<float>& out) = 0;
+};
+
+}  // namespace ferry::engine

@@ -1,0 +1,122 @@
+#include "runtime/engine/cpu_backend.hpp"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+#include "kernels/cpu/ops.hpp"
+#include "runtime/core/error.hpp"
+
+namespace ferry::engine {
+
+namespace cpu = kernels::cpu;
+
+CpuBackend::CpuBackend(WeightProvider& weights, EngineOptions options, ThreadPool& pool)
+    : config_(weights.config()),
+      weights_(weights),
+      pool_(pool),
+      cache_(config_, options.max_seqs,
+             options.context > 0 ? options.context : model::default_context(config_)) {
+  if (config_.rope_style == model::RopeStyle::half) inv_freq_ = config_.rope_inv_freq();
+}
+
+std::string CpuBackend::name() const {
+  return fmt::format("cpu ({}, {} threads)", cpu::simd_level(), pool_.size());
+}
+
+std::vector<float*> CpuBackend::activations(std::span<const std::size_t> floats) {
+  if (buffers_.size() < floats.size()) buffers_.resize(floats.size());
+  std::vector<float*> out;
+  for (std::size_t i = 0; i < floats.size(); ++i) {
+    if (buffers_[i].size() < floats[i]) buffers_[i].resize(floats[i]);
+    out.push_back(floats[i] > 0 ? buffers_[i].data() : nullptr);
+  }
+  return out;
+}
+
+void CpuBackend::begin_pass(std::span<const int32_t> positions) {
+  positions_.assign(positions.begin(), positions.end());
+}
+
+void CpuBackend::norm(model::NormKind kind, const float* x, int64_t rows, int64_t n,
+                      const float* gamma, const float* beta, float eps, float* y) {
+  if (kind == model::NormKind::rms_norm) {
+    cpu::rms_norm(x, rows, n, gamma, eps, y);
+  } else {
+    cpu::layer_norm(x, rows, n, gamma, beta, eps, y);
+  }
+}
+
+void CpuBackend::linear(const float* x, int64_t rows, const MatrixView& w, const float* bias,
+                        float* y) {
+  cpu::linear(x, rows, w.cols, w.data, w.dtype, w.rows, bias, y, pool_);
+}
+
+void CpuBackend::rotary(float* x, int64_t rows, int64_t n_head) {
+  const int64_t hd = config_.head_dim();
+  if (config_.rope_style == model::RopeStyle::half) {
+    cpu::rotary_half(x, rows, n_head * hd, n_head, hd, config_.rotary_dim, inv_freq_.data(),
+                     positions_.data());
+  } else {
+    cpu::rotary_interleaved(x, rows, n_head * hd, n_head, hd, config_.rotary_dim,
+                            positions_.data());
+  }
+}
+
+void CpuBackend::attend(int layer, std::span<const SeqRows> seqs, const float* q, const float* k,
+                        const float* v, float* out) {
+  const int64_t hd = config_.head_dim();
+  const int64_t n_kv = config_.n_kv_head;
+  const int64_t qd = config_.q_dim();
+  const int64_t kvd = config_.kv_dim();
+  const int64_t hs = cache_.head_stride();
+  for (const SeqRows& s : seqs) {
+    float* kc = cache_.k(layer, s.seq);
+    float* vc = cache_.v(layer, s.seq);
+    // Scatter the new keys (after rotary, as Hugging Face caches them) and values into the
+    // head-major cache.
+    for (int64_t t = 0; t < s.n_new; ++t) {
+      const float* krow = k + (s.row0 + t) * kvd;
+      const float* vrow = v + (s.row0 + t) * kvd;
+      for (int64_t h = 0; h < n_kv; ++h) {
+        std::memcpy(kc + h * hs + (s.n_past + t) * hd, krow + h * hd,
+                    static_cast<std::size_t>(hd) * sizeof(float));
+        std::memcpy(vc + h * hs + (s.n_past + t) * hd, vrow + h * hd,
+                    static_cast<std::size_t>(hd) * sizeof(float));
+      }
+    }
+    cpu::AttentionArgs a;
+    a.q = q + s.row0 * qd;
+    a.q_stride = qd;
+    a.k = kc;
+    a.v = vc;
+    a.kv_head_stride = hs;
+    a.out = out + s.row0 * qd;
+    a.out_stride = qd;
+    a.n_new = s.n_new;
+    a.n_past = s.n_past;
+    a.n_head = config_.n_head;
+    a.n_kv_head = n_kv;
+    a.head_dim = hd;
+    cpu::attention(a, pool_);
+  }
+}
+
+void CpuBackend::gelu_new(float* x, int64_t n) { cpu::gelu_new(x, n); }
+
+void CpuBackend::silu_mul(float* gate, const float* up, int64_t n) { cpu::silu_mul(gate, up, n); }
+
+void CpuBackend::add(float* y, const float* x, int64_t n) { cpu::add(y, x, n); }
+
+void CpuBackend::gather_rows(const float* x, std::span<const int64_t> rows, int64_t n, float* y) {
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    std::memcpy(y + static_cast<int64_t>(i) * n, x + rows[i] * n,
+                static_cast<std::size_t>(n) * sizeof(float));
+  }
+}
+
+void CpuBackend::read(const float* x, int64_t n, std::vector<float>& out) {
+  out.assign(x, x + n);
+}
+
+}  // namespace ferry::engine
