@@ -73,6 +73,11 @@ std::string fmt_s(double s) {
 
 }  // namespace
 
+uint64_t chunk_count(uint64_t bytes, uint64_t chunk_bytes) {
+  if (chunk_bytes == 0 || bytes <= chunk_bytes) return 1;
+  return (bytes + chunk_bytes - 1) / chunk_bytes;
+}
+
 double unit_overhead_s(Backend backend) {
   return backend == Backend::cuda ? kGpuUnitOverheadS : kCpuUnitOverheadS;
 }
@@ -121,7 +126,10 @@ Prediction predict(const PlanRequest& r, const Choice& c) {
   FERRY_EXPECT(!cuda || r.machine.gpu, "a CUDA plan needs a machine with a GPU");
   // Host slots hold disk-tier units (on CUDA they also carry every unit once, at load);
   // device slots hold the units that are not resident on the device.
-  const uint64_t host_slot = cuda ? largest_unit(r) : largest_of(r, c, {Tier::disk});
+  uint64_t host_slot = cuda ? largest_unit(r) : largest_of(r, c, {Tier::disk});
+  // A streamed piece is at most a chunk; matrices are cut at row boundaries, so a piece can
+  // fall short of the chunk but never exceed it (the engine checks).
+  if (!cuda && c.chunk_bytes > 0) host_slot = std::min(host_slot, c.chunk_bytes);
   const uint64_t dev_slot = cuda ? largest_of(r, c, {Tier::host, Tier::disk}) : 0;
   Prediction p;
   p.host_slot_bytes = c.host_slots > 0 ? host_slot : 0;
@@ -175,6 +183,27 @@ Prediction predict(const PlanRequest& r, const Choice& c) {
       double ready = 0;
       double* hold_host = nullptr;
       double* hold_dev = nullptr;
+      if (!cuda && tier == Tier::disk && chunk_count(u.bytes, c.chunk_bytes) > 1) {
+        // Pieces: each read into its own slot, computed as soon as it is in, its slot freed
+        // when its part of the product is done.
+        const uint64_t pieces = chunk_count(u.bytes, c.chunk_bytes);
+        for (uint64_t k = 0; k < pieces; ++k) {
+          const uint64_t b = u.bytes / pieces + (k < u.bytes % pieces ? 1 : 0);
+          double& slot = host_slot_free[host_uses++ % host_slot_free.size()];
+          const double dt = static_cast<double>(b) / disk_bw;
+          disk_free = std::max(disk_free, slot) + dt;
+          disk_s += dt;
+          const double ct = static_cast<double>(b) / comp_bw + overhead;
+          comp_free = std::max(comp_free, disk_free) + ct;
+          comp_s += ct;
+          slot = comp_free;
+        }
+        disk_b += u.bytes;
+        const double kt = static_cast<double>(u.kv_read_bytes) / comp_bw;
+        comp_free += kt;
+        comp_s += kt;
+        continue;
+      }
       if (tier == Tier::disk) {
         hold_host = &host_slot_free[host_uses++ % host_slot_free.size()];
         const double start = std::max(disk_free, *hold_host);
@@ -258,17 +287,23 @@ bool fits(const Prediction& p, const Budgets& b, bool cuda) {
           fit > 2 ? " or fewer" : "", format_bytes(forced)));
   }
   if (!cuda) {
-    const uint64_t min_ram = r.host_fixed_bytes + r.kv_bytes + 2 * slot;
+    // Every layer streamed in the smallest pieces the search tries.
+    const uint64_t piece =
+        r.forced_host_slots > 0 ? slot : std::min(slot, std::end(kChunkSizes)[-1]);
+    const uint64_t min_ram = r.host_fixed_bytes + r.kv_bytes + 2 * piece;
     const uint64_t need = budget_for(min_ram, exact);
     std::string msg = fmt::format(
-        "{} needs at least {} of RAM with every layer streamed ({} for 2 staging slots of the "
-        "largest unit, {} of KV cache at --ctx {}, {} for activations and the runtime, and a "
-        "margin of {}) but {} allows {}; raise --max-ram to at least {}",
-        r.model, format_bytes(need), format_bytes(2 * slot), format_bytes(r.kv_bytes), r.context,
+        "{} needs at least {} of RAM with every layer streamed ({} for 2 staging slots of {}, "
+        "{} of KV cache at --ctx {}, {} for activations and the runtime, and a margin of {}) "
+        "but {} allows {}; raise --max-ram to at least {}",
+        r.model, format_bytes(need), format_bytes(2 * piece),
+        piece < slot ? fmt::format("{} pieces of the layers", format_bytes(piece))
+                     : std::string("the largest unit"),
+        format_bytes(r.kv_bytes), r.context,
         format_bytes(r.host_fixed_bytes), format_bytes(need - min_ram), ram_source,
         format_bytes(plan.ram_budget_bytes), format_bytes(need));
     const uint64_t usable = plan.ram_budget_bytes - plan.ram_margin_bytes;
-    const uint64_t other = r.host_fixed_bytes + 2 * slot;
+    const uint64_t other = r.host_fixed_bytes + 2 * piece;
     if (r.kv_bytes_per_context_token > 0 && usable > other) {
       const auto ctx = static_cast<int64_t>((usable - other) / r.kv_bytes_per_context_token);
       if (ctx >= 1 && ctx < r.context)
@@ -336,10 +371,13 @@ Plan make_plan(const PlanRequest& r) {
     return {2, std::max<std::size_t>(2, r.max_host_slots)};
   };
   std::vector<Choice> feasible;
+  uint64_t chunk = 0;  // 0 first: whole units; then smaller and smaller pieces (CPU)
   auto consider = [&](Choice c) {
+    c.chunk_bytes = c.count(Tier::disk) > 0 ? chunk : 0;
     c.predicted = predict(r, c);
     if (fits(c.predicted, budget, cuda)) feasible.push_back(std::move(c));
   };
+  const auto search = [&] {
   for (std::size_t fast = 0; fast <= n; ++fast) {  // units on the device (CPU: resident)
     for (bool spread_fast : {false, true}) {
       if (spread_fast && (fast == 0 || fast == n)) continue;
@@ -396,14 +434,30 @@ Plan make_plan(const PlanRequest& r) {
       }
     }
   }
+  };
+  search();
+  // Whole units do not fit: stream the largest pieces that do (a unit bigger than the chunk is
+  // read and computed a row chunk at a time), so the floor is set by the chunk, not the largest
+  // tensor.
+  // (Not with a forced slot count: a tuned policy measured whole units.)
+  if (!cuda && r.forced_host_slots == 0) {
+    for (const uint64_t c : kChunkSizes) {
+      if (!feasible.empty()) break;
+      if (c >= largest_unit(r)) continue;
+      chunk = c;
+      search();
+    }
+  }
   if (feasible.empty()) refuse(r, plan);
 
   // Best per distinct shape (counts per tier, slots, KV place), fastest first.
-  using Key = std::tuple<std::size_t, std::size_t, std::size_t, std::size_t, std::size_t, int>;
+  using Key =
+      std::tuple<std::size_t, std::size_t, std::size_t, std::size_t, std::size_t, int, uint64_t>;
   std::map<Key, Choice> best;
   for (auto& c : feasible) {
     const Key k{c.count(Tier::device), c.count(Tier::host), c.count(Tier::disk),
-                c.host_slots,          c.device_slots,      static_cast<int>(c.kv)};
+                c.host_slots,          c.device_slots,      static_cast<int>(c.kv),
+                c.chunk_bytes};
     auto it = best.find(k);
     if (it == best.end() || c.predicted.s_per_token < it->second.predicted.s_per_token)
       best[k] = std::move(c);
@@ -461,6 +515,7 @@ std::string choice_line(const Plan& plan, const Choice& c) {
     if (cuda) s += fmt::format(", {} device slots", c.device_slots);
     s += fmt::format(" of {} (prefetch {})", format_bytes(c.predicted.host_slot_bytes),
                      c.prefetch_depth());
+    if (c.chunk_bytes > 0) s += fmt::format(", layers read in pieces of {}", format_bytes(c.chunk_bytes));
   }
   if (cuda) s += fmt::format("; KV on {}", c.kv == KvPlace::device ? "device" : "host");
   s += fmt::format("; peak RAM {}", format_bytes(c.predicted.peak_ram_bytes));
@@ -502,6 +557,9 @@ std::string Plan::table() const {
                    c.host_slots == 1 ? "" : "s", format_bytes(p.host_slot_bytes));
   if (cuda && c.device_slots > 0)
     t += fmt::format(", {} device slots of {}", c.device_slots, format_bytes(p.device_slot_bytes));
+  if (c.chunk_bytes > 0)
+    t += fmt::format(" (streamed units read and computed in pieces of at most {})",
+                     format_bytes(c.chunk_bytes));
   t += fmt::format("; prefetch depth {}; I/O queue depth {}\n", c.prefetch_depth(),
                    r.io_queue_depth);
   t += fmt::format("  {:<13}{} on the {} ({} tokens × {} sequence{})\n", "KV cache",
@@ -608,7 +666,8 @@ json plan_to_json(const Plan& plan) {
           {"staging",
            {{"host_slots", c.host_slots},
             {"device_slots", c.device_slots},
-            {"slot_bytes", plan.slot_bytes}}},
+            {"slot_bytes", plan.slot_bytes},
+            {"chunk_bytes", c.chunk_bytes}}},
           {"prefetch_depth", c.prefetch_depth()},
           {"io_queue_depth", r.io_queue_depth},
           {"kv_cache",
@@ -699,6 +758,7 @@ Plan plan_from_json(const json& j) {
   c.host_slots = field<std::size_t>(staging, "host_slots", " of staging");
   c.device_slots = field<std::size_t>(staging, "device_slots", " of staging");
   plan.slot_bytes = field<uint64_t>(staging, "slot_bytes", " of staging");
+  c.chunk_bytes = staging.value("chunk_bytes", uint64_t{0});
   c.arrangement = j.value("arrangement", "");
   plan.ram_budget_bytes = field<uint64_t>(j, "ram_budget_bytes", "");
   plan.ram_margin_bytes = field<uint64_t>(j, "ram_margin_bytes", "");

@@ -62,7 +62,7 @@ struct PlanRequest {
 struct Prediction {
   uint64_t peak_ram_bytes = 0;
   uint64_t peak_vram_bytes = 0;
-  uint64_t host_slot_bytes = 0;  // one host staging slot: the largest unit it carries
+  uint64_t host_slot_bytes = 0;  // one host staging slot: the largest unit (or chunk) it carries
   uint64_t device_slot_bytes = 0;
   uint64_t peak_pinned_bytes = 0;  // locked (CPU) or page-locked for DMA (CUDA) host memory
   double s_per_token = 0;          // decoding one token, steady state, prefetch overlapped
@@ -83,6 +83,10 @@ struct Choice {
   std::size_t host_slots = 0;    // staging slots in host RAM (disk-tier units; CUDA load ring)
   std::size_t device_slots = 0;  // staging slots in VRAM for host/disk-tier units (CUDA)
   KvPlace kv = KvPlace::host;
+  // CPU: disk-tier units stream in pieces of at most this many bytes (a big matrix in row
+  // chunks), so a staging slot holds a piece, not a unit; 0 streams whole units. The search
+  // chunks only when whole units cannot fit the budget (the largest chunk that fits).
+  uint64_t chunk_bytes = 0;
   std::string arrangement;  // "prefix" or "spread": which units of a tier were chosen
   Prediction predicted;
 
@@ -109,6 +113,13 @@ struct Plan {
   // The chosen plan against the next best two, and why.
   std::string explain() const;
 };
+
+// The chunk sizes the search tries, largest first, when whole units do not fit (CPU backend).
+inline constexpr uint64_t kChunkSizes[] = {uint64_t{512} << 20, uint64_t{256} << 20,
+                                           uint64_t{128} << 20, uint64_t{64} << 20,
+                                           uint64_t{32} << 20,  uint64_t{16} << 20};
+// How many pieces a unit of `bytes` streams as with pieces of at most chunk_bytes (0: one).
+uint64_t chunk_count(uint64_t bytes, uint64_t chunk_bytes);
 
 // The fixed cost per unit per pass that the time model adds to its bytes ÷ rate (launches and
 // synchronisation), so that a rate learned from a run can leave it out.

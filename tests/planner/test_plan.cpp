@@ -153,6 +153,42 @@ TEST(Plan, ForcedSlotCountThatDoesNotFitSaysHowManyDo) {
   EXPECT_THROW(make_plan(r), PlanError);
 }
 
+// A head bigger than the budget allows two slots of (a Llama-3 lm_head is 1.05 GB in bf16) no
+// longer sets the floor: streamed units are read in pieces of the largest chunk that fits, the
+// disk moves the same bytes per token, and the time stays that of whole units.
+TEST(Plan, StreamsInPiecesWhenWholeUnitsDoNotFit) {
+  PlanRequest r = gptj_like(cpu_machine(20 * kGiB, 1e9, 2e10));
+  r.units.back().bytes = 1050 * kMiB;  // the head
+  const Plan roomy = make_plan(r);
+  EXPECT_EQ(roomy.chosen.chunk_bytes, 0u);
+
+  r.machine.ram_bytes.value = static_cast<double>(r.host_fixed_bytes + r.kv_bytes + 900 * kMiB);
+  r.machine.ram_is_explicit_cap = true;
+  const Plan tight = make_plan(r);
+  EXPECT_GT(tight.chosen.chunk_bytes, 0u);
+  EXPECT_LE(tight.chosen.predicted.host_slot_bytes, tight.chosen.chunk_bytes);
+  EXPECT_LE(tight.chosen.predicted.peak_ram_bytes,
+            tight.ram_budget_bytes - tight.ram_margin_bytes);
+  // Nothing fits resident beside the slots: every unit streams, in pieces.
+  EXPECT_EQ(tight.chosen.count(Tier::disk), r.units.size());
+  uint64_t total = 0;
+  for (const auto& u : r.units) total += u.bytes;
+  EXPECT_EQ(tight.chosen.predicted.disk_bytes_per_token, total);
+  // All streamed, whole units, with room for them: the pieces cost only their per-piece
+  // overhead.
+  PlanRequest whole = r;
+  whole.machine.ram_bytes.value = static_cast<double>(r.host_fixed_bytes + r.kv_bytes + 3 * kGiB);
+  Choice all_disk = tight.chosen;
+  all_disk.chunk_bytes = 0;
+  const double whole_s = predict(whole, all_disk).s_per_token;
+  EXPECT_NEAR(tight.chosen.predicted.s_per_token / whole_s, 1.0, 0.05);
+  EXPECT_NE(tight.summary().find("pieces of"), std::string::npos) << tight.summary();
+  // The plan's JSON keeps the chunk, and a replay predicts the same.
+  const Plan back = plan_from_json(plan_to_json(tight));
+  EXPECT_EQ(back.chosen.chunk_bytes, tight.chosen.chunk_bytes);
+  EXPECT_DOUBLE_EQ(back.chosen.predicted.s_per_token, tight.chosen.predicted.s_per_token);
+}
+
 TEST(Plan, RefusesWithTheSmallestBudgetThatWorks) {
   const PlanRequest r = gptj_like(cpu_machine(1 * kGiB, 1e9, 2e10));
   std::string msg;
@@ -167,7 +203,8 @@ TEST(Plan, RefusesWithTheSmallestBudgetThatWorks) {
   // The named size really works, and a MiB less does not.
   const auto pos = msg.find("raise --max-ram to at least ");
   ASSERT_NE(pos, std::string::npos);
-  const uint64_t minimum = r.host_fixed_bytes + r.kv_bytes + 2 * 394 * kMiB;
+  // Every unit streamed in the smallest pieces the search tries (16 MiB).
+  const uint64_t minimum = r.host_fixed_bytes + r.kv_bytes + 2 * 16 * kMiB;
   PlanRequest ok = r;
   for (uint64_t b = minimum; b < minimum + 200 * kMiB; b += kMiB) {
     ok.machine.ram_bytes.value = static_cast<double>(b);
