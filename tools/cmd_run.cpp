@@ -23,7 +23,7 @@
 #include "tools/commands.hpp"
 #ifdef FERRY_HAS_CUDA
 #include "runtime/cuda/cuda_device.hpp"
-#include "runtime/cuda/cuda_engine.hpp"
+#include "runtime/cuda/cuda_backend.hpp"
 #endif
 
 namespace ferry::tools {
@@ -184,6 +184,7 @@ struct RunOptions {
 struct CudaRun {
 #ifdef FERRY_HAS_CUDA
   std::optional<cuda::CudaDevice> device;
+  const cuda::CudaBackend* backend = nullptr;  // the last engine's, when it runs on the GPU
 #endif
   void open(const std::string& device_name, const std::string& max_vram, bool mmap,
             engine::LoadOptions& lo) {
@@ -228,8 +229,9 @@ struct CudaRun {
              const engine::GenerateStats& stats) const {
 #ifdef FERRY_HAS_CUDA
     if (!device || !m.plan) return;
-    if (const auto* ce = dynamic_cast<const cuda::CudaEngine*>(&eng))
-      if (const auto* st = ce->streamer_stats()) report_disk_rate(m, *st);
+    (void)eng;  // made by engine() below, which keeps its backend
+    if (backend)
+      if (const auto* st = backend->streamer_stats()) report_disk_rate(m, *st);
     if (stats.decode_steps <= 0) return;
     const planner::Plan& plan = *m.plan;
     if (plan.chosen.count(planner::Tier::device) != plan.chosen.tiers.size()) return;
@@ -262,7 +264,9 @@ struct CudaRun {
       co.device = device->ordinal();
       co.context = context;
       co.io = lo.io;
-      return std::make_unique<cuda::CudaEngine>(m.config, *m.checkpoint, m.placement, co);
+      auto b = cuda::make_cuda_backend(m.config, *m.checkpoint, m.placement, co);
+      backend = b.get();
+      return std::make_unique<engine::Engine>(std::move(b));
     }
 #endif
     (void)lo;
@@ -331,8 +335,8 @@ Command add_run(CLI::App& app) {
     if (!o->trace.empty() && m.weights) profile::trace_load_metadata(m);
     if (!o->quiet) {
 #ifdef FERRY_HAS_CUDA
-      if (const auto* ce = dynamic_cast<const cuda::CudaEngine*>(engine_ptr.get())) {
-        fmt::print(stderr, "ferry: {}; load {:.2f} s\n", ce->describe(), ce->stats().load_s);
+      if (const cuda::CudaBackend* cb = gpu.backend) {
+        fmt::print(stderr, "ferry: {}; load {:.2f} s\n", cb->describe(), cb->stats().load_s);
         if (m.plan) fmt::print(stderr, "ferry: plan: {}\n", m.plan->summary());
       }
 #endif

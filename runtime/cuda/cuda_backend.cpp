@@ -1,9 +1,10 @@
-#include "runtime/cuda/cuda_engine.hpp"
+#include "runtime/cuda/cuda_backend.hpp"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <optional>
@@ -25,10 +26,10 @@
 namespace ferry::cuda {
 
 namespace kc = kernels::cuda;
-using engine::LogitsFor;
+using engine::MatrixView;
 using engine::Placement;
-using engine::SeqTokens;
-using model::WeightRole;
+using engine::SeqRows;
+using engine::UnitWeights;
 using offload::Tier;
 
 namespace {
@@ -53,18 +54,20 @@ struct PinnedScratch {
   }
 };
 
-// A weight unit as the GPU sees it.
+// A weight unit (a block, or the head) as the GPU sees it.
 struct GpuUnit {
   Tier tier = Tier::disk;
-  std::size_t stream_index = 0;   // in the run-time streamer (host and disk tiers)
-  DeviceBuffer resident;          // device tier
-  std::vector<uint64_t> offsets;  // each matrix's offset in the unit's buffer
-  uint64_t nbytes = 0;            // the unit's buffer
-  std::vector<DType> stored;      // each matrix's dtype in the checkpoint
-  std::vector<DType> compute;     // as multiplied (bf16 becomes f16 without bf16 support;
-                                  // packed ones are f16 when dequantized for cuBLAS)
-  std::vector<int64_t> numel;     // elements of each matrix
-  int slot = -1;                  // the device slot holding it while acquired
+  std::size_t stream_index = 0;              // in the run-time streamer (host and disk tiers)
+  DeviceBuffer resident;                     // device tier
+  std::vector<model::WeightSpec> matrices;   // in stream order (model::WeightGroup::matrices)
+  std::vector<uint64_t> offsets;             // each matrix's offset in the unit's buffer
+  uint64_t nbytes = 0;                       // the unit's buffer
+  std::vector<DType> stored;                 // each matrix's dtype in the checkpoint
+  std::vector<DType> compute;                // as multiplied: bf16 becomes f16 without bf16
+                                             // products; packed ones stay packed
+  std::vector<model::WeightSpec> vectors;    // norms and biases (model::WeightGroup::vectors)
+  std::vector<std::size_t> vector_offsets;   // each one's offset (floats) in the vector buffer
+  int slot = -1;                             // the device slot holding it while acquired
 };
 
 // A unit whose host staging slot is still the source of a copy: released when the event is done.
@@ -73,9 +76,24 @@ struct PendingRelease {
   std::size_t event = 0;
 };
 
+// A device buffer that only grows; the stream is drained first, since kernels already queued
+// may still read the old one.
+struct GrowingBuffer {
+  DeviceBuffer buffer;
+  template <class T>
+  T* ensure(std::size_t nbytes, const CudaStream& stream) {
+    if (buffer.size() < nbytes) {
+      stream.synchronize();
+      buffer = DeviceBuffer();
+      buffer = DeviceBuffer(nbytes);
+    }
+    return buffer.as<T>();
+  }
+};
+
 }  // namespace
 
-struct CudaEngine::Impl {
+struct CudaBackend::Impl {
   model::ModelConfig config;
   const offload::Checkpoint& checkpoint;
   Placement placement;
@@ -86,13 +104,11 @@ struct CudaEngine::Impl {
   std::optional<CublasHandle> cublas;
   CudaEngineStats stats;
 
-  // Weights. Norms and biases as f32 on the device; matrices per unit.
-  DeviceBuffer vectors;                           // every norm and bias
-  std::vector<std::size_t> block_vector_offsets;  // floats: ln_1 w, ln_1 b, fc_in b, fc_out b
-  std::size_t head_vector_offset = 0;             // ln_f w, ln_f b, lm_head b
-  std::vector<GpuUnit> units;                     // n_layer blocks, then the head
-  const offload::TensorEntry* wte = nullptr;
-  std::vector<std::byte> wte_row;
+  // Weights. Norms and biases as f32 on the device, in one buffer; matrices per unit.
+  DeviceBuffer vectors;
+  std::vector<GpuUnit> units;  // n_layer blocks, then the head
+  const offload::TensorEntry* embed_table = nullptr;
+  std::vector<std::byte> embed_row;  // one embedding row as stored
 
   // Streaming: host slots (run-time streamer), device slots with their events, and the events
   // that free host slots.
@@ -107,29 +123,30 @@ struct CudaEngine::Impl {
   std::deque<PendingRelease> pending;
   std::size_t host_slots = 2;
 
-  // KV cache: [layer][seq][k|v][head][capacity][head_dim] in kv_dtype.
+  // KV cache: [layer][seq][k|v][kv head][capacity][head_dim] in kv_dtype.
   DType kv_dtype = DType::f32;
   int64_t capacity = 0;
   DeviceBuffer kv;
   std::vector<int64_t> lengths;
 
-  // Activations, sized for the largest pass so far.
-  int64_t cap_rows = 0;
-  int64_t cap_logit_rows = 0;
+  // Activations (the program's buffers), each grown to the largest pass so far.
+  std::vector<std::size_t> act_floats;
   DeviceArena arena;
-  float *x = nullptr, *h = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *attn = nullptr,
-        *proj = nullptr, *ff = nullptr, *mlp = nullptr, *final_rows = nullptr, *logits = nullptr;
-  void* gemm_in = nullptr;  // a product's input converted to the weights' 16-bit dtype
+  std::vector<std::size_t> act_offsets;
+  // A product's input converted to the weights' 16-bit dtype: rows × the widest input.
+  GrowingBuffer gemm_in;
   // Packed (q8 / q4) matrices multiplied by more than kPackedGemvMaxRows rows are dequantized
   // into this f16 buffer, a chunk of rows at a time, for cuBLAS: the size of the largest block
-  // matrix (n_inner × n_embd), so the lm_head goes in several chunks.
+  // matrix, so the lm_head goes in several chunks.
   DeviceBuffer dequant;
   int64_t dequant_elems = 0;
-  int32_t* positions = nullptr;
+  GrowingBuffer positions;     // the pass's positions (int32), for rotary
+  DeviceBuffer inv_freq;       // rotary_half's frequencies (Llama family)
+  CudaEvent host_x_copied;     // host_x / host_positions are free again once these are done
+  CudaEvent host_positions_copied;
   PinnedScratch host_x;
   PinnedScratch host_positions;
-  PinnedScratch host_logits;
-  std::vector<float> logits_out;
+  PinnedScratch host_out;
 
   Impl(const model::ModelConfig& c, const offload::Checkpoint& ck, const Placement& p,
        CudaEngineOptions o)
@@ -141,31 +158,29 @@ struct CudaEngine::Impl {
   }
 
   int64_t kv_elt() const { return static_cast<int64_t>(dtype_size(kv_dtype)); }
+  int64_t kv_head_stride() const { return capacity * config.head_dim(); }
   std::byte* kv_base(int layer, int seq, int which) {
-    const int64_t per = config.n_head * capacity * config.head_dim() * kv_elt();
+    const int64_t per = config.n_kv_head * kv_head_stride() * kv_elt();
     const int64_t index = (static_cast<int64_t>(layer) * options.max_seqs + seq) * 2 + which;
     return kv.as<std::byte>() + index * per;
   }
 
+  // Every unit's norms and biases, widened to f32 and uploaded once into one device buffer.
   void load_vectors() {
     std::vector<float> host;
     std::vector<std::byte> narrow;
-    const auto load = [&](const model::WeightSpec& w) {
-      const offload::TensorEntry& t = checkpoint.at(w.name);
-      const std::size_t at = host.size();
-      host.resize(at + static_cast<std::size_t>(w.shape.numel()));
-      narrow.resize(t.nbytes);
-      checkpoint.read(t, narrow.data());
-      kernels::cpu::convert_to_f32(narrow.data(), t.dtype, w.shape.numel(), host.data() + at);
-    };
-    for (int l = 0; l < config.n_layer; ++l) {
-      const model::WeightGroup g = model::block_group(config, l);
-      block_vector_offsets.push_back(host.size());
-      for (WeightRole r : model::kBlockVectors) load(g.spec(r));
+    for (GpuUnit& u : units) {
+      for (const model::WeightSpec& w : u.vectors) {
+        const offload::TensorEntry& t = checkpoint.at(w.name);
+        u.vector_offsets.push_back(host.size());
+        host.resize(host.size() + static_cast<std::size_t>(w.shape.numel()));
+        narrow.resize(t.nbytes);
+        checkpoint.read(t, narrow.data());
+        kernels::cpu::convert_to_f32(narrow.data(), t.dtype, w.shape.numel(),
+                                     host.data() + u.vector_offsets.back());
+      }
     }
-    const model::WeightGroup head = model::head_group(config);
-    head_vector_offset = host.size();
-    for (WeightRole r : model::kHeadVectors) load(head.spec(r));
+    if (host.empty()) return;
     vectors = DeviceBuffer(host.size() * sizeof(float));
     // Synchronous on purpose: once, at load, from pageable memory.
     FERRY_CUDA_TRY(cudaMemcpyAsync(vectors.data(), host.data(), host.size() * sizeof(float),
@@ -173,30 +188,42 @@ struct CudaEngine::Impl {
     compute.synchronize();
   }
 
-  const float* vec(std::size_t offset) const { return vectors.as<float>() + offset; }
-
   // Matrix dtypes of every unit, checked: the GPU path multiplies f32, f16 and bf16 matrices and
-  // the packed q8 / q4 ones of ferry packs.
+  // the packed q8 / q4 ones of ferry packs. specs are engine::model_units: the blocks' matrices,
+  // then the head's, in model::WeightGroup::matrices() order.
   void describe_units(const std::vector<offload::StreamUnitSpec>& specs) {
     const bool bf16_ok = device.has_bf16() && options.keep_bf16;
-    for (const auto& spec : specs) {
+    FERRY_EXPECT(specs.size() == static_cast<std::size_t>(config.n_layer) + 1,
+                 "expected {} weight units (the blocks and the head), got {}", config.n_layer + 1,
+                 specs.size());
+    for (std::size_t i = 0; i < specs.size(); ++i) {
+      const auto& spec = specs[i];
       FERRY_EXPECT(spec.tier != Tier::mapped,
                    "{}: the mapped tier (--mmap) computes on the CPU; the CUDA backend copies "
                    "layers from registered memory",
                    spec.name);
+      const bool head = i + 1 == specs.size();
+      const model::WeightGroup group =
+          head ? model::head_group(config) : model::block_group(config, static_cast<int>(i));
       GpuUnit u;
       u.tier = spec.tier;
-      for (const auto& name : spec.tensors) {
+      u.matrices = group.matrices();
+      u.vectors = group.vectors();
+      FERRY_EXPECT(u.matrices.size() == spec.tensors.size(),
+                   "{}: {} matrices in the stream unit, {} in the model's layout", spec.name,
+                   spec.tensors.size(), u.matrices.size());
+      for (std::size_t j = 0; j < u.matrices.size(); ++j) {
+        const std::string& name = spec.tensors[j];
+        FERRY_EXPECT(name == u.matrices[j].name, "{}: stream unit tensor '{}' is not '{}'",
+                     spec.name, name, u.matrices[j].name);
         const offload::TensorEntry& t = checkpoint.at(name);
         FERRY_EXPECT(is_float_weight(t.dtype) || is_quantized(t.dtype),
                      "tensor '{}' is {}; the CUDA backend multiplies f32, f16, bf16 and packed "
                      "q8 / q4 weights",
                      name, dtype_name(t.dtype));
         u.stored.push_back(t.dtype);
-        u.compute.push_back(
-            (t.dtype == DType::bf16 && !bf16_ok) || is_quantized(t.dtype) ? DType::f16 : t.dtype);
-        if (is_quantized(t.dtype)) dequant_elems = config.n_inner * config.n_embd;
-        u.numel.push_back(t.shape.numel());
+        u.compute.push_back(t.dtype == DType::bf16 && !bf16_ok ? DType::f16 : t.dtype);
+        if (is_quantized(t.dtype)) dequant_elems = largest_block_matrix();
       }
       const offload::UnitLayout layout = offload::plan_unit_reads(checkpoint, spec.tensors);
       u.offsets = layout.tensor_offsets;
@@ -205,13 +232,20 @@ struct CudaEngine::Impl {
     }
   }
 
+  int64_t largest_block_matrix() const {
+    int64_t n = 0;
+    for (const auto& w : model::block_group(config, 0).matrices())
+      n = std::max(n, w.shape.numel());
+    return n;
+  }
+
   // bf16 matrices become f16 in place (same size) on GPUs without bf16 products. (Packed ones
   // stay packed: they are dequantized as they are multiplied.)
   void convert_in_place(const GpuUnit& u, std::byte* base) {
     for (std::size_t i = 0; i < u.stored.size(); ++i)
-      if (is_float_weight(u.stored[i]) && u.stored[i] != u.compute[i])
+      if (u.stored[i] != u.compute[i])
         FERRY_CUDA_LAUNCH(kc::convert(base + u.offsets[i], u.stored[i], base + u.offsets[i],
-                                      u.compute[i], u.numel[i], compute.get()));
+                                      u.compute[i], u.matrices[i].shape.numel(), compute.get()));
   }
 
   std::size_t take_release_event() {
@@ -282,14 +316,21 @@ struct CudaEngine::Impl {
     compute.synchronize();
   }
 
-  void build(std::vector<offload::StreamUnitSpec> specs) {
+  void build(const std::vector<offload::StreamUnitSpec>& specs) {
     const auto t0 = std::chrono::steady_clock::now();
     host_slots = std::max<std::size_t>(2, placement.slot_count);
     describe_units(specs);
     if (dequant_elems > 0) dequant = DeviceBuffer(static_cast<std::size_t>(dequant_elems) * 2);
     load_vectors();
-    wte = &checkpoint.at(model::embedding_group(config).weights[0].name);
-    wte_row.resize(packed_row_bytes(wte->dtype, config.n_embd));
+    embed_table = &checkpoint.at(model::embedding_group(config).weights[0].name);
+    embed_row.resize(packed_row_bytes(embed_table->dtype, config.n_embd));
+    if (config.rope_style == model::RopeStyle::half) {
+      const std::vector<float> f = config.rope_inv_freq();
+      inv_freq = DeviceBuffer(f.size() * sizeof(float));
+      FERRY_CUDA_TRY(cudaMemcpyAsync(inv_freq.data(), f.data(), f.size() * sizeof(float),
+                                     cudaMemcpyHostToDevice, compute.get()));
+      compute.synchronize();  // f is pageable and about to go
+    }
     load_device_units(specs);
 
     // Host- and disk-tier units: one streamer, in compute order; host ones resident and
@@ -320,79 +361,83 @@ struct CudaEngine::Impl {
       }
     }
 
-    // The KV cache: f32 for an f32 model (the checking path), else f16 as the planner assumes.
+    // The KV cache, sized by KV heads: f32 for an f32 model (the checking path), else f16 as the
+    // planner assumes.
     bool all_f32 = true;
     for (const auto& u : units)
       for (DType d : u.stored) all_f32 = all_f32 && d == DType::f32;
     kv_dtype = all_f32 ? DType::f32 : DType::f16;
-    capacity = options.context > 0 ? options.context : config.n_positions;
+    capacity = options.context > 0 ? options.context : model::default_context(config);
+    FERRY_EXPECT(capacity <= model::max_context(config),
+                 "a context of {} tokens is longer than the model's {}; use --ctx {} or less",
+                 capacity, model::max_context(config), model::max_context(config));
     FERRY_EXPECT(capacity <= kc::attention_max_keys(),
                  "the CUDA attention kernel attends to at most {} tokens; use --ctx {} or less",
                  kc::attention_max_keys(), kc::attention_max_keys());
+    FERRY_EXPECT(options.max_seqs >= 1, "the CUDA backend needs at least one sequence slot");
     kv = DeviceBuffer(static_cast<std::size_t>(2 * config.n_layer * options.max_seqs *
-                                               config.n_head * capacity * config.head_dim() *
-                                               kv_elt()));
+                                               config.n_kv_head * kv_head_stride() * kv_elt()));
     lengths.assign(static_cast<std::size_t>(options.max_seqs), 0);
     stats.load_s = seconds_since(t0);
   }
 
-  void ensure_activations(int64_t rows, int64_t logit_rows) {
-    if (rows <= cap_rows && logit_rows <= cap_logit_rows) return;
-    compute.synchronize();  // nothing in flight may still use the old arena
-    cap_rows = std::max(rows, cap_rows);
-    cap_logit_rows = std::max(logit_rows, cap_logit_rows);
-    const auto e = static_cast<std::size_t>(config.n_embd);
-    const auto f = static_cast<std::size_t>(config.n_inner);
-    const auto r = static_cast<std::size_t>(cap_rows);
-    const auto lr = static_cast<std::size_t>(cap_logit_rows);
-    arena = DeviceArena();
-    const std::size_t row_bytes = r * e * sizeof(float);
-    std::size_t off[13];
-    for (int i = 0; i < 8; ++i) off[i] = arena.reserve(row_bytes);  // x h q k v attn proj mlp
-    off[8] = arena.reserve(r * f * sizeof(float));                  // ff
-    off[9] = arena.reserve(r * std::max(e, f) * 2);                 // gemm_in (16-bit)
-    off[10] = arena.reserve(r * sizeof(int32_t));                   // positions
-    off[11] = arena.reserve(lr * e * sizeof(float));                // final rows
-    off[12] = arena.reserve(lr * static_cast<std::size_t>(config.vocab_size) * sizeof(float));
-    arena.allocate();
-    x = arena.at<float>(off[0]);
-    h = arena.at<float>(off[1]);
-    q = arena.at<float>(off[2]);
-    k = arena.at<float>(off[3]);
-    v = arena.at<float>(off[4]);
-    attn = arena.at<float>(off[5]);
-    proj = arena.at<float>(off[6]);
-    mlp = arena.at<float>(off[7]);
-    ff = arena.at<float>(off[8]);
-    gemm_in = arena.at<void>(off[9]);
-    positions = arena.at<int32_t>(off[10]);
-    final_rows = arena.at<float>(off[11]);
-    logits = arena.at<float>(off[12]);
+  std::vector<float*> activations(std::span<const std::size_t> floats) {
+    bool grow = act_floats.size() < floats.size();
+    if (grow) act_floats.resize(floats.size(), 0);
+    for (std::size_t i = 0; i < floats.size(); ++i) {
+      if (floats[i] > act_floats[i]) {
+        act_floats[i] = floats[i];
+        grow = true;
+      }
+    }
+    if (grow) {
+      compute.synchronize();  // nothing in flight may still use the old arena
+      arena = DeviceArena();
+      act_offsets.clear();
+      for (std::size_t n : act_floats) act_offsets.push_back(arena.reserve(n * sizeof(float)));
+      arena.allocate();
+    }
+    std::vector<float*> out;
+    for (std::size_t i = 0; i < floats.size(); ++i)
+      out.push_back(floats[i] > 0 ? arena.at<float>(act_offsets[i]) : nullptr);
+    return out;
   }
 
   // The unit's matrices on the device, copying a streamed unit into a device slot first.
-  std::byte* acquire(std::size_t index) {
+  UnitWeights acquire(std::size_t index) {
     GpuUnit& u = units[index];
-    if (u.tier == Tier::device) return u.resident.as<std::byte>();
-    retire(*streamer, u.tier == Tier::disk);
-    const offload::UnitView view = streamer->acquire(u.stream_index);
-    const std::size_t s = next_slot++ % device_slots.size();
-    copy.wait(slot_free[s].get());  // its previous layer has finished computing
-    FERRY_CUDA_TRY(cudaMemcpyAsync(device_slots[s].data(), view.base(), u.nbytes,
-                                   cudaMemcpyHostToDevice, copy.get()));
-    slot_copied[s].record(copy);
-    if (u.tier == Tier::disk) {
-      const std::size_t e = take_release_event();
-      release_events[e].record(copy);
-      pending.push_back({u.stream_index, e});
+    std::byte* base = nullptr;
+    if (u.tier == Tier::device) {
+      base = u.resident.as<std::byte>();
+    } else {
+      retire(*streamer, u.tier == Tier::disk);
+      const offload::UnitView view = streamer->acquire(u.stream_index);
+      const std::size_t s = next_slot++ % device_slots.size();
+      copy.wait(slot_free[s].get());  // its previous layer has finished computing
+      FERRY_CUDA_TRY(cudaMemcpyAsync(device_slots[s].data(), view.base(), u.nbytes,
+                                     cudaMemcpyHostToDevice, copy.get()));
+      slot_copied[s].record(copy);
+      if (u.tier == Tier::disk) {
+        const std::size_t e = take_release_event();
+        release_events[e].record(copy);
+        pending.push_back({u.stream_index, e});
+      }
+      stats.h2d_bytes += u.nbytes;
+      ++stats.units_copied;
+      compute.wait(slot_copied[s].get());
+      u.slot = static_cast<int>(s);
+      base = device_slots[s].as<std::byte>();
+      convert_in_place(u, base);
     }
-    stats.h2d_bytes += u.nbytes;
-    ++stats.units_copied;
-    compute.wait(slot_copied[s].get());
-    u.slot = static_cast<int>(s);
-    auto* base = device_slots[s].as<std::byte>();
-    convert_in_place(u, base);
-    return base;
+    UnitWeights w;
+    for (std::size_t i = 0; i < u.matrices.size(); ++i) {
+      const model::WeightSpec& m = u.matrices[i];
+      // Packed matrices keep their dtype (linear dispatches on it); float ones are as converted.
+      w.set(m.role, MatrixView{base + u.offsets[i], u.compute[i], m.shape.dims[0], m.shape.dims[1]});
+    }
+    for (std::size_t i = 0; i < u.vectors.size(); ++i)
+      w.set(u.vectors[i].role, vectors.as<const float>() + u.vector_offsets[i]);
+    return w;
   }
 
   void release(std::size_t index) {
@@ -402,200 +447,82 @@ struct CudaEngine::Impl {
     u.slot = -1;
   }
 
-  // y[rows, n] = in[rows, k] · Wᵀ for matrix i of unit u, whose bytes start at base.
-  void linear(const float* in, int64_t rows, const GpuUnit& u, const std::byte* base, std::size_t i,
-              int64_t n, int64_t kdim, float* y) {
-    const DType st = u.stored[i];
-    if (is_quantized(st)) {
-      packed_linear(in, rows, base + u.offsets[i], st, n, kdim, y);
+  // y[rows, n] = x[rows, k] · Wᵀ, W [n, k] on the device.
+  void linear(const float* x, int64_t rows, const MatrixView& w, float* y) {
+    if (is_quantized(w.dtype)) {
+      packed_linear(x, rows, w.data, w.dtype, w.rows, w.cols, y);
       return;
     }
-    const DType dt = u.compute[i];
-    const void* input = in;
-    if (dt != DType::f32) {
-      FERRY_CUDA_LAUNCH(kc::convert(in, DType::f32, gemm_in, dt, rows * kdim, compute.get()));
-      input = gemm_in;
+    const void* input = x;
+    if (w.dtype != DType::f32) {
+      void* in16 = gemm_in.ensure<void>(static_cast<std::size_t>(rows * w.cols) * 2, compute);
+      FERRY_CUDA_LAUNCH(kc::convert(x, DType::f32, in16, w.dtype, rows * w.cols, compute.get()));
+      input = in16;
     }
-    FERRY_CUBLAS_TRY(kc::linear(cublas->get(), input, rows, kdim, base + u.offsets[i], dt, n, y));
+    FERRY_CUBLAS_TRY(kc::linear(cublas->get(), input, rows, w.cols, w.data, w.dtype, w.rows, y));
   }
 
   // The same product with packed weights: fused into one pass over the packed bytes for a few
   // rows (decoding), else dequantized to f16 a chunk of weight rows at a time for cuBLAS. Both on
   // the compute stream, so a chunk's buffer is free again when the next dequantization runs.
-  void packed_linear(const float* in, int64_t rows, const std::byte* w, DType st, int64_t n,
+  void packed_linear(const float* x, int64_t rows, const void* w, DType st, int64_t n,
                      int64_t kdim, float* y) {
     cudaStream_t cs = compute.get();
     if (rows <= kc::kPackedGemvMaxRows) {
-      FERRY_CUDA_LAUNCH(kc::packed_gemv(w, st, n, kdim, in, rows, y, n, cs));
+      FERRY_CUDA_LAUNCH(kc::packed_gemv(w, st, n, kdim, x, rows, y, n, cs));
       return;
     }
-    FERRY_CUDA_LAUNCH(kc::convert(in, DType::f32, gemm_in, DType::f16, rows * kdim, cs));
+    void* in16 = gemm_in.ensure<void>(static_cast<std::size_t>(rows * kdim) * 2, compute);
+    FERRY_CUDA_LAUNCH(kc::convert(x, DType::f32, in16, DType::f16, rows * kdim, cs));
     const int64_t chunk = std::max<int64_t>(1, dequant_elems / kdim);
     for (int64_t r0 = 0; r0 < n; r0 += chunk) {
       const int64_t nr = std::min(chunk, n - r0);
       FERRY_CUDA_LAUNCH(kc::dequantize_rows(w, st, kdim, r0, nr, dequant.as<uint16_t>(), cs));
-      FERRY_CUBLAS_TRY(kc::linear(cublas->get(), gemm_in, rows, kdim, dequant.data(), DType::f16,
-                                  nr, y + r0, n));
+      FERRY_CUBLAS_TRY(
+          kc::linear(cublas->get(), in16, rows, kdim, dequant.data(), DType::f16, nr, y + r0, n));
     }
   }
 
-  const std::vector<float>& forward(std::span<const SeqTokens> batch, LogitsFor which);
-};
-
-const std::vector<float>& CudaEngine::Impl::forward(std::span<const SeqTokens> batch,
-                                                    LogitsFor which) {
-  const int64_t e = config.n_embd;
-  const int64_t f = config.n_inner;
-  const int64_t vocab = config.vocab_size;
-  const int64_t n_head = config.n_head;
-  const int64_t head_dim = config.head_dim();
-  cudaStream_t cs = compute.get();
-
-  // Validate the whole batch before touching any state (as the CPU engine does).
-  FERRY_EXPECT(!batch.empty(), "forward pass called with an empty batch");
-  std::vector<bool> seen(lengths.size(), false);
-  int64_t rows = 0;
-  for (const SeqTokens& s : batch) {
-    FERRY_EXPECT(s.seq >= 0 && s.seq < options.max_seqs,
-                 "sequence slot {} does not exist; the engine was made for {} sequences", s.seq,
-                 options.max_seqs);
-    FERRY_EXPECT(!seen[static_cast<std::size_t>(s.seq)],
-                 "sequence slot {} appears twice in one batch", s.seq);
-    seen[static_cast<std::size_t>(s.seq)] = true;
-    FERRY_EXPECT(!s.tokens.empty(), "sequence slot {} has no tokens in this batch", s.seq);
-    for (std::size_t i = 0; i < s.tokens.size(); ++i)
-      FERRY_EXPECT(s.tokens[i] >= 0 && s.tokens[i] < vocab,
-                   "token id {} (position {} of the input) is outside the vocabulary of this "
-                   "model (ids 0 … {})",
-                   s.tokens[i], i, vocab - 1);
-    const int64_t len = lengths[static_cast<std::size_t>(s.seq)];
-    const auto n = static_cast<int64_t>(s.tokens.size());
-    FERRY_EXPECT(len + n <= capacity,
-                 "sequence of {} tokens would grow past the context of {} tokens (model "
-                 "n_positions {}); shorten the prompt or ask for fewer new tokens",
-                 len + n, capacity, config.n_positions);
-    rows += n;
-  }
-  std::vector<int64_t> out_rows;
-  if (which == LogitsFor::all) {
-    for (int64_t r = 0; r < rows; ++r) out_rows.push_back(r);
-  } else {
-    int64_t r = 0;
-    for (const SeqTokens& s : batch) {
-      r += static_cast<int64_t>(s.tokens.size());
-      out_rows.push_back(r - 1);
-    }
-  }
-  const auto n_out = static_cast<int64_t>(out_rows.size());
-  ensure_activations(rows, n_out);
-
-  // Embedding rows and positions, on the host into pinned memory, then one copy each.
-  const auto ur = static_cast<std::size_t>(rows);
-  host_x.ensure(ur * static_cast<std::size_t>(e) * sizeof(float));
-  host_positions.ensure(ur * sizeof(int32_t));
-  std::size_t row = 0;
-  for (const SeqTokens& s : batch) {
-    const int64_t len = lengths[static_cast<std::size_t>(s.seq)];
-    for (std::size_t i = 0; i < s.tokens.size(); ++i, ++row) {
-      checkpoint.read_range(*wte, static_cast<uint64_t>(s.tokens[i]) * wte_row.size(),
-                            wte_row.size(), wte_row.data());
-      kernels::cpu::convert_to_f32(wte_row.data(), wte->dtype, e,
-                                   host_x.as<float>() + row * static_cast<std::size_t>(e));
-      host_positions.as<int32_t>()[row] = static_cast<int32_t>(len + static_cast<int64_t>(i));
-    }
-  }
-  FERRY_CUDA_TRY(cudaMemcpyAsync(x, host_x.as<float>(), ur * static_cast<std::size_t>(e) * 4,
-                                 cudaMemcpyHostToDevice, cs));
-  FERRY_CUDA_TRY(cudaMemcpyAsync(positions, host_positions.as<int32_t>(), ur * sizeof(int32_t),
-                                 cudaMemcpyHostToDevice, cs));
-
-  for (int layer = 0; layer < config.n_layer; ++layer) {
-    const auto li = static_cast<std::size_t>(layer);
-    const GpuUnit& u = units[li];
-    const std::byte* w = acquire(li);
-    const float* vecs = vec(block_vector_offsets[li]);
-    // x = x + (attn(ln_1(x)) + mlp(ln_1(x))), as the CPU engine.
-    FERRY_CUDA_LAUNCH(
-        kc::layer_norm(x, rows, e, vecs, vecs + e, config.layer_norm_epsilon, h, DType::f32, cs));
-    linear(h, rows, u, w, 0, e, e, q);
-    linear(h, rows, u, w, 1, e, e, k);
-    linear(h, rows, u, w, 2, e, e, v);
-    FERRY_CUDA_LAUNCH(
-        kc::rotary_interleaved(q, rows, e, n_head, head_dim, config.rotary_dim, positions, cs));
-    FERRY_CUDA_LAUNCH(
-        kc::rotary_interleaved(k, rows, e, n_head, head_dim, config.rotary_dim, positions, cs));
-    int64_t row0 = 0;
-    for (const SeqTokens& s : batch) {
-      const auto n_new = static_cast<int64_t>(s.tokens.size());
-      const int64_t n_past = lengths[static_cast<std::size_t>(s.seq)];
+  void attend(int layer, std::span<const SeqRows> seqs, const float* q, const float* k,
+              const float* v, float* out) {
+    const int64_t hd = config.head_dim();
+    const int64_t qd = config.q_dim();
+    const int64_t kvd = config.kv_dim();
+    const int64_t hs = kv_head_stride();
+    cudaStream_t cs = compute.get();
+    for (const SeqRows& s : seqs) {
       std::byte* kc_ = kv_base(layer, s.seq, 0);
       std::byte* vc_ = kv_base(layer, s.seq, 1);
-      const int64_t hs = capacity * head_dim;
-      FERRY_CUDA_LAUNCH(kc::kv_store(k + row0 * e, v + row0 * e, e, n_new, n_past, n_head, head_dim,
-                                     kc_, vc_, hs, kv_dtype, cs));
+      // The new keys (after rotary, as Hugging Face caches them) and values, per KV head.
+      FERRY_CUDA_LAUNCH(kc::kv_store(k + s.row0 * kvd, v + s.row0 * kvd, kvd, s.n_new, s.n_past,
+                                     config.n_kv_head, hd, kc_, vc_, hs, kv_dtype, cs));
       kc::AttentionArgs a;
-      a.q = q + row0 * e;
-      a.q_stride = e;
+      a.q = q + s.row0 * qd;
+      a.q_stride = qd;
       a.k = kc_;
       a.v = vc_;
       a.kv_dtype = kv_dtype;
       a.kv_head_stride = hs;
-      a.out = attn + row0 * e;
-      a.out_stride = e;
-      a.n_new = n_new;
-      a.n_past = n_past;
-      a.n_head = n_head;
-      a.head_dim = head_dim;
+      a.out = out + s.row0 * qd;
+      a.out_stride = qd;
+      a.n_new = s.n_new;
+      a.n_past = s.n_past;
+      a.n_head = config.n_head;
+      a.n_kv_head = config.n_kv_head;
+      a.head_dim = hd;
       FERRY_CUDA_LAUNCH(kc::attention(a, cs));
-      row0 += n_new;
     }
-    linear(attn, rows, u, w, 3, e, e, proj);
-    linear(h, rows, u, w, 4, f, e, ff);
-    FERRY_CUDA_LAUNCH(kc::add_bias(ff, rows, f, vecs + 2 * e, cs));
-    FERRY_CUDA_LAUNCH(kc::gelu_new(ff, rows * f, cs));
-    linear(ff, rows, u, w, 5, e, f, mlp);
-    FERRY_CUDA_LAUNCH(kc::add_bias(mlp, rows, e, vecs + 2 * e + f, cs));
-    FERRY_CUDA_LAUNCH(kc::gptj_residual(x, proj, mlp, rows * e, cs));
-    release(li);
   }
-  for (const SeqTokens& s : batch)
-    lengths[static_cast<std::size_t>(s.seq)] += static_cast<int64_t>(s.tokens.size());
+};
 
-  // ln_f and lm_head over the rows whose logits are wanted.
-  const auto hi = static_cast<std::size_t>(config.n_layer);
-  const GpuUnit& hu = units[hi];
-  const std::byte* hw = acquire(hi);
-  const float* hv = vec(head_vector_offset);
-  if (which == LogitsFor::all) {
-    FERRY_CUDA_LAUNCH(kc::layer_norm(x, rows, e, hv, hv + e, config.layer_norm_epsilon, final_rows,
-                                     DType::f32, cs));
-  } else {
-    for (int64_t i = 0; i < n_out; ++i)
-      FERRY_CUDA_LAUNCH(kc::layer_norm(x + out_rows[static_cast<std::size_t>(i)] * e, 1, e, hv,
-                                       hv + e, config.layer_norm_epsilon, final_rows + i * e,
-                                       DType::f32, cs));
-  }
-  linear(final_rows, n_out, hu, hw, 0, vocab, e, logits);
-  FERRY_CUDA_LAUNCH(kc::add_bias(logits, n_out, vocab, hv + 2 * e, cs));
-  release(hi);
-  const auto logit_bytes = static_cast<std::size_t>(n_out * vocab) * sizeof(float);
-  host_logits.ensure(logit_bytes);
-  FERRY_CUDA_TRY(
-      cudaMemcpyAsync(host_logits.as<float>(), logits, logit_bytes, cudaMemcpyDeviceToHost, cs));
-  compute.synchronize();  // the one host wait of a pass: its logits
-  if (streamer) retire(*streamer, false, true);
-  logits_out.assign(host_logits.as<float>(), host_logits.as<float>() + n_out * vocab);
-  return logits_out;
-}
-
-CudaEngine::CudaEngine(const model::ModelConfig& config, const offload::Checkpoint& checkpoint,
-                       const Placement& placement, CudaEngineOptions options)
+CudaBackend::CudaBackend(const model::ModelConfig& config, const offload::Checkpoint& checkpoint,
+                         const Placement& placement, CudaEngineOptions options)
     : impl_(std::make_unique<Impl>(config, checkpoint, placement, std::move(options))) {
   engine::check_checkpoint(config, checkpoint);
   impl_->build(engine::model_units(config, placement));
 }
 
-CudaEngine::~CudaEngine() {
+CudaBackend::~CudaBackend() {
   if (!impl_) return;
   // Nothing may still read a host slot or write a buffer that is about to go.
   if (cudaStreamSynchronize(impl_->copy.get()) != cudaSuccess ||
@@ -603,22 +530,149 @@ CudaEngine::~CudaEngine() {
     std::fprintf(stderr, "ferry: warning: a CUDA stream failed while shutting down\n");
 }
 
-const model::ModelConfig& CudaEngine::config() const { return impl_->config; }
-int64_t CudaEngine::context() const { return impl_->capacity; }
-int64_t CudaEngine::length(int seq) const {
+const model::ModelConfig& CudaBackend::config() const { return impl_->config; }
+
+std::string CudaBackend::name() const { return fmt::format("cuda ({})", impl_->device.name()); }
+
+int64_t CudaBackend::context() const { return impl_->capacity; }
+int CudaBackend::max_seqs() const { return impl_->options.max_seqs; }
+int64_t CudaBackend::length(int seq) const {
   return impl_->lengths.at(static_cast<std::size_t>(seq));
 }
-void CudaEngine::reset(int seq) { impl_->lengths.at(static_cast<std::size_t>(seq)) = 0; }
-const std::vector<float>& CudaEngine::forward(std::span<const SeqTokens> batch, LogitsFor which) {
-  return impl_->forward(batch, which);
+void CudaBackend::set_length(int seq, int64_t n) {
+  impl_->lengths.at(static_cast<std::size_t>(seq)) = n;
 }
-const CudaEngineStats& CudaEngine::stats() const { return impl_->stats; }
 
-const offload::StreamerStats* CudaEngine::streamer_stats() const {
+std::vector<float*> CudaBackend::activations(std::span<const std::size_t> floats) {
+  return impl_->activations(floats);
+}
+
+void CudaBackend::begin_pass(std::span<const int32_t> positions) {
+  Impl& s = *impl_;
+  const std::size_t nbytes = positions.size_bytes();
+  if (nbytes == 0) return;
+  s.host_positions_copied.synchronize();  // the previous pass's copy has read the pinned rows
+  s.host_positions.ensure(nbytes);
+  std::memcpy(s.host_positions.as<int32_t>(), positions.data(), nbytes);
+  int32_t* dst = s.positions.ensure<int32_t>(nbytes, s.compute);
+  FERRY_CUDA_TRY(cudaMemcpyAsync(dst, s.host_positions.as<int32_t>(), nbytes,
+                                 cudaMemcpyHostToDevice, s.compute.get()));
+  s.host_positions_copied.record(s.compute);
+}
+
+// Embedding rows on the host into pinned memory (read from the checkpoint a row per token),
+// then one copy.
+void CudaBackend::embed(std::span<const int32_t> ids, float* x) {
+  Impl& s = *impl_;
+  const auto e = static_cast<std::size_t>(s.config.n_embd);
+  const std::size_t nbytes = ids.size() * e * sizeof(float);
+  if (nbytes == 0) return;
+  s.host_x_copied.synchronize();
+  s.host_x.ensure(nbytes);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    s.checkpoint.read_range(*s.embed_table, static_cast<uint64_t>(ids[i]) * s.embed_row.size(),
+                            s.embed_row.size(), s.embed_row.data());
+    kernels::cpu::convert_to_f32(s.embed_row.data(), s.embed_table->dtype, s.config.n_embd,
+                                 s.host_x.as<float>() + i * e);
+  }
+  FERRY_CUDA_TRY(
+      cudaMemcpyAsync(x, s.host_x.as<float>(), nbytes, cudaMemcpyHostToDevice, s.compute.get()));
+  s.host_x_copied.record(s.compute);
+}
+
+UnitWeights CudaBackend::acquire_block(int layer) {
+  return impl_->acquire(static_cast<std::size_t>(layer));
+}
+void CudaBackend::release_block(int layer) { impl_->release(static_cast<std::size_t>(layer)); }
+UnitWeights CudaBackend::acquire_head() {
+  return impl_->acquire(static_cast<std::size_t>(impl_->config.n_layer));
+}
+void CudaBackend::release_head() { impl_->release(static_cast<std::size_t>(impl_->config.n_layer)); }
+
+void CudaBackend::norm(model::NormKind kind, const float* x, int64_t rows, int64_t n,
+                       const float* gamma, const float* beta, float eps, float* y) {
+  if (rows == 0) return;
+  cudaStream_t cs = impl_->compute.get();
+  if (kind == model::NormKind::rms_norm) {
+    // In place (y == x, Qwen3's q/k norm) is safe for an f32 output: see kc::rms_norm.
+    FERRY_CUDA_LAUNCH(kc::rms_norm(x, rows, n, gamma, eps, y, DType::f32, cs));
+  } else {
+    FERRY_EXPECT(x != y, "layer_norm on the GPU does not run in place");
+    FERRY_CUDA_LAUNCH(kc::layer_norm(x, rows, n, gamma, beta, eps, y, DType::f32, cs));
+  }
+}
+
+void CudaBackend::linear(const float* x, int64_t rows, const MatrixView& w, const float* bias,
+                         float* y) {
+  if (rows == 0) return;
+  impl_->linear(x, rows, w, y);
+  if (bias) FERRY_CUDA_LAUNCH(kc::add_bias(y, rows, w.rows, bias, impl_->compute.get()));
+}
+
+void CudaBackend::rotary(float* x, int64_t rows, int64_t n_head) {
+  const Impl& s = *impl_;
+  if (rows == 0) return;
+  const int64_t hd = s.config.head_dim();
+  const auto* pos = s.positions.buffer.as<const int32_t>();
+  if (s.config.rope_style == model::RopeStyle::half) {
+    FERRY_CUDA_LAUNCH(kc::rotary_half(x, rows, n_head * hd, n_head, hd, s.config.rotary_dim,
+                                      s.inv_freq.as<const float>(), pos, s.compute.get()));
+  } else {
+    FERRY_CUDA_LAUNCH(kc::rotary_interleaved(x, rows, n_head * hd, n_head, hd,
+                                             s.config.rotary_dim, pos, s.compute.get()));
+  }
+}
+
+void CudaBackend::attend(int layer, std::span<const SeqRows> seqs, const float* q, const float* k,
+                         const float* v, float* out) {
+  impl_->attend(layer, seqs, q, k, v, out);
+}
+
+void CudaBackend::gelu_new(float* x, int64_t n) {
+  if (n > 0) FERRY_CUDA_LAUNCH(kc::gelu_new(x, n, impl_->compute.get()));
+}
+
+void CudaBackend::silu_mul(float* gate, const float* up, int64_t n) {
+  if (n > 0) FERRY_CUDA_LAUNCH(kc::silu_mul(gate, up, n, impl_->compute.get()));
+}
+
+void CudaBackend::add(float* y, const float* x, int64_t n) {
+  if (n > 0) FERRY_CUDA_LAUNCH(kc::add(y, x, n, impl_->compute.get()));
+}
+
+// Runs of consecutive rows go as one copy (all of a pass's rows, for LogitsFor::all).
+void CudaBackend::gather_rows(const float* x, std::span<const int64_t> rows, int64_t n,
+                              float* y) {
+  const std::size_t row_bytes = static_cast<std::size_t>(n) * sizeof(float);
+  for (std::size_t i = 0; i < rows.size();) {
+    std::size_t run = 1;
+    while (i + run < rows.size() && rows[i + run] == rows[i] + static_cast<int64_t>(run)) ++run;
+    FERRY_CUDA_TRY(cudaMemcpyAsync(y + static_cast<int64_t>(i) * n, x + rows[i] * n,
+                                   run * row_bytes, cudaMemcpyDeviceToDevice,
+                                   impl_->compute.get()));
+    i += run;
+  }
+}
+
+void CudaBackend::read(const float* x, int64_t n, std::vector<float>& out) {
+  Impl& s = *impl_;
+  const auto nbytes = static_cast<std::size_t>(n) * sizeof(float);
+  s.host_out.ensure(std::max<std::size_t>(nbytes, 1));
+  if (nbytes > 0)
+    FERRY_CUDA_TRY(cudaMemcpyAsync(s.host_out.as<float>(), x, nbytes, cudaMemcpyDeviceToHost,
+                                   s.compute.get()));
+  s.compute.synchronize();  // the one host wait of a pass: its logits
+  if (s.streamer) s.retire(*s.streamer, false, true);
+  out.assign(s.host_out.as<float>(), s.host_out.as<float>() + n);
+}
+
+const CudaEngineStats& CudaBackend::stats() const { return impl_->stats; }
+
+const offload::StreamerStats* CudaBackend::streamer_stats() const {
   return impl_->streamer ? &impl_->streamer->stats() : nullptr;
 }
 
-std::string CudaEngine::describe() const {
+std::string CudaBackend::describe() const {
   const Impl& s = *impl_;
   std::size_t on_device = 0;
   for (const auto& u : s.units) on_device += u.tier == Tier::device;
@@ -630,6 +684,13 @@ std::string CudaEngine::describe() const {
                      s.device_slots.size(), format_bytes(s.stats.device_slot_bytes),
                      s.streamer->describe());
   return d;
+}
+
+std::unique_ptr<CudaBackend> make_cuda_backend(const model::ModelConfig& config,
+                                               const offload::Checkpoint& checkpoint,
+                                               const Placement& placement,
+                                               CudaEngineOptions options) {
+  return std::make_unique<CudaBackend>(config, checkpoint, placement, std::move(options));
 }
 
 }  // namespace ferry::cuda

@@ -1,10 +1,11 @@
-// CudaEngine: the GPT-J forward pass on one CUDA GPU, behind the same ForwardPass interface as
-// the CPU Engine (so generate() and the tools drive either). Weights follow the placement:
-// device-tier units are read once, at construction, through a ring of registered host slots
-// (disk → slot by io_uring → device by cudaMemcpyAsync), so host RAM never holds more than the
-// ring; host-tier units stay in registered host memory and disk-tier units are streamed into
-// the ring every token; both are copied into device slots on a copy stream, and the compute
-// stream waits on each copy's event — never the host. No CUDA header here (pimpl).
+// CudaBackend: the model program's operations (engine/backend.hpp) on one CUDA GPU, so the one
+// forward pass in engine/engine.cpp runs there. Weights follow the placement: device-tier units
+// are read once, at construction, through a ring of registered host slots (disk → slot by
+// io_uring → device by cudaMemcpyAsync), so host RAM never holds more than the ring; host-tier
+// units stay in registered host memory and disk-tier units are streamed into the ring every
+// token; both are copied into device slots on a copy stream, and the compute stream waits on
+// each copy's event — never the host. Activations, the KV cache, norms and biases live on the
+// device. No CUDA header here (pimpl).
 #pragma once
 
 #include <cstdint>
@@ -15,7 +16,7 @@
 
 #include "offload/checkpoint.hpp"
 #include "offload/io_engine.hpp"
-#include "runtime/engine/engine.hpp"
+#include "runtime/engine/backend.hpp"
 #include "runtime/engine/weights.hpp"
 #include "runtime/model/model_config.hpp"
 
@@ -24,7 +25,7 @@ namespace ferry::cuda {
 struct CudaEngineOptions {
   int device = 0;
   int max_seqs = 1;
-  int64_t context = 0;  // KV capacity per sequence; 0 means n_positions
+  int64_t context = 0;  // KV capacity per sequence; 0 means model::default_context
   offload::IoOptions io = offload::IoOptions::from_env();
   // Keep bf16 weights bf16 on GPUs that multiply bf16 (sm_80+); false converts them to f16 as
   // on sm_75 (tests use it to check the conversion path on any GPU).
@@ -39,23 +40,46 @@ struct CudaEngineStats {
   uint64_t units_copied = 0;
 };
 
-class CudaEngine final : public engine::ForwardPass {
+class CudaBackend final : public engine::Backend {
  public:
   // Throws CudaError when there is no device, InvalidArgument for weights the GPU path does not
   // multiply (anything but f32, f16, bf16 and the q8 / q4 of packs) and for a context beyond
   // attention's limit.
-  CudaEngine(const model::ModelConfig& config, const offload::Checkpoint& checkpoint,
-             const engine::Placement& placement, CudaEngineOptions options = {});
-  ~CudaEngine() override;
-  CudaEngine(const CudaEngine&) = delete;
-  CudaEngine& operator=(const CudaEngine&) = delete;
+  CudaBackend(const model::ModelConfig& config, const offload::Checkpoint& checkpoint,
+              const engine::Placement& placement, CudaEngineOptions options = {});
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
 
   const model::ModelConfig& config() const override;
+  std::string name() const override;
+
   int64_t context() const override;
+  int max_seqs() const override;
   int64_t length(int seq) const override;
-  void reset(int seq) override;
-  const std::vector<float>& forward(std::span<const engine::SeqTokens> batch,
-                                    engine::LogitsFor which) override;
+  void set_length(int seq, int64_t n) override;
+
+  std::vector<float*> activations(std::span<const std::size_t> floats) override;
+  void begin_pass(std::span<const int32_t> positions) override;
+
+  void embed(std::span<const int32_t> ids, float* x) override;
+  engine::UnitWeights acquire_block(int layer) override;
+  void release_block(int layer) override;
+  engine::UnitWeights acquire_head() override;
+  void release_head() override;
+
+  void norm(model::NormKind kind, const float* x, int64_t rows, int64_t n, const float* gamma,
+            const float* beta, float eps, float* y) override;
+  void linear(const float* x, int64_t rows, const engine::MatrixView& w, const float* bias,
+              float* y) override;
+  void rotary(float* x, int64_t rows, int64_t n_head) override;
+  void attend(int layer, std::span<const engine::SeqRows> seqs, const float* q, const float* k,
+              const float* v, float* out) override;
+  void gelu_new(float* x, int64_t n) override;
+  void silu_mul(float* gate, const float* up, int64_t n) override;
+  void add(float* y, const float* x, int64_t n) override;
+  void gather_rows(const float* x, std::span<const int64_t> rows, int64_t n, float* y) override;
+  void read(const float* x, int64_t n, std::vector<float>& out) override;
 
   const CudaEngineStats& stats() const;
   // The run-time streamer's counters (host- and disk-tier units); null when every unit is in VRAM.
@@ -67,5 +91,11 @@ class CudaEngine final : public engine::ForwardPass {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// The backend as the tools make it (engine::Engine(make_cuda_backend(…)) is the forward pass).
+std::unique_ptr<CudaBackend> make_cuda_backend(const model::ModelConfig& config,
+                                               const offload::Checkpoint& checkpoint,
+                                               const engine::Placement& placement,
+                                               CudaEngineOptions options = {});
 
 }  // namespace ferry::cuda
