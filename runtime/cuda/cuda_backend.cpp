@@ -57,17 +57,17 @@ struct PinnedScratch {
 // A weight unit (a block, or the head) as the GPU sees it.
 struct GpuUnit {
   Tier tier = Tier::disk;
-  std::size_t stream_index = 0;              // in the run-time streamer (host and disk tiers)
-  DeviceBuffer resident;                     // device tier
-  std::vector<model::WeightSpec> matrices;   // in stream order (model::WeightGroup::matrices)
-  std::vector<uint64_t> offsets;             // each matrix's offset in the unit's buffer
-  uint64_t nbytes = 0;                       // the unit's buffer
-  std::vector<DType> stored;                 // each matrix's dtype in the checkpoint
-  std::vector<DType> compute;                // as multiplied: bf16 becomes f16 without bf16
-                                             // products; packed ones stay packed
-  std::vector<model::WeightSpec> vectors;    // norms and biases (model::WeightGroup::vectors)
-  std::vector<std::size_t> vector_offsets;   // each one's offset (floats) in the vector buffer
-  int slot = -1;                             // the device slot holding it while acquired
+  std::size_t stream_index = 0;             // in the run-time streamer (host and disk tiers)
+  DeviceBuffer resident;                    // device tier
+  std::vector<model::WeightSpec> matrices;  // in stream order (model::WeightGroup::matrices)
+  std::vector<uint64_t> offsets;            // each matrix's offset in the unit's buffer
+  uint64_t nbytes = 0;                      // the unit's buffer
+  std::vector<DType> stored;                // each matrix's dtype in the checkpoint
+  std::vector<DType> compute;               // as multiplied: bf16 becomes f16 without bf16
+                                            // products; packed ones stay packed
+  std::vector<model::WeightSpec> vectors;   // norms and biases (model::WeightGroup::vectors)
+  std::vector<std::size_t> vector_offsets;  // each one's offset (floats) in the vector buffer
+  int slot = -1;                            // the device slot holding it while acquired
 };
 
 // A unit whose host staging slot is still the source of a copy: released when the event is done.
@@ -140,9 +140,9 @@ struct CudaBackend::Impl {
   // matrix, so the lm_head goes in several chunks.
   DeviceBuffer dequant;
   int64_t dequant_elems = 0;
-  GrowingBuffer positions;     // the pass's positions (int32), for rotary
-  DeviceBuffer inv_freq;       // rotary_half's frequencies (Llama family)
-  CudaEvent host_x_copied;     // host_x / host_positions are free again once these are done
+  GrowingBuffer positions;  // the pass's positions (int32), for rotary
+  DeviceBuffer inv_freq;    // rotary_half's frequencies (Llama family)
+  CudaEvent host_x_copied;  // host_x / host_positions are free again once these are done
   CudaEvent host_positions_copied;
   PinnedScratch host_x;
   PinnedScratch host_positions;
@@ -234,8 +234,7 @@ struct CudaBackend::Impl {
 
   int64_t largest_block_matrix() const {
     int64_t n = 0;
-    for (const auto& w : model::block_group(config, 0).matrices())
-      n = std::max(n, w.shape.numel());
+    for (const auto& w : model::block_group(config, 0).matrices()) n = std::max(n, w.shape.numel());
     return n;
   }
 
@@ -433,7 +432,8 @@ struct CudaBackend::Impl {
     for (std::size_t i = 0; i < u.matrices.size(); ++i) {
       const model::WeightSpec& m = u.matrices[i];
       // Packed matrices keep their dtype (linear dispatches on it); float ones are as converted.
-      w.set(m.role, MatrixView{base + u.offsets[i], u.compute[i], m.shape.dims[0], m.shape.dims[1]});
+      w.set(m.role,
+            MatrixView{base + u.offsets[i], u.compute[i], m.shape.dims[0], m.shape.dims[1]});
     }
     for (std::size_t i = 0; i < u.vectors.size(); ++i)
       w.set(u.vectors[i].role, vectors.as<const float>() + u.vector_offsets[i]);
@@ -465,8 +465,8 @@ struct CudaBackend::Impl {
   // The same product with packed weights: fused into one pass over the packed bytes for a few
   // rows (decoding), else dequantized to f16 a chunk of weight rows at a time for cuBLAS. Both on
   // the compute stream, so a chunk's buffer is free again when the next dequantization runs.
-  void packed_linear(const float* x, int64_t rows, const void* w, DType st, int64_t n,
-                     int64_t kdim, float* y) {
+  void packed_linear(const float* x, int64_t rows, const void* w, DType st, int64_t n, int64_t kdim,
+                     float* y) {
     cudaStream_t cs = compute.get();
     if (rows <= kc::kPackedGemvMaxRows) {
       FERRY_CUDA_LAUNCH(kc::packed_gemv(w, st, n, kdim, x, rows, y, n, cs));
@@ -587,7 +587,9 @@ void CudaBackend::release_block(int layer) { impl_->release(static_cast<std::siz
 UnitWeights CudaBackend::acquire_head() {
   return impl_->acquire(static_cast<std::size_t>(impl_->config.n_layer));
 }
-void CudaBackend::release_head() { impl_->release(static_cast<std::size_t>(impl_->config.n_layer)); }
+void CudaBackend::release_head() {
+  impl_->release(static_cast<std::size_t>(impl_->config.n_layer));
+}
 
 void CudaBackend::norm(model::NormKind kind, const float* x, int64_t rows, int64_t n,
                        const float* gamma, const float* beta, float eps, float* y) {
@@ -618,8 +620,8 @@ void CudaBackend::rotary(float* x, int64_t rows, int64_t n_head) {
     FERRY_CUDA_LAUNCH(kc::rotary_half(x, rows, n_head * hd, n_head, hd, s.config.rotary_dim,
                                       s.inv_freq.as<const float>(), pos, s.compute.get()));
   } else {
-    FERRY_CUDA_LAUNCH(kc::rotary_interleaved(x, rows, n_head * hd, n_head, hd,
-                                             s.config.rotary_dim, pos, s.compute.get()));
+    FERRY_CUDA_LAUNCH(kc::rotary_interleaved(x, rows, n_head * hd, n_head, hd, s.config.rotary_dim,
+                                             pos, s.compute.get()));
   }
 }
 
@@ -641,8 +643,7 @@ void CudaBackend::add(float* y, const float* x, int64_t n) {
 }
 
 // Runs of consecutive rows go as one copy (all of a pass's rows, for LogitsFor::all).
-void CudaBackend::gather_rows(const float* x, std::span<const int64_t> rows, int64_t n,
-                              float* y) {
+void CudaBackend::gather_rows(const float* x, std::span<const int64_t> rows, int64_t n, float* y) {
   const std::size_t row_bytes = static_cast<std::size_t>(n) * sizeof(float);
   for (std::size_t i = 0; i < rows.size();) {
     std::size_t run = 1;

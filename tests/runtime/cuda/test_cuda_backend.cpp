@@ -12,8 +12,8 @@
 #include "kernels/cuda/ops.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/thread_pool.hpp"
-#include "runtime/cuda/cuda_device.hpp"
 #include "runtime/cuda/cuda_backend.hpp"
+#include "runtime/cuda/cuda_device.hpp"
 #include "runtime/engine/convert.hpp"
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/generate.hpp"
@@ -87,7 +87,7 @@ Top2 top2(const float* row, std::size_t n) {
 // most u of the product's scale, and the perturbations of the 2 branches per layer plus the head
 // add up through the residual stream (the norms rescale, they do not amplify), so logits move
 // by at most about (2·n_layer + 2)·u of their own scale (tests/runtime/engine/
-// test_gpu_tolerance.cpp emulates the roundings on the CPU and finds 10–20% of that). The f32
+// test_gpu_tolerance.cpp emulates the roundings on the CPU and finds 8–44% of that). The f32
 // path is held to the CPU's 2e-5.
 float logit_tolerance(const model::ModelConfig& c, const std::vector<float>& ref, DType weights) {
   if (weights == DType::f32) return 2e-5f;
@@ -346,10 +346,10 @@ TEST_F(CudaBackendTest, PacksMatchTheCpuOnTheSamePack) {
     bool all;  // embeddings and lm_head packed too
     const char* fixture = "gptj/sharded-f32";
   };
-  for (const Case c : {Case{"int8", 64, false}, Case{"int4", 64, false}, Case{"int4", 128, true},
-                       Case{"int8", 64, true},
-                       Case{"int4", 64, true, "llama/qwen2-bias-tied-bf16-sharded"},
-                       Case{"int8", 64, false, "llama/llama3-gqa-f32"}}) {
+  for (const Case c :
+       {Case{"int8", 64, false}, Case{"int4", 64, false}, Case{"int4", 128, true},
+        Case{"int8", 64, true}, Case{"int4", 64, true, "llama/qwen2-bias-tied-bf16-sharded"},
+        Case{"int8", 64, false, "llama/llama3-gqa-f32"}}) {
     SCOPED_TRACE(std::string(c.fixture) + " " + c.quant + " g" + std::to_string(c.group) +
                  (c.all ? " all" : ""));
     const auto prompts = expected_for(c.fixture)["prompts"].get<std::vector<json>>();
