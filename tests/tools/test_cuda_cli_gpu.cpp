@@ -1,5 +1,5 @@
 // `ferry run --device cuda` on a GPU (label gpu; skipped without one): all layers resident, and
-// with a VRAM cap that streams some, the greedy tokens of the CPU run.
+// with a VRAM cap that streams some, the greedy tokens of the CPU run; the Llama family too.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
@@ -62,6 +62,39 @@ TEST(CudaCliGpu, RunMatchesCpuTokens) {
   ASSERT_EQ(streamed.rc, 0) << streamed.err;
   EXPECT_EQ(streamed.out, cpu.out) << streamed.err;
   EXPECT_NE(streamed.err.find("device slots"), std::string::npos) << streamed.err;
+}
+
+// The Llama family through `ferry run --device cuda`: Hugging Face's greedy tokens for the f32
+// fixture (as the CPU's), and the 16-bit ones (bf16 shards with a tied head, f16) run all in VRAM.
+TEST(CudaCliGpu, LlamaFamilyRuns) {
+  if (ferry("info").out.find("device cuda:") == std::string::npos) GTEST_SKIP() << "no CUDA device";
+  for (const std::string fixture :
+       {"llama/llama3-gqa-f32", "llama/qwen2-bias-tied-bf16-sharded", "llama/mistral-f16"}) {
+    SCOPED_TRACE(fixture);
+    const auto dir = test::data_dir() / fixture;
+    const auto expected = nlohmann::json::parse(test::read_file(dir / "expected.json"));
+    const auto& prompt = expected["prompts"][1];
+    std::string ids;
+    for (const auto& id : prompt["input_ids"]) {
+      if (!ids.empty()) ids += ' ';
+      ids += id.dump();
+    }
+    const std::string args =
+        "run -m " + dir.string() + " --ids '" + ids + "' -n 20 --ignore-eos --print-ids";
+    const Result gpu = ferry(args + " --device cuda");
+    ASSERT_EQ(gpu.rc, 0) << gpu.err;
+    EXPECT_NE(gpu.err.find("units in VRAM"), std::string::npos) << gpu.err;
+    if (fixture.find("f32") == std::string::npos) continue;
+    const Result cpu = ferry(args);
+    ASSERT_EQ(cpu.rc, 0) << cpu.err;
+    EXPECT_EQ(gpu.out, cpu.out);
+    std::string greedy = "[";  // as --print-ids writes them
+    for (const auto& id : prompt["greedy_tokens"]) {
+      if (greedy.size() > 1) greedy += ", ";
+      greedy += id.dump();
+    }
+    EXPECT_NE(gpu.out.find(greedy + "]"), std::string::npos) << gpu.out;
+  }
 }
 
 // `ferry perplexity --device cuda` scores as the CPU does (within the GPU's rounding), alone and
