@@ -317,16 +317,22 @@ planner::PlanRequest plan_request(const model::ModelConfig& config,
     r.host_fixed_bytes = kRuntimeBytes + (static_cast<uint64_t>(rows) * e +
                                           lr * static_cast<uint64_t>(config.vocab_size)) *
                                              sizeof(float);
-    // The CUDA engine keeps activations and logits in f32 on the device, plus a 16-bit copy of
-    // each product's input (at most rows × n_inner), and the KV cache on the device.
+    // The CUDA backend keeps the program's activations and logits in f32 on the device, plus a
+    // 16-bit copy of each product's input (rows × the widest input: n_embd, q_dim or n_inner)
+    // and the pass's positions, and the KV cache on the device.
+    const auto widest_input =
+        static_cast<uint64_t>(std::max({config.n_embd, config.q_dim(), config.n_inner}));
     r.device_fixed_bytes = Engine::activation_bytes(config, rows, logit_rows) +
-                           static_cast<uint64_t>(rows) * static_cast<uint64_t>(config.n_inner) * 2 +
+                           static_cast<uint64_t>(rows) * (widest_input * 2 + sizeof(int32_t)) +
                            vector_floats(config) * sizeof(float) + kDeviceWorkspaceBytes;
     // Packed matrices multiplied by many rows are dequantized to f16 into one staging buffer
-    // of the largest block matrix's size (CudaEngine).
-    if (r.compression != planner::PlanRequest::Compression::none)
-      r.device_fixed_bytes +=
-          static_cast<uint64_t>(config.n_inner) * static_cast<uint64_t>(config.n_embd) * 2;
+    // of the largest block matrix's size (runtime/cuda/cuda_backend.cpp).
+    if (r.compression != planner::PlanRequest::Compression::none) {
+      int64_t largest = 0;
+      for (const auto& w : model::block_group(config, 0).matrices())
+        largest = std::max(largest, w.shape.numel());
+      r.device_fixed_bytes += static_cast<uint64_t>(largest) * 2;
+    }
     r.kv_device_only = true;
   }
   return r;
