@@ -11,7 +11,7 @@ BUILD=${BUILD:-build-gpu}
 DEST=${DEST:-gpu-bin}
 JOBS=${JOBS:-$(nproc)}
 targets=(tools/ferry tests/kernels/test_cuda_kernels tests/kernels/test_cublas_loader
-         tests/runtime/test_cuda_engine tests/tools/test_cuda_cli_gpu bench/bench_cuda_h2d
+         tests/runtime/test_cuda_backend tests/tools/test_cuda_cli_gpu bench/bench_cuda_h2d
          bench/bench_cuda_packed)
 [ -f "$BUILD/CMakeCache.txt" ] ||
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFERRY_WITH_CUDA=ON

@@ -74,17 +74,17 @@ fi
 
 if [ -x "$BIN/ferry" ]; then
   export LD_LIBRARY_PATH="$PWD/$BIN/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  ferry=$BIN/ferry kernels=$BIN/test_cuda_kernels engine=$BIN/test_cuda_engine
+  ferry=$BIN/ferry kernels=$BIN/test_cuda_kernels engine=$BIN/test_cuda_backend
   cli=$BIN/test_cuda_cli_gpu loader=$BIN/test_cublas_loader h2d=$BIN/bench_cuda_h2d
   packed=$BIN/bench_cuda_packed
   echo "== prebuilt binaries from $BIN" | tee -a "$WORK/steps.txt"
 else
   step configure cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DFERRY_CUDA_ARCHITECTURES=native
-  step build cmake --build "$BUILD" -j"$JOBS" --target ferry test_cuda_kernels test_cuda_engine \
+  step build cmake --build "$BUILD" -j"$JOBS" --target ferry test_cuda_kernels test_cuda_backend \
     test_cuda_cli_gpu test_cublas_loader bench_cuda_h2d bench_cuda_packed
   ferry=$BUILD/tools/ferry kernels=$BUILD/tests/kernels/test_cuda_kernels
-  engine=$BUILD/tests/runtime/test_cuda_engine cli=$BUILD/tests/tools/test_cuda_cli_gpu
+  engine=$BUILD/tests/runtime/test_cuda_backend cli=$BUILD/tests/tools/test_cuda_cli_gpu
   loader=$BUILD/tests/kernels/test_cublas_loader h2d=$BUILD/bench/bench_cuda_h2d
   packed=$BUILD/bench/bench_cuda_packed
 fi

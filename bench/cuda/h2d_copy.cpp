@@ -1,7 +1,7 @@
 // Host → device copy rates, judged against the roofline of the same run: cudaMemcpyAsync from one
 // registered (pinned) buffer, back to back, is the PCIe rate a copy can reach; the staging ring
 // (StagingPool slots pinned with cudaHostRegister, each held until the event after its copy, as
-// CudaEngine streams layers) should reach at least 0.9× that. Prints one JSON object. Exits 0
+// the CUDA backend streams layers) should reach at least 0.9× that. Prints one JSON object. Exits 0
 // with a message when there is no GPU. Never asserts a timing.
 //   bench_cuda_h2d [--slot-mib 384] [--slots 3] [--device-slots 2] [--copies 24]
 #include <fmt/format.h>

@@ -1,5 +1,5 @@
-// Packed (int8 / int4) products on the GPU, the two ways CudaEngine can run them, so the switch
-// between them (kPackedGemvMaxRows) is measured rather than guessed:
+// Packed (int8 / int4) products on the GPU, the two ways the CUDA backend can run them, so the
+// switch between them (kPackedGemvMaxRows) is measured rather than guessed:
 //   fused    kc::packed_gemv: one pass over the packed bytes, dequantized in the product's loop
 //            (m ≤ kPackedGemvLimit rows of x; the engine uses it up to kPackedGemvMaxRows)
 //   cublas   kc::dequantize_rows into an f16 staging buffer of n_inner × n_embd elements (the
