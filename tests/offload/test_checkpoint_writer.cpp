@@ -22,26 +22,16 @@
 #include "offload/detail/writer_crc32.hpp"
 #include "offload/detail/writer_internal.hpp"
 #include "runtime/core/error.hpp"
+#include "tests/offload/offload_cases.hpp"
 #include "tests/support/test_support.hpp"
 
 namespace ferry::offload {
 namespace {
 
 namespace fs = std::filesystem;
+using test::pattern_byte;
 using test::read_file;
 using test::TempDir;
-
-// The byte at position i of tensor `name`. It depends on both, so bytes read from the wrong
-// offset or from another tensor do not match.
-uint8_t pattern_byte(std::string_view name, uint64_t i) {
-  uint64_t h = 1469598103934665603ULL;  // FNV-1a of the name
-  for (const char c : name) {
-    h ^= static_cast<uint8_t>(c);
-    h *= 1099511628211ULL;
-  }
-  const uint64_t x = (h ^ i) * 0x9E3779B97F4A7C15ULL;
-  return static_cast<uint8_t>(x >> 56);
-}
 
 std::string expected_bytes(const TensorSpec& t) {
   std::string s(t.nbytes(), '\0');

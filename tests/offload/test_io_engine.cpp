@@ -24,6 +24,7 @@
 #include "offload/staging_pool.hpp"
 #include "runtime/core/aligned_buffer.hpp"
 #include "runtime/core/error.hpp"
+#include "tests/offload/offload_cases.hpp"
 #include "tests/support/test_support.hpp"
 
 namespace ferry::offload {
@@ -59,20 +60,8 @@ int64_t first_mismatch(const std::byte* dst, uint64_t offset, uint64_t n) {
   return -1;
 }
 
-struct BackendCase {
-  const char* name;
-  IoBackendKind kind;
-  bool direct;
-};
-
-// gtest prints the case by name instead of as raw bytes.
-void PrintTo(const BackendCase& c, std::ostream* os) { *os << c.name; }
-
-const BackendCase kCases[] = {
-    {"uring_direct", IoBackendKind::uring, true}, {"uring_buffered", IoBackendKind::uring, false},
-    {"pread_direct", IoBackendKind::pread, true}, {"pread_buffered", IoBackendKind::pread, false},
-    {"buffered", IoBackendKind::buffered, false}, {"mmap", IoBackendKind::mmap, false},
-};
+using test::BackendCase;
+constexpr const auto& kCases = test::kBackendCases;
 
 // Default options that keep fallback notes off stderr (the tests read describe() instead).
 IoOptions quiet(IoBackendKind kind = IoBackendKind::automatic, bool direct = true) {
