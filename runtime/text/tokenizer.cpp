@@ -1,4 +1,4 @@
-#include "runtime/text/bpe_tokenizer.hpp"
+#include "runtime/text/tokenizer.hpp"
 
 #include <fmt/format.h>
 
@@ -7,17 +7,16 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <functional>
 #include <memory>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 #include <utility>
 
 #include "runtime/core/error.hpp"
-#include "runtime/text/detail/bpe_merge.hpp"
+#include "runtime/text/detail/bpe_model.hpp"
 #include "runtime/text/detail/byte_alphabet.hpp"
-#include "runtime/text/detail/pretokenizer.hpp"
+#include "runtime/text/detail/json_fields.hpp"
+#include "runtime/text/detail/pipeline.hpp"
 #include "runtime/text/detail/special_tokens.hpp"
 #include "runtime/text/detail/utf8.hpp"
 
@@ -25,29 +24,15 @@ namespace ferry::text {
 namespace {
 
 namespace fs = std::filesystem;
+using detail::JsonPlace;
+using detail::shown;
 using nlohmann::json;
 
 constexpr std::string_view kEndOfText = "<|endoftext|>";
 
 // Real vocabularies stop near 256k ids; refusing more keeps a corrupt file from making us
-// allocate gigabytes for the id → bytes table.
+// allocate gigabytes for the id → text table.
 constexpr std::int64_t kMaxTokenId = (std::int64_t{1} << 24) - 1;
-
-// The piece cache: natural text repeats a small set of words (Zipf), so a cache of short
-// pieces removes nearly all merge work. Long pieces are rare and would only evict others.
-constexpr std::size_t kMaxCachedPieceBytes = 64;
-// At this many entries the cache is emptied and refills with what is hot now; that bounds it
-// at a few MiB without LRU bookkeeping on every lookup.
-constexpr std::size_t kMaxCacheEntries = std::size_t{1} << 16;
-
-struct StringHash {
-  using is_transparent = void;  // lets the maps be searched with a string_view, no copy
-  std::size_t operator()(std::string_view s) const noexcept {
-    return std::hash<std::string_view>{}(s);
-  }
-};
-template <typename V>
-using StringMap = std::unordered_map<std::string, V, StringHash, std::equal_to<>>;
 
 std::string read_file(const fs::path& path) {
   struct Closer {
@@ -86,76 +71,88 @@ std::optional<std::int32_t> json_token_id(const json& value) {
   return std::nullopt;
 }
 
-// The text of a token for an error message: short, and with control bytes made visible.
-std::string shown(std::string_view token) {
-  constexpr std::size_t kMaxShown = 40;
-  std::string out = "\"";
-  for (std::size_t i = 0; i < token.size() && i < kMaxShown; ++i) {
-    const auto c = static_cast<unsigned char>(token[i]);
-    if (c < 0x20 || c == 0x7F) {
-      out += fmt::format("\\x{:02x}", c);
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  if (token.size() > kMaxShown) out += "...";
-  return out + "\"";
-}
-
 }  // namespace
 
-struct BpeTokenizer::Impl {
-  enum class Kind : std::uint8_t { kUnassigned, kRegular, kAdded };
+struct Tokenizer::Impl {
+  enum class Kind : std::uint8_t {
+    kUnassigned,
+    kRegular,    // text is the model's key: raw bytes (byte-level) or UTF-8 (text alphabet)
+    kUnspelled,  // byte-level vocabulary entry outside GPT-2's alphabet: text is its UTF-8
+    kAdded,      // text is the added token's content
+  };
+  struct AddedFlags {
+    bool lstrip = false;
+    bool rstrip = false;
+  };
 
-  std::vector<std::string> id_to_bytes;  // raw bytes of every id (added tokens: their text)
+  std::vector<std::string> id_text;
   std::vector<Kind> id_kind;
-  StringMap<std::int32_t> regular;  // raw bytes → id, for the tokens BPE produces
-  StringMap<std::int32_t> added;    // text → id, for tokens cut out of the text before BPE
-  std::array<std::int32_t, 256> byte_ids{};
-  detail::MergeTable merges;
-  detail::SpecialTokenMatcher added_matcher;
+  detail::StringMap<std::int32_t> added;  // content → id
+  std::unordered_map<std::int32_t, AddedFlags> added_flags;
+  detail::SpecialTokenMatcher raw_matcher;         // added tokens found in the raw text
+  detail::SpecialTokenMatcher normalized_matcher;  // those found after normalization
+  bool has_normalized_added = false;
+  detail::BpeModel model;
+  detail::Normalizer normalizer;
+  detail::PreTokenizer pre_tokenizer;
+  detail::Decoder decoder;
+  std::vector<std::int32_t> prefix;  // put around the ids by encode(..., add_special=true)
+  std::vector<std::int32_t> suffix;
+  std::optional<std::int32_t> bos;
   std::optional<std::int32_t> eos;
 
-  // encode() is const and may run on several threads at once; the cache is its only state.
-  mutable std::mutex cache_mutex;
-  mutable StringMap<std::vector<std::int32_t>> cache;
+  bool byte_level() const { return model.options().byte_level; }
 
   // ---- loading ----
 
-  void assign(std::int32_t id, std::string bytes, Kind kind, std::string_view spelling,
+  std::string spelled(std::int32_t id) const {
+    const auto index = static_cast<std::size_t>(id);
+    return id_kind[index] == Kind::kRegular && byte_level()
+               ? detail::bytes_to_token_string(id_text[index])
+               : id_text[index];
+  }
+
+  // Gives `id` to a token; false (nothing changed) when an added token already holds it, as
+  // the vocabulary of a tokenizer.json repeats its added tokens.
+  bool assign(std::int32_t id, std::string text, Kind kind, std::string_view spelling,
               std::string_view source) {
     const auto index = static_cast<std::size_t>(id);
-    if (index >= id_to_bytes.size()) {
-      id_to_bytes.resize(index + 1);
+    if (index >= id_text.size()) {
+      id_text.resize(index + 1);
       id_kind.resize(index + 1, Kind::kUnassigned);
     }
-    // Added tokens are stored as text, vocabulary tokens as bytes; show each as spelled.
-    FERRY_FORMAT_EXPECT(
-        id_kind[index] == Kind::kUnassigned, "{}: id {} is given to two tokens ({} and {})", source,
-        id,
-        shown(id_kind[index] == Kind::kAdded ? id_to_bytes[index]
-                                             : detail::bytes_to_token_string(id_to_bytes[index])),
-        shown(spelling));
-    if (kind == Kind::kRegular) {
-      const auto [it, inserted] = regular.emplace(bytes, id);
-      FERRY_FORMAT_EXPECT(inserted, "{}: token {} appears twice (ids {} and {})", source,
-                          shown(spelling), it->second, id);
-    } else {
-      FERRY_FORMAT_EXPECT(!bytes.empty(), "{}: added token {} is empty", source, id);
-      const auto [it, inserted] = added.emplace(bytes, id);
-      FERRY_FORMAT_EXPECT(inserted, "{}: added token {} appears twice (ids {} and {})", source,
-                          shown(spelling), it->second, id);
-      added_matcher.add(bytes, id);
-    }
-    id_to_bytes[index] = std::move(bytes);
+    if (id_kind[index] == Kind::kAdded && kind != Kind::kAdded) return false;
+    FERRY_FORMAT_EXPECT(id_kind[index] == Kind::kUnassigned,
+                        "{}: id {} is given to two tokens ({} and {})", source, id,
+                        shown(spelled(id)), shown(spelling));
+    id_text[index] = std::move(text);
     id_kind[index] = kind;
+    return true;
+  }
+
+  void add_added_token(std::int32_t id, const std::string& content, bool normalized,
+                       AddedFlags flags, std::string_view source, std::string_view where) {
+    FERRY_FORMAT_EXPECT(!content.empty(), "{}: {} (id {}) is empty", source, where, id);
+    assign(id, content, Kind::kAdded, content, source);
+    const auto [it, inserted] = added.emplace(content, id);
+    FERRY_FORMAT_EXPECT(inserted, "{}: added token {} appears twice (ids {} and {})", source,
+                        shown(content), it->second, id);
+    added_flags[id] = flags;
+    // Hugging Face cuts every added token, special or not, out of the text before the model
+    // sees it: "normalized" ones in the normalized text, where their content is normalized too.
+    if (normalized && !normalizer.empty()) {
+      const std::string normalized_content = normalizer.apply(content);
+      if (!normalized_content.empty()) normalized_matcher.add(normalized_content, id);
+      has_normalized_added = true;
+    } else {
+      raw_matcher.add(content, id);
+    }
   }
 
   // A vocabulary object (vocab.json, or tokenizer.json's model.vocab). Spellings in
-  // `as_added` become added tokens; ids in `skip_ids` already belong to added tokens.
+  // `as_added` become added tokens.
   void add_vocab(const json& vocab, std::string_view source, std::string_view field,
-                 const std::vector<std::string_view>& as_added,
-                 const std::vector<std::int32_t>& skip_ids) {
+                 const std::vector<std::string_view>& as_added, bool strict_alphabet) {
     FERRY_FORMAT_EXPECT(vocab.is_object(), "{}: {} must be an object of token → id, not {}", source,
                         field, vocab.type_name());
     for (const auto& [spelling, value] : vocab.items()) {
@@ -163,40 +160,74 @@ struct BpeTokenizer::Impl {
       FERRY_FORMAT_EXPECT(id.has_value(),
                           "{}: token {} has id {}, which is not an integer in [0, {}]", source,
                           shown(spelling), value.dump(), kMaxTokenId);
-      if (std::find(skip_ids.begin(), skip_ids.end(), *id) != skip_ids.end()) continue;
       if (std::find(as_added.begin(), as_added.end(), spelling) != as_added.end()) {
-        assign(*id, spelling, Kind::kAdded, spelling, source);
+        add_added_token(*id, spelling, false, {}, source, "token");
         continue;
       }
-      std::optional<std::string> bytes = detail::token_string_to_bytes(spelling);
-      FERRY_FORMAT_EXPECT(bytes.has_value() && !bytes->empty(),
-                          "{}: token {} (id {}) is not spelled in GPT-2's byte alphabet; only "
-                          "byte-level BPE vocabularies are supported",
-                          source, shown(spelling), *id);
-      assign(*id, std::move(*bytes), Kind::kRegular, spelling, source);
+      std::string key = spelling;
+      Kind kind = Kind::kRegular;
+      if (byte_level()) {
+        std::optional<std::string> bytes = detail::token_string_to_bytes(spelling);
+        // Hugging Face keeps such a token (BPE never produces it from bytes) and decodes it as
+        // its UTF-8; GPT-2's own files never have one.
+        FERRY_FORMAT_EXPECT(!strict_alphabet || (bytes.has_value() && !bytes->empty()),
+                            "{}: token {} (id {}) is not spelled in GPT-2's byte alphabet; only "
+                            "byte-level BPE vocabularies are supported",
+                            source, shown(spelling), *id);
+        if (bytes && !bytes->empty()) {
+          key = std::move(*bytes);
+        } else {
+          kind = Kind::kUnspelled;
+        }
+      }
+      if (kind == Kind::kRegular) {
+        const auto existing = model.find(key);
+        FERRY_FORMAT_EXPECT(!existing.has_value(), "{}: token {} appears twice (ids {} and {})",
+                            source, shown(spelling), existing.value_or(-1), *id);
+        model.insert(key, *id);
+      }
+      assign(*id, std::move(key), kind, spelling, source);
     }
   }
 
-  std::int32_t regular_id(std::string_view spelling, std::string_view source,
-                          std::string_view where) const {
-    const std::optional<std::string> bytes = detail::token_string_to_bytes(spelling);
-    const auto it = bytes ? regular.find(*bytes) : regular.end();
-    FERRY_FORMAT_EXPECT(it != regular.end(), "{}: {} names {}, which is not in the vocabulary",
-                        source, where, shown(spelling));
-    return it->second;
+  std::int32_t model_id(std::string_view spelling, std::string_view source,
+                        std::string_view where) const {
+    std::optional<std::int32_t> id;
+    if (byte_level()) {
+      if (const std::optional<std::string> bytes = detail::token_string_to_bytes(spelling)) {
+        id = model.find(*bytes);
+      }
+    } else {
+      id = model.find(spelling);
+    }
+    FERRY_FORMAT_EXPECT(id.has_value(), "{}: {} names {}, which is not in the vocabulary", source,
+                        where, shown(spelling));
+    return *id;
   }
 
   void add_merge(std::string_view left, std::string_view right, std::int32_t rank,
                  std::string_view source, std::string_view where) {
-    const std::int32_t left_id = regular_id(left, source, where);
-    const std::int32_t right_id = regular_id(right, source, where);
-    const std::string joined = id_to_bytes[static_cast<std::size_t>(left_id)] +
-                               id_to_bytes[static_cast<std::size_t>(right_id)];
-    const auto it = regular.find(joined);
-    FERRY_FORMAT_EXPECT(
-        it != regular.end(), "{}: {} joins {} and {} into {}, which is not in the vocabulary",
-        source, where, shown(left), shown(right), shown(detail::bytes_to_token_string(joined)));
-    merges.set(left_id, right_id, {rank, it->second});
+    const std::int32_t left_id = model_id(left, source, where);
+    const std::int32_t right_id = model_id(right, source, where);
+    const std::string joined =
+        id_text[static_cast<std::size_t>(left_id)] + id_text[static_cast<std::size_t>(right_id)];
+    const std::optional<std::int32_t> merged = model.find(joined);
+    FERRY_FORMAT_EXPECT(merged.has_value(),
+                        "{}: {} joins {} and {} into {}, which is not in the vocabulary", source,
+                        where, shown(left), shown(right),
+                        shown(byte_level() ? detail::bytes_to_token_string(joined) : joined));
+    model.add_merge(left_id, right_id, rank, *merged);
+  }
+
+  // "left right", split at its one space (no byte-level or SentencePiece spelling has one).
+  void add_merge_line(std::string_view line, std::int32_t rank, std::string_view source,
+                      std::string_view where) {
+    const std::size_t space = line.find(' ');
+    FERRY_FORMAT_EXPECT(space != std::string_view::npos && space > 0 && space + 1 < line.size() &&
+                            line.find(' ', space + 1) == std::string_view::npos,
+                        "{}: {} is {}; expected two tokens separated by one space", source, where,
+                        shown(line));
+    add_merge(line.substr(0, space), line.substr(space + 1), rank, source, where);
   }
 
   void add_merges_txt(std::string_view text, std::string_view source) {
@@ -212,209 +243,410 @@ struct BpeTokenizer::Impl {
       if (line.empty()) continue;
       // The header, not a merge: later lines may start with '#' ("# #" is a real merge).
       if (line_no == 1 && line.starts_with("#version")) continue;
-      const std::size_t space = line.find(' ');
-      FERRY_FORMAT_EXPECT(space != std::string_view::npos && space > 0 && space + 1 < line.size() &&
-                              line.find(' ', space + 1) == std::string_view::npos,
-                          "{}:{}: expected two tokens separated by one space, got {}", source,
-                          line_no, shown(line));
-      add_merge(line.substr(0, space), line.substr(space + 1), rank++, source,
-                fmt::format("line {}", line_no));
+      add_merge_line(line, rank++, fmt::format("{}:{}", source, line_no),
+                     fmt::format("line {}", line_no));
     }
   }
 
   // Checks made once everything is loaded.
   void finish(std::string_view source) {
-    for (unsigned b = 0; b < 256; ++b) {
-      const auto it = regular.find(std::string_view(reinterpret_cast<const char*>(&b), 1));
-      FERRY_FORMAT_EXPECT(it != regular.end(),
-                          "{}: the vocabulary has no token for byte 0x{:02x} (spelled {}); a "
-                          "byte-level BPE vocabulary needs all 256",
-                          source, b,
-                          shown(detail::bytes_to_token_string(
-                              std::string_view(reinterpret_cast<const char*>(&b), 1))));
-      byte_ids[b] = it->second;
-    }
-    if (const auto it = added.find(kEndOfText); it != added.end()) eos = it->second;
+    const std::optional<unsigned> missing = model.finish();
+    FERRY_FORMAT_EXPECT(!missing.has_value(),
+                        "{}: the vocabulary has no token for byte 0x{:02x} (spelled {}); a "
+                        "byte-level BPE vocabulary needs all 256",
+                        source, missing.value_or(0),
+                        shown(detail::bytes_to_token_string(
+                            std::string(1, static_cast<char>(missing.value_or(0))))));
+  }
+
+  std::optional<std::int32_t> find_token(std::string_view token) const {
+    if (const auto it = added.find(token); it != added.end()) return it->second;
+    if (!byte_level()) return model.find(token);
+    const std::optional<std::string> bytes = detail::token_string_to_bytes(token);
+    if (!bytes) return std::nullopt;
+    return model.find(*bytes);
   }
 
   // ---- encoding ----
 
-  void encode_piece(std::string_view piece, detail::BpeMerger& merger,
-                    std::vector<std::int32_t>& out) const {
-    if (piece.size() == 1) {
-      out.push_back(byte_ids[static_cast<unsigned char>(piece[0])]);
-      return;
+  struct Section {
+    std::string_view text;
+    std::int32_t added_id;  // -1 for text
+  };
+
+  // Cuts the added tokens `matcher` knows out of `text`, then strips the white space beside
+  // those that ask for it (lstrip/rstrip), as transformers.js does.
+  std::vector<Section> cut_added(std::string_view text,
+                                 const detail::SpecialTokenMatcher& matcher) const {
+    std::vector<Section> sections;
+    for (std::size_t pos = 0; pos < text.size();) {
+      const auto match = matcher.find(text, pos);
+      const std::size_t end = match ? match->pos : text.size();
+      if (end > pos) sections.push_back({text.substr(pos, end - pos), -1});
+      if (!match) break;
+      sections.push_back({text.substr(match->pos, match->len), match->id});
+      pos = match->pos + match->len;
     }
-    if (piece.size() > kMaxCachedPieceBytes) {
-      merger.merge(piece, byte_ids, merges, out);
-      return;
-    }
-    {
-      const std::lock_guard lock(cache_mutex);
-      if (const auto it = cache.find(piece); it != cache.end()) {
-        out.insert(out.end(), it->second.begin(), it->second.end());
-        return;
+    for (std::size_t i = 0; i < sections.size(); ++i) {
+      if (sections[i].added_id < 0) continue;
+      const AddedFlags flags = added_flags.at(sections[i].added_id);
+      if (flags.lstrip && i > 0 && sections[i - 1].added_id < 0) {
+        sections[i - 1].text = detail::trim_js_spaces(sections[i - 1].text, false, true);
+      }
+      if (flags.rstrip && i + 1 < sections.size() && sections[i + 1].added_id < 0) {
+        sections[i + 1].text = detail::trim_js_spaces(sections[i + 1].text, true, false);
       }
     }
-    const std::size_t first = out.size();
-    merger.merge(piece, byte_ids, merges, out);
-    const auto new_first = out.begin() + static_cast<std::ptrdiff_t>(first);
-    const std::lock_guard lock(cache_mutex);
-    if (cache.size() >= kMaxCacheEntries) cache.clear();
-    cache.emplace(std::string(piece), std::vector<std::int32_t>(new_first, out.end()));
+    return sections;
   }
 
-  void encode_ordinary(std::string_view text, detail::BpeMerger& merger,
-                       std::vector<std::int32_t>& out) const {
-    detail::Gpt2PreTokenizer scanner(text);
-    while (const std::optional<std::string_view> piece = scanner.next()) {
-      encode_piece(*piece, merger, out);
+  void encode_text(std::string_view text, std::vector<std::int32_t>& ids) const {
+    detail::BpeMerger merger;
+    const detail::PreTokenizer::Emit to_model = [&](std::string_view word) {
+      model.encode(word, merger, ids);
+    };
+    const std::vector<Section> sections = cut_added(text, raw_matcher);
+    for (std::size_t index = 0; index < sections.size(); ++index) {
+      const Section& section = sections[index];
+      if (section.added_id >= 0) {
+        ids.push_back(section.added_id);
+        continue;
+      }
+      if (section.text.empty()) continue;
+      // Metaspace's prepend_scheme "first" prepends only in the section that starts the input.
+      const bool first = index == 0;
+      if (normalizer.empty()) {
+        pre_tokenizer.split(section.text, first, to_model);
+        continue;
+      }
+      const std::string normalized = normalizer.apply(section.text);
+      if (!has_normalized_added) {
+        pre_tokenizer.split(normalized, first, to_model);
+        continue;
+      }
+      for (const Section& sub : cut_added(normalized, normalized_matcher)) {
+        if (sub.added_id >= 0) {
+          ids.push_back(sub.added_id);
+        } else {
+          pre_tokenizer.split(sub.text, first && sub.text.data() == normalized.data(), to_model);
+        }
+      }
     }
   }
 
-  const std::string& bytes_of(std::int32_t id) const {
-    FERRY_EXPECT(id >= 0 && static_cast<std::size_t>(id) < id_to_bytes.size(),
-                 "token id {} is outside the vocabulary (size {})", id, id_to_bytes.size());
+  // ---- decoding ----
+
+  void check_id(std::int32_t id) const {
+    FERRY_EXPECT(id >= 0 && static_cast<std::size_t>(id) < id_text.size(),
+                 "token id {} is outside the vocabulary (size {})", id, id_text.size());
     FERRY_EXPECT(id_kind[static_cast<std::size_t>(id)] != Kind::kUnassigned,
                  "token id {} is not assigned to any token (vocabulary size {})", id,
-                 id_to_bytes.size());
-    return id_to_bytes[static_cast<std::size_t>(id)];
+                 id_text.size());
+  }
+
+  // Byte-level tokens go to a decoder that starts with ByteLevel as the bytes they stand for
+  // (no round trip through the alphabet); every other token as the file spells it.
+  bool bytes_in() const { return byte_level() && decoder.starts_with_byte_level(); }
+
+  detail::DecodePiece piece(std::int32_t id) const {
+    check_id(id);
+    const auto index = static_cast<std::size_t>(id);
+    const Kind kind = id_kind[index];
+    if (kind == Kind::kAdded) return {id_text[index], true};
+    if (kind == Kind::kRegular && byte_level() && !bytes_in()) return {spelled(id), false};
+    return {id_text[index], false};
   }
 };
 
-BpeTokenizer::BpeTokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-BpeTokenizer::BpeTokenizer(BpeTokenizer&&) noexcept = default;
-BpeTokenizer& BpeTokenizer::operator=(BpeTokenizer&&) noexcept = default;
-BpeTokenizer::~BpeTokenizer() = default;
+Tokenizer::Tokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
+Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
+Tokenizer::~Tokenizer() = default;
 
 namespace {
 
-std::unique_ptr<BpeTokenizer::Impl> load_vocab_and_merges(std::string_view vocab_json,
-                                                          std::string_view merges_txt,
-                                                          std::string_view vocab_source,
-                                                          std::string_view merges_source) {
-  auto impl = std::make_unique<BpeTokenizer::Impl>();
+using Impl = Tokenizer::Impl;
+
+std::unique_ptr<Impl> load_vocab_and_merges(std::string_view vocab_json,
+                                            std::string_view merges_txt,
+                                            std::string_view vocab_source,
+                                            std::string_view merges_source) {
+  auto impl = std::make_unique<Impl>();
+  impl->pre_tokenizer = detail::PreTokenizer::gpt2();
+  impl->decoder = detail::Decoder::byte_level();
   // GPT-2's vocab.json lists <|endoftext|> among the ordinary tokens; it is the one special
   // token of the format, so it is set apart here.
   impl->add_vocab(parse_json(vocab_json, vocab_source), vocab_source, "the top level", {kEndOfText},
-                  {});
+                  /*strict_alphabet=*/true);
   impl->add_merges_txt(merges_txt, merges_source);
   impl->finish(vocab_source);
+  if (const auto it = impl->added.find(kEndOfText); it != impl->added.end()) impl->eos = it->second;
   return impl;
 }
 
-void check_tokenizer_json_pipeline(const json& root, std::string_view source) {
-  if (const auto it = root.find("normalizer"); it != root.end()) {
-    FERRY_FORMAT_EXPECT(it->is_null(),
-                        "{}: has a normalizer ({}); GPT-2's byte-level BPE uses none, and "
-                        "ferry does not apply one",
-                        source, it->dump());
+void read_model_options(const json& model, const JsonPlace& at, Impl& impl) {
+  detail::BpeModel::Options& o = impl.model.options();
+  o.ignore_merges = detail::bool_field(model, "ignore_merges", at, false);
+  o.byte_fallback = detail::bool_field(model, "byte_fallback", at, false);
+  o.fuse_unk = detail::bool_field(model, "fuse_unk", at, false);
+  for (const char* field : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+    const std::string affix = detail::string_field(model, field, at, "");
+    FERRY_FORMAT_EXPECT(affix.empty(),
+                        "{}: {}.{} is {}; ferry supports BPE models without word affixes",
+                        at.source, at.path, field, shown(affix));
   }
-  if (const auto it = root.find("pre_tokenizer"); it != root.end() && !it->is_null()) {
-    const json& pre = *it;
-    FERRY_FORMAT_EXPECT(pre.is_object() && pre.value("type", "") == "ByteLevel",
-                        "{}: pre_tokenizer is {}; only GPT-2's ByteLevel pre-tokenizer is "
-                        "supported",
-                        source, pre.dump());
-    FERRY_FORMAT_EXPECT(!pre.value("add_prefix_space", false),
-                        "{}: pre_tokenizer.add_prefix_space is true; ferry supports only "
-                        "GPT-2's setting (false)",
-                        source);
-    FERRY_FORMAT_EXPECT(pre.value("use_regex", true),
-                        "{}: pre_tokenizer.use_regex is false; ferry supports only GPT-2's "
-                        "setting (true)",
-                        source);
+  if (const auto it = model.find("dropout"); it != model.end() && !it->is_null()) {
+    FERRY_FORMAT_EXPECT(it->is_number() && it->get<double>() == 0.0,
+                        "{}: {}.dropout is {}; ferry encodes deterministically (dropout null or 0)",
+                        at.source, at.path, it->dump());
   }
 }
 
-std::unique_ptr<BpeTokenizer::Impl> load_tokenizer_json(std::string_view text,
-                                                        std::string_view source) {
+void read_added_tokens(const json& root, const JsonPlace& at, Impl& impl) {
+  const auto added = root.find("added_tokens");
+  if (added == root.end() || added->is_null()) return;
+  FERRY_FORMAT_EXPECT(added->is_array(), "{}: added_tokens must be an array, not {}", at.source,
+                      added->type_name());
+  for (std::size_t i = 0; i < added->size(); ++i) {
+    const json& entry = (*added)[i];
+    const JsonPlace place = (at / "added_tokens")[i];
+    const auto id = entry.is_object() ? json_token_id(entry.value("id", json())) : std::nullopt;
+    const auto content = entry.is_object() ? entry.find("content") : entry.end();
+    FERRY_FORMAT_EXPECT(
+        id.has_value() && content != entry.end() && content->is_string(),
+        "{}: {} needs an integer \"id\" in [0, {}] and a string \"content\", got {}", at.source,
+        place.path, kMaxTokenId, entry.dump());
+    const bool special = detail::bool_field(entry, "special", place, false);
+    const Impl::AddedFlags flags{detail::bool_field(entry, "lstrip", place, false),
+                                 detail::bool_field(entry, "rstrip", place, false)};
+    impl.add_added_token(*id, content->get<std::string>(),
+                         detail::bool_field(entry, "normalized", place, !special), flags, at.source,
+                         place.path);
+  }
+}
+
+void read_merges(const json& model, const JsonPlace& at, Impl& impl) {
+  const auto merges = model.find("merges");
+  FERRY_FORMAT_EXPECT(merges != model.end() && merges->is_array(), "{}: {}.merges must be an array",
+                      at.source, at.path);
+  for (std::size_t i = 0; i < merges->size(); ++i) {
+    const json& m = (*merges)[i];
+    const std::string where = fmt::format("{}.merges[{}]", at.path, i);
+    const auto rank = static_cast<std::int32_t>(i);
+    if (m.is_string()) {
+      impl.add_merge_line(m.get_ref<const std::string&>(), rank, at.source, where);
+    } else {
+      FERRY_FORMAT_EXPECT(m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string(),
+                          "{}: {} is {}; expected \"left right\" or [\"left\", \"right\"]",
+                          at.source, where, m.dump());
+      impl.add_merge(m[0].get_ref<const std::string&>(), m[1].get_ref<const std::string&>(), rank,
+                     at.source, where);
+    }
+  }
+}
+
+// A token named by the post-processor or tokenizer_config.json → its id.
+std::int32_t named_token_id(const Impl& impl, std::string_view token, std::string_view source,
+                            std::string_view where) {
+  const std::optional<std::int32_t> id = impl.find_token(token);
+  FERRY_FORMAT_EXPECT(id.has_value(), "{}: {} names {}, which is not a token", source, where,
+                      shown(token));
+  return *id;
+}
+
+// The ids a post-processor puts before and after the text's (only "single" matters: ferry
+// encodes one sequence at a time).
+void read_post_processor(const json& j, const JsonPlace& at, Impl& impl,
+                         std::vector<std::int32_t>& prefix, std::vector<std::int32_t>& suffix) {
+  if (j.is_null()) return;
+  detail::expect_object(j, at);
+  const std::string type = detail::string_field(j, "type", at, std::nullopt);
+  if (type == "Sequence") {
+    const auto it = j.find("processors");
+    FERRY_FORMAT_EXPECT(it != j.end() && it->is_array(), "{}: {}.processors must be an array",
+                        at.source, at.path);
+    for (std::size_t i = 0; i < it->size(); ++i) {
+      std::vector<std::int32_t> p, s;
+      read_post_processor((*it)[i], (at / "processors")[i], impl, p, s);
+      prefix.insert(prefix.begin(), p.begin(), p.end());
+      suffix.insert(suffix.end(), s.begin(), s.end());
+    }
+    return;
+  }
+  if (type == "ByteLevel") return;  // offsets only
+  if (type == "BertProcessing" || type == "RobertaProcessing") {
+    for (const auto& [field, out] : {std::pair{"cls", &prefix}, std::pair{"sep", &suffix}}) {
+      const auto it = j.find(field);
+      FERRY_FORMAT_EXPECT(
+          it != j.end() && it->is_array() && it->size() == 2 && json_token_id((*it)[1]).has_value(),
+          "{}: {}.{} must be [\"token\", id]", at.source, at.path, field);
+      out->push_back(*json_token_id((*it)[1]));
+    }
+    return;
+  }
+  FERRY_FORMAT_EXPECT(type == "TemplateProcessing",
+                      "{}: {}.type is {}; ferry supports the post-processors TemplateProcessing, "
+                      "ByteLevel, Sequence, BertProcessing and RobertaProcessing",
+                      at.source, at.path, shown(type));
+  const auto single = j.find("single");
+  FERRY_FORMAT_EXPECT(single != j.end() && single->is_array(), "{}: {}.single must be an array",
+                      at.source, at.path);
+  const json specials = j.value("special_tokens", json::object());
+  bool seen_sequence = false;
+  for (std::size_t i = 0; i < single->size(); ++i) {
+    const json& item = (*single)[i];
+    const std::string where = fmt::format("{}.single[{}]", at.path, i);
+    if (item.is_object() && item.contains("Sequence")) {
+      seen_sequence = true;
+      continue;
+    }
+    const json* token = nullptr;
+    if (item.is_object() && item.contains("SpecialToken") && item["SpecialToken"].is_object()) {
+      const json& st = item["SpecialToken"];
+      if (const auto id = st.find("id"); id != st.end() && id->is_string()) token = &*id;
+    }
+    FERRY_FORMAT_EXPECT(token != nullptr,
+                        "{}: {} is {}; expected {{\"SpecialToken\": {{\"id\": ...}}}} or "
+                        "{{\"Sequence\": ...}}",
+                        at.source, where, item.dump());
+    const auto& name = token->get_ref<const std::string&>();
+    std::vector<std::int32_t> ids;
+    if (const auto st = specials.find(name);
+        st != specials.end() && st->is_object() && st->contains("ids") && (*st)["ids"].is_array()) {
+      for (const json& v : (*st)["ids"]) {
+        const auto id = json_token_id(v);
+        FERRY_FORMAT_EXPECT(id.has_value(), "{}: {}.special_tokens[{}].ids has {}", at.source,
+                            at.path, shown(name), v.dump());
+        ids.push_back(*id);
+      }
+    } else {
+      ids.push_back(named_token_id(impl, name, at.source, where));
+    }
+    auto& out = seen_sequence ? suffix : prefix;
+    out.insert(out.end(), ids.begin(), ids.end());
+  }
+}
+
+// tokenizer_config.json's bos_token/eos_token: a string, {"content": ...}, or null.
+std::optional<std::string> config_token(const json& config, std::string_view key,
+                                        std::string_view source) {
+  const auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return std::nullopt;
+  if (it->is_string()) return it->get<std::string>();
+  FERRY_FORMAT_EXPECT(it->is_object() && it->contains("content") && (*it)["content"].is_string(),
+                      "{}: {} must be a string or {{\"content\": ...}}, not {}", source, key,
+                      it->dump());
+  return (*it)["content"].get<std::string>();
+}
+
+void read_tokenizer_config(std::string_view text, std::string_view source, Impl& impl) {
+  const json config = parse_json(text, source);
+  FERRY_FORMAT_EXPECT(config.is_object(), "{}: expected a JSON object at the top level, got {}",
+                      source, config.type_name());
+  const JsonPlace at{source, ""};
+  const std::optional<std::string> bos = config_token(config, "bos_token", source);
+  const std::optional<std::string> eos = config_token(config, "eos_token", source);
+  if (bos) impl.bos = named_token_id(impl, *bos, source, "bos_token");
+  if (eos) impl.eos = named_token_id(impl, *eos, source, "eos_token");
+  // transformers' LlamaTokenizerFast rebuilds the post-processor from add_bos_token (default
+  // true) and add_eos_token (default false) whatever tokenizer.json says.
+  const std::string cls = detail::string_field(config, "tokenizer_class", at, "");
+  if (cls == "LlamaTokenizer" || cls == "LlamaTokenizerFast" || cls == "CodeLlamaTokenizer" ||
+      cls == "CodeLlamaTokenizerFast") {
+    impl.prefix.clear();
+    impl.suffix.clear();
+    if (detail::bool_field(config, "add_bos_token", at, true)) {
+      FERRY_FORMAT_EXPECT(impl.bos.has_value(),
+                          "{}: add_bos_token is true but bos_token is not set", source);
+      impl.prefix.push_back(*impl.bos);
+    }
+    if (detail::bool_field(config, "add_eos_token", at, false)) {
+      FERRY_FORMAT_EXPECT(impl.eos.has_value(),
+                          "{}: add_eos_token is true but eos_token is not set", source);
+      impl.suffix.push_back(*impl.eos);
+    }
+  }
+}
+
+std::unique_ptr<Impl> load_tokenizer_json(std::string_view text, std::string_view source,
+                                          std::string_view config_text,
+                                          std::string_view config_source) {
   const json root = parse_json(text, source);
   FERRY_FORMAT_EXPECT(root.is_object(), "{}: expected a JSON object at the top level, got {}",
                       source, root.type_name());
+  const JsonPlace top{source, ""};
   const auto model = root.find("model");
   FERRY_FORMAT_EXPECT(model != root.end() && model->is_object(), "{}: has no \"model\" object",
                       source);
+  const JsonPlace at_model = top / "model";
   if (const auto type = model->find("type"); type != model->end()) {
     FERRY_FORMAT_EXPECT(type->is_string() && type->get<std::string>() == "BPE",
                         "{}: model.type is {}; only \"BPE\" is supported", source, type->dump());
   }
-  check_tokenizer_json_pipeline(root, source);
+  const auto stage = [&](const char* key) { return root.contains(key) ? root[key] : json(); };
 
-  auto impl = std::make_unique<BpeTokenizer::Impl>();
-  std::vector<std::int32_t> added_ids;
-  if (const auto added = root.find("added_tokens"); added != root.end() && !added->is_null()) {
-    FERRY_FORMAT_EXPECT(added->is_array(), "{}: added_tokens must be an array, not {}", source,
-                        added->type_name());
-    for (std::size_t i = 0; i < added->size(); ++i) {
-      const json& entry = (*added)[i];
-      const auto id = entry.is_object() ? json_token_id(entry.value("id", json())) : std::nullopt;
-      const auto content = entry.is_object() ? entry.find("content") : entry.end();
-      FERRY_FORMAT_EXPECT(id.has_value() && content != entry.end() && content->is_string(),
-                          "{}: added_tokens[{}] needs an integer \"id\" in [0, {}] and a string "
-                          "\"content\", got {}",
-                          source, i, kMaxTokenId, entry.dump());
-      // Hugging Face cuts every added token, special or not, out of the text before the
-      // model sees it, so both kinds go to the matcher.
-      const auto& content_text = content->get_ref<const std::string&>();
-      impl->assign(*id, content_text, BpeTokenizer::Impl::Kind::kAdded, content_text, source);
-      added_ids.push_back(*id);
-    }
-  }
+  auto impl = std::make_unique<Impl>();
+  impl->normalizer = detail::Normalizer::from_json(stage("normalizer"), top / "normalizer");
+  impl->pre_tokenizer =
+      detail::PreTokenizer::from_json(stage("pre_tokenizer"), top / "pre_tokenizer");
+  impl->decoder = detail::Decoder::from_json(stage("decoder"), top / "decoder");
+  impl->model.options().byte_level = impl->pre_tokenizer.byte_level();
+  read_model_options(*model, at_model, *impl);
+  read_added_tokens(root, top, *impl);
 
   const auto vocab = model->find("vocab");
   FERRY_FORMAT_EXPECT(vocab != model->end(), "{}: model has no \"vocab\"", source);
-  impl->add_vocab(*vocab, source, "model.vocab", {}, added_ids);
-
-  const auto merges = model->find("merges");
-  FERRY_FORMAT_EXPECT(merges != model->end() && merges->is_array(),
-                      "{}: model.merges must be an array", source);
-  for (std::size_t i = 0; i < merges->size(); ++i) {
-    const json& m = (*merges)[i];
-    const std::string where = fmt::format("model.merges[{}]", i);
-    const auto rank = static_cast<std::int32_t>(i);
-    if (m.is_string()) {
-      // The older form, "left right": byte-level spellings never contain a space.
-      const auto& s = m.get_ref<const std::string&>();
-      const std::size_t space = s.find(' ');
-      FERRY_FORMAT_EXPECT(space != std::string::npos && space > 0 && space + 1 < s.size() &&
-                              s.find(' ', space + 1) == std::string::npos,
-                          "{}: {} is {}; expected two tokens separated by one space", source, where,
-                          m.dump());
-      impl->add_merge(std::string_view(s).substr(0, space), std::string_view(s).substr(space + 1),
-                      rank, source, where);
-    } else {
-      FERRY_FORMAT_EXPECT(m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string(),
-                          "{}: {} is {}; expected \"left right\" or [\"left\", \"right\"]", source,
-                          where, m.dump());
-      impl->add_merge(m[0].get_ref<const std::string&>(), m[1].get_ref<const std::string&>(), rank,
-                      source, where);
-    }
+  if (const auto merges = model->find("merges"); vocab->is_object() && merges != model->end()) {
+    impl->model.reserve(vocab->size(), merges->size());
+    impl->id_text.reserve(vocab->size() + impl->added.size());
   }
+  impl->add_vocab(*vocab, source, "model.vocab", {}, /*strict_alphabet=*/false);
+  read_merges(*model, at_model, *impl);
   impl->finish(source);
+
+  const std::string unk = detail::string_field(*model, "unk_token", at_model, "");
+  if (!unk.empty())
+    impl->model.options().unk_id = named_token_id(*impl, unk, source, "model.unk_token");
+  read_post_processor(stage("post_processor"), top / "post_processor", *impl, impl->prefix,
+                      impl->suffix);
+  if (!config_text.empty()) {
+    read_tokenizer_config(config_text, config_source, *impl);
+  } else if (const auto it = impl->added.find(kEndOfText); it != impl->added.end()) {
+    impl->eos = it->second;  // GPT-2's convention, for a tokenizer.json alone
+  }
   return impl;
 }
 
 }  // namespace
 
-BpeTokenizer BpeTokenizer::from_files(const fs::path& vocab_json, const fs::path& merges_txt) {
+Tokenizer Tokenizer::from_files(const fs::path& vocab_json, const fs::path& merges_txt) {
   const std::string vocab = read_file(vocab_json);
   const std::string merges = read_file(merges_txt);
-  return BpeTokenizer(
-      load_vocab_and_merges(vocab, merges, vocab_json.string(), merges_txt.string()));
+  return Tokenizer(load_vocab_and_merges(vocab, merges, vocab_json.string(), merges_txt.string()));
 }
 
-BpeTokenizer BpeTokenizer::from_tokenizer_json(const fs::path& tokenizer_json) {
+Tokenizer Tokenizer::from_tokenizer_json(const fs::path& tokenizer_json) {
   const std::string text = read_file(tokenizer_json);
-  return BpeTokenizer(load_tokenizer_json(text, tokenizer_json.string()));
+  const fs::path config_path = tokenizer_json.parent_path() / "tokenizer_config.json";
+  std::error_code ec;
+  const std::string config = fs::exists(config_path, ec) ? read_file(config_path) : std::string();
+  return Tokenizer(
+      load_tokenizer_json(text, tokenizer_json.string(), config, config_path.string()));
 }
 
-BpeTokenizer BpeTokenizer::from_strings(std::string_view vocab_json, std::string_view merges_txt) {
-  return BpeTokenizer(load_vocab_and_merges(vocab_json, merges_txt, "vocab.json (in memory)",
-                                            "merges.txt (in memory)"));
+Tokenizer Tokenizer::from_strings(std::string_view vocab_json, std::string_view merges_txt) {
+  return Tokenizer(load_vocab_and_merges(vocab_json, merges_txt, "vocab.json (in memory)",
+                                         "merges.txt (in memory)"));
 }
 
-BpeTokenizer BpeTokenizer::from_model_dir(const fs::path& dir) {
+Tokenizer Tokenizer::from_json_strings(std::string_view tokenizer_json,
+                                       std::string_view tokenizer_config_json,
+                                       std::string_view source) {
+  return Tokenizer(load_tokenizer_json(tokenizer_json, source, tokenizer_config_json,
+                                       fmt::format("{} (tokenizer_config.json)", source)));
+}
+
+Tokenizer Tokenizer::from_model_dir(const fs::path& dir) {
   std::error_code ec;
   FERRY_FORMAT_EXPECT(fs::is_directory(dir, ec), "{} is not a directory", dir.string());
   if (fs::exists(dir / "tokenizer.json", ec)) return from_tokenizer_json(dir / "tokenizer.json");
@@ -430,46 +662,66 @@ BpeTokenizer BpeTokenizer::from_model_dir(const fs::path& dir) {
   return from_files(dir / "vocab.json", dir / "merges.txt");
 }
 
-std::vector<std::int32_t> BpeTokenizer::encode(std::string_view text) const {
+std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_special) const {
   std::vector<std::int32_t> ids;
   ids.reserve(text.size() / 4 + 1);  // English averages about four bytes per token
-  detail::BpeMerger merger;
-  for (std::size_t pos = 0; pos < text.size();) {
-    const auto match = impl_->added_matcher.find(text, pos);
-    const std::size_t end = match ? match->pos : text.size();
-    impl_->encode_ordinary(text.substr(pos, end - pos), merger, ids);
-    if (!match) break;
-    ids.push_back(match->id);
-    pos = match->pos + match->len;
-  }
+  if (add_special) ids = impl_->prefix;
+  impl_->encode_text(text, ids);
+  if (add_special) ids.insert(ids.end(), impl_->suffix.begin(), impl_->suffix.end());
   return ids;
 }
 
-std::string BpeTokenizer::decode(std::span<const std::int32_t> ids) const {
-  std::string out;
-  out.reserve(ids.size() * 4);
-  for (const std::int32_t id : ids) out += impl_->bytes_of(id);
-  return out;
+std::string Tokenizer::decode(std::span<const std::int32_t> ids) const {
+  std::vector<detail::DecodePiece> pieces;
+  pieces.reserve(ids.size());
+  for (const std::int32_t id : ids) pieces.push_back(impl_->piece(id));
+  return impl_->decoder.decode(std::move(pieces), impl_->bytes_in());
 }
 
-std::string BpeTokenizer::token_bytes(std::int32_t id) const { return impl_->bytes_of(id); }
-
-std::int32_t BpeTokenizer::vocab_size() const {
-  return static_cast<std::int32_t>(impl_->id_to_bytes.size());
+std::string Tokenizer::token_bytes(std::int32_t id, bool at_start_of_text) const {
+  return impl_->decoder.decode_one(impl_->piece(id), impl_->bytes_in(), at_start_of_text);
 }
 
-std::optional<std::int32_t> BpeTokenizer::token_id(std::string_view token) const {
-  if (const auto it = impl_->added.find(token); it != impl_->added.end()) return it->second;
-  const std::optional<std::string> bytes = detail::token_string_to_bytes(token);
-  if (!bytes) return std::nullopt;
-  const auto it = impl_->regular.find(*bytes);
-  if (it == impl_->regular.end()) return std::nullopt;
-  return it->second;
+std::int32_t Tokenizer::vocab_size() const {
+  return static_cast<std::int32_t>(impl_->id_text.size());
 }
 
-std::optional<std::int32_t> BpeTokenizer::eos_id() const { return impl_->eos; }
+std::optional<std::int32_t> Tokenizer::token_id(std::string_view token) const {
+  return impl_->find_token(token);
+}
 
-StreamDecoder::StreamDecoder(const BpeTokenizer& tokenizer) : tokenizer_(&tokenizer) {}
+std::optional<std::int32_t> Tokenizer::bos_id() const { return impl_->bos; }
+std::optional<std::int32_t> Tokenizer::eos_id() const { return impl_->eos; }
+
+std::vector<std::int32_t> generation_eos_ids(const fs::path& model_dir) {
+  for (const char* name : {"generation_config.json", "config.json"}) {
+    const fs::path path = model_dir / name;
+    std::error_code ec;
+    if (!fs::exists(path, ec)) continue;
+    const json config = parse_json(read_file(path), path.string());
+    if (!config.is_object()) continue;
+    const auto it = config.find("eos_token_id");
+    if (it == config.end() || it->is_null()) continue;
+    std::vector<std::int32_t> ids;
+    const auto add = [&](const json& v) {
+      const std::optional<std::int32_t> id = json_token_id(v);
+      FERRY_FORMAT_EXPECT(id.has_value(),
+                          "{}: eos_token_id must be a token id or a list of them, not {}",
+                          path.string(), it->dump());
+      ids.push_back(*id);
+    };
+    if (it->is_array()) {
+      for (const json& v : *it) add(v);
+    } else {
+      add(*it);
+    }
+    return ids;
+  }
+  return {};
+}
+
+StreamDecoder::StreamDecoder(const Tokenizer& tokenizer, bool at_start_of_text)
+    : tokenizer_(&tokenizer), at_start_(at_start_of_text) {}
 
 namespace {
 
@@ -496,7 +748,8 @@ std::string take_complete(std::string& pending, bool at_end) {
 }  // namespace
 
 std::string StreamDecoder::push(std::int32_t id) {
-  pending_ += tokenizer_->token_bytes(id);
+  pending_ += tokenizer_->token_bytes(id, at_start_);
+  at_start_ = false;
   return take_complete(pending_, /*at_end=*/false);
 }
 

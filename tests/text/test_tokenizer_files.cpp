@@ -11,6 +11,7 @@
 #include "runtime/text/bpe_tokenizer.hpp"
 #include "runtime/text/detail/byte_alphabet.hpp"
 #include "tests/text/gpt2_fixture.hpp"
+#include "tests/text/tokenizer_test_util.hpp"
 
 namespace ferry::text {
 namespace {
@@ -19,6 +20,8 @@ using ferry::test::read_file;
 using ferry::test::TempDir;
 using ferry::test::write_file;
 using nlohmann::json;
+using test::byte_vocab;
+using test::expect_format_error;
 
 std::filesystem::path gpt2_dir() { return ferry::test::repo_data_dir() / "gpt2"; }
 
@@ -63,29 +66,6 @@ json gpt2_tokenizer_json(bool merges_as_pairs) {
   };
 }
 
-// All 256 byte tokens (id = byte value), the minimum a byte-level vocabulary needs.
-json byte_vocab() {
-  json vocab = json::object();
-  for (int b = 0; b < 256; ++b) {
-    vocab[detail::bytes_to_token_string(std::string(1, static_cast<char>(b)))] = b;
-  }
-  return vocab;
-}
-
-// Expects `load` to throw FormatError whose message contains every one of `parts`.
-template <typename F>
-void expect_format_error(F load, std::initializer_list<std::string> parts) {
-  try {
-    load();
-    ADD_FAILURE() << "no FormatError";
-  } catch (const FormatError& e) {
-    for (const std::string& part : parts) {
-      EXPECT_NE(std::string(e.what()).find(part), std::string::npos)
-          << "\"" << part << "\" is not in: " << e.what();
-    }
-  }
-}
-
 TEST(TokenizerJson, GivesTheSameIdsAsVocabAndMerges) {
   for (const bool pairs : {false, true}) {
     const TempDir dir;
@@ -109,6 +89,8 @@ TEST(TokenizerJson, HandMadeVocabularyWithAddedTokens) {
       {"added_tokens",
        json::array({{{"id", 260}, {"content", "<pad>"}, {"special", false}},
                     {{"id", 261}, {"content", "<|endoftext|>"}, {"special", true}}})},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}}},
+      {"decoder", {{"type", "ByteLevel"}}},
       {"model", {{"vocab", vocab}, {"merges", json::array({"h e", "l l", "he ll", "hell o"})}}},
   };
   const TempDir dir;
@@ -132,15 +114,29 @@ TEST(TokenizerJson, RefusesWhatItCannotReproduce) {
   write_file(path, root.dump());
   expect_format_error(load, {path.string(), "WordPiece"});
 
-  root = {{"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", true}}},
+  root = {{"pre_tokenizer", {{"type", "Whitespace"}}},
           {"model", {{"type", "BPE"}, {"vocab", byte_vocab()}, {"merges", json::array()}}}};
   write_file(path, root.dump());
-  expect_format_error(load, {path.string(), "add_prefix_space"});
+  expect_format_error(load, {path.string(), "pre_tokenizer.type", "Whitespace"});
 
-  root = {{"pre_tokenizer", {{"type", "Metaspace"}}},
+  root = {{"normalizer",
+           {{"type", "Sequence"}, {"normalizers", json::array({{{"type", "Lowercase"}}})}}},
           {"model", {{"type", "BPE"}, {"vocab", byte_vocab()}, {"merges", json::array()}}}};
   write_file(path, root.dump());
-  expect_format_error(load, {path.string(), "Metaspace"});
+  expect_format_error(load, {path.string(), "normalizer.normalizers[0].type", "Lowercase"});
+
+  root = {{"pre_tokenizer",
+           {{"type", "Split"}, {"pattern", {{"Regex", "(?<=a)b"}}}, {"behavior", "Isolated"}}},
+          {"model", {{"type", "BPE"}, {"vocab", byte_vocab()}, {"merges", json::array()}}}};
+  write_file(path, root.dump());
+  expect_format_error(load, {path.string(), "pre_tokenizer.pattern.Regex", "look-behind"});
+
+  root = {
+      {"pre_tokenizer", {{"type", "ByteLevel"}}},
+      {"model",
+       {{"type", "BPE"}, {"vocab", byte_vocab()}, {"merges", json::array()}, {"dropout", 0.1}}}};
+  write_file(path, root.dump());
+  expect_format_error(load, {path.string(), "model.dropout"});
 
   root = {{"model", {{"type", "BPE"}, {"vocab", byte_vocab()}, {"merges", json::array({5})}}}};
   write_file(path, root.dump());

@@ -30,13 +30,31 @@ void BpeMerger::merge(std::string_view piece, const std::array<std::int32_t, 256
     if (n == 1) out.push_back(byte_ids[static_cast<unsigned char>(piece[0])]);
     return;
   }
-
   symbols_.clear();
-  heap_.clear();
   for (std::int32_t i = 0; i < n; ++i) {
     symbols_.push_back({byte_ids[static_cast<unsigned char>(piece[static_cast<std::size_t>(i)])],
                         i - 1, i + 1 < n ? i + 1 : -1});
   }
+  run(merges, out);
+}
+
+void BpeMerger::merge_ids(std::span<const std::int32_t> ids, const MergeTable& merges,
+                          std::vector<std::int32_t>& out) {
+  const auto n = static_cast<std::int32_t>(ids.size());
+  if (n <= 1) {
+    out.insert(out.end(), ids.begin(), ids.end());
+    return;
+  }
+  symbols_.clear();
+  for (std::int32_t i = 0; i < n; ++i) {
+    symbols_.push_back({ids[static_cast<std::size_t>(i)], i - 1, i + 1 < n ? i + 1 : -1});
+  }
+  run(merges, out);
+}
+
+void BpeMerger::run(const MergeTable& merges, std::vector<std::int32_t>& out) {
+  const auto n = static_cast<std::int32_t>(symbols_.size());
+  heap_.clear();
   for (std::int32_t i = 0; i + 1 < n; ++i) push_candidate(merges, i);
 
   while (!heap_.empty()) {

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <span>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
@@ -25,6 +26,7 @@ class MergeTable {
     return it == rules_.end() ? nullptr : &it->second;
   }
   std::size_t size() const { return rules_.size(); }
+  void reserve(std::size_t n) { rules_.reserve(n); }
 
  private:
   static std::uint64_t key(std::int32_t left, std::int32_t right) {
@@ -42,6 +44,10 @@ class BpeMerger {
   // Appends the ids for `piece` to `out`. byte_ids[b] is the id of the one-byte token b.
   void merge(std::string_view piece, const std::array<std::int32_t, 256>& byte_ids,
              const MergeTable& merges, std::vector<std::int32_t>& out);
+  // The same from the ids of the piece's first symbols (characters, for SentencePiece-style
+  // vocabularies); ids must not be negative.
+  void merge_ids(std::span<const std::int32_t> ids, const MergeTable& merges,
+                 std::vector<std::int32_t>& out);
 
  private:
   struct Symbol {
@@ -59,6 +65,7 @@ class BpeMerger {
   };
 
   static bool later(const Candidate& a, const Candidate& b);  // heap order
+  void run(const MergeTable& merges, std::vector<std::int32_t>& out);
   void push_candidate(const MergeTable& merges, std::int32_t left);
 
   std::vector<Symbol> symbols_;
