@@ -349,19 +349,32 @@ void Checkpoint::read_range(const TensorEntry& t, uint64_t offset_bytes, uint64_
     return;
   }
   // Read the whole checksummed chunks around the bytes, check them, hand out the part asked for.
-  uint64_t lo = begin;
-  uint64_t hi = begin + nbytes;
-  for (const auto& span : detail::pack_chunks_overlapping(*impl_->pack, begin, nbytes)) {
+  const ByteRange checked = checked_range(t.file_index, begin, nbytes);
+  std::vector<std::byte> chunks(checked.nbytes);
+  pread_full(impl_->fds[t.file_index].get(), chunks.data(), chunks.size(), checked.offset_bytes,
+             impl_->files[t.file_index].path, what.c_str());
+  impl_->verify_range(checked.offset_bytes, chunks.data(), chunks.size());
+  std::memcpy(dst, chunks.data() + (begin - checked.offset_bytes), nbytes);
+}
+
+uint64_t Checkpoint::checksum_chunk_bytes() const {
+  return impl_->pack ? detail::kPackChecksumChunk : 0;
+}
+
+ByteRange Checkpoint::checked_range(uint32_t file_index, uint64_t offset_bytes,
+                                    uint64_t nbytes) const {
+  // A pack is one file: its blobs (and so its checksums) are all in file 0.
+  if (!impl_->pack || impl_->verify == VerifyMode::off || file_index != 0 || nbytes == 0)
+    return {offset_bytes, nbytes};
+  uint64_t lo = offset_bytes;
+  uint64_t hi = offset_bytes + nbytes;
+  for (const auto& span : detail::pack_chunks_overlapping(*impl_->pack, offset_bytes, nbytes)) {
     const auto& blob = impl_->pack->blobs[span.blob];
     lo = std::min(lo, blob.offset_bytes + span.first * detail::kPackChecksumChunk);
     hi = std::max(hi, std::min(blob.offset_bytes + span.last * detail::kPackChecksumChunk,
                                blob.offset_bytes + blob.nbytes));
   }
-  std::vector<std::byte> chunks(hi - lo);
-  pread_full(impl_->fds[t.file_index].get(), chunks.data(), chunks.size(), lo,
-             impl_->files[t.file_index].path, what.c_str());
-  impl_->verify_range(lo, chunks.data(), chunks.size());
-  std::memcpy(dst, chunks.data() + (begin - lo), nbytes);
+  return {lo, hi - lo};
 }
 
 uint64_t Checkpoint::verify(uint32_t file_index, uint64_t offset_bytes, const void* data,

@@ -45,6 +45,15 @@ struct TensorEntry {
   uint64_t nbytes = 0;        // numel · dtype_size
 };
 
+// Bytes [offset_bytes, offset_bytes + nbytes) of something: a file, or a tensor's bytes.
+// kToEnd (the default) means up to the end, so ByteRange{} is the whole of it.
+struct ByteRange {
+  static constexpr uint64_t kToEnd = UINT64_MAX;
+  uint64_t offset_bytes = 0;
+  uint64_t nbytes = kToEnd;
+  bool operator==(const ByteRange&) const = default;
+};
+
 struct CheckpointFile {
   std::filesystem::path path;
   uint64_t size_bytes = 0;
@@ -91,6 +100,13 @@ class Checkpoint {
   uint64_t verify(uint32_t file_index, uint64_t offset_bytes, const void* data, uint64_t nbytes,
                   ThreadPool* pool = nullptr) const;
   bool has_checksums() const;
+  // Bytes per checksum chunk (a ferry pack's 256 KiB); 0 when the checkpoint has no checksums.
+  // Chunks are counted from the start of each blob, and a blob's last one is shorter.
+  uint64_t checksum_chunk_bytes() const;
+  // What must be read for verify() to check every one of bytes [offset_bytes, offset_bytes +
+  // nbytes) of files()[file_index]: that range widened to whole checksum chunks. The range itself
+  // when there are no checksums or verification is off; bytes outside every blob are not widened.
+  ByteRange checked_range(uint32_t file_index, uint64_t offset_bytes, uint64_t nbytes) const;
   // Reads the whole pack once, 64 MiB at a time, and checks every checksum (ferry verify).
   // progress(done, total) after each read. Returns the bytes checked; throws as verify does. With
   // a pool, each read's chunks are hashed on its threads.

@@ -32,25 +32,64 @@ std::string_view tier_name(Tier t) {
   return "?";
 }
 
-UnitLayout plan_unit_reads(const Checkpoint& checkpoint, const std::vector<std::string>& tensors,
+ByteRange row_range(const TensorEntry& t, int64_t first_row, int64_t end_row) {
+  const int64_t rows = t.shape.rank > 0 ? t.shape[0] : 0;
+  FERRY_EXPECT(0 <= first_row && first_row < end_row && end_row <= rows,
+               "rows [{}, {}) of tensor '{}' ({} {}) are not a non-empty part of its {} rows",
+               first_row, end_row, t.name, dtype_name(t.dtype), t.shape.str(), rows);
+  const uint64_t row_bytes = t.nbytes / static_cast<uint64_t>(rows);
+  return {static_cast<uint64_t>(first_row) * row_bytes,
+          static_cast<uint64_t>(end_row - first_row) * row_bytes};
+}
+
+namespace {
+
+// The unit's i-th slice, its length resolved and checked against the tensor.
+ByteRange slice_of(const StreamUnitSpec& unit, std::size_t i, const TensorEntry& t) {
+  if (unit.slices.empty()) return {0, t.nbytes};
+  const ByteRange s = unit.slices[i];
+  const bool to_end = s.nbytes == ByteRange::kToEnd;
+  FERRY_EXPECT(s.offset_bytes < t.nbytes && (to_end || s.nbytes <= t.nbytes - s.offset_bytes),
+               "{}: slice [{}, {}) of tensor '{}' ({} {}, {} bytes) runs past the tensor's end",
+               unit.name, s.offset_bytes,
+               to_end ? std::string("end") : fmt::format("{}", s.offset_bytes + s.nbytes), t.name,
+               dtype_name(t.dtype), t.shape.str(), t.nbytes);
+  FERRY_EXPECT(s.nbytes > 0, "{}: slice [{}, {}) of tensor '{}' is empty", unit.name,
+               s.offset_bytes, s.offset_bytes, t.name);
+  const uint64_t nbytes = to_end ? t.nbytes - s.offset_bytes : s.nbytes;
+  return {s.offset_bytes, nbytes};
+}
+
+}  // namespace
+
+UnitLayout plan_unit_reads(const Checkpoint& checkpoint, const StreamUnitSpec& unit,
                            uint64_t merge_gap_bytes) {
+  FERRY_EXPECT(unit.slices.empty() || unit.slices.size() == unit.tensors.size(),
+               "{}: {} slices for {} tensors; give one per tensor, or none for whole tensors",
+               unit.name, unit.slices.size(), unit.tensors.size());
+  // A piece is read as [begin, end) (its checksum chunks included); its data starts at `data`.
   struct Piece {
     uint32_t file;
-    uint64_t begin, end;
+    uint64_t begin, end, data;
     std::size_t tensor;
   };
+  UnitLayout layout;
   std::vector<Piece> pieces;
-  pieces.reserve(tensors.size());
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
-    const TensorEntry& t = checkpoint.at(tensors[i]);
-    pieces.push_back({t.file_index, t.offset_bytes, t.offset_bytes + t.nbytes, i});
+  pieces.reserve(unit.tensors.size());
+  layout.tensor_nbytes.reserve(unit.tensors.size());
+  for (std::size_t i = 0; i < unit.tensors.size(); ++i) {
+    const TensorEntry& t = checkpoint.at(unit.tensors[i]);
+    const ByteRange slice = slice_of(unit, i, t);
+    const uint64_t data = t.offset_bytes + slice.offset_bytes;
+    const ByteRange read = checkpoint.checked_range(t.file_index, data, slice.nbytes);
+    pieces.push_back({t.file_index, read.offset_bytes, read.offset_bytes + read.nbytes, data, i});
+    layout.tensor_nbytes.push_back(slice.nbytes);
   }
   std::sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) {
     return a.file != b.file ? a.file < b.file : a.begin < b.begin;
   });
 
-  UnitLayout layout;
-  layout.tensor_offsets.assign(tensors.size(), 0);
+  layout.tensor_offsets.assign(unit.tensors.size(), 0);
   std::size_t i = 0;
   while (i < pieces.size()) {
     // Grow a run of pieces of one file whose gaps are small enough to read through.
@@ -69,13 +108,17 @@ UnitLayout plan_unit_reads(const Checkpoint& checkpoint, const std::vector<std::
     r.min_bytes = a.min_bytes();
     r.buffer_offset = layout.nbytes;
     for (std::size_t k = i; k < j; ++k)
-      layout.tensor_offsets[pieces[k].tensor] =
-          r.buffer_offset + (pieces[k].begin - a.offset_bytes);
+      layout.tensor_offsets[pieces[k].tensor] = r.buffer_offset + (pieces[k].data - a.offset_bytes);
     layout.nbytes += a.nbytes;  // a multiple of the alignment, so the next range stays aligned
     layout.ranges.push_back(r);
     i = j;
   }
   return layout;
+}
+
+UnitLayout plan_unit_reads(const Checkpoint& checkpoint, const std::vector<std::string>& tensors,
+                           uint64_t merge_gap_bytes) {
+  return plan_unit_reads(checkpoint, StreamUnitSpec{"unit", tensors}, merge_gap_bytes);
 }
 
 namespace {
@@ -253,8 +296,7 @@ std::vector<uint64_t> LayerStreamer::unit_bytes(const Checkpoint& checkpoint,
                                                 uint64_t merge_gap_bytes) {
   std::vector<uint64_t> out;
   out.reserve(units.size());
-  for (const auto& u : units)
-    out.push_back(plan_unit_reads(checkpoint, u.tensors, merge_gap_bytes).nbytes);
+  for (const auto& u : units) out.push_back(plan_unit_reads(checkpoint, u, merge_gap_bytes).nbytes);
   return out;
 }
 
@@ -267,7 +309,7 @@ LayerStreamer::LayerStreamer(const Checkpoint& checkpoint, std::vector<StreamUni
   s.units.reserve(units.size());
   for (auto& spec : units) {
     Unit u;
-    u.layout = plan_unit_reads(checkpoint, spec.tensors, options.merge_gap_bytes);
+    u.layout = plan_unit_reads(checkpoint, spec, options.merge_gap_bytes);
     u.spec = std::move(spec);
     if (u.spec.tier == Tier::disk) slot_bytes = std::max(slot_bytes, u.layout.nbytes);
     s.units.push_back(std::move(u));
@@ -321,9 +363,10 @@ LayerStreamer::LayerStreamer(const Checkpoint& checkpoint, std::vector<StreamUni
     if (u.spec.tier != Tier::mapped) continue;
     if (s.mappings.empty())
       for (const auto& f : checkpoint.files()) s.mappings.emplace_back(f);
-    for (const auto& name : u.spec.tensors) {
-      const TensorEntry& t = checkpoint.at(name);
-      u.mapped.push_back(s.mappings[t.file_index].data() + t.offset_bytes);
+    for (std::size_t i = 0; i < u.spec.tensors.size(); ++i) {
+      const TensorEntry& t = checkpoint.at(u.spec.tensors[i]);
+      u.mapped.push_back(s.mappings[t.file_index].data() + t.offset_bytes +
+                         slice_of(u.spec, i, t).offset_bytes);
     }
   }
   s.stats.load_s = now_s() - t0;

@@ -1,7 +1,8 @@
 // LayerStreamer: puts each unit of weights (a layer's tensors) in memory when the compute
 // needs it. Each unit has a tier: resident in host memory (read once, at construction), or
 // streamed from disk into a staging slot every time it is used, D units ahead of compute.
-// It knows nothing of any model: a unit is a list of checkpoint tensor names, used in order.
+// It knows nothing of any model: a unit is a list of checkpoint tensors, or byte slices of them
+// (row chunks of a matrix too big for one staging slot), used in order.
 #pragma once
 
 #include <cstddef>
@@ -32,11 +33,25 @@ struct StreamUnitSpec {
   std::string name;                  // "layer 3", for messages
   std::vector<std::string> tensors;  // checkpoint names, the unit's tensors in view order
   Tier tier = Tier::disk;
+  // Empty: every tensor whole. Otherwise one per tensor: the bytes of it the unit holds, relative
+  // to the tensor's first byte (ByteRange{} is all of it; row_range() gives rows of a matrix). A
+  // tensor may be named several times with different slices. A slice must be non-empty and lie
+  // inside its tensor, or building the unit throws InvalidArgument naming both. (The "= {}"
+  // spares {name, tensors, tier} GCC's -Wmissing-field-initializers.)
+  std::vector<ByteRange> slices = {};
 };
 
-// How one unit's tensors are read: byte ranges of files, each widened to 4 KiB alignment and
-// packed one after another into the unit's buffer; neighbouring tensors whose gap is small are
-// read as one range (the gap is read and ignored).
+// Rows [first_row, end_row) of a row-major checkpoint tensor, as a slice of its bytes. Every row
+// of a tensor has nbytes / shape[0] bytes: rows · dtype_size for floats, packed_row_bytes(dtype,
+// cols) for q8 / q4 (whose rows are self-contained). Throws InvalidArgument naming the tensor
+// unless 0 <= first_row < end_row <= shape[0].
+ByteRange row_range(const TensorEntry& t, int64_t first_row, int64_t end_row);
+
+// How one unit's tensors (or slices) are read: byte ranges of files, each widened to 4 KiB
+// alignment and packed one after another into the unit's buffer; neighbouring pieces whose gap
+// is small are read as one range (the gap is read and ignored). In a checkpoint with checksums
+// each piece is first widened to whole checksum chunks (Checkpoint::checked_range), so every
+// byte handed out is verified, a slice's too; a whole-blob unit reads exactly its blob.
 struct UnitLayout {
   struct Range {
     uint32_t file = 0;
@@ -46,19 +61,24 @@ struct UnitLayout {
     uint64_t buffer_offset = 0;
   };
   std::vector<Range> ranges;
-  std::vector<uint64_t> tensor_offsets;  // where each tensor's first byte lands in the buffer
+  std::vector<uint64_t> tensor_offsets;  // where each tensor's (slice's) first byte lands
+  std::vector<uint64_t> tensor_nbytes;   // and how many bytes of it follow
   uint64_t nbytes = 0;                   // buffer size the unit needs (4 KiB multiple)
 };
+UnitLayout plan_unit_reads(const Checkpoint& checkpoint, const StreamUnitSpec& unit,
+                           uint64_t merge_gap_bytes = 64 * 1024);
+// The same for whole tensors.
 UnitLayout plan_unit_reads(const Checkpoint& checkpoint, const std::vector<std::string>& tensors,
                            uint64_t merge_gap_bytes = 64 * 1024);
 
-// The tensors of an acquired unit, valid until it is released.
+// The tensors (or slices) of an acquired unit, valid until it is released.
 class UnitView {
  public:
   UnitView() = default;
   UnitView(const std::byte* base, const std::vector<uint64_t>* offsets)
       : base_(base), offsets_(offsets) {}
   explicit UnitView(const std::vector<const std::byte*>* pointers) : pointers_(pointers) {}
+  // The first byte of the unit's i-th tensor, or of its slice.
   const std::byte* tensor(std::size_t i) const {
     return pointers_ ? (*pointers_)[i] : base_ + (*offsets_)[i];
   }
@@ -112,7 +132,8 @@ class LayerStreamer {
   LayerStreamer(const LayerStreamer&) = delete;
   LayerStreamer& operator=(const LayerStreamer&) = delete;
 
-  // Bytes a unit needs in memory (resident) or in a slot (streamed), before constructing one.
+  // Bytes a unit needs in memory (resident) or in a slot (streamed), before constructing one:
+  // its layout's nbytes, so only a slice's bytes (widened as plan_unit_reads says) count.
   static std::vector<uint64_t> unit_bytes(const Checkpoint& checkpoint,
                                           const std::vector<StreamUnitSpec>& units,
                                           uint64_t merge_gap_bytes = 64 * 1024);
@@ -127,7 +148,7 @@ class LayerStreamer {
   // The unit's slot (if streamed) goes back to the pool, and is refilled with a prefetch.
   void release(std::size_t unit);
 
-  // Where unit's tensors sit in its buffer (UnitView::base()), and the buffer's size.
+  // Where unit's tensors (slices) sit in its buffer (UnitView::base()), and the buffer's size.
   const UnitLayout& layout(std::size_t unit) const;
   // The host memory of every resident (host- or device-tier) unit, e.g. to register it for DMA.
   std::vector<MemoryRegion> resident_regions() const;
