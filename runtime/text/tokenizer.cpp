@@ -100,6 +100,7 @@ struct Tokenizer::Impl {
   std::vector<std::int32_t> suffix;
   std::optional<std::int32_t> bos;
   std::optional<std::int32_t> eos;
+  std::string merge_scratch;  // loading only
 
   bool byte_level() const { return model.options().byte_level; }
 
@@ -180,11 +181,9 @@ struct Tokenizer::Impl {
           kind = Kind::kUnspelled;
         }
       }
-      if (kind == Kind::kRegular) {
-        const auto existing = model.find(key);
-        FERRY_FORMAT_EXPECT(!existing.has_value(), "{}: token {} appears twice (ids {} and {})",
-                            source, shown(spelling), existing.value_or(-1), *id);
-        model.insert(key, *id);
+      if (kind == Kind::kRegular && !model.insert(key, *id)) {
+        throw FormatError(fmt::format("{}: token {} appears twice (ids {} and {})", source,
+                                      shown(spelling), model.find(key).value_or(-1), *id));
       }
       assign(*id, std::move(key), kind, spelling, source);
     }
@@ -209,8 +208,9 @@ struct Tokenizer::Impl {
                  std::string_view source, std::string_view where) {
     const std::int32_t left_id = model_id(left, source, where);
     const std::int32_t right_id = model_id(right, source, where);
-    const std::string joined =
-        id_text[static_cast<std::size_t>(left_id)] + id_text[static_cast<std::size_t>(right_id)];
+    std::string& joined = merge_scratch;  // reused: 150k merges, no allocation each
+    joined.assign(id_text[static_cast<std::size_t>(left_id)]);
+    joined.append(id_text[static_cast<std::size_t>(right_id)]);
     const std::optional<std::int32_t> merged = model.find(joined);
     FERRY_FORMAT_EXPECT(merged.has_value(),
                         "{}: {} joins {} and {} into {}, which is not in the vocabulary", source,

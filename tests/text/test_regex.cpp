@@ -48,6 +48,15 @@ TEST(Regex, Llama3TakesDigitsThreeAtATime) {
   EXPECT_EQ(pieces(re, " 2024!"), (Pieces{" ", "202", "4", "!"}));
 }
 
+TEST(Regex, CaseSplittingPatternsOfNewerTokenizers) {
+  // Mistral's Tekken and GPT-4o-style patterns split words at case changes.
+  const Regex re(
+      R"([^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)");
+  EXPECT_EQ(pieces(re, "HelloWorld it's HTTPServer"),
+            (Pieces{"Hello", "World", " it's", " HTTPServer"}));
+  EXPECT_EQ(pieces(re, "a/b\n12345"), (Pieces{"a", "/b", "\n", "123", "45"}));
+}
+
 TEST(Regex, WhiteSpaceIsUnicodeWhiteSpace) {
   const Regex re(R"(\s+)");
   // U+0085 (NEL) and U+3000 are White_Space; U+FEFF is not (unlike JavaScript's \s).
