@@ -36,10 +36,14 @@ std::vector<Case> load_cases(const std::string& name) {
   return out;
 }
 
+// Each loaded once per process, and only when asked for (ctest runs every test alone).
 const Tokenizer& fixture(const std::string& name) {
-  static const Tokenizer qwen3 = Tokenizer::from_model_dir(fixture_dir("qwen3"));
+  if (name == "qwen3") {
+    static const Tokenizer qwen3 = Tokenizer::from_model_dir(fixture_dir("qwen3"));
+    return qwen3;
+  }
   static const Tokenizer spm = Tokenizer::from_model_dir(fixture_dir("spm-bpe-tiny"));
-  return name == "qwen3" ? qwen3 : spm;
+  return spm;
 }
 
 class FixtureCases : public testing::TestWithParam<std::string> {};
