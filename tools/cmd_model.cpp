@@ -46,11 +46,9 @@ Command add_inspect(CLI::App& app) {
                                           : std::filesystem::path(o->model).parent_path();
     if (std::filesystem::exists(dir / "config.json")) {
       const auto cfg = model::ModelConfig::from_model_dir(dir);
-      fmt::print(
-          "model: gptj, {} layers, n_embd {}, n_head {}, n_inner {}, vocab {}, {:.3f} B "
-          "parameters\n",
-          cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_inner, cfg.vocab_size,
-          static_cast<double>(model::total_params(cfg)) / 1e9);
+      fmt::print("model: {}, {:.3f} B parameters{}\n", cfg.summary(),
+                 static_cast<double>(model::total_params(cfg)) / 1e9,
+                 cfg.tie_word_embeddings ? " (lm_head tied to the embedding)" : "");
       for (const auto& g : model::all_groups(cfg)) {
         uint64_t bytes = 0;
         std::string missing;
@@ -77,9 +75,9 @@ Command add_inspect(CLI::App& app) {
 Command add_make_model(CLI::App& app) {
   struct Options {
     std::string preset = "tiny";
-    int64_t n_layer = 0, n_embd = 0, n_head = 0, rotary_dim = -1, n_inner = 0, vocab = 0,
-            n_positions = 0;
-    std::string dtype = "f16";
+    int64_t n_layer = 0, n_embd = 0, n_head = 0, n_kv_head = 0, head_dim = 0, rotary_dim = -1,
+            n_inner = 0, vocab = 0, n_positions = 0;
+    std::string dtype;
     std::string format = "safetensors";
     std::string shard_size;
     uint64_t seed = 0;
@@ -88,17 +86,28 @@ Command add_make_model(CLI::App& app) {
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
-      "make-model", "write a random-weight GPT-J checkpoint (config, tokenizer, weights)");
-  cmd->add_option("--preset", o->preset, "tiny | gptj-6b")
-      ->check(CLI::IsMember({"tiny", "gptj-6b"}));
+      "make-model",
+      "write a random-weight checkpoint of a real model's shapes (config, tokenizer, weights)");
+  cmd->add_option("--preset", o->preset, model::preset_names())
+      ->check([](const std::string& name) {
+        try {
+          model::preset_config(name);
+          return std::string();
+        } catch (const Error& e) {
+          return std::string(e.what());
+        }
+      });
   cmd->add_option("--n-layer", o->n_layer, "override the preset's layer count");
   cmd->add_option("--n-embd", o->n_embd, "override n_embd");
-  cmd->add_option("--n-head", o->n_head, "override n_head");
+  cmd->add_option("--n-head", o->n_head, "override n_head (the KV heads follow unless given)");
+  cmd->add_option("--n-kv-head", o->n_kv_head, "override the KV heads (Llama family)");
+  cmd->add_option("--head-dim", o->head_dim, "override head_dim (Llama family)");
   cmd->add_option("--rotary-dim", o->rotary_dim, "override rotary_dim");
   cmd->add_option("--n-inner", o->n_inner, "override n_inner (default 4 · n_embd)");
   cmd->add_option("--vocab", o->vocab, "override vocab_size");
   cmd->add_option("--n-positions", o->n_positions, "override n_positions");
-  cmd->add_option("--dtype", o->dtype, "f32 | f16 | bf16")
+  cmd->add_option("--dtype", o->dtype,
+                  "f32 | f16 | bf16 (default: bf16 for the Llama family, as released; f16 for GPT-J)")
       ->check(CLI::IsMember({"f32", "f16", "bf16"}));
   cmd->add_option("--format", o->format, "safetensors | torch")
       ->check(CLI::IsMember({"safetensors", "torch"}));
@@ -116,11 +125,22 @@ Command add_make_model(CLI::App& app) {
       c.n_embd = o->n_embd;
       if (!o->n_inner) c.n_inner = 4 * o->n_embd;
     }
-    if (o->n_head) c.n_head = o->n_head;
+    if (o->n_head) {
+      // Keep the preset's grouping (GQA 4:1 stays 4:1) unless the KV heads are given.
+      const int64_t group = c.n_head / c.n_kv_head;
+      c.n_head = o->n_head;
+      c.n_kv_head = o->n_head % group == 0 ? o->n_head / group : o->n_head;
+    }
+    if (o->n_kv_head) c.n_kv_head = o->n_kv_head;
+    if (o->head_dim) c.head_dim_ = o->head_dim;
+    FERRY_EXPECT(!c.is_llama_family() || o->rotary_dim < 0,
+                 "--rotary-dim is GPT-J's; the Llama family rotates the whole head (--head-dim)");
+    if (c.is_llama_family()) c.rotary_dim = c.head_dim();
     if (o->rotary_dim >= 0) c.rotary_dim = o->rotary_dim;
     if (o->n_inner) c.n_inner = o->n_inner;
     if (o->vocab) c.vocab_size = o->vocab;
     if (o->n_positions) c.n_positions = o->n_positions;
+    if (o->dtype.empty()) o->dtype = c.is_llama_family() ? "bf16" : "f16";
     mo.dtype = *parse_dtype(o->dtype);
     mo.format =
         o->format == "torch" ? offload::WriteFormat::torch_zip : offload::WriteFormat::safetensors;

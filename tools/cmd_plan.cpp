@@ -162,7 +162,7 @@ Command add_plan(CLI::App& app) {
                   "compression that fits (and meets --goal)");
   cmd->add_option("--goal", o->goal, "with --quant auto: the s/token the choice must reach")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--ctx", o->ctx, "KV cache tokens per sequence (default: n_positions)")
+  cmd->add_option("--ctx", o->ctx, "KV cache tokens per sequence (default: the model's context, at most 4096)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--batch", o->batch, "sequences decoded together")->check(CLI::PositiveNumber);
   cmd->add_option("--slots", o->slots, "fix the host staging slot count (default: searched)")
@@ -242,7 +242,7 @@ Command add_plan(CLI::App& app) {
     engine::PlanOptions po;
     po.context = o->ctx;
     po.max_seqs = o->batch;
-    po.max_batch_rows = o->ctx > 0 ? o->ctx : config.n_positions;
+    po.max_batch_rows = o->ctx > 0 ? o->ctx : model::default_context(config);
     po.max_logit_rows = o->batch;
     po.forced_host_slots = o->slots;
     if (o->device.empty()) {

@@ -315,12 +315,12 @@ Command add_run(CLI::App& app) {
     }
     const std::vector<int32_t> prompt = o->ids.empty() ? tok->encode(o->prompt) : parse_ids(o->ids);
 
-    // The KV cache and activations are sized for this request, not for n_positions.
+    // The KV cache and activations are sized for this request, not for the model's context.
     const auto config = model::ModelConfig::from_model_dir(o->model);
     const int64_t n_prompt = static_cast<int64_t>(prompt.size());
-    engine::check_prompt_length(n_prompt, config.n_positions);
+    engine::check_prompt_length(n_prompt, model::max_context(config));
     const int64_t context =
-        std::min<int64_t>(config.n_positions, n_prompt + std::max<int64_t>(o->n, 1));
+        std::min<int64_t>(model::max_context(config), n_prompt + std::max<int64_t>(o->n, 1));
     engine::LoadOptions lo = load_options(o->load, config, context, n_prompt, 1);
     lo.attended_tokens = n_prompt + o->n / 2;  // the middle of decoding, for the prediction
     CudaRun gpu;
@@ -344,7 +344,7 @@ Command add_run(CLI::App& app) {
     }
     engine::GenerateOptions go;
     go.max_new_tokens = o->n;
-    if (!o->ignore_eos) go.eos_id = m.config.eos_token_id;
+    if (!o->ignore_eos) go.eos_ids = model::generation_eos_ids(o->model, m.config);
     go.sampling = {o->temperature, o->top_k, o->top_p, o->seed};
     engine::ForwardPass& eng = *engine_ptr;
 
@@ -427,7 +427,7 @@ Command add_logits(CLI::App& app) {
         o->ids.empty() ? load_tokenizer(o->model, o->tok).encode(o->prompt) : parse_ids(o->ids);
     const auto config = model::ModelConfig::from_model_dir(o->model);
     const auto n_ids = static_cast<int64_t>(ids.size());
-    engine::check_prompt_length(n_ids, config.n_positions);
+    engine::check_prompt_length(n_ids, model::max_context(config));
     engine::LoadedModel m = engine::load_model(
         o->model, load_options(o->load, config, n_ids, n_ids, o->all ? n_ids : 1));
     engine::EngineOptions eo;
@@ -527,11 +527,10 @@ Command add_perplexity(CLI::App& app) {
     const auto config = model::ModelConfig::from_model_dir(o->model);
     std::optional<model::ModelConfig> ref_config;
     if (!o->reference.empty()) ref_config = model::ModelConfig::from_model_dir(o->reference);
-    const int64_t n_positions =
-        std::min(config.n_positions, ref_config ? ref_config->n_positions : config.n_positions);
+    const int64_t n_positions = std::min(
+        model::max_context(config), model::max_context(ref_config ? *ref_config : config));
     FERRY_EXPECT(o->ctx <= n_positions,
-                 "--ctx {} is longer than the model's context of {} tokens (n_positions); give "
-                 "--ctx {} or less",
+                 "--ctx {} is longer than the model's context of {} tokens; give --ctx {} or less",
                  o->ctx, n_positions, n_positions);
     engine::PerplexityOptions po;
     po.context = o->ctx > 0 ? o->ctx : std::min<int64_t>(512, n_positions);

@@ -17,12 +17,26 @@
 
 namespace ferry::engine {
 
-// A row-major weight matrix as stored in the checkpoint: [rows, cols] of dtype.
+// A matrix streamed in row chunks (a unit too big for a staging slot): its parts in order, each
+// rows [row0, row0 + rows) of the matrix in tensor `tensor` of streamer unit `unit`.
+struct ChunkedMatrix {
+  struct Part {
+    std::size_t unit = 0;
+    std::size_t tensor = 0;
+    int64_t row0 = 0;
+    int64_t rows = 0;
+  };
+  std::vector<Part> parts;
+};
+
+// A row-major weight matrix as stored in the checkpoint: [rows, cols] of dtype. When `chunks`
+// is set, data is null and the rows arrive a part at a time (WeightProvider::part), in order.
 struct MatrixView {
   const void* data = nullptr;
   DType dtype = DType::f32;
   int64_t rows = 0;
   int64_t cols = 0;
+  const ChunkedMatrix* chunks = nullptr;
 };
 
 // One unit's weights by role (model/layout.hpp): matrices in their stored dtype, norms and

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "kernels/cpu/ops.hpp"
@@ -49,7 +50,31 @@ void CpuBackend::norm(model::NormKind kind, const float* x, int64_t rows, int64_
 
 void CpuBackend::linear(const float* x, int64_t rows, const MatrixView& w, const float* bias,
                         float* y) {
-  cpu::linear(x, rows, w.cols, w.data, w.dtype, w.rows, bias, y, pool_);
+  if (!w.chunks) {
+    cpu::linear(x, rows, w.cols, w.data, w.dtype, w.rows, bias, y, pool_);
+    return;
+  }
+  // Streamed in row chunks: each part gives output columns [row0, row0 + part rows). One row of
+  // x (decoding) writes them in place; more rows go through a buffer of at most kPartOutFloats
+  // (a block of x's rows at a time) and are scattered.
+  constexpr int64_t kPartOutFloats = int64_t{1} << 20;
+  for (const ChunkedMatrix::Part& p : w.chunks->parts) {
+    const void* data = weights_.part(p);
+    const float* b = bias ? bias + p.row0 : nullptr;
+    if (rows == 1) {
+      cpu::linear(x, 1, w.cols, data, w.dtype, p.rows, b, y + p.row0, pool_);
+      continue;
+    }
+    const int64_t block = std::clamp<int64_t>(kPartOutFloats / p.rows, 1, rows);
+    part_out_.resize(static_cast<std::size_t>(block * p.rows));
+    for (int64_t r0 = 0; r0 < rows; r0 += block) {
+      const int64_t n = std::min(block, rows - r0);
+      cpu::linear(x + r0 * w.cols, n, w.cols, data, w.dtype, p.rows, b, part_out_.data(), pool_);
+      for (int64_t r = 0; r < n; ++r)
+        std::memcpy(y + (r0 + r) * w.rows + p.row0, part_out_.data() + r * p.rows,
+                    static_cast<std::size_t>(p.rows) * sizeof(float));
+    }
+  }
 }
 
 void CpuBackend::rotary(float* x, int64_t rows, int64_t n_head) {

@@ -58,6 +58,7 @@ class CpuBackend final : public Backend {
   std::vector<float> inv_freq_;  // rotary_half's frequencies (Llama family)
   std::vector<int32_t> positions_;
   std::vector<std::vector<float>> buffers_;
+  std::vector<float> part_out_;  // a chunked product's part, before it is scattered (≤ 4 MiB)
 };
 
 }  // namespace ferry::engine

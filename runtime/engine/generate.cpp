@@ -1,5 +1,6 @@
 #include "runtime/engine/generate.hpp"
 
+#include <algorithm>
 #include <chrono>
 
 #include "runtime/core/clock.hpp"
@@ -9,8 +10,7 @@ namespace ferry::engine {
 
 void check_prompt_length(int64_t n_tokens, int64_t context) {
   FERRY_EXPECT(n_tokens <= context,
-               "the prompt has {} tokens but the model's context is {} tokens (n_positions); "
-               "shorten the prompt",
+               "the prompt has {} tokens but the context is {} tokens; shorten the prompt",
                n_tokens, context);
 }
 
@@ -50,7 +50,7 @@ std::vector<int32_t> generate(ForwardPass& engine, int seq, std::span<const int3
     token = sampler.sample({logits->data(), vocab});
     out.push_back(token);
     const bool more = on_token ? on_token(token) : true;
-    if (!more || (options.eos_id && token == *options.eos_id) ||
+    if (!more || std::find(options.eos_ids.begin(), options.eos_ids.end(), token) != options.eos_ids.end() ||
         static_cast<int64_t>(out.size()) >= options.max_new_tokens)
       break;
     step = SeqTokens{seq, {&token, 1}};

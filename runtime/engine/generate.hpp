@@ -15,7 +15,7 @@ namespace ferry::engine {
 
 struct GenerateOptions {
   int64_t max_new_tokens = 32;
-  std::optional<int32_t> eos_id;  // stop after sampling it (it is still returned)
+  std::vector<int32_t> eos_ids;  // stop after sampling any of them (it is still returned)
   SamplingParams sampling;
 };
 

@@ -43,11 +43,16 @@ struct Law {
 
 Law law_for(const model::ModelConfig& c, const std::string& name) {
   const float sqrt3 = std::sqrt(3.0f);
-  if (ends_with(name, "ln_1.weight") || ends_with(name, "ln_f.weight")) return {1.0f, 0.1f};
+  // Norm weights: GPT-J's ln_1 / ln_f, Llama's input / post-attention layernorms, final norm
+  // and Qwen3's q/k norms.
+  for (const char* norm : {"ln_1.weight", "ln_f.weight", "layernorm.weight", "model.norm.weight",
+                           "q_norm.weight", "k_norm.weight"})
+    if (ends_with(name, norm)) return {1.0f, 0.1f};
   if (ends_with(name, ".bias")) return {0.0f, 0.02f * sqrt3};
   if (ends_with(name, "q_proj.weight") || ends_with(name, "k_proj.weight"))
     return {0.0f, 1.5f / std::sqrt(static_cast<float>(c.n_embd)) * sqrt3};
-  if (ends_with(name, "fc_in.weight"))
+  if (ends_with(name, "fc_in.weight") || ends_with(name, "gate_proj.weight") ||
+      ends_with(name, "up_proj.weight"))
     return {0.0f, 1.0f / std::sqrt(static_cast<float>(c.n_embd)) * sqrt3};
   return {0.0f, 0.02f * sqrt3};
 }
@@ -86,7 +91,10 @@ uint64_t make_model(const std::filesystem::path& dir, const MakeModelOptions& op
 
   std::vector<offload::TensorSpec> specs;
   for (const auto& group : model::all_groups(config))
-    for (const auto& w : group.weights) specs.push_back({w.name, options.dtype, w.shape});
+    for (const auto& w : group.weights)
+      // A tied lm_head is the embedding table, written once.
+      if (!(config.tie_word_embeddings && w.role == model::WeightRole::lm_head_w))
+        specs.push_back({w.name, options.dtype, w.shape});
 
   ThreadPool& pool = default_thread_pool();
   const DType dtype = options.dtype;
@@ -120,6 +128,8 @@ uint64_t make_model(const std::filesystem::path& dir, const MakeModelOptions& op
   offload::write_checkpoint(dir, specs, fill, wo);
 
   write_text(dir / "config.json", config.to_json().dump(2) + "\n");
+  // GPT-2's tokenizer, for every family: random weights have no tokenizer of their own, and its
+  // ids fit GPT-J's, Llama 3's and Qwen's vocabularies (a smaller one refuses ids beyond it).
   write_text(dir / "vocab.json", text::embedded_gpt2_vocab_json());
   write_text(dir / "merges.txt", text::embedded_gpt2_merges_txt());
   uint64_t total = 0;

@@ -400,6 +400,7 @@ Placement placement_from_plan(const planner::Plan& plan, const model::ModelConfi
     p.blocks.push_back(to_offload(tiers[static_cast<std::size_t>(l)]));
   p.head = to_offload(tiers.back());
   p.slot_count = std::max<std::size_t>(2, plan.chosen.host_slots);
+  p.chunk_bytes = plan.chosen.chunk_bytes;
   if (cuda) p.device_slots = std::max<std::size_t>(2, plan.chosen.device_slots);
   return p;
 }

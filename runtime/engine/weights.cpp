@@ -7,6 +7,7 @@
 #include "runtime/core/error.hpp"
 #include "runtime/core/quant.hpp"
 #include "runtime/core/thread_pool.hpp"
+#include "runtime/core/units.hpp"
 
 namespace ferry::engine {
 
@@ -90,12 +91,100 @@ std::vector<offload::StreamUnitSpec> model_units(const model::ModelConfig& confi
   return units;
 }
 
+const void* WeightProvider::part(const ChunkedMatrix::Part&) {
+  throw Error("internal: this weight provider hands out no chunked matrices");
+}
+
+namespace {
+
+// A piece's read widens to 4 KiB alignment at each end and, in a checkpoint with checksums (a
+// ferry pack's, per 256 KiB), to whole checksum chunks: pieces are cut this much short of the
+// chunk so that the slot holds them.
+uint64_t piece_slack_bytes(const offload::Checkpoint& ck) {
+  return 2 * 4096 + (ck.has_checksums() ? 2 * (uint64_t{256} << 10) : 0);
+}
+
+// Cuts a group's matrices into pieces of at most `target` bytes, at row boundaries; small
+// matrices share a piece, one bigger than a piece is split over several.
+void add_pieces(const model::WeightGroup& g, const offload::Checkpoint& ck, uint64_t target,
+                const std::string& name, offload::Tier tier, StreamLayout& out) {
+  StreamLayout::Group& group = out.groups.back();
+  group.first_unit = out.units.size();
+  const auto matrices = g.matrices();
+  group.chunked.resize(matrices.size());
+  offload::StreamUnitSpec piece;
+  uint64_t used = 0;
+  const auto close = [&] {
+    if (piece.tensors.empty()) return;
+    piece.name = fmt::format("{} piece {}", name, out.units.size() - group.first_unit);
+    piece.tier = tier;
+    out.units.push_back(std::move(piece));
+    piece = {};
+    used = 0;
+  };
+  for (std::size_t m = 0; m < matrices.size(); ++m) {
+    const offload::TensorEntry& t = ck.at(matrices[m].name);
+    const int64_t rows = t.shape[0];
+    const uint64_t row_bytes = t.nbytes / static_cast<uint64_t>(rows);
+    FERRY_EXPECT(row_bytes <= target,
+                 "one row of '{}' ({} bytes) is bigger than a streamed piece of {}; raise "
+                 "--max-ram",
+                 t.name, row_bytes, format_bytes(target));
+    for (int64_t r = 0; r < rows;) {
+      int64_t take = static_cast<int64_t>((target - used) / row_bytes);
+      if (take == 0) {
+        close();
+        continue;
+      }
+      take = std::min(take, rows - r);
+      group.chunked[m].parts.push_back(
+          {out.units.size(), piece.tensors.size(), r, take});
+      piece.tensors.push_back(t.name);
+      piece.slices.push_back(offload::row_range(t, r, r + take));
+      used += static_cast<uint64_t>(take) * row_bytes;
+      r += take;
+    }
+  }
+  close();
+  group.unit_count = out.units.size() - group.first_unit;
+}
+
+}  // namespace
+
+StreamLayout stream_layout(const model::ModelConfig& config, const offload::Checkpoint& checkpoint,
+                           const Placement& placement) {
+  const std::vector<offload::StreamUnitSpec> whole = model_units(config, placement);
+  const std::vector<uint64_t> bytes =
+      placement.chunk_bytes > 0 ? offload::LayerStreamer::unit_bytes(checkpoint, whole)
+                                : std::vector<uint64_t>(whole.size(), 0);
+  const uint64_t slack = piece_slack_bytes(checkpoint);
+  FERRY_EXPECT(placement.chunk_bytes == 0 || placement.chunk_bytes > 2 * slack,
+               "streamed pieces of {} are too small; they must be larger than {}",
+               format_bytes(placement.chunk_bytes), format_bytes(2 * slack));
+  StreamLayout out;
+  for (std::size_t i = 0; i < whole.size(); ++i) {
+    out.groups.emplace_back();
+    const bool pieced = whole[i].tier == offload::Tier::disk && placement.chunk_bytes > 0 &&
+                        bytes[i] > placement.chunk_bytes;
+    if (!pieced) {
+      out.groups.back().first_unit = out.units.size();
+      out.units.push_back(whole[i]);
+      continue;
+    }
+    const bool head = i + 1 == whole.size();
+    add_pieces(head ? model::head_group(config) : model::block_group(config, static_cast<int>(i)),
+               checkpoint, placement.chunk_bytes - slack, whole[i].name, whole[i].tier,
+               out);
+  }
+  return out;
+}
+
 StreamingWeights::StreamingWeights(model::ModelConfig config, const offload::Checkpoint& checkpoint,
                                    const Placement& placement, offload::IoOptions io)
     : config_(checked(std::move(config), checkpoint)),
       checkpoint_(checkpoint),
-      streamer_(checkpoint, model_units(config_, placement),
-                streamer_options(placement, std::move(io))) {
+      layout_(stream_layout(config_, checkpoint, placement)),
+      streamer_(checkpoint, layout_.units, streamer_options(placement, std::move(io))) {
   embed_ = &checkpoint.at(model::embedding_group(config_).weights[0].name);
   row_.resize(packed_row_bytes(embed_->dtype, config_.n_embd));
 
@@ -128,14 +217,23 @@ void StreamingWeights::embed(std::span<const int32_t> ids, float* out) {
   }
 }
 
-UnitWeights StreamingWeights::unit(const model::WeightGroup& group,
-                                   const offload::UnitView& view) const {
-  const auto index = static_cast<std::size_t>(&group - groups_.data());
+UnitWeights StreamingWeights::acquire(std::size_t index) {
+  const model::WeightGroup& group = groups_[index];
+  const StreamLayout::Group& g = layout_.groups[index];
   UnitWeights u;
   const auto matrices = group.matrices();
+  // A whole unit is acquired now; a pieced one a piece at a time, as the product asks (part()).
+  const offload::UnitView view =
+      g.chunked.empty() ? streamer_.acquire(g.first_unit) : offload::UnitView();
   for (std::size_t i = 0; i < matrices.size(); ++i) {
     const auto& w = matrices[i];
-    u.set(w.role, MatrixView{view.tensor(i), dtypes_[index][i], w.shape.dims[0], w.shape.dims[1]});
+    MatrixView m{nullptr, dtypes_[index][i], w.shape.dims[0], w.shape.dims[1]};
+    if (g.chunked.empty()) {
+      m.data = view.tensor(i);
+    } else {
+      m.chunks = &g.chunked[i];
+    }
+    u.set(w.role, m);
   }
   const auto vectors = group.vectors();
   for (std::size_t i = 0; i < vectors.size(); ++i)
@@ -143,22 +241,39 @@ UnitWeights StreamingWeights::unit(const model::WeightGroup& group,
   return u;
 }
 
-UnitWeights StreamingWeights::acquire_block(int layer) {
-  const auto l = static_cast<std::size_t>(layer);
-  return unit(groups_[l], streamer_.acquire(l));
+void StreamingWeights::release(std::size_t index) {
+  const StreamLayout::Group& g = layout_.groups[index];
+  if (g.chunked.empty()) {
+    streamer_.release(g.first_unit);
+    return;
+  }
+  if (piece_) streamer_.release(*piece_);
+  piece_.reset();
 }
 
-void StreamingWeights::release_block(int layer) {
-  streamer_.release(static_cast<std::size_t>(layer));
+const void* StreamingWeights::part(const ChunkedMatrix::Part& p) {
+  if (piece_ != p.unit) {
+    FERRY_EXPECT(!piece_ || p.unit == *piece_ + 1,
+                 "internal: streamed piece {} asked for after piece {}; pieces are read in order",
+                 p.unit, *piece_);
+    if (piece_) streamer_.release(*piece_);
+    piece_.reset();
+    piece_view_ = streamer_.acquire(p.unit);
+    piece_ = p.unit;
+  }
+  return piece_view_.tensor(p.tensor);
 }
+
+UnitWeights StreamingWeights::acquire_block(int layer) {
+  return acquire(static_cast<std::size_t>(layer));
+}
+
+void StreamingWeights::release_block(int layer) { release(static_cast<std::size_t>(layer)); }
 
 UnitWeights StreamingWeights::acquire_head() {
-  const auto n = static_cast<std::size_t>(config_.n_layer);
-  return unit(groups_[n], streamer_.acquire(n));
+  return acquire(static_cast<std::size_t>(config_.n_layer));
 }
 
-void StreamingWeights::release_head() {
-  streamer_.release(static_cast<std::size_t>(config_.n_layer));
-}
+void StreamingWeights::release_head() { release(static_cast<std::size_t>(config_.n_layer)); }
 
 }  // namespace ferry::engine

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -29,6 +30,10 @@ class WeightProvider {
   virtual void release_block(int layer) = 0;
   virtual UnitWeights acquire_head() = 0;
   virtual void release_head() = 0;
+  // The bytes of one part of a chunked matrix of the unit acquired last (its rows, as stored),
+  // valid until the next part() or the unit's release. Parts come in the order of the unit's
+  // matrices and of their parts (the model program's order); asking out of order is an error.
+  virtual const void* part(const ChunkedMatrix::Part& part);
 };
 
 // Checks, before any weight byte is read, that the checkpoint holds every tensor the config
@@ -45,6 +50,9 @@ struct Placement {
   // CUDA only: slots in device memory that host- and disk-tier units are copied into before
   // use (one computing, the others filling ahead of it); ignored on the CPU.
   std::size_t device_slots = 2;
+  // CPU: disk-tier units are streamed in pieces of at most this many bytes, a matrix in row
+  // chunks when it is bigger (0: whole units).
+  uint64_t chunk_bytes = 0;
 
   static Placement all(const model::ModelConfig& config, offload::Tier tier,
                        std::size_t slot_count = 2);
@@ -54,6 +62,22 @@ struct Placement {
 // lm_head matrix. Norms and biases are small and kept apart, as f32.
 std::vector<offload::StreamUnitSpec> model_units(const model::ModelConfig& config,
                                                 const Placement& placement);
+
+// How a model's units map onto streamer units: whole (one streamer unit per block and one for
+// the head, model_units' order), or, for disk-tier groups bigger than placement.chunk_bytes,
+// pieces of at most that many bytes (the group's matrices in order, cut at row boundaries, small
+// ones sharing a piece).
+struct StreamLayout {
+  struct Group {
+    std::size_t first_unit = 0;
+    std::size_t unit_count = 1;
+    std::vector<ChunkedMatrix> chunked;  // per matrix of the group when pieced, else empty
+  };
+  std::vector<offload::StreamUnitSpec> units;
+  std::vector<Group> groups;  // blocks 0 … n_layer-1, then the head
+};
+StreamLayout stream_layout(const model::ModelConfig& config, const offload::Checkpoint& checkpoint,
+                           const Placement& placement);
 
 // The weights behind a LayerStreamer: matrices are used in their checkpoint dtype straight
 // from resident memory or from a staging slot (no copy); norms and biases are read once and
@@ -70,15 +94,18 @@ class StreamingWeights final : public WeightProvider {
   void release_block(int layer) override;
   UnitWeights acquire_head() override;
   void release_head() override;
+  const void* part(const ChunkedMatrix::Part& part) override;
 
   const offload::LayerStreamer& streamer() const { return streamer_; }
 
  private:
-  // A unit's views: its matrices from the streamer's view, its vectors from vectors_.
-  UnitWeights unit(const model::WeightGroup& group, const offload::UnitView& view) const;
+  UnitWeights acquire(std::size_t group);
+  void release(std::size_t group);
 
   model::ModelConfig config_;
   const offload::Checkpoint& checkpoint_;
+  StreamLayout layout_;
+
   const offload::TensorEntry* embed_ = nullptr;
   std::vector<model::WeightGroup> groups_;     // blocks 0 … n_layer-1, then the head
   std::vector<std::vector<DType>> dtypes_;     // per group: its matrices' stored dtypes
@@ -86,6 +113,9 @@ class StreamingWeights final : public WeightProvider {
   std::vector<std::vector<std::size_t>> vector_offsets_;  // per group: each vector's offset
   std::vector<std::byte> row_;  // one embedding row as stored
   offload::LayerStreamer streamer_;
+  // A pieced group: the piece (streamer unit) acquired now, if any, and its view.
+  std::optional<std::size_t> piece_;
+  offload::UnitView piece_view_;
 };
 
 }  // namespace ferry::engine

@@ -334,6 +334,21 @@ int64_t default_context(const ModelConfig& c) {
   return std::min<int64_t>(max_context(c), 4096);
 }
 
+std::vector<int32_t> generation_eos_ids(const std::filesystem::path& dir, const ModelConfig& c) {
+  const auto path = dir / "generation_config.json";
+  std::ifstream in(path);
+  if (!in.good()) return c.eos_token_ids;
+  json j;
+  try {
+    j = json::parse(in);
+  } catch (const json::parse_error& e) {
+    throw FormatError(fmt::format("{}: malformed JSON: {}", path.string(), e.what()));
+  }
+  FERRY_FORMAT_EXPECT(j.is_object(), "{}: expected a JSON object", path.string());
+  auto ids = get_ids(j, "eos_token_id", path.string());
+  return ids.empty() ? c.eos_token_ids : ids;
+}
+
 std::string ModelConfig::summary() const {
   std::string s = fmt::format("{}, {} layers, n_embd {}, {} heads", model_type, n_layer, n_embd,
                               n_head);

@@ -106,6 +106,10 @@ int64_t max_context(const ModelConfig& c);
 // 131072, whose KV cache alone would be 16 GiB for an 8B model).
 int64_t default_context(const ModelConfig& c);
 
+// The ids generation stops at: generation_config.json's eos_token_id (an int or a list; Llama
+// 3.1 Instruct lists three) when the directory has one, else config.json's.
+std::vector<int32_t> generation_eos_ids(const std::filesystem::path& dir, const ModelConfig& c);
+
 // The presets make-model and plan know: "tiny" and "gptj-6b" (GPT-J), "llama3-8b",
 // "mistral-7b", "qwen2.5-7b", "qwen3-8b" (exact shapes of the released models) and "tiny-llama".
 ModelConfig preset_config(const std::string& name);

@@ -51,9 +51,9 @@ ProfileRun run_profile(const ProfileOptions& o) {
   FERRY_EXPECT(o.n_tokens >= 1, "profile needs at least one new token (-n); got {}", o.n_tokens);
   const auto config = model::ModelConfig::from_model_dir(o.model_dir);
   const auto n_prompt = static_cast<int64_t>(o.prompt.size());
-  engine::check_prompt_length(n_prompt, config.n_positions);
+  engine::check_prompt_length(n_prompt, model::max_context(config));
   engine::LoadOptions load = o.load;
-  load.context = std::min<int64_t>(config.n_positions, n_prompt + o.n_tokens);
+  load.context = std::min<int64_t>(model::max_context(config), n_prompt + o.n_tokens);
   load.max_batch_rows = n_prompt;
   load.max_logit_rows = 1;
 

@@ -65,13 +65,13 @@ std::string join_ids(const json& ids) {
 }
 
 json expected(const std::string& fixture) {
-  return json::parse(test::read_file(test::data_dir() / "gptj" / fixture / "expected.json"));
+  return json::parse(test::read_file(test::data_dir() / fixture / "expected.json"));
 }
 
 class CliParity : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CliParity, LogitsAndGreedyTokensMatchHuggingFace) {
-  const fs::path dir = test::data_dir() / "gptj" / GetParam();
+  const fs::path dir = test::data_dir() / GetParam();
   const json reference = expected(GetParam());
   ASSERT_EQ(reference["prompts"].size(), 3u);
   for (const json& p : reference["prompts"]) {
@@ -90,7 +90,106 @@ TEST_P(CliParity, LogitsAndGreedyTokensMatchHuggingFace) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CliParity,
-                         ::testing::Values("tiny-f32", "sharded-f32", "tiny-f16-bin-sharded"));
+                         ::testing::Values("gptj/tiny-f32", "gptj/sharded-f32",
+                                           "gptj/tiny-f16-bin-sharded", "llama/llama3-gqa-f32",
+                                           "llama/qwen2-bias-tied-bf16-sharded",
+                                           "llama/mistral-f16"));
+
+// Every Llama-family preset has the released model's shapes, and plan answers from config.json
+// alone (no weights): the bytes it streams are the model's bf16 parameters.
+TEST(Cli, LlamaFamilyPresetsPlanFromConfigAlone) {
+  struct Case {
+    const char* preset;
+    int layers;
+    int64_t vocab;
+    double billions;  // parameters of the released model
+  };
+  for (const Case c : {Case{"llama3-8b", 32, 128256, 8.030}, Case{"mistral-7b", 32, 32768, 7.248},
+                       Case{"qwen2.5-7b", 28, 152064, 7.616}, Case{"qwen3-8b", 36, 151936, 8.191}}) {
+    SCOPED_TRACE(c.preset);
+    test::TempDir tmp;
+    // One layer of the real width and a small vocabulary, written and inspected; then its
+    // config.json with the real layer count and vocabulary is what plan reads.
+    Result r = ferry({"make-model", "--preset", c.preset, "--n-layer", "1", "--vocab", "256",
+                      "-o", (tmp / "m").string(), "-q"});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    r = ferry({"inspect", "-m", (tmp / "m").string()});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_NE(r.out.find("layer 0"), std::string::npos) << r.out;
+    json config = json::parse(test::read_file(tmp / "m" / "config.json"));
+    EXPECT_EQ(config["torch_dtype"], "bfloat16");
+    config["num_hidden_layers"] = c.layers;
+    config["vocab_size"] = c.vocab;
+    test::write_file(tmp / "config.json", config.dump());
+    r = ferry({"plan", "-m", (tmp / "config.json").string(), "--profile", "colab-t4", "--json"});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    const json plan = json::parse(r.out);
+    uint64_t bytes = 0;
+    for (const json& l : plan["layers"]) bytes += l["bytes"].get<uint64_t>();
+    // Streamed units hold every matrix (the embedding is read a row at a time, apart): the
+    // parameters less the embedding table (tied models stream it as the head) and the norms.
+    const double hidden = config["hidden_size"].get<double>();
+    const double expected_bytes =
+        2 * (c.billions * 1e9 - static_cast<double>(c.vocab) * hidden);
+    EXPECT_NEAR(static_cast<double>(bytes) / expected_bytes, 1.0, 0.01) << r.out;
+  }
+}
+
+// What the Llama family's configs may say that ferry does not compute is refused by name.
+TEST(Cli, UnsupportedLlamaConfigsAreRefusedByName) {
+  const fs::path src = test::data_dir() / "llama" / "llama3-gqa-f32";
+  const json base = json::parse(test::read_file(src / "config.json"));
+  struct Case {
+    const char* key;
+    json value;
+    const char* says;
+  };
+  for (const Case& c :
+       {Case{"rope_scaling", json{{"rope_type", "yarn"}, {"factor", 4.0}},
+             "rope_scaling.rope_type 'yarn' is not supported"},
+        Case{"hidden_act", "gelu", "hidden_act 'gelu' is not supported"},
+        Case{"num_key_value_heads", 3, "num_key_value_heads 3 must divide"},
+        Case{"model_type", "falcon", "model_type 'falcon' is not supported"}}) {
+    SCOPED_TRACE(c.key);
+    test::TempDir tmp;
+    json j = base;
+    j[c.key] = c.value;
+    test::write_file(tmp / "config.json", j.dump());
+    fs::copy_file(src / "model.safetensors", tmp / "model.safetensors");
+    const Result r = ferry({"run", "-m", tmp.path().string(), "--ids", "1 2", "-n", "1"});
+    EXPECT_NE(r.rc, 0);
+    EXPECT_NE(r.err.find(c.says), std::string::npos) << r.err;
+  }
+}
+
+// A pack of a tied bf16 model: the lm_head is written as its own tensor, the pack's config says
+// the two are untied, and its int8 logits point the way the source's do.
+TEST(Cli, ConvertTiedLlamaFamilyModel) {
+  const fs::path src = test::data_dir() / "llama" / "qwen2-bias-tied-bf16-sharded";
+  const json reference = expected("llama/qwen2-bias-tied-bf16-sharded");
+  test::TempDir tmp;
+  const fs::path pack = tmp / "p.ferry";
+  Result r = ferry({"convert", "-m", src.string(), "-o", pack.string(), "--quant", "int8"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(json::parse(test::read_file(pack / "config.json"))["tie_word_embeddings"], false);
+  const json& p = reference["prompts"][2];
+  r = ferry({"logits", "-m", pack.string(), "--ids", join_ids(p["input_ids"])});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto got = json::parse(last_line(r.out))["logits"].get<std::vector<float>>();
+  const auto want = p["last_logits"].get<std::vector<float>>();
+  ASSERT_EQ(got.size(), want.size());
+  // Quantized, so not equal; but the same direction (a wrong or random lm_head gives a cosine
+  // near 0; int8 gives 0.999 here).
+  double dot = 0, gg = 0, ww = 0, max_diff = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    dot += static_cast<double>(got[i]) * want[i];
+    gg += static_cast<double>(got[i]) * got[i];
+    ww += static_cast<double>(want[i]) * want[i];
+    max_diff = std::max(max_diff, static_cast<double>(std::fabs(got[i] - want[i])));
+  }
+  EXPECT_GT(max_diff, 0.0);
+  EXPECT_GT(dot / std::sqrt(gg * ww), 0.995);
+}
 
 TEST(Cli, TokenizeJsonl) {
   const json cases = json::parse(test::read_file(test::data_dir() / "gpt2-bpe/cases.json"));
@@ -231,7 +330,7 @@ TEST(CliPerplexity, ScoresATextAndAPackAgainstItsSource) {
   const std::vector<Case> cases = {
       {{"perplexity", "-m", m, "-f", (tmp / "missing.txt").string()}, "missing.txt"},
       {{"perplexity", "-m", m, "--ids", "5"}, "at least 2"},
-      {{"perplexity", "-m", m, "--ids", "5 6 7", "--ctx", "100000"}, "n_positions"},
+      {{"perplexity", "-m", m, "--ids", "5 6 7", "--ctx", "100000"}, "context of"},
       {{"perplexity", "-m", m, "--ids", "5 6 7", "--ctx", "8", "--stride", "8"}, "--stride 7"},
       {{"perplexity", "-m", m}, "-f FILE"},
       {{"perplexity", "-m", m, "--ids", "5 6 7", "--reference", (tmp / "nothing").string()},

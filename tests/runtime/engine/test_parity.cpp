@@ -73,6 +73,15 @@ TEST_P(Parity, MatchesHuggingFace) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, Parity,
                          ::testing::Values("tiny-f32", "sharded-f32", "tiny-f16-bin-sharded"));
 
+// GPT-J streamed in pieces: biased matrices (fc_in, fc_out, lm_head) in row chunks.
+TEST(Parity, StreamedInPiecesMatchesHuggingFace) {
+  const fs::path dir = test::data_dir() / "gptj" / "tiny-f16-bin-sharded";
+  LoadOptions o;
+  o.placement = Placement::all(model::ModelConfig::from_model_dir(dir), offload::Tier::disk, 2);
+  o.placement->chunk_bytes = 40 << 10;
+  check_against_reference(dir, expected_for("tiny-f16-bin-sharded"), std::move(o));
+}
+
 // The Llama family against transformers' LlamaForCausalLM, Qwen2ForCausalLM and
 // MistralForCausalLM: GQA, llama3 rope scaling, rotate_half, RMSNorm, SwiGLU, q/k/v biases, tied
 // embeddings, bf16 shards split inside a layer, f16 subnormals.
@@ -90,6 +99,21 @@ TEST_P(LlamaParity, StreamedFromDiskMatchesHuggingFace) {
   const fs::path dir = test::data_dir() / "llama" / GetParam();
   LoadOptions o;
   o.placement = Placement::all(model::ModelConfig::from_model_dir(dir), offload::Tier::disk);
+  check_against_reference(dir, llama_expected(GetParam()), std::move(o));
+}
+
+// Streamed in pieces smaller than a matrix (a matrix in row chunks, small ones sharing a piece):
+// the bytes and the results are the same.
+TEST_P(LlamaParity, StreamedInPiecesMatchesHuggingFace) {
+  const fs::path dir = test::data_dir() / "llama" / GetParam();
+  LoadOptions o;
+  o.placement = Placement::all(model::ModelConfig::from_model_dir(dir), offload::Tier::disk, 3);
+  o.placement->chunk_bytes = 24 << 10;
+  {
+    LoadedModel m = load_model(dir, o);
+    EXPECT_GT(m.weights->streamer().unit_count(), static_cast<std::size_t>(3 * m.config.n_layer))
+        << "the layers were not cut into pieces";
+  }
   check_against_reference(dir, llama_expected(GetParam()), std::move(o));
 }
 

@@ -54,10 +54,11 @@ TEST(ModelConfig, RotaryDimDefaults) {
 
 TEST(ModelConfig, UnknownModelTypeNamesWhatIsSupported) {
   json j = tiny_json();
-  j["model_type"] = "llama";
+  j["model_type"] = "falcon";
   const std::string msg = error_of(j);
-  EXPECT_NE(msg.find("llama"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("gptj"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("falcon"), std::string::npos) << msg;
+  for (const char* supported : {"gptj", "llama", "mistral", "qwen2", "qwen3"})
+    EXPECT_NE(msg.find(supported), std::string::npos) << msg;
 }
 
 TEST(ModelConfig, UnknownActivation) {
