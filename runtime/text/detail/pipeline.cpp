@@ -389,6 +389,11 @@ PreTokenizer PreTokenizer::gpt2() {
   return p;
 }
 
+bool PreTokenizer::is_gpt2() const {
+  return steps_.size() == 1 && steps_[0]->kind == Step::Kind::kByteLevel && steps_[0]->use_regex &&
+         !steps_[0]->add_prefix_space;
+}
+
 void PreTokenizer::split(std::string_view text, bool first_section, const Emit& emit) const {
   run(0, text, first_section, emit);
 }

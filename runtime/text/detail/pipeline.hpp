@@ -62,6 +62,9 @@ class PreTokenizer {
   // Whether it ends in ByteLevel: then the pieces it emits are raw bytes, for a vocabulary
   // spelled in GPT-2's byte alphabet.
   bool byte_level() const { return byte_level_; }
+  // Whether it is exactly GPT-2's (ByteLevel with its regex, no prefix space), which callers
+  // may run as Gpt2PreTokenizer directly.
+  bool is_gpt2() const;
 
   using Emit = std::function<void(std::string_view)>;
   // Calls emit for each pre-token of `text`, in order. `first_section` says whether `text`
