@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End to end under a memory cgroup: a GPT-J-6B-shaped random f16 checkpoint (12.1 GB, made once by
-# `ferry make-model`) generates under caps of 12 GiB and 4 GiB, and the same script shows what the
+# `ferry make-model`; or any single-file safetensors model of GPT-J or the Llama family) generates under caps of 12 GiB and 4 GiB, and the same script shows what the
 # usual approaches do under the same caps:
 #   ferry    `ferry run --max-ram CAP-HEADROOM`: resident prefix + units streamed with O_DIRECT
 #   mmap     `ferry run --mmap`: compute straight from a memory map, as llama.cpp does; the page
@@ -108,7 +108,8 @@ fi
 WEIGHTS=$MODEL_DIR/model.safetensors
 weights_bytes=$(stat -c %s "$WEIGHTS")
 
-# Per-unit bytes in the order ferry streams them (layer 0..L-1, then lm_head), from the header.
+# Per-unit bytes in the order ferry streams them (layer 0..L-1, then lm_head), from the header:
+# a layer's matrices (2-D tensors; norms and biases are kept apart), GPT-J or Llama-family names.
 python3 - "$WEIGHTS" >"$OUT_DIR/units.json" <<'PY'
 import json, re, struct, sys
 with open(sys.argv[1], "rb") as f:
@@ -116,12 +117,17 @@ with open(sys.argv[1], "rb") as f:
     h = json.loads(f.read(n))
 h.pop("__metadata__", None)
 size = lambda k: h[k]["data_offsets"][1] - h[k]["data_offsets"][0]
-mats = ("attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight", "attn.out_proj.weight",
-        "mlp.fc_in.weight", "mlp.fc_out.weight")
-layers = sorted({int(m[1]) for k in h if (m := re.match(r"transformer\.h\.(\d+)\.", k))})
-units = [sum(size(f"transformer.h.{l}.{m}") for m in mats) for l in layers]
-units.append(size("lm_head.weight"))
-print(json.dumps({"units": units, "embedding": size("transformer.wte.weight"),
+llama = "model.embed_tokens.weight" in h
+prefix = r"model\.layers\.(\d+)\." if llama else r"transformer\.h\.(\d+)\."
+embed = "model.embed_tokens.weight" if llama else "transformer.wte.weight"
+layers = {}
+for k in h:
+    m = re.match(prefix, k)
+    if m and len(h[k]["shape"]) == 2:
+        layers[int(m[1])] = layers.get(int(m[1]), 0) + size(k)
+units = [layers[l] for l in sorted(layers)]
+units.append(size("lm_head.weight") if "lm_head.weight" in h else size(embed))
+print(json.dumps({"units": units, "embedding": size(embed),
                   "total_tensor_bytes": sum(size(k) for k in h)}))
 PY
 
