@@ -7,13 +7,10 @@
 #include <fstream>
 #include <string>
 
-#include "kernels/cpu/ops.hpp"
+#include "runtime/backends/registry.hpp"
 #include "runtime/core/thread_pool.hpp"
 #include "runtime/core/units.hpp"
 #include "tools/commands.hpp"
-#ifdef FERRY_HAS_CUDA
-#include "runtime/cuda/cuda_device.hpp"
-#endif
 
 namespace ferry::tools {
 
@@ -42,16 +39,7 @@ Command add_info(CLI::App& app) {
   app.add_subcommand("info", "version, build features and devices");
   return [] {
     fmt::print("ferry {}\n", FERRY_VERSION);
-    fmt::print("cpu kernels: {}\n", kernels::cpu::simd_level());
-#ifdef FERRY_HAS_CUDA
-    fmt::print("cuda: compiled (architectures {}; CUDA runtime {})\n",
-               cuda::compiled_architectures(), cuda::runtime_version());
-    const auto gpus = cuda::describe_devices();
-    if (gpus.empty()) fmt::print("cuda devices: none ({})\n", cuda::no_device_reason());
-    for (const auto& line : gpus) fmt::print("device {}\n", line);
-#else
-    fmt::print("cuda: not compiled (no CUDA toolkit at build time)\n");
-#endif
+    for (const auto& line : backends::describe_build()) fmt::print("{}\n", line);
     fmt::print("io_uring: {}\n", io_uring_status());
     fmt::print("threads: {}\n", default_thread_pool().size());
     const long pages = ::sysconf(_SC_PHYS_PAGES);

@@ -10,16 +10,13 @@
 #include "offload/checkpoint.hpp"
 #include "planner/machine.hpp"
 #include "planner/plan.hpp"
+#include "runtime/backends/registry.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/units.hpp"
 #include "runtime/engine/planning.hpp"
 #include "runtime/model/model_config.hpp"
 #include "runtime/model/weight_format.hpp"
 #include "tools/commands.hpp"
-
-#ifdef FERRY_HAS_CUDA
-#include "runtime/cuda/cuda_device.hpp"
-#endif
 
 namespace ferry::tools {
 
@@ -200,17 +197,10 @@ Command add_plan(CLI::App& app) {
       po.read_unit_bytes = engine::typical_unit_bytes(config, ck);
       po.n_embd = config.n_embd;
       po.n_inner = config.n_inner;
-      // This machine's GPU, when the CUDA backend is compiled in and a device answers: its free
-      // memory is the VRAM figure, as `ferry run --device cuda` will see it.
-      const Device* gpu = nullptr;
-#ifdef FERRY_HAS_CUDA
-      std::optional<cuda::CudaDevice> cuda_device;
-      if (o->device != "cpu" && cuda::device_count() > 0) {
-        cuda_device.emplace(0);
-        gpu = &*cuda_device;
-      }
-#endif
-      machine = engine::probe_machine(ck, engine::weight_dtype(config, ck), po, gpu);
+      // This machine's GPU, when a backend for one is compiled in and a device answers: its
+      // free memory is the VRAM figure, as `ferry run --device cuda` will see it.
+      const std::unique_ptr<Device> gpu = o->device != "cpu" ? backends::find_gpu() : nullptr;
+      machine = engine::probe_machine(ck, engine::weight_dtype(config, ck), po, gpu.get());
     }
     if (!o->max_ram.empty()) {
       machine.ram_bytes = {static_cast<double>(parse_size(o->max_ram)), "--max-ram"};
@@ -248,9 +238,7 @@ Command add_plan(CLI::App& app) {
     if (o->device.empty()) {
       po.backend = machine.gpu ? planner::Backend::cuda : planner::Backend::cpu;
     } else {
-      FERRY_EXPECT(o->device == "cpu" || o->device == "cuda", "--device '{}' is not cpu or cuda",
-                   o->device);
-      po.backend = o->device == "cuda" ? planner::Backend::cuda : planner::Backend::cpu;
+      po.backend = backends::planner_backend(o->device);
     }
     // The formats to plan: the weights as stored, one pack format, or (auto) the weights as
     // stored and then each compression, least first.

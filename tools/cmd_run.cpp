@@ -7,24 +7,21 @@
 #include <iterator>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <utility>
 
 #include "planner/memory_probe.hpp"
+#include "runtime/backends/registry.hpp"
 #include "runtime/core/error.hpp"
-#include "runtime/core/process.hpp"
-#include "runtime/core/thread_pool.hpp"
 #include "runtime/core/units.hpp"
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/generate.hpp"
+#include "runtime/engine/learning.hpp"
 #include "runtime/engine/loaded_model.hpp"
 #include "runtime/engine/perplexity.hpp"
 #include "runtime/profile/policy.hpp"
 #include "runtime/profile/profile_run.hpp"
 #include "runtime/text/bpe_tokenizer.hpp"
 #include "tools/commands.hpp"
-#ifdef FERRY_HAS_CUDA
-#include "runtime/cuda/cuda_device.hpp"
-#include "runtime/cuda/cuda_backend.hpp"
-#endif
 
 namespace ferry::tools {
 
@@ -104,60 +101,9 @@ engine::LoadOptions load_options(const LoadFlags& f, const model::ModelConfig& c
 }
 
 // The one-line summary of where the weights went, on stderr.
-void print_plan(const engine::LoadedModel& m) {
-  const auto& s = m.weights->streamer();
-  fmt::print(stderr, "ferry: {}; load {:.2f} s\n", s.describe(), s.stats().load_s);
+void print_plan(const engine::LoadedModel& m, const engine::Backend& backend) {
+  fmt::print(stderr, "ferry: {}; load {:.2f} s\n", backend.describe(), backend.load_s());
   if (m.plan) fmt::print(stderr, "ferry: plan: {}\n", m.plan->summary());
-}
-
-// The bytes one decode pass reads, as the planner counts its work: every unit's weights and the
-// KV cache its attention reads.
-uint64_t pass_bytes(const planner::Plan& plan) {
-  uint64_t bytes = 0;
-  for (const auto& u : plan.request.units) bytes += u.bytes + u.kv_read_bytes;
-  return bytes;
-}
-
-// When layers streamed from disk: the rate the disk delivered (bytes of the units read ÷ the time
-// reads were outstanding), against the plan's figure, and into the probe cache for the next plan.
-void report_disk_rate(const engine::LoadedModel& m, const offload::StreamerStats& st) {
-  if (!m.plan || st.bytes_acquired == 0 || st.units_acquired == 0 || st.read_busy_s <= 0) return;
-  const double achieved = static_cast<double>(st.bytes_acquired) / st.read_busy_s;
-  const auto learned = engine::learn_disk_rate(*m.checkpoint, st.bytes_acquired / st.units_acquired,
-                                               st.bytes_acquired, st.read_busy_s, "ferry run");
-  fmt::print(stderr, "ferry: disk → host achieved {:.2f} GB/s over {} (planned with {:.2f}){}\n",
-             achieved / 1e9, format_bytes(st.bytes_acquired),
-             m.plan->request.machine.disk_bytes_per_s.value / 1e9,
-             learned ? fmt::format("; next plans use {:.2f}", *learned / 1e9) : std::string());
-}
-
-// The planner's prediction against what the run measured: s/token of decoding and peak RSS
-// from the kernel's accounting; and, when layers streamed, the disk rate the run achieved,
-// which goes back into the probe cache for the next plan.
-// decode_compute_s: the decode passes' time less their waits on the disk.
-void print_prediction(const engine::LoadedModel& m, double measured_s_per_token,
-                      int64_t decode_steps, double decode_compute_s) {
-  const planner::Plan& plan = *m.plan;
-  const auto& p = plan.chosen.predicted;
-  const auto rss = peak_rss_bytes();
-  fmt::print(stderr,
-             "ferry: predicted {:.3f} s/token, peak RAM {}; measured {}, peak RSS {} (VmHWM)\n",
-             p.s_per_token, format_bytes(p.peak_ram_bytes),
-             measured_s_per_token > 0 ? fmt::format("{:.3f} s/token", measured_s_per_token)
-                                      : std::string("no decode steps"),
-             rss ? format_bytes(*rss) : std::string("unknown"));
-  // What the CPU achieved per weight byte while decoding, as the planner counts its work.
-  if (decode_steps > 0 && decode_compute_s > 0) {
-    const uint64_t bytes = pass_bytes(plan) * static_cast<uint64_t>(decode_steps);
-    const auto learned =
-        engine::learn_cpu_rate(engine::weight_dtype(m.config, m.checkpoint.get()), m.config.n_embd,
-                               bytes, decode_compute_s, "decode compute in ferry run");
-    fmt::print(stderr, "ferry: compute achieved {:.2f} GB/s of weights (planned with {:.2f}){}\n",
-               static_cast<double>(bytes) / decode_compute_s / 1e9,
-               plan.request.machine.cpu_compute_bytes_per_s.value / 1e9,
-               learned ? fmt::format("; next plans use {:.2f}", *learned / 1e9) : std::string());
-  }
-  report_disk_rate(m, m.weights->streamer().stats());
 }
 
 struct RunOptions {
@@ -179,100 +125,37 @@ struct RunOptions {
   LoadFlags load;
 };
 
-// The CUDA backend's pieces of a run: the device (opened before planning, so its free memory
-// is the VRAM figure) and the engine. Without the backend compiled in, --device cuda says so.
-struct CudaRun {
-#ifdef FERRY_HAS_CUDA
-  std::optional<cuda::CudaDevice> device;
-  const cuda::CudaBackend* backend = nullptr;  // the last engine's, when it runs on the GPU
-#endif
-  void open(const std::string& device_name, const std::string& max_vram, bool mmap,
+// The backend a command runs on, chosen by --device through the registry: its device is opened
+// before planning (a GPU's free memory is the VRAM figure), and it makes the engines.
+struct DeviceRun {
+  std::unique_ptr<Device> device;
+
+  void open(const std::string& name, const std::string& max_vram, bool mmap,
             engine::LoadOptions& lo) {
-    FERRY_EXPECT(device_name == "cpu" || device_name == "cuda", "--device '{}' is not cpu or cuda",
-                 device_name);
-    if (device_name != "cuda") {
+    backends::check(name);  // a backend ferry knows and this build has
+    if (backends::planner_backend(name) == planner::Backend::cpu) {
       FERRY_EXPECT(max_vram.empty(), "--max-vram needs --device cuda");
-      return;
+    } else {
+      FERRY_EXPECT(!mmap, "--mmap computes from a memory map on the CPU; drop --device {}", name);
     }
-#ifdef FERRY_HAS_CUDA
-    FERRY_EXPECT(!mmap, "--mmap computes from a memory map on the CPU; drop --device cuda");
-    device.emplace(0);
-    lo.backend = planner::Backend::cuda;
-    lo.device = &*device;
+    device = backends::open_device(name);
+    backends::plan_for(name, *device, lo);
     if (!max_vram.empty()) lo.max_vram_bytes = parse_size(max_vram);
-#else
-    (void)mmap;
-    (void)lo;
-    throw InvalidArgument(
-        "--device cuda: this ferry was built without the CUDA backend (no CUDA toolkit at build "
-        "time); run without --device cuda to use the CPU");
-#endif
   }
-  // Two models on one device (a perplexity run against a reference): each plans for half of the
-  // VRAM, --max-vram or what is free now.
+  // Two models on one device (a perplexity run against a reference): each plans for half of its
+  // memory, --max-vram or what is free now. (The host's memory is halved by --max-ram's rule.)
   void halve_vram(engine::LoadOptions& lo) const {
-#ifdef FERRY_HAS_CUDA
-    if (!device) return;
     const auto info = device->memory_info();
+    if (!info) return;
     lo.max_vram_source = lo.max_vram_bytes ? "half of --max-vram" : "half of the free VRAM";
-    const uint64_t vram = lo.max_vram_bytes ? *lo.max_vram_bytes : info ? info->free_bytes : 0;
-    lo.max_vram_bytes = vram / 2;
-#else
-    (void)lo;
-#endif
+    lo.max_vram_bytes = (lo.max_vram_bytes ? *lo.max_vram_bytes : info->free_bytes) / 2;
   }
-  // What a CUDA run teaches the planner. Layers streamed from disk: the disk's delivered rate,
-  // as for a CPU run. Every unit in VRAM: the decode time is the GPU's compute alone, so its
-  // rate per weight byte (less the planner's per-unit overhead) goes into the probe cache for
-  // this GPU, and the next plan predicts this GPU rather than a default.
-  void learn(const engine::LoadedModel& m, const engine::ForwardPass& eng,
-             const engine::GenerateStats& stats) const {
-#ifdef FERRY_HAS_CUDA
-    if (!device || !m.plan) return;
-    (void)eng;  // made by engine() below, which keeps its backend
-    if (backend)
-      if (const auto* st = backend->streamer_stats()) report_disk_rate(m, *st);
-    if (stats.decode_steps <= 0) return;
-    const planner::Plan& plan = *m.plan;
-    if (plan.chosen.count(planner::Tier::device) != plan.chosen.tiers.size()) return;
-    const auto steps = static_cast<double>(stats.decode_steps);
-    const double overhead_s = steps * static_cast<double>(plan.request.units.size()) *
-                              planner::unit_overhead_s(planner::Backend::cuda);
-    const double busy_s = stats.decode_s - overhead_s;
-    if (busy_s < 0.5 * stats.decode_s) return;  // launch-bound: the bytes say nothing
-    const uint64_t bytes = pass_bytes(plan) * static_cast<uint64_t>(stats.decode_steps);
-    const auto learned = engine::learn_gpu_rate(
-        device->name(), engine::weight_dtype(m.config, m.checkpoint.get()), bytes, busy_s,
-        "decode compute in ferry run, all in VRAM");
-    const double planned =
-        plan.request.machine.gpu ? plan.request.machine.gpu->compute_bytes_per_s.value : 0;
-    fmt::print(stderr,
-               "ferry: GPU compute achieved {:.1f} GB/s of weights (planned with {:.1f}){}\n",
-               static_cast<double>(bytes) / busy_s / 1e9, planned / 1e9,
-               learned ? fmt::format("; next plans use {:.1f}", *learned / 1e9) : std::string());
-#else
-    (void)m;
-    (void)eng;
-    (void)stats;
-#endif
-  }
-  std::unique_ptr<engine::ForwardPass> engine(engine::LoadedModel& m, int64_t context,
-                                              const engine::LoadOptions& lo) {
-#ifdef FERRY_HAS_CUDA
-    if (device) {
-      cuda::CudaEngineOptions co;
-      co.device = device->ordinal();
-      co.context = context;
-      co.io = lo.io;
-      auto b = cuda::make_cuda_backend(m.config, *m.checkpoint, m.placement, co);
-      backend = b.get();
-      return std::make_unique<engine::Engine>(std::move(b));
-    }
-#endif
-    (void)lo;
-    engine::EngineOptions eo;
-    eo.context = context;
-    return std::make_unique<engine::Engine>(*m.weights, eo, default_thread_pool());
+  static std::unique_ptr<engine::Engine> engine(engine::LoadedModel& m, int64_t context,
+                                                const engine::LoadOptions& lo) {
+    backends::EngineSpec spec;
+    spec.context = context;
+    spec.io = lo.io;
+    return backends::make_engine(m, spec);
   }
 };
 
@@ -323,39 +206,33 @@ Command add_run(CLI::App& app) {
         std::min<int64_t>(model::max_context(config), n_prompt + std::max<int64_t>(o->n, 1));
     engine::LoadOptions lo = load_options(o->load, config, context, n_prompt, 1);
     lo.attended_tokens = n_prompt + o->n / 2;  // the middle of decoding, for the prediction
-    CudaRun gpu;
-    gpu.open(o->device, o->max_vram, o->load.mmap, lo);
+    DeviceRun dev;
+    dev.open(o->device, o->max_vram, o->load.mmap, lo);
     if (!o->trace.empty()) trace::tracer().start();
     Progress loading("loading", o->quiet);
     lo.io.on_load_progress = [&](uint64_t done, uint64_t total) { loading.update(done, total); };
     engine::LoadedModel m = engine::load_model(o->model, lo);
-    // The CUDA engine loads its device-resident layers as it is made.
-    const std::unique_ptr<engine::ForwardPass> engine_ptr = gpu.engine(m, context, lo);
+    // A device backend loads its device-resident layers as it is made.
+    const std::unique_ptr<engine::Engine> engine_ptr = DeviceRun::engine(m, context, lo);
     loading.finish();
-    if (!o->trace.empty() && m.weights) profile::trace_load_metadata(m);
-    if (!o->quiet) {
-#ifdef FERRY_HAS_CUDA
-      if (const cuda::CudaBackend* cb = gpu.backend) {
-        fmt::print(stderr, "ferry: {}; load {:.2f} s\n", cb->describe(), cb->stats().load_s);
-        if (m.plan) fmt::print(stderr, "ferry: plan: {}\n", m.plan->summary());
-      }
-#endif
-      if (m.weights) print_plan(m);
-    }
+    engine::Engine& eng = *engine_ptr;
+    const engine::Backend& backend = eng.backend();
+    if (!o->trace.empty()) profile::trace_load_metadata(m, backend);
+    if (!o->quiet) print_plan(m, backend);
     engine::GenerateOptions go;
     go.max_new_tokens = o->n;
     if (!o->ignore_eos) go.eos_ids = model::generation_eos_ids(o->model, m.config);
     go.sampling = {o->temperature, o->top_k, o->top_p, o->seed};
-    engine::ForwardPass& eng = *engine_ptr;
 
     std::optional<text::StreamDecoder> dec;
     if (tok) dec.emplace(*tok);
-    engine::GenerateStats stats;
-    std::optional<double> prompt_stall_s;  // the streamer's waits up to the first token
+    engine::RunOutcome outcome;
+    bool first = true;
     const auto out = engine::generate(
         eng, 0, prompt, go,
         [&](int32_t id) {
-          if (!prompt_stall_s && m.weights) prompt_stall_s = m.weights->streamer().stats().stall_s;
+          if (std::exchange(first, false))  // the prompt pass is done: its waits on the disk
+            outcome.prompt_stall_s = engine::stall_s(backend);
           if (dec) {
             fmt::print("{}", token_text(*tok, *dec, id));
           } else {
@@ -364,15 +241,14 @@ Command add_run(CLI::App& app) {
           std::fflush(stdout);
           return true;
         },
-        &stats);
+        &outcome.stats);
     if (dec) fmt::print("{}", dec->flush());
-    const double measured_s =
-        stats.decode_steps > 0 ? stats.decode_s / static_cast<double>(stats.decode_steps) : 0;
     fmt::print("\n");
     if (o->print_ids) fmt::print("[{}]\n", fmt::join(out, ", "));
     std::fflush(stdout);
     if (!o->trace.empty()) profile::finish_trace(o->trace);
     if (!o->quiet) {
+      const engine::GenerateStats& stats = outcome.stats;
       const double prompt_tps =
           stats.prompt_s > 0 ? static_cast<double>(stats.prompt_tokens) / stats.prompt_s : 0;
       const double decode_tps =
@@ -381,22 +257,9 @@ Command add_run(CLI::App& app) {
                  "ferry: prompt {} tokens in {:.3f} s ({:.1f} tok/s); generated {} tokens, "
                  "decode {:.1f} tok/s\n",
                  stats.prompt_tokens, stats.prompt_s, prompt_tps, stats.new_tokens, decode_tps);
-      if (m.plan && m.weights) {
-        const double decode_stall_s =
-            m.weights->streamer().stats().stall_s - prompt_stall_s.value_or(0);
-        print_prediction(m, measured_s, stats.decode_steps, stats.decode_s - decode_stall_s);
-      }
-      if (!m.weights) {  // the CUDA backend: what it teaches, the prediction, the host's peak
-        gpu.learn(m, eng, stats);
-        const auto rss = peak_rss_bytes();
-        fmt::print(stderr, "ferry: predicted {}; measured {:.3f} s/token, peak RSS {} (VmHWM)\n",
-                   m.plan ? fmt::format("{:.3f} s/token, peak RAM {}, peak VRAM {}",
-                                        m.plan->chosen.predicted.s_per_token,
-                                        format_bytes(m.plan->chosen.predicted.peak_ram_bytes),
-                                        format_bytes(m.plan->chosen.predicted.peak_vram_bytes))
-                          : std::string("nothing (placement forced)"),
-                   measured_s, rss ? format_bytes(*rss) : std::string("unknown"));
-      }
+      // The plan's prediction against the run, and the rates it achieved for the next plans.
+      for (const auto& line : engine::learn_from_run(m, backend, outcome))
+        fmt::print(stderr, "ferry: {}\n", line);
     }
     return 0;
   };
@@ -408,6 +271,8 @@ Command add_logits(CLI::App& app) {
     std::string ids;
     std::string prompt;
     bool all = false;
+    std::string device = "cpu";
+    std::string max_vram;
     TokenizerOptions tok;
     LoadFlags load;
   };
@@ -418,6 +283,7 @@ Command add_logits(CLI::App& app) {
   auto* p = cmd->add_option("-p,--prompt", o->prompt, "input text (tokenized first)");
   i->excludes(p);
   cmd->add_flag("--all-positions", o->all, "one row of logits per input position");
+  add_device_options(cmd, o->device, o->max_vram);
   add_tokenizer_options(cmd, o->tok);
   add_load_options(cmd, o->load);
   return [o] {
@@ -428,14 +294,14 @@ Command add_logits(CLI::App& app) {
     const auto config = model::ModelConfig::from_model_dir(o->model);
     const auto n_ids = static_cast<int64_t>(ids.size());
     engine::check_prompt_length(n_ids, model::max_context(config));
-    engine::LoadedModel m = engine::load_model(
-        o->model, load_options(o->load, config, n_ids, n_ids, o->all ? n_ids : 1));
-    engine::EngineOptions eo;
-    eo.context = static_cast<int64_t>(ids.size());
-    engine::Engine eng(*m.weights, eo, default_thread_pool());
+    engine::LoadOptions lo = load_options(o->load, config, n_ids, n_ids, o->all ? n_ids : 1);
+    DeviceRun dev;
+    dev.open(o->device, o->max_vram, o->load.mmap, lo);
+    engine::LoadedModel m = engine::load_model(o->model, lo);
+    const std::unique_ptr<engine::Engine> eng = DeviceRun::engine(m, n_ids, lo);
     engine::SeqTokens s{0, ids};
     const auto& logits =
-        eng.forward({&s, 1}, o->all ? engine::LogitsFor::all : engine::LogitsFor::last);
+        eng->forward({&s, 1}, o->all ? engine::LogitsFor::all : engine::LogitsFor::last);
     const auto vocab = static_cast<std::size_t>(m.config.vocab_size);
     if (o->all) {
       fmt::print("{{\"logits\": [");
@@ -545,8 +411,8 @@ Command add_perplexity(CLI::App& app) {
 
     engine::LoadOptions lo = load_options(o->load, config, fed, fed, fed);
     lo.attended_tokens = fed / 2;
-    CudaRun gpu;
-    gpu.open(o->device, o->max_vram, o->load.mmap, lo);
+    DeviceRun dev;
+    dev.open(o->device, o->max_vram, o->load.mmap, lo);
     engine::LoadOptions ref_lo = lo;
     if (ref_config) {
       FERRY_EXPECT(o->load.plan.empty(),
@@ -561,33 +427,29 @@ Command add_perplexity(CLI::App& app) {
             fmt::format("half of {}; the reference has the other half", probe.describe());
       }
       *lo.max_ram_bytes /= 2;
-      gpu.halve_vram(lo);
+      dev.halve_vram(lo);
       ref_lo = lo;
     }
     Progress loading("loading", o->quiet);
     lo.io.on_load_progress = [&](uint64_t done, uint64_t total) { loading.update(done, total); };
     ref_lo.io.on_load_progress = lo.io.on_load_progress;
     engine::LoadedModel m = engine::load_model(o->model, lo);
-    const std::unique_ptr<engine::ForwardPass> model_engine = gpu.engine(m, fed, lo);
+    const std::unique_ptr<engine::Engine> model_engine = DeviceRun::engine(m, fed, lo);
     std::optional<engine::LoadedModel> ref;
-    std::unique_ptr<engine::ForwardPass> ref_engine;
+    std::unique_ptr<engine::Engine> ref_engine;
     if (ref_config) {
       ref.emplace(engine::load_model(o->reference, ref_lo));
-      ref_engine = gpu.engine(*ref, fed, ref_lo);
+      ref_engine = DeviceRun::engine(*ref, fed, ref_lo);
     }
     loading.finish();
     if (!o->quiet) {
       const auto describe = [](const char* role, const std::string& dir,
-                               const engine::LoadedModel& lm) {
+                               const engine::LoadedModel& lm, const engine::Engine& e) {
         fmt::print(stderr, "ferry: {} {}\n", role, dir);
-        if (lm.weights) {
-          print_plan(lm);
-        } else if (lm.plan) {  // the CUDA backend
-          fmt::print(stderr, "ferry: plan: {}\n", lm.plan->summary());
-        }
+        print_plan(lm, e.backend());
       };
-      describe("model", o->model, m);
-      if (ref) describe("reference", o->reference, *ref);
+      describe("model", o->model, m, *model_engine);
+      if (ref) describe("reference", o->reference, *ref, *ref_engine);
     }
     Progress progress("perplexity", o->quiet);
     po.on_window = [&](int64_t done, int64_t total, int64_t) {

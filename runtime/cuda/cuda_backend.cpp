@@ -669,9 +669,9 @@ void CudaBackend::read(const float* x, int64_t n, std::vector<float>& out) {
 
 const CudaEngineStats& CudaBackend::stats() const { return impl_->stats; }
 
-const offload::StreamerStats* CudaBackend::streamer_stats() const {
-  return impl_->streamer ? &impl_->streamer->stats() : nullptr;
-}
+const offload::LayerStreamer* CudaBackend::host_streamer() const { return impl_->streamer.get(); }
+
+std::string CudaBackend::device_name() const { return impl_->device.name(); }
 
 std::string CudaBackend::describe() const {
   const Impl& s = *impl_;

@@ -53,6 +53,12 @@ class CudaBackend final : public engine::Backend {
 
   const model::ModelConfig& config() const override;
   std::string name() const override;
+  // "NVIDIA T4 (sm_75): 29 of 29 units in VRAM (11.3 GiB), KV cache f16 …; streamed …"
+  std::string describe() const override;
+  double load_s() const override { return stats().load_s; }
+  // The run-time streamer (host- and disk-tier units); null when every unit is in VRAM.
+  const offload::LayerStreamer* host_streamer() const override;
+  std::string device_name() const override;  // "NVIDIA T4 (sm_75)"
 
   int64_t context() const override;
   int max_seqs() const override;
@@ -82,10 +88,6 @@ class CudaBackend final : public engine::Backend {
   void read(const float* x, int64_t n, std::vector<float>& out) override;
 
   const CudaEngineStats& stats() const;
-  // The run-time streamer's counters (host- and disk-tier units); null when every unit is in VRAM.
-  const offload::StreamerStats* streamer_stats() const;
-  // "NVIDIA T4 (sm_75): 29 of 29 units in VRAM (11.3 GiB), KV f16 …; streamed …"
-  std::string describe() const;
 
  private:
   struct Impl;

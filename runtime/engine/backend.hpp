@@ -15,6 +15,11 @@
 #include "runtime/model/layout.hpp"
 #include "runtime/model/model_config.hpp"
 
+namespace ferry::offload {
+class LayerStreamer;
+struct StreamerStats;
+}  // namespace ferry::offload
+
 namespace ferry::engine {
 
 // A matrix streamed in row chunks (a unit too big for a staging slot): its parts in order, each
@@ -68,6 +73,20 @@ class Backend {
   virtual const model::ModelConfig& config() const = 0;
   // "cpu (avx2, 2 threads)", "cuda (NVIDIA H100 …)": for logs and plans.
   virtual std::string name() const = 0;
+
+  // Where the weights live, in one line: the host streamer's placement on the CPU; VRAM
+  // residency, device slots and the host side on CUDA.
+  virtual std::string describe() const = 0;
+  // Seconds that reading the resident weights took when the backend was made.
+  virtual double load_s() const = 0;
+  // The streamer that reads host- and disk-tier units on the host; null when there is none
+  // (every unit in VRAM, or weights that come from elsewhere).
+  virtual const offload::LayerStreamer* host_streamer() const = 0;
+  // Its counters (bytes read, stalls, the disk's busy time), or null.
+  const offload::StreamerStats* streamer_stats() const;
+  // The accelerator the operations run on, the name its learned rates are kept under
+  // ("NVIDIA T4 (sm_75)"); empty when they run on the host.
+  virtual std::string device_name() const { return {}; }
 
   // KV cache: tokens per sequence slot, slots, and each slot's stored length.
   virtual int64_t context() const = 0;

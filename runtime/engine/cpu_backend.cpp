@@ -25,6 +25,16 @@ std::string CpuBackend::name() const {
   return fmt::format("cpu ({}, {} threads)", cpu::simd_level(), pool_.size());
 }
 
+std::string CpuBackend::describe() const {
+  const offload::LayerStreamer* s = host_streamer();
+  return s ? s->describe() : std::string("weights from the caller's provider");
+}
+
+double CpuBackend::load_s() const {
+  const offload::LayerStreamer* s = host_streamer();
+  return s ? s->stats().load_s : 0;
+}
+
 std::vector<float*> CpuBackend::activations(std::span<const std::size_t> floats) {
   if (buffers_.size() < floats.size()) buffers_.resize(floats.size());
   std::vector<float*> out;

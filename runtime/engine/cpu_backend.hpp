@@ -22,6 +22,9 @@ class CpuBackend final : public Backend {
 
   const model::ModelConfig& config() const override { return config_; }
   std::string name() const override;
+  std::string describe() const override;
+  double load_s() const override;
+  const offload::LayerStreamer* host_streamer() const override { return weights_.host_streamer(); }
 
   int64_t context() const override { return cache_.capacity(); }
   int max_seqs() const override { return cache_.n_seqs(); }

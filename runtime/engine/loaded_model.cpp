@@ -57,6 +57,7 @@ LoadedModel load_model(const std::filesystem::path& dir, LoadOptions options) {
     placement = placement_from_plan(*m.plan, m.config);
   }
   m.placement = placement;
+  m.backend = options.backend;
   if (options.backend == planner::Backend::cpu)
     m.weights = std::make_unique<StreamingWeights>(m.config, *m.checkpoint, placement, options.io);
   return m;

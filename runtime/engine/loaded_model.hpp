@@ -47,6 +47,9 @@ struct LoadOptions {
 struct LoadedModel {
   model::ModelConfig config;
   std::unique_ptr<offload::Checkpoint> checkpoint;  // the weights refer to it: never moved
+  // The backend it was planned for; runtime/backends makes its engine (the CPU backend computes
+  // from `weights`, a device backend places the checkpoint itself and leaves them null).
+  planner::Backend backend = planner::Backend::cpu;
   std::unique_ptr<StreamingWeights> weights;  // null for the CUDA backend
   std::optional<planner::Plan> plan;  // none when the placement was forced
   Placement placement;

@@ -34,6 +34,8 @@ class WeightProvider {
   // valid until the next part() or the unit's release. Parts come in the order of the unit's
   // matrices and of their parts (the model program's order); asking out of order is an error.
   virtual const void* part(const ChunkedMatrix::Part& part);
+  // The streamer the weights come through, or null (for backends' describe and counters).
+  virtual const offload::LayerStreamer* host_streamer() const { return nullptr; }
 };
 
 // Checks, before any weight byte is read, that the checkpoint holds every tensor the config
@@ -97,6 +99,7 @@ class StreamingWeights final : public WeightProvider {
   const void* part(const ChunkedMatrix::Part& part) override;
 
   const offload::LayerStreamer& streamer() const { return streamer_; }
+  const offload::LayerStreamer* host_streamer() const override { return &streamer_; }
 
  private:
   UnitWeights acquire(std::size_t group);

@@ -4,25 +4,34 @@
 
 #include "planner/plan.hpp"
 #include "runtime/core/error.hpp"
-#include "runtime/core/thread_pool.hpp"
 #include "runtime/core/trace.hpp"
+#include "offload/layer_streamer.hpp"
+#include "runtime/backends/registry.hpp"
 #include "runtime/engine/engine.hpp"
-#include "runtime/engine/planning.hpp"
+#include "runtime/engine/learning.hpp"
 
 namespace ferry::profile {
 
-nlohmann::json load_metadata(const engine::LoadedModel& m) {
+nlohmann::json load_metadata(const engine::LoadedModel& m, const engine::Backend& backend) {
   using nlohmann::json;
-  const auto& streamer = m.weights->streamer();
-  json tiers = json::array();
-  for (std::size_t u = 0; u < streamer.unit_count(); ++u)
-    tiers.push_back(offload::tier_name(streamer.tier(u)));
-  json placement = {{"tiers", tiers},
-                    {"slot_count", streamer.slot_count()},
-                    {"prefetch_depth", streamer.slot_count() ? streamer.slot_count() - 1 : 0},
-                    {"resident_bytes", streamer.resident_bytes()},
-                    {"staging_bytes", streamer.staging_bytes()},
-                    {"placement", streamer.describe()}};
+  json placement = {{"placement", backend.describe()}};
+  if (const offload::LayerStreamer* streamer = backend.host_streamer()) {
+    json tiers = json::array();
+    for (std::size_t u = 0; u < streamer->unit_count(); ++u)
+      tiers.push_back(offload::tier_name(streamer->tier(u)));
+    placement["tiers"] = tiers;
+    placement["slot_count"] = streamer->slot_count();
+    placement["prefetch_depth"] = streamer->slot_count() ? streamer->slot_count() - 1 : 0;
+    placement["resident_bytes"] = streamer->resident_bytes();
+    placement["staging_bytes"] = streamer->staging_bytes();
+  } else {  // every unit on the device
+    json tiers = json::array();
+    for (const offload::Tier t : m.placement.blocks) tiers.push_back(offload::tier_name(t));
+    tiers.push_back(offload::tier_name(m.placement.head));
+    placement["tiers"] = tiers;
+    placement["slot_count"] = 0;
+    placement["prefetch_depth"] = 0;
+  }
   json out = {{"placement", placement},
               {"model",
                {{"n_layer", m.config.n_layer},
@@ -32,8 +41,8 @@ nlohmann::json load_metadata(const engine::LoadedModel& m) {
   return out;
 }
 
-void trace_load_metadata(const engine::LoadedModel& m) {
-  const nlohmann::json meta = load_metadata(m);
+void trace_load_metadata(const engine::LoadedModel& m, const engine::Backend& backend) {
+  const nlohmann::json meta = load_metadata(m, backend);
   for (const auto& [key, value] : meta.items()) trace::tracer().set_metadata(key, value);
 }
 
@@ -58,41 +67,36 @@ ProfileRun run_profile(const ProfileOptions& o) {
   load.max_logit_rows = 1;
 
   ProfileRun r;
-  uint64_t plan_weight_bytes = 0;  // what the planner's compute figure is per pass
-  DType weight_dtype = DType::f32;
+  engine::RunOutcome outcome;
+  outcome.how = "ferry profile";
+  std::optional<engine::LoadedModel> m;
+  std::unique_ptr<engine::Engine> eng;
   trace::Tracer& t = trace::tracer();
   if (o.trace) t.start();
   try {
-    engine::LoadedModel m = engine::load_model(o.model_dir, load);
-    const auto& streamer = m.weights->streamer();
-    r.placement = streamer.describe();
-    r.slot_count = streamer.slot_count();
-    r.load_s = streamer.stats().load_s;
-    if (m.plan) r.planner_s_per_token = m.plan->chosen.predicted.s_per_token;
-    if (o.trace) trace_load_metadata(m);
+    m.emplace(engine::load_model(o.model_dir, load));
+    backends::EngineSpec spec;
+    spec.context = load.context;
+    spec.io = load.io;
+    eng = backends::make_engine(*m, spec);
+    const engine::Backend& backend = eng->backend();
+    r.placement = backend.describe();
+    r.slot_count = backend.host_streamer() ? backend.host_streamer()->slot_count() : 0;
+    r.load_s = backend.load_s();
+    if (m->plan) r.planner_s_per_token = m->plan->chosen.predicted.s_per_token;
+    if (o.trace) trace_load_metadata(*m, backend);
 
-    engine::EngineOptions eo;
-    eo.context = load.context;
-    engine::Engine eng(*m.weights, eo, default_thread_pool());
     engine::GenerateOptions go;
     go.max_new_tokens = o.n_tokens;
     int64_t done = 0;
     r.tokens = engine::generate(
-        eng, 0, o.prompt, go,
+        *eng, 0, o.prompt, go,
         [&](int32_t) {
+          if (done == 0) outcome.prompt_stall_s = engine::stall_s(backend);
           if (o.on_token) o.on_token(++done, o.n_tokens);
           return true;
         },
         &r.stats);
-    // What this run achieved goes back into the planner's cached figures (ferry tune's trials
-    // and every profile teach the next plan).
-    const auto& st = streamer.stats();
-    if (m.plan)
-      engine::learn_disk_rate(*m.checkpoint, m.plan->slot_bytes, st.bytes_acquired, st.read_busy_s,
-                              "ferry profile");
-    weight_dtype = engine::weight_dtype(m.config, m.checkpoint.get());
-    if (m.plan)
-      for (const auto& u : m.plan->request.units) plan_weight_bytes += u.bytes + u.kv_read_bytes;
   } catch (...) {
     if (o.trace) t.stop();
     throw;
@@ -101,11 +105,9 @@ ProfileRun run_profile(const ProfileOptions& o) {
     r.trace = finish_trace({});
     r.summary = summarize(r.trace, r.stats, {r.planner_s_per_token});
     const auto& d = r.summary.decode;
-    if (d.passes > 0 && d.compute_s_per_pass > 0 && plan_weight_bytes > 0)
-      engine::learn_cpu_rate(
-          weight_dtype, config.n_embd, plan_weight_bytes * static_cast<uint64_t>(d.passes),
-          d.compute_s_per_pass * static_cast<double>(d.passes), "decode compute in ferry profile");
+    outcome.decode_compute_s = d.compute_s_per_pass * static_cast<double>(d.passes);
   } else {
+    outcome.decode_compute_s = 0;  // no spans: the decode's compute is not known
     r.summary.wall_s = r.stats.prompt_s + r.stats.decode_s;
     r.summary.prompt = {r.stats.prompt_tokens, 1, r.stats.prompt_s,
                         r.stats.prompt_s / static_cast<double>(std::max<int64_t>(1, n_prompt)),
@@ -117,6 +119,10 @@ ProfileRun run_profile(const ProfileOptions& o) {
       r.summary.decode.s_per_token = r.summary.decode.s_per_pass =
           r.stats.decode_s / static_cast<double>(r.stats.decode_steps);
   }
+  // What this run achieved goes back into the planner's cached figures (ferry tune's trials
+  // and every profile teach the next plan).
+  outcome.stats = r.stats;
+  engine::learn_from_run(*m, eng->backend(), outcome);
   return r;
 }
 

@@ -42,11 +42,11 @@ struct ProfileRun {
 
 ProfileRun run_profile(const ProfileOptions& options);
 
-// The loaded model's placement (as the streamer has it), its plan (the planner's JSON) and
-// model shape, for a trace's metadata.
-nlohmann::json load_metadata(const engine::LoadedModel& m);
-// Puts load_metadata(m) into the process tracer's metadata.
-void trace_load_metadata(const engine::LoadedModel& m);
+// The loaded model's placement (as its backend and host streamer have it), its plan (the
+// planner's JSON) and model shape, for a trace's metadata.
+nlohmann::json load_metadata(const engine::LoadedModel& m, const engine::Backend& backend);
+// Puts load_metadata(m, backend) into the process tracer's metadata.
+void trace_load_metadata(const engine::LoadedModel& m, const engine::Backend& backend);
 
 // Stops the process tracer, adds `extra` to its metadata and writes the Chrome trace to path.
 // Returns what was recorded.

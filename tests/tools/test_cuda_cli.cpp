@@ -39,15 +39,21 @@ TEST(CudaCli, InfoReportsTheBackend) {
 #endif
 }
 
+// run, logits and perplexity take --device through the same registry.
 TEST(CudaCli, DeviceCudaWithoutAGpuSaysHowToUseTheCpu) {
   if (has_gpu()) GTEST_SKIP() << "this machine has a GPU";
-  const Result r = ferry("run -m " + model_dir() + " --ids '1 2 3' -n 2 --device cuda");
-  EXPECT_EQ(r.rc, 1) << r.err;
-  EXPECT_NE(r.err.find("run without --device cuda to use the CPU"), std::string::npos) << r.err;
+  for (const std::string cmd : {"run -n 2", "logits", "perplexity"}) {
+    SCOPED_TRACE(cmd);
+    const Result r = ferry(cmd + " -m " + model_dir() + " --ids '1 2 3' --device cuda");
+    EXPECT_EQ(r.rc, 1) << r.err;
+    EXPECT_NE(r.err.find("run without --device cuda to use the CPU"), std::string::npos) << r.err;
 #ifdef FERRY_HAS_CUDA
-  EXPECT_NE(r.err.find("no CUDA device found: "), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("no CUDA device found: "), std::string::npos) << r.err;
+#else
+    EXPECT_NE(r.err.find("built without the CUDA backend"), std::string::npos) << r.err;
 #endif
-  EXPECT_EQ(r.out, "");
+    EXPECT_EQ(r.out, "");
+  }
 }
 
 TEST(CudaCli, BadDeviceAndStrayMaxVramAreRefused) {
@@ -55,6 +61,12 @@ TEST(CudaCli, BadDeviceAndStrayMaxVramAreRefused) {
   EXPECT_EQ(r.rc, 1);
   EXPECT_NE(r.err.find("--device 'tpu' is not cpu or cuda"), std::string::npos) << r.err;
   r = ferry("run -m " + model_dir() + " --ids '1 2' -n 1 --max-vram 1GiB");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("--max-vram needs --device cuda"), std::string::npos) << r.err;
+  r = ferry("logits -m " + model_dir() + " --ids '1 2' --device tpu");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("--device 'tpu' is not cpu or cuda"), std::string::npos) << r.err;
+  r = ferry("logits -m " + model_dir() + " --ids '1 2' --max-vram 1GiB");
   EXPECT_EQ(r.rc, 1);
   EXPECT_NE(r.err.find("--max-vram needs --device cuda"), std::string::npos) << r.err;
 }

@@ -97,6 +97,23 @@ TEST(CudaCliGpu, LlamaFamilyRuns) {
   }
 }
 
+// `ferry logits --device cuda`: Hugging Face's last-position logits for the f32 Llama-3-style
+// fixture within the CPU's 2e-5.
+TEST(CudaCliGpu, LogitsMatchHuggingFace) {
+  if (ferry("info").out.find("device cuda:") == std::string::npos) GTEST_SKIP() << "no CUDA device";
+  const auto dir = test::data_dir() / "llama/llama3-gqa-f32";
+  const auto expected = nlohmann::json::parse(test::read_file(dir / "expected.json"));
+  const auto& prompt = expected["prompts"][0];
+  std::string ids;
+  for (const auto& id : prompt["input_ids"]) ids += (ids.empty() ? "" : " ") + id.dump();
+  const Result gpu = ferry("logits -m " + dir.string() + " --ids '" + ids + "' --device cuda");
+  ASSERT_EQ(gpu.rc, 0) << gpu.err;
+  const auto got = nlohmann::json::parse(gpu.out)["logits"].get<std::vector<float>>();
+  const auto want = prompt["last_logits"].get<std::vector<float>>();
+  ASSERT_EQ(got.size(), want.size());
+  for (std::size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 2e-5f) << i;
+}
+
 // `ferry perplexity --device cuda` scores as the CPU does (within the GPU's rounding), alone and
 // with a reference on the same device (the two engines share it, half the VRAM each).
 TEST(CudaCliGpu, PerplexityMatchesCpu) {
