@@ -49,7 +49,8 @@ profile::ProfileOptions profile_options(const ProfileFlags& f) {
   if (!f.io.empty()) o.load.io.backend = offload::parse_io_backend(f.io);
   o.prompt = !f.ids.empty() ? parse_ids(f.ids)
                             : text::BpeTokenizer::from_model_dir(f.model).encode(
-                                  f.prompt.empty() ? std::string("Hello") : f.prompt);
+                                  f.prompt.empty() ? std::string("Hello") : f.prompt,
+                                  /*add_special=*/true);
   o.n_tokens = f.n;
   return o;
 }

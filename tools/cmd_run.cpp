@@ -196,7 +196,10 @@ Command add_run(CLI::App& app) {
       // --ids with no tokenizer files still runs, printing ids instead of text.
       if (!o->prompt.empty() || !o->tok.vocab.empty() || !o->tok.merges.empty()) throw;
     }
-    const std::vector<int32_t> prompt = o->ids.empty() ? tok->encode(o->prompt) : parse_ids(o->ids);
+    // Text is encoded as the model's tokenizer does by default (its BOS for Llama 2/3 and
+    // Mistral; nothing for GPT-2's); --ids are taken as given.
+    const std::vector<int32_t> prompt =
+        o->ids.empty() ? tok->encode(o->prompt, /*add_special=*/true) : parse_ids(o->ids);
 
     // The KV cache and activations are sized for this request, not for the model's context.
     const auto config = model::ModelConfig::from_model_dir(o->model);
@@ -225,7 +228,9 @@ Command add_run(CLI::App& app) {
     go.sampling = {o->temperature, o->top_k, o->top_p, o->seed};
 
     std::optional<text::StreamDecoder> dec;
-    if (tok) dec.emplace(*tok);
+    // What is printed continues the prompt: the first new token keeps its leading space (a
+    // SentencePiece decoder would strip it at the start of a text).
+    if (tok) dec.emplace(*tok, /*at_start_of_text=*/false);
     engine::RunOutcome outcome;
     bool first = true;
     const auto out = engine::generate(
@@ -290,7 +295,8 @@ Command add_logits(CLI::App& app) {
     FERRY_EXPECT(!o->ids.empty() || !o->prompt.empty(),
                  "give the input with --ids \"I J K\" or -p TEXT");
     const std::vector<int32_t> ids =
-        o->ids.empty() ? load_tokenizer(o->model, o->tok).encode(o->prompt) : parse_ids(o->ids);
+        o->ids.empty() ? load_tokenizer(o->model, o->tok).encode(o->prompt, /*add_special=*/true)
+                       : parse_ids(o->ids);
     const auto config = model::ModelConfig::from_model_dir(o->model);
     const auto n_ids = static_cast<int64_t>(ids.size());
     engine::check_prompt_length(n_ids, model::max_context(config));
@@ -385,7 +391,7 @@ Command add_perplexity(CLI::App& app) {
       ids = parse_ids(o->ids);
     } else {
       const std::string text = o->file.empty() ? o->prompt : read_text_file(o->file);
-      ids = load_tokenizer(o->model, o->tok).encode(text);
+      ids = load_tokenizer(o->model, o->tok).encode(text, /*add_special=*/true);
     }
     if (o->max_tokens > 0 && static_cast<int64_t>(ids.size()) > o->max_tokens)
       ids.resize(static_cast<std::size_t>(o->max_tokens));

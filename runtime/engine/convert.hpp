@@ -1,4 +1,4 @@
-// convert_model: rewrites a GPT-J checkpoint (any layout ferry reads: safetensors, sharded,
+// convert_model: rewrites a checkpoint of any family ferry runs (any layout ferry reads: safetensors, sharded,
 // torch zip; f32, f16 or bf16; or another ferry pack) as a ferry pack directory — config.json,
 // the tokenizer files, and model.ferry with one 4 KiB-aligned, checksummed blob per layer —
 // with the matrices in f16, int8 or int4. It streams a tensor at a time (memory: one blob plus
@@ -14,7 +14,7 @@
 namespace ferry::engine {
 
 struct ConvertOptions {
-  model::WeightFormat format;     // the blocks' six matrices (f32, f16, bf16, int8, int4)
+  model::WeightFormat format;     // the blocks' matrices (f32, f16, bf16, int8, int4)
   bool quant_embeddings = false;  // wte in `format` too; otherwise 16-bit
   bool quant_lm_head = false;     // lm_head in `format` too; otherwise 16-bit
   offload::WriteProgress progress;
@@ -27,8 +27,9 @@ struct ConvertResult {
 };
 
 // The blob names, in file order: "vectors" (every norm and bias), "embedding", "layer 0" …
-// "layer N-1", "lm_head". Each layer blob holds q, k, v, out, fc_in, fc_out in model_units' order,
-// so a streamed layer is exactly one read of its blob.
+// "layer N-1", "lm_head". Each layer blob holds the block's matrices in model_units' order, so a
+// streamed layer is exactly one read of its blob. A tied lm_head is written as its own tensor and
+// the pack's config.json says the two are untied.
 ConvertResult convert_model(const std::filesystem::path& in, const std::filesystem::path& out,
                             const ConvertOptions& options);
 

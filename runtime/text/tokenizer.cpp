@@ -717,33 +717,6 @@ std::optional<std::int32_t> Tokenizer::token_id(std::string_view token) const {
 std::optional<std::int32_t> Tokenizer::bos_id() const { return impl_->bos; }
 std::optional<std::int32_t> Tokenizer::eos_id() const { return impl_->eos; }
 
-std::vector<std::int32_t> generation_eos_ids(const fs::path& model_dir) {
-  for (const char* name : {"generation_config.json", "config.json"}) {
-    const fs::path path = model_dir / name;
-    std::error_code ec;
-    if (!fs::exists(path, ec)) continue;
-    const json config = parse_json(read_file(path), path.string());
-    if (!config.is_object()) continue;
-    const auto it = config.find("eos_token_id");
-    if (it == config.end() || it->is_null()) continue;
-    std::vector<std::int32_t> ids;
-    const auto add = [&](const json& v) {
-      const std::optional<std::int32_t> id = json_token_id(v);
-      FERRY_FORMAT_EXPECT(id.has_value(),
-                          "{}: eos_token_id must be a token id or a list of them, not {}",
-                          path.string(), it->dump());
-      ids.push_back(*id);
-    };
-    if (it->is_array()) {
-      for (const json& v : *it) add(v);
-    } else {
-      add(*it);
-    }
-    return ids;
-  }
-  return {};
-}
-
 StreamDecoder::StreamDecoder(const Tokenizer& tokenizer, bool at_start_of_text)
     : tokenizer_(&tokenizer), at_start_(at_start_of_text) {}
 

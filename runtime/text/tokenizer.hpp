@@ -62,11 +62,6 @@ class Tokenizer {
   std::unique_ptr<Impl> impl_;
 };
 
-// The ids generation stops at: generation_config.json's eos_token_id (an integer or a list;
-// Llama 3.1 has three), else config.json's; empty when neither says. Throws FormatError for a
-// value that is neither.
-std::vector<int32_t> generation_eos_ids(const std::filesystem::path& model_dir);
-
 // Turns a stream of ids into text that is safe to print as it arrives: bytes of a UTF-8
 // character split across tokens are held back until the character is complete. The first
 // token is decoded as the start of a text (SentencePiece's leading space dropped) unless the

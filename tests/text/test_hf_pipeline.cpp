@@ -280,19 +280,6 @@ TEST(TokenizerConfig, LlamaClassFollowsAddBosAndAddEos) {
             (Ids{1, kSpaceHi}));
 }
 
-TEST(GenerationEosIds, FromGenerationConfigElseConfig) {
-  const ferry::test::TempDir dir;
-  EXPECT_EQ(generation_eos_ids(dir.path()), Ids{});
-  ferry::test::write_file(dir / "config.json", R"({"eos_token_id": 2})");
-  EXPECT_EQ(generation_eos_ids(dir.path()), (Ids{2}));
-  ferry::test::write_file(dir / "generation_config.json",
-                          R"({"eos_token_id": [128001, 128008, 128009]})");
-  EXPECT_EQ(generation_eos_ids(dir.path()), (Ids{128001, 128008, 128009}));
-  ferry::test::write_file(dir / "generation_config.json", R"({"eos_token_id": "</s>"})");
-  expect_format_error([&] { (void)generation_eos_ids(dir.path()); },
-                      {"generation_config.json", "eos_token_id"});
-}
-
 TEST(MalformedTokenizerJson, ErrorsNameTheFileAndTheField) {
   const std::string file = "test tokenizer.json";
   const auto expect_refused = [&](json j, std::initializer_list<std::string> parts,

@@ -1,5 +1,6 @@
 // The ferry command line end to end: parity through `ferry logits` and `ferry run`, the
 // tokenizer, make-model, and the errors a user sees.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
@@ -189,6 +190,36 @@ TEST(Cli, ConvertTiedLlamaFamilyModel) {
   }
   EXPECT_GT(max_diff, 0.0);
   EXPECT_GT(dot / std::sqrt(gg * ww), 0.995);
+}
+
+// A Llama-family model with a SentencePiece-style tokenizer.json: text prompts are encoded as the
+// tokenizer does by default (its post-processor puts <s> in front), so `logits -p TEXT` equals
+// `logits --ids` of `tokenize --add-special`, and `run -p` prints text.
+TEST(Cli, LlamaFamilyTextPromptsGoThroughTokenizerJson) {
+  test::TempDir tmp;
+  const fs::path model = tmp / "m";
+  Result r = ferry({"make-model", "--preset", "tiny-llama", "--vocab", "2000", "--seed", "3", "-o",
+                    model.string(), "-q"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const fs::path tok = test::data_dir() / "tokenizers" / "spm-bpe-tiny";
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+    fs::copy_file(tok / f, model / f, fs::copy_options::overwrite_existing);
+  const std::string text = "The ferry crossed the river";
+  r = ferry({"tokenize", "-m", model.string(), "--text", text, "--add-special"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json ids = json::parse(last_line(r.out));
+  ASSERT_GT(ids.size(), 2u);
+  EXPECT_EQ(ids[0], 1);  // <s>
+  const Result by_text = ferry({"logits", "-m", model.string(), "-p", text});
+  const Result by_ids = ferry({"logits", "-m", model.string(), "--ids", join_ids(ids)});
+  ASSERT_EQ(by_text.rc, 0) << by_text.err;
+  ASSERT_EQ(by_ids.rc, 0) << by_ids.err;
+  EXPECT_EQ(last_line(by_text.out), last_line(by_ids.out));
+
+  r = ferry({"run", "-m", model.string(), "-p", text, "-n", "6", "--ignore-eos", "--print-ids"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(json::parse(last_line(r.out)).size(), 6u);
+  EXPECT_NE(r.err.find(fmt::format("prompt {} tokens", ids.size())), std::string::npos) << r.err;
 }
 
 TEST(Cli, TokenizeJsonl) {

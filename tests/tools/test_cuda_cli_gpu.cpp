@@ -105,7 +105,10 @@ TEST(CudaCliGpu, LogitsMatchHuggingFace) {
   const auto expected = nlohmann::json::parse(test::read_file(dir / "expected.json"));
   const auto& prompt = expected["prompts"][0];
   std::string ids;
-  for (const auto& id : prompt["input_ids"]) ids += (ids.empty() ? "" : " ") + id.dump();
+  for (const auto& id : prompt["input_ids"]) {
+    if (!ids.empty()) ids += ' ';
+    ids += id.dump();
+  }
   const Result gpu = ferry("logits -m " + dir.string() + " --ids '" + ids + "' --device cuda");
   ASSERT_EQ(gpu.rc, 0) << gpu.err;
   const auto got = nlohmann::json::parse(gpu.out)["logits"].get<std::vector<float>>();

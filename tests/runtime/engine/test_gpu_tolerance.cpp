@@ -33,6 +33,9 @@ class RoundingBackend final : public Backend {
 
   const model::ModelConfig& config() const override { return inner_->config(); }
   std::string name() const override { return inner_->name() + ", rounded"; }
+  std::string describe() const override { return inner_->describe(); }
+  double load_s() const override { return inner_->load_s(); }
+  const offload::LayerStreamer* host_streamer() const override { return inner_->host_streamer(); }
   int64_t context() const override { return inner_->context(); }
   int max_seqs() const override { return inner_->max_seqs(); }
   int64_t length(int seq) const override { return inner_->length(seq); }

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/core/error.hpp"
+#include "runtime/engine/convert.hpp"
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/generate.hpp"
 #include "runtime/engine/kv_cache.hpp"
@@ -115,6 +116,20 @@ TEST_P(LlamaParity, StreamedInPiecesMatchesHuggingFace) {
         << "the layers were not cut into pieces";
   }
   check_against_reference(dir, llama_expected(GetParam()), std::move(o));
+}
+
+// The same weights as an f32 pack (bf16 and f16 widen exactly): the f32 path of every family.
+TEST_P(LlamaParity, F32PackMatchesHuggingFace) {
+  const fs::path dir = test::data_dir() / "llama" / GetParam();
+  test::TempDir pack;
+  ConvertOptions co;
+  co.format = model::WeightFormat::parse("f32");
+  co.quant_embeddings = true;
+  co.quant_lm_head = true;
+  convert_model(dir, pack.path(), co);
+  const auto ck = offload::Checkpoint::open(pack.path());
+  EXPECT_EQ(ck.at("model.layers.0.mlp.down_proj.weight").dtype, DType::f32);
+  check_against_reference(pack.path(), llama_expected(GetParam()));
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, LlamaParity,

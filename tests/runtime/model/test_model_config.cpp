@@ -124,3 +124,34 @@ TEST(Layout, GptJ6BShapes) {
 
 }  // namespace
 }  // namespace ferry::model
+
+namespace ferry::model {
+namespace {
+
+// Generation stops at generation_config.json's eos ids (Llama 3.1 Instruct lists three), else at
+// config.json's.
+TEST(ModelConfig, GenerationEosIdsComeFromGenerationConfigElseConfig) {
+  const test::TempDir dir;
+  test::write_file(dir / "config.json",
+                   test::read_file(test::data_dir() / "llama/llama3-gqa-f32/config.json"));
+  const ModelConfig c = ModelConfig::from_model_dir(dir.path());
+  EXPECT_EQ(c.eos_token_ids, (std::vector<int32_t>{997, 998, 999}));
+  EXPECT_EQ(generation_eos_ids(dir.path(), c), c.eos_token_ids);
+  test::write_file(dir / "generation_config.json", R"({"eos_token_id": 5})");
+  EXPECT_EQ(generation_eos_ids(dir.path(), c), (std::vector<int32_t>{5}));
+  test::write_file(dir / "generation_config.json", R"({"eos_token_id": [7, 8]})");
+  EXPECT_EQ(generation_eos_ids(dir.path(), c), (std::vector<int32_t>{7, 8}));
+  test::write_file(dir / "generation_config.json", R"({"do_sample": true})");
+  EXPECT_EQ(generation_eos_ids(dir.path(), c), c.eos_token_ids);
+  test::write_file(dir / "generation_config.json", R"({"eos_token_id": "</s>"})");
+  try {
+    generation_eos_ids(dir.path(), c);
+    FAIL() << "a string eos id was accepted";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("generation_config.json"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("eos_token_id"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace ferry::model
