@@ -395,8 +395,12 @@ def parse(run):
     run["plan"] = m[1] if m else None
     m = re.search(r"^ferry: (\d+ of \d+ units resident.*)$", err, re.M)
     run["streamer"] = m[1] if m else None
-    m = re.search(r"(\d+) of (\d+) units resident", run["plan"] or run["streamer"] or "")
+    m = re.search(r"(\d+) of (\d+) units resident", run["streamer"] or run["plan"] or "")
     run["resident_units"] = int(m[1]) if m else None
+    # What the streamer read over the run (every pass reads the same streamed units): ferry's own
+    # count, so the bound holds whichever units the plan streamed (prefix or spread).
+    m = re.search(r"disk → host achieved [0-9.]+ GB/s over ([0-9.]+) (GiB|MiB)", err)
+    run["streamed_bytes"] = float(m[1]) * (2**30 if m[2] == "GiB" else 2**20) if m else None
     m = re.search(r"^\[([0-9, ]*)\]\s*$", out, re.M)
     run["ids"] = [int(x) for x in m[1].split(",") if x.strip()] if m else None
     errs = [l for l in err.splitlines() if "error" in l or "warning" in l]
@@ -441,8 +445,11 @@ for cap in dict.fromkeys(r["cap"] for r in runs):
             resident = res[0] if res else None
             e["plan"] = rs[0]["plan"]
             e["streamer"] = rs[0]["streamer"]
+            streamed = [r["streamed_bytes"] for r in rs if r.get("streamed_bytes")]
             if resident is not None:
-                disk_bytes = sum(units[resident:])
+                # Passes: the prompt and n - 1 decode steps each read the streamed units once.
+                disk_bytes = (streamed[0] / n_tokens if streamed and resident < len(units)
+                              else sum(units[resident:]))
                 bound = max(disk_bytes / disk_bw, ram_bytes / mem_bw)
                 e.update(resident_units=resident, disk_bytes_per_token=disk_bytes, ram_bytes_per_token=ram_bytes,
                          bound_s_per_token=bound,
