@@ -299,9 +299,9 @@ bool fits(const Prediction& p, const Budgets& b, bool cuda) {
         r.model, format_bytes(need), format_bytes(2 * piece),
         piece < slot ? fmt::format("{} pieces of the layers", format_bytes(piece))
                      : std::string("the largest unit"),
-        format_bytes(r.kv_bytes), r.context,
-        format_bytes(r.host_fixed_bytes), format_bytes(need - min_ram), ram_source,
-        format_bytes(plan.ram_budget_bytes), format_bytes(need));
+        format_bytes(r.kv_bytes), r.context, format_bytes(r.host_fixed_bytes),
+        format_bytes(need - min_ram), ram_source, format_bytes(plan.ram_budget_bytes),
+        format_bytes(need));
     const uint64_t usable = plan.ram_budget_bytes - plan.ram_margin_bytes;
     const uint64_t other = r.host_fixed_bytes + 2 * piece;
     if (r.kv_bytes_per_context_token > 0 && usable > other) {
@@ -378,62 +378,62 @@ Plan make_plan(const PlanRequest& r) {
     if (fits(c.predicted, budget, cuda)) feasible.push_back(std::move(c));
   };
   const auto search = [&] {
-  for (std::size_t fast = 0; fast <= n; ++fast) {  // units on the device (CPU: resident)
-    for (bool spread_fast : {false, true}) {
-      if (spread_fast && (fast == 0 || fast == n)) continue;
-      const std::vector<bool> is_fast = pick(n, fast, spread_fast);
-      if (!cuda) {
-        Choice c;
-        c.arrangement = spread_fast ? "spread" : "prefix";
-        c.tiers.assign(n, Tier::disk);
-        for (std::size_t i = 0; i < n; ++i)
-          if (is_fast[i]) c.tiers[i] = Tier::host;
-        if (fast == n) {
-          consider(c);  // nothing streams: no slots
+    for (std::size_t fast = 0; fast <= n; ++fast) {  // units on the device (CPU: resident)
+      for (bool spread_fast : {false, true}) {
+        if (spread_fast && (fast == 0 || fast == n)) continue;
+        const std::vector<bool> is_fast = pick(n, fast, spread_fast);
+        if (!cuda) {
+          Choice c;
+          c.arrangement = spread_fast ? "spread" : "prefix";
+          c.tiers.assign(n, Tier::disk);
+          for (std::size_t i = 0; i < n; ++i)
+            if (is_fast[i]) c.tiers[i] = Tier::host;
+          if (fast == n) {
+            consider(c);  // nothing streams: no slots
+            continue;
+          }
+          const auto [lo, hi] = slot_range(true);
+          for (std::size_t s = lo; s <= hi; ++s) {
+            c.host_slots = s;
+            consider(c);
+          }
           continue;
         }
-        const auto [lo, hi] = slot_range(true);
-        for (std::size_t s = lo; s <= hi; ++s) {
-          c.host_slots = s;
-          consider(c);
-        }
-        continue;
-      }
-      // CUDA: of the rest, some stay in pinned host memory, the others on disk.
-      const std::size_t rest = n - fast;
-      for (std::size_t host = 0; host <= rest; ++host) {
-        for (bool spread_host : {false, true}) {
-          if (spread_host && (host == 0 || host == rest)) continue;
-          const std::vector<bool> is_host = pick(rest, host, spread_host);
-          Choice c;
-          c.arrangement = fmt::format("{}/{}", spread_fast ? "spread" : "prefix",
-                                      spread_host ? "spread" : "prefix");
-          c.tiers.assign(n, Tier::disk);
-          for (std::size_t i = 0, j = 0; i < n; ++i) {
-            if (is_fast[i]) {
-              c.tiers[i] = Tier::device;
-            } else if (is_host[j++]) {
-              c.tiers[i] = Tier::host;
+        // CUDA: of the rest, some stay in pinned host memory, the others on disk.
+        const std::size_t rest = n - fast;
+        for (std::size_t host = 0; host <= rest; ++host) {
+          for (bool spread_host : {false, true}) {
+            if (spread_host && (host == 0 || host == rest)) continue;
+            const std::vector<bool> is_host = pick(rest, host, spread_host);
+            Choice c;
+            c.arrangement = fmt::format("{}/{}", spread_fast ? "spread" : "prefix",
+                                        spread_host ? "spread" : "prefix");
+            c.tiers.assign(n, Tier::disk);
+            for (std::size_t i = 0, j = 0; i < n; ++i) {
+              if (is_fast[i]) {
+                c.tiers[i] = Tier::device;
+              } else if (is_host[j++]) {
+                c.tiers[i] = Tier::host;
+              }
             }
-          }
-          const bool streams = c.count(Tier::disk) > 0;
-          const auto [lo, hi] = slot_range(streams);
-          for (std::size_t hs = lo; hs <= hi; ++hs) {
-            for (std::size_t ds : {2, 3}) {
-              if (fast == n && ds == 3) continue;
-              for (KvPlace kv : {KvPlace::device, KvPlace::host}) {
-                if (kv == KvPlace::host && r.kv_device_only) continue;
-                c.host_slots = hs;
-                c.device_slots = fast == n ? 0 : ds;
-                c.kv = kv;
-                consider(c);
+            const bool streams = c.count(Tier::disk) > 0;
+            const auto [lo, hi] = slot_range(streams);
+            for (std::size_t hs = lo; hs <= hi; ++hs) {
+              for (std::size_t ds : {2, 3}) {
+                if (fast == n && ds == 3) continue;
+                for (KvPlace kv : {KvPlace::device, KvPlace::host}) {
+                  if (kv == KvPlace::host && r.kv_device_only) continue;
+                  c.host_slots = hs;
+                  c.device_slots = fast == n ? 0 : ds;
+                  c.kv = kv;
+                  consider(c);
+                }
               }
             }
           }
         }
       }
     }
-  }
   };
   search();
   // Whole units do not fit: stream the largest pieces that do (a unit bigger than the chunk is
@@ -455,9 +455,8 @@ Plan make_plan(const PlanRequest& r) {
       std::tuple<std::size_t, std::size_t, std::size_t, std::size_t, std::size_t, int, uint64_t>;
   std::map<Key, Choice> best;
   for (auto& c : feasible) {
-    const Key k{c.count(Tier::device), c.count(Tier::host), c.count(Tier::disk),
-                c.host_slots,          c.device_slots,      static_cast<int>(c.kv),
-                c.chunk_bytes};
+    const Key k{c.count(Tier::device), c.count(Tier::host),    c.count(Tier::disk), c.host_slots,
+                c.device_slots,        static_cast<int>(c.kv), c.chunk_bytes};
     auto it = best.find(k);
     if (it == best.end() || c.predicted.s_per_token < it->second.predicted.s_per_token)
       best[k] = std::move(c);
@@ -515,7 +514,8 @@ std::string choice_line(const Plan& plan, const Choice& c) {
     if (cuda) s += fmt::format(", {} device slots", c.device_slots);
     s += fmt::format(" of {} (prefetch {})", format_bytes(c.predicted.host_slot_bytes),
                      c.prefetch_depth());
-    if (c.chunk_bytes > 0) s += fmt::format(", layers read in pieces of {}", format_bytes(c.chunk_bytes));
+    if (c.chunk_bytes > 0)
+      s += fmt::format(", layers read in pieces of {}", format_bytes(c.chunk_bytes));
   }
   if (cuda) s += fmt::format("; KV on {}", c.kv == KvPlace::device ? "device" : "host");
   s += fmt::format("; peak RAM {}", format_bytes(c.predicted.peak_ram_bytes));

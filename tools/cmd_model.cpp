@@ -88,15 +88,14 @@ Command add_make_model(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "make-model",
       "write a random-weight checkpoint of a real model's shapes (config, tokenizer, weights)");
-  cmd->add_option("--preset", o->preset, model::preset_names())
-      ->check([](const std::string& name) {
-        try {
-          model::preset_config(name);
-          return std::string();
-        } catch (const Error& e) {
-          return std::string(e.what());
-        }
-      });
+  cmd->add_option("--preset", o->preset, model::preset_names())->check([](const std::string& name) {
+    try {
+      model::preset_config(name);
+      return std::string();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+  });
   cmd->add_option("--n-layer", o->n_layer, "override the preset's layer count");
   cmd->add_option("--n-embd", o->n_embd, "override n_embd");
   cmd->add_option("--n-head", o->n_head, "override n_head (the KV heads follow unless given)");
@@ -106,8 +105,9 @@ Command add_make_model(CLI::App& app) {
   cmd->add_option("--n-inner", o->n_inner, "override n_inner (default 4 · n_embd)");
   cmd->add_option("--vocab", o->vocab, "override vocab_size");
   cmd->add_option("--n-positions", o->n_positions, "override n_positions");
-  cmd->add_option("--dtype", o->dtype,
-                  "f32 | f16 | bf16 (default: bf16 for the Llama family, as released; f16 for GPT-J)")
+  cmd->add_option(
+         "--dtype", o->dtype,
+         "f32 | f16 | bf16 (default: bf16 for the Llama family, as released; f16 for GPT-J)")
       ->check(CLI::IsMember({"f32", "f16", "bf16"}));
   cmd->add_option("--format", o->format, "safetensors | torch")
       ->check(CLI::IsMember({"safetensors", "torch"}));

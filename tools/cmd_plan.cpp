@@ -159,7 +159,8 @@ Command add_plan(CLI::App& app) {
                   "compression that fits (and meets --goal)");
   cmd->add_option("--goal", o->goal, "with --quant auto: the s/token the choice must reach")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--ctx", o->ctx, "KV cache tokens per sequence (default: the model's context, at most 4096)")
+  cmd->add_option("--ctx", o->ctx,
+                  "KV cache tokens per sequence (default: the model's context, at most 4096)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--batch", o->batch, "sequences decoded together")->check(CLI::PositiveNumber);
   cmd->add_option("--slots", o->slots, "fix the host staging slot count (default: searched)")

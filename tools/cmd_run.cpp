@@ -399,8 +399,8 @@ Command add_perplexity(CLI::App& app) {
     const auto config = model::ModelConfig::from_model_dir(o->model);
     std::optional<model::ModelConfig> ref_config;
     if (!o->reference.empty()) ref_config = model::ModelConfig::from_model_dir(o->reference);
-    const int64_t n_positions = std::min(
-        model::max_context(config), model::max_context(ref_config ? *ref_config : config));
+    const int64_t n_positions =
+        std::min(model::max_context(config), model::max_context(ref_config ? *ref_config : config));
     FERRY_EXPECT(o->ctx <= n_positions,
                  "--ctx {} is longer than the model's context of {} tokens; give --ctx {} or less",
                  o->ctx, n_positions, n_positions);

@@ -83,6 +83,12 @@ void rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head,
 // out = softmax(q·kᵀ / sqrt(head_dim), causal) · v for every head and query token.
 void attention(const AttentionArgs& args, ThreadPool& pool);
 
+// How many of n bf16 values are finite but beyond f16's range, so that converting them to f16
+// (round to nearest even) gives ±inf: |x| ≥ 65536 (bf16 has no value between 65280 and 65536;
+// f16's largest is 65504). The CUDA backend checks bf16 weights with it before it multiplies
+// them as f16 on GPUs without bf16 products.
+int64_t bf16_count_beyond_f16(const uint16_t* x, int64_t n);
+
 // dst[i] = float(src[i]) for an f32, f16 or bf16 source; for a packed dtype, src is one packed
 // row of n columns (an embedding row of a ferry pack) and dst its dequantized values.
 void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst);

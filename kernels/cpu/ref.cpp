@@ -154,3 +154,18 @@ void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst) {
 }
 
 }  // namespace ferry::kernels::cpu::ref
+
+namespace ferry::kernels::cpu {
+
+// On the bits: magnitude (sign cleared) at least 0x4780 (65536) and exponent not all ones
+// (inf / NaN stay what they are). A branch-free sum, so the compiler vectorizes it.
+int64_t bf16_count_beyond_f16(const uint16_t* x, int64_t n) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t mag = x[i] & 0x7fffu;
+    count += (mag >= 0x4780u) & (mag < 0x7f80u);
+  }
+  return count;
+}
+
+}  // namespace ferry::kernels::cpu

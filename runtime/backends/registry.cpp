@@ -47,7 +47,8 @@ std::vector<std::string> describe_build() {
   lines.push_back(fmt::format("cuda: compiled (architectures {}; CUDA runtime {})",
                               cuda::compiled_architectures(), cuda::runtime_version()));
   const auto gpus = cuda::describe_devices();
-  if (gpus.empty()) lines.push_back(fmt::format("cuda devices: none ({})", cuda::no_device_reason()));
+  if (gpus.empty())
+    lines.push_back(fmt::format("cuda devices: none ({})", cuda::no_device_reason()));
   for (const auto& line : gpus) lines.push_back("device " + line);
 #else
   lines.emplace_back("cuda: not compiled (no CUDA toolkit at build time)");
@@ -84,8 +85,8 @@ std::unique_ptr<Device> open_device(std::string_view name) {
 #ifdef FERRY_HAS_CUDA
   if (name == "cuda") return std::make_unique<cuda::CudaDevice>(0);
 #endif
-  return std::make_unique<CpuDevice>(
-      fmt::format("cpu ({}, {} threads)", kernels::cpu::simd_level(), default_thread_pool().size()));
+  return std::make_unique<CpuDevice>(fmt::format("cpu ({}, {} threads)", kernels::cpu::simd_level(),
+                                                 default_thread_pool().size()));
 }
 
 std::unique_ptr<Device> find_gpu() {

@@ -51,7 +51,7 @@ struct EngineSpec {
   int64_t context = 0;  // KV capacity per sequence; 0: model::default_context
   int max_seqs = 1;
   offload::IoOptions io = offload::IoOptions::from_env();  // a device backend's own loads
-  int device = 0;  // the GPU's ordinal
+  int device = 0;                                          // the GPU's ordinal
 };
 
 // The forward pass for a loaded model, on the backend it was planned for (m.backend): the CPU

@@ -68,6 +68,7 @@ struct GpuUnit {
   std::vector<model::WeightSpec> vectors;   // norms and biases (model::WeightGroup::vectors)
   std::vector<std::size_t> vector_offsets;  // each one's offset (floats) in the vector buffer
   int slot = -1;                            // the device slot holding it while acquired
+  bool range_checked = false;  // bf16 → f16: its values were checked to fit f16 (once)
 };
 
 // A unit whose host staging slot is still the source of a copy: released when the event is done.
@@ -238,6 +239,25 @@ struct CudaBackend::Impl {
     return n;
   }
 
+  // Before bf16 matrices are multiplied as f16 (GPUs without bf16 products), the unit's bytes
+  // on the host are checked once: a finite value beyond f16's range would become inf and poison
+  // every logit, so it is refused naming the tensor. (Trained models stay far inside ±65504.)
+  void check_f16_range(GpuUnit& u, const std::byte* host_base) {
+    if (u.range_checked) return;
+    for (std::size_t i = 0; i < u.stored.size(); ++i) {
+      if (u.stored[i] != DType::bf16 || u.compute[i] != DType::f16) continue;
+      const int64_t beyond = kernels::cpu::bf16_count_beyond_f16(
+          reinterpret_cast<const uint16_t*>(host_base + u.offsets[i]), u.matrices[i].shape.numel());
+      FERRY_EXPECT(beyond == 0,
+                   "tensor '{}' holds {} bf16 weights beyond f16's range (|x| > 65504); {} has "
+                   "no bf16 products and would turn them into inf. Run on the CPU (--device cpu), "
+                   "on a GPU with bf16 (sm_80 or newer), or convert to an int8 / int4 pack "
+                   "(ferry convert --quant int8)",
+                   u.matrices[i].name, beyond, device.name());
+    }
+    u.range_checked = true;
+  }
+
   // bf16 matrices become f16 in place (same size) on GPUs without bf16 products. (Packed ones
   // stay packed: they are dequantized as they are multiplied.)
   void convert_in_place(const GpuUnit& u, std::byte* base) {
@@ -299,6 +319,7 @@ struct CudaBackend::Impl {
       GpuUnit& u = units[unit_of[j]];
       retire(loader, true);
       const offload::UnitView view = loader.acquire(j);
+      check_f16_range(u, view.base());
       u.resident = DeviceBuffer(u.nbytes);
       FERRY_CUDA_TRY(cudaMemcpyAsync(u.resident.data(), view.base(), u.nbytes,
                                      cudaMemcpyHostToDevice, copy.get()));
@@ -411,6 +432,7 @@ struct CudaBackend::Impl {
     } else {
       retire(*streamer, u.tier == Tier::disk);
       const offload::UnitView view = streamer->acquire(u.stream_index);
+      check_f16_range(u, view.base());
       const std::size_t s = next_slot++ % device_slots.size();
       copy.wait(slot_free[s].get());  // its previous layer has finished computing
       FERRY_CUDA_TRY(cudaMemcpyAsync(device_slots[s].data(), view.base(), u.nbytes,

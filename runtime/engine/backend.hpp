@@ -125,8 +125,7 @@ class Backend {
   virtual void silu_mul(float* gate, const float* up, int64_t n) = 0;  // gate = silu(gate)·up
   virtual void add(float* y, const float* x, int64_t n) = 0;           // y += x
   // y[i, :] = x[rows[i], :] for rows of n floats.
-  virtual void gather_rows(const float* x, std::span<const int64_t> rows, int64_t n,
-                           float* y) = 0;
+  virtual void gather_rows(const float* x, std::span<const int64_t> rows, int64_t n, float* y) = 0;
   // Copies n floats of backend memory into out (host), resized to n.
   virtual void read(const float* x, int64_t n, std::vector<float>& out) = 0;
 };

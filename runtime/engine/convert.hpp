@@ -1,8 +1,8 @@
-// convert_model: rewrites a checkpoint of any family ferry runs (any layout ferry reads: safetensors, sharded,
-// torch zip; f32, f16 or bf16; or another ferry pack) as a ferry pack directory — config.json,
-// the tokenizer files, and model.ferry with one 4 KiB-aligned, checksummed blob per layer —
-// with the matrices in f16, int8 or int4. It streams a tensor at a time (memory: one blob plus
-// a few MiB), and the same input and options always give the same bytes.
+// convert_model: rewrites a checkpoint of any family ferry runs (any layout ferry reads:
+// safetensors, sharded, torch zip; f32, f16 or bf16; or another ferry pack) as a ferry pack
+// directory — config.json, the tokenizer files, and model.ferry with one 4 KiB-aligned, checksummed
+// blob per layer — with the matrices in f16, int8 or int4. It streams a tensor at a time (memory:
+// one blob plus a few MiB), and the same input and options always give the same bytes.
 #pragma once
 
 #include <cstdint>

@@ -150,8 +150,6 @@ void CpuBackend::gather_rows(const float* x, std::span<const int64_t> rows, int6
   }
 }
 
-void CpuBackend::read(const float* x, int64_t n, std::vector<float>& out) {
-  out.assign(x, x + n);
-}
+void CpuBackend::read(const float* x, int64_t n, std::vector<float>& out) { out.assign(x, x + n); }
 
 }  // namespace ferry::engine

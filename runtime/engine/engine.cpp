@@ -18,8 +18,8 @@ uint64_t Engine::activation_bytes(const model::ModelConfig& config, int64_t max_
   const auto e = static_cast<uint64_t>(config.n_embd);
   const auto q = static_cast<uint64_t>(config.q_dim());
   const auto kv = static_cast<uint64_t>(config.kv_dim());
-  const auto f = static_cast<uint64_t>(config.n_inner) *
-                 (config.mlp == model::MlpKind::swiglu ? 2u : 1u);
+  const auto f =
+      static_cast<uint64_t>(config.n_inner) * (config.mlp == model::MlpKind::swiglu ? 2u : 1u);
   // x, h, proj and mlp at n_embd, q and attn at q_dim, k and v at kv_dim, the MLP's hidden
   // rows; the head's input and logits for the rows whose logits are wanted.
   return (rows * (4 * e + 2 * q + 2 * kv + f) +
@@ -93,9 +93,10 @@ const std::vector<float>& Engine::forward(std::span<const SeqTokens> batch, Logi
   const auto f = static_cast<std::size_t>(config_.n_inner);
   const bool swiglu = config_.mlp == model::MlpKind::swiglu;
   const auto lr = static_cast<std::size_t>(n_out);
-  const std::size_t sizes[] = {r * e,  r * e, r * qd, r * kvd, r * kvd, r * qd, r * e,
-                               r * f,  swiglu ? r * f : 0, r * e, lr * e,
-                               lr * static_cast<std::size_t>(vocab)};
+  const std::size_t sizes[] = {r * e,   r * e,   r * qd,
+                               r * kvd, r * kvd, r * qd,
+                               r * e,   r * f,   swiglu ? r * f : 0,
+                               r * e,   lr * e,  lr * static_cast<std::size_t>(vocab)};
   const std::vector<float*> p = be.activations(sizes);
   const Acts a{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11]};
 
@@ -126,8 +127,7 @@ void Engine::block(const UnitWeights& w, int layer, int64_t rows, const Acts& a)
   Backend& be = *backend_;
   const int64_t e = config_.n_embd;
   const float eps = config_.layer_norm_epsilon;
-  be.norm(config_.norm, a.x, rows, e, w.vector(R::attn_norm_w), w.vector(R::attn_norm_b), eps,
-          a.h);
+  be.norm(config_.norm, a.x, rows, e, w.vector(R::attn_norm_w), w.vector(R::attn_norm_b), eps, a.h);
   attention(w, layer, rows, a);
   if (config_.parallel_residual) {
     mlp(w, rows, a);
@@ -136,8 +136,7 @@ void Engine::block(const UnitWeights& w, int layer, int64_t rows, const Acts& a)
     return;
   }
   be.add(a.x, a.proj, rows * e);
-  be.norm(config_.norm, a.x, rows, e, w.vector(R::mlp_norm_w), w.vector(R::mlp_norm_b), eps,
-          a.h);
+  be.norm(config_.norm, a.x, rows, e, w.vector(R::mlp_norm_w), w.vector(R::mlp_norm_b), eps, a.h);
   mlp(w, rows, a);
   be.add(a.x, a.mlp, rows * e);
 }
@@ -152,8 +151,8 @@ void Engine::attention(const UnitWeights& w, int layer, int64_t rows, const Acts
   if (config_.qk_norm) {
     const int64_t hd = config_.head_dim();
     const float eps = config_.layer_norm_epsilon;
-    be.norm(model::NormKind::rms_norm, a.q, rows * config_.n_head, hd, w.vector(R::q_norm),
-            nullptr, eps, a.q);
+    be.norm(model::NormKind::rms_norm, a.q, rows * config_.n_head, hd, w.vector(R::q_norm), nullptr,
+            eps, a.q);
     be.norm(model::NormKind::rms_norm, a.k, rows * config_.n_kv_head, hd, w.vector(R::k_norm),
             nullptr, eps, a.k);
   }

@@ -40,8 +40,7 @@ class ForwardPass {
   virtual int64_t length(int seq) const = 0;
   virtual void reset(int seq) = 0;
   // Runs the batch and returns logits ([rows, vocab_size], see LogitsFor).
-  virtual const std::vector<float>& forward(std::span<const SeqTokens> batch,
-                                            LogitsFor which) = 0;
+  virtual const std::vector<float>& forward(std::span<const SeqTokens> batch, LogitsFor which) = 0;
 };
 
 class Engine final : public ForwardPass {
@@ -70,18 +69,18 @@ class Engine final : public ForwardPass {
  private:
   // The activations of one pass ([rows, width] each, rows = tokens in the batch).
   struct Acts {
-    float* x;      // [rows, n_embd] residual stream
-    float* h;      // [rows, n_embd] a norm's output
-    float* q;      // [rows, q_dim]
-    float* k;      // [rows, kv_dim]
-    float* v;      // [rows, kv_dim]
-    float* attn;   // [rows, q_dim] attention output before o_proj
-    float* proj;   // [rows, n_embd] o_proj output
-    float* ff;     // [rows, n_inner] fc_in / gate output
-    float* up;     // [rows, n_inner] SwiGLU's up projection (null for GPT-J)
-    float* mlp;    // [rows, n_embd]
-    float* final;  // [logit rows, n_embd] rows taken for the head
-    float* logits; // [logit rows, vocab]
+    float* x;       // [rows, n_embd] residual stream
+    float* h;       // [rows, n_embd] a norm's output
+    float* q;       // [rows, q_dim]
+    float* k;       // [rows, kv_dim]
+    float* v;       // [rows, kv_dim]
+    float* attn;    // [rows, q_dim] attention output before o_proj
+    float* proj;    // [rows, n_embd] o_proj output
+    float* ff;      // [rows, n_inner] fc_in / gate output
+    float* up;      // [rows, n_inner] SwiGLU's up projection (null for GPT-J)
+    float* mlp;     // [rows, n_embd]
+    float* final;   // [logit rows, n_embd] rows taken for the head
+    float* logits;  // [logit rows, vocab]
   };
   void block(const UnitWeights& w, int layer, int64_t rows, const Acts& a);
   void attention(const UnitWeights& w, int layer, int64_t rows, const Acts& a);

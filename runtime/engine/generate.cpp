@@ -50,7 +50,8 @@ std::vector<int32_t> generate(ForwardPass& engine, int seq, std::span<const int3
     token = sampler.sample({logits->data(), vocab});
     out.push_back(token);
     const bool more = on_token ? on_token(token) : true;
-    if (!more || std::find(options.eos_ids.begin(), options.eos_ids.end(), token) != options.eos_ids.end() ||
+    if (!more ||
+        std::find(options.eos_ids.begin(), options.eos_ids.end(), token) != options.eos_ids.end() ||
         static_cast<int64_t>(out.size()) >= options.max_new_tokens)
       break;
     step = SeqTokens{seq, {&token, 1}};

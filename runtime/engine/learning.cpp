@@ -102,8 +102,8 @@ std::vector<std::string> learn_from_run(const LoadedModel& m, const Backend& bac
   if (!m.plan) return {};
   std::vector<std::string> lines = {prediction_line(*m.plan, run.stats)};
   const int64_t steps = run.stats.decode_steps;
-  const double compute_s = run.decode_compute_s.value_or(
-      run.stats.decode_s - (stall_s(backend) - run.prompt_stall_s));
+  const double compute_s =
+      run.decode_compute_s.value_or(run.stats.decode_s - (stall_s(backend) - run.prompt_stall_s));
   const auto compute = m.plan->request.backend == planner::Backend::cuda
                            ? learn_gpu(m, backend, steps, compute_s, run.how)
                            : learn_cpu(m, steps, compute_s, run.how);

@@ -20,13 +20,13 @@
 namespace ferry::engine {
 
 struct LoadOptions {
-  std::optional<uint64_t> max_ram_bytes;  // none: what the machine (and its cgroups) has free
+  std::optional<uint64_t> max_ram_bytes;     // none: what the machine (and its cgroups) has free
   std::string max_ram_source = "--max-ram";  // where max_ram_bytes came from, for the plan's text
-  int64_t context = 0;                    // KV cache tokens per sequence; 0: default_context
-  int64_t max_batch_rows = 0;             // most tokens in one forward pass; 0: the context
-  int64_t max_logit_rows = 0;             // most rows of logits one pass returns; 0: max_batch_rows
+  int64_t context = 0;                       // KV cache tokens per sequence; 0: default_context
+  int64_t max_batch_rows = 0;                // most tokens in one forward pass; 0: the context
+  int64_t max_logit_rows = 0;  // most rows of logits one pass returns; 0: max_batch_rows
   int max_seqs = 1;
-  int64_t attended_tokens = 0;            // for the time prediction; 0: context / 2
+  int64_t attended_tokens = 0;                // for the time prediction; 0: context / 2
   std::optional<offload::VerifyMode> verify;  // a ferry pack's checksums; none: FERRY_VERIFY
   offload::IoOptions io = offload::IoOptions::from_env();
   // The machine to plan for; none: probe this one (figures cached, see ProbeOptions).
@@ -51,7 +51,7 @@ struct LoadedModel {
   // from `weights`, a device backend places the checkpoint itself and leaves them null).
   planner::Backend backend = planner::Backend::cpu;
   std::unique_ptr<StreamingWeights> weights;  // null for the CUDA backend
-  std::optional<planner::Plan> plan;  // none when the placement was forced
+  std::optional<planner::Plan> plan;          // none when the placement was forced
   Placement placement;
 };
 

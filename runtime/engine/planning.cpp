@@ -256,8 +256,7 @@ planner::PlanRequest plan_request(const model::ModelConfig& config,
                "--ctx {} is longer than the model's context of {} tokens ({}); use --ctx {} or "
                "less",
                context, limit,
-               config.sliding_window > 0 ? "its sliding window" : "max_position_embeddings",
-               limit);
+               config.sliding_window > 0 ? "its sliding window" : "max_position_embeddings", limit);
   const int64_t rows = o.max_batch_rows > 0 ? o.max_batch_rows : context;
   const int64_t logit_rows = o.max_logit_rows > 0 ? o.max_logit_rows : rows;
   const bool cuda = o.backend == planner::Backend::cuda;

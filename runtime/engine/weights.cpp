@@ -137,8 +137,7 @@ void add_pieces(const model::WeightGroup& g, const offload::Checkpoint& ck, uint
         continue;
       }
       take = std::min(take, rows - r);
-      group.chunked[m].parts.push_back(
-          {out.units.size(), piece.tensors.size(), r, take});
+      group.chunked[m].parts.push_back({out.units.size(), piece.tensors.size(), r, take});
       piece.tensors.push_back(t.name);
       piece.slices.push_back(offload::row_range(t, r, r + take));
       used += static_cast<uint64_t>(take) * row_bytes;
@@ -154,9 +153,9 @@ void add_pieces(const model::WeightGroup& g, const offload::Checkpoint& ck, uint
 StreamLayout stream_layout(const model::ModelConfig& config, const offload::Checkpoint& checkpoint,
                            const Placement& placement) {
   const std::vector<offload::StreamUnitSpec> whole = model_units(config, placement);
-  const std::vector<uint64_t> bytes =
-      placement.chunk_bytes > 0 ? offload::LayerStreamer::unit_bytes(checkpoint, whole)
-                                : std::vector<uint64_t>(whole.size(), 0);
+  const std::vector<uint64_t> bytes = placement.chunk_bytes > 0
+                                          ? offload::LayerStreamer::unit_bytes(checkpoint, whole)
+                                          : std::vector<uint64_t>(whole.size(), 0);
   const uint64_t slack = piece_slack_bytes(checkpoint);
   FERRY_EXPECT(placement.chunk_bytes == 0 || placement.chunk_bytes > 2 * slack,
                "streamed pieces of {} are too small; they must be larger than {}",
@@ -173,8 +172,7 @@ StreamLayout stream_layout(const model::ModelConfig& config, const offload::Chec
     }
     const bool head = i + 1 == whole.size();
     add_pieces(head ? model::head_group(config) : model::block_group(config, static_cast<int>(i)),
-               checkpoint, placement.chunk_bytes - slack, whole[i].name, whole[i].tier,
-               out);
+               checkpoint, placement.chunk_bytes - slack, whole[i].name, whole[i].tier, out);
   }
   return out;
 }

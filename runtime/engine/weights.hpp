@@ -63,7 +63,7 @@ struct Placement {
 // The units a model streams: block l's matrices (model::block_group's order), then the head's
 // lm_head matrix. Norms and biases are small and kept apart, as f32.
 std::vector<offload::StreamUnitSpec> model_units(const model::ModelConfig& config,
-                                                const Placement& placement);
+                                                 const Placement& placement);
 
 // How a model's units map onto streamer units: whole (one streamer unit per block and one for
 // the head, model_units' order), or, for disk-tier groups bigger than placement.chunk_bytes,
@@ -110,11 +110,11 @@ class StreamingWeights final : public WeightProvider {
   StreamLayout layout_;
 
   const offload::TensorEntry* embed_ = nullptr;
-  std::vector<model::WeightGroup> groups_;     // blocks 0 … n_layer-1, then the head
-  std::vector<std::vector<DType>> dtypes_;     // per group: its matrices' stored dtypes
-  std::vector<float> vectors_;                 // every norm and bias, as f32
+  std::vector<model::WeightGroup> groups_;                // blocks 0 … n_layer-1, then the head
+  std::vector<std::vector<DType>> dtypes_;                // per group: its matrices' stored dtypes
+  std::vector<float> vectors_;                            // every norm and bias, as f32
   std::vector<std::vector<std::size_t>> vector_offsets_;  // per group: each vector's offset
-  std::vector<std::byte> row_;  // one embedding row as stored
+  std::vector<std::byte> row_;                            // one embedding row as stored
   offload::LayerStreamer streamer_;
   // A pieced group: the piece (streamer unit) acquired now, if any, and its view.
   std::optional<std::size_t> piece_;

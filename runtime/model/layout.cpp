@@ -8,10 +8,10 @@ namespace ferry::model {
 
 const char* role_name(WeightRole role) {
   static constexpr std::array<const char*, kWeightRoleCount> kNames = {
-      "embed",       "attn_norm_w", "attn_norm_b", "q_proj",     "k_proj",     "v_proj",
-      "o_proj",      "q_bias",      "k_bias",      "v_bias",     "o_bias",     "q_norm",
-      "k_norm",      "mlp_norm_w",  "mlp_norm_b",  "mlp_gate",   "mlp_up",     "mlp_up_b",
-      "mlp_down",    "mlp_down_b",  "final_norm_w", "final_norm_b", "lm_head_w", "lm_head_b"};
+      "embed",    "attn_norm_w", "attn_norm_b",  "q_proj",       "k_proj",    "v_proj",
+      "o_proj",   "q_bias",      "k_bias",       "v_bias",       "o_bias",    "q_norm",
+      "k_norm",   "mlp_norm_w",  "mlp_norm_b",   "mlp_gate",     "mlp_up",    "mlp_up_b",
+      "mlp_down", "mlp_down_b",  "final_norm_w", "final_norm_b", "lm_head_w", "lm_head_b"};
   return kNames[static_cast<std::size_t>(role)];
 }
 

@@ -18,26 +18,26 @@ namespace ferry::model {
 // What a tensor is for; the forward pass looks tensors up by role, never by name or index.
 // Shapes: E = n_embd, Q = n_head · head_dim, K = n_kv_head · head_dim, F = n_inner, V = vocab.
 enum class WeightRole {
-  embed,        // [V, E]
-  attn_norm_w,  // [E]  GPT-J ln_1 (shared by attention and MLP), Llama input_layernorm
-  attn_norm_b,  // [E]
-  q_proj,       // [Q, E]
-  k_proj,       // [K, E]
-  v_proj,       // [K, E]
-  o_proj,       // [E, Q]
-  q_bias,       // [Q]
-  k_bias,       // [K]
-  v_bias,       // [K]
-  o_bias,       // [E]
-  q_norm,       // [head_dim]  Qwen3
-  k_norm,       // [head_dim]
-  mlp_norm_w,   // [E]  Llama post_attention_layernorm
-  mlp_norm_b,   // [E]
-  mlp_gate,     // [F, E]  SwiGLU gate_proj
-  mlp_up,       // [F, E]  GPT-J fc_in, SwiGLU up_proj
-  mlp_up_b,     // [F]
-  mlp_down,     // [E, F]  GPT-J fc_out, SwiGLU down_proj
-  mlp_down_b,   // [E]
+  embed,         // [V, E]
+  attn_norm_w,   // [E]  GPT-J ln_1 (shared by attention and MLP), Llama input_layernorm
+  attn_norm_b,   // [E]
+  q_proj,        // [Q, E]
+  k_proj,        // [K, E]
+  v_proj,        // [K, E]
+  o_proj,        // [E, Q]
+  q_bias,        // [Q]
+  k_bias,        // [K]
+  v_bias,        // [K]
+  o_bias,        // [E]
+  q_norm,        // [head_dim]  Qwen3
+  k_norm,        // [head_dim]
+  mlp_norm_w,    // [E]  Llama post_attention_layernorm
+  mlp_norm_b,    // [E]
+  mlp_gate,      // [F, E]  SwiGLU gate_proj
+  mlp_up,        // [F, E]  GPT-J fc_in, SwiGLU up_proj
+  mlp_up_b,      // [F]
+  mlp_down,      // [E, F]  GPT-J fc_out, SwiGLU down_proj
+  mlp_down_b,    // [E]
   final_norm_w,  // [E]
   final_norm_b,  // [E]
   lm_head_w,     // [V, E] (the embedding table when tied)

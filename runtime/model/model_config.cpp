@@ -44,11 +44,11 @@ std::vector<int32_t> get_ids(const json& j, const char* key, const std::string& 
   if (!j.contains(key) || j[key].is_null()) return ids;
   const json& v = j[key];
   const auto one = [&](const json& x) {
-    FERRY_FORMAT_EXPECT(x.is_number_integer() && x.get<int64_t>() >= 0 &&
-                            x.get<int64_t>() < (int64_t{1} << 31),
-                        "{}: '{}' must be a token id (a non-negative integer) or a list of them, "
-                        "found {}",
-                        source, key, x.dump());
+    FERRY_FORMAT_EXPECT(
+        x.is_number_integer() && x.get<int64_t>() >= 0 && x.get<int64_t>() < (int64_t{1} << 31),
+        "{}: '{}' must be a token id (a non-negative integer) or a list of them, "
+        "found {}",
+        source, key, x.dump());
     ids.push_back(static_cast<int32_t>(x.get<int64_t>()));
   };
   if (v.is_array()) {
@@ -182,8 +182,7 @@ ModelConfig llama_from_json(const json& j, const std::string& type, const std::s
     FERRY_EXPECT(f == 1.0, "{}: partial_rotary_factor {} is not supported for {} (only 1.0)",
                  source, f, type);
   }
-  c.layer_norm_epsilon =
-      static_cast<float>(get_number(j, "rms_norm_eps", 1e-6, source));
+  c.layer_norm_epsilon = static_cast<float>(get_number(j, "rms_norm_eps", 1e-6, source));
   c.activation_function = "silu";
   if (j.contains("hidden_act")) {
     FERRY_FORMAT_EXPECT(j["hidden_act"].is_string(), "{}: 'hidden_act' must be a string", source);
@@ -235,9 +234,9 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   } else if (type == "llama" || type == "mistral" || type == "qwen2" || type == "qwen3") {
     c = llama_from_json(j, type, source);
   } else {
-    throw InvalidArgument(fmt::format(
-        "{}: model_type '{}' is not supported; ferry runs these model types: {}", source, type,
-        kModelTypes));
+    throw InvalidArgument(
+        fmt::format("{}: model_type '{}' is not supported; ferry runs these model types: {}",
+                    source, type, kModelTypes));
   }
   c.validate(source);
   return c;
@@ -330,9 +329,7 @@ int64_t max_context(const ModelConfig& c) {
   return c.sliding_window > 0 ? std::min(c.n_positions, c.sliding_window) : c.n_positions;
 }
 
-int64_t default_context(const ModelConfig& c) {
-  return std::min<int64_t>(max_context(c), 4096);
-}
+int64_t default_context(const ModelConfig& c) { return std::min<int64_t>(max_context(c), 4096); }
 
 std::vector<int32_t> generation_eos_ids(const std::filesystem::path& dir, const ModelConfig& c) {
   const auto path = dir / "generation_config.json";
@@ -350,8 +347,8 @@ std::vector<int32_t> generation_eos_ids(const std::filesystem::path& dir, const 
 }
 
 std::string ModelConfig::summary() const {
-  std::string s = fmt::format("{}, {} layers, n_embd {}, {} heads", model_type, n_layer, n_embd,
-                              n_head);
+  std::string s =
+      fmt::format("{}, {} layers, n_embd {}, {} heads", model_type, n_layer, n_embd, n_head);
   if (n_kv_head != n_head) s += fmt::format(" ({} KV)", n_kv_head);
   s += fmt::format(", head_dim {}, n_inner {}, vocab {}", head_dim(), n_inner, vocab_size);
   return s;
@@ -431,11 +428,12 @@ json llama_json(const ModelConfig& c) {
   } else if (c.rope_scaling.type == "linear") {
     j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", c.rope_scaling.factor}};
   } else {
-    j["rope_scaling"] = {{"rope_type", "llama3"},
-                         {"factor", c.rope_scaling.factor},
-                         {"low_freq_factor", c.rope_scaling.low_freq_factor},
-                         {"high_freq_factor", c.rope_scaling.high_freq_factor},
-                         {"original_max_position_embeddings", c.rope_scaling.original_max_position}};
+    j["rope_scaling"] = {
+        {"rope_type", "llama3"},
+        {"factor", c.rope_scaling.factor},
+        {"low_freq_factor", c.rope_scaling.low_freq_factor},
+        {"high_freq_factor", c.rope_scaling.high_freq_factor},
+        {"original_max_position_embeddings", c.rope_scaling.original_max_position}};
   }
   return j;
 }

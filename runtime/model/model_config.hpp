@@ -47,10 +47,10 @@ struct ModelConfig {
   int64_t n_embd = 4096;
   int64_t n_layer = 28;
   int64_t n_head = 16;
-  int64_t n_kv_head = 16;   // num_key_value_heads: grouped-query attention when < n_head
-  int64_t head_dim_ = 0;    // config.json's head_dim; 0: n_embd / n_head
+  int64_t n_kv_head = 16;  // num_key_value_heads: grouped-query attention when < n_head
+  int64_t head_dim_ = 0;   // config.json's head_dim; 0: n_embd / n_head
   int64_t rotary_dim = 64;
-  int64_t n_inner = 16384;  // intermediate_size; GPT-J's null means 4 · n_embd
+  int64_t n_inner = 16384;           // intermediate_size; GPT-J's null means 4 · n_embd
   float layer_norm_epsilon = 1e-5f;  // every norm's eps (rms_norm_eps for the Llama family)
   std::string activation_function = "gelu_new";
   int32_t bos_token_id = 50256;
@@ -71,12 +71,12 @@ struct ModelConfig {
   bool o_bias = false;            // the output projection has a bias (attention_bias)
   bool mlp_bias = true;           // the MLP's projections have biases
   bool lm_head_bias = true;
-  bool qk_norm = false;           // per-head RMSNorm of q and k before rotary (Qwen3)
-  int64_t sliding_window = 0;     // 0: none; else the context is capped to it
+  bool qk_norm = false;        // per-head RMSNorm of q and k before rotary (Qwen3)
+  int64_t sliding_window = 0;  // 0: none; else the context is capped to it
 
   bool is_llama_family() const { return model_type != "gptj"; }
   int64_t head_dim() const { return head_dim_ > 0 ? head_dim_ : n_embd / n_head; }
-  int64_t q_dim() const { return n_head * head_dim(); }     // q_proj's rows
+  int64_t q_dim() const { return n_head * head_dim(); }      // q_proj's rows
   int64_t kv_dim() const { return n_kv_head * head_dim(); }  // k_proj's and v_proj's rows
   // The rotary inverse frequencies (rotary_dim / 2 of them) as Hugging Face computes them in
   // float32: theta^(-2i/rotary_dim), then rope_scaling.

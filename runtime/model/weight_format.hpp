@@ -29,8 +29,8 @@ struct WeightFormat {
 // Bytes of a [rows, cols] matrix in the format (packed rows included: scales, minima, padding).
 uint64_t packed_matrix_bytes(int64_t rows, int64_t cols, WeightFormat format);
 
-// Bytes of one block's streamed unit (its matrices, model::block_group's order) in a ferry pack: the blob
-// that is read for every use, 4 KiB aligned. For GPT-J-6B: f16 384 MiB, int8 192 MiB, int4
+// Bytes of one block's streamed unit (its matrices, model::block_group's order) in a ferry pack:
+// the blob that is read for every use, 4 KiB aligned. For GPT-J-6B: f16 384 MiB, int8 192 MiB, int4
 // 108 MiB (group 64) or 102 MiB (group 128).
 uint64_t packed_block_bytes(const ModelConfig& config, WeightFormat format);
 // Bytes of the head's streamed unit (lm_head) in a ferry pack, 4 KiB aligned.

@@ -2,11 +2,11 @@
 
 #include <algorithm>
 
+#include "offload/layer_streamer.hpp"
 #include "planner/plan.hpp"
+#include "runtime/backends/registry.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/trace.hpp"
-#include "offload/layer_streamer.hpp"
-#include "runtime/backends/registry.hpp"
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/learning.hpp"
 

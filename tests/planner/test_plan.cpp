@@ -167,8 +167,7 @@ TEST(Plan, StreamsInPiecesWhenWholeUnitsDoNotFit) {
   const Plan tight = make_plan(r);
   EXPECT_GT(tight.chosen.chunk_bytes, 0u);
   EXPECT_LE(tight.chosen.predicted.host_slot_bytes, tight.chosen.chunk_bytes);
-  EXPECT_LE(tight.chosen.predicted.peak_ram_bytes,
-            tight.ram_budget_bytes - tight.ram_margin_bytes);
+  EXPECT_LE(tight.chosen.predicted.peak_ram_bytes, tight.ram_budget_bytes - tight.ram_margin_bytes);
   // Nothing fits resident beside the slots: every unit streams, in pieces.
   EXPECT_EQ(tight.chosen.count(Tier::disk), r.units.size());
   uint64_t total = 0;

@@ -105,14 +105,15 @@ TEST(Cli, LlamaFamilyPresetsPlanFromConfigAlone) {
     int64_t vocab;
     double billions;  // parameters of the released model
   };
-  for (const Case c : {Case{"llama3-8b", 32, 128256, 8.030}, Case{"mistral-7b", 32, 32768, 7.248},
-                       Case{"qwen2.5-7b", 28, 152064, 7.616}, Case{"qwen3-8b", 36, 151936, 8.191}}) {
+  for (const Case c :
+       {Case{"llama3-8b", 32, 128256, 8.030}, Case{"mistral-7b", 32, 32768, 7.248},
+        Case{"qwen2.5-7b", 28, 152064, 7.616}, Case{"qwen3-8b", 36, 151936, 8.191}}) {
     SCOPED_TRACE(c.preset);
     test::TempDir tmp;
     // One layer of the real width and a small vocabulary, written and inspected; then its
     // config.json with the real layer count and vocabulary is what plan reads.
-    Result r = ferry({"make-model", "--preset", c.preset, "--n-layer", "1", "--vocab", "256",
-                      "-o", (tmp / "m").string(), "-q"});
+    Result r = ferry({"make-model", "--preset", c.preset, "--n-layer", "1", "--vocab", "256", "-o",
+                      (tmp / "m").string(), "-q"});
     ASSERT_EQ(r.rc, 0) << r.err;
     r = ferry({"inspect", "-m", (tmp / "m").string()});
     ASSERT_EQ(r.rc, 0) << r.err;
@@ -130,8 +131,7 @@ TEST(Cli, LlamaFamilyPresetsPlanFromConfigAlone) {
     // Streamed units hold every matrix (the embedding is read a row at a time, apart): the
     // parameters less the embedding table (tied models stream it as the head) and the norms.
     const double hidden = config["hidden_size"].get<double>();
-    const double expected_bytes =
-        2 * (c.billions * 1e9 - static_cast<double>(c.vocab) * hidden);
+    const double expected_bytes = 2 * (c.billions * 1e9 - static_cast<double>(c.vocab) * hidden);
     EXPECT_NEAR(static_cast<double>(bytes) / expected_bytes, 1.0, 0.01) << r.out;
   }
 }
@@ -145,12 +145,11 @@ TEST(Cli, UnsupportedLlamaConfigsAreRefusedByName) {
     json value;
     const char* says;
   };
-  for (const Case& c :
-       {Case{"rope_scaling", json{{"rope_type", "yarn"}, {"factor", 4.0}},
-             "rope_scaling.rope_type 'yarn' is not supported"},
-        Case{"hidden_act", "gelu", "hidden_act 'gelu' is not supported"},
-        Case{"num_key_value_heads", 3, "num_key_value_heads 3 must divide"},
-        Case{"model_type", "falcon", "model_type 'falcon' is not supported"}}) {
+  for (const Case& c : {Case{"rope_scaling", json{{"rope_type", "yarn"}, {"factor", 4.0}},
+                             "rope_scaling.rope_type 'yarn' is not supported"},
+                        Case{"hidden_act", "gelu", "hidden_act 'gelu' is not supported"},
+                        Case{"num_key_value_heads", 3, "num_key_value_heads 3 must divide"},
+                        Case{"model_type", "falcon", "model_type 'falcon' is not supported"}}) {
     SCOPED_TRACE(c.key);
     test::TempDir tmp;
     json j = base;

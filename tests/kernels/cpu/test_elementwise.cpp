@@ -528,3 +528,25 @@ TEST(SimdLevelTest, ReportsTheCpuOrTheOverride) {
 
 }  // namespace
 }  // namespace ferry::kernels::cpu
+
+namespace ferry::kernels::cpu {
+namespace {
+
+// Every bf16 bit pattern: counted exactly when it is finite and its f16 rounding is infinite.
+TEST(Bf16BeyondF16, CountsExactlyTheValuesF16RoundsToInfinity) {
+  std::vector<uint16_t> all(65536);
+  int64_t want = 0;
+  for (uint32_t b = 0; b < 65536; ++b) {
+    all[b] = static_cast<uint16_t>(b);
+    const float f = bf16_to_f32(static_cast<uint16_t>(b));
+    if (std::isfinite(f) && std::isinf(f16_to_f32(f32_to_f16(f)))) ++want;
+  }
+  EXPECT_GT(want, 0);
+  EXPECT_EQ(bf16_count_beyond_f16(all.data(), 65536), want);
+  const uint16_t edge[] = {f32_to_bf16(65280.0f), f32_to_bf16(-65280.0f), f32_to_bf16(65536.0f),
+                           f32_to_bf16(-1e30f),   f32_to_bf16(INFINITY),  0x7fc0 /* NaN */};
+  EXPECT_EQ(bf16_count_beyond_f16(edge, 6), 2);
+}
+
+}  // namespace
+}  // namespace ferry::kernels::cpu

@@ -36,7 +36,8 @@ TEST(RegistryGpu, CudaEngineMatchesHuggingFace) {
   const auto& got = eng->forward({&s, 1}, engine::LogitsFor::last);
   ASSERT_EQ(got.size(), want.size());
   float worst = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]));
+  for (std::size_t i = 0; i < want.size(); ++i)
+    worst = std::max(worst, std::fabs(got[i] - want[i]));
   EXPECT_LE(worst, 2e-5f);
   EXPECT_EQ(eng->backend().device_name(), device->name());
   EXPECT_NE(eng->backend().describe().find("units in VRAM"), std::string::npos);

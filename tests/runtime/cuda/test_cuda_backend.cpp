@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "kernels/cuda/ops.hpp"
@@ -329,6 +330,55 @@ TEST_F(CudaBackendTest, Bf16WeightsEitherWay) {
     const auto& got = gpu.engine.forward({&s, 1}, LogitsFor::last);
     const float tol = static_cast<float>(2 * config.n_layer + 2) * 0x1p-8f * scale;
     for (std::size_t i = 0; i < vocab; ++i) ASSERT_NEAR(got[i], want[i], tol) << i;
+  }
+}
+
+// A bf16 weight beyond f16's range is refused, naming its tensor, where it would be converted to
+// f16 (sm_75, forced here), whether its layer is loaded into VRAM or streamed; kept as bf16 it
+// runs.
+TEST_F(CudaBackendTest, Bf16BeyondF16IsRefusedWhereItWouldBeConverted) {
+  test::TempDir tmp;
+  engine::MakeModelOptions mo;
+  mo.config = model::preset_config("tiny");
+  mo.config.n_layer = 2;
+  mo.dtype = DType::bf16;
+  engine::make_model(tmp.path(), mo);
+  const auto config = model::ModelConfig::from_model_dir(tmp.path());
+  for (const char* name :
+       {"transformer.h.0.attn.q_proj.weight", "transformer.h.1.mlp.fc_out.weight"}) {
+    SCOPED_TRACE(name);
+    test::TempDir copy;
+    fs::copy(tmp.path(), copy.path(), fs::copy_options::recursive);
+    {
+      const auto ck = offload::Checkpoint::open(copy.path());
+      const offload::TensorEntry& t = ck.at(name);
+      std::fstream f(ck.files()[t.file_index].path,
+                     std::ios::in | std::ios::out | std::ios::binary);
+      const uint16_t big = 0x4800;  // 131072 in bf16: beyond f16's 65504
+      f.seekp(static_cast<std::streamoff>(t.offset_bytes + 2 * 17));
+      f.write(reinterpret_cast<const char*>(&big), 2);
+    }
+    const auto ck = offload::Checkpoint::open(copy.path());
+    Placement p = Placement::all(config, Tier::device);
+    p.blocks.back() = Tier::disk;  // layer 1 streams
+    const std::vector<int32_t> ids = {1, 2, 3};
+    SeqTokens s{0, ids};
+    CudaEngineOptions o = options_for(16);
+    o.keep_bf16 = false;
+    std::string msg;
+    try {
+      GpuEngine gpu(config, ck, p, o);
+      gpu.engine.forward({&s, 1}, LogitsFor::last);
+    } catch (const Error& e) {
+      msg = e.what();
+    }
+    EXPECT_NE(msg.find(name), std::string::npos) << msg;
+    EXPECT_NE(msg.find("beyond f16's range"), std::string::npos) << msg;
+    if (device_count() > 0 && CudaDevice(0).has_bf16()) {
+      o.keep_bf16 = true;
+      GpuEngine kept(config, ck, p, o);
+      EXPECT_NO_THROW(kept.engine.forward({&s, 1}, LogitsFor::last));
+    }
   }
 }
 

@@ -4,8 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 #include <nlohmann/json.hpp>
+#include <numeric>
 
 #include "runtime/core/error.hpp"
 #include "runtime/engine/convert.hpp"
@@ -195,7 +195,8 @@ TEST(Parity, BudgetedLoadStreamsWhatDoesNotFit) {
   const uint64_t largest = *std::max_element(units.begin(), units.end());
   const uint64_t total = std::accumulate(units.begin(), units.end(), uint64_t{0});
   const uint64_t margin = 16u << 20;  // what the planner keeps free below an explicit --max-ram
-  for (const uint64_t budget : {fixed + margin + 2 * largest + 100, fixed + margin + 2 * largest + total / 4}) {
+  for (const uint64_t budget :
+       {fixed + margin + 2 * largest + 100, fixed + margin + 2 * largest + total / 4}) {
     o.max_ram_bytes = budget;
     LoadedModel m = load_model(dir, o);
     ASSERT_TRUE(m.plan);
