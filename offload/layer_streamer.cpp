@@ -18,20 +18,6 @@
 
 namespace ferry::offload {
 
-std::string_view tier_name(Tier t) {
-  switch (t) {
-    case Tier::device:
-      return "device";
-    case Tier::host:
-      return "host";
-    case Tier::disk:
-      return "disk";
-    case Tier::mapped:
-      return "mapped";
-  }
-  return "?";
-}
-
 ByteRange row_range(const TensorEntry& t, int64_t first_row, int64_t end_row) {
   const int64_t rows = t.shape.rank > 0 ? t.shape[0] : 0;
   FERRY_EXPECT(0 <= first_row && first_row < end_row && end_row <= rows,

@@ -15,6 +15,7 @@
 #include "offload/checkpoint.hpp"
 #include "offload/io_engine.hpp"
 #include "offload/staging_pool.hpp"
+#include "runtime/core/tier.hpp"
 
 namespace ferry {
 class ThreadPool;
@@ -22,12 +23,8 @@ class ThreadPool;
 
 namespace ferry::offload {
 
-// Where a unit's bytes live between uses. `device` is resident on the compute device (on the
-// CPU backend the same as `host`); `disk` is read again for every use. `mapped` computes
-// straight out of a read-only mapping of the file, leaving residency to the kernel's page
-// cache (what llama.cpp's mmap mode does): no budget applies, so it exists for comparison.
-enum class Tier { device, host, disk, mapped };
-std::string_view tier_name(Tier t);
+// Where a unit's bytes live between uses: runtime/core/tier.hpp (the planner's vocabulary too).
+using ferry::Tier;
 
 struct StreamUnitSpec {
   std::string name;                  // "layer 3", for messages

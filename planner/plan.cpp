@@ -82,25 +82,6 @@ double unit_overhead_s(Backend backend) {
   return backend == Backend::cuda ? kGpuUnitOverheadS : kCpuUnitOverheadS;
 }
 
-std::string_view tier_name(Tier t) {
-  switch (t) {
-    case Tier::device:
-      return "device";
-    case Tier::host:
-      return "host";
-    case Tier::disk:
-      return "disk";
-  }
-  return "?";
-}
-
-Tier parse_tier(std::string_view s) {
-  if (s == "device") return Tier::device;
-  if (s == "host") return Tier::host;
-  if (s == "disk") return Tier::disk;
-  throw InvalidArgument(fmt::format("unknown tier '{}': use device, host or disk", s));
-}
-
 std::string_view backend_name(Backend b) { return b == Backend::cuda ? "cuda" : "cpu"; }
 
 std::size_t Choice::count(Tier t) const {

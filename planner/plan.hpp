@@ -15,14 +15,14 @@
 #include <vector>
 
 #include "planner/machine.hpp"
+#include "runtime/core/tier.hpp"
 
 namespace ferry::planner {
 
-// Where a unit's weights live between uses. On the CPU backend the device is the host, so a
-// resident unit is `host`; `disk` is read again for every token.
-enum class Tier { device, host, disk };
-std::string_view tier_name(Tier t);
-Tier parse_tier(std::string_view s);
+// Where a unit's weights live between uses (runtime/core/tier.hpp). On the CPU backend the
+// device is the host, so a resident unit is `host`; `disk` is read again for every token. The
+// planner never chooses `mapped`.
+using ferry::Tier;
 
 enum class Backend { cpu, cuda };
 std::string_view backend_name(Backend b);

@@ -390,14 +390,13 @@ Placement placement_from_plan(const planner::Plan& plan, const model::ModelConfi
   FERRY_EXPECT(tiers.size() == static_cast<std::size_t>(config.n_layer) + 1,
                "the plan has {} units but the model has {} layers and a head", tiers.size(),
                config.n_layer);
-  auto to_offload = [cuda](planner::Tier t) {
-    if (t == planner::Tier::disk) return offload::Tier::disk;
-    return cuda && t == planner::Tier::device ? offload::Tier::device : offload::Tier::host;
-  };
+  // One Tier type: a plan's tiers are the placement's, except that on the CPU the device is the
+  // host (the streamer keeps a `device` unit resident in RAM all the same, so say what it is).
+  auto placed = [cuda](Tier t) { return !cuda && t == Tier::device ? Tier::host : t; };
   Placement p;
   for (int l = 0; l < config.n_layer; ++l)
-    p.blocks.push_back(to_offload(tiers[static_cast<std::size_t>(l)]));
-  p.head = to_offload(tiers.back());
+    p.blocks.push_back(placed(tiers[static_cast<std::size_t>(l)]));
+  p.head = placed(tiers.back());
   p.slot_count = std::max<std::size_t>(2, plan.chosen.host_slots);
   p.chunk_bytes = plan.chosen.chunk_bytes;
   if (cuda) p.device_slots = std::max<std::size_t>(2, plan.chosen.device_slots);

@@ -18,7 +18,7 @@ nlohmann::json load_metadata(const engine::LoadedModel& m, const engine::Backend
   if (const offload::LayerStreamer* streamer = backend.host_streamer()) {
     json tiers = json::array();
     for (std::size_t u = 0; u < streamer->unit_count(); ++u)
-      tiers.push_back(offload::tier_name(streamer->tier(u)));
+      tiers.push_back(tier_name(streamer->tier(u)));
     placement["tiers"] = tiers;
     placement["slot_count"] = streamer->slot_count();
     placement["prefetch_depth"] = streamer->slot_count() ? streamer->slot_count() - 1 : 0;
@@ -26,8 +26,8 @@ nlohmann::json load_metadata(const engine::LoadedModel& m, const engine::Backend
     placement["staging_bytes"] = streamer->staging_bytes();
   } else {  // every unit on the device
     json tiers = json::array();
-    for (const offload::Tier t : m.placement.blocks) tiers.push_back(offload::tier_name(t));
-    tiers.push_back(offload::tier_name(m.placement.head));
+    for (const offload::Tier t : m.placement.blocks) tiers.push_back(tier_name(t));
+    tiers.push_back(tier_name(m.placement.head));
     placement["tiers"] = tiers;
     placement["slot_count"] = 0;
     placement["prefetch_depth"] = 0;
