@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# ferry's main job on a default that needs no download: build, write a small random-weight
-# GPT-J checkpoint with make-model, and generate from it.
+# ferry's main job on a default that needs no download: build, write small random-weight GPT-J
+# and Llama-family checkpoints with make-model, and generate from them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh >/dev/null
@@ -9,3 +9,7 @@ model=${FERRY_DEMO_MODEL:-/tmp/ferry-demo-tiny}
 build/tools/ferry info
 build/tools/ferry inspect -m "$model"
 build/tools/ferry run -m "$model" -p "The quick brown fox" -n 32 --temperature 0.8 --top-p 0.9 --seed 1
+llama=${FERRY_DEMO_LLAMA:-/tmp/ferry-demo-tiny-llama}
+[ -f "$llama/config.json" ] || build/tools/ferry make-model --preset tiny-llama --seed 1 -o "$llama"
+build/tools/ferry inspect -m "$llama"
+build/tools/ferry run -m "$llama" -p "The quick brown fox" -n 32 --temperature 0.8 --top-p 0.9 --seed 1

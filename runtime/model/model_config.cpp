@@ -523,7 +523,8 @@ ModelConfig preset_config(const std::string& name) {
     return llama_preset("qwen3", 151936, 4096, 12288, 36, 32, 8, 40960, 1e6, 1e-6f, 151643,
                         {151645});
   if (name == "tiny-llama") {
-    c = llama_preset("llama", 1000, 128, 344, 2, 4, 2, 512, 500000.0, 1e-5f, 1, {2});
+    // GPT-2's ids fit its vocabulary, so make-model's tokenizer drives it from text.
+    c = llama_preset("llama", 50304, 128, 344, 2, 4, 2, 512, 500000.0, 1e-5f, 1, {2});
     c.rope_scaling = {"llama3", 8.0, 1.0, 4.0, 64};
     return c;
   }
