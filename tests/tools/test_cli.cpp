@@ -136,6 +136,58 @@ TEST(Cli, LlamaFamilyPresetsPlanFromConfigAlone) {
   }
 }
 
+// Shapes the fixtures do not cover, against an independent plain-Python forward pass
+// (tests/tools/llama_reference.py, double precision; it matches transformers' logits on all
+// three Llama-family fixtures within 3e-6): Qwen3's per-head q/k norms with an explicit head_dim,
+// multi-head (kv heads = heads) and multi-query (one kv head) attention, a tied head.
+TEST(Cli, LlamaFamilyShapesMatchAPlainReference) {
+  if (std::system("python3 -c 1 >/dev/null 2>&1") != 0) GTEST_SKIP() << "no python3";
+  const fs::path reference = test::data_dir().parent_path() / "tools" / "llama_reference.py";
+  struct Case {
+    const char* name;
+    std::vector<std::string> flags;
+    bool tie = false;
+  };
+  const std::vector<Case> cases = {
+      {"qwen3 GQA 4:2, head_dim 32",
+       {"--preset", "qwen3-8b", "--n-kv-head", "2", "--head-dim", "32"}},
+      {"llama MHA", {"--preset", "llama3-8b", "--n-kv-head", "4"}},
+      {"mistral MQA", {"--preset", "mistral-7b", "--n-kv-head", "1"}},
+      {"qwen3 tied", {"--preset", "qwen3-8b", "--n-kv-head", "2", "--head-dim", "16"}, true},
+  };
+  const std::string ids = "1 7 42 200 3 99 250 12";
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    test::TempDir tmp;
+    const fs::path model = tmp / "m";
+    std::vector<std::string> args = {
+        "make-model", "--n-layer", "2",  "--n-embd", "64",           "--n-head",
+        "4",          "--n-inner", "96", "--vocab",  "256",          "--dtype",
+        "f32",        "--seed",    "11", "-o",       model.string(), "-q"};
+    args.insert(args.begin() + 1, c.flags.begin(), c.flags.end());
+    Result r = ferry(args);
+    ASSERT_EQ(r.rc, 0) << r.err;
+    if (c.tie) {
+      json config = json::parse(test::read_file(model / "config.json"));
+      config["tie_word_embeddings"] = true;
+      test::write_file(model / "config.json", config.dump(2));
+    }
+    r = ferry({"logits", "-m", model.string(), "--ids", ids});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    const auto got = json::parse(last_line(r.out))["logits"].get<std::vector<double>>();
+    const std::string cmd = "python3 '" + reference.string() + "' '" + model.string() + "' " + ids +
+                            " > '" + (tmp / "ref.json").string() + "'";
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    const auto want =
+        json::parse(test::read_file(tmp / "ref.json"))["logits"].get<std::vector<double>>();
+    ASSERT_EQ(got.size(), want.size());
+    double worst = 0;
+    for (std::size_t i = 0; i < got.size(); ++i)
+      worst = std::max(worst, std::fabs(got[i] - want[i]));
+    EXPECT_LT(worst, 2e-5);
+  }
+}
+
 // What the Llama family's configs may say that ferry does not compute is refused by name.
 TEST(Cli, UnsupportedLlamaConfigsAreRefusedByName) {
   const fs::path src = test::data_dir() / "llama" / "llama3-gqa-f32";
