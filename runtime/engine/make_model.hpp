@@ -1,6 +1,7 @@
-// make_model: writes a random-weight GPT-J checkpoint in Hugging Face's layout (config.json,
-// the GPT-2 tokenizer files, weights as safetensors or a torch zip), streaming it to disk so
-// any size up to GPT-J-6B's 12.1 GB is written with a few MiB of memory. The weights are a
+// make_model: writes a random-weight checkpoint of any family ferry runs (GPT-J, Llama, Mistral,
+// Qwen2, Qwen3) in Hugging Face's layout (config.json, the GPT-2 tokenizer files, weights as
+// safetensors or a torch zip), streaming it to disk so any size (Llama-3-8B's 16 GB) is written
+// with a few MiB of memory. The weights are a
 // pure function of (seed, tensor name, element index), so a given seed always gives the same
 // model whatever the format or shard size.
 #pragma once
