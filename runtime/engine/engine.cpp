@@ -8,23 +8,31 @@
 
 namespace ferry::engine {
 
-using model::WeightRole;
 using R = model::WeightRole;
+
+std::array<std::size_t, 12> Engine::activation_floats(const model::ModelConfig& config,
+                                                      int64_t rows, int64_t logit_rows) {
+  const auto r = static_cast<std::size_t>(rows);
+  const auto lr = static_cast<std::size_t>(logit_rows);
+  const auto e = static_cast<std::size_t>(config.n_embd);
+  const auto qd = static_cast<std::size_t>(config.q_dim());
+  const auto kvd = static_cast<std::size_t>(config.kv_dim());
+  const auto f = static_cast<std::size_t>(config.n_inner);
+  const bool swiglu = config.mlp == model::MlpKind::swiglu;
+  // x, h, q, k, v, attn, proj, ff, up (SwiGLU only), mlp; the head's input and the logits.
+  return {r * e,   r * e,   r * qd,
+          r * kvd, r * kvd, r * qd,
+          r * e,   r * f,   swiglu ? r * f : 0,
+          r * e,   lr * e,  lr * static_cast<std::size_t>(config.vocab_size)};
+}
 
 uint64_t Engine::activation_bytes(const model::ModelConfig& config, int64_t max_rows,
                                   int64_t max_logit_rows) {
-  const auto rows = static_cast<uint64_t>(max_rows);
-  const auto logit_rows = static_cast<uint64_t>(std::min(max_rows, max_logit_rows));
-  const auto e = static_cast<uint64_t>(config.n_embd);
-  const auto q = static_cast<uint64_t>(config.q_dim());
-  const auto kv = static_cast<uint64_t>(config.kv_dim());
-  const auto f =
-      static_cast<uint64_t>(config.n_inner) * (config.mlp == model::MlpKind::swiglu ? 2u : 1u);
-  // x, h, proj and mlp at n_embd, q and attn at q_dim, k and v at kv_dim, the MLP's hidden
-  // rows; the head's input and logits for the rows whose logits are wanted.
-  return (rows * (4 * e + 2 * q + 2 * kv + f) +
-          logit_rows * (e + static_cast<uint64_t>(config.vocab_size))) *
-         sizeof(float);
+  uint64_t floats = 0;
+  for (const std::size_t n :
+       activation_floats(config, max_rows, std::min(max_rows, max_logit_rows)))
+    floats += n;
+  return floats * sizeof(float);
 }
 
 Engine::Engine(std::unique_ptr<Backend> backend)
@@ -86,17 +94,7 @@ const std::vector<float>& Engine::forward(std::span<const SeqTokens> batch, Logi
   }
   const auto n_out = static_cast<int64_t>(out_rows.size());
 
-  const auto r = static_cast<std::size_t>(rows);
-  const auto e = static_cast<std::size_t>(config_.n_embd);
-  const auto qd = static_cast<std::size_t>(config_.q_dim());
-  const auto kvd = static_cast<std::size_t>(config_.kv_dim());
-  const auto f = static_cast<std::size_t>(config_.n_inner);
-  const bool swiglu = config_.mlp == model::MlpKind::swiglu;
-  const auto lr = static_cast<std::size_t>(n_out);
-  const std::size_t sizes[] = {r * e,   r * e,   r * qd,
-                               r * kvd, r * kvd, r * qd,
-                               r * e,   r * f,   swiglu ? r * f : 0,
-                               r * e,   lr * e,  lr * static_cast<std::size_t>(vocab)};
+  const auto sizes = activation_floats(config_, rows, n_out);
   const std::vector<float*> p = be.activations(sizes);
   const Acts a{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11]};
 

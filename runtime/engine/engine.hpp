@@ -4,6 +4,7 @@
 // every matrix product runs once over all the batch's tokens.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -68,6 +69,10 @@ class Engine final : public ForwardPass {
 
  private:
   // The activations of one pass ([rows, width] each, rows = tokens in the batch).
+  // Floats of each activation buffer of a pass of `rows` tokens with `logit_rows` rows of logits,
+  // in Acts' order (what forward() allocates and activation_bytes() counts).
+  static std::array<std::size_t, 12> activation_floats(const model::ModelConfig& config,
+                                                       int64_t rows, int64_t logit_rows);
   struct Acts {
     float* x;       // [rows, n_embd] residual stream
     float* h;       // [rows, n_embd] a norm's output

@@ -186,23 +186,37 @@ StreamingWeights::StreamingWeights(model::ModelConfig config, const offload::Che
   embed_ = &checkpoint.at(model::embedding_group(config_).weights[0].name);
   row_.resize(packed_row_bytes(embed_->dtype, config_.n_embd));
 
-  for (int l = 0; l < config_.n_layer; ++l) groups_.push_back(model::block_group(config_, l));
-  groups_.push_back(model::head_group(config_));
-  // Norms and biases: small, read once, widened to f32.
+  std::vector<model::WeightGroup> groups;
+  for (int l = 0; l < config_.n_layer; ++l) groups.push_back(model::block_group(config_, l));
+  groups.push_back(model::head_group(config_));
+  // Norms and biases: small, read once, widened to f32; their views are set once every vector
+  // is in (vectors_ moves while it grows).
+  std::vector<std::vector<std::size_t>> offsets(groups.size());
   std::vector<std::byte> narrow;
-  for (const auto& g : groups_) {
-    auto& offsets = vector_offsets_.emplace_back();
-    for (const auto& w : g.vectors()) {
+  for (std::size_t i = 0; i < groups.size(); ++i) {
+    Group& g = groups_.emplace_back();
+    for (const auto& w : groups[i].vectors()) {
       const offload::TensorEntry& t = checkpoint.at(w.name);
-      offsets.push_back(vectors_.size());
+      offsets[i].push_back(vectors_.size());
       vectors_.resize(vectors_.size() + static_cast<std::size_t>(w.shape.numel()));
       narrow.resize(t.nbytes);
       checkpoint.read(t, narrow.data());
       kernels::cpu::convert_to_f32(narrow.data(), t.dtype, w.shape.numel(),
-                                   vectors_.data() + offsets.back());
+                                   vectors_.data() + offsets[i].back());
     }
-    auto& dtypes = dtypes_.emplace_back();
-    for (const auto& w : g.matrices()) dtypes.push_back(checkpoint.at(w.name).dtype);
+    const std::vector<ChunkedMatrix>& chunked = layout_.groups[i].chunked;
+    const auto matrices = groups[i].matrices();
+    for (std::size_t j = 0; j < matrices.size(); ++j) {
+      const auto& w = matrices[j];
+      g.views.set(w.role, MatrixView{nullptr, checkpoint.at(w.name).dtype, w.shape.dims[0],
+                                     w.shape.dims[1], chunked.empty() ? nullptr : &chunked[j]});
+      g.matrix_roles.push_back(w.role);
+    }
+  }
+  for (std::size_t i = 0; i < groups.size(); ++i) {
+    const auto vectors = groups[i].vectors();
+    for (std::size_t j = 0; j < vectors.size(); ++j)
+      groups_[i].views.set(vectors[j].role, vectors_.data() + offsets[i][j]);
   }
 }
 
@@ -216,26 +230,14 @@ void StreamingWeights::embed(std::span<const int32_t> ids, float* out) {
 }
 
 UnitWeights StreamingWeights::acquire(std::size_t index) {
-  const model::WeightGroup& group = groups_[index];
-  const StreamLayout::Group& g = layout_.groups[index];
-  UnitWeights u;
-  const auto matrices = group.matrices();
+  const Group& g = groups_[index];
+  UnitWeights u = g.views;
   // A whole unit is acquired now; a pieced one a piece at a time, as the product asks (part()).
-  const offload::UnitView view =
-      g.chunked.empty() ? streamer_.acquire(g.first_unit) : offload::UnitView();
-  for (std::size_t i = 0; i < matrices.size(); ++i) {
-    const auto& w = matrices[i];
-    MatrixView m{nullptr, dtypes_[index][i], w.shape.dims[0], w.shape.dims[1]};
-    if (g.chunked.empty()) {
-      m.data = view.tensor(i);
-    } else {
-      m.chunks = &g.chunked[i];
-    }
-    u.set(w.role, m);
+  if (layout_.groups[index].chunked.empty()) {
+    const offload::UnitView view = streamer_.acquire(layout_.groups[index].first_unit);
+    for (std::size_t i = 0; i < g.matrix_roles.size(); ++i)
+      u.matrices[static_cast<std::size_t>(g.matrix_roles[i])].data = view.tensor(i);
   }
-  const auto vectors = group.vectors();
-  for (std::size_t i = 0; i < vectors.size(); ++i)
-    u.set(vectors[i].role, vectors_.data() + vector_offsets_[index][i]);
   return u;
 }
 

@@ -109,12 +109,17 @@ class StreamingWeights final : public WeightProvider {
   const offload::Checkpoint& checkpoint_;
   StreamLayout layout_;
 
+  // A group's views, made once: matrices with their dtype, shape and (pieced) chunks, vectors
+  // pointing into vectors_; acquire() fills in a whole unit's matrix data from the streamer.
+  struct Group {
+    UnitWeights views;
+    std::vector<model::WeightRole> matrix_roles;  // in stream order (UnitView::tensor index)
+  };
+
   const offload::TensorEntry* embed_ = nullptr;
-  std::vector<model::WeightGroup> groups_;                // blocks 0 … n_layer-1, then the head
-  std::vector<std::vector<DType>> dtypes_;                // per group: its matrices' stored dtypes
-  std::vector<float> vectors_;                            // every norm and bias, as f32
-  std::vector<std::vector<std::size_t>> vector_offsets_;  // per group: each vector's offset
-  std::vector<std::byte> row_;                            // one embedding row as stored
+  std::vector<float> vectors_;  // every norm and bias, as f32
+  std::vector<Group> groups_;   // blocks 0 … n_layer-1, then the head
+  std::vector<std::byte> row_;  // one embedding row as stored
   offload::LayerStreamer streamer_;
   // A pieced group: the piece (streamer unit) acquired now, if any, and its view.
   std::optional<std::size_t> piece_;

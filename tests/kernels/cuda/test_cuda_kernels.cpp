@@ -300,6 +300,32 @@ TEST_F(CudaKernels, KvStoreScattersRows) {
   }
 }
 
+// A KV cache as the GPU stores it (kv: f32, or f16 bits) and as the CPU twin must read it (the
+// f16 values widened back), so the twin sees exactly the GPU's inputs.
+struct StoredKv {
+  std::vector<float> k, v;
+  std::vector<uint8_t> k_bytes, v_bytes;
+};
+
+StoredKv store_kv(const std::vector<float>& k, const std::vector<float>& v, DType kv) {
+  StoredKv c{k, v, std::vector<uint8_t>(k.size() * dtype_size(kv)),
+             std::vector<uint8_t>(v.size() * dtype_size(kv))};
+  const auto store = [&](std::vector<float>& x, std::vector<uint8_t>& bytes) {
+    if (kv == DType::f32) {
+      std::memcpy(bytes.data(), x.data(), bytes.size());
+      return;
+    }
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      const uint16_t h = f32_to_f16(x[i]);
+      std::memcpy(bytes.data() + 2 * i, &h, 2);
+      x[i] = f16_to_f32(h);
+    }
+  };
+  store(c.k, c.k_bytes);
+  store(c.v, c.v_bytes);
+  return c;
+}
+
 TEST_F(CudaKernels, AttentionMatchesCpuForPromptAndDecode) {
   std::mt19937 rng(6);
   struct Shape {
@@ -314,21 +340,13 @@ TEST_F(CudaKernels, AttentionMatchesCpuForPromptAndDecode) {
     const auto v = random_floats(rng, k.size());
     for (DType kv : {DType::f32, DType::f16}) {
       // The CPU twin reads the cache as the GPU sees it (f16-rounded for an f16 cache).
-      std::vector<float> kr = k, vr = v;
-      std::vector<uint16_t> kh(k.size()), vh(v.size());
-      if (kv == DType::f16)
-        for (std::size_t i = 0; i < k.size(); ++i) {
-          kh[i] = f32_to_f16(k[i]);
-          vh[i] = f32_to_f16(v[i]);
-          kr[i] = f16_to_f32(kh[i]);
-          vr[i] = f16_to_f32(vh[i]);
-        }
+      const StoredKv c = store_kv(k, v, kv);
       std::vector<float> want(q.size());
       cpu::AttentionArgs a;
       a.q = q.data();
       a.q_stride = stride;
-      a.k = kr.data();
-      a.v = vr.data();
+      a.k = c.k.data();
+      a.v = c.v.data();
       a.kv_head_stride = cap * s.head_dim;
       a.out = want.data();
       a.out_stride = stride;
@@ -339,8 +357,7 @@ TEST_F(CudaKernels, AttentionMatchesCpuForPromptAndDecode) {
       cpu::ref::attention(a);
 
       const DeviceBuffer dq = upload(q);
-      const DeviceBuffer dk = kv == DType::f32 ? upload(k) : upload(kh);
-      const DeviceBuffer dv = kv == DType::f32 ? upload(v) : upload(vh);
+      const DeviceBuffer dk = upload(c.k_bytes), dv = upload(c.v_bytes);
       DeviceBuffer dout(q.size() * 4);
       kc::AttentionArgs g;
       g.q = dq.as<float>();
@@ -395,21 +412,13 @@ TEST_F(CudaKernels, AttentionWithGroupedKvHeadsMatchesCpuAndRepeatedHeads) {
         "n_head=" + std::to_string(s.n_head) + " n_kv_head=" + std::to_string(s.n_kv_head) +
         " n_new=" + std::to_string(s.n_new) + " n_past=" + std::to_string(s.n_past);
     for (DType kv : {DType::f32, DType::f16}) {
-      std::vector<float> kr = k, vr = v;
-      std::vector<uint16_t> kh(k.size()), vh(v.size());
-      if (kv == DType::f16)
-        for (std::size_t i = 0; i < k.size(); ++i) {
-          kh[i] = f32_to_f16(k[i]);
-          vh[i] = f32_to_f16(v[i]);
-          kr[i] = f16_to_f32(kh[i]);
-          vr[i] = f16_to_f32(vh[i]);
-        }
+      const StoredKv c = store_kv(k, v, kv);
       std::vector<float> want(q.size());
       cpu::AttentionArgs a;
       a.q = q.data();
       a.q_stride = stride;
-      a.k = kr.data();
-      a.v = vr.data();
+      a.k = c.k.data();
+      a.v = c.v.data();
       a.kv_head_stride = head_elems;
       a.out = want.data();
       a.out_stride = stride;
@@ -422,11 +431,8 @@ TEST_F(CudaKernels, AttentionWithGroupedKvHeadsMatchesCpuAndRepeatedHeads) {
 
       // The cache as the GPU stores it, and that cache with each KV head repeated group times.
       const std::size_t elem = dtype_size(kv);
-      std::vector<uint8_t> kb(k.size() * elem), vb(v.size() * elem);
-      std::memcpy(kb.data(), kv == DType::f32 ? static_cast<const void*>(k.data()) : kh.data(),
-                  kb.size());
-      std::memcpy(vb.data(), kv == DType::f32 ? static_cast<const void*>(v.data()) : vh.data(),
-                  vb.size());
+      const std::vector<uint8_t>& kb = c.k_bytes;
+      const std::vector<uint8_t>& vb = c.v_bytes;
       const std::size_t head_bytes = static_cast<std::size_t>(head_elems) * elem;
       std::vector<uint8_t> kb_rep(static_cast<std::size_t>(s.n_head) * head_bytes);
       std::vector<uint8_t> vb_rep(kb_rep.size());
