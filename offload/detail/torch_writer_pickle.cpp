@@ -166,6 +166,14 @@ std::optional<std::string_view> torch_storage_type(DType dtype) {
     case DType::q8:
     case DType::q4_g64:
     case DType::q4_g128:
+    case DType::q8_0:
+    case DType::q4_0:
+    case DType::q4_1:
+    case DType::q5_0:
+    case DType::q5_1:
+    case DType::q4_k:
+    case DType::q5_k:
+    case DType::q6_k:
       break;  // packed dtypes have no torch storage
   }
   return std::nullopt;

@@ -26,6 +26,22 @@ std::string_view dtype_name(DType t) {
       return "q4g64";
     case DType::q4_g128:
       return "q4g128";
+    case DType::q8_0:
+      return "q8_0";
+    case DType::q4_0:
+      return "q4_0";
+    case DType::q4_1:
+      return "q4_1";
+    case DType::q5_0:
+      return "q5_0";
+    case DType::q5_1:
+      return "q5_1";
+    case DType::q4_k:
+      return "q4_k";
+    case DType::q5_k:
+      return "q5_k";
+    case DType::q6_k:
+      return "q6_k";
   }
   return "?";
 }
@@ -42,6 +58,10 @@ std::optional<DType> parse_dtype(std::string_view name) {
   if (name == "q8") return DType::q8;
   if (name == "q4g64") return DType::q4_g64;
   if (name == "q4g128") return DType::q4_g128;
+  for (DType t : {DType::q8_0, DType::q4_0, DType::q4_1, DType::q5_0, DType::q5_1, DType::q4_k,
+                  DType::q5_k, DType::q6_k}) {
+    if (name == dtype_name(t)) return t;
+  }
   return std::nullopt;
 }
 
@@ -78,7 +98,15 @@ std::string_view dtype_to_safetensors(DType t) {
     case DType::q8:
     case DType::q4_g64:
     case DType::q4_g128:
-      break;  // packed dtypes exist only in ferry packs
+    case DType::q8_0:
+    case DType::q4_0:
+    case DType::q4_1:
+    case DType::q5_0:
+    case DType::q5_1:
+    case DType::q4_k:
+    case DType::q5_k:
+    case DType::q6_k:
+      break;  // packed dtypes exist only in ferry packs and GGUF files
   }
   return "?";
 }

@@ -10,9 +10,31 @@
 
 namespace ferry {
 
-// q8, q4_g64 and q4_g128 are packed weight matrices (ferry packs only); their bytes are counted
-// per row, not per element: see runtime/core/quant.hpp for the layouts.
-enum class DType : uint8_t { f32, f16, bf16, i8, u8, i32, i64, boolean, q8, q4_g64, q4_g128 };
+// q8, q4_g64 and q4_g128 are ferry's packed weight matrices (ferry packs); q8_0 … q6_k are
+// llama.cpp's block formats (GGUF files, and packs converted from them, keeping their blocks).
+// Both kinds count their bytes per row, not per element: see runtime/core/quant.hpp for ferry's
+// layouts and runtime/core/ggml_quant.hpp for the block formats.
+enum class DType : uint8_t {
+  f32,
+  f16,
+  bf16,
+  i8,
+  u8,
+  i32,
+  i64,
+  boolean,
+  q8,
+  q4_g64,
+  q4_g128,
+  q8_0,
+  q4_0,
+  q4_1,
+  q5_0,
+  q5_1,
+  q4_k,
+  q5_k,
+  q6_k,
+};
 
 // Bytes per element; 0 for the packed dtypes, whose size is per row (quant.hpp). Callable in
 // CUDA kernels (packed_row_bytes).
@@ -37,6 +59,14 @@ FERRY_HD constexpr std::size_t dtype_size(DType t) {
     case DType::q8:
     case DType::q4_g64:
     case DType::q4_g128:
+    case DType::q8_0:
+    case DType::q4_0:
+    case DType::q4_1:
+    case DType::q5_0:
+    case DType::q5_1:
+    case DType::q4_k:
+    case DType::q5_k:
+    case DType::q6_k:
       return 0;
   }
   return 0;
@@ -57,12 +87,21 @@ constexpr bool is_float_weight(DType t) {
   return t == DType::f32 || t == DType::f16 || t == DType::bf16;
 }
 
-// True for the packed (quantized) weight dtypes.
-constexpr bool is_quantized(DType t) {
+// True for ferry's own packed (quantized) weight dtypes: q8, q4_g64, q4_g128.
+FERRY_HD constexpr bool is_quantized(DType t) {
   return t == DType::q8 || t == DType::q4_g64 || t == DType::q4_g128;
 }
 
+// True for llama.cpp's block-quantized dtypes (q8_0 … q6_k).
+FERRY_HD constexpr bool is_ggml_block(DType t) {
+  return t == DType::q8_0 || t == DType::q4_0 || t == DType::q4_1 || t == DType::q5_0 ||
+         t == DType::q5_1 || t == DType::q4_k || t == DType::q5_k || t == DType::q6_k;
+}
+
+// True for every dtype whose bytes are counted per row (packed_row_bytes): both kinds above.
+FERRY_HD constexpr bool is_row_packed(DType t) { return is_quantized(t) || is_ggml_block(t); }
+
 // True for every dtype a weight matrix may have: the float ones and the packed ones.
-constexpr bool is_matrix_weight(DType t) { return is_float_weight(t) || is_quantized(t); }
+constexpr bool is_matrix_weight(DType t) { return is_float_weight(t) || is_row_packed(t); }
 
 }  // namespace ferry

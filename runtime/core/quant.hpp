@@ -22,6 +22,7 @@
 #include <cstdint>
 
 #include "runtime/core/dtype.hpp"
+#include "runtime/core/ggml_quant.hpp"
 #include "runtime/core/host_device.hpp"
 
 namespace ferry {
@@ -37,9 +38,11 @@ FERRY_HD int64_t quant_groups(DType t, int64_t cols) {
   return g == 0 ? 0 : (cols + g - 1) / g;
 }
 
-// Bytes of one packed row of cols columns; for float dtypes, cols · dtype_size.
+// Bytes of one packed row of cols columns; for ggml block dtypes ggml_row_bytes (cols a multiple
+// of the block), for float dtypes cols · dtype_size.
 FERRY_HD uint64_t packed_row_bytes(DType t, int64_t cols) {
   const auto c = static_cast<uint64_t>(cols);
+  if (is_ggml_block(t)) return ggml_row_bytes(t, cols);
   if (t == DType::q8) return 4 + (c + 3) / 4 * 4;
   if (t == DType::q4_g64 || t == DType::q4_g128) {
     const auto ng = static_cast<uint64_t>(quant_groups(t, cols));
