@@ -19,7 +19,8 @@
 // once per call (max|x|/127 steps, ~0.3% of the group's size) and 32 nibble×byte products go
 // through one _mm256_maddubs_epi16 — so a weight costs half or a quarter of an f16's memory
 // traffic and, for q4, about ten instructions per 64 (rows past 65536 columns keep x in f32).
-// Prompt processing dequantizes into the f32 tile (no rounding of x).
+// Prompt processing dequantizes into the f32 tile (no rounding of x). llama.cpp's block formats
+// (q8_0 … q6_k) go to ggml_linear_avx2.cpp, which uses this file's tile product (gemm_filled).
 //
 // Every output is a dot product in f32; each row's summation order depends only on k (never on
 // which slot of a tile it lands in, nor on the thread), so results are reproducible.
@@ -32,7 +33,7 @@
 namespace ferry::kernels::cpu::detail::avx2 {
 namespace {
 
-constexpr int64_t kKBlock = 256;
+constexpr int64_t kKBlock = kLinearTileCols;
 constexpr int kRowTile = 4;  // weight rows per register tile
 constexpr int kXTile = 3;    // rows of x per register tile (prompt path)
 
@@ -631,6 +632,14 @@ void linear_packed(const float* x, int64_t m, int64_t k, const void* w, DType t,
 
 }  // namespace
 
+void gemm_filled(const float* x, int64_t m, int64_t k, int64_t n, const float* bias, float* y,
+                 int64_t o_begin, int64_t o_end, TileFill fill, const void* ctx) {
+  gemm_tiled(x, m, k, n, bias, y, o_begin, o_end,
+             [&](int64_t g, int64_t rows, int64_t kb, int64_t kc, float* tile) {
+               fill(ctx, g, rows, kb, kc, tile);
+             });
+}
+
 void linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
                  const float* bias, float* y, int64_t o_begin, int64_t o_end) {
   switch (wdt) {
@@ -644,6 +653,16 @@ void linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt,
     case DType::q4_g64:
     case DType::q4_g128:
       linear_packed(x, m, k, w, wdt, n, bias, y, o_begin, o_end);
+      break;
+    case DType::q8_0:
+    case DType::q4_0:
+    case DType::q4_1:
+    case DType::q5_0:
+    case DType::q5_1:
+    case DType::q4_k:
+    case DType::q5_k:
+    case DType::q6_k:
+      ggml_linear_rows(x, m, k, w, wdt, n, bias, y, o_begin, o_end);
       break;
     default:
       linear_typed<F32Weights>(x, m, k, w, n, bias, y, o_begin, o_end);

@@ -10,6 +10,7 @@
 #include "kernels/cpu/detail/paths.hpp"
 #include "kernels/cpu/ops.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/core/ggml_quant.hpp"
 
 #if defined(FERRY_KERNELS_AVX2)
 #include <cpuid.h>
@@ -88,15 +89,20 @@ const Paths& paths() {
   return chosen;
 }
 
-void check_weight_dtype(DType wdt, const char* what) {
+// k: the row length (a ggml block row must hold whole blocks).
+void check_weight_dtype(DType wdt, int64_t k, const char* what) {
   FERRY_EXPECT(is_matrix_weight(wdt),
-               "{}: weights must be f32, f16, bf16, q8, q4g64 or q4g128, got {}", what,
-               dtype_name(wdt));
+               "{}: weights must be f32, f16, bf16, q8, q4g64, q4g128 or a ggml block type "
+               "(q8_0 … q6_k), got {}",
+               what, dtype_name(wdt));
+  FERRY_EXPECT(!is_ggml_block(wdt) || ggml_row_fits(wdt, k),
+               "{}: a {} row holds whole blocks of {} columns, but the row is {} long", what,
+               dtype_name(wdt), ggml_block_elems(wdt), k);
 }
 
 void run_linear(LinearRowsFn rows, const float* x, int64_t m, int64_t k, const void* w, DType wdt,
                 int64_t n, const float* bias, float* y, ThreadPool& pool) {
-  check_weight_dtype(wdt, "linear");
+  check_weight_dtype(wdt, k, "linear");
   FERRY_EXPECT(m >= 0 && k >= 0 && n >= 0, "linear: negative size m={} k={} n={}", m, k, n);
   if (m == 0 || n == 0) return;
   const int64_t n_groups = (n + detail::kLinearRowGroup - 1) / detail::kLinearRowGroup;
@@ -197,14 +203,34 @@ void rotary_half(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_
   }
 }
 
+// As rotary_interleaved, with the angles from a frequency table.
+void rotary_pairs(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_t head_dim,
+                  int64_t rotary_dim, const float* inv_freq, const int32_t* positions) {
+  FERRY_EXPECT(rotary_dim % 2 == 0 && rotary_dim <= head_dim,
+               "rotary_pairs: rotary_dim {} must be even and at most head_dim {}", rotary_dim,
+               head_dim);
+  for (int64_t r = 0; r < m; ++r) {
+    float* row = x + r * row_stride;
+    for (int64_t i = 0; i < rotary_dim / 2; ++i) {
+      const float angle = rotary_angle_freq(positions[r], inv_freq[i]);
+      const float cos_a = ::cosf(angle);
+      const float sin_a = ::sinf(angle);
+      for (int64_t h = 0; h < n_head; ++h) {
+        float* pair = row + h * head_dim + 2 * i;
+        rotary_rotate_pair(pair[0], pair[1], cos_a, sin_a);
+      }
+    }
+  }
+}
+
 void attention(const AttentionArgs& args, ThreadPool& pool) {
   run_attention(paths().attention_pairs, args, pool);
 }
 
 void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst) {
-  check_weight_dtype(dtype, "convert_to_f32");
+  check_weight_dtype(dtype, n, "convert_to_f32");
   // A packed row is one embedding row per token: the portable loop is plenty.
-  if (is_quantized(dtype)) {
+  if (is_row_packed(dtype)) {
     detail::portable::convert_to_f32(src, dtype, n, dst);
   } else {
     paths().convert_to_f32(src, dtype, n, dst);
@@ -230,7 +256,7 @@ void attention(const AttentionArgs& args, ThreadPool& pool) {
 }
 
 void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst) {
-  check_weight_dtype(dtype, "convert_to_f32");
+  check_weight_dtype(dtype, n, "convert_to_f32");
   detail::portable::convert_to_f32(src, dtype, n, dst);
 }
 

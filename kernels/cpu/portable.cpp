@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/common/ggml_quant_math.hpp"
 #include "kernels/common/math.hpp"
 #include "kernels/common/quant_math.hpp"
 #include "kernels/cpu/detail/paths.hpp"
@@ -86,6 +87,10 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
 // time (the group's scale and minimum read once).
 void dequant_slice(const unsigned char* row, DType t, int64_t cols, int64_t j0, int64_t n,
                    float* dst) {
+  if (is_ggml_block(t)) {  // j0 is a multiple of kKBlock, n of 32: whole chunks
+    ggml_dequantize(row, t, j0, n, dst);
+    return;
+  }
   if (t == DType::q8) {
     const float scale = q8_row_scale(row);
     const int8_t* q = q8_row_values(row) + j0;
@@ -120,7 +125,7 @@ void linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt,
       if (wdt == DType::f32) {
         wb = static_cast<const float*>(w) + g * k + kb;
         ldw = k;
-      } else if (is_quantized(wdt)) {
+      } else if (is_row_packed(wdt)) {
         for (int64_t r = 0; r < rows; ++r) {
           const auto* row =
               static_cast<const unsigned char*>(w) + static_cast<uint64_t>(g + r) * row_bytes;
@@ -226,7 +231,7 @@ void add(float* y, const float* x, int64_t n) {
 }
 
 void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst) {
-  if (is_quantized(dtype)) {
+  if (is_row_packed(dtype)) {
     dequant_slice(static_cast<const unsigned char*>(src), dtype, n, 0, n, dst);
   } else {
     to_f32(src, dtype, n, dst);

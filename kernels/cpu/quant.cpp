@@ -176,6 +176,10 @@ void quantize_q4(const float* src, int64_t cols, DType dtype, unsigned char* dst
 }  // namespace
 
 void quantize_row(const float* src, int64_t cols, DType dtype, void* dst, const char* what) {
+  if (is_ggml_block(dtype)) {
+    quantize_ggml_row(src, cols, dtype, dst, what);
+    return;
+  }
   FERRY_EXPECT(is_quantized(dtype), "quantize_row: {} is not a packed dtype", dtype_name(dtype));
   FERRY_EXPECT(cols > 0, "quantize_row: {} has {} columns", what, cols);
   check_finite(src, cols, what);

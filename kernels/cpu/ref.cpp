@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/common/ggml_quant_math.hpp"
 #include "kernels/common/math.hpp"
 #include "kernels/common/nn_math.hpp"
 #include "kernels/common/quant_math.hpp"
@@ -33,10 +34,10 @@ float weight_at(const void* w, DType wdt, int64_t j) {
 
 // Element (o, j) of a [n, k] weight matrix of any weight dtype, packed ones included.
 float matrix_weight_at(const void* w, DType wdt, int64_t k, int64_t o, int64_t j) {
-  if (!is_quantized(wdt)) return weight_at(w, wdt, o * k + j);
+  if (!is_row_packed(wdt)) return weight_at(w, wdt, o * k + j);
   const auto* row =
       static_cast<const unsigned char*>(w) + static_cast<uint64_t>(o) * packed_row_bytes(wdt, k);
-  return packed_row_weight(row, wdt, k, j);
+  return is_ggml_block(wdt) ? ggml_row_weight(row, wdt, j) : packed_row_weight(row, wdt, k, j);
 }
 
 }  // namespace
@@ -44,8 +45,12 @@ float matrix_weight_at(const void* w, DType wdt, int64_t k, int64_t o, int64_t j
 void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
             const float* bias, float* y) {
   FERRY_EXPECT(is_matrix_weight(wdt),
-               "linear: weights must be f32, f16, bf16, q8, q4g64 or q4g128, got {}",
+               "linear: weights must be f32, f16, bf16, q8, q4g64, q4g128 or a ggml block type "
+               "(q8_0 … q6_k), got {}",
                dtype_name(wdt));
+  FERRY_EXPECT(!is_ggml_block(wdt) || ggml_row_fits(wdt, k),
+               "linear: a {} row holds whole blocks of {} columns, but k = {}", dtype_name(wdt),
+               ggml_block_elems(wdt), k);
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t o = 0; o < n; ++o) {
       float sum = 0.0f;
@@ -85,6 +90,19 @@ void rotary_interleaved(float* x, int64_t m, int64_t row_stride, int64_t n_head,
       float* head = x + r * row_stride + h * head_dim;
       for (int64_t i = 0; i < rotary_dim / 2; ++i) {
         const float angle = rotary_angle(positions[r], i, rotary_dim);
+        rotary_rotate_pair(head[2 * i], head[2 * i + 1], ::cosf(angle), ::sinf(angle));
+      }
+    }
+  }
+}
+
+void rotary_pairs(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_t head_dim,
+                  int64_t rotary_dim, const float* inv_freq, const int32_t* positions) {
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t h = 0; h < n_head; ++h) {
+      float* head = x + r * row_stride + h * head_dim;
+      for (int64_t i = 0; i < rotary_dim / 2; ++i) {
+        const float angle = rotary_angle_freq(positions[r], inv_freq[i]);
         rotary_rotate_pair(head[2 * i], head[2 * i + 1], ::cosf(angle), ::sinf(angle));
       }
     }
@@ -150,6 +168,9 @@ void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst) {
   FERRY_EXPECT(is_matrix_weight(dtype),
                "convert_to_f32: source must be f32, f16, bf16 or a packed row, got {}",
                dtype_name(dtype));
+  FERRY_EXPECT(!is_ggml_block(dtype) || ggml_row_fits(dtype, n),
+               "convert_to_f32: a {} row holds whole blocks of {} columns, but n = {}",
+               dtype_name(dtype), ggml_block_elems(dtype), n);
   for (int64_t i = 0; i < n; ++i) dst[i] = matrix_weight_at(src, dtype, n, 0, i);
 }
 

@@ -34,6 +34,20 @@ void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst);
 }  // namespace portable
 
 namespace avx2 {
+// Columns of a row of the f32 tile the prompt path multiplies (the tile is kLinearRowGroup rows of
+// this many floats, 32-byte aligned).
+inline constexpr int64_t kLinearTileCols = 256;
+// Puts weight rows g … g + rows − 1, columns kb … kb + kc − 1 (kb a multiple of kLinearTileCols)
+// as f32 into tile, rows kLinearTileCols apart; ctx is the caller's.
+using TileFill = void (*)(const void* ctx, int64_t g, int64_t rows, int64_t kb, int64_t kc,
+                          float* tile);
+// y[:, o_begin:o_end] of linear for m > 1 on any weight storage fill can widen: the register-tiled
+// f32 product of linear_avx2.cpp over tiles of kLinearRowGroup × kLinearTileCols.
+void gemm_filled(const float* x, int64_t m, int64_t k, int64_t n, const float* bias, float* y,
+                 int64_t o_begin, int64_t o_end, TileFill fill, const void* ctx);
+// linear_rows for llama.cpp's block formats (ggml_linear_avx2.cpp).
+void ggml_linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+                      const float* bias, float* y, int64_t o_begin, int64_t o_end);
 void linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
                  const float* bias, float* y, int64_t o_begin, int64_t o_end);
 void attention_pairs(const AttentionArgs& args, int64_t p_begin, int64_t p_end);

@@ -1,0 +1,412 @@
+// llama.cpp's block formats (q8_0 … q6_k): decoding bit for bit as ggml decodes (the fixture's
+// rows from gguf-py / ggml, and a plain decoder written here after ggml-quants.c on random
+// blocks), linear() on them in every path against exact products of the decoded weights, and
+// quantize_row's round trip.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/common/ggml_quant_math.hpp"
+#include "kernels/cpu/ops.hpp"
+#include "kernels/cpu/quant.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/core/ggml_quant.hpp"
+#include "runtime/core/half.hpp"
+#include "runtime/core/thread_pool.hpp"
+#include "tests/support/test_support.hpp"
+
+namespace ferry::kernels::cpu {
+namespace {
+
+constexpr DType kAll[] = {DType::q8_0, DType::q4_0, DType::q4_1, DType::q5_0,
+                          DType::q5_1, DType::q4_k, DType::q5_k, DType::q6_k};
+
+using Bytes = std::vector<unsigned char>;
+
+// ---- A plain decoder, transcribed from ggml-quants.c's dequantize_row_* (whole rows, ggml's own
+// loop structure), independent of kernels/common/ggml_quant_math.hpp.
+
+float h2f(const unsigned char* p) { return f16_to_f32(static_cast<uint16_t>(p[0] | p[1] << 8)); }
+
+void get_scale_min_k4(int j, const unsigned char* q, uint8_t* d, uint8_t* m) {
+  if (j < 4) {
+    *d = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *d = static_cast<uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+    *m = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4));
+  }
+}
+
+std::vector<float> plain_decode(const unsigned char* x, DType t, int64_t k) {
+  std::vector<float> out(static_cast<std::size_t>(k));
+  float* y = out.data();
+  const int64_t nb = k / ggml_block_elems(t);
+  const auto bs = ggml_block_bytes(t);
+  for (int64_t i = 0; i < nb; ++i) {
+    const unsigned char* b = x + i * static_cast<int64_t>(bs);
+    switch (t) {
+      case DType::q8_0: {
+        const float d = h2f(b);
+        for (int j = 0; j < 32; ++j) y[j] = static_cast<float>(static_cast<int8_t>(b[2 + j])) * d;
+        y += 32;
+        break;
+      }
+      case DType::q4_0: {
+        const float d = h2f(b);
+        for (int j = 0; j < 16; ++j) {
+          const int x0 = (b[2 + j] & 0x0F) - 8;
+          const int x1 = (b[2 + j] >> 4) - 8;
+          y[j] = static_cast<float>(x0) * d;
+          y[j + 16] = static_cast<float>(x1) * d;
+        }
+        y += 32;
+        break;
+      }
+      case DType::q4_1: {
+        const float d = h2f(b);
+        const float m = h2f(b + 2);
+        for (int j = 0; j < 16; ++j) {
+          const float p0 = static_cast<float>(b[4 + j] & 0x0F) * d;
+          const float p1 = static_cast<float>(b[4 + j] >> 4) * d;
+          y[j] = p0 + m;
+          y[j + 16] = p1 + m;
+        }
+        y += 32;
+        break;
+      }
+      case DType::q5_0:
+      case DType::q5_1: {
+        const bool one = t == DType::q5_1;
+        const float d = h2f(b);
+        const float m = one ? h2f(b + 2) : 0.0f;
+        uint32_t qh;
+        std::memcpy(&qh, b + (one ? 4 : 2), 4);
+        const unsigned char* qs = b + (one ? 8 : 6);
+        for (int j = 0; j < 16; ++j) {
+          const auto xh_0 = static_cast<uint8_t>(((qh >> (j + 0)) << 4) & 0x10);
+          const auto xh_1 = static_cast<uint8_t>(((qh >> (j + 12))) & 0x10);
+          const int x0 = ((qs[j] & 0x0F) | xh_0) - (one ? 0 : 16);
+          const int x1 = ((qs[j] >> 4) | xh_1) - (one ? 0 : 16);
+          if (one) {
+            const float p0 = static_cast<float>(x0) * d;
+            const float p1 = static_cast<float>(x1) * d;
+            y[j] = p0 + m;
+            y[j + 16] = p1 + m;
+          } else {
+            y[j] = static_cast<float>(x0) * d;
+            y[j + 16] = static_cast<float>(x1) * d;
+          }
+        }
+        y += 32;
+        break;
+      }
+      case DType::q4_k:
+      case DType::q5_k: {
+        const bool five = t == DType::q5_k;
+        const float d = h2f(b);
+        const float min = h2f(b + 2);
+        const unsigned char* scales = b + 4;
+        const unsigned char* qh = b + 16;
+        const unsigned char* q = b + (five ? 48 : 16);
+        int is = 0;
+        uint8_t sc;
+        uint8_t m;
+        unsigned u1 = 1;
+        unsigned u2 = 2;
+        for (int j = 0; j < 256; j += 64) {
+          get_scale_min_k4(is + 0, scales, &sc, &m);
+          const float d1 = d * sc;
+          const float m1 = min * m;
+          get_scale_min_k4(is + 1, scales, &sc, &m);
+          const float d2 = d * sc;
+          const float m2 = min * m;
+          for (int l = 0; l < 32; ++l) {
+            const int v = (q[l] & 0xF) + (five && (qh[l] & u1) != 0 ? 16 : 0);
+            const float p = d1 * static_cast<float>(v);
+            *y++ = p - m1;
+          }
+          for (int l = 0; l < 32; ++l) {
+            const int v = (q[l] >> 4) + (five && (qh[l] & u2) != 0 ? 16 : 0);
+            const float p = d2 * static_cast<float>(v);
+            *y++ = p - m2;
+          }
+          q += 32;
+          is += 2;
+          u1 <<= 2;
+          u2 <<= 2;
+        }
+        break;
+      }
+      default: {  // q6_k
+        const float d = h2f(b + 208);
+        const unsigned char* ql = b;
+        const unsigned char* qh = b + 128;
+        const auto* sc = reinterpret_cast<const int8_t*>(b + 192);
+        for (int n = 0; n < 256; n += 128) {
+          for (int l = 0; l < 32; ++l) {
+            const int is = l / 16;
+            const int q1 = static_cast<int8_t>((ql[l + 0] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+            const int q2 =
+                static_cast<int8_t>((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+            const int q3 = static_cast<int8_t>((ql[l + 0] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+            const int q4 = static_cast<int8_t>((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+            y[l + 0] = d * static_cast<float>(sc[is + 0]) * static_cast<float>(q1);
+            y[l + 32] = d * static_cast<float>(sc[is + 2]) * static_cast<float>(q2);
+            y[l + 64] = d * static_cast<float>(sc[is + 4]) * static_cast<float>(q3);
+            y[l + 96] = d * static_cast<float>(sc[is + 6]) * static_cast<float>(q4);
+          }
+          y += 128;
+          ql += 64;
+          qh += 32;
+          sc += 8;
+        }
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+// The f16 fields of a block: offsets of d (and dmin / m).
+std::vector<int> f16_offsets(DType t) {
+  switch (t) {
+    case DType::q4_1:
+    case DType::q5_1:
+    case DType::q4_k:
+    case DType::q5_k:
+      return {0, 2};
+    case DType::q6_k:
+      return {208};
+    default:
+      return {0};
+  }
+}
+
+// A random f16 for a scale: normal (|v| up to 4), subnormal, zero, either sign.
+uint16_t random_scale(std::mt19937& rng) {
+  const uint16_t sign = (rng() & 1) != 0 ? 0x8000 : 0;
+  switch (rng() % 6) {
+    case 0:
+      return static_cast<uint16_t>(sign | (1 + rng() % 0x3ff));  // subnormal
+    case 1:
+      return sign;  // ±0
+    default:
+      return static_cast<uint16_t>(sign | (rng() % 0x4400));  // up to 4
+  }
+}
+
+// rows × k of random blocks: random bytes, the f16 scales replaced by random_scale.
+Bytes random_blocks(std::mt19937& rng, DType t, int64_t rows, int64_t k) {
+  Bytes b(static_cast<std::size_t>(rows) * ggml_row_bytes(t, k));
+  for (auto& v : b) v = static_cast<unsigned char>(rng());
+  const auto bs = ggml_block_bytes(t);
+  for (std::size_t off = 0; off < b.size(); off += bs) {
+    for (int f : f16_offsets(t)) {
+      const uint16_t h = random_scale(rng);
+      b[off + f] = static_cast<unsigned char>(h & 0xff);
+      b[off + f + 1] = static_cast<unsigned char>(h >> 8);
+    }
+  }
+  return b;
+}
+
+::testing::AssertionResult same_bits(const char* what, const float* got, const float* want,
+                                     int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    if (f32_bits(got[j]) != f32_bits(want[j])) {
+      return ::testing::AssertionFailure() << what << ": element " << j << " is " << got[j]
+                                           << ", want " << want[j];
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// Every decoder of a row: the shared header's chunk and element decoders and convert_to_f32 in
+// each path, against want.
+void expect_decodes(const unsigned char* row, DType t, int64_t k, const std::vector<float>& want,
+                    const std::string& label) {
+  std::vector<float> got(static_cast<std::size_t>(k));
+  ggml_dequantize(row, t, 0, k, got.data());
+  EXPECT_TRUE(same_bits((label + " chunks").c_str(), got.data(), want.data(), k));
+  for (int64_t j = 0; j < k; ++j) got[static_cast<std::size_t>(j)] = ggml_row_weight(row, t, j);
+  EXPECT_TRUE(same_bits((label + " elements").c_str(), got.data(), want.data(), k));
+  ref::convert_to_f32(row, t, k, got.data());
+  EXPECT_TRUE(same_bits((label + " ref").c_str(), got.data(), want.data(), k));
+  scalar::convert_to_f32(row, t, k, got.data());
+  EXPECT_TRUE(same_bits((label + " scalar").c_str(), got.data(), want.data(), k));
+  convert_to_f32(row, t, k, got.data());
+  EXPECT_TRUE(same_bits((label + " dispatched").c_str(), got.data(), want.data(), k));
+}
+
+TEST(GgmlQuant, DecodesTheFixtureRowsBitForBit) {
+  const std::map<std::string, DType> types = {
+      {"Q8_0", DType::q8_0}, {"Q4_0", DType::q4_0}, {"Q4_1", DType::q4_1},
+      {"Q5_0", DType::q5_0}, {"Q5_1", DType::q5_1}, {"Q4_K", DType::q4_k},
+      {"Q5_K", DType::q5_k}, {"Q6_K", DType::q6_k}};
+  std::ifstream in(test::data_dir() / "gguf" / "tiny-llama-bpe" / "dequant.json");
+  ASSERT_TRUE(in) << "tests/data/gguf/tiny-llama-bpe/dequant.json is missing";
+  const auto doc = nlohmann::json::parse(in);
+  int checked = 0;
+  for (const auto& [file, f] : doc.at("files").items()) {
+    for (const auto& e : f.at("entries")) {
+      const auto it = types.find(e.at("type").get<std::string>());
+      if (it == types.end()) continue;  // F16
+      const DType t = it->second;
+      const int64_t k = e.at("row_length").get<int64_t>();
+      ASSERT_EQ(e.at("bytes_per_row").get<uint64_t>(), ggml_row_bytes(t, k));
+      ASSERT_EQ(e.at("type_size").get<uint64_t>(), ggml_block_bytes(t));
+      ASSERT_EQ(e.at("block_size").get<int64_t>(), ggml_block_elems(t));
+      for (int64_t r = 0; r < e.at("rows").get<int64_t>(); ++r) {
+        const auto hex = e.at("raw_hex").at(r).get<std::string>();
+        ASSERT_EQ(hex.size(), 2 * ggml_row_bytes(t, k));
+        Bytes row(hex.size() / 2);
+        for (std::size_t i = 0; i < row.size(); ++i)
+          row[i] = static_cast<unsigned char>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
+        std::vector<float> want;
+        for (const auto& v : e.at("values").at(r)) want.push_back(v.get<float>());
+        ASSERT_EQ(static_cast<int64_t>(want.size()), k);
+        const std::string label = file + " " + e.at("tensor").get<std::string>() + " " +
+                                  std::string(dtype_name(t)) + " row " + std::to_string(r);
+        expect_decodes(row.data(), t, k, want, label);
+        EXPECT_TRUE(same_bits((label + " plain").c_str(), plain_decode(row.data(), t, k).data(),
+                              want.data(), k));
+        ++checked;
+      }
+    }
+  }
+  EXPECT_EQ(checked, 12);  // 5 files' types, 2 rows each (Q4_0 and Q4_K_M add Q6_K)
+}
+
+TEST(GgmlQuant, DecodesRandomBlocksLikeGgml) {
+  std::mt19937 rng(17);
+  for (DType t : kAll) {
+    const int64_t k = ggml_block_elems(t) * 3;
+    const Bytes b = random_blocks(rng, t, 40, k);
+    for (int64_t r = 0; r < 40; ++r) {
+      const unsigned char* row = b.data() + r * static_cast<int64_t>(ggml_row_bytes(t, k));
+      expect_decodes(row, t, k, plain_decode(row, t, k),
+                     std::string(dtype_name(t)) + " row " + std::to_string(r));
+    }
+  }
+}
+
+// linear against exact (double) products of the decoded weights: each output is an f32 sum of k
+// exact-weight products, so it is within (k + 2)·u·Σ|x·w| of the exact value (plus the bias's
+// rounding).
+TEST(GgmlQuant, LinearMatchesExactProductsInEveryPath) {
+  std::mt19937 rng(5);
+  ThreadPool pool(2);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (DType t : kAll) {
+    const int64_t blk = ggml_block_elems(t);
+    // 32-element formats: a k that is no multiple of the 256-column tile.
+    for (int64_t k : {blk == 32 ? int64_t{32 * 9} : int64_t{256 * 3}, blk}) {
+      for (int64_t m : {1, 3, 17}) {
+        const int64_t n = 37;
+        const Bytes w = random_blocks(rng, t, n, k);
+        const auto row_bytes = static_cast<int64_t>(ggml_row_bytes(t, k));
+        std::vector<float> x(static_cast<std::size_t>(m * k));
+        for (auto& v : x) v = dist(rng);
+        std::vector<float> bias(static_cast<std::size_t>(n));
+        for (auto& v : bias) v = dist(rng);
+        const float* bp = m == 3 ? bias.data() : nullptr;
+        std::vector<double> want(static_cast<std::size_t>(m * n));
+        std::vector<double> mag(static_cast<std::size_t>(m * n));
+        for (int64_t o = 0; o < n; ++o) {
+          const std::vector<float> wr = plain_decode(w.data() + o * row_bytes, t, k);
+          for (int64_t i = 0; i < m; ++i) {
+            double s = 0;
+            double a = 0;
+            for (int64_t j = 0; j < k; ++j) {
+              const double p = static_cast<double>(x[i * k + j]) * wr[j];
+              s += p;
+              a += std::fabs(p);
+            }
+            const double b = bp != nullptr ? bp[o] : 0.0;
+            want[i * n + o] = s + b;
+            mag[i * n + o] = a + std::fabs(s + b);
+          }
+        }
+        std::vector<float> y(static_cast<std::size_t>(m * n));
+        const auto check = [&](const char* path) {
+          for (std::size_t i = 0; i < y.size(); ++i) {
+            const double tol = static_cast<double>(k + 3) * 5.9604644775390625e-08 * mag[i];
+            ASSERT_LE(std::fabs(y[i] - want[i]), tol)
+                << path << " " << dtype_name(t) << " m=" << m << " k=" << k << " output " << i;
+          }
+        };
+        ref::linear(x.data(), m, k, w.data(), t, n, bp, y.data());
+        check("ref");
+        scalar::linear(x.data(), m, k, w.data(), t, n, bp, y.data(), pool);
+        check("scalar");
+        linear(x.data(), m, k, w.data(), t, n, bp, y.data(), pool);
+        check(std::string(simd_level()).c_str());
+      }
+    }
+  }
+}
+
+TEST(GgmlQuant, RejectsRowsOfPartialBlocks) {
+  std::vector<float> x(300, 0.5f);
+  Bytes w(4096);
+  std::vector<float> y(4);
+  ThreadPool pool(1);
+  EXPECT_THROW(linear(x.data(), 1, 300, w.data(), DType::q4_k, 1, nullptr, y.data(), pool),
+               Error);
+  EXPECT_THROW(convert_to_f32(w.data(), DType::q8_0, 40, y.data()), Error);
+  EXPECT_THROW(quantize_row(x.data(), 300, DType::q6_k, w.data(), "w"), Error);
+}
+
+// Quantizing and decoding again: every weight within a fraction of its block's largest |w| (the
+// format's step: half a code step, plus clamping and f16 scale rounding), and the same bytes
+// every time.
+TEST(GgmlQuant, QuantizeRoundTrips) {
+  const std::map<DType, double> bound = {
+      {DType::q8_0, 0.6 / 127}, {DType::q4_0, 1.05 / 8}, {DType::q5_0, 1.05 / 16},
+      {DType::q4_1, 1.2 / 15},  {DType::q5_1, 1.2 / 31}, {DType::q4_k, 0.08},
+      {DType::q5_k, 0.04},      {DType::q6_k, 0.6 / 31}};
+  std::mt19937 rng(3);
+  std::normal_distribution<float> gauss(0.0f, 0.02f);
+  for (DType t : kAll) {
+    const int64_t k = 2048;
+    std::vector<float> x(static_cast<std::size_t>(k));
+    for (auto& v : x) v = gauss(rng);
+    x[5] = 0.3f;  // an outlier
+    std::fill(x.begin() + 512, x.begin() + 768, 0.0f);           // an all-zero block
+    std::fill(x.begin() + 1024, x.begin() + 1280, 0.01f);        // a constant one
+    for (int64_t j = 1536; j < 1792; ++j) x[j] = std::fabs(x[j]);  // non-negative
+    Bytes q(ggml_row_bytes(t, k));
+    Bytes again(q.size());
+    quantize_row(x.data(), k, t, q.data(), "x");
+    quantize_row(x.data(), k, t, again.data(), "x");
+    EXPECT_EQ(q, again) << dtype_name(t);
+    const std::vector<float> back = plain_decode(q.data(), t, k);
+    const int64_t blk = ggml_block_elems(t);
+    double worst = 0;
+    for (int64_t b0 = 0; b0 < k; b0 += blk) {
+      float amax = 0;
+      for (int64_t j = b0; j < b0 + blk; ++j) amax = std::max(amax, std::fabs(x[j]));
+      for (int64_t j = b0; j < b0 + blk; ++j) {
+        const double err = std::fabs(static_cast<double>(back[j]) - x[j]);
+        ASSERT_LE(err, bound.at(t) * amax + 1e-12)
+            << dtype_name(t) << " element " << j << ": " << x[j] << " came back " << back[j];
+        if (amax > 0) worst = std::max(worst, err / amax);
+      }
+    }
+    std::printf("%s: worst error %.4f of the block's max |w| (bound %.4f)\n",
+                std::string(dtype_name(t)).c_str(), worst, bound.at(t));
+  }
+}
+
+}  // namespace
+}  // namespace ferry::kernels::cpu
