@@ -7,7 +7,10 @@
 //
 //   bench_quant --benchmark_counters_tabular=true
 //
-// Shapes are GPT-J-6B's fc_in ([16384, 4096]) and a 4096 × 4096 projection.
+// Shapes are GPT-J-6B's fc_in ([16384, 4096]) and a 4096 × 4096 projection; llama.cpp's block
+// formats (q8_0 … q6_k, as GGUF files hold them) on Llama-3-8B's ffn_up ([14336, 4096]) and
+// ffn_down ([4096, 14336]) beside f16 on the same shapes. bench_kernels' BM_MemoryReadAvx2 is the
+// read loop to judge their bytes_per_second by (run both on the same idle machine).
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
@@ -97,6 +100,43 @@ BENCHMARK_CAPTURE(BM_Matvec, q4g64_4096, DType::q4_g64, 4096, 4096)
 BENCHMARK_CAPTURE(BM_Matvec, f16_cached, DType::f16, 128, 2048)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Matvec, q8_cached, DType::q8, 128, 2048)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Matvec, q4g64_cached, DType::q4_g64, 128, 2048)->UseRealTime();
+// llama.cpp's block formats, Llama-3-8B shapes.
+BENCHMARK_CAPTURE(BM_Matvec, f16_l3_up, DType::f16, 14336, 4096)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q8_0_l3_up, DType::q8_0, 14336, 4096)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q4_0_l3_up, DType::q4_0, 14336, 4096)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q4_1_l3_up, DType::q4_1, 14336, 4096)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q5_0_l3_up, DType::q5_0, 14336, 4096)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q5_1_l3_up, DType::q5_1, 14336, 4096)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q4_k_l3_up, DType::q4_k, 14336, 4096)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q5_k_l3_up, DType::q5_k, 14336, 4096)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q6_k_l3_up, DType::q6_k, 14336, 4096)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q8_0_l3_down, DType::q8_0, 4096, 14336)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q4_k_l3_down, DType::q4_k, 4096, 14336)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q8_0_cached, DType::q8_0, 128, 2048)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q4_k_cached, DType::q4_k, 128, 2048)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Matvec, q6_k_cached, DType::q6_k, 128, 2048)->UseRealTime();
 BENCHMARK(BM_Xxh64)->Arg(256 << 10)->Arg(64 << 20)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // `ferry convert`'s per-row work, one thread: f32 weights ~N(0, 0.02) to packed rows. GPT-J-6B
@@ -121,6 +161,9 @@ void BM_QuantizeRow(benchmark::State& state, DType dt) {
 BENCHMARK_CAPTURE(BM_QuantizeRow, q8, DType::q8)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_QuantizeRow, q4g64, DType::q4_g64)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_QuantizeRow, q4g128, DType::q4_g128)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_QuantizeRow, q8_0, DType::q8_0)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_QuantizeRow, q4_k, DType::q4_k)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_QuantizeRow, q6_k, DType::q6_k)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 
