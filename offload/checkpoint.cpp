@@ -8,10 +8,12 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <system_error>
 #include <utility>
 
+#include "offload/detail/gguf.hpp"
 #include "offload/detail/pack_format.hpp"
 #include "offload/detail/pack_reader.hpp"
 #include "offload/detail/safetensors_header.hpp"
@@ -32,6 +34,8 @@ std::string_view format_name(CheckpointFormat f) {
       return "torch-zip";
     case CheckpointFormat::ferry_pack:
       return "ferry-pack";
+    case CheckpointFormat::gguf:
+      return "gguf";
   }
   return "?";
 }
@@ -82,7 +86,13 @@ OpenedFile open_file(const fs::path& path) {
     f.format = CheckpointFormat::torch_zip;
   } else if (detail::is_pack_magic(magic)) {
     f.format = CheckpointFormat::ferry_pack;
+  } else if (f.size_bytes >= 4 && detail::is_gguf_magic(magic)) {
+    f.format = CheckpointFormat::gguf;
   } else {
+    FERRY_FORMAT_EXPECT(path.extension() != ".gguf",
+                        "{} is not a GGUF file (it does not start with \"GGUF\"); the download "
+                        "is incomplete or not a GGUF model — download it again",
+                        path.string());
     FERRY_FORMAT_EXPECT(path.extension() != ".ferry",
                         "{} is not a ferry pack (it does not start with \"FERRYPAK\"); make "
                         "packs with ferry convert -m MODEL_DIR -o OUT.ferry",
@@ -109,10 +119,11 @@ detail::ReadAt file_read_at(const OpenedFile& f) {
 detail::FileTensors parse_file(const OpenedFile& f) {
   const detail::ReadAt read_at = file_read_at(f);
   const std::string source = f.path.string();
-  FERRY_FORMAT_EXPECT(f.format != CheckpointFormat::ferry_pack,
-                      "{} is a ferry pack; open it on its own (or its directory), not as a shard "
-                      "of an index",
-                      source);
+  FERRY_FORMAT_EXPECT(f.format != CheckpointFormat::ferry_pack &&
+                          f.format != CheckpointFormat::gguf,
+                      "{} is a {}; open it on its own (or its directory), not as a shard of an "
+                      "index",
+                      source, f.format == CheckpointFormat::gguf ? "GGUF file" : "ferry pack");
   return f.format == CheckpointFormat::torch_zip
              ? detail::read_torch_zip(f.size_bytes, read_at, source)
              : detail::read_safetensors(f.size_bytes, read_at, source);
@@ -137,6 +148,8 @@ struct Checkpoint::Impl {
   uint64_t total_bytes = 0;
   // A ferry pack (always a single file, index 0): its blobs and checksums.
   std::unique_ptr<detail::PackContents> pack;
+  // A GGUF file (the first of a split set): its header.
+  std::unique_ptr<detail::GgufHeader> gguf;
   VerifyMode verify = VerifyMode::always;
   mutable std::mutex verified_mutex;
   mutable std::vector<std::vector<char>> verified;  // VerifyMode::once: chunks already checked
@@ -180,6 +193,91 @@ struct Checkpoint::Impl {
 
 namespace {
 
+// "name-00001-of-00003.gguf" → ("name", 1, 3), llama.cpp's split naming (llama_split_path).
+struct SplitName {
+  std::string prefix;
+  int index = 0;
+  int count = 0;
+};
+std::optional<SplitName> parse_split_name(const std::string& file) {
+  // …-NNNNN-of-MMMMM.gguf: 1 + 5 + 4 + 5 + 5 characters after the prefix.
+  constexpr std::size_t kTail = 20;
+  if (file.size() <= kTail) return std::nullopt;
+  const std::string tail = file.substr(file.size() - kTail);
+  auto digits = [&](std::size_t at) {
+    int v = 0;
+    for (std::size_t i = at; i < at + 5; ++i) {
+      if (tail[i] < '0' || tail[i] > '9') return -1;
+      v = v * 10 + (tail[i] - '0');
+    }
+    return v;
+  };
+  if (tail[0] != '-' || tail.substr(6, 4) != "-of-" || tail.substr(15) != ".gguf")
+    return std::nullopt;
+  const int index = digits(1);
+  const int count = digits(10);
+  if (index < 1 || count < 1 || index > count) return std::nullopt;
+  return SplitName{file.substr(0, file.size() - kTail), index, count};
+}
+
+int64_t metadata_int(const nlohmann::json& m, const char* key, int64_t fallback) {
+  const auto it = m.find(key);
+  return it != m.end() && it->is_number_integer() ? it->get<int64_t>() : fallback;
+}
+
+// A GGUF file, or the whole split set when it is one file of it (the metadata is the first
+// file's; every file lists its own tensors).
+void open_gguf(Checkpoint::Impl& impl, const fs::path& path, OpenedFile first) {
+  auto parse = [](const OpenedFile& f) {
+    return detail::read_gguf_header(f.size_bytes, file_read_at(f), f.path.string());
+  };
+  const std::optional<SplitName> split = parse_split_name(path.filename().string());
+  detail::GgufHeader header = parse(first);
+  const int64_t count = metadata_int(header.metadata, "split.count", 1);
+  if (!split || count <= 1) {
+    FERRY_FORMAT_EXPECT(count <= 1,
+                        "{} is part of a split GGUF of {} files but its name does not say which "
+                        "(llama.cpp names them NAME-00001-of-{:05}.gguf); restore the names",
+                        path.string(), count, count);
+    detail::FileTensors parsed = detail::gguf_file_tensors(header, path.string());
+    impl.gguf = std::make_unique<detail::GgufHeader>(std::move(header));
+    impl.add_file(std::move(first), std::move(parsed));
+    return;
+  }
+  FERRY_FORMAT_EXPECT(count == split->count,
+                      "{}: its name says {} files but its split.count says {}; the split set is "
+                      "inconsistent — download it again",
+                      path.string(), split->count, count);
+  const fs::path dir = path.parent_path();
+  std::unique_ptr<detail::GgufHeader> first_header;
+  for (int i = 1; i <= split->count; ++i) {
+    const fs::path p =
+        dir / fmt::format("{}-{:05}-of-{:05}.gguf", split->prefix, i, split->count);
+    std::error_code ec;
+    FERRY_FORMAT_EXPECT(fs::is_regular_file(p, ec),
+                        "{}: split file {} of {} is missing ({}); download every part of the "
+                        "model into one directory",
+                        path.string(), i, split->count, p.string());
+    OpenedFile f = p == path ? std::move(first) : open_file(p);
+    FERRY_FORMAT_EXPECT(f.format == CheckpointFormat::gguf, "{} is not a GGUF file",
+                        p.string());
+    detail::GgufHeader h = p == path ? std::move(header) : parse(f);
+    FERRY_FORMAT_EXPECT(metadata_int(h.metadata, "split.no", -1) == i - 1,
+                        "{}: its split.no is {} but its name says part {}; the split set is "
+                        "inconsistent — download it again",
+                        p.string(), metadata_int(h.metadata, "split.no", -1), i);
+    detail::FileTensors parsed = detail::gguf_file_tensors(h, p.string());
+    if (i == 1) first_header = std::make_unique<detail::GgufHeader>(std::move(h));
+    impl.add_file(std::move(f), std::move(parsed));
+  }
+  const int64_t total = metadata_int(first_header->metadata, "split.tensors.count", -1);
+  FERRY_FORMAT_EXPECT(total < 0 || static_cast<uint64_t>(total) == impl.tensors.size(),
+                      "{}: split.tensors.count says {} tensors but the {} files hold {}; a part "
+                      "is missing or from another model — download them again",
+                      path.string(), total, split->count, impl.tensors.size());
+  impl.gguf = std::move(first_header);
+}
+
 std::unique_ptr<Checkpoint::Impl> open_single(const fs::path& path) {
   auto impl = std::make_unique<Checkpoint::Impl>();
   impl->source = path;
@@ -192,6 +290,10 @@ std::unique_ptr<Checkpoint::Impl> open_single(const fs::path& path) {
       impl->verified.emplace_back(b.checksums.size(), char{0});
     detail::FileTensors parsed = impl->pack->tensors;
     impl->add_file(std::move(f), std::move(parsed));
+    return impl;
+  }
+  if (f.format == CheckpointFormat::gguf) {
+    open_gguf(*impl, path, std::move(f));
     return impl;
   }
   detail::FileTensors parsed = parse_file(f);
@@ -294,10 +396,24 @@ Checkpoint Checkpoint::open(const fs::path& path, VerifyMode verify) {
       const fs::path p = path / name;
       if (fs::is_regular_file(p, ec)) return open(p, verify);
     }
+    // A directory of one GGUF model (or one split set): that file (its first part).
+    std::vector<fs::path> ggufs;
+    for (const auto& e : fs::directory_iterator(path, ec)) {
+      const std::string n = e.path().filename().string();
+      if (!n.ends_with(".gguf") || !e.is_regular_file(ec)) continue;
+      const auto s = parse_split_name(n);
+      if (!s || s->index == 1) ggufs.push_back(e.path());
+    }
+    if (ggufs.size() == 1) return open(ggufs.front(), verify);
+    FERRY_FORMAT_EXPECT(ggufs.empty(),
+                        "{} holds {} GGUF models ({}, {}, …); pass the one to run with -m FILE.gguf",
+                        path.string(), ggufs.size(), ggufs[0].filename().string(),
+                        ggufs[1].filename().string());
     FERRY_FORMAT_EXPECT(false,
                         "{}: no checkpoint found (looked for model.safetensors, "
-                        "model.safetensors.index.json, pytorch_model.bin and "
-                        "pytorch_model.bin.index.json); download the model's weights into it",
+                        "model.safetensors.index.json, pytorch_model.bin, "
+                        "pytorch_model.bin.index.json and a .gguf file); download the model's "
+                        "weights into it",
                         path.string());
   }
   const std::string name = path.filename().string();
@@ -414,6 +530,7 @@ VerifyMode Checkpoint::verify_mode() const { return impl_->verify; }
 const nlohmann::json* Checkpoint::pack_metadata() const {
   return impl_->pack ? &impl_->pack->metadata : nullptr;
 }
+const detail::GgufHeader* Checkpoint::gguf_header() const { return impl_->gguf.get(); }
 
 int Checkpoint::fd(uint32_t file_index) const {
   FERRY_EXPECT(file_index < impl_->fds.size(),

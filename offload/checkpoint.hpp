@@ -1,5 +1,5 @@
 // Checkpoint: a lazily read model checkpoint (safetensors, sharded safetensors, PyTorch zip,
-// sharded PyTorch zip). Opening one reads only metadata; tensor bytes are read on request
+// sharded PyTorch zip, a ferry pack, GGUF and split GGUF). Opening one reads only metadata; tensor bytes are read on request
 // with positional reads, so nothing ever holds a whole file in memory.
 #pragma once
 
@@ -23,8 +23,13 @@ class ThreadPool;
 
 namespace ferry::offload {
 
-enum class CheckpointFormat { safetensors, torch_zip, ferry_pack };
-std::string_view format_name(CheckpointFormat f);  // "safetensors", "torch-zip", "ferry-pack"
+namespace detail {
+struct GgufHeader;
+}  // namespace detail
+
+enum class CheckpointFormat { safetensors, torch_zip, ferry_pack, gguf };
+// "safetensors", "torch-zip", "ferry-pack", "gguf"
+std::string_view format_name(CheckpointFormat f);
 
 // When the checksums of a ferry pack are checked: on every read of a blob (loaded, streamed, or
 // an embedding row), on the first read of each part only, or never. FERRY_VERIFY=always|once|off
@@ -63,7 +68,8 @@ class Checkpoint {
  public:
   // Opens a model directory (finds model.ferry, model.safetensors,
   // model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json, in that
-  // order of preference) or a single checkpoint file. Throws FormatError / IoError naming the
+  // order of preference, else a lone .gguf file or split set) or a single checkpoint file. The
+  // first file of a split GGUF ("…-00001-of-00003.gguf") opens the whole set. Throws FormatError / IoError naming the
   // file and the problem.
   static Checkpoint open(const std::filesystem::path& path,
                          VerifyMode verify = verify_mode_from_env());
@@ -115,6 +121,9 @@ class Checkpoint {
   VerifyMode verify_mode() const;
   // The ferry pack's header "metadata" (model config, quantization, tokenizer); null otherwise.
   const nlohmann::json* pack_metadata() const;
+  // A GGUF file's header (of the first file of a split set): version, alignment, every metadata
+  // key/value, the tensor infos with their ggml types; null for other formats.
+  const detail::GgufHeader* gguf_header() const;
 
   struct Impl;
 
