@@ -27,7 +27,6 @@
 namespace ferry::kernels::cpu::detail::avx2 {
 namespace {
 
-constexpr int kChunk = 32;
 
 float f16_at(const unsigned char* p) {
   uint16_t h;
@@ -70,110 +69,150 @@ constexpr Sizes sizes() {
   }
 }
 
-// The fifth bits of weights 8i … 8i + 7 of a q5_0 / q5_1 block (bit l of qh is weight l's) as
-// 0 or 16 per int32 lane.
-__m256i q5_high8(uint32_t qh, int i) {
-  const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-  const __m256i v = _mm256_and_si256(_mm256_set1_epi32(static_cast<int>(qh >> (8 * i))), bits);
-  return _mm256_and_si256(_mm256_cmpeq_epi32(v, bits), _mm256_set1_epi32(16));
+// The fifth bits of a q5_0 / q5_1 block's 32 weights (bit l of qh is weight l's) as bytes of
+// 0 or 16: each byte of qh spread over 8 bytes, then each byte tested for its own bit.
+__m256i q5_high_bytes(uint32_t qh) {
+  const __m256i spread = _mm256_shuffle_epi8(
+      _mm256_set1_epi32(static_cast<int>(qh)),
+      _mm256_setr_epi64x(0x0000000000000000, 0x0101010101010101, 0x0202020202020202,
+                         0x0303030303030303));
+  const __m256i bits = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ULL));
+  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bits), bits),
+                          _mm256_set1_epi8(16));
 }
 
-// w[0…3] = weights 0–7, 8–15, 16–23, 24–31 of chunk c of the block at b, bit for bit ggml's.
-template <DType T>
-void decode_chunk(const unsigned char* b, int c, __m256 (&w)[4]) {
-  const __m256i low4 = _mm256_set1_epi32(0xF);
+// A q4_k / q5_k block's 8 sub-block scales d·sc and minima −(dmin·mn) as f32 (ggml's
+// get_scale_min_k4 for all eight at once, on 32-bit words as ggml's own SIMD code unpacks them).
+void k4_scales(const unsigned char* b, float* ds, float* ms) {
+  constexpr uint32_t kMask1 = 0x3f3f3f3f;
+  constexpr uint32_t kMask2 = 0x0f0f0f0f;
+  constexpr uint32_t kMask3 = 0x03030303;
+  uint32_t u[4];
+  std::memcpy(u, b + 4, 12);
+  u[3] = ((u[2] >> 4) & kMask2) | (((u[1] >> 6) & kMask3) << 4);
+  const uint32_t mins_lo = u[1] & kMask1;
+  u[1] = (u[2] & kMask2) | (((u[0] >> 6) & kMask3) << 4);
+  u[2] = mins_lo;
+  u[0] &= kMask1;
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(u));  // sc[0…7], mn[0…7]
+  _mm256_store_ps(ds, _mm256_mul_ps(_mm256_set1_ps(f16_at(b)),
+                                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))));
+  _mm256_store_ps(ms, _mm256_mul_ps(_mm256_set1_ps(-f16_at(b + 2)),
+                                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)))));
+}
+
+// Calls f(g, w) for g = 0 … elems/8 − 1 with w the block's weights 8g … 8g + 7, bit for bit
+// ggml's. The codes of a run of weights are put together as bytes in a small stack buffer first
+// (whole 16- or 32-byte vectors), then widened 8 at a time.
+template <DType T, class F>
+void for_each8(const unsigned char* b, F f) {
+  alignas(32) uint8_t codes[128];
   if constexpr (T == DType::q8_0) {
     const __m256 d = _mm256_set1_ps(f16_at(b));
-    for (int i = 0; i < 4; ++i)
-      w[i] = scale(
-          _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 2 + 8 * i))),
-          d);
+    for (int g = 0; g < 4; ++g)
+      f(g, scale(_mm256_cvtepi8_epi32(
+                     _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 2 + 8 * g))),
+                 d));
   } else if constexpr (T == DType::q4_0 || T == DType::q4_1 || T == DType::q5_0 ||
                        T == DType::q5_1) {
     constexpr bool kFive = T == DType::q5_0 || T == DType::q5_1;
     constexpr bool kMin = T == DType::q4_1 || T == DType::q5_1;
     constexpr int kQs = (kMin ? 4 : 2) + (kFive ? 4 : 0);
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + kQs));
+    const __m128i low4 = _mm_set1_epi8(0xF);
+    __m256i q = _mm256_setr_m128i(_mm_and_si128(v, low4),
+                                  _mm_and_si128(_mm_srli_epi16(v, 4), low4));
+    if constexpr (kFive) {
+      uint32_t qh;
+      std::memcpy(&qh, b + kQs - 4, 4);
+      q = _mm256_or_si256(q, q5_high_bytes(qh));
+    }
+    _mm256_store_si256(reinterpret_cast<__m256i*>(codes), q);
     const __m256 d = _mm256_set1_ps(f16_at(b));
-    uint32_t qh = 0;
-    if constexpr (kFive) std::memcpy(&qh, b + kQs - 4, 4);
     const __m256i offset = _mm256_set1_epi32(kMin ? 0 : (kFive ? 16 : 8));
-    for (int i = 0; i < 4; ++i) {
-      const __m256i v = u8x8(b + kQs + 8 * (i & 1));
-      __m256i q = i < 2 ? _mm256_and_si256(v, low4) : _mm256_srli_epi32(v, 4);
-      if constexpr (kFive) q = _mm256_or_si256(q, q5_high8(qh, i));
-      q = _mm256_sub_epi32(q, offset);
+    for (int g = 0; g < 4; ++g) {
+      const __m256i c = _mm256_sub_epi32(u8x8(codes + 8 * g), offset);
       if constexpr (kMin) {
-        w[i] = scale_add(q, d, _mm256_set1_ps(f16_at(b + 2)));
+        f(g, scale_add(c, d, _mm256_set1_ps(f16_at(b + 2))));
       } else {
-        w[i] = scale(q, d);
+        f(g, scale(c, d));
       }
     }
   } else if constexpr (T == DType::q4_k || T == DType::q5_k) {
-    const unsigned char* sc = b + 4;
-    int s = 0;
-    int mn = 0;
-    if (c < 4) {
-      s = sc[c] & 63;
-      mn = sc[c + 4] & 63;
-    } else {
-      s = (sc[c + 4] & 0xF) | ((sc[c - 4] >> 6) << 4);
-      mn = (sc[c + 4] >> 4) | ((sc[c] >> 6) << 4);
-    }
-    const float d1 = f16_at(b) * static_cast<float>(s);
-    const float m1 = f16_at(b + 2) * static_cast<float>(mn);
-    const __m256 dv = _mm256_set1_ps(d1);
-    const __m256 mv = _mm256_set1_ps(-m1);
-    const unsigned char* qs = b + (T == DType::q4_k ? 16 : 48) + 32 * (c / 2);
-    const __m128i shift = _mm_cvtsi32_si128(4 * (c & 1));
-    for (int i = 0; i < 4; ++i) {
-      __m256i q = _mm256_and_si256(_mm256_srl_epi32(u8x8(qs + 8 * i), shift), low4);
+    alignas(32) float ds[8];
+    alignas(32) float ms[8];
+    k4_scales(b, ds, ms);
+    const unsigned char* qs = b + (T == DType::q4_k ? 16 : 48);
+    const __m256i low4 = _mm256_set1_epi8(0xF);
+    __m256i qh;
+    if constexpr (T == DType::q5_k) qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16));
+    for (int j = 0; j < 4; ++j) {  // chunks 2j (low nibbles) and 2j + 1 (high nibbles)
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * j));
+      __m256i lo = _mm256_and_si256(v, low4);
+      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
       if constexpr (T == DType::q5_k) {
-        const __m256i h = _mm256_srl_epi32(u8x8(b + 16 + 8 * i), _mm_cvtsi32_si128(c));
-        q = _mm256_add_epi32(q, _mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(1)), 4));
+        // Bit 2j of qh[l] is chunk 2j's fifth bit, bit 2j + 1 chunk 2j + 1's: moved to bit 4.
+        const __m256i sixteen = _mm256_set1_epi8(16);
+        const __m256i h = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * j));
+        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(h, 4), sixteen));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(h, 3), sixteen));
       }
-      w[i] = scale_add(q, dv, mv);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(codes), lo);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 32), hi);
+      for (int h = 0; h < 2; ++h) {
+        const __m256 dv = _mm256_broadcast_ss(ds + 2 * j + h);
+        const __m256 mv = _mm256_broadcast_ss(ms + 2 * j + h);
+        for (int g = 0; g < 4; ++g)
+          f(8 * j + 4 * h + g, scale_add(u8x8(codes + 32 * h + 8 * g), dv, mv));
+      }
     }
-  } else {  // q6_k: chunk c is quarter t of half h
-    const int h = c / 4;
-    const int t = c % 4;
-    const auto* sc = reinterpret_cast<const int8_t*>(b + 192 + 8 * h + 2 * t);
-    const float d = f16_at(b + 208);
-    const __m256 d0 = _mm256_set1_ps(d * static_cast<float>(sc[0]));
-    const __m256 d1 = _mm256_set1_ps(d * static_cast<float>(sc[1]));
-    const unsigned char* ql = b + 64 * h + 32 * (t & 1);
-    const unsigned char* qh = b + 128 + 32 * h;
-    const __m128i lo_shift = _mm_cvtsi32_si128(t >= 2 ? 4 : 0);
-    const __m128i hi_shift = _mm_cvtsi32_si128(2 * t);
-    const __m256i three = _mm256_set1_epi32(3);
-    const __m256i bias = _mm256_set1_epi32(32);
-    for (int i = 0; i < 4; ++i) {
-      const __m256i lo = _mm256_and_si256(_mm256_srl_epi32(u8x8(ql + 8 * i), lo_shift), low4);
-      const __m256i hi = _mm256_and_si256(_mm256_srl_epi32(u8x8(qh + 8 * i), hi_shift), three);
-      const __m256i q = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), bias);
-      w[i] = scale(q, i < 2 ? d0 : d1);
+  } else {  // q6_k: per half h, ql (64 bytes) and qh (32) give chunks 4h … 4h + 3
+    alignas(32) float ds[16];
+    const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192));
+    const __m256 d = _mm256_set1_ps(f16_at(b + 208));
+    _mm256_store_ps(ds, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
+    _mm256_store_ps(ds + 8,
+                    _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8)))));
+    const __m256i low4 = _mm256_set1_epi8(0xF);
+    const __m256i three = _mm256_set1_epi8(3);
+    const __m256i bias = _mm256_set1_epi8(32);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 64 * h));
+      const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 64 * h + 32));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 128 + 32 * h));
+      const __m256i lo[4] = {_mm256_and_si256(l0, low4), _mm256_and_si256(l1, low4),
+                             _mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                             _mm256_and_si256(_mm256_srli_epi16(l1, 4), low4)};
+      const __m256i hi[4] = {_mm256_and_si256(qh, three),
+                             _mm256_and_si256(_mm256_srli_epi16(qh, 2), three),
+                             _mm256_and_si256(_mm256_srli_epi16(qh, 4), three),
+                             _mm256_and_si256(_mm256_srli_epi16(qh, 6), three)};
+      for (int t = 0; t < 4; ++t) {
+        const __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo[t], _mm256_slli_epi16(hi[t], 4)), bias);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 32 * t), q);
+      }
+      for (int g = 0; g < 16; ++g) {
+        const __m256i c = _mm256_cvtepi8_epi32(
+            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + 8 * g)));
+        f(16 * h + g, scale(c, _mm256_broadcast_ss(ds + 8 * h + g / 2)));
+      }
     }
   }
 }
 
-// x · row over k columns (k a multiple of the block): four accumulators, each chunk's four
-// 8-weight pieces into one each, summed (a0 + a1) + (a2 + a3) at the end.
+// x · row over k columns (k a multiple of the block): four accumulators, weights 8g … 8g + 7 of
+// a block into accumulator g mod 4, summed (a0 + a1) + (a2 + a3) at the end.
 template <DType T>
 float dot_row(const unsigned char* row, const float* x, int64_t k) {
   constexpr Sizes kS = sizes<T>();
-  constexpr int kChunks = kS.elems / kChunk;
   __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                    _mm256_setzero_ps()};
   const int64_t blocks = k / kS.elems;
   for (int64_t blk = 0; blk < blocks; ++blk) {
-    const unsigned char* b = row + blk * kS.bytes;
     const float* xb = x + blk * kS.elems;
-#pragma GCC unroll 8
-    for (int c = 0; c < kChunks; ++c) {
-      __m256 w[4];
-      decode_chunk<T>(b, c, w);
-      for (int i = 0; i < 4; ++i)
-        acc[i] = _mm256_fmadd_ps(w[i], _mm256_loadu_ps(xb + c * kChunk + 8 * i), acc[i]);
-    }
+    for_each8<T>(row + blk * kS.bytes, [&](int g, __m256 w) {
+      acc[g & 3] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xb + 8 * g), acc[g & 3]);
+    });
   }
   return hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
 }
@@ -200,16 +239,14 @@ struct TileSource {
 template <DType T>
 void fill_tile(const void* ctx, int64_t g, int64_t rows, int64_t kb, int64_t kc, float* tile) {
   constexpr Sizes kS = sizes<T>();
-  constexpr int kChunks = kS.elems / kChunk;
   const auto& src = *static_cast<const TileSource*>(ctx);
   for (int64_t r = 0; r < rows; ++r) {
     const unsigned char* row = src.w + static_cast<uint64_t>(g + r) * src.row_bytes;
     float* dst = tile + r * kLinearTileCols;
-    for (int64_t j = 0; j < kc; j += kChunk) {
-      const int64_t ch = (kb + j) / kChunk;
-      __m256 v[4];
-      decode_chunk<T>(row + (ch / kChunks) * kS.bytes, static_cast<int>(ch % kChunks), v);
-      for (int i = 0; i < 4; ++i) _mm256_store_ps(dst + j + 8 * i, v[i]);
+    for (int64_t j = 0; j < kc; j += kS.elems) {
+      float* out = dst + j;
+      for_each8<T>(row + (kb + j) / kS.elems * kS.bytes,
+                   [&](int i, __m256 w) { _mm256_store_ps(out + 8 * i, w); });
     }
   }
 }

@@ -356,6 +356,41 @@ TEST(GgmlQuant, LinearMatchesExactProductsInEveryPath) {
   }
 }
 
+// With x a row of the identity, each output is one weight times 1 plus zeros: the exact decoded
+// weight, whatever the summation order. So the fused decoders (m = 1) and the tile fill (m > 1)
+// of every path must give ggml's weights bit for bit (up to the sign of a zero).
+TEST(GgmlQuant, LinearOnIdentityRowsGivesTheWeightsExactly) {
+  std::mt19937 rng(9);
+  ThreadPool pool(2);
+  for (DType t : kAll) {
+    const int64_t k = ggml_block_elems(t) == 32 ? 288 : 512;
+    const int64_t n = 5;
+    const Bytes w = random_blocks(rng, t, n, k);
+    const auto row_bytes = static_cast<int64_t>(ggml_row_bytes(t, k));
+    std::vector<float> eye(static_cast<std::size_t>(k * k), 0.0f);
+    for (int64_t j = 0; j < k; ++j) eye[j * k + j] = 1.0f;
+    std::vector<float> y(static_cast<std::size_t>(k * n));
+    const auto check = [&](const char* path, int64_t j0, int64_t rows) {
+      for (int64_t o = 0; o < n; ++o) {
+        const std::vector<float> want = plain_decode(w.data() + o * row_bytes, t, k);
+        for (int64_t j = j0; j < j0 + rows; ++j)
+          ASSERT_EQ(y[(j - j0) * n + o], want[j])
+              << path << " " << dtype_name(t) << " row " << o << " column " << j;
+      }
+    };
+    linear(eye.data(), k, k, w.data(), t, n, nullptr, y.data(), pool);
+    check("dispatched m=k", 0, k);
+    scalar::linear(eye.data(), k, k, w.data(), t, n, nullptr, y.data(), pool);
+    check("scalar m=k", 0, k);
+    for (int64_t j = 0; j < k; ++j) {
+      linear(eye.data() + j * k, 1, k, w.data(), t, n, nullptr, y.data(), pool);
+      check("dispatched m=1", j, 1);
+      scalar::linear(eye.data() + j * k, 1, k, w.data(), t, n, nullptr, y.data(), pool);
+      check("scalar m=1", j, 1);
+    }
+  }
+}
+
 TEST(GgmlQuant, RejectsRowsOfPartialBlocks) {
   std::vector<float> x(300, 0.5f);
   Bytes w(4096);
