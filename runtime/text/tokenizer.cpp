@@ -16,6 +16,7 @@
 #include "runtime/text/detail/bpe_model.hpp"
 #include "runtime/text/detail/byte_alphabet.hpp"
 #include "runtime/text/detail/json_fields.hpp"
+#include "runtime/text/detail/llama_vocab.hpp"
 #include "runtime/text/detail/pipeline.hpp"
 #include "runtime/text/detail/pretokenizer.hpp"
 #include "runtime/text/detail/special_tokens.hpp"
@@ -84,6 +85,7 @@ struct Tokenizer::Impl {
   struct AddedFlags {
     bool lstrip = false;
     bool rstrip = false;
+    bool special = false;  // found in the text only when encoding with parse_special
   };
 
   std::vector<std::string> id_text;
@@ -92,6 +94,8 @@ struct Tokenizer::Impl {
   std::unordered_map<std::int32_t, AddedFlags> added_flags;
   detail::SpecialTokenMatcher raw_matcher;         // added tokens found in the raw text
   detail::SpecialTokenMatcher normalized_matcher;  // those found after normalization
+  detail::SpecialTokenMatcher raw_plain_matcher;   // the same without the special ones
+  detail::SpecialTokenMatcher normalized_plain_matcher;
   bool has_normalized_added = false;
   detail::BpeModel model;
   detail::Normalizer normalizer;
@@ -104,6 +108,8 @@ struct Tokenizer::Impl {
   std::string merge_scratch;  // loading only
   // No normalizer, GPT-2's pre-tokenizer, added tokens without lstrip/rstrip.
   bool gpt2_fast_path = false;
+  // A GGUF vocabulary, tokenized as llama.cpp does; the fields above are then unused.
+  std::unique_ptr<const detail::LlamaVocab> gguf;
 
   bool byte_level() const { return model.options().byte_level; }
 
@@ -146,10 +152,14 @@ struct Tokenizer::Impl {
     // sees it: "normalized" ones in the normalized text, where their content is normalized too.
     if (normalized && !normalizer.empty()) {
       const std::string normalized_content = normalizer.apply(content);
-      if (!normalized_content.empty()) normalized_matcher.add(normalized_content, id);
+      if (!normalized_content.empty()) {
+        normalized_matcher.add(normalized_content, id);
+        if (!flags.special) normalized_plain_matcher.add(normalized_content, id);
+      }
       has_normalized_added = true;
     } else {
       raw_matcher.add(content, id);
+      if (!flags.special) raw_plain_matcher.add(content, id);
     }
   }
 
@@ -165,7 +175,7 @@ struct Tokenizer::Impl {
                           "{}: token {} has id {}, which is not an integer in [0, {}]", source,
                           shown(spelling), value.dump(), kMaxTokenId);
       if (std::find(as_added.begin(), as_added.end(), spelling) != as_added.end()) {
-        add_added_token(*id, spelling, false, {}, source, "token");
+        add_added_token(*id, spelling, false, {.special = true}, source, "token");
         continue;
       }
       std::string key = spelling;
@@ -303,13 +313,17 @@ struct Tokenizer::Impl {
     return sections;
   }
 
-  void encode_text(std::string_view text, std::vector<std::int32_t>& ids) const {
+  void encode_text(std::string_view text, bool parse_special,
+                   std::vector<std::int32_t>& ids) const {
+    const detail::SpecialTokenMatcher& raw = parse_special ? raw_matcher : raw_plain_matcher;
+    const detail::SpecialTokenMatcher& normalized_added =
+        parse_special ? normalized_matcher : normalized_plain_matcher;
     detail::BpeMerger merger;
     if (gpt2_fast_path) {
       // GPT-2 and GPT-J: the scanner straight into the model, a fifth faster than the general
       // pipeline's callbacks.
       for (std::size_t pos = 0; pos < text.size();) {
-        const auto match = raw_matcher.find(text, pos);
+        const auto match = raw.find(text, pos);
         const std::size_t end = match ? match->pos : text.size();
         detail::Gpt2PreTokenizer scanner(text.substr(pos, end - pos));
         while (const std::optional<std::string_view> word = scanner.next()) {
@@ -324,7 +338,7 @@ struct Tokenizer::Impl {
     const detail::PreTokenizer::Emit to_model = [&](std::string_view word) {
       model.encode(word, merger, ids);
     };
-    const std::vector<Section> sections = cut_added(text, raw_matcher);
+    const std::vector<Section> sections = cut_added(text, raw);
     for (std::size_t index = 0; index < sections.size(); ++index) {
       const Section& section = sections[index];
       if (section.added_id >= 0) {
@@ -343,7 +357,7 @@ struct Tokenizer::Impl {
         pre_tokenizer.split(normalized, first, to_model);
         continue;
       }
-      for (const Section& sub : cut_added(normalized, normalized_matcher)) {
+      for (const Section& sub : cut_added(normalized, normalized_added)) {
         if (sub.added_id >= 0) {
           ids.push_back(sub.added_id);
         } else {
@@ -438,7 +452,7 @@ void read_added_tokens(const json& root, const JsonPlace& at, Impl& impl) {
         place.path, kMaxTokenId, entry.dump());
     const bool special = detail::bool_field(entry, "special", place, false);
     const Impl::AddedFlags flags{detail::bool_field(entry, "lstrip", place, false),
-                                 detail::bool_field(entry, "rstrip", place, false)};
+                                 detail::bool_field(entry, "rstrip", place, false), special};
     impl.add_added_token(*id, content->get<std::string>(),
                          detail::bool_field(entry, "normalized", place, !special), flags, at.source,
                          place.path);
@@ -686,16 +700,31 @@ Tokenizer Tokenizer::from_model_dir(const fs::path& dir) {
   return from_files(dir / "vocab.json", dir / "merges.txt");
 }
 
+Tokenizer Tokenizer::from_gguf(const GgufVocabulary& vocabulary) {
+  auto impl = std::make_unique<Impl>();
+  impl->gguf = std::make_unique<const detail::LlamaVocab>(vocabulary);
+  impl->bos = impl->gguf->bos();
+  impl->eos = impl->gguf->eos();
+  return Tokenizer(std::move(impl));
+}
+
 std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_special) const {
+  return encode(text, add_special, /*parse_special=*/true);
+}
+
+std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_special,
+                                            bool parse_special) const {
+  if (impl_->gguf) return impl_->gguf->tokenize(text, add_special, parse_special);
   std::vector<std::int32_t> ids;
   ids.reserve(text.size() / 4 + 1);  // English averages about four bytes per token
   if (add_special) ids = impl_->prefix;
-  impl_->encode_text(text, ids);
+  impl_->encode_text(text, parse_special, ids);
   if (add_special) ids.insert(ids.end(), impl_->suffix.begin(), impl_->suffix.end());
   return ids;
 }
 
 std::string Tokenizer::decode(std::span<const std::int32_t> ids) const {
+  if (impl_->gguf) return impl_->gguf->detokenize(ids);
   std::vector<detail::DecodePiece> pieces;
   pieces.reserve(ids.size());
   for (const std::int32_t id : ids) pieces.push_back(impl_->piece(id));
@@ -703,19 +732,28 @@ std::string Tokenizer::decode(std::span<const std::int32_t> ids) const {
 }
 
 std::string Tokenizer::token_bytes(std::int32_t id, bool at_start_of_text) const {
+  if (impl_->gguf) return impl_->gguf->piece(id, at_start_of_text && impl_->gguf->add_space_prefix());
   return impl_->decoder.decode_one(impl_->piece(id), impl_->bytes_in(), at_start_of_text);
 }
 
 std::int32_t Tokenizer::vocab_size() const {
+  if (impl_->gguf) return impl_->gguf->size();
   return static_cast<std::int32_t>(impl_->id_text.size());
 }
 
 std::optional<std::int32_t> Tokenizer::token_id(std::string_view token) const {
+  if (impl_->gguf) return impl_->gguf->find(token);
   return impl_->find_token(token);
 }
 
 std::optional<std::int32_t> Tokenizer::bos_id() const { return impl_->bos; }
 std::optional<std::int32_t> Tokenizer::eos_id() const { return impl_->eos; }
+
+std::vector<std::int32_t> Tokenizer::eog_ids() const {
+  if (impl_->gguf) return impl_->gguf->eog_ids();
+  if (impl_->eos) return {*impl_->eos};
+  return {};
+}
 
 StreamDecoder::StreamDecoder(const Tokenizer& tokenizer, bool at_start_of_text)
     : tokenizer_(&tokenizer), at_start_(at_start_of_text) {}

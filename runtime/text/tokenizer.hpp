@@ -1,6 +1,7 @@
-// Tokenizer: the Hugging Face tokenizers ferry runs, exactly as Hugging Face tokenizes: byte-level
-// BPE (GPT-2, GPT-J, Llama 3, Qwen) and SentencePiece-style BPE with byte fallback (Llama 2,
-// Mistral), read from tokenizer.json + tokenizer_config.json, or GPT-2's vocab.json + merges.txt.
+// Tokenizer: the tokenizers ferry runs, each exactly as its reference tokenizes: byte-level BPE
+// (GPT-2, GPT-J, Llama 3, Qwen) and SentencePiece-style BPE with byte fallback (Llama 2,
+// Mistral) read from tokenizer.json + tokenizer_config.json, or GPT-2's vocab.json + merges.txt,
+// as Hugging Face does; and a GGUF file's vocabulary as llama.cpp does.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "runtime/text/gguf_vocab.hpp"
 
 namespace ferry::text {
 
@@ -31,6 +34,12 @@ class Tokenizer {
   // Looks in a model directory for tokenizer.json (+ tokenizer_config.json), else vocab.json +
   // merges.txt.
   static Tokenizer from_model_dir(const std::filesystem::path& dir);
+  // A GGUF file's tokenizer.ggml.* metadata ("gpt2" byte-level BPE with its tokenizer.ggml.pre,
+  // or "llama" SentencePiece), tokenizing, decoding and adding BOS/EOS exactly as llama.cpp
+  // (b4747) does: encode is llama_tokenize, decode llama_detokenize (special tokens kept as
+  // text), token_bytes llama_token_to_piece. Throws FormatError naming vocabulary.source and
+  // the key that is wrong, or the model / pre-tokenizer ferry does not know.
+  static Tokenizer from_gguf(const GgufVocabulary& vocabulary);
 
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
@@ -40,6 +49,10 @@ class Tokenizer {
   // become their ids. With add_special, the ids the post-processor puts around the text
   // (Llama's BOS, for one; nothing for GPT-2 or Qwen).
   std::vector<int32_t> encode(std::string_view text, bool add_special = false) const;
+  // The same; without parse_special the text of special tokens ("<|im_start|>", "<s>",
+  // GGUF's CONTROL tokens) is tokenized as ordinary text, while non-special added tokens
+  // (GGUF's USER_DEFINED) are still cut out. encode(text, a) is encode(text, a, true).
+  std::vector<int32_t> encode(std::string_view text, bool add_special, bool parse_special) const;
   // Ids → text through the file's decoder; added tokens are kept as their text and spaces are
   // not cleaned up. Byte-level tokens give raw bytes, which may end mid-UTF-8 character (see
   // StreamDecoder). Throws InvalidArgument for an id the vocabulary does not have.
@@ -54,6 +67,10 @@ class Tokenizer {
   // <|endoftext|> is the EOS when the vocabulary has it.
   std::optional<int32_t> bos_id() const;
   std::optional<int32_t> eos_id() const;
+  // The ids that end generation, ascending: for a GGUF vocabulary llama.cpp's EOG set (EOS,
+  // EOT, EOM, and tokens such as <|eot_id|>, <|im_end|>, <|endoftext|> found by their text);
+  // otherwise the EOS, if any.
+  std::vector<int32_t> eog_ids() const;
 
   struct Impl;
 
