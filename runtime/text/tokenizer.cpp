@@ -732,7 +732,8 @@ std::string Tokenizer::decode(std::span<const std::int32_t> ids) const {
 }
 
 std::string Tokenizer::token_bytes(std::int32_t id, bool at_start_of_text) const {
-  if (impl_->gguf) return impl_->gguf->piece(id, at_start_of_text && impl_->gguf->add_space_prefix());
+  if (impl_->gguf)
+    return impl_->gguf->piece(id, at_start_of_text && impl_->gguf->add_space_prefix());
   return impl_->decoder.decode_one(impl_->piece(id), impl_->bytes_in(), at_start_of_text);
 }
 

@@ -164,24 +164,24 @@ TEST(GgufTokenizer, ReadsTheFixtureVocabulary) {
 
 TEST(GgufTokenizer, EveryCaseMatchesLlamaCpp) {
   const Tokenizer& tok = fixture_tokenizer();
-  const auto j =
-      nlohmann::json::parse(ferry::test::read_file(gguf_dir() / "tokenize.json"));
+  const auto j = nlohmann::json::parse(ferry::test::read_file(gguf_dir() / "tokenize.json"));
   ASSERT_EQ(j.at("cases").size(), 12u);
   for (const auto& c : j.at("cases")) {
     const std::string text = c.at("text").get<std::string>();
     SCOPED_TRACE(testing::PrintToString(text));
     for (const bool add_special : {true, false}) {
       for (const bool parse_special : {true, false}) {
-        const std::string key = fmt::format("ids_add_special_{}_parse_special_{}",
-                                            add_special ? "True" : "False",
-                                            parse_special ? "True" : "False");
+        const std::string key =
+            fmt::format("ids_add_special_{}_parse_special_{}", add_special ? "True" : "False",
+                        parse_special ? "True" : "False");
         EXPECT_EQ(tok.encode(text, add_special, parse_special),
                   c.at(key).get<std::vector<std::int32_t>>())
             << key;
       }
     }
     EXPECT_EQ(tok.encode(text, true), tok.encode(text, true, true));
-    const auto ids = c.at("ids_add_special_True_parse_special_True").get<std::vector<std::int32_t>>();
+    const auto ids =
+        c.at("ids_add_special_True_parse_special_True").get<std::vector<std::int32_t>>();
     const auto hex = c.at("pieces_hex").get<std::vector<std::string>>();
     ASSERT_EQ(ids.size(), hex.size());
     for (std::size_t i = 0; i < ids.size(); ++i) {
@@ -246,12 +246,38 @@ GgufVocabulary byte_vocabulary(std::vector<std::string> extra = {},
 }
 
 TEST(GgufTokenizer, EveryKnownPreTokenizerCompiles) {
-  for (const char* pre :
-       {"", "default", "llama3", "llama-v3", "llama-bpe", "falcon3", "dbrx", "smaug-bpe",
-        "deepseek-llm", "deepseek-coder", "falcon", "starcoder", "refact", "command-r", "smollm",
-        "codeshell", "exaone", "minerva-7b", "gpt-2", "phi-2", "roberta-bpe", "mpt", "olmo",
-        "jais", "stablelm2", "qwen2", "megrez", "chatglm-bpe", "poro-chat", "bloom",
-        "gpt3-finnish", "viking"}) {
+  for (const char* pre : {"",
+                          "default",
+                          "llama3",
+                          "llama-v3",
+                          "llama-bpe",
+                          "falcon3",
+                          "dbrx",
+                          "smaug-bpe",
+                          "deepseek-llm",
+                          "deepseek-coder",
+                          "falcon",
+                          "starcoder",
+                          "refact",
+                          "command-r",
+                          "smollm",
+                          "codeshell",
+                          "exaone",
+                          "minerva-7b",
+                          "gpt-2",
+                          "phi-2",
+                          "roberta-bpe",
+                          "mpt",
+                          "olmo",
+                          "jais",
+                          "stablelm2",
+                          "qwen2",
+                          "megrez",
+                          "chatglm-bpe",
+                          "poro-chat",
+                          "bloom",
+                          "gpt3-finnish",
+                          "viking"}) {
     GgufVocabulary v = byte_vocabulary();
     v.pre = pre;
     const Tokenizer tok = Tokenizer::from_gguf(v);
@@ -270,8 +296,8 @@ TEST(GgufTokenizer, PreTokenizersSplitDigitsAsLlamaCppDoes) {
     return Tokenizer::from_gguf(v).encode("1234", false);
   };
   const std::int32_t one = '1', two = '2', three = '3', four = '4';
-  EXPECT_EQ(ids_for("gpt-2"), (std::vector<std::int32_t>{259}));                 // "1234"
-  EXPECT_EQ(ids_for("llama-bpe"), (std::vector<std::int32_t>{258, four}));       // "123" "4"
+  EXPECT_EQ(ids_for("gpt-2"), (std::vector<std::int32_t>{259}));            // "1234"
+  EXPECT_EQ(ids_for("llama-bpe"), (std::vector<std::int32_t>{258, four}));  // "123" "4"
   EXPECT_EQ(ids_for("qwen2"), (std::vector<std::int32_t>{one, two, three, four}));
   EXPECT_EQ(ids_for("starcoder"), (std::vector<std::int32_t>{one, two, three, four}));
 }
@@ -345,8 +371,8 @@ GgufVocabulary spm_tiny_vocabulary() {
 
 TEST(GgufTokenizer, SentencePieceMatchesHuggingFaceOnTheSpmFixture) {
   const Tokenizer gguf = Tokenizer::from_gguf(spm_tiny_vocabulary());
-  const Tokenizer hf = Tokenizer::from_model_dir(ferry::test::data_dir() / "tokenizers" /
-                                                 "spm-bpe-tiny");
+  const Tokenizer hf =
+      Tokenizer::from_model_dir(ferry::test::data_dir() / "tokenizers" / "spm-bpe-tiny");
   const auto j = nlohmann::json::parse(ferry::test::read_file(
       ferry::test::data_dir() / "tokenizers" / "spm-bpe-tiny" / "cases.json"));
   int compared_decodes = 0;
@@ -374,8 +400,17 @@ GgufVocabulary small_spm(bool with_bytes) {
   GgufVocabulary v;
   v.source = "small-spm.gguf";
   v.model = "llama";
-  v.tokens = {"<unk>", "<s>", "</s>", "\xe2\x96\x81", "a", "b", "ab", "\xe2\x96\x81" "ab",
-              "\xe2\x96\x81" "a"};
+  v.tokens = {"<unk>",
+              "<s>",
+              "</s>",
+              "\xe2\x96\x81",
+              "a",
+              "b",
+              "ab",
+              "\xe2\x96\x81"
+              "ab",
+              "\xe2\x96\x81"
+              "a"};
   v.scores = {0, 0, 0, -1, -1, -1, -2, -1, -3};
   v.token_types = {2, 3, 3, 1, 1, 1, 1, 1, 1};
   if (with_bytes) {
@@ -421,8 +456,8 @@ TEST(GgufTokenizer, SentencePieceWithoutByteTokensFallsBackToUnk) {
 // ---- parse_special on tokenizer.json files ----
 
 TEST(GgufTokenizer, ParseSpecialOffReadsSpecialTokensAsText) {
-  const Tokenizer hf = Tokenizer::from_model_dir(ferry::test::data_dir() / "tokenizers" /
-                                                 "spm-bpe-tiny");
+  const Tokenizer hf =
+      Tokenizer::from_model_dir(ferry::test::data_dir() / "tokenizers" / "spm-bpe-tiny");
   EXPECT_EQ(hf.encode("<s>", false), (std::vector<std::int32_t>{1}));
   const std::vector<std::int32_t> plain = hf.encode("<s>", false, false);
   EXPECT_EQ(std::find(plain.begin(), plain.end(), 1), plain.end());

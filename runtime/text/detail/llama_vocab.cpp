@@ -50,8 +50,7 @@ std::vector<char32_t> llama_cpts(std::string_view s) {
       out.push_back((char32_t{b & 0x0Fu} << 12) | (char32_t{byte(i + 1) & 0x3Fu} << 6) |
                     (byte(i + 2) & 0x3Fu));
       i += 3;
-    } else if ((b & 0x30) == 0x30 && (b & 0x08) == 0 && cont(i + 1) && cont(i + 2) &&
-               cont(i + 3)) {
+    } else if ((b & 0x30) == 0x30 && (b & 0x08) == 0 && cont(i + 1) && cont(i + 2) && cont(i + 3)) {
       out.push_back((char32_t{b & 0x07u} << 18) | (char32_t{byte(i + 1) & 0x3Fu} << 12) |
                     (char32_t{byte(i + 2) & 0x3Fu} << 6) | (byte(i + 3) & 0x3Fu));
       i += 4;
@@ -87,8 +86,10 @@ constexpr std::string_view kPoroRegex = " ?[^(\\s|.,!?…。，、।۔،)]+";
 // deepseek-llm's "\s+$": its spans hold no newline by then (the first pattern isolates each),
 // so "$" is the end of the span, which ferry's engine says as a lookahead.
 constexpr std::string_view kDeepseekLlmLetters =
-    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-"
-    "ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-"
+    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-"
+    "ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-"
+    "ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-"
+    "ﬗＡ-"
     "Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+";
 
 struct PreSpec {
@@ -102,8 +103,7 @@ struct PreSpec {
 
 const std::initializer_list<PreSpec>& pre_specs() {
   static const std::initializer_list<PreSpec> specs = {
-      {{"", "default"},
-       {"[\\p{P}\\$\\+<=>\\^~\\|]+", kGpt2Regex, "\\p{N}+", "[0-9][0-9][0-9]"}},
+      {{"", "default"}, {"[\\p{P}\\$\\+<=>\\^~\\|]+", kGpt2Regex, "\\p{N}+", "[0-9][0-9][0-9]"}},
       {{"llama3", "llama-v3", "llama-bpe", "falcon3"}, {kLlama3Regex}, true, true},
       {{"dbrx", "smaug-bpe"}, {kLlama3Regex}},
       {{"deepseek-llm"},
@@ -151,6 +151,7 @@ class LlamaPreTokenizer {
       // std::wregex does not see non-ASCII white space as \s, so llama.cpp turns it into \v
       // first; with \p{..} in the pattern its collapsed text does the same.
       step.wide = !has_category(pattern);
+      needs_view_[step.wide] = true;
       steps_.push_back(std::move(step));
     }
   }
@@ -162,6 +163,7 @@ class LlamaPreTokenizer {
     std::array<std::string, 2> views;
     std::array<std::vector<std::size_t>, 2> starts;
     for (int wide = 0; wide < 2; ++wide) {
+      if (!needs_view_[wide]) continue;
       starts[wide].reserve(cpts.size() + 1);
       for (const char32_t cp : cpts) {
         starts[wide].push_back(views[wide].size());
@@ -179,8 +181,7 @@ class LlamaPreTokenizer {
       const std::string& view = views[step.wide];
       const std::vector<std::size_t>& at = starts[step.wide];
       const auto cpt_index = [&](std::size_t byte) {
-        return static_cast<std::size_t>(std::lower_bound(at.begin(), at.end(), byte) -
-                                        at.begin());
+        return static_cast<std::size_t>(std::lower_bound(at.begin(), at.end(), byte) - at.begin());
       };
       std::vector<std::pair<std::size_t, std::size_t>> next;
       for (const auto& [begin, end] : spans) {
@@ -224,6 +225,7 @@ class LlamaPreTokenizer {
     bool wide = true;
   };
   std::vector<Step> steps_;
+  std::array<bool, 2> needs_view_{};
 };
 
 namespace {
@@ -250,8 +252,7 @@ std::string decode_byte_level(std::string_view text) {
 std::string replace_all(std::string_view s, std::string_view from, std::string_view to) {
   std::string out;
   std::size_t prev = 0;
-  for (std::size_t pos = s.find(from); pos != std::string_view::npos;
-       pos = s.find(from, prev)) {
+  for (std::size_t pos = s.find(from); pos != std::string_view::npos; pos = s.find(from, prev)) {
     out.append(s.substr(prev, pos - prev));
     out.append(to);
     prev = pos + from.size();
@@ -310,11 +311,11 @@ void clean_spaces(std::string& text) {
 
 // The texts llama.cpp recognises special tokens by (llama_vocab::impl::load, b4747).
 constexpr std::array<std::string_view, 8> kEotTexts = {
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>", "_<EOT>",
-    "<｜end▁of▁sentence｜>"};
+    "<|eot_id|>",    "<|im_end|>", "<|end|>", "<end_of_turn>",
+    "<|endoftext|>", "<EOT>",      "_<EOT>",  "<｜end▁of▁sentence｜>"};
 constexpr std::array<std::string_view, 1> kEomTexts = {"<|eom_id|>"};
 constexpr std::array<std::string_view, 8> kEogTexts = {
-    "<|eot_id|>", "<|im_end|>",    "<|end|>", "<end_of_turn>",
+    "<|eot_id|>",    "<|im_end|>", "<|end|>", "<end_of_turn>",
     "<|endoftext|>", "<|eom_id|>", "<EOT>",   "_<EOT>"};
 constexpr std::array<std::string_view, 4> kFimPreTexts = {"<|fim_prefix|>", "<fim-prefix>",
                                                           "<｜fim▁begin｜>", "<PRE>"};
@@ -344,8 +345,9 @@ LlamaVocab::LlamaVocab(const GgufVocabulary& v) : source_(v.source.empty() ? "GG
       if (std::find(s.names.begin(), s.names.end(), v.pre) != s.names.end()) spec = &s;
     }
     FERRY_FORMAT_EXPECT(spec != nullptr,
-                        "{}: tokenizer.ggml.pre is {}, a pre-tokenizer ferry does not know; it "
-                        "knows those of llama.cpp b4747 but tekken and chameleon",
+                        "{}: tokenizer.ggml.pre is {}, a pre-tokenizer ferry does not know; "
+                        "ferry knows those of llama.cpp b4747 (llama-bpe, qwen2, gpt-2, default, "
+                        "deepseek-llm, starcoder, ...) except tekken, chameleon and deepseek-v3",
                         src, shown(v.pre));
     FERRY_FORMAT_EXPECT(!v.merges.empty(),
                         "{}: tokenizer.ggml.merges is missing or empty; a \"gpt2\" (byte-level "
@@ -378,13 +380,27 @@ LlamaVocab::LlamaVocab(const GgufVocabulary& v) : source_(v.source.empty() ? "GG
     std::uint32_t attr = kNormal;
     if (!v.token_types.empty()) {
       switch (v.token_types[i]) {
-        case 1: attr = kNormal; break;
-        case 2: attr = kUnknown; break;
-        case 3: attr = kControl; break;
-        case 4: attr = kUserDefined; break;
-        case 5: attr = kUnused; break;
-        case 6: attr = kByte; break;
-        default: attr = kUndefined; break;
+        case 1:
+          attr = kNormal;
+          break;
+        case 2:
+          attr = kUnknown;
+          break;
+        case 3:
+          attr = kControl;
+          break;
+        case 4:
+          attr = kUserDefined;
+          break;
+        case 5:
+          attr = kUnused;
+          break;
+        case 6:
+          attr = kByte;
+          break;
+        default:
+          attr = kUndefined;
+          break;
       }
     }
     attrs_.push_back(attr);
@@ -417,7 +433,8 @@ LlamaVocab::LlamaVocab(const GgufVocabulary& v) : source_(v.source.empty() ? "GG
        {std::tuple{"bos_token_id", v.bos_id, &bos_}, std::tuple{"eos_token_id", v.eos_id, &eos_},
         std::tuple{"eot_token_id", v.eot_id, &eot_}, std::tuple{"eom_token_id", v.eom_id, &eom_},
         std::tuple{"unknown_token_id", v.unk_id, &unk_},
-        std::tuple{"padding_token_id", v.pad_id, static_cast<std::optional<std::int32_t>*>(nullptr)}}) {
+        std::tuple{"padding_token_id", v.pad_id,
+                   static_cast<std::optional<std::int32_t>*>(nullptr)}}) {
     if (!value) continue;
     FERRY_FORMAT_EXPECT(*value >= 0 && static_cast<std::size_t>(*value) < n,
                         "{}: tokenizer.ggml.{} is {}, outside the vocabulary of {} tokens", src,
@@ -549,19 +566,20 @@ LlamaVocab::LlamaVocab(const GgufVocabulary& v) : source_(v.source.empty() ? "GG
     FERRY_FORMAT_EXPECT(merged.has_value(),
                         "{}: tokenizer.ggml.merges[{}] is {}, which joins into {}, a token not in "
                         "tokenizer.ggml.tokens",
-                        src, i, shown(merge), shown(bytes_to_token_string(left_bytes + right_bytes)));
-    const std::uint64_t key = (std::uint64_t{static_cast<std::uint32_t>(left)} << 32) |
-                              static_cast<std::uint32_t>(right);
+                        src, i, shown(merge),
+                        shown(bytes_to_token_string(left_bytes + right_bytes)));
+    const std::uint64_t key =
+        (std::uint64_t{static_cast<std::uint32_t>(left)} << 32) | static_cast<std::uint32_t>(right);
     if (!seen.insert(key).second) continue;
     bpe_.add_merge(left, right, static_cast<std::int32_t>(i), *merged);
   }
   const std::optional<unsigned> missing = bpe_.finish();
-  FERRY_FORMAT_EXPECT(!missing.has_value(),
-                      "{}: tokenizer.ggml.tokens has no token for byte 0x{:02x} (spelled {}); a "
-                      "\"gpt2\" vocabulary needs all 256",
-                      src, missing.value_or(0),
-                      shown(bytes_to_token_string(
-                          std::string(1, static_cast<char>(missing.value_or(0))))));
+  FERRY_FORMAT_EXPECT(
+      !missing.has_value(),
+      "{}: tokenizer.ggml.tokens has no token for byte 0x{:02x} (spelled {}); a "
+      "\"gpt2\" vocabulary needs all 256",
+      src, missing.value_or(0),
+      shown(bytes_to_token_string(std::string(1, static_cast<char>(missing.value_or(0))))));
   try {
     pre_ = std::make_unique<const LlamaPreTokenizer>(*spec);
   } catch (const FormatError& e) {
@@ -668,8 +686,8 @@ void LlamaVocab::tokenize_spm(const std::string& text, std::vector<std::int32_t>
   static constexpr std::array<std::size_t, 16> kUtf8Len = {1, 1, 1, 1, 1, 1, 1, 1,
                                                            1, 1, 1, 1, 2, 2, 3, 4};
   for (std::size_t offset = 0; offset < text.size();) {
-    const std::size_t len = std::min(kUtf8Len[static_cast<unsigned char>(text[offset]) >> 4],
-                                     text.size() - offset);
+    const std::size_t len =
+        std::min(kUtf8Len[static_cast<unsigned char>(text[offset]) >> 4], text.size() - offset);
     const auto index = static_cast<std::int32_t>(symbols.size());
     symbols.push_back({offset, len, index - 1, offset + len == text.size() ? -1 : index + 1});
     offset += len;
