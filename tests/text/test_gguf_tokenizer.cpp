@@ -394,6 +394,43 @@ TEST(GgufTokenizer, SentencePieceMatchesHuggingFaceOnTheSpmFixture) {
   EXPECT_GE(compared_decodes, 30);
 }
 
+// Qwen3's tokenizer.json as a "qwen2" GGUF vocabulary would hold it. llama.cpp does not
+// normalize, so only the cases NFC leaves alone can agree with Hugging Face; on those the
+// pre-tokenizer regex, the byte-level BPE and the special tokens must give the same ids.
+TEST(GgufTokenizer, Qwen2PreTokenizerMatchesHuggingFaceOnTheQwen3Fixture) {
+  const std::filesystem::path dir = ferry::test::data_dir() / "tokenizers" / "qwen3";
+  const auto j = nlohmann::json::parse(ferry::test::read_file(dir / "tokenizer.json"));
+  GgufVocabulary v;
+  v.source = "qwen3 (as GGUF)";
+  v.model = "gpt2";
+  v.pre = "qwen2";
+  const auto& vocab = j.at("model").at("vocab");
+  v.tokens.resize(vocab.size() + j.at("added_tokens").size());
+  v.token_types.assign(v.tokens.size(), 1);
+  for (const auto& [token, id] : vocab.items()) v.tokens.at(id.get<std::size_t>()) = token;
+  for (const auto& added : j.at("added_tokens")) {
+    const auto id = added.at("id").get<std::size_t>();
+    v.tokens.at(id) = added.at("content").get<std::string>();
+    v.token_types.at(id) = added.at("special").get<bool>() ? 3 : 4;
+  }
+  for (const auto& m : j.at("model").at("merges")) {
+    v.merges.push_back(m.at(0).get<std::string>() + " " + m.at(1).get<std::string>());
+  }
+  v.eos_id = 151645;
+  const Tokenizer tok = Tokenizer::from_gguf(v);
+  EXPECT_EQ(tok.eog_ids(), (std::vector<std::int32_t>{151643, 151645, 151662, 151663, 151664}));
+  const auto cases = nlohmann::json::parse(ferry::test::read_file(dir / "cases.json"));
+  int compared = 0;
+  for (const auto& c : cases.at("cases")) {
+    const std::string text = c.at("text").get<std::string>();
+    if (c.at("decoded").get<std::string>() != text) continue;  // NFC changed it
+    SCOPED_TRACE(testing::PrintToString(text));
+    EXPECT_EQ(tok.encode(text, false), c.at("ids").get<std::vector<std::int32_t>>());
+    ++compared;
+  }
+  EXPECT_GE(compared, 30);
+}
+
 // A small SentencePiece vocabulary: "▁" 3, "a" 4, "b" 5, "ab" 6, "▁ab" 7, "▁a" 8, then the
 // byte tokens for 0xC3 and 0xA9 (é).
 GgufVocabulary small_spm(bool with_bytes) {
