@@ -10,6 +10,7 @@
 #include "offload/checkpoint.hpp"
 #include "planner/machine.hpp"
 #include "planner/plan.hpp"
+#include "runtime/engine/model_files.hpp"
 #include "runtime/backends/registry.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/units.hpp"
@@ -173,12 +174,13 @@ Command add_plan(CLI::App& app) {
   cmd->add_flag("--reprobe", o->reprobe, "measure the disk and CPU again, ignoring the cache");
   return [o] {
     const fs::path model_path(o->model);
-    const bool config_file = fs::is_regular_file(model_path);
+    const bool gguf = engine::gguf_model_file(model_path).has_value();
+    const bool config_file = !gguf && fs::is_regular_file(model_path);
     const fs::path dir = config_file ? model_path.parent_path() : model_path;
     model::ModelConfig config = config_file ? model::ModelConfig::from_file(model_path)
-                                            : model::ModelConfig::from_model_dir(dir);
+                                            : engine::read_model_config(dir);
     std::optional<offload::Checkpoint> checkpoint;
-    if (!config_file && has_weights(dir)) {
+    if (!config_file && (gguf || has_weights(dir))) {
       checkpoint.emplace(offload::Checkpoint::open(dir));
       engine::check_checkpoint(config, *checkpoint);
     } else if (!o->dtype.empty()) {

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 
+#include "runtime/engine/model_files.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/units.hpp"
 #include "runtime/profile/html_report.hpp"
@@ -48,7 +49,7 @@ profile::ProfileOptions profile_options(const ProfileFlags& f) {
   if (!f.max_ram.empty()) o.load.max_ram_bytes = parse_size(f.max_ram);
   if (!f.io.empty()) o.load.io.backend = offload::parse_io_backend(f.io);
   o.prompt = !f.ids.empty() ? parse_ids(f.ids)
-                            : text::BpeTokenizer::from_model_dir(f.model).encode(
+                            : engine::read_tokenizer(f.model).encode(
                                   f.prompt.empty() ? std::string("Hello") : f.prompt,
                                   /*add_special=*/true);
   o.n_tokens = f.n;

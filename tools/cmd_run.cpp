@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "planner/memory_probe.hpp"
+#include "runtime/engine/model_files.hpp"
 #include "runtime/backends/registry.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/units.hpp"
@@ -46,7 +47,7 @@ text::BpeTokenizer load_tokenizer(const std::string& model_dir, const TokenizerO
     return text::BpeTokenizer::from_files(o.vocab, o.merges);
   }
   FERRY_EXPECT(!model_dir.empty(), "give -m DIR, or --vocab and --merges, to find a tokenizer");
-  return text::BpeTokenizer::from_model_dir(model_dir);
+  return engine::read_tokenizer(model_dir);
 }
 
 // Options every command that loads weights shares.
@@ -202,7 +203,7 @@ Command add_run(CLI::App& app) {
         o->ids.empty() ? tok->encode(o->prompt, /*add_special=*/true) : parse_ids(o->ids);
 
     // The KV cache and activations are sized for this request, not for the model's context.
-    const auto config = model::ModelConfig::from_model_dir(o->model);
+    const auto config = engine::read_model_config(o->model);
     const int64_t n_prompt = static_cast<int64_t>(prompt.size());
     engine::check_prompt_length(n_prompt, model::max_context(config));
     const int64_t context =
@@ -224,7 +225,7 @@ Command add_run(CLI::App& app) {
     if (!o->quiet) print_plan(m, backend);
     engine::GenerateOptions go;
     go.max_new_tokens = o->n;
-    if (!o->ignore_eos) go.eos_ids = model::generation_eos_ids(o->model, m.config);
+    if (!o->ignore_eos) go.eos_ids = engine::read_eos_ids(o->model, m.config);
     go.sampling = {o->temperature, o->top_k, o->top_p, o->seed};
 
     std::optional<text::StreamDecoder> dec;
@@ -297,7 +298,7 @@ Command add_logits(CLI::App& app) {
     const std::vector<int32_t> ids =
         o->ids.empty() ? load_tokenizer(o->model, o->tok).encode(o->prompt, /*add_special=*/true)
                        : parse_ids(o->ids);
-    const auto config = model::ModelConfig::from_model_dir(o->model);
+    const auto config = engine::read_model_config(o->model);
     const auto n_ids = static_cast<int64_t>(ids.size());
     engine::check_prompt_length(n_ids, model::max_context(config));
     engine::LoadOptions lo = load_options(o->load, config, n_ids, n_ids, o->all ? n_ids : 1);
@@ -396,9 +397,9 @@ Command add_perplexity(CLI::App& app) {
     if (o->max_tokens > 0 && static_cast<int64_t>(ids.size()) > o->max_tokens)
       ids.resize(static_cast<std::size_t>(o->max_tokens));
 
-    const auto config = model::ModelConfig::from_model_dir(o->model);
+    const auto config = engine::read_model_config(o->model);
     std::optional<model::ModelConfig> ref_config;
-    if (!o->reference.empty()) ref_config = model::ModelConfig::from_model_dir(o->reference);
+    if (!o->reference.empty()) ref_config = engine::read_model_config(o->reference);
     const int64_t n_positions =
         std::min(model::max_context(config), model::max_context(ref_config ? *ref_config : config));
     FERRY_EXPECT(o->ctx <= n_positions,

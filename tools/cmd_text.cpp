@@ -5,6 +5,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "runtime/engine/model_files.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/text/tokenizer.hpp"
 #include "tools/commands.hpp"
@@ -40,7 +41,7 @@ Command add_tokenize(CLI::App& app) {
                  "give -m DIR, or both --vocab and --merges");
     FERRY_EXPECT(!o->text.empty() || !o->jsonl.empty() || !o->decode.empty(),
                  "give --text TEXT, --jsonl FILE or --decode \"ID ID ...\"");
-    const text::Tokenizer tok = o->vocab.empty() ? text::Tokenizer::from_model_dir(o->model)
+    const text::Tokenizer tok = o->vocab.empty() ? engine::read_tokenizer(o->model)
                                                  : text::Tokenizer::from_files(o->vocab, o->merges);
     if (!o->decode.empty()) {
       fmt::print("{}\n", tok.decode(parse_ids(o->decode)));

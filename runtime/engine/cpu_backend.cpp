@@ -18,7 +18,10 @@ CpuBackend::CpuBackend(WeightProvider& weights, EngineOptions options, ThreadPoo
       pool_(pool),
       cache_(config_, options.max_seqs,
              options.context > 0 ? options.context : model::default_context(config_)) {
-  if (config_.rope_style == model::RopeStyle::half) inv_freq_ = config_.rope_inv_freq();
+  // GPT-J's interleaved rotary computes its frequencies in the kernel; every other model's come
+  // from the description (rope_theta, scaling, a GGUF file's frequency factors).
+  if (config_.rope_style == model::RopeStyle::half || config_.is_llama_family())
+    inv_freq_ = config_.rope_inv_freq();
 }
 
 std::string CpuBackend::name() const {
@@ -92,6 +95,9 @@ void CpuBackend::rotary(float* x, int64_t rows, int64_t n_head) {
   if (config_.rope_style == model::RopeStyle::half) {
     cpu::rotary_half(x, rows, n_head * hd, n_head, hd, config_.rotary_dim, inv_freq_.data(),
                      positions_.data());
+  } else if (!inv_freq_.empty()) {
+    cpu::rotary_pairs(x, rows, n_head * hd, n_head, hd, config_.rotary_dim, inv_freq_.data(),
+                      positions_.data());
   } else {
     cpu::rotary_interleaved(x, rows, n_head * hd, n_head, hd, config_.rotary_dim,
                             positions_.data());

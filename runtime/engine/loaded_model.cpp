@@ -1,18 +1,21 @@
 #include "runtime/engine/loaded_model.hpp"
 
 #include "runtime/core/error.hpp"
+#include "runtime/engine/model_files.hpp"
 
 namespace ferry::engine {
 
 LoadedModel load_model(const std::filesystem::path& dir, LoadOptions options) {
-  FERRY_EXPECT(std::filesystem::is_directory(dir),
-               "model directory {} does not exist; give -m a Hugging Face model directory "
-               "(config.json + weights), or make one with: ferry make-model --preset tiny -o DIR",
+  std::error_code ec;
+  const auto gguf = gguf_model_file(dir);
+  FERRY_EXPECT(gguf || std::filesystem::is_directory(dir, ec),
+               "model {} does not exist; give -m a Hugging Face model directory (config.json + "
+               "weights), a GGUF file, or make one with: ferry make-model --preset tiny -o DIR",
                dir.string());
   LoadedModel m;
-  m.config = model::ModelConfig::from_model_dir(dir);
-  m.checkpoint = std::make_unique<offload::Checkpoint>(
-      offload::Checkpoint::open(dir, options.verify.value_or(offload::verify_mode_from_env())));
+  m.checkpoint = std::make_unique<offload::Checkpoint>(offload::Checkpoint::open(
+      gguf.value_or(dir), options.verify.value_or(offload::verify_mode_from_env())));
+  m.config = gguf ? gguf_model_config(*m.checkpoint) : model::ModelConfig::from_model_dir(dir);
   check_checkpoint(m.config, *m.checkpoint);
 
   Placement placement;

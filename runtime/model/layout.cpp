@@ -105,36 +105,118 @@ std::vector<WeightSpec> llama_block(const ModelConfig& c, int layer) {
   return w;
 }
 
+// llama.cpp's name for a role (GGUF): "token_embd.weight", "blk.3.ffn_up.weight", ...
+std::string gguf_name(WeightRole role, int layer, bool tied) {
+  const char* suffix = nullptr;
+  switch (role) {
+    case R::embed:
+      return "token_embd.weight";
+    case R::final_norm_w:
+      return "output_norm.weight";
+    case R::final_norm_b:
+      return "output_norm.bias";
+    case R::lm_head_w:
+      return tied ? "token_embd.weight" : "output.weight";
+    case R::lm_head_b:
+      return "output.bias";
+    case R::attn_norm_w:
+      suffix = "attn_norm.weight";
+      break;
+    case R::attn_norm_b:
+      suffix = "attn_norm.bias";
+      break;
+    case R::q_proj:
+      suffix = "attn_q.weight";
+      break;
+    case R::k_proj:
+      suffix = "attn_k.weight";
+      break;
+    case R::v_proj:
+      suffix = "attn_v.weight";
+      break;
+    case R::o_proj:
+      suffix = "attn_output.weight";
+      break;
+    case R::q_bias:
+      suffix = "attn_q.bias";
+      break;
+    case R::k_bias:
+      suffix = "attn_k.bias";
+      break;
+    case R::v_bias:
+      suffix = "attn_v.bias";
+      break;
+    case R::o_bias:
+      suffix = "attn_output.bias";
+      break;
+    case R::q_norm:
+      suffix = "attn_q_norm.weight";
+      break;
+    case R::k_norm:
+      suffix = "attn_k_norm.weight";
+      break;
+    case R::mlp_norm_w:
+      suffix = "ffn_norm.weight";
+      break;
+    case R::mlp_norm_b:
+      suffix = "ffn_norm.bias";
+      break;
+    case R::mlp_gate:
+      suffix = "ffn_gate.weight";
+      break;
+    case R::mlp_up:
+      suffix = "ffn_up.weight";
+      break;
+    case R::mlp_up_b:
+      suffix = "ffn_up.bias";
+      break;
+    case R::mlp_down:
+      suffix = "ffn_down.weight";
+      break;
+    case R::mlp_down_b:
+      suffix = "ffn_down.bias";
+      break;
+  }
+  return fmt::format("blk.{}.{}", layer, suffix);
+}
+
+// The group with the checkpoint's names: Hugging Face's as built, or GGUF's by role.
+WeightGroup named(const ModelConfig& c, WeightGroup g) {
+  if (c.naming == TensorNaming::gguf)
+    for (WeightSpec& w : g.weights) w.name = gguf_name(w.role, g.layer, c.tie_word_embeddings);
+  return g;
+}
+
 }  // namespace
 
 WeightGroup embedding_group(const ModelConfig& c) {
-  return {WeightGroup::Kind::embedding,
-          -1,
-          {{WeightRole::embed, embed_name(c), Shape{c.vocab_size, c.n_embd}}}};
+  return named(c, {WeightGroup::Kind::embedding,
+                   -1,
+                   {{WeightRole::embed, embed_name(c), Shape{c.vocab_size, c.n_embd}}}});
 }
 
 WeightGroup block_group(const ModelConfig& c, int layer) {
-  return {WeightGroup::Kind::block, layer,
-          c.is_llama_family() ? llama_block(c, layer) : gptj_block(c, layer)};
+  return named(c, {WeightGroup::Kind::block, layer,
+                   c.is_llama_family() ? llama_block(c, layer) : gptj_block(c, layer)});
 }
 
 WeightGroup head_group(const ModelConfig& c) {
   const Shape table{c.vocab_size, c.n_embd};
   const std::string lm_head = c.tie_word_embeddings ? embed_name(c) : "lm_head.weight";
   if (c.is_llama_family()) {
-    return {WeightGroup::Kind::head,
-            -1,
-            {{WeightRole::final_norm_w, "model.norm.weight", Shape{c.n_embd}},
-             {WeightRole::lm_head_w, lm_head, table}}};
+    return named(c, {WeightGroup::Kind::head,
+                     -1,
+                     {{WeightRole::final_norm_w, "model.norm.weight", Shape{c.n_embd}},
+                      {WeightRole::lm_head_w, lm_head, table}}});
   }
-  return {WeightGroup::Kind::head,
-          -1,
-          {
-              {WeightRole::final_norm_w, "transformer.ln_f.weight", Shape{c.n_embd}},
-              {WeightRole::final_norm_b, "transformer.ln_f.bias", Shape{c.n_embd}},
-              {WeightRole::lm_head_w, lm_head, table},
-              {WeightRole::lm_head_b, "lm_head.bias", Shape{c.vocab_size}},
-          }};
+  return named(c, {WeightGroup::Kind::head,
+                   -1,
+                   {
+                       {WeightRole::final_norm_w, "transformer.ln_f.weight", Shape{c.n_embd}},
+                       {WeightRole::final_norm_b, "transformer.ln_f.bias", Shape{c.n_embd}},
+                       {WeightRole::lm_head_w, lm_head, table},
+                       {WeightRole::lm_head_b, "lm_head.bias", Shape{c.vocab_size}},
+                   }});
 }
 
 std::vector<WeightGroup> all_groups(const ModelConfig& c) {

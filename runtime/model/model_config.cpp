@@ -223,6 +223,47 @@ ModelConfig llama_from_json(const json& j, const std::string& type, const std::s
 
 }  // namespace
 
+namespace {
+// What a GGUF-derived description adds to config.json (a pack converted from a GGUF file keeps
+// GGUF's tensor names and stored row order, so it needs them to run the same way).
+void add_layout_keys(const ModelConfig& c, json& j) {
+  if (c.naming != TensorNaming::gguf) return;
+  j["ferry_tensor_naming"] = "gguf";
+  j["ferry_rope_style"] = c.rope_style == RopeStyle::interleaved ? "interleaved" : "half";
+  j["ferry_qkv_bias"] = c.qkv_bias;
+  j["ferry_o_bias"] = c.o_bias;
+  j["ferry_qk_norm"] = c.qk_norm;
+  if (!c.rope_freq_factors.empty()) j["ferry_rope_freq_factors"] = c.rope_freq_factors;
+}
+
+void read_layout_keys(const json& j, ModelConfig& c, const std::string& source) {
+  if (!j.contains("ferry_tensor_naming")) return;
+  FERRY_FORMAT_EXPECT(j["ferry_tensor_naming"] == "gguf",
+                      "{}: ferry_tensor_naming {} is not a naming ferry knows (\"gguf\")", source,
+                      j["ferry_tensor_naming"].dump());
+  c.naming = TensorNaming::gguf;
+  const json style = j.value("ferry_rope_style", json("half"));
+  FERRY_FORMAT_EXPECT(style == "interleaved" || style == "half",
+                      "{}: ferry_rope_style {} is not interleaved or half", source, style.dump());
+  c.rope_style = style == "interleaved" ? RopeStyle::interleaved : RopeStyle::half;
+  c.qkv_bias = get_bool(j, "ferry_qkv_bias", c.qkv_bias, source);
+  c.o_bias = get_bool(j, "ferry_o_bias", c.o_bias, source);
+  c.qk_norm = get_bool(j, "ferry_qk_norm", c.qk_norm, source);
+  if (j.contains("ferry_rope_freq_factors")) {
+    const json& f = j["ferry_rope_freq_factors"];
+    FERRY_FORMAT_EXPECT(f.is_array() && static_cast<int64_t>(f.size()) == c.rotary_dim / 2,
+                        "{}: ferry_rope_freq_factors must list {} numbers", source,
+                        c.rotary_dim / 2);
+    for (const json& v : f) {
+      FERRY_FORMAT_EXPECT(v.is_number() && v.get<double>() > 0,
+                          "{}: ferry_rope_freq_factors holds {}, not a positive number", source,
+                          v.dump());
+      c.rope_freq_factors.push_back(v.get<float>());
+    }
+  }
+}
+}  // namespace
+
 ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   FERRY_FORMAT_EXPECT(j.is_object(), "{}: expected a JSON object at the top level", source);
   FERRY_FORMAT_EXPECT(j.contains("model_type") && j["model_type"].is_string(),
@@ -238,6 +279,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
         fmt::format("{}: model_type '{}' is not supported; ferry runs these model types: {}",
                     source, type, kModelTypes));
   }
+  read_layout_keys(j, c, source);
   c.validate(source);
   return c;
 }
@@ -321,6 +363,12 @@ std::vector<float> ModelConfig::rope_inv_freq() const {
         f = scaled;
       }
     }
+  }
+  if (!rope_freq_factors.empty()) {
+    FERRY_EXPECT(rope_freq_factors.size() == inv.size(),
+                 "the rope frequency factors have {} entries for {} rotary frequencies",
+                 rope_freq_factors.size(), inv.size());
+    for (std::size_t i = 0; i < inv.size(); ++i) inv[i] = inv[i] / rope_freq_factors[i];
   }
   return inv;
 }
@@ -440,9 +488,14 @@ json llama_json(const ModelConfig& c) {
 
 }  // namespace
 
+
 json ModelConfig::to_json() const {
-  if (is_llama_family()) return llama_json(*this);
-  return json{{"activation_function", activation_function},
+  if (is_llama_family()) {
+    json j = llama_json(*this);
+    add_layout_keys(*this, j);
+    return j;
+  }
+  json j = json{{"activation_function", activation_function},
               {"architectures", json::array({"GPTJForCausalLM"})},
               {"attn_pdrop", 0.0},
               {"bos_token_id", bos_token_id},
@@ -462,6 +515,8 @@ json ModelConfig::to_json() const {
               {"torch_dtype", torch_dtype_name(torch_dtype)},
               {"use_cache", true},
               {"vocab_size", vocab_size}};
+  add_layout_keys(*this, j);
+  return j;
 }
 
 namespace {

@@ -32,6 +32,10 @@ enum class MlpKind {
 
 // config.json's rope_scaling: none, "linear" (every frequency / factor) or "llama3" (low
 // frequencies / factor, high ones kept, a blend between).
+// How the checkpoint names its tensors: Hugging Face's names ("model.layers.3.mlp.up_proj.weight")
+// or llama.cpp's GGUF names ("blk.3.ffn_up.weight").
+enum class TensorNaming { hugging_face, gguf };
+
 struct RopeScaling {
   std::string type = "none";
   double factor = 1.0;
@@ -73,13 +77,17 @@ struct ModelConfig {
   bool lm_head_bias = true;
   bool qk_norm = false;        // per-head RMSNorm of q and k before rotary (Qwen3)
   int64_t sliding_window = 0;  // 0: none; else the context is capped to it
+  TensorNaming naming = TensorNaming::hugging_face;
+  // Per-frequency divisors of the rotary frequencies (a GGUF file's rope_freqs.weight, which is
+  // how llama.cpp stores Llama 3's rope scaling); empty: none.
+  std::vector<float> rope_freq_factors;
 
   bool is_llama_family() const { return model_type != "gptj"; }
   int64_t head_dim() const { return head_dim_ > 0 ? head_dim_ : n_embd / n_head; }
   int64_t q_dim() const { return n_head * head_dim(); }      // q_proj's rows
   int64_t kv_dim() const { return n_kv_head * head_dim(); }  // k_proj's and v_proj's rows
   // The rotary inverse frequencies (rotary_dim / 2 of them) as Hugging Face computes them in
-  // float32: theta^(-2i/rotary_dim), then rope_scaling.
+  // float32: theta^(-2i/rotary_dim), then rope_scaling, then ÷ rope_freq_factors.
   std::vector<float> rope_inv_freq() const;
   // "gptj, 28 layers, n_embd 4096, 16 heads …": one line for inspect and plan.
   std::string summary() const;

@@ -9,6 +9,7 @@
 #include "runtime/core/trace.hpp"
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/learning.hpp"
+#include "runtime/engine/model_files.hpp"
 
 namespace ferry::profile {
 
@@ -58,7 +59,7 @@ trace::TraceData finish_trace(const std::filesystem::path& path, const nlohmann:
 ProfileRun run_profile(const ProfileOptions& o) {
   FERRY_EXPECT(!o.prompt.empty(), "the prompt is empty; give -p TEXT or --ids \"I J K\"");
   FERRY_EXPECT(o.n_tokens >= 1, "profile needs at least one new token (-n); got {}", o.n_tokens);
-  const auto config = model::ModelConfig::from_model_dir(o.model_dir);
+  const auto config = engine::read_model_config(o.model_dir);
   const auto n_prompt = static_cast<int64_t>(o.prompt.size());
   engine::check_prompt_length(n_prompt, model::max_context(config));
   engine::LoadOptions load = o.load;
