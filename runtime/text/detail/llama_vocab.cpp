@@ -40,21 +40,18 @@ std::vector<char32_t> llama_cpts(std::string_view s) {
     if ((b & 0x80) == 0) {
       out.push_back(b);
       i += 1;
-    } else if ((b & 0x40) == 0) {
-      out.push_back(kReplacementChar);
-      i += 1;
-    } else if ((b & 0x20) == 0 && cont(i + 1)) {
+    } else if ((b & 0xE0) == 0xC0 && cont(i + 1)) {
       out.push_back((char32_t{b & 0x1Fu} << 6) | (byte(i + 1) & 0x3Fu));
       i += 2;
-    } else if ((b & 0x20) != 0 && (b & 0x10) == 0 && cont(i + 1) && cont(i + 2)) {
+    } else if ((b & 0xF0) == 0xE0 && cont(i + 1) && cont(i + 2)) {
       out.push_back((char32_t{b & 0x0Fu} << 12) | (char32_t{byte(i + 1) & 0x3Fu} << 6) |
                     (byte(i + 2) & 0x3Fu));
       i += 3;
-    } else if ((b & 0x30) == 0x30 && (b & 0x08) == 0 && cont(i + 1) && cont(i + 2) && cont(i + 3)) {
+    } else if ((b & 0xF8) == 0xF0 && cont(i + 1) && cont(i + 2) && cont(i + 3)) {
       out.push_back((char32_t{b & 0x07u} << 18) | (char32_t{byte(i + 1) & 0x3Fu} << 12) |
                     (char32_t{byte(i + 2) & 0x3Fu} << 6) | (byte(i + 3) & 0x3Fu));
       i += 4;
-    } else {
+    } else {  // a stray continuation byte, F8..FF, or a lead byte without its continuations
       out.push_back(kReplacementChar);
       i += 1;
     }
@@ -75,61 +72,64 @@ void append_llama_utf8(std::string& out, char32_t cp) {
 // alternative, greedy, \p{..} as general categories) once non-ASCII white space is seen as
 // \v in patterns without categories, as llama.cpp arranges.
 constexpr std::string_view kGpt2Regex =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)";
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S))";
 constexpr std::string_view kLlama3Regex =
-    "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
-    "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    R"((?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|)"
+    R"(\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 constexpr std::string_view kQwen2Regex =
-    "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
-    "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-constexpr std::string_view kPoroRegex = " ?[^(\\s|.,!?…。，、।۔،)]+";
+    R"((?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|)"
+    R"(\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+constexpr std::string_view kPoroRegex = R"( ?[^(\s|.,!?…。，、।۔،)]+)";
 // deepseek-llm's "\s+$": its spans hold no newline by then (the first pattern isolates each),
 // so "$" is the end of the span, which ferry's engine says as a lookahead.
+// clang-format off
 constexpr std::string_view kDeepseekLlmLetters =
-    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-"
-    "ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-"
-    "ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-"
-    "ﬗＡ-"
-    "Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+";
+    R"(\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ)"
+    R"(-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕ)"
+    R"(ἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂ)"
+    R"(ℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛ)"
+    R"(Ꜣ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃)"
+    R"(]+)";
+// clang-format on
 
 struct PreSpec {
-  std::initializer_list<std::string_view> names;
-  std::initializer_list<std::string_view> regexes;
+  std::vector<std::string_view> names;
+  std::vector<std::string_view> regexes;
   bool ignore_merges = false;
   bool add_bos = false;
   bool clean_spaces = true;
   bool no_bos = false;  // chatglm-bpe: no BOS id unless the file names one
 };
 
-const std::initializer_list<PreSpec>& pre_specs() {
-  static const std::initializer_list<PreSpec> specs = {
-      {{"", "default"}, {"[\\p{P}\\$\\+<=>\\^~\\|]+", kGpt2Regex, "\\p{N}+", "[0-9][0-9][0-9]"}},
+const std::vector<PreSpec>& pre_specs() {
+  static const std::vector<PreSpec> specs = {
+      {{"", "default"}, {R"([\p{P}\$\+<=>\^~\|]+)", kGpt2Regex, R"(\p{N}+)", "[0-9][0-9][0-9]"}},
       {{"llama3", "llama-v3", "llama-bpe", "falcon3"}, {kLlama3Regex}, true, true},
       {{"dbrx", "smaug-bpe"}, {kLlama3Regex}},
       {{"deepseek-llm"},
-       {"[\r\n]", kDeepseekLlmLetters, "\\s?[!-/:-~！-／：-～‘-‟　-。]+", "\\s+(?![\\s\\S])",
-        "[一-龥ࠀ-一가-퟿]+", "\\p{N}+"},
+       {"[\r\n]", kDeepseekLlmLetters, R"(\s?[!-/:-~！-／：-～‘-‟　-。]+)", R"(\s+(?![\s\S]))",
+        "[一-龥ࠀ-一가-퟿]+", R"(\p{N}+)"},
        false,
        false,
        false},
       {{"deepseek-coder"},
-       {"[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", "[一-龥ࠀ-一가-퟿]+", "\\p{N}"},
+       {"[\r\n]", R"(\s?\p{L}+)", R"(\s?\p{P}+)", "[一-龥ࠀ-一가-퟿]+", R"(\p{N})"},
        false,
        false,
        false},
-      {{"falcon"}, {"[\\p{P}\\$\\+<=>\\^~\\|`]+", kGpt2Regex, "[0-9][0-9][0-9]"}},
-      {{"starcoder", "refact", "codeshell", "exaone"}, {"\\p{N}", kGpt2Regex}},
-      {{"command-r", "smollm"}, {"\\p{N}", kGpt2Regex}, false, false, false},
+      {{"falcon"}, {R"([\p{P}\$\+<=>\^~\|`]+)", kGpt2Regex, "[0-9][0-9][0-9]"}},
+      {{"starcoder", "refact", "codeshell", "exaone"}, {R"(\p{N})", kGpt2Regex}},
+      {{"command-r", "smollm"}, {R"(\p{N})", kGpt2Regex}, false, false, false},
       {{"gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v1-en", "jina-v2-es",
         "jina-v2-de", "jina-v2-code", "roberta-bpe", "mpt", "olmo", "jais"},
        {kGpt2Regex}},
-      {{"minerva-7b"}, {"\\p{N}", kGpt2Regex}},
+      {{"minerva-7b"}, {R"(\p{N})", kGpt2Regex}},
       {{"stablelm2"}, {kQwen2Regex}},
       {{"qwen2", "megrez"}, {kQwen2Regex}, false, false, false},
       {{"chatglm-bpe"}, {kLlama3Regex}, false, false, true, true},
       {{"poro-chat"}, {kPoroRegex}, false, false, false},
       {{"bloom", "gpt3-finnish"}, {kPoroRegex}},
-      {{"viking"}, {kPoroRegex, "\\p{N}"}, false, false, false},
+      {{"viking"}, {kPoroRegex, R"(\p{N})"}, false, false, false},
   };
   return specs;
 }
