@@ -61,7 +61,7 @@ class GgufMetadataReader {
         v.add_eos = get<std::uint8_t>() != 0;
       } else {
         if (key.starts_with("tokenizer.")) {
-          throw std::runtime_error(source + ": the reader does not know " + key);
+          throw std::runtime_error(fmt::format("{}: the reader does not know {}", source, key));
         }
         skip(type);
       }
@@ -239,7 +239,7 @@ GgufVocabulary byte_vocabulary(std::vector<std::string> extra = {},
   for (int b = 0; b < 256; ++b) {
     v.tokens.push_back(detail::bytes_to_token_string(std::string(1, static_cast<char>(b))));
   }
-  v.tokens.push_back("Ġt");
+  v.tokens.emplace_back("Ġt");
   for (std::string& t : extra) v.tokens.push_back(std::move(t));
   v.merges = std::move(merges);
   return v;
@@ -437,17 +437,8 @@ GgufVocabulary small_spm(bool with_bytes) {
   GgufVocabulary v;
   v.source = "small-spm.gguf";
   v.model = "llama";
-  v.tokens = {"<unk>",
-              "<s>",
-              "</s>",
-              "\xe2\x96\x81",
-              "a",
-              "b",
-              "ab",
-              "\xe2\x96\x81"
-              "ab",
-              "\xe2\x96\x81"
-              "a"};
+  const std::string space = "\xe2\x96\x81";  // U+2581
+  v.tokens = {"<unk>", "<s>", "</s>", space, "a", "b", "ab", space + "ab", space + "a"};
   v.scores = {0, 0, 0, -1, -1, -1, -2, -1, -3};
   v.token_types = {2, 3, 3, 1, 1, 1, 1, 1, 1};
   if (with_bytes) {
@@ -549,7 +540,7 @@ TEST(GgufTokenizer, RefusesInconsistentData) {
                       {"hand.gguf", "tokenizer.ggml.bos_token_id"});
   v = byte_vocabulary();
   v.tokens.erase(v.tokens.begin() + 'x');  // byte 0x78's token is gone
-  v.tokens.push_back("x!");
+  v.tokens.emplace_back("x!");
   expect_format_error([&] { (void)Tokenizer::from_gguf(v); }, {"hand.gguf", "0x"});
   GgufVocabulary spm = small_spm(true);
   spm.add_eos = true;
