@@ -1,0 +1,125 @@
+// GGUF files against llama.cpp: the fixture's six files (F32, F16, Q8_0, Q4_0, Q4_K_M, Q6_K).
+// ferry multiplies the exactly decoded weights in f32 and so is held to llama.cpp's all-f32 run
+// on the same dequantized weights (last_logits_dequant_f32): within max(1e-4, 2 × llama.cpp's own
+// distance from it), and the greedy tokens equal wherever the step's margin exceeds that bound.
+// Resident, streamed from disk, and streamed in pieces.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "runtime/engine/engine.hpp"
+#include "runtime/engine/generate.hpp"
+#include "runtime/engine/loaded_model.hpp"
+#include "runtime/engine/model_files.hpp"
+#include "tests/support/test_support.hpp"
+
+namespace ferry::engine {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+fs::path gguf_file(const std::string& type) {
+  return test::data_dir() / "gguf" / "tiny-llama-bpe" / type / "model.gguf";
+}
+
+json gguf_expected(const std::string& type) {
+  return json::parse(test::read_file(gguf_file(type).parent_path() / "expected.json"));
+}
+
+float max_abs_diff(std::span<const float> a, const std::vector<float>& b) {
+  float m = 0;
+  for (std::size_t i = 0; i < b.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+void check_gguf(const std::string& type, LoadOptions options = {}) {
+  const json expected = gguf_expected(type);
+  const bool exact = type == "F32";
+  LoadedModel m = load_model(gguf_file(type), std::move(options));
+  ASSERT_EQ(m.config.naming, model::TensorNaming::gguf);
+  const auto vocab = static_cast<std::size_t>(m.config.vocab_size);
+  Engine engine(*m.weights, {}, default_thread_pool());
+  int index = 0;
+  for (const json& p : expected["prompts"]) {
+    SCOPED_TRACE(type + " prompt " + std::to_string(index++));
+    const auto ids = p["input_ids"].get<std::vector<int32_t>>();
+    const auto llama_cpp = p["last_logits"].get<std::vector<float>>();
+    const auto ref = exact ? llama_cpp : p["last_logits_dequant_f32"].get<std::vector<float>>();
+    const float bound = std::max(1e-4f, exact ? 0.0f : 2 * max_abs_diff(llama_cpp, ref));
+    engine.reset(0);
+    SeqTokens s{0, ids};
+    const auto& last = engine.forward({&s, 1}, LogitsFor::last);
+    ASSERT_EQ(last.size(), vocab);
+    EXPECT_LE(max_abs_diff(last, ref), bound);
+    // Without the permuted rows' rotary or with the wrong eps the logits move by 0.05 to 2: the
+    // tolerance catches those even on the quantized files.
+    EXPECT_LT(max_abs_diff(last, ref), 0.02f);
+
+    const auto want = p[exact ? "greedy_tokens" : "greedy_tokens_dequant_f32"]
+                          .get<std::vector<int32_t>>();
+    const auto margins = p[exact ? "greedy_step_margins" : "greedy_step_margins_dequant_f32"]
+                             .get<std::vector<float>>();
+    GenerateOptions go;
+    go.max_new_tokens = static_cast<int64_t>(want.size());
+    const auto got = generate(engine, 0, ids, go);
+    ASSERT_EQ(got.size(), want.size());
+    // The rule compares tokens while the margin exceeds `bound`; ferry's logits are
+    // within a few 1e-6 of the reference, so it is held to the stricter 1e-4 (every step of these
+    // fixtures but near ties, where the paths may part legitimately).
+    const float token_bound = std::min(bound, 1e-4f);
+    std::size_t compared = 0;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      if (margins[i] <= token_bound) break;
+      EXPECT_EQ(got[i], want[i]) << "greedy step " << i;
+      ++compared;
+    }
+    EXPECT_GE(compared, 10u);
+  }
+}
+
+class GgufParity : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GgufParity, MatchesLlamaCppOnTheDequantizedWeights) { check_gguf(GetParam()); }
+
+TEST_P(GgufParity, StreamedFromDiskMatches) {
+  LoadOptions o;
+  o.placement = Placement::all(read_model_config(gguf_file(GetParam())), offload::Tier::disk);
+  check_gguf(GetParam(), std::move(o));
+}
+
+TEST_P(GgufParity, StreamedInPiecesMatches) {
+  LoadOptions o;
+  o.placement = Placement::all(read_model_config(gguf_file(GetParam())), offload::Tier::disk, 3);
+  o.placement->chunk_bytes = 48 << 10;
+  check_gguf(GetParam(), std::move(o));
+}
+
+INSTANTIATE_TEST_SUITE_P(Files, GgufParity,
+                         ::testing::Values("F32", "F16", "Q8_0", "Q4_0", "Q4_K_M", "Q6_K"));
+
+TEST(GgufModel, DescribesTheFixture) {
+  const auto c = read_model_config(gguf_file("Q4_K_M"));
+  EXPECT_EQ(c.model_type, "llama");
+  EXPECT_EQ(c.vocab_size, 1024);
+  EXPECT_EQ(c.n_embd, 256);
+  EXPECT_EQ(c.n_layer, 2);
+  EXPECT_EQ(c.n_head, 4);
+  EXPECT_EQ(c.n_kv_head, 2);
+  EXPECT_EQ(c.n_inner, 768);
+  EXPECT_EQ(c.rope_theta, 500000.0);
+  EXPECT_EQ(c.rope_style, model::RopeStyle::interleaved);
+  EXPECT_FALSE(c.tie_word_embeddings);
+  EXPECT_FLOAT_EQ(c.layer_norm_epsilon, 1e-5f);
+  EXPECT_EQ(c.bos_token_id, 1021);
+  EXPECT_EQ(c.eos_token_ids, (std::vector<int32_t>{1022}));
+  // The stop ids a run uses: the file's eos (and eot/eom when it names them).
+  EXPECT_EQ(read_eos_ids(gguf_file("Q4_K_M"), c), (std::vector<int32_t>{1022}));
+  const text::Tokenizer tok = read_tokenizer(gguf_file("Q4_K_M"));
+  EXPECT_EQ(tok.vocab_size(), 1024);
+}
+
+}  // namespace
+}  // namespace ferry::engine
