@@ -140,9 +140,24 @@ constexpr int packed_gemv_warps_per_row(DType t, int64_t m) {
   return 1;
 }
 // warps_per_row: 0 for packed_gemv_warps_per_row, else 1, 2 or 4 (the benchmark times each).
+// Both also take llama.cpp's block formats (q8_0 … q6_k), handing them to ggml_gemv and
+// ggml_dequantize_rows below (warps_per_row is then ignored).
 cudaError_t packed_gemv(const void* w, DType wdt, int64_t n, int64_t k, const float* x, int64_t m,
                         float* y, int64_t ldy, cudaStream_t stream, int warps_per_row = 0);
 cudaError_t dequantize_rows(const void* w, DType wdt, int64_t k, int64_t row0, int64_t rows,
                             uint16_t* out, cudaStream_t stream);
+
+// llama.cpp's block formats (q8_0 … q6_k; runtime/core/ggml_quant.hpp), decoded through
+// kernels/common/ggml_quant_math.hpp bit for bit as ggml and the CPU kernels decode them
+// (kernels/cuda/ggml_quant.cu). k must be a whole number of blocks; rows start at any alignment.
+// ggml_gemv: y[i, o] = Σ_j x[i, j] · w[o, j] for i < m ≤ kPackedGemvLimit, one warp per output
+// row, x and the sums f32. ggml_dequantize_rows(_f32): rows [row0, row0 + rows) of w into
+// [rows, k] f16 (for cuBLAS, one f16 rounding of each weight) or f32 (exact).
+cudaError_t ggml_gemv(const void* w, DType wdt, int64_t n, int64_t k, const float* x, int64_t m,
+                      float* y, int64_t ldy, cudaStream_t stream);
+cudaError_t ggml_dequantize_rows(const void* w, DType wdt, int64_t k, int64_t row0, int64_t rows,
+                                 uint16_t* out, cudaStream_t stream);
+cudaError_t ggml_dequantize_rows_f32(const void* w, DType wdt, int64_t k, int64_t row0,
+                                     int64_t rows, float* out, cudaStream_t stream);
 
 }  // namespace ferry::kernels::cuda

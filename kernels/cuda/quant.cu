@@ -147,6 +147,7 @@ void launch_packed_gemv(const unsigned char* w, int64_t n, int64_t k, const floa
 
 cudaError_t packed_gemv(const void* w, DType wdt, int64_t n, int64_t k, const float* x, int64_t m,
                         float* y, int64_t ldy, cudaStream_t stream, int warps_per_row) {
+  if (is_ggml_block(wdt)) return ggml_gemv(w, wdt, n, k, x, m, y, ldy, stream);
   if (n <= 0 || m <= 0) return cudaSuccess;
   if (!is_quantized(wdt) || k <= 0 || m > kPackedGemvLimit || ldy < n) return cudaErrorInvalidValue;
   if (warps_per_row == 0) warps_per_row = packed_gemv_warps_per_row(wdt, m);
@@ -168,6 +169,7 @@ cudaError_t packed_gemv(const void* w, DType wdt, int64_t n, int64_t k, const fl
 
 cudaError_t dequantize_rows(const void* w, DType wdt, int64_t k, int64_t row0, int64_t rows,
                             uint16_t* out, cudaStream_t stream) {
+  if (is_ggml_block(wdt)) return ggml_dequantize_rows(w, wdt, k, row0, rows, out, stream);
   if (rows <= 0) return cudaSuccess;
   if (!is_quantized(wdt) || k <= 0 || row0 < 0) return cudaErrorInvalidValue;
   const int64_t units = packed_row_units(wdt, k);

@@ -218,13 +218,13 @@ struct CudaBackend::Impl {
         FERRY_EXPECT(name == u.matrices[j].name, "{}: stream unit tensor '{}' is not '{}'",
                      spec.name, name, u.matrices[j].name);
         const offload::TensorEntry& t = checkpoint.at(name);
-        FERRY_EXPECT(is_float_weight(t.dtype) || is_quantized(t.dtype),
-                     "tensor '{}' is {}; the CUDA backend multiplies f32, f16, bf16 and packed "
-                     "q8 / q4 weights",
+        FERRY_EXPECT(is_float_weight(t.dtype) || is_row_packed(t.dtype),
+                     "tensor '{}' is {}; the CUDA backend multiplies f32, f16, bf16, packed "
+                     "q8 / q4 weights and llama.cpp's block formats (q8_0 … q6_k)",
                      name, dtype_name(t.dtype));
         u.stored.push_back(t.dtype);
         u.compute.push_back(t.dtype == DType::bf16 && !bf16_ok ? DType::f16 : t.dtype);
-        if (is_quantized(t.dtype)) dequant_elems = largest_block_matrix();
+        if (is_row_packed(t.dtype)) dequant_elems = largest_block_matrix();
       }
       const offload::UnitLayout layout = offload::plan_unit_reads(checkpoint, spec.tensors);
       u.offsets = layout.tensor_offsets;
@@ -471,7 +471,7 @@ struct CudaBackend::Impl {
 
   // y[rows, n] = x[rows, k] · Wᵀ, W [n, k] on the device.
   void linear(const float* x, int64_t rows, const MatrixView& w, float* y) {
-    if (is_quantized(w.dtype)) {
+    if (is_row_packed(w.dtype)) {
       packed_linear(x, rows, w.data, w.dtype, w.rows, w.cols, y);
       return;
     }
