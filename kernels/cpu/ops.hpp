@@ -45,7 +45,10 @@ std::string_view simd_level();
 // y[i, o] = sum_j x[i, j] · w[o, j] + bias[o], for i < m, o < n, j < k. w is row-major
 // [n, k] (PyTorch's nn.Linear layout) in dtype wdt (f32, f16 or bf16), or packed (q8, q4_g64,
 // q4_g128: n rows of packed_row_bytes(wdt, k), runtime/core/quant.hpp), dequantized in the
-// product's inner loop; bias may be null.
+// product's inner loop, or in one of llama.cpp's block formats (q8_0 … q6_k,
+// runtime/core/ggml_quant.hpp; k a whole number of blocks): each weight decoded exactly as ggml
+// decodes it and multiplied with x in f32 (x is never rounded, unlike llama.cpp's products);
+// bias may be null.
 // m = 1 is the matrix–vector product of decoding; m > 1 (prompt processing) reuses each block
 // of w across all rows of x. Runs on every thread of pool.
 void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
@@ -90,7 +93,8 @@ void attention(const AttentionArgs& args, ThreadPool& pool);
 int64_t bf16_count_beyond_f16(const uint16_t* x, int64_t n);
 
 // dst[i] = float(src[i]) for an f32, f16 or bf16 source; for a packed dtype, src is one packed
-// row of n columns (an embedding row of a ferry pack) and dst its dequantized values.
+// row of n columns (an embedding row of a ferry pack, or of a GGUF file's block-quantized
+// token_embd) and dst its dequantized values.
 void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst);
 
 // The portable fast path, what the kernels above run when the processor lacks AVX2 or

@@ -2,7 +2,8 @@
 // shaped so a compiler can vectorise it for whatever baseline it targets: every reduction keeps
 // eight independent partial sums (a fixed order, so results are reproducible), and linear works
 // on 16 weight rows × 256 columns at a time (f16 and bf16 converted once to f32 into a 16 KiB
-// stack tile) that stay in L1 while every row of x passes over them.
+// stack tile) that stay in L1 while every row of x passes over them. Packed and ggml block weights
+// are dequantized into the same tile (kernels/common/quant_math.hpp, ggml_quant_math.hpp).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
