@@ -2,29 +2,86 @@
 #include <fmt/format.h>
 
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "offload/checkpoint.hpp"
+#include "offload/detail/gguf.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/units.hpp"
 #include "runtime/engine/make_model.hpp"
+#include "runtime/engine/model_files.hpp"
 #include "runtime/model/layout.hpp"
 #include "runtime/model/model_config.hpp"
 #include "tools/commands.hpp"
 
 namespace ferry::tools {
 
+namespace {
+
+// A metadata value for display: scalars as JSON, strings quoted (cut at 80 bytes), arrays by
+// their type and length with the first few values.
+std::string show_value(const nlohmann::json& v, const std::string& type) {
+  if (v.is_array()) {
+    std::string head;
+    for (std::size_t i = 0; i < std::min<std::size_t>(v.size(), 3); ++i)
+      head += (i ? ", " : "") + show_value(v[i], "");
+    return fmt::format("{} of {}: [{}{}]", type, v.size(), head, v.size() > 3 ? ", …" : "");
+  }
+  if (v.is_string()) {
+    const std::string& s = v.get_ref<const std::string&>();
+    std::string shown = s.size() > 80 ? s.substr(0, 80) + "…" : s;
+    for (char& c : shown)
+      if (c == '\n' || c == '\r') c = ' ';
+    return nlohmann::json(shown).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+  return v.dump();
+}
+
+void print_gguf_header(const offload::detail::GgufHeader& h, bool all_metadata) {
+  const auto& md = h.metadata;
+  auto str = [&](const char* key) {
+    const auto it = md.find(key);
+    return it != md.end() && it->is_string() ? it->get<std::string>() : std::string("?");
+  };
+  fmt::print("gguf: version {}, alignment {}, {} metadata keys, data at byte {}\n", h.version,
+             h.alignment, md.size(), h.data_offset);
+  fmt::print("architecture: {}  name: {}", str("general.architecture"), str("general.name"));
+  if (const auto it = md.find("general.file_type"); it != md.end())
+    fmt::print("  file type: {}", it->dump());
+  fmt::print("\n");
+  std::map<std::string, std::pair<int, uint64_t>> by_type;
+  for (const auto& t : h.tensors) {
+    auto& [n, b] = by_type[offload::detail::ggml_type_name(t.ggml_type)];
+    ++n;
+    b += t.nbytes;
+  }
+  for (const auto& [type, nb] : by_type)
+    fmt::print("ggml type {}: {} tensors, {}\n", type, nb.first, format_bytes(nb.second));
+  for (const auto& [key, type] : h.metadata_types) {
+    const bool tokenizer_table = key.starts_with("tokenizer.ggml.") && type.starts_with("array");
+    if (!all_metadata && (tokenizer_table || key == "tokenizer.chat_template")) continue;
+    fmt::print("  {:<44} {}\n", key, show_value(md[key], type));
+  }
+}
+
+}  // namespace
+
 Command add_inspect(CLI::App& app) {
   struct Options {
     std::string model;
     bool tensors = false;
+    bool metadata = false;
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("inspect", "describe a checkpoint: format, tensors, bytes");
   cmd->add_option("-m,--model", o->model, "model directory or checkpoint file")->required();
   cmd->add_flag("--tensors", o->tensors, "list every tensor");
+  cmd->add_flag("--metadata", o->metadata, "a GGUF file's metadata, every key");
   return [o] {
     const auto ck = offload::Checkpoint::open(o->model);
     fmt::print("format: {}\n", offload::format_name(ck.format()));
+    const offload::detail::GgufHeader* gguf = ck.gguf_header();
+    if (gguf != nullptr) print_gguf_header(*gguf, o->metadata);
     for (const auto& f : ck.files())
       fmt::print("file: {} ({})\n", f.path.string(), format_bytes(f.size_bytes));
     std::map<std::string, std::pair<int64_t, uint64_t>> by_dtype;
@@ -40,29 +97,37 @@ Command add_inspect(CLI::App& app) {
         fmt::print("  {:<48} {:<5} {:<16} {:>12} bytes  file {} @ {}\n", t.name,
                    dtype_name(t.dtype), t.shape.str(), t.nbytes, t.file_index, t.offset_bytes);
     }
-    // Per-layer bytes, when a config.json beside the weights says what the layers are.
+    // Per-layer bytes, when a config.json beside the weights (or a GGUF file's metadata) says
+    // what the layers are.
     const std::filesystem::path dir = std::filesystem::is_directory(o->model)
                                           ? std::filesystem::path(o->model)
                                           : std::filesystem::path(o->model).parent_path();
-    if (std::filesystem::exists(dir / "config.json")) {
-      const auto cfg = model::ModelConfig::from_model_dir(dir);
+    if (gguf != nullptr || std::filesystem::exists(dir / "config.json")) {
+      const auto cfg = gguf != nullptr ? engine::gguf_model_config(ck)
+                                       : model::ModelConfig::from_model_dir(dir);
       fmt::print("model: {}, {:.3f} B parameters{}\n", cfg.summary(),
                  static_cast<double>(model::total_params(cfg)) / 1e9,
                  cfg.tie_word_embeddings ? " (lm_head tied to the embedding)" : "");
       for (const auto& g : model::all_groups(cfg)) {
         uint64_t bytes = 0;
         std::string missing;
+        std::map<std::string, int> types;
         for (const auto& w : g.weights) {
-          if (const auto* t = ck.find(w.name))
+          if (const auto* t = ck.find(w.name)) {
             bytes += t->nbytes;
-          else
+            if (w.is_matrix()) ++types[std::string(dtype_name(t->dtype))];
+          } else {
             missing = w.name;
+          }
         }
+        std::string mix;
+        for (const auto& [name, n] : types)
+          mix += fmt::format("{}{} {}", mix.empty() ? "" : ", ", n, name);
         const std::string name =
             g.kind == model::WeightGroup::Kind::block
                 ? fmt::format("layer {}", g.layer)
                 : (g.kind == model::WeightGroup::Kind::embedding ? "embedding" : "head");
-        fmt::print("  {:<10} {:>12}{}\n", name, format_bytes(bytes),
+        fmt::print("  {:<10} {:>12}  {}{}\n", name, format_bytes(bytes), mix,
                    missing.empty() ? "" : fmt::format("  (missing {})", missing));
       }
     }

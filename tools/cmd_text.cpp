@@ -5,8 +5,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "runtime/engine/model_files.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/engine/model_files.hpp"
 #include "runtime/text/tokenizer.hpp"
 #include "tools/commands.hpp"
 
@@ -16,6 +16,7 @@ Command add_tokenize(CLI::App& app) {
   struct Options {
     std::string model, vocab, merges, text, jsonl, decode;
     bool add_special = false;
+    bool no_parse_special = false;
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
@@ -23,7 +24,7 @@ Command add_tokenize(CLI::App& app) {
       "print the token ids of a text as a JSON array (or, with --decode, the text of ids)");
   cmd->add_option("-m,--model", o->model,
                   "model directory holding tokenizer.json (+ tokenizer_config.json) or vocab.json "
-                  "+ merges.txt");
+                  "+ merges.txt, or a GGUF file");
   cmd->add_option("--vocab", o->vocab, "vocab.json");
   cmd->add_option("--merges", o->merges, "merges.txt");
   auto* t = cmd->add_option("--text", o->text, "the text");
@@ -33,6 +34,9 @@ Command add_tokenize(CLI::App& app) {
       cmd->add_option("--decode", o->decode, "token ids to turn into text, e.g. \"9707 1879\"");
   cmd->add_flag("--add-special", o->add_special,
                 "add the special tokens the tokenizer puts around a text (e.g. Llama's <s>)");
+  cmd->add_flag("--no-parse-special", o->no_parse_special,
+                "tokenize the text of special tokens (\"<|eot_id|>\") as ordinary text instead of "
+                "as their ids (llama.cpp's parse_special = false)");
   t->excludes(j);
   d->excludes(t);
   d->excludes(j);
@@ -48,7 +52,7 @@ Command add_tokenize(CLI::App& app) {
       return 0;
     }
     if (o->jsonl.empty()) {
-      fmt::print("[{}]\n", fmt::join(tok.encode(o->text, o->add_special), ", "));
+      fmt::print("[{}]\n", fmt::join(tok.encode(o->text, o->add_special, !o->no_parse_special), ", "));
       return 0;
     }
     std::ifstream in(o->jsonl);
@@ -66,7 +70,8 @@ Command add_tokenize(CLI::App& app) {
       }
       FERRY_FORMAT_EXPECT(v.is_string(), "{}:{}: expected a JSON string, found {}", o->jsonl,
                           line_no, v.type_name());
-      fmt::print("[{}]\n", fmt::join(tok.encode(v.get<std::string>(), o->add_special), ", "));
+      fmt::print("[{}]\n", fmt::join(tok.encode(v.get<std::string>(), o->add_special, !o->no_parse_special),
+                                  ", "));
     }
     return 0;
   };

@@ -1,5 +1,6 @@
 // ferry tokenize on the tokenizer.json fixtures: --jsonl prints, line by line, the ids Hugging
 // Face gives each case (with --add-special, those with the special tokens); --decode the text.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
@@ -82,6 +83,47 @@ TEST(TokenizeCli, TextAndDecode) {
   const Result decoded = ferry({"tokenize", "-m", spm, "--decode", list});
   ASSERT_EQ(decoded.status, 0) << decoded.out;
   EXPECT_EQ(decoded.out, "<s> Hello world\n");
+}
+
+// A GGUF file's tokenizer through the command line: llama.cpp's ids for every case, with and
+// without add_special and parse_special (tokenize.json, from llama_tokenize), and its
+// detokenization.
+TEST(TokenizeCli, GgufFileGivesLlamaCppsIds) {
+  const auto dir = test::data_dir() / "gguf" / "tiny-llama-bpe";
+  const std::string model = (dir / "Q4_0" / "model.gguf").string();
+  const json cases = json::parse(test::read_file(dir / "tokenize.json")).at("cases");
+  const test::TempDir tmp;
+  std::string jsonl;
+  for (const auto& c : cases) jsonl += json(c.at("text")).dump() + "\n";
+  test::write_file(tmp / "in.jsonl", jsonl);
+  for (const bool add : {false, true}) {
+    for (const bool parse : {false, true}) {
+      SCOPED_TRACE(fmt::format("add_special {} parse_special {}", add, parse));
+      std::vector<std::string> args = {"tokenize", "-m", model, "--jsonl",
+                                       (tmp / "in.jsonl").string()};
+      if (add) args.emplace_back("--add-special");
+      if (!parse) args.emplace_back("--no-parse-special");
+      const Result r = ferry(args);
+      ASSERT_EQ(r.status, 0) << r.out;
+      std::istringstream lines(r.out);
+      std::string line;
+      const std::string key = fmt::format("ids_add_special_{}_parse_special_{}",
+                                          add ? "True" : "False", parse ? "True" : "False");
+      for (const auto& c : cases) {
+        ASSERT_TRUE(std::getline(lines, line)) << "fewer lines than cases";
+        EXPECT_EQ(json::parse(line), c.at(key)) << c.at("text").dump();
+      }
+    }
+  }
+  for (const auto& c : cases) {
+    const auto& ids = c.at("ids_add_special_True_parse_special_True");
+    if (ids.empty()) continue;
+    std::string list;
+    for (const auto& id : ids) list += std::to_string(id.get<int>()) + " ";
+    const Result decoded = ferry({"tokenize", "-m", model, "--decode", list});
+    ASSERT_EQ(decoded.status, 0) << decoded.out;
+    EXPECT_EQ(decoded.out, c.at("detokenized").get<std::string>() + "\n") << c.at("text").dump();
+  }
 }
 
 }  // namespace
