@@ -391,6 +391,27 @@ TEST(GgmlQuant, LinearOnIdentityRowsGivesTheWeightsExactly) {
   }
 }
 
+// Each output is computed by one thread in an order fixed by k, so the thread count changes no bit.
+TEST(GgmlQuant, LinearDoesNotDependOnTheThreadCount) {
+  std::mt19937 rng(13);
+  ThreadPool one(1);
+  ThreadPool three(3);
+  for (DType t : kAll) {
+    const int64_t k = ggml_block_elems(t) * 4;
+    const int64_t n = 70;
+    const Bytes w = random_blocks(rng, t, n, k);
+    for (int64_t m : {1, 5}) {
+      std::vector<float> x(static_cast<std::size_t>(m * k));
+      for (auto& v : x) v = static_cast<float>(rng() % 2001) / 1000.0f - 1.0f;
+      std::vector<float> a(static_cast<std::size_t>(m * n));
+      std::vector<float> b(a.size());
+      linear(x.data(), m, k, w.data(), t, n, nullptr, a.data(), one);
+      linear(x.data(), m, k, w.data(), t, n, nullptr, b.data(), three);
+      EXPECT_TRUE(same_bits(dtype_name(t).data(), b.data(), a.data(), m * n)) << "m=" << m;
+    }
+  }
+}
+
 TEST(GgmlQuant, RejectsRowsOfPartialBlocks) {
   std::vector<float> x(300, 0.5f);
   Bytes w(4096);
