@@ -89,6 +89,22 @@ const Paths& paths() {
   return chosen;
 }
 
+// llama.cpp's block formats with AVX-512 where the AVX2 path runs and the processor has AVX-512
+// F/BW/VL, unless FERRY_SIMD=avx2 asks for AVX2 alone. Chosen once, like paths().
+LinearRowsFn linear_rows_for(DType wdt) {
+#if defined(FERRY_KERNELS_AVX512)
+  static const bool ggml_avx512 = [] {
+    const char* env = std::getenv("FERRY_SIMD");
+    if (&paths() != &kAvx2 || (env != nullptr && std::string(env) == "avx2")) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+  }();
+  if (ggml_avx512 && is_ggml_block(wdt)) return detail::avx512::ggml_linear_rows;
+#endif
+  return paths().linear_rows;
+}
+
 // k: the row length (a ggml block row must hold whole blocks).
 void check_weight_dtype(DType wdt, int64_t k, const char* what) {
   FERRY_EXPECT(is_matrix_weight(wdt),
@@ -138,7 +154,7 @@ std::string_view simd_level() { return paths().name; }
 
 void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
             const float* bias, float* y, ThreadPool& pool) {
-  run_linear(paths().linear_rows, x, m, k, w, wdt, n, bias, y, pool);
+  run_linear(linear_rows_for(wdt), x, m, k, w, wdt, n, bias, y, pool);
 }
 
 void layer_norm(const float* x, int64_t m, int64_t n, const float* gamma, const float* beta,

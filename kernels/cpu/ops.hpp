@@ -39,7 +39,8 @@ inline int64_t attention_kv_head(const AttentionArgs& a, int64_t h) {
 }
 
 // Which implementation the dispatched kernels use: "avx2" or "scalar". FERRY_SIMD=scalar in the
-// environment forces the portable path.
+// environment forces the portable path. Under "avx2", linear on llama.cpp's block formats runs
+// AVX-512 code where the processor has AVX-512 F/BW/VL, unless FERRY_SIMD=avx2.
 std::string_view simd_level();
 
 // y[i, o] = sum_j x[i, j] · w[o, j] + bias[o], for i < m, o < n, j < k. w is row-major

@@ -57,4 +57,11 @@ void add(float* y, const float* x, int64_t n);
 void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst);
 }  // namespace avx2
 
+// linear_rows for llama.cpp's block formats with AVX-512 F/BW/VL (ggml_linear_avx512.cpp), which
+// ops.cpp picks over the AVX2 one where the processor has it; other dtypes go to avx2::linear_rows.
+namespace avx512 {
+void ggml_linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+                      const float* bias, float* y, int64_t o_begin, int64_t o_end);
+}  // namespace avx512
+
 }  // namespace ferry::kernels::cpu::detail

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "kernels/common/ggml_quant_math.hpp"
+#include "kernels/cpu/detail/paths.hpp"
 #include "kernels/cpu/ops.hpp"
 #include "kernels/cpu/quant.hpp"
 #include "runtime/core/error.hpp"
@@ -31,6 +32,28 @@ constexpr DType kAll[] = {DType::q8_0, DType::q4_0, DType::q4_1, DType::q5_0,
                           DType::q5_1, DType::q4_k, DType::q5_k, DType::q6_k};
 
 using Bytes = std::vector<unsigned char>;
+
+// The SIMD implementations this processor can run, called directly (the dispatched linear runs
+// only the best of them): AVX2 and, for the block formats, AVX-512.
+using RowsFn = void (*)(const float*, int64_t, int64_t, const void*, DType, int64_t, const float*,
+                        float*, int64_t, int64_t);
+struct SimdPath {
+  const char* name;
+  RowsFn rows;
+};
+std::vector<SimdPath> simd_paths() {
+  std::vector<SimdPath> p;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      std::string(simd_level()) == "avx2")
+    p.push_back({"avx2", detail::avx2::linear_rows});
+  if (!p.empty() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl"))
+    p.push_back({"avx512", detail::avx512::ggml_linear_rows});
+#endif
+  return p;
+}
 
 // ---- A plain decoder, transcribed from ggml-quants.c's dequantize_row_* (whole rows, ggml's own
 // loop structure), independent of kernels/common/ggml_quant_math.hpp.
@@ -351,6 +374,10 @@ TEST(GgmlQuant, LinearMatchesExactProductsInEveryPath) {
         check("scalar");
         linear(x.data(), m, k, w.data(), t, n, bp, y.data(), pool);
         check(std::string(simd_level()).c_str());
+        for (const SimdPath& p : simd_paths()) {
+          p.rows(x.data(), m, k, w.data(), t, n, bp, y.data(), 0, n);
+          check(p.name);
+        }
       }
     }
   }
@@ -382,9 +409,17 @@ TEST(GgmlQuant, LinearOnIdentityRowsGivesTheWeightsExactly) {
     check("dispatched m=k", 0, k);
     scalar::linear(eye.data(), k, k, w.data(), t, n, nullptr, y.data(), pool);
     check("scalar m=k", 0, k);
+    for (const SimdPath& p : simd_paths()) {
+      p.rows(eye.data(), k, k, w.data(), t, n, nullptr, y.data(), 0, n);
+      check(p.name, 0, k);
+    }
     for (int64_t j = 0; j < k; ++j) {
       linear(eye.data() + j * k, 1, k, w.data(), t, n, nullptr, y.data(), pool);
       check("dispatched m=1", j, 1);
+      for (const SimdPath& p : simd_paths()) {
+        p.rows(eye.data() + j * k, 1, k, w.data(), t, n, nullptr, y.data(), 0, n);
+        check(p.name, j, 1);
+      }
       scalar::linear(eye.data() + j * k, 1, k, w.data(), t, n, nullptr, y.data(), pool);
       check("scalar m=1", j, 1);
     }
