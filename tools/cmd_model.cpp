@@ -145,6 +145,7 @@ Command add_make_model(CLI::App& app) {
     std::string dtype;
     std::string format = "safetensors";
     std::string shard_size;
+    std::string gguf;
     uint64_t seed = 0;
     std::string out;
     bool quiet = false;
@@ -179,7 +180,11 @@ Command add_make_model(CLI::App& app) {
   cmd->add_option("--shard-size", o->shard_size,
                   "split into shards of at most this size, e.g. 2GiB");
   cmd->add_option("--seed", o->seed, "weights are a function of the seed");
-  cmd->add_option("-o,--output", o->out, "directory to write")->required();
+  cmd->add_option("--gguf", o->gguf,
+                  "write one GGUF file (-o FILE.gguf) instead of a directory, its matrices as "
+                  "llama-quantize types them: f32 | f16 | q8_0 | q4_0 | q4_k_m | q5_k_m | q6_k "
+                  "(Llama family)");
+  cmd->add_option("-o,--output", o->out, "directory to write (a file with --gguf)")->required();
   cmd->add_flag("-q,--quiet", o->quiet, "no progress on stderr");
   return [o] {
     engine::MakeModelOptions mo;
@@ -213,6 +218,14 @@ Command add_make_model(CLI::App& app) {
     if (!o->shard_size.empty()) mo.max_shard_bytes = parse_size(o->shard_size);
     Progress progress("make-model", o->quiet);
     mo.progress = [&](uint64_t done, uint64_t total) { progress.update(done, total); };
+    if (!o->gguf.empty()) {
+      const uint64_t bytes = engine::make_gguf_model(o->out, mo, engine::parse_gguf_mix(o->gguf));
+      progress.finish();
+      if (!o->quiet)
+        fmt::print(stderr, "ferry: wrote {} ({} layers, {}) to {}\n", format_bytes(bytes),
+                   c.n_layer, o->gguf, o->out);
+      return 0;
+    }
     const uint64_t bytes = engine::make_model(o->out, mo);
     progress.finish();
     if (!o->quiet)

@@ -12,6 +12,7 @@
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/generate.hpp"
 #include "runtime/engine/loaded_model.hpp"
+#include "runtime/engine/make_model.hpp"
 #include "runtime/engine/model_files.hpp"
 #include "tests/support/test_support.hpp"
 
@@ -115,10 +116,58 @@ TEST(GgufModel, DescribesTheFixture) {
   EXPECT_FLOAT_EQ(c.layer_norm_epsilon, 1e-5f);
   EXPECT_EQ(c.bos_token_id, 1021);
   EXPECT_EQ(c.eos_token_ids, (std::vector<int32_t>{1022}));
-  // The stop ids a run uses: the file's eos (and eot/eom when it names them).
-  EXPECT_EQ(read_eos_ids(gguf_file("Q4_K_M"), c), (std::vector<int32_t>{1022}));
+  // The stop ids a run uses: the file's eos, and <|eot_id|> as llama.cpp finds it by its text.
+  EXPECT_EQ(read_eos_ids(gguf_file("Q4_K_M"), c), (std::vector<int32_t>{1022, 1023}));
   const text::Tokenizer tok = read_tokenizer(gguf_file("Q4_K_M"));
   EXPECT_EQ(tok.vocab_size(), 1024);
+}
+
+std::vector<float> last_logits(const fs::path& model, const std::vector<int32_t>& ids) {
+  LoadedModel m = load_model(model);
+  Engine engine(*m.weights, {}, default_thread_pool());
+  SeqTokens s{0, ids};
+  const auto& last = engine.forward({&s, 1}, LogitsFor::last);
+  return {last.begin(), last.end()};
+}
+
+// make-model --gguf writes the weights make_model writes: as f32 a Qwen2 file (its rows stored as
+// Hugging Face stores them) gives the Hugging Face directory's logits exactly, and the quantized
+// mixes type their tensors as llama-quantize does.
+TEST(GgufModel, MakeModelWritesTheSameWeights) {
+  test::TempDir dir;
+  MakeModelOptions o;
+  o.config = model::preset_config("qwen2.5-7b");
+  o.config.n_layer = 2;
+  o.config.n_embd = 64;
+  o.config.n_head = 4;
+  o.config.n_kv_head = 2;
+  o.config.head_dim_ = 0;
+  o.config.rotary_dim = 16;
+  o.config.n_inner = 96;
+  o.config.vocab_size = 50304;
+  o.dtype = DType::f32;
+  o.seed = 7;
+  make_model(dir / "hf", o);
+  make_gguf_model(dir / "m.gguf", o, GgufMix::f32);
+  const std::vector<int32_t> ids = {15496, 995, 11, 314};
+  EXPECT_EQ(last_logits(dir / "hf", ids), last_logits(dir / "m.gguf", ids));
+
+  o.config.n_embd = 256;
+  o.config.rotary_dim = 64;
+  o.config.n_inner = 512;
+  o.config.n_layer = 8;
+  make_gguf_model(dir / "q4.gguf", o, GgufMix::q4_k_m);
+  const auto ck = offload::Checkpoint::open(dir / "q4.gguf");
+  EXPECT_EQ(ck.at("token_embd.weight").dtype, DType::q4_k);
+  EXPECT_EQ(ck.at("output.weight").dtype, DType::q6_k);
+  EXPECT_EQ(ck.at("blk.0.attn_v.weight").dtype, DType::q6_k);  // the first eighth
+  EXPECT_EQ(ck.at("blk.1.attn_v.weight").dtype, DType::q4_k);
+  EXPECT_EQ(ck.at("blk.3.ffn_down.weight").dtype, DType::q6_k);  // (3 - 1) % 3 == 2
+  EXPECT_EQ(ck.at("blk.7.ffn_down.weight").dtype, DType::q6_k);  // the last eighth
+  EXPECT_EQ(ck.at("blk.2.attn_q.weight").dtype, DType::q4_k);
+  EXPECT_EQ(ck.at("blk.2.attn_q.bias").dtype, DType::f32);
+  const auto logits = last_logits(dir / "q4.gguf", ids);
+  EXPECT_TRUE(std::all_of(logits.begin(), logits.end(), [](float v) { return std::isfinite(v); }));
 }
 
 }  // namespace
