@@ -10,6 +10,7 @@
 #include <numeric>
 #include <tuple>
 
+#include "planner/probe_cache.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/units.hpp"
 
@@ -71,6 +72,26 @@ std::vector<bool> pick(std::size_t n, std::size_t k, bool spread) {
 
 std::string fmt_s(double s) {
   return s >= 1 ? fmt::format("{:.2f} s", s) : fmt::format("{:.1f} ms", s * 1e3);
+}
+
+// A rate outside its physical range (planner/probe_cache.hpp) makes every prediction
+// meaningless ("-nan s/token", 153,391,104 s/token): refused, naming where it came from.
+void check_rate(const Figure& f, const char* what, const char* key_kind) {
+  const RateRange range = plausible_rate(key_kind);
+  if (!range.contains(f.value))
+    throw PlanError(fmt::format(
+        "the {} of {:g} bytes/s ({}) is not a physical rate (expected {:g} to {:g}); give a "
+        "measured figure, or measure again with `ferry plan --reprobe`",
+        what, f.value, f.source.empty() ? "unknown source" : f.source, range.lo, range.hi));
+}
+
+void check_machine(const Machine& m, Backend backend) {
+  check_rate(m.disk_bytes_per_s, "disk read rate", "disk ");
+  check_rate(m.cpu_compute_bytes_per_s, "CPU compute rate", "cpu ");
+  if (backend == Backend::cuda && m.gpu) {
+    check_rate(m.gpu->h2d_bytes_per_s, "host → device rate", "h2d ");
+    check_rate(m.gpu->compute_bytes_per_s, "GPU compute rate", "gpu ");
+  }
 }
 
 }  // namespace
@@ -334,6 +355,7 @@ Plan make_plan(const PlanRequest& r) {
         "--device cuda asks for a GPU but {} has none; use --device cpu or a GPU profile "
         "(--profile colab-t4)",
         r.machine.name));
+  check_machine(r.machine, r.backend);
 
   Plan plan;
   plan.request = r;
@@ -776,6 +798,7 @@ Plan plan_from_json(const json& j) {
     throw InvalidArgument("the plan streams layers from disk with fewer than 2 staging slots");
   if (r.backend == Backend::cuda && !r.machine.gpu)
     throw InvalidArgument("the plan is for the cuda backend but its machine has no \"gpu\"");
+  check_machine(r.machine, r.backend);
   c.predicted = predict(r, c);
   return plan;
 }

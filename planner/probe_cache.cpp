@@ -6,10 +6,13 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <string_view>
+#include <vector>
 
 namespace ferry::planner {
 
@@ -42,7 +45,30 @@ std::optional<std::time_t> parse_iso(const std::string& s) {
   return timegm(&tm);
 }
 
+void write_json(const fs::path& path, const json& j) {
+  std::error_code ec;
+  fs::create_directories(path.parent_path(), ec);
+  const fs::path tmp = path.string() + fmt::format(".{}.partial", ::getpid());
+  {
+    std::ofstream out(tmp);
+    if (!out) return;
+    out << j.dump(2) << "\n";
+    if (!out) return;
+  }
+  fs::rename(tmp, path, ec);
+  if (ec) fs::remove(tmp, ec);
+}
+
 }  // namespace
+
+RateRange plausible_rate(const std::string& key) {
+  auto is = [&](std::string_view prefix) { return key.rfind(prefix, 0) == 0; };
+  if (is("disk ")) return {1e6, 2e11};
+  if (is("cpu ")) return {1e7, 5e12};
+  if (is("gpu ")) return {1e8, 2e13};
+  if (is("h2d ")) return {1e8, 1e12};
+  return {1e3, 1e14};
+}
 
 std::optional<fs::path> ProbeCache::default_path() {
   if (const char* d = std::getenv("FERRY_CACHE_DIR"); d && *d) {
@@ -71,27 +97,52 @@ std::optional<CachedFigure> ProbeCache::get(const std::string& key, double max_a
   f.measured_at = e["measured_at"].get<std::string>();
   f.how = e.value("how", "");
   const auto when = parse_iso(f.measured_at);
-  if (!when || f.value <= 0) return std::nullopt;
+  if (!when || !plausible_rate(key).contains(f.value)) return std::nullopt;
   f.age_days = std::difftime(std::time(nullptr), *when) / 86400.0;
   if (f.age_days > max_age_days || f.age_days < -1) return std::nullopt;
   return f;
 }
 
 void ProbeCache::put(const std::string& key, double value, const std::string& how) {
-  if (!path_) return;
-  std::error_code ec;
-  fs::create_directories(path_->parent_path(), ec);
+  if (!path_ || !plausible_rate(key).contains(value)) return;
   json j = read_json(*path_);
   j[key] = {{"value", value}, {"measured_at", now_iso()}, {"how", how}};
-  const fs::path tmp = path_->string() + fmt::format(".{}.partial", ::getpid());
-  {
-    std::ofstream out(tmp);
-    if (!out) return;
-    out << j.dump(2) << "\n";
-    if (!out) return;
+  write_json(*path_, j);
+}
+
+std::optional<double> ProbeCache::learn(const std::string& key, double sample,
+                                        const std::string& how) {
+  const RateRange range = plausible_rate(key);
+  if (!path_ || !range.contains(sample)) return std::nullopt;
+  json j = read_json(*path_);
+  std::vector<double> samples;
+  if (j.contains(key) && j[key].is_object()) {
+    const json& e = j[key];
+    if (e.contains("samples") && e["samples"].is_array()) {
+      for (const json& v : e["samples"])
+        if (v.is_number() && range.contains(v.get<double>())) samples.push_back(v.get<double>());
+    } else if (get(key)) {
+      samples.push_back(e["value"].get<double>());  // a probe's figure is the first sample
+    }
   }
-  fs::rename(tmp, *path_, ec);
-  if (ec) fs::remove(tmp, ec);
+  samples.push_back(sample);
+  if (samples.size() > kLearnedSamples)
+    samples.erase(samples.begin(),
+                  samples.begin() + static_cast<std::ptrdiff_t>(samples.size() - kLearnedSamples));
+  double value = samples.back();
+  if (samples.size() == 2) {
+    const double a = samples[0];
+    const double b = samples[1];
+    value = std::max(a, b) <= 2 * std::min(a, b) ? 0.5 * (a + b) : a;
+  } else if (samples.size() > 2) {
+    std::vector<double> sorted = samples;
+    std::sort(sorted.begin(), sorted.end());
+    const std::size_t n = sorted.size();
+    value = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+  }
+  j[key] = {{"value", value}, {"measured_at", now_iso()}, {"how", how}, {"samples", samples}};
+  write_json(*path_, j);
+  return value;
 }
 
 std::string disk_cache_key(const fs::path& path) {

@@ -125,14 +125,10 @@ std::optional<double> learn_rate(const std::string& key, uint64_t bytes, double 
                                  std::string_view how) {
   if (bytes < (64ull << 20) || busy_s < 0.05) return std::nullopt;
   planner::ProbeCache cache;
-  if (!cache.path()) return std::nullopt;
   const double sample = static_cast<double>(bytes) / busy_s;
-  const auto old = cache.get(key);
-  const double value = old ? 0.5 * (old->value + sample) : sample;
-  cache.put(key, value,
-            fmt::format("{} ({:.2f} GB/s over {}){}", how, sample / 1e9, format_bytes(bytes),
-                        old ? fmt::format(", averaged with {:.2f} GB/s", old->value / 1e9) : ""));
-  return value;
+  return cache.learn(key, sample,
+                     fmt::format("{} ({:.2f} GB/s over {})", how,
+                                 sample / 1e9, format_bytes(bytes)));
 }
 
 planner::Figure disk_figure(const offload::Checkpoint* checkpoint, const ProbeOptions& o) {
@@ -196,10 +192,16 @@ planner::Figure cpu_figure(DType dtype, const ProbeOptions& o) {
 
 }  // namespace
 
-std::optional<double> learn_disk_rate(const offload::Checkpoint& checkpoint, uint64_t unit_bytes,
-                                      uint64_t bytes, double busy_s, std::string_view how) {
+std::optional<double> learn_disk_rate(const model::ModelConfig& config,
+                                      const offload::Checkpoint& checkpoint, uint64_t bytes,
+                                      double busy_s, std::string_view how) {
   if (checkpoint.files().empty()) return std::nullopt;
-  return learn_rate(disk_key_of(checkpoint, unit_bytes), bytes, busy_s, how);
+  // The key the next plan of this model reads (load_model and `ferry plan` probe with reads of
+  // typical_unit_bytes), not the size of the reads this run made: a run streaming in pieces, or
+  // streaming only some units, once wrote under the 8 MiB class while plans read the 16 MiB
+  // one, so nothing learned ever reached a plan.
+  return learn_rate(disk_key_of(checkpoint, typical_unit_bytes(config, &checkpoint)), bytes,
+                    busy_s, how);
 }
 
 planner::Figure cpu_compute_figure(DType dtype, const ProbeOptions& options) {

@@ -76,13 +76,15 @@ planner::Machine probe_machine(const offload::Checkpoint* checkpoint, DType dtyp
                                const ProbeOptions& options = {}, const Device* device = nullptr);
 
 // Feeds a rate this machine achieved back into the probe cache, so the next plan predicts
-// from what streaming really got rather than from the short probe: the cached figure moves
-// halfway towards the new one (one noisy run cannot swing it), or becomes it when none is
-// cached. Ignored below 64 MiB or 50 ms of work (too little to say anything). Returns the
-// figure now cached, or nothing when the sample was ignored or the cache is off.
-// unit_bytes: the streamed units' mean size (the disk figure is kept per read size class).
-std::optional<double> learn_disk_rate(const offload::Checkpoint& checkpoint, uint64_t unit_bytes,
-                                      uint64_t bytes, double busy_s, std::string_view how);
+// from what streaming really got rather than from the short probe: the cached figure becomes
+// the median of the last runs' samples (ProbeCache::learn: one noisy run cannot swing it, an
+// absurd one is dropped). Ignored below 64 MiB or 50 ms of work (too little to say anything).
+// Returns the figure now cached, or nothing when the sample was ignored or the cache is off.
+// The disk figure is kept per read size class, under the class the model's plans read
+// (typical_unit_bytes), whatever the size of the reads this run made.
+std::optional<double> learn_disk_rate(const model::ModelConfig& config,
+                                      const offload::Checkpoint& checkpoint, uint64_t bytes,
+                                      double busy_s, std::string_view how);
 std::optional<double> learn_cpu_rate(DType dtype, int64_t n_embd, uint64_t weight_bytes,
                                      double busy_s, std::string_view how);
 // A GPU's decode rate in weight bytes/s, kept per device name and weight dtype ("gpu NAME

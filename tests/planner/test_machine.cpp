@@ -1,6 +1,8 @@
 // Machine profiles and the probe cache.
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include <nlohmann/json.hpp>
 
 #include "planner/machine.hpp"
@@ -83,6 +85,57 @@ TEST(ProbeCache, RoundTripAndAge) {
   EXPECT_FALSE(cache.get("disk 1:2"));
   cache.put("cpu x", 3e9, "");
   EXPECT_TRUE(cache.get("cpu x"));
+}
+
+// Seen: rates of 1e-300, 1 or 1e308 in probes.json gave "-nan s/token", 153,391,104 s/token, or
+// 0 of 13 layers resident with room for 3, and every run only halved the error. A figure outside
+// its physical range is not read (so the next probe replaces it) and not learned.
+TEST(ProbeCache, AbsurdRatesAreNeitherReadNorLearned) {
+  test::TempDir d;
+  ProbeCache cache(d / "probes.json");
+  for (const char* v : {"1e-300", "1", "1e308", "-5", "0"}) {
+    test::write_file(d / "probes.json",
+                     fmt::format(R"({{"disk 1:2, 16.0 MiB reads": {{"value": {0}, )"
+                                 R"("measured_at": "{1}"}}, )"
+                                 R"("cpu avx2 f16": {{"value": {0}, "measured_at": "{1}"}}}})",
+                                 v, "2026-12-06T00:00:00Z"));
+    EXPECT_FALSE(cache.get("disk 1:2, 16.0 MiB reads", 1e6)) << v;
+    EXPECT_FALSE(cache.get("cpu avx2 f16", 1e6)) << v;
+    // A run's sample replaces it outright: the absurd figure is not averaged in.
+    const auto learned = cache.learn("cpu avx2 f16", 2e10, "a run");
+    ASSERT_TRUE(learned) << v;
+    EXPECT_DOUBLE_EQ(*learned, 2e10) << v;
+    EXPECT_DOUBLE_EQ(cache.get("cpu avx2 f16", 1e6)->value, 2e10) << v;
+  }
+  EXPECT_FALSE(cache.learn("disk 1:2", 1e-300, "a run"));
+  EXPECT_FALSE(cache.learn("disk 1:2", 1e308, "a run"));
+  EXPECT_FALSE(cache.get("disk 1:2"));
+  cache.put("disk 1:2", 1e308, "a probe");
+  EXPECT_FALSE(cache.get("disk 1:2"));
+  for (const char* key : {"disk x", "cpu x", "gpu x", "h2d x"}) {
+    EXPECT_TRUE(plausible_rate(key).contains(2e9)) << key;
+    EXPECT_FALSE(plausible_rate(key).contains(1e-300)) << key;
+    EXPECT_FALSE(plausible_rate(key).contains(1e15)) << key;
+  }
+}
+
+// Learned figures are the median of the last runs: one outlier is outvoted, never averaged in,
+// and the figure follows a real change once runs agree on it.
+TEST(ProbeCache, LearnedOutliersAreOutvoted) {
+  test::TempDir d;
+  ProbeCache cache(d / "probes.json");
+  cache.put("disk 1:2", 1.6e9, "a probe");
+  EXPECT_DOUBLE_EQ(*cache.learn("disk 1:2", 1.8e9, "run 1"), 1.7e9);  // agree: the mean
+  EXPECT_DOUBLE_EQ(*cache.learn("disk 1:2", 1.9e9, "run 2"), 1.8e9);  // the median
+  EXPECT_DOUBLE_EQ(*cache.learn("disk 1:2", 150e9, "run 3, from the page cache"), 1.85e9);
+  EXPECT_DOUBLE_EQ(*cache.learn("disk 1:2", 1.7e9, "run 4"), 1.8e9);
+  // Two samples far apart: the older stands until a third decides.
+  cache.put("cpu y", 2e10, "a probe");
+  EXPECT_DOUBLE_EQ(*cache.learn("cpu y", 1e8, "a tiny run"), 2e10);
+  EXPECT_DOUBLE_EQ(*cache.learn("cpu y", 2.2e10, "a run"), 2e10);
+  // Only the last few samples count: a machine that changed is followed.
+  for (int i = 0; i < 5; ++i) cache.learn("cpu y", 4e10, "a faster machine");
+  EXPECT_DOUBLE_EQ(cache.get("cpu y")->value, 4e10);
 }
 
 TEST(ProbeCache, OffDisablesIt) {

@@ -90,6 +90,35 @@ TEST(Plan, KeepsWhatFitsEvenWhenStreamingLooksHidden) {
   EXPECT_EQ(gp.chosen.count(Tier::disk), 0u) << gp.explain();
 }
 
+// Rates outside their physical range (a hand-edited cache or profile) once predicted "-nan
+// s/token" or 153,391,104 s/token; now the plan is refused, naming the figure's source.
+TEST(Plan, AbsurdRatesAreRefusedNamingTheirSource) {
+  for (double bad : {1e-300, 1.0, 1e308, -1.0}) {
+    Machine m = cpu_machine(20 * kGiB, 1e9, 2e10);
+    m.disk_bytes_per_s = {bad, "cache 2026-12-01 (disk 8:1, 16.0 MiB reads)"};
+    try {
+      make_plan(gptj_like(m));
+      ADD_FAILURE() << bad;
+    } catch (const PlanError& e) {
+      EXPECT_NE(std::string(e.what()).find("disk read rate"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("cache 2026-12-01"), std::string::npos) << e.what();
+    }
+    m = cpu_machine(20 * kGiB, 1e9, bad);
+    m.cpu_compute_bytes_per_s.source = "--cpu-bw";
+    try {
+      make_plan(gptj_like(m));
+      ADD_FAILURE() << bad;
+    } catch (const PlanError& e) {
+      EXPECT_NE(std::string(e.what()).find("--cpu-bw"), std::string::npos) << e.what();
+    }
+  }
+  // A saved plan whose machine says so is refused too.
+  const Plan p = make_plan(gptj_like(cpu_machine(20 * kGiB, 1e9, 2e10)));
+  nlohmann::json j = plan_to_json(p);
+  j["machine"]["disk_bytes_per_s"] = 1e-300;
+  EXPECT_THROW(plan_from_json(j), PlanError);
+}
+
 TEST(Plan, StreamsWhatDoesNotFitAndStaysInBudget) {
   for (uint64_t ram : {3 * kGiB, 4 * kGiB, 6 * kGiB, 9 * kGiB}) {
     const Plan p = make_plan(gptj_like(cpu_machine(ram, 1e9, 2e10)));

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 
 #include "runtime/backends/registry.hpp"
@@ -11,6 +12,7 @@
 #include "runtime/core/thread_pool.hpp"
 #include "runtime/engine/generate.hpp"
 #include "runtime/engine/learning.hpp"
+#include "runtime/engine/planning.hpp"
 #include "tests/support/test_support.hpp"
 
 namespace ferry::backends {
@@ -165,6 +167,38 @@ TEST(Registry, LearnFromRunComparesThePlanWithTheRun) {
   engine::LoadedModel f = engine::load_model(llama_dir(), forced);
   const auto feng = make_engine(f, spec);
   EXPECT_TRUE(engine::learn_from_run(f, feng->backend(), run).empty());
+}
+
+// The loop from a run to the next plan: what a streaming run learns about the disk is kept
+// under the key the next plan of the same model reads. (It was kept under the key of the run's
+// mean read size, 8 MiB, while plans read the 16 MiB one, so every plan kept the probe.)
+TEST(Registry, ADiskRateLearnedFromARunChangesTheNextPlan) {
+  test::TempDir cache;
+  const char* old = std::getenv("FERRY_CACHE_DIR");
+  const std::string saved = old ? old : "";
+  ::setenv("FERRY_CACHE_DIR", cache.path().c_str(), 1);
+  const auto device = open_device("cpu");
+  engine::LoadOptions lo;
+  lo.probe.measure = false;
+  lo.context = 16;
+  plan_for("cpu", *device, lo);
+  const engine::LoadedModel before = engine::load_model(llama_dir(), lo);
+  ASSERT_TRUE(before.plan.has_value());
+  const double planned = before.plan->request.machine.disk_bytes_per_s.value;
+  // What learn_from_run passes for a run that read 1 GiB in 0.4 s (2.68 GB/s).
+  const auto learned = engine::learn_disk_rate(before.config, *before.checkpoint, 1ull << 30,
+                                               0.4, "a test run");
+  ASSERT_TRUE(learned.has_value());
+  EXPECT_NE(*learned, planned);
+  const engine::LoadedModel after = engine::load_model(llama_dir(), lo);
+  const planner::Figure& disk = after.plan->request.machine.disk_bytes_per_s;
+  EXPECT_DOUBLE_EQ(disk.value, *learned) << disk.source;
+  EXPECT_NE(disk.source.find("a test run"), std::string::npos) << disk.source;
+  if (old) {
+    ::setenv("FERRY_CACHE_DIR", saved.c_str(), 1);
+  } else {
+    ::unsetenv("FERRY_CACHE_DIR");
+  }
 }
 
 }  // namespace
