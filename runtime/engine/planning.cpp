@@ -434,6 +434,31 @@ void check_replay(const planner::Plan& saved, const planner::PlanRequest& now) {
   planner::PlanRequest here = now;
   planner::Choice c = saved.chosen;
   c.predicted = planner::predict(here, c);
+  // A plan is held to its own budget first: a hand-edited plan with every layer on the host
+  // and a 100 MiB budget ran at a 171 MiB peak, because only the machine's free RAM was asked.
+  const uint64_t own_ram = saved.ram_budget_bytes - std::min(saved.ram_margin_bytes,
+                                                             saved.ram_budget_bytes);
+  if (c.predicted.peak_ram_bytes > own_ram)
+    throw PlanError(fmt::format(
+        "the plan needs {} of RAM at its peak ({} of {} units resident, {} staging slots) but its "
+        "own budget allows {} ({} less a {} margin): it was edited or made for another "
+        "request; make it again with `ferry plan -m {} -o plan.json`",
+        format_bytes(c.predicted.peak_ram_bytes),
+        c.count(planner::Tier::host) + c.count(planner::Tier::device), c.tiers.size(),
+        c.host_slots, format_bytes(own_ram), format_bytes(saved.ram_budget_bytes),
+        format_bytes(saved.ram_margin_bytes), now.model));
+  if (now.backend == planner::Backend::cuda) {
+    const uint64_t own_vram = saved.vram_budget_bytes - std::min(saved.vram_margin_bytes,
+                                                                 saved.vram_budget_bytes);
+    if (c.predicted.peak_vram_bytes > own_vram)
+      throw PlanError(fmt::format(
+          "the plan needs {} of VRAM at its peak but its own budget allows {} ({} less a {} "
+          "margin): it was edited or made for another request; make it again with `ferry plan "
+          "-m {} --device cuda -o plan.json`",
+          format_bytes(c.predicted.peak_vram_bytes), format_bytes(own_vram),
+          format_bytes(saved.vram_budget_bytes), format_bytes(saved.vram_margin_bytes),
+          now.model));
+  }
   const uint64_t have = now.machine.ram_bytes.bytes();
   if (c.predicted.peak_ram_bytes > have)
     throw PlanError(fmt::format(

@@ -267,6 +267,15 @@ TEST(Parity, SavedPlanReplaysAndIsCheckedAgainstTheMachine) {
   LoadOptions cuda = r;
   cuda.plan = gpu;
   refused(cuda, dir, "cuda backend");
+  // A plan edited to keep every unit resident within a budget of its old peak is held to its
+  // own budget, not to the machine's 64 GiB (which would have let it run beyond its budget).
+  nlohmann::json edited = planner::plan_to_json(plan);
+  for (auto& l : edited["layers"]) l["tier"] = "host";
+  edited["staging"]["host_slots"] = 0;
+  edited["ram_budget_bytes"] = plan.chosen.predicted.peak_ram_bytes;
+  LoadOptions resident = r;
+  resident.plan = planner::plan_from_json(edited);
+  refused(resident, dir, "its own budget allows");
 }
 
 // The same weights as a torch.save zip give identical logits, bit for bit.
