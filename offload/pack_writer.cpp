@@ -20,7 +20,7 @@ namespace fs = std::filesystem;
 using detail::align_up;
 
 uint64_t PackTensorSpec::nbytes() const {
-  if (is_quantized(dtype)) return packed_matrix_bytes(dtype, shape[0], shape[1]);
+  if (is_row_packed(dtype)) return packed_matrix_bytes(dtype, shape[0], shape[1]);
   return static_cast<uint64_t>(shape.numel()) * dtype_size(dtype);
 }
 
@@ -49,7 +49,9 @@ void validate(const std::vector<PackBlobSpec>& blobs) {
       FERRY_EXPECT(!t.name.empty() && names.insert(t.name).second,
                    "tensor '{}' of blob '{}' is unnamed or given twice; names must be unique",
                    t.name, b.name);
-      FERRY_EXPECT(is_float_weight(t.dtype) || (is_quantized(t.dtype) && t.shape.rank == 2),
+      FERRY_EXPECT(is_float_weight(t.dtype) || (is_row_packed(t.dtype) && t.shape.rank == 2 &&
+                                                 (!is_ggml_block(t.dtype) ||
+                                                  ggml_row_fits(t.dtype, t.shape[1]))),
                    "tensor '{}' has dtype {} and shape {}; a pack holds f32/f16/bf16 tensors "
                    "and packed [rows, cols] matrices",
                    t.name, dtype_name(t.dtype), t.shape.str());

@@ -34,12 +34,15 @@ Command add_convert(CLI::App& app) {
       "convert",
       "rewrite a checkpoint as a ferry pack: one aligned, checksummed blob per layer, "
       "in f16, int8 or int4");
-  cmd->add_option("-m,--model", o->model, "model directory (any format ferry reads)")->required();
+  cmd->add_option("-m,--model", o->model,
+                  "model directory (any format ferry reads) or a GGUF file")
+      ->required();
   cmd->add_option("-o,--output", o->out, "pack directory to write (e.g. gpt-j-6b.ferry)")
       ->required();
   cmd->add_option("--quant", o->quant,
                   "f16 | int8 (symmetric, per output channel) | int4 (group-wise, scale and "
-                  "zero point per group) | f32 | bf16");
+                  "zero point per group) | f32 | bf16 | keep (every matrix as the source stores "
+                  "it: a GGUF file's blocks) | q8_0 | q4_0 | q4_k | q6_k (llama.cpp's blocks)");
   cmd->add_option("--group", o->group, "int4 group size: 64 or 128");
   cmd->add_flag("--quant-embeddings", o->quant_embeddings,
                 "quantize the token embedding too (default: 16-bit)");
@@ -47,7 +50,8 @@ Command add_convert(CLI::App& app) {
   cmd->add_flag("-q,--quiet", o->quiet, "no progress on stderr");
   return [o] {
     engine::ConvertOptions co;
-    co.format = model::WeightFormat::parse(o->quant, o->group);
+    co.keep = o->quant == "keep";
+    co.format = co.keep ? model::WeightFormat{DType::f16} : model::WeightFormat::parse(o->quant, o->group);
     co.quant_embeddings = o->quant_embeddings;
     co.quant_lm_head = o->quant_lm_head;
     Progress progress("convert", o->quiet);

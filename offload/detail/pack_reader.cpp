@@ -176,7 +176,7 @@ PackContents read_pack(uint64_t file_size, const ReadAt& read_at, const std::str
     const std::string where = fmt::format("tensor #{}", pack.tensors.tensors.size());
     lt.name = field<std::string>(t, "name", where, source);
     const auto dtype = parse_dtype(field<std::string>(t, "dtype", where, source));
-    FERRY_FORMAT_EXPECT(dtype && (is_float_weight(*dtype) || is_quantized(*dtype)),
+    FERRY_FORMAT_EXPECT(dtype && (is_float_weight(*dtype) || is_row_packed(*dtype)),
                         "{}: tensor '{}' has dtype \"{}\", unknown to this ferry; upgrade ferry",
                         source, lt.name, t.value("dtype", std::string()));
     lt.dtype = *dtype;
@@ -187,11 +187,13 @@ PackContents read_pack(uint64_t file_size, const ReadAt& read_at, const std::str
                         "{}: tensor '{}' has an invalid shape; convert it again", source, lt.name);
     lt.shape.rank = static_cast<int>(shape.size());
     for (std::size_t d = 0; d < shape.size(); ++d) lt.shape.dims[d] = shape[d];
-    FERRY_FORMAT_EXPECT(!is_quantized(lt.dtype) || lt.shape.rank == 2,
-                        "{}: tensor '{}' is packed as {} but has rank {}; packed tensors are "
-                        "matrices — convert it again",
+    FERRY_FORMAT_EXPECT(!is_row_packed(lt.dtype) ||
+                            (lt.shape.rank == 2 &&
+                             (!is_ggml_block(lt.dtype) || ggml_row_fits(lt.dtype, lt.shape[1]))),
+                        "{}: tensor '{}' is packed as {} but has rank {} (or rows that are not "
+                        "whole blocks); packed tensors are matrices — convert it again",
                         source, lt.name, dtype_name(lt.dtype), lt.shape.rank);
-    const uint64_t want = is_quantized(lt.dtype)
+    const uint64_t want = is_row_packed(lt.dtype)
                               ? packed_matrix_bytes(lt.dtype, lt.shape[0], lt.shape[1])
                               : static_cast<uint64_t>(lt.shape.numel()) * dtype_size(lt.dtype);
     const auto blob = field<uint64_t>(t, "blob", where, source);
@@ -204,6 +206,12 @@ PackContents read_pack(uint64_t file_size, const ReadAt& read_at, const std::str
                         "(blob {}, offset {}); the pack is damaged — convert it again",
                         source, lt.name, dtype_name(lt.dtype), lt.shape.str(), lt.nbytes, blob,
                         offset);
+    // The writer aligns every tensor (the kernels and O_DIRECT reads rely on it); a forged
+    // offset of 1 once computed garbage from bytes shared with the previous tensor.
+    FERRY_FORMAT_EXPECT(offset % kPackTensorAlignment == 0,
+                        "{}: tensor '{}' starts at offset {} of blob {}, not a multiple of {}; "
+                        "the pack is damaged — convert it again",
+                        source, lt.name, offset, blob, kPackTensorAlignment);
     lt.offset_bytes = pack.blobs[blob].offset_bytes + offset;
     pack.tensors.tensors.push_back(std::move(lt));
   }
@@ -211,6 +219,15 @@ PackContents read_pack(uint64_t file_size, const ReadAt& read_at, const std::str
             [](const LocatedTensor& a, const LocatedTensor& b) {
               return a.offset_bytes < b.offset_bytes;
             });
+  for (std::size_t i = 1; i < pack.tensors.tensors.size(); ++i) {
+    const LocatedTensor& a = pack.tensors.tensors[i - 1];
+    const LocatedTensor& b = pack.tensors.tensors[i];
+    FERRY_FORMAT_EXPECT(b.offset_bytes >= a.offset_bytes + a.nbytes,
+                        "{}: tensors '{}' and '{}' overlap (bytes {} … {} and {} … {}); the pack "
+                        "is damaged — convert it again",
+                        source, a.name, b.name, a.offset_bytes, a.offset_bytes + a.nbytes,
+                        b.offset_bytes, b.offset_bytes + b.nbytes);
+  }
   return pack;
 }
 

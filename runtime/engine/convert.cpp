@@ -12,11 +12,13 @@
 #include "kernels/cpu/ops.hpp"
 #include "kernels/cpu/quant.hpp"
 #include "offload/checkpoint.hpp"
+#include "offload/detail/gguf.hpp"
 #include "offload/pack_writer.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/half.hpp"
 #include "runtime/core/quant.hpp"
 #include "runtime/core/thread_pool.hpp"
+#include "runtime/engine/model_files.hpp"
 #include "runtime/engine/weights.hpp"
 #include "runtime/model/layout.hpp"
 
@@ -26,6 +28,20 @@ namespace fs = std::filesystem;
 using model::WeightRole;
 
 namespace {
+
+// The GGUF value type of a type name as the reader shows it ("u32", "array[string]").
+offload::detail::GgufType gguf_type_of(const std::string& name) {
+  using offload::detail::GgufType;
+  if (name.starts_with("array")) return GgufType::array;
+  for (uint32_t t = 0; t <= static_cast<uint32_t>(GgufType::f64); ++t)
+    if (offload::detail::gguf_type_name(static_cast<GgufType>(t)) == name)
+      return static_cast<GgufType>(t);
+  return GgufType::string;
+}
+offload::detail::GgufType gguf_elem_type_of(const std::string& name) {
+  if (!name.starts_with("array[")) return offload::detail::GgufType::u8;
+  return gguf_type_of(name.substr(6, name.size() - 7));
+}
 
 // Files of a Hugging Face model directory that travel with the weights.
 constexpr const char* kSideFiles[] = {"vocab.json",
@@ -52,16 +68,21 @@ void write_text_file(const fs::path& path, const std::string& text) {
 // Source rows are read this many bytes at a time.
 constexpr uint64_t kReadChunkBytes = 16ull << 20;
 
-// One f32 value stored as dtype (f32, f16 or bf16); a finite value that would become infinite
-// is refused, since the model would silently change.
+// One f32 value stored as dtype (f32, f16 or bf16). A NaN or infinity is refused, as int8 and
+// int4 refuse it (f16 once carried it into the pack, which then ran to NaN logits), and so is a
+// finite value that would become infinite, since the model would silently change.
 void store_float(float v, DType dtype, std::byte* out, const std::string& name) {
+  FERRY_FORMAT_EXPECT(std::isfinite(v),
+                      "tensor '{}' holds {}; a weight must be finite — the source checkpoint is "
+                      "damaged (re-download or re-export it)",
+                      name, v);
   if (dtype == DType::f32) {
     std::memcpy(out, &v, 4);
     return;
   }
   const uint16_t h = dtype == DType::f16 ? f32_to_f16(v) : f32_to_bf16(v);
   const float back = dtype == DType::f16 ? f16_to_f32(h) : bf16_to_f32(h);
-  FERRY_EXPECT(std::isfinite(back) || !std::isfinite(v),
+  FERRY_EXPECT(std::isfinite(back),
                "tensor '{}' holds {}, beyond {}'s range; convert with --quant f32 or bf16", name, v,
                dtype_name(dtype));
   std::memcpy(out, &h, 2);
@@ -77,6 +98,14 @@ void convert_tensor(const offload::Checkpoint& ck, const offload::TensorEntry& t
   FERRY_EXPECT(static_cast<uint64_t>(rows) * dst_row == dst.size(),
                "internal: tensor '{}' converts to {} bytes, not {}", t.name,
                static_cast<uint64_t>(rows) * dst_row, dst.size());
+  if (dtype == t.dtype) {  // kept as stored (a GGUF file's blocks): the bytes, exactly
+    ck.read(t, dst.data());
+    return;
+  }
+  FERRY_EXPECT(!is_ggml_block(dtype) || ggml_row_fits(dtype, cols),
+               "tensor '{}' has rows of {}, not whole {} blocks of {}; convert with --quant "
+               "int8, int4 or f16, or a block type with smaller blocks (q8_0, q4_0)",
+               t.name, cols, dtype_name(dtype), ggml_block_elems(dtype));
   const int64_t rows_per_read =
       std::max<int64_t>(1, static_cast<int64_t>(kReadChunkBytes / std::max<uint64_t>(src_row, 1)));
   std::vector<std::byte> src(static_cast<std::size_t>(rows_per_read) * src_row);
@@ -92,7 +121,7 @@ void convert_tensor(const offload::Checkpoint& ck, const offload::TensorEntry& t
         kernels::cpu::convert_to_f32(src.data() + static_cast<uint64_t>(r) * src_row, t.dtype, cols,
                                      row);
         std::byte* out = dst.data() + static_cast<uint64_t>(r0 + r) * dst_row;
-        if (is_quantized(dtype)) {
+        if (is_row_packed(dtype)) {
           kernels::cpu::quantize_row(row, cols, dtype, out, what.c_str());
         } else {
           for (int64_t j = 0; j < cols; ++j)
@@ -107,9 +136,10 @@ void convert_tensor(const offload::Checkpoint& ck, const offload::TensorEntry& t
 
 ConvertResult convert_model(const fs::path& in, const fs::path& out,
                             const ConvertOptions& options) {
-  FERRY_EXPECT(fs::is_directory(in),
-               "{} is not a model directory; give -m a Hugging Face model directory "
-               "(config.json + weights) or a ferry pack directory",
+  const std::optional<fs::path> gguf = gguf_model_file(in);
+  FERRY_EXPECT(gguf || fs::is_directory(in),
+               "{} is not a model directory or a GGUF file; give -m a Hugging Face model "
+               "directory (config.json + weights), a ferry pack directory or a .gguf file",
                in.string());
   std::error_code ec;
   FERRY_EXPECT(!fs::exists(out, ec) || fs::is_directory(out, ec),
@@ -117,17 +147,21 @@ ConvertResult convert_model(const fs::path& in, const fs::path& out,
                out.string());
   FERRY_EXPECT(!fs::exists(out, ec) || !fs::equivalent(in, out, ec),
                "-o {} is the input directory; write the pack to a new directory", out.string());
-  const model::ModelConfig config = model::ModelConfig::from_model_dir(in);
-  const auto ck = offload::Checkpoint::open(in);
+  const auto ck = offload::Checkpoint::open(gguf.value_or(in));
+  model::ModelConfig config =
+      gguf ? gguf_model_config(ck) : model::ModelConfig::from_model_dir(in);
   check_checkpoint(config, ck);
+  // A GGUF file's stop ids include those llama.cpp finds by their text; the pack's config keeps
+  // them all.
+  if (gguf) config.eos_token_ids = read_eos_ids(*gguf, config);
 
   const DType matrices = options.format.dtype;
   const DType wte_src = ck.at(model::embedding_group(config).weights[0].name).dtype;
   // What stays unquantized keeps 16 bits (f16, or bf16 if the source is bf16); a float format
   // applies to everything.
-  const DType sixteen = !is_quantized(matrices)  ? matrices
-                        : wte_src == DType::bf16 ? DType::bf16
-                                                 : DType::f16;
+  const DType sixteen = !is_row_packed(matrices) ? matrices
+                        : wte_src == DType::bf16  ? DType::bf16
+                                                  : DType::f16;
   const DType embeddings = options.quant_embeddings ? matrices : sixteen;
   const DType lm_head = options.quant_lm_head ? matrices : sixteen;
 
@@ -140,7 +174,7 @@ ConvertResult convert_model(const fs::path& in, const fs::path& out,
   const auto add = [&](const model::WeightSpec& w, DType dtype, const std::string& source) {
     const offload::TensorEntry& t = ck.at(source);
     // Norms and biases keep their source dtype: a few MiB, and exact.
-    const DType d = w.is_matrix() ? dtype : t.dtype;
+    const DType d = w.is_matrix() && !options.keep ? dtype : t.dtype;
     blobs.back().tensors.push_back({w.name, d, w.shape});
     sources.back().push_back(&t);
   };
@@ -171,7 +205,24 @@ ConvertResult convert_model(const fs::path& in, const fs::path& out,
     fs::copy_file(in / name, out / name, fs::copy_options::overwrite_existing);
     tokenizer[name] = {{"bytes", fs::file_size(in / name)}};
   }
-  if (config.tie_word_embeddings) {
+  if (gguf) {
+    // The description as ferry read it (GGUF names, the stored rows' rotary), and the file's
+    // tokenizer as a GGUF file of metadata only.
+    write_text_file(out / "config.json", pack_config.to_json().dump(2) + "\n");
+    offload::detail::GgufWriter w;
+    const auto& md = ck.gguf_header()->metadata;
+    const auto& types = ck.gguf_header()->metadata_types;
+    for (const auto& [key, value] : md.items()) {
+      if (!key.starts_with("tokenizer.")) continue;
+      const std::string& type = types.at(key);
+      w.set(key, gguf_type_of(type), value, gguf_elem_type_of(type));
+    }
+    w.set("general.architecture", offload::detail::GgufType::string,
+          md.value("general.architecture", std::string("llama")));
+    const std::string header = w.header();
+    write_text_file(out / "tokenizer.gguf", header);
+    tokenizer["tokenizer.gguf"] = {{"bytes", header.size()}};
+  } else if (config.tie_word_embeddings) {
     nlohmann::json j = nlohmann::json::parse(read_text_file(in / "config.json"));
     j["tie_word_embeddings"] = false;
     write_text_file(out / "config.json", j.dump(2) + "\n");
@@ -179,12 +230,12 @@ ConvertResult convert_model(const fs::path& in, const fs::path& out,
     fs::copy_file(in / "config.json", out / "config.json", fs::copy_options::overwrite_existing);
   }
 
-  const int64_t group = quant_group_size(matrices);
+  const int64_t group = options.keep ? 0 : quant_group_size(matrices);
   nlohmann::json meta = {
       {"model", pack_config.to_json()},
       {"tokenizer", {{"files", tokenizer}, {"note", "the files beside model.ferry"}}},
       {"quantization",
-       {{"format", options.format.name()},
+       {{"format", options.keep ? std::string("as the source") : options.format.name()},
         {"matrices", dtype_name(matrices)},
         {"group_size", group > 0 ? nlohmann::json(group) : nlohmann::json(nullptr)},
         {"embeddings", dtype_name(embeddings)},

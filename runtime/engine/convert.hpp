@@ -1,5 +1,6 @@
 // convert_model: rewrites a checkpoint of any family ferry runs (any layout ferry reads:
-// safetensors, sharded, torch zip; f32, f16 or bf16; or another ferry pack) as a ferry pack
+// safetensors, sharded, torch zip; f32, f16 or bf16; another ferry pack; a GGUF file, whose
+// tokenizer goes into tokenizer.gguf beside the pack) as a ferry pack
 // directory — config.json, the tokenizer files, and model.ferry with one 4 KiB-aligned, checksummed
 // blob per layer — with the matrices in f16, int8 or int4. It streams a tensor at a time (memory:
 // one blob plus a few MiB), and the same input and options always give the same bytes.
@@ -14,7 +15,11 @@
 namespace ferry::engine {
 
 struct ConvertOptions {
-  model::WeightFormat format;     // the blocks' matrices (f32, f16, bf16, int8, int4)
+  model::WeightFormat format;     // the blocks' matrices (f32, f16, bf16, int8, int4, or a ggml
+                                  // block type: q8_0, q4_0, q4_k, q6_k, ...)
+  // Every matrix keeps its source dtype (a GGUF file's Q4_K/Q6_K mix, say), bytes copied as read;
+  // `format` is then only the pack's label.
+  bool keep = false;
   bool quant_embeddings = false;  // wte in `format` too; otherwise 16-bit
   bool quant_lm_head = false;     // lm_head in `format` too; otherwise 16-bit
   offload::WriteProgress progress;

@@ -2,10 +2,13 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "offload/checkpoint.hpp"
 #include "offload/detail/gguf.hpp"
+#include "offload/file.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/model/gguf_config.hpp"
 
@@ -33,6 +36,7 @@ std::optional<fs::path> gguf_model_file(const fs::path& model) {
     return model.extension() == ".gguf" || has_gguf_magic(model) ? std::optional(model)
                                                                  : std::nullopt;
   if (!fs::is_directory(model, ec) || fs::exists(model / "config.json", ec)) return std::nullopt;
+  // (A pack directory has a config.json; its tokenizer.gguf is not a model.)
   std::vector<fs::path> found;
   for (const auto& e : fs::directory_iterator(model, ec)) {
     const std::string n = e.path().filename().string();
@@ -153,17 +157,38 @@ text::GgufVocabulary gguf_vocabulary(const json& md, const std::string& source) 
   return v;
 }
 
+namespace {
+text::Tokenizer tokenizer_of_gguf(const fs::path& file) {
+  const offload::UniqueFd fd = offload::open_read(file);
+  const uint64_t size = offload::file_size(fd.get(), file);
+  const auto header = offload::detail::read_gguf_header(
+      size,
+      [&](uint64_t offset, std::size_t nbytes, void* dst, const char* what) {
+        offload::pread_full(fd.get(), dst, nbytes, offset, file, what);
+      },
+      file.string());
+  return text::Tokenizer::from_gguf(gguf_vocabulary(header.metadata, file.string()));
+}
+}  // namespace
+
 text::Tokenizer read_tokenizer(const fs::path& model) {
-  if (const auto gguf = gguf_model_file(model)) {
-    const auto ck = offload::Checkpoint::open(*gguf);
-    return text::Tokenizer::from_gguf(gguf_vocabulary(ck.gguf_header()->metadata, gguf->string()));
-  }
+  if (const auto gguf = gguf_model_file(model)) return tokenizer_of_gguf(*gguf);
+  // A pack converted from a GGUF file keeps the file's tokenizer as tokenizer.gguf.
+  std::error_code ec;
+  if (fs::is_directory(model, ec) && fs::is_regular_file(model / "tokenizer.gguf", ec) &&
+      !fs::exists(model / "tokenizer.json", ec) && !fs::exists(model / "vocab.json", ec))
+    return tokenizer_of_gguf(model / "tokenizer.gguf");
   return text::Tokenizer::from_model_dir(model);
 }
 
 std::vector<int32_t> read_eos_ids(const fs::path& model, const model::ModelConfig& config) {
-  if (gguf_model_file(model)) return config.eos_token_ids;
-  return model::generation_eos_ids(model, config);
+  if (!gguf_model_file(model)) return model::generation_eos_ids(model, config);
+  // llama.cpp stops at every end-of-generation token its vocabulary names (eos, eot, eom, and
+  // those it recognises by their text, e.g. Llama 3's <|eot_id|>).
+  std::vector<int32_t> ids = config.eos_token_ids;
+  for (int32_t id : read_tokenizer(model).eog_ids())
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+  return ids;
 }
 
 }  // namespace ferry::engine

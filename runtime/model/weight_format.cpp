@@ -40,9 +40,10 @@ WeightFormat WeightFormat::parse(std::string_view quant, int group) {
     return {group == 64 ? DType::q4_g64 : DType::q4_g128};
   }
   const auto dt = parse_dtype(quant);
-  FERRY_EXPECT(dt && is_float_weight(*dt),
+  FERRY_EXPECT(dt && (is_float_weight(*dt) || is_ggml_block(*dt)),
                "--quant {} is not a weight format; use f32, f16, bf16, int8 or int4 (with "
-               "--group 64|128)",
+               "--group 64|128), or one of llama.cpp's block types (q8_0, q4_0, q4_1, q5_0, "
+               "q5_1, q4_k, q5_k, q6_k)",
                quant);
   return {*dt};
 }

@@ -9,6 +9,8 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "offload/checkpoint.hpp"
+#include "runtime/engine/convert.hpp"
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/generate.hpp"
 #include "runtime/engine/loaded_model.hpp"
@@ -168,6 +170,38 @@ TEST(GgufModel, MakeModelWritesTheSameWeights) {
   EXPECT_EQ(ck.at("blk.2.attn_q.bias").dtype, DType::f32);
   const auto logits = last_logits(dir / "q4.gguf", ids);
   EXPECT_TRUE(std::all_of(logits.begin(), logits.end(), [](float v) { return std::isfinite(v); }));
+}
+
+// ferry convert takes a GGUF file: kept as it is (the blocks copied, so the logits are the file's
+// bit for bit) or re-packed (int8, or another block type), with the file's tokenizer beside the
+// pack as tokenizer.gguf.
+TEST(GgufModel, ConvertsToPacks) {
+  test::TempDir dir;
+  const fs::path src = gguf_file("Q4_K_M");
+  ConvertOptions keep;
+  keep.keep = true;
+  convert_model(src, dir / "keep", keep);
+  const auto ck = offload::Checkpoint::open(dir / "keep");
+  EXPECT_EQ(ck.at("blk.1.ffn_down.weight").dtype, DType::q6_k);
+  EXPECT_EQ(ck.at("blk.0.attn_q.weight").dtype, DType::q4_k);
+  const std::vector<int32_t> ids = {1021, 0, 1023, 5, 853, 988, 711};
+  EXPECT_EQ(last_logits(dir / "keep", ids), last_logits(src, ids));
+  EXPECT_EQ(read_tokenizer(dir / "keep").encode("The licence", true),
+            read_tokenizer(src).encode("The licence", true));
+  EXPECT_EQ(read_eos_ids(dir / "keep", read_model_config(dir / "keep")),
+            (std::vector<int32_t>{1022, 1023}));
+
+  for (const char* quant : {"int8", "q8_0"}) {
+    SCOPED_TRACE(quant);
+    ConvertOptions o;
+    o.format = model::WeightFormat::parse(quant, 64);
+    convert_model(src, dir / quant, o);
+    const auto a = last_logits(dir / quant, ids);
+    const auto b = last_logits(src, ids);
+    // 8-bit rounding of the 4- and 6-bit weights (int8: one scale per row) moves logits of ~2
+    // by a few hundredths.
+    EXPECT_LT(max_abs_diff(a, b), 0.1f);
+  }
 }
 
 }  // namespace
