@@ -250,9 +250,6 @@ uint64_t make_gguf_model(const std::filesystem::path& file, const MakeModelOptio
   using offload::detail::GgufType;
   model::ModelConfig config = options.config;
   config.validate("make-model options");
-  FERRY_EXPECT(config.is_llama_family(),
-               "GGUF files are written for the Llama family (llama, qwen2, qwen3), not {}",
-               config.model_type);
   const std::string arch = config.model_type == "mistral" ? "llama" : config.model_type;
   model::ModelConfig gguf = config;
   gguf.naming = model::TensorNaming::gguf;
@@ -273,7 +270,9 @@ uint64_t make_gguf_model(const std::filesystem::path& file, const MakeModelOptio
   w.set(key("attention.value_length"), GgufType::u32, config.head_dim());
   w.set(key("rope.dimension_count"), GgufType::u32, config.rotary_dim);
   w.set(key("rope.freq_base"), GgufType::f32, config.rope_theta);
-  w.set(key("attention.layer_norm_rms_epsilon"), GgufType::f32, config.layer_norm_epsilon);
+  w.set(key(config.is_llama_family() ? "attention.layer_norm_rms_epsilon"
+                                     : "attention.layer_norm_epsilon"),
+        GgufType::f32, config.layer_norm_epsilon);
   w.set(key("vocab_size"), GgufType::u32, config.vocab_size);
   add_gpt2_vocabulary(w, config.vocab_size);
 

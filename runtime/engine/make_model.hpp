@@ -33,7 +33,7 @@ uint64_t make_model(const std::filesystem::path& dir, const MakeModelOptions& op
 enum class GgufMix { f32, f16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k };
 GgufMix parse_gguf_mix(std::string_view name);  // "q4_k_m", ...; throws naming the choices
 
-// Writes the same random model as a GGUF file at `file` (architecture `llama`, qwen2 or qwen3,
+// Writes the same random model as a GGUF file at `file` (architecture llama, qwen2, qwen3 or gptj,
 // llama.cpp's tensor names and metadata, GPT-2's tokenizer padded to the vocabulary), its
 // matrices quantized as `mix` says, so llama.cpp and ferry can run one file side by side. Returns
 // the bytes of tensor data written.

@@ -154,6 +154,14 @@ TEST(GgufModel, MakeModelWritesTheSameWeights) {
   const std::vector<int32_t> ids = {15496, 995, 11, 314};
   EXPECT_EQ(last_logits(dir / "hf", ids), last_logits(dir / "m.gguf", ids));
 
+  // GPT-J as a `gptj` file: partial interleaved rotary, LayerNorm and MLP biases, its own head.
+  MakeModelOptions j = o;
+  j.config = model::preset_config("tiny");
+  make_model(dir / "gptj", j);
+  make_gguf_model(dir / "gptj.gguf", j, GgufMix::f32);
+  EXPECT_EQ(read_model_config(dir / "gptj.gguf").model_type, "gptj");
+  EXPECT_EQ(last_logits(dir / "gptj", ids), last_logits(dir / "gptj.gguf", ids));
+
   o.config.n_embd = 256;
   o.config.rotary_dim = 64;
   o.config.n_inner = 512;
