@@ -119,29 +119,58 @@ FERRY_HD int ggml_code_t(const unsigned char* b, int c, int l) {
   }
 }
 
-// The 32 weights of chunk c of the block at b, in out[0…31], as ggml decodes them.
+// The 32 weights of chunk c of the block at b, in out[0…31], as ggml decodes them: the same
+// values as ggml_code_t and ggml_block_weight_t, written as branch-free loops over the chunk so
+// the portable CPU path vectorizes them.
 template <DType T>
-FERRY_HD void ggml_decode_chunk_t(const unsigned char* b, int c, float* out) {
-  if constexpr (T == DType::q8_0 || T == DType::q4_0 || T == DType::q5_0) {
+FERRY_HD void ggml_decode_chunk_t(const unsigned char* __restrict__ b, int c,
+                                  float* __restrict__ out) {
+  if constexpr (T == DType::q8_0) {
     const float d = ggml_f16(b);
     for (int l = 0; l < kGgmlChunk; ++l)
-      out[l] = ggml_mul(static_cast<float>(ggml_code_t<T>(b, c, l)), d);
-  } else if constexpr (T == DType::q4_1 || T == DType::q5_1) {
+      out[l] = ggml_mul(static_cast<float>(static_cast<int8_t>(b[2 + l])), d);
+  } else if constexpr (T == DType::q4_0 || T == DType::q4_1 || T == DType::q5_0 ||
+                       T == DType::q5_1) {
+    constexpr bool kFive = T == DType::q5_0 || T == DType::q5_1;
+    constexpr bool kMin = T == DType::q4_1 || T == DType::q5_1;
+    constexpr int kQs = (kMin ? 4 : 2) + (kFive ? 4 : 0);
+    constexpr int kOffset = kMin ? 0 : (kFive ? 16 : 8);
     const float d = ggml_f16(b);
-    const float m = ggml_f16(b + 2);
-    for (int l = 0; l < kGgmlChunk; ++l)
-      out[l] = ggml_add(ggml_mul(static_cast<float>(ggml_code_t<T>(b, c, l)), d), m);
+    const float m = kMin ? ggml_f16(b + 2) : 0.0f;
+    const uint32_t qh = kFive ? ggml_u32(b + kQs - 4) : 0u;
+    for (int l = 0; l < 16; ++l) {
+      const int lo = (b[kQs + l] & 0xF) | static_cast<int>(((qh >> l) & 1u) << 4);
+      const int hi = (b[kQs + l] >> 4) | static_cast<int>(((qh >> (l + 16)) & 1u) << 4);
+      const float wl = ggml_mul(static_cast<float>(lo - kOffset), d);
+      const float wh = ggml_mul(static_cast<float>(hi - kOffset), d);
+      out[l] = kMin ? ggml_add(wl, m) : wl;
+      out[l + 16] = kMin ? ggml_add(wh, m) : wh;
+    }
   } else if constexpr (T == DType::q4_k || T == DType::q5_k) {
+    constexpr bool kFive = T == DType::q5_k;
     const GgmlKScale s = ggml_k4_scale(b, c);
-    for (int l = 0; l < kGgmlChunk; ++l)
-      out[l] = ggml_add(ggml_mul(s.d, static_cast<float>(ggml_code_t<T>(b, c, l))), -s.m);
-  } else {
+    const unsigned char* qs = b + (kFive ? 48 : 16) + 32 * (c / 2);
+    const int shift = 4 * (c & 1);
+    for (int l = 0; l < kGgmlChunk; ++l) {
+      const int fifth = kFive ? ((b[16 + l] >> c) & 1) << 4 : 0;
+      const int q = ((qs[l] >> shift) & 0xF) + fifth;
+      out[l] = ggml_add(ggml_mul(s.d, static_cast<float>(q)), -s.m);
+    }
+  } else {  // q6_k: chunk c is quarter t of half h
+    const int h = c / 4;
+    const int t = c % 4;
     const float d = ggml_f16(b + 208);
-    const auto* sc = reinterpret_cast<const int8_t*>(b + 192 + 8 * (c / 4));
-    const float d0 = ggml_mul(d, static_cast<float>(sc[2 * (c % 4)]));
-    const float d1 = ggml_mul(d, static_cast<float>(sc[2 * (c % 4) + 1]));
-    for (int l = 0; l < kGgmlChunk; ++l)
-      out[l] = ggml_mul(l < 16 ? d0 : d1, static_cast<float>(ggml_code_t<T>(b, c, l)));
+    const auto* sc = reinterpret_cast<const int8_t*>(b + 192 + 8 * h + 2 * t);
+    const unsigned char* ql = b + 64 * h + 32 * (t & 1);
+    const unsigned char* qh = b + 128 + 32 * h;
+    const int lo_shift = t >= 2 ? 4 : 0;
+    for (int half = 0; half < 2; ++half) {
+      const float ds = ggml_mul(d, static_cast<float>(sc[half]));
+      for (int l = 16 * half; l < 16 * half + 16; ++l) {
+        const int q = (((ql[l] >> lo_shift) & 0xF) | (((qh[l] >> (2 * t)) & 3) << 4)) - 32;
+        out[l] = ggml_mul(ds, static_cast<float>(q));
+      }
+    }
   }
 }
 
