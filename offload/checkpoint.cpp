@@ -171,11 +171,18 @@ struct Checkpoint::Impl {
     const auto index = static_cast<uint32_t>(files.size());
     for (detail::LocatedTensor& t : parsed.tensors) {
       const auto [it, inserted] = by_name.emplace(t.name, tensors.size());
-      FERRY_FORMAT_EXPECT(inserted,
-                          "{}: tensor '{}' appears in both {} and {}; the checkpoint's shards "
-                          "overlap — download them again",
-                          source.string(), t.name,
-                          files[tensors[it->second].file_index].path.string(), f.path.string());
+      if (!inserted) {
+        // The earlier copy may be in this very file, which is not in `files` yet.
+        const uint32_t first = tensors[it->second].file_index;
+        FERRY_FORMAT_EXPECT(first != index,
+                            "{}: tensor '{}' appears twice in {}; the file is damaged — "
+                            "download or convert it again",
+                            source.string(), t.name, f.path.string());
+        FERRY_FORMAT_EXPECT(false,
+                            "{}: tensor '{}' appears in both {} and {}; the checkpoint's shards "
+                            "overlap — download them again",
+                            source.string(), t.name, files[first].path.string(), f.path.string());
+      }
       TensorEntry e;
       e.name = std::move(t.name);
       e.dtype = t.dtype;

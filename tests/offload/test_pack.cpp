@@ -6,6 +6,8 @@
 
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
 
 #include "offload/checkpoint.hpp"
 #include "offload/detail/pack_format.hpp"
@@ -253,6 +255,40 @@ TEST(Pack, ForeignFilesAreRefused) {
   flip(f3, fs::file_size(f3) - 10);
   msg = error_text<FormatError>([&] { Checkpoint::open(f3); });
   EXPECT_NE(msg.find("header fails its checksum"), std::string::npos) << msg;
+}
+
+// Rewrites the pack's JSON header through `edit`, with the preamble's sizes and checksums made
+// to match, so only what `edit` changed is wrong.
+void rewrite_header(const fs::path& file, const std::function<void(nlohmann::json&)>& edit) {
+  std::string bytes = test::read_file(file);
+  uint64_t header_offset = 0;
+  uint64_t header_bytes = 0;
+  std::memcpy(&header_offset, bytes.data() + 16, 8);
+  std::memcpy(&header_bytes, bytes.data() + 24, 8);
+  nlohmann::json h = nlohmann::json::parse(bytes.substr(header_offset, header_bytes));
+  edit(h);
+  const std::string text = h.dump();
+  bytes.resize(header_offset);
+  bytes += text;
+  const uint64_t n = text.size();
+  const uint64_t sum = detail::xxh64(text.data(), text.size());
+  const uint64_t file_bytes = bytes.size();
+  std::memcpy(bytes.data() + 24, &n, 8);
+  std::memcpy(bytes.data() + 32, &sum, 8);
+  std::memcpy(bytes.data() + 40, &file_bytes, 8);
+  const uint64_t pre_sum = detail::xxh64(bytes.data(), 48);
+  std::memcpy(bytes.data() + 48, &pre_sum, 8);
+  test::write_file(file, bytes);
+}
+
+// A header naming one tensor twice crashed (the error path looked up the file the first copy
+// was in, which had not been added yet); now it names the tensor and the file.
+TEST(Pack, ATensorNamedTwiceIsRefused) {
+  test::TempDir dir;
+  const fs::path file = write(dir.path());
+  rewrite_header(file, [](nlohmann::json& h) { h["tensors"][2]["name"] = "a"; });
+  const std::string msg = error_text<FormatError>([&] { Checkpoint::open(file); });
+  EXPECT_NE(msg.find("tensor 'a' appears twice in " + file.string()), std::string::npos) << msg;
 }
 
 TEST(Pack, BadSpecsAreRefusedBeforeWriting) {
