@@ -4,9 +4,10 @@
 // device: a weight is the same f32 on both backends and the same as ggml's own.
 //
 // ggml_gemv (decode, m ≤ kPackedGemvLimit rows of x): one warp per output row, 8 rows per block.
-// Lane t of a row's warp takes the row's 32-weight chunks t, t + 32, … (so a warp's step covers
-// 32 consecutive chunks: 576 bytes of q4_0, 4.5 KiB of q4_k, read a byte at a time because blocks
-// sit at any alignment), decodes each into 32 registers and multiplies it with every row of x
+// Lane t of a row's warp takes the row's 32-weight chunks t, t + 32, …: a warp's step is 32
+// consecutive chunks (576 bytes of q4_0, 576 of q4_k, 840 of q6_k), which the warp first copies to
+// shared memory with coalesced byte loads (blocks sit at any alignment, so no wider loads), then
+// each lane decodes its chunk from there into 32 registers and multiplies it with every row of x
 // (float4 loads when x is 16-byte aligned: k is a multiple of 32, so every chunk of x is). Sums
 // stay f32: per lane in column order, then across the warp by shuffles, in a fixed order.
 //
@@ -36,43 +37,63 @@ __device__ const unsigned char* chunk_block(const unsigned char* row, int64_t ch
   return row + static_cast<uint64_t>(ch / kChunks) * ggml_block_bytes(T);
 }
 
+// The bytes of 32 consecutive chunks: 32 blocks of a 32-element format, 4 of a 256-element one.
+template <DType T>
+constexpr int kStageBytes = static_cast<int>(kWarp / ggml_block_chunks(T) * ggml_block_bytes(T));
+
 template <DType T, int M>
 __global__ void __launch_bounds__(kThreads)
     ggml_gemv_kernel(const unsigned char* __restrict__ w, int64_t n, int64_t k,
                      const float* __restrict__ x, int64_t m, float* __restrict__ y, int64_t ldy) {
+  constexpr int kChunks = ggml_block_chunks(T);
+  constexpr auto kBlockBytes = static_cast<int>(ggml_block_bytes(T));
+  __shared__ unsigned char stage[kRowsPerBlock][kStageBytes<T>];
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   const int slot = static_cast<int>(threadIdx.x) / kWarp;
   const uint64_t row_bytes = ggml_row_bytes(T, k);
   const int64_t chunks = k / kGgmlChunk;
   const bool x_aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  // The loops are the same for every lane of a warp (its own row o), so __syncwarp is safe.
   for (int64_t o = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + slot; o < n;
        o += static_cast<int64_t>(gridDim.x) * kRowsPerBlock) {
     const unsigned char* row = w + static_cast<uint64_t>(o) * row_bytes;
     float acc[M] = {};
-    for (int64_t ch = lane; ch < chunks; ch += kWarp) {
-      int c = 0;
-      const unsigned char* b = chunk_block<T>(row, ch, c);
-      float wv[kGgmlChunk];
-      ggml_decode_chunk_t<T>(b, c, wv);
+    for (int64_t ch0 = 0; ch0 < chunks; ch0 += kWarp) {
+      // The warp's next 32 chunks (whole blocks: a row is whole blocks) copied to shared memory
+      // with byte loads the warp makes together (32 consecutive bytes per load), then decoded
+      // from there: blocks sit at any alignment, and a lane reading its own block byte by byte
+      // would scatter every load over the warp's whole span.
+      const int nchunks = static_cast<int>(chunks - ch0 < kWarp ? chunks - ch0 : kWarp);
+      const int nbytes = nchunks / kChunks * kBlockBytes;
+      const unsigned char* src = row + static_cast<uint64_t>(ch0 / kChunks) * kBlockBytes;
+      __syncwarp();  // the previous chunks are decoded
+      for (int i = lane; i < nbytes; i += kWarp) stage[slot][i] = src[i];
+      __syncwarp();
+      if (lane < nchunks) {
+        const int c = lane % kChunks;
+        float wv[kGgmlChunk];
+        ggml_decode_chunk_t<T>(&stage[slot][lane / kChunks * kBlockBytes], c, wv);
+        const int64_t ch = ch0 + lane;
 #pragma unroll
-      for (int i = 0; i < M; ++i) {
-        if (i >= m) break;
-        const float* xc = x + i * k + ch * kGgmlChunk;
-        float s = acc[i];
-        if (x_aligned) {
+        for (int i = 0; i < M; ++i) {
+          if (i >= m) break;
+          const float* xc = x + i * k + ch * kGgmlChunk;
+          float s = acc[i];
+          if (x_aligned) {
 #pragma unroll
-          for (int q = 0; q < kGgmlChunk / 4; ++q) {
-            const float4 v = reinterpret_cast<const float4*>(xc)[q];
-            s = fmaf(wv[4 * q], v.x, s);
-            s = fmaf(wv[4 * q + 1], v.y, s);
-            s = fmaf(wv[4 * q + 2], v.z, s);
-            s = fmaf(wv[4 * q + 3], v.w, s);
+            for (int q = 0; q < kGgmlChunk / 4; ++q) {
+              const float4 v = reinterpret_cast<const float4*>(xc)[q];
+              s = fmaf(wv[4 * q], v.x, s);
+              s = fmaf(wv[4 * q + 1], v.y, s);
+              s = fmaf(wv[4 * q + 2], v.z, s);
+              s = fmaf(wv[4 * q + 3], v.w, s);
+            }
+          } else {
+#pragma unroll
+            for (int l = 0; l < kGgmlChunk; ++l) s = fmaf(wv[l], xc[l], s);
           }
-        } else {
-#pragma unroll
-          for (int l = 0; l < kGgmlChunk; ++l) s = fmaf(wv[l], xc[l], s);
+          acc[i] = s;
         }
-        acc[i] = s;
       }
     }
 #pragma unroll
