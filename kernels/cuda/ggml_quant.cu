@@ -11,8 +11,9 @@
 // (float4 loads when x is 16-byte aligned: k is a multiple of 32, so every chunk of x is). Sums
 // stay f32: per lane in column order, then across the warp by shuffles, in a fixed order.
 //
-// ggml_dequantize_rows (m larger): one thread per chunk, 32 weights written as four 16-byte
-// stores of f16 (or eight of f32) when the output allows, for a cuBLAS product.
+// ggml_dequantize_rows (m larger): a thread block stages 256 chunks' blocks in shared memory the
+// same way, then one thread per chunk writes its 32 weights as four 16-byte stores of f16 (or eight
+// of f32) when the output allows, for a cuBLAS product.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -29,13 +30,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
 constexpr int kRowsPerBlock = kThreads / kWarp;
-
-template <DType T>
-__device__ const unsigned char* chunk_block(const unsigned char* row, int64_t ch, int& c) {
-  constexpr int kChunks = ggml_block_chunks(T);
-  c = static_cast<int>(ch % kChunks);
-  return row + static_cast<uint64_t>(ch / kChunks) * ggml_block_bytes(T);
-}
 
 // The bytes of 32 consecutive chunks: 32 blocks of a 32-element format, 4 of a 256-element one.
 template <DType T>
@@ -137,21 +131,35 @@ __device__ void store_chunk(uint16_t* p, const float* v, bool vec) {
   }
 }
 
+// A thread block takes kThreads consecutive chunks of a row (whole blocks), copies their bytes to
+// shared memory with coalesced byte loads, and each thread decodes one chunk from there.
 template <DType T, class Out>
-__global__ void ggml_dequantize_kernel(const unsigned char* __restrict__ w, int64_t k,
-                                       int64_t row0, int64_t rows, Out* __restrict__ out) {
+__global__ void __launch_bounds__(kThreads)
+    ggml_dequantize_kernel(const unsigned char* __restrict__ w, int64_t k, int64_t row0,
+                           int64_t rows, Out* __restrict__ out) {
+  constexpr int kChunks = ggml_block_chunks(T);
+  constexpr auto kBlockBytes = static_cast<int>(ggml_block_bytes(T));
+  __shared__ unsigned char stage[kThreads / kChunks * kBlockBytes];
+  const int tid = static_cast<int>(threadIdx.x);
   const uint64_t row_bytes = ggml_row_bytes(T, k);
   const int64_t chunks = k / kGgmlChunk;
   const bool vec = reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  // Both loops depend on the block's indices only, so every thread meets every __syncthreads.
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const unsigned char* row = w + static_cast<uint64_t>(row0 + r) * row_bytes;
-    for (int64_t ch = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; ch < chunks;
-         ch += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-      int c = 0;
-      const unsigned char* b = chunk_block<T>(row, ch, c);
-      float v[kGgmlChunk];
-      ggml_decode_chunk_t<T>(b, c, v);
-      store_chunk(out + r * k + ch * kGgmlChunk, v, vec);
+    for (int64_t base = static_cast<int64_t>(blockIdx.x) * kThreads; base < chunks;
+         base += static_cast<int64_t>(gridDim.x) * kThreads) {
+      const int nchunks = static_cast<int>(chunks - base < kThreads ? chunks - base : kThreads);
+      const int nbytes = nchunks / kChunks * kBlockBytes;
+      const unsigned char* src = row + static_cast<uint64_t>(base / kChunks) * kBlockBytes;
+      __syncthreads();  // the previous chunks are decoded
+      for (int i = tid; i < nbytes; i += kThreads) stage[i] = src[i];
+      __syncthreads();
+      if (tid < nchunks) {
+        float v[kGgmlChunk];
+        ggml_decode_chunk_t<T>(&stage[tid / kChunks * kBlockBytes], tid % kChunks, v);
+        store_chunk(out + r * k + (base + tid) * kGgmlChunk, v, vec);
+      }
     }
   }
 }
