@@ -72,6 +72,13 @@ void silu_mul(float* gate, const float* up, int64_t n);
 void rotary_half(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_t head_dim,
                  int64_t rotary_dim, const float* inv_freq, const int32_t* positions);
 
+// Rotary on adjacent pairs (2i, 2i+1) with a frequency table, in place: llama.cpp's rotary
+// ("norm" mode) over q/k rows as its converter stores them (permuted per head), the same
+// computation as rotary_half on Hugging Face's row order. Pair i rotates by positions[row] ·
+// inv_freq[i] (rotary_dim/2 entries).
+void rotary_pairs(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_t head_dim,
+                  int64_t rotary_dim, const float* inv_freq, const int32_t* positions);
+
 // x = gelu_new(x) = 0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³))), in place.
 void gelu_new(float* x, int64_t n);
 
@@ -126,6 +133,8 @@ void rms_norm(const float* x, int64_t m, int64_t n, const float* gamma, float ep
 void silu_mul(float* gate, const float* up, int64_t n);
 void rotary_half(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_t head_dim,
                  int64_t rotary_dim, const float* inv_freq, const int32_t* positions);
+void rotary_pairs(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_t head_dim,
+                  int64_t rotary_dim, const float* inv_freq, const int32_t* positions);
 void attention(const AttentionArgs& args);
 void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst);
 }  // namespace ref

@@ -142,6 +142,24 @@ __global__ void rotary_half_kernel(float* __restrict__ x, int64_t m, int64_t row
   }
 }
 
+// rotary_kernel's pairs with rotary_half_kernel's frequency table.
+__global__ void rotary_pairs_kernel(float* __restrict__ x, int64_t m, int64_t row_stride,
+                                    int64_t n_head, int64_t head_dim, int64_t rotary_dim,
+                                    const float* __restrict__ inv_freq,
+                                    const int32_t* __restrict__ positions) {
+  const int64_t pairs = rotary_dim / 2;
+  const int64_t total = m * n_head * pairs;
+  for (int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; idx < total;
+       idx += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t i = idx % pairs;
+    const int64_t h = (idx / pairs) % n_head;
+    const int64_t r = idx / (pairs * n_head);
+    float* head = x + r * row_stride + h * head_dim;
+    const float angle = rotary_angle_freq(positions[r], inv_freq[i]);
+    rotary_rotate_pair(head[2 * i], head[2 * i + 1], ::cosf(angle), ::sinf(angle));
+  }
+}
+
 __global__ void kv_store_kernel(const float* __restrict__ k, const float* __restrict__ v,
                                 int64_t src_stride, int64_t n_new, int64_t n_past, int64_t n_head,
                                 int64_t head_dim, void* k_cache, void* v_cache,
@@ -239,6 +257,17 @@ cudaError_t rotary_half(float* x, int64_t m, int64_t row_stride, int64_t n_head,
   if (total <= 0) return cudaSuccess;
   rotary_half_kernel<<<grid_for(total), kThreads, 0, stream>>>(x, m, row_stride, n_head, head_dim,
                                                                rotary_dim, inv_freq, positions);
+  return cudaGetLastError();
+}
+
+cudaError_t rotary_pairs(float* x, int64_t m, int64_t row_stride, int64_t n_head,
+                         int64_t head_dim, int64_t rotary_dim, const float* inv_freq,
+                         const int32_t* positions, cudaStream_t stream) {
+  if (rotary_dim < 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim) return cudaErrorInvalidValue;
+  const int64_t total = m * n_head * (rotary_dim / 2);
+  if (total <= 0) return cudaSuccess;
+  rotary_pairs_kernel<<<grid_for(total), kThreads, 0, stream>>>(
+      x, m, row_stride, n_head, head_dim, rotary_dim, inv_freq, positions);
   return cudaGetLastError();
 }
 

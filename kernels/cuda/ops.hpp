@@ -62,6 +62,12 @@ cudaError_t rotary_half(float* x, int64_t m, int64_t row_stride, int64_t n_head,
                         int64_t rotary_dim, const float* inv_freq, const int32_t* positions,
                         cudaStream_t stream);
 
+// The CPU twin's rotary_pairs: adjacent pairs (2i, 2i+1) turned by positions[row] · inv_freq[i]
+// (llama.cpp's rotary on the q/k rows of a GGUF `llama` file). Device arrays as rotary_half.
+cudaError_t rotary_pairs(float* x, int64_t m, int64_t row_stride, int64_t n_head,
+                         int64_t head_dim, int64_t rotary_dim, const float* inv_freq,
+                         const int32_t* positions, cudaStream_t stream);
+
 // Writes n_new rows of keys and values ([t * src_stride + h * head_dim + d], f32) into a
 // head-major cache ([h * kv_head_stride + (n_past + t) * head_dim + d]) of dtype kv_dt (f32 or
 // f16). n_head is the number of KV heads (AttentionArgs::n_kv_head under grouped-query

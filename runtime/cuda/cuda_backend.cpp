@@ -142,7 +142,7 @@ struct CudaBackend::Impl {
   DeviceBuffer dequant;
   int64_t dequant_elems = 0;
   GrowingBuffer positions;  // the pass's positions (int32), for rotary
-  DeviceBuffer inv_freq;    // rotary_half's frequencies (Llama family)
+  DeviceBuffer inv_freq;    // the rotary frequencies (Llama family; GPT-J's are computed)
   CudaEvent host_x_copied;  // host_x / host_positions are free again once these are done
   CudaEvent host_positions_copied;
   PinnedScratch host_x;
@@ -344,7 +344,7 @@ struct CudaBackend::Impl {
     load_vectors();
     embed_table = &checkpoint.at(model::embedding_group(config).weights[0].name);
     embed_row.resize(packed_row_bytes(embed_table->dtype, config.n_embd));
-    if (config.rope_style == model::RopeStyle::half) {
+    if (config.rope_style == model::RopeStyle::half || config.is_llama_family()) {
       const std::vector<float> f = config.rope_inv_freq();
       inv_freq = DeviceBuffer(f.size() * sizeof(float));
       FERRY_CUDA_TRY(cudaMemcpyAsync(inv_freq.data(), f.data(), f.size() * sizeof(float),
@@ -641,6 +641,9 @@ void CudaBackend::rotary(float* x, int64_t rows, int64_t n_head) {
   if (s.config.rope_style == model::RopeStyle::half) {
     FERRY_CUDA_LAUNCH(kc::rotary_half(x, rows, n_head * hd, n_head, hd, s.config.rotary_dim,
                                       s.inv_freq.as<const float>(), pos, s.compute.get()));
+  } else if (s.config.is_llama_family()) {
+    FERRY_CUDA_LAUNCH(kc::rotary_pairs(x, rows, n_head * hd, n_head, hd, s.config.rotary_dim,
+                                       s.inv_freq.as<const float>(), pos, s.compute.get()));
   } else {
     FERRY_CUDA_LAUNCH(kc::rotary_interleaved(x, rows, n_head * hd, n_head, hd, s.config.rotary_dim,
                                              pos, s.compute.get()));

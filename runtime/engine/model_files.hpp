@@ -36,7 +36,7 @@ model::ModelConfig gguf_model_config(const offload::Checkpoint& checkpoint);
 text::Tokenizer read_tokenizer(const std::filesystem::path& model);
 
 // The ids generation stops at: generation_config.json's or config.json's (generation_eos_ids), or
-// a GGUF file's eos/eot/eom ids.
+// a GGUF file's end-of-generation ids as llama.cpp finds them (eos, eot, eom, and by their text).
 std::vector<int32_t> read_eos_ids(const std::filesystem::path& model,
                                   const model::ModelConfig& config);
 
