@@ -435,6 +435,58 @@ TEST(RotaryHalfTest, HandComputedRotation) {
   EXPECT_THROW(rotary_half(x.data(), 1, 6, 1, 6, 3, inv_freq.data(), &pos), InvalidArgument);
 }
 
+// ---- rotary_pairs -----------------------------------------------------------------------------
+
+// llama.cpp's converter permutes each head's rows so that Hugging Face's feature i and i + half
+// become features 2i and 2i+1 (LlamaModel.permute). rotary_pairs on the permuted rows is then the
+// very same computation as rotary_half on Hugging Face's: the same angle, cos, sin and products
+// per pair, so the bits agree.
+TEST(RotaryPairsTest, IsRotateHalfOnLlamaCppsPermutedRows) {
+  std::mt19937 rng(53);
+  const int64_t n_head = 3;
+  const int64_t head_dim = 32;
+  const std::vector<int32_t> positions = {0, 1, 5, 300, 8191, 32767};
+  const auto m = static_cast<int64_t>(positions.size());
+  const int64_t row_stride = n_head * head_dim + 3;
+  for (int64_t rotary_dim : {8, 32}) {
+    SCOPED_TRACE("rotary_dim=" + std::to_string(rotary_dim));
+    const auto inv_freq = llama_inv_freq(rotary_dim, 500000.0);
+    const int64_t half = rotary_dim / 2;
+    // Hugging Face's feature d of a head ↔ llama.cpp's feature permuted(d).
+    auto permuted = [&](int64_t d) { return d >= rotary_dim ? d : (d % half) * 2 + d / half; };
+    const auto hf = random_floats(rng, static_cast<std::size_t>(m * row_stride));
+    auto gguf = hf;
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t h = 0; h < n_head; ++h)
+        for (int64_t d = 0; d < head_dim; ++d)
+          gguf[static_cast<std::size_t>(r * row_stride + h * head_dim + permuted(d))] =
+              hf[static_cast<std::size_t>(r * row_stride + h * head_dim + d)];
+    auto want = hf;
+    rotary_half(want.data(), m, row_stride, n_head, head_dim, rotary_dim, inv_freq.data(),
+                positions.data());
+    auto fast = gguf;
+    auto reference = gguf;
+    rotary_pairs(fast.data(), m, row_stride, n_head, head_dim, rotary_dim, inv_freq.data(),
+                 positions.data());
+    ref::rotary_pairs(reference.data(), m, row_stride, n_head, head_dim, rotary_dim,
+                      inv_freq.data(), positions.data());
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t h = 0; h < n_head; ++h) {
+        for (int64_t d = 0; d < head_dim; ++d) {
+          const auto at_hf = static_cast<std::size_t>(r * row_stride + h * head_dim + d);
+          const auto at = static_cast<std::size_t>(r * row_stride + h * head_dim + permuted(d));
+          ASSERT_EQ(bits_of(fast[at]), bits_of(want[at_hf])) << "row " << r << " d " << d;
+          ASSERT_EQ(bits_of(reference[at]), bits_of(want[at_hf])) << "row " << r << " d " << d;
+        }
+      }
+    }
+  }
+  std::vector<float> x(6);
+  const std::vector<float> inv_freq = {1.0f, 0.01f};
+  const int32_t pos = 1;
+  EXPECT_THROW(rotary_pairs(x.data(), 1, 6, 1, 6, 3, inv_freq.data(), &pos), InvalidArgument);
+}
+
 // ---- convert_to_f32 ---------------------------------------------------------------------------
 
 using ConvertFn = void (*)(const void*, DType, int64_t, float*);

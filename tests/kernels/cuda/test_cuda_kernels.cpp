@@ -173,6 +173,31 @@ TEST_F(CudaKernels, RotaryHalfMatchesCpu) {
             cudaErrorInvalidValue);
 }
 
+// rotary_pairs (a GGUF llama file's permuted q/k rows): the same angles and products as the CPU
+// twin, on adjacent pairs.
+TEST_F(CudaKernels, RotaryPairsMatchesCpu) {
+  std::mt19937 rng(16);
+  const int64_t m = 7, n_head = 4, head_dim = 64;
+  const int64_t stride = n_head * head_dim + 3;
+  const std::vector<int32_t> pos = {0, 1, 3, 255, 4095, 20000, 32767};
+  const int64_t rotary_dim = head_dim;
+  std::vector<float> inv_freq(static_cast<std::size_t>(rotary_dim / 2));
+  for (std::size_t i = 0; i < inv_freq.size(); ++i)
+    inv_freq[i] = static_cast<float>(
+        1.0 / std::pow(500000.0, static_cast<double>(2 * i) / static_cast<double>(rotary_dim)));
+  const auto x = random_floats(rng, static_cast<std::size_t>(m * stride));
+  auto want = x;
+  cpu::ref::rotary_pairs(want.data(), m, stride, n_head, head_dim, rotary_dim, inv_freq.data(),
+                         pos.data());
+  DeviceBuffer dx = upload(x);
+  const DeviceBuffer dpos = upload(pos), dfreq = upload(inv_freq);
+  FERRY_CUDA_LAUNCH(kc::rotary_pairs(dx.as<float>(), m, stride, n_head, head_dim, rotary_dim,
+                                     dfreq.as<float>(), dpos.as<int32_t>(), stream().get()));
+  expect_close(download<float>(dx, x.size()), want, 1e-6, 8 * kU, "rotary_pairs");
+  EXPECT_EQ(kc::rotary_pairs(nullptr, 1, 8, 1, 8, 3, nullptr, nullptr, stream().get()),
+            cudaErrorInvalidValue);
+}
+
 TEST_F(CudaKernels, ElementwiseMatchCpu) {
   std::mt19937 rng(2);
   const int64_t m = 7, n = 1023;
