@@ -9,6 +9,7 @@
 #include <optional>
 #include <utility>
 
+#include "offload/detail/mapping_guard.hpp"
 #include "offload/file.hpp"
 #include "offload/staging_pool.hpp"
 #include "runtime/core/aligned_buffer.hpp"
@@ -119,9 +120,12 @@ class FileMapping {
     void* p = ::mmap(nullptr, nbytes_, PROT_READ, MAP_SHARED, fd.get(), 0);
     if (p == MAP_FAILED) throw IoError(errno, fmt::format("cannot map {}", f.path.string()));
     data_ = static_cast<const std::byte*>(p);
+    guard_.emplace(p, nbytes_, f.path.string());
   }
   FileMapping(FileMapping&& o) noexcept
-      : data_(std::exchange(o.data_, nullptr)), nbytes_(o.nbytes_) {}
+      : data_(std::exchange(o.data_, nullptr)), nbytes_(o.nbytes_), guard_(std::move(o.guard_)) {
+    o.guard_.reset();
+  }
   FileMapping(const FileMapping&) = delete;
   FileMapping& operator=(const FileMapping&) = delete;
   FileMapping& operator=(FileMapping&&) = delete;
@@ -133,6 +137,8 @@ class FileMapping {
  private:
   const std::byte* data_ = nullptr;
   uint64_t nbytes_ = 0;
+  // The file truncated under the mapping is an error naming it, not a bare SIGBUS.
+  std::optional<detail::MappingGuard> guard_;
 };
 
 struct Unit {

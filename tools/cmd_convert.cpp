@@ -60,9 +60,9 @@ Command add_convert(CLI::App& app) {
     const engine::ConvertResult r = engine::convert_model(o->model, o->out, co);
     progress.finish();
     if (!o->quiet)
-      fmt::print(stderr, "ferry: wrote {} ({}, {} of weights from {}) in {:.1f} s\n",
-                 r.pack_file.string(), co.format.name(), format_bytes(r.pack_bytes),
-                 format_bytes(r.source_bytes), now_s() - t0);
+      eprint("ferry: wrote {} ({}, {} of weights from {}) in {:.1f} s\n", r.pack_file.string(),
+             co.format.name(), format_bytes(r.pack_bytes), format_bytes(r.source_bytes),
+             now_s() - t0);
     return 0;
   };
 }

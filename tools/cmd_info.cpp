@@ -41,7 +41,7 @@ Command add_info(CLI::App& app) {
     fmt::print("ferry {}\n", FERRY_VERSION);
     for (const auto& line : backends::describe_build()) fmt::print("{}\n", line);
     fmt::print("io_uring: {}\n", io_uring_status());
-    fmt::print("threads: {}\n", default_thread_pool().size());
+    fmt::print("threads: {} ({})\n", default_thread_pool().size(), default_thread_pool_source());
     const long pages = ::sysconf(_SC_PHYS_PAGES);
     const long page = ::sysconf(_SC_PAGESIZE);
     fmt::print("device cpu: {}, {} cores, {} RAM\n", cpu_model(), ::sysconf(_SC_NPROCESSORS_ONLN),

@@ -229,7 +229,7 @@ Command add_make_model(CLI::App& app) {
     const uint64_t bytes = engine::make_model(o->out, mo);
     progress.finish();
     if (!o->quiet)
-      fmt::print(stderr, "ferry: wrote {} ({} layers, {} weights as {}) to {}\n",
+      eprint("ferry: wrote {} ({} layers, {} weights as {}) to {}\n",
                  format_bytes(bytes), c.n_layer, o->dtype, o->format, o->out);
     return 0;
   };

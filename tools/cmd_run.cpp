@@ -103,8 +103,8 @@ engine::LoadOptions load_options(const LoadFlags& f, const model::ModelConfig& c
 
 // The one-line summary of where the weights went, on stderr.
 void print_plan(const engine::LoadedModel& m, const engine::Backend& backend) {
-  fmt::print(stderr, "ferry: {}; load {:.2f} s\n", backend.describe(), backend.load_s());
-  if (m.plan) fmt::print(stderr, "ferry: plan: {}\n", m.plan->summary());
+  eprint("ferry: {}; load {:.2f} s\n", backend.describe(), backend.load_s());
+  if (m.plan) eprint("ferry: plan: {}\n", m.plan->summary());
 }
 
 struct RunOptions {
@@ -259,13 +259,13 @@ Command add_run(CLI::App& app) {
           stats.prompt_s > 0 ? static_cast<double>(stats.prompt_tokens) / stats.prompt_s : 0;
       const double decode_tps =
           stats.decode_s > 0 ? static_cast<double>(stats.decode_steps) / stats.decode_s : 0;
-      fmt::print(stderr,
-                 "ferry: prompt {} tokens in {:.3f} s ({:.1f} tok/s); generated {} tokens, "
-                 "decode {:.1f} tok/s\n",
-                 stats.prompt_tokens, stats.prompt_s, prompt_tps, stats.new_tokens, decode_tps);
+      eprint(
+          "ferry: prompt {} tokens in {:.3f} s ({:.1f} tok/s); generated {} tokens, "
+          "decode {:.1f} tok/s\n",
+          stats.prompt_tokens, stats.prompt_s, prompt_tps, stats.new_tokens, decode_tps);
       // The plan's prediction against the run, and the rates it achieved for the next plans.
       for (const auto& line : engine::learn_from_run(m, backend, outcome))
-        fmt::print(stderr, "ferry: {}\n", line);
+        eprint("ferry: {}\n", line);
     }
     return 0;
   };
@@ -452,7 +452,7 @@ Command add_perplexity(CLI::App& app) {
     if (!o->quiet) {
       const auto describe = [](const char* role, const std::string& dir,
                                const engine::LoadedModel& lm, const engine::Engine& e) {
-        fmt::print(stderr, "ferry: {} {}\n", role, dir);
+        eprint("ferry: {} {}\n", role, dir);
         print_plan(lm, e.backend());
       };
       describe("model", o->model, m, *model_engine);

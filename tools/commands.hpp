@@ -3,11 +3,13 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 
 #include <cstdint>
 #include <functional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "planner/plan.hpp"
@@ -36,6 +38,17 @@ planner::Plan read_plan_file(const std::string& path);
 
 // "15496 995" or "15496,995" → ids. Throws InvalidArgument naming the bad entry.
 std::vector<int32_t> parse_ids(const std::string& text);
+
+// Writes to stderr and never throws: a full or closed stderr must not turn a note into an
+// error, nor an error message into an abort (fmt::print throws when the write fails).
+void eprint_text(std::string_view text) noexcept;
+template <class... Args>
+void eprint(fmt::format_string<Args...> format, Args&&... args) noexcept {
+  try {
+    eprint_text(fmt::format(format, std::forward<Args>(args)...));
+  } catch (...) {  // out of memory while formatting a note: drop the note
+  }
+}
 
 // A progress line on stderr (bytes, rate, ETA), drawn only when stderr is a terminal.
 class Progress {

@@ -17,6 +17,11 @@ double now_s() {
 }
 }  // namespace
 
+void eprint_text(std::string_view text) noexcept {
+  // Unbuffered stderr: one fwrite is one write(2). Its failure is ignored on purpose.
+  [[maybe_unused]] const std::size_t n = std::fwrite(text.data(), 1, text.size(), stderr);
+}
+
 std::vector<int32_t> parse_ids(const std::string& text) {
   std::string normalized = text;
   for (char& c : normalized)
@@ -56,9 +61,8 @@ void Progress::update(uint64_t done_bytes, uint64_t total_bytes) {
   const double pct =
       total_bytes ? 100.0 * static_cast<double>(done_bytes) / static_cast<double>(total_bytes)
                   : 100.0;
-  fmt::print(stderr, "\r{}: {:5.1f}%  {} / {}  {}/s  ETA {:.0f} s   ", label_, pct,
-             format_bytes(done_bytes), format_bytes(total_bytes),
-             format_bytes(static_cast<uint64_t>(rate)), eta);
+  eprint("\r{}: {:5.1f}%  {} / {}  {}/s  ETA {:.0f} s   ", label_, pct, format_bytes(done_bytes),
+         format_bytes(total_bytes), format_bytes(static_cast<uint64_t>(rate)), eta);
   std::fflush(stderr);
 }
 
@@ -70,13 +74,13 @@ void Progress::update_count(uint64_t done, uint64_t total, std::string_view what
   const double elapsed = t - start_s_;
   const double eta =
       done > 0 ? elapsed * static_cast<double>(total - done) / static_cast<double>(done) : 0;
-  fmt::print(stderr, "\r{}: {} / {} {}  {:.1f} s  ETA {:.0f} s   ", label_, done, total, what,
-             elapsed, eta);
+  eprint("\r{}: {} / {} {}  {:.1f} s  ETA {:.0f} s   ", label_, done, total, what, elapsed,
+         eta);
   std::fflush(stderr);
 }
 
 void Progress::finish() {
-  if (enabled_ && last_draw_s_ >= 0) fmt::print(stderr, "\n");
+  if (enabled_ && last_draw_s_ >= 0) eprint("\n");
 }
 
 }  // namespace ferry::tools

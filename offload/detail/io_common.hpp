@@ -12,9 +12,11 @@
 #include <filesystem>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "offload/detail/mapping_guard.hpp"
 #include "offload/file.hpp"
 #include "offload/io_engine.hpp"
 
@@ -67,6 +69,7 @@ class FileSlot {
   // mmap backend: the file mapped read-only at open time.
   const std::byte* mapping = nullptr;
   uint64_t mapping_nbytes = 0;
+  std::optional<MappingGuard> mapping_guard;  // a truncated file is an error naming it
 
  private:
   std::filesystem::path path_;

@@ -20,6 +20,13 @@ PoolBackend::PoolBackend(Mode mode, uint32_t n_threads, const IoTestHooks& hooks
   threads_.reserve(n_threads);
   try {
     for (uint32_t i = 0; i < n_threads; ++i) threads_.emplace_back([this] { worker_loop(); });
+  } catch (const std::system_error& e) {
+    const std::size_t started = threads_.size();
+    shutdown();
+    throw IoError(e.code().value(),
+                  fmt::format("cannot start I/O thread {} of {} ({}): a memory or process limit "
+                              "(ulimit -v or -u) is reached",
+                              started + 1, n_threads, label_));
   } catch (...) {
     shutdown();
     throw;
@@ -51,6 +58,7 @@ void PoolBackend::add_file(FileSlot& file) {
   ::madvise(p, static_cast<std::size_t>(nbytes), MADV_SEQUENTIAL);
   file.mapping = static_cast<const std::byte*>(p);
   file.mapping_nbytes = nbytes;
+  file.mapping_guard.emplace(p, nbytes, file.path().string());
 }
 
 void PoolBackend::shutdown() noexcept {

@@ -123,7 +123,12 @@ UringBackend::UringBackend(const IoOptions& options, FallbackNotes& notes)
   arm_wakeup();
   submit_prepared();
   if (broken_) std::rethrow_exception(broken_);
-  thread_ = std::thread([this] { loop(); });
+  try {
+    thread_ = std::thread([this] { loop(); });
+  } catch (const std::system_error& e) {
+    throw IoError(e.code().value(), "cannot start the io_uring completion thread: a memory or "
+                                    "process limit (ulimit -v or -u) is reached");
+  }
 }
 
 UringBackend::~UringBackend() {

@@ -119,7 +119,11 @@ constexpr StorageKind kStorages[] = {
 
 class Interpreter {
  public:
-  Interpreter(std::string_view bytes, std::string_view source) : in_(bytes), source_(source) {}
+  Interpreter(std::string_view bytes, std::string_view source)
+      : in_(bytes),
+        source_(source),
+        budget_bytes_(kPickleCopyBudgetFloor + kPickleCopyBytesPerByte * bytes.size()),
+        budget_left_(budget_bytes_) {}
 
   std::vector<PickledTensor> run() {
     for (;;) {
@@ -178,6 +182,19 @@ class Interpreter {
     std::abort();  // unreachable: the macro throws
   }
 
+  // Copies of objects the pickle references (a tensor's size tuple, a storage key, a state
+  // dict's names) are charged here: a few bytes of REDUCE or BINGET can reference one large
+  // memoised object again and again, so without a bound a small file builds terabytes.
+  // Everything else the interpreter keeps is bounded by the opcodes run.
+  void charge(uint64_t nbytes) {
+    if (nbytes > budget_left_) {
+      fail("pickle of {} bytes copies more than {} bytes of objects, far more than a state dict "
+           "needs; it is malformed or hostile — {}",
+           in_.size(), budget_bytes_, kUnsupported);
+    }
+    budget_left_ -= nbytes;
+  }
+
   // ---- stack ----------------------------------------------------------------------------
   void push(Value v) { stack_.push_back(v); }
   Value pop() {
@@ -229,8 +246,11 @@ class Interpreter {
     return v.i;
   }
   std::vector<int64_t> ints_of(const Value& v, const char* what) {
+    const std::vector<Value>& items = tuple_of(v, what);
+    charge(items.size() * sizeof(int64_t));
     std::vector<int64_t> out;
-    for (const Value& x : tuple_of(v, what)) out.push_back(int_of(x, what));
+    out.reserve(items.size());
+    for (const Value& x : items) out.push_back(int_of(x, what));
     return out;
   }
 
@@ -291,7 +311,10 @@ class Interpreter {
 
   Value call(const Value& fn, const Value& args_value, const char* op) {
     const Global& g = global_of(fn, op);
-    const std::vector<Value> args = tuple_of(args_value, "the arguments of a call");
+    const std::vector<Value>& tuple = tuple_of(args_value, "the arguments of a call");
+    charge(tuple.size() * sizeof(Value));
+    // A copy: make() below may grow the arenas the tuple lives in.
+    const std::vector<Value> args = tuple;
     switch (g.callable) {
       case Callable::ordered_dict:
         if (!args.empty())
@@ -338,6 +361,7 @@ class Interpreter {
     }
     Storage s;
     s.type = t[1].ref;
+    charge(string_of(t[2], "a storage key").size());
     s.key = string_of(t[2], "a storage key");
     string_of(t[3], "a storage location");
     const int64_t numel = int_of(t[4], "a storage size");
@@ -512,8 +536,8 @@ class Interpreter {
       case 0x93: {  // STACK_GLOBAL
         const Value name = pop();
         const Value module = pop();
-        const std::string m = string_of(module, "STACK_GLOBAL's module");
-        const std::string n = string_of(name, "STACK_GLOBAL's name");
+        const std::string& m = string_of(module, "STACK_GLOBAL's module");
+        const std::string& n = string_of(name, "STACK_GLOBAL's name");
         push(resolve_global(m, n));
         return false;
       }
@@ -567,6 +591,8 @@ class Interpreter {
       }
       const Tensor& t = tensors_[v.ref];
       const Storage& s = storages_[t.storage];
+      charge(sizeof(PickledTensor) + name.size() + s.key.size() +
+             (t.size.size() + t.stride.size()) * sizeof(int64_t));
       const Global& type = globals_[s.type];
       PickledTensor p;
       p.name = name;
@@ -587,6 +613,8 @@ class Interpreter {
   std::size_t pos_ = 0;
   std::size_t op_pos_ = 0;
   uint64_t ops_ = 0;
+  uint64_t budget_bytes_;
+  uint64_t budget_left_;
   std::vector<Value> stack_;
   std::vector<std::size_t> marks_;
   std::unordered_map<uint64_t, Value> memo_;

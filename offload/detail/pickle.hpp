@@ -19,6 +19,11 @@ namespace ferry::offload::detail {
 inline constexpr uint64_t kMaxPickleBytes = 64ull << 20;
 // Opcodes executed at most; each does bounded work, so this bounds time and memory.
 inline constexpr uint64_t kMaxPickleOps = 1ull << 22;
+// What the parse may copy of objects the pickle references repeatedly (sizes, strides, keys,
+// names): this floor plus this many bytes per byte of pickle. A state dict copies each a few
+// times; a hostile pickle referencing one large memoised tuple from every REDUCE is refused.
+inline constexpr uint64_t kPickleCopyBudgetFloor = 16ull << 20;
+inline constexpr uint64_t kPickleCopyBytesPerByte = 16;
 
 // One entry of the state dict: what _rebuild_tensor_v2 was called with and the storage
 // (persistent id ('storage', type, key, location, numel)) it views.

@@ -1,8 +1,15 @@
 #include "runtime/core/thread_pool.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <charconv>
 #include <cstdlib>
 #include <string>
+#include <string_view>
+#include <system_error>
+
+#include "runtime/core/error.hpp"
 
 namespace ferry {
 
@@ -11,17 +18,31 @@ ThreadPool::ThreadPool(int n_threads) {
     n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   n_threads_ = n_threads;
   workers_.reserve(static_cast<std::size_t>(n_threads - 1));
-  for (int i = 0; i + 1 < n_threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  try {
+    for (int i = 0; i + 1 < n_threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  } catch (const std::system_error& e) {
+    // The destructor does not run for a constructor that throws, and a joinable std::thread
+    // destroyed unjoined ends the process: stop the threads already started first.
+    const std::size_t started = workers_.size();
+    stop_workers();
+    throw IoError(e.code().value(),
+                  fmt::format("cannot start thread {} of the {}-thread pool (a memory or process "
+                              "limit, e.g. ulimit -v or -u, is reached); set FERRY_THREADS lower",
+                              started + 2, n_threads));
+  }
 }
 
-ThreadPool::~ThreadPool() {
+void ThreadPool::stop_workers() noexcept {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
   start_cv_.notify_all();
   for (auto& t : workers_) t.join();
+  workers_.clear();
 }
+
+ThreadPool::~ThreadPool() { stop_workers(); }
 
 void ThreadPool::run_chunks() {
   for (;;) {
@@ -88,12 +109,34 @@ void ThreadPool::parallel_for(int64_t n, int64_t min_chunk,
   if (error) std::rethrow_exception(error);
 }
 
+int max_threads() {
+  return 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+int threads_from_env(const char* value) {
+  const int limit = max_threads();
+  if (value == nullptr || *value == '\0') return 0;
+  const std::string_view v(value);
+  long long n = 0;
+  const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+  // More threads than 4 per hardware thread only contend (and 100000 of them took the machine
+  // down); fewer than 1 is no pool at all.
+  FERRY_EXPECT(ec == std::errc() && end == v.data() + v.size() && n >= 1 && n <= limit,
+               "FERRY_THREADS='{}' is not a thread count; give an integer from 1 to {} (4 per "
+               "hardware thread; this machine has {}), or unset it to use one per hardware "
+               "thread",
+               v, limit, limit / 4);
+  return static_cast<int>(n);
+}
+
 ThreadPool& default_thread_pool() {
-  static ThreadPool pool([] {
-    const char* env = std::getenv("FERRY_THREADS");
-    return env ? std::atoi(env) : 0;
-  }());
+  static ThreadPool pool(threads_from_env(std::getenv("FERRY_THREADS")));
   return pool;
+}
+
+std::string default_thread_pool_source() {
+  const char* env = std::getenv("FERRY_THREADS");
+  return env != nullptr && *env != '\0' ? "FERRY_THREADS" : "one per hardware thread";
 }
 
 }  // namespace ferry

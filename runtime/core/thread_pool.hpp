@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -30,6 +31,7 @@ class ThreadPool {
  private:
   void worker_loop();
   void run_chunks();
+  void stop_workers() noexcept;  // stops and joins every worker
 
   int n_threads_;
   std::vector<std::thread> workers_;
@@ -47,7 +49,16 @@ class ThreadPool {
   std::exception_ptr error_;
 };
 
-// The process-wide pool the CPU backend uses (sized by FERRY_THREADS or the core count).
+// The most threads a pool may be asked for: 4 per hardware thread.
+int max_threads();
+// FERRY_THREADS' value as a thread count: 0 (one per hardware thread) when unset or empty.
+// Throws InvalidArgument naming the variable and the range [1, max_threads()] otherwise.
+int threads_from_env(const char* value);
+
+// The process-wide pool the CPU backend uses (sized by FERRY_THREADS or the core count); the
+// first call throws InvalidArgument for a bad FERRY_THREADS.
 ThreadPool& default_thread_pool();
+// Where its size came from, for `ferry info`: "FERRY_THREADS" or "one per hardware thread".
+std::string default_thread_pool_source();
 
 }  // namespace ferry

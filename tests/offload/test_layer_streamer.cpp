@@ -367,5 +367,26 @@ TEST(Slices, BadSlicesAreRefusedNamingTheTensor) {
   EXPECT_THROW(row_range(w, -1, 5), InvalidArgument);
 }
 
+// A file truncated while a unit computes from its mapping (--mmap): the read past the new end
+// raises SIGBUS in whatever thread touches it, which ends ferry with a message naming the file
+// instead of a bare "Bus error" and a core.
+TEST(MappedTierDeathTest, AFileTruncatedUnderItsMappingIsNamed) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  TempDir dir;
+  const fs::path file = write_model(dir.path(), CheckpointFormat::ferry_pack);
+  const Checkpoint ck = Checkpoint::open(file);
+  const std::vector<StreamUnitSpec> specs = {{"layer 0", {"w"}, Tier::mapped}};
+  EXPECT_EXIT(
+      {
+        LayerStreamer s(ck, specs, streamer_options(quiet_io()));
+        const UnitView view = s.acquire(0);
+        fs::resize_file(file, 0);
+        volatile std::byte sink = view.tensor(0)[ck.at("w").nbytes - 1];
+        (void)sink;
+      },
+      ::testing::ExitedWithCode(1), "shrank while ferry was computing from its memory map");
+  EXPECT_TRUE(fs::exists(file));
+}
+
 }  // namespace
 }  // namespace ferry::offload

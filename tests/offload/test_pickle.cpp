@@ -173,6 +173,23 @@ TEST(Pickle, OpcodeLimit) {
   EXPECT_THAT(pickle_error(many), HasSubstr("runs more than 4194304 opcodes"));
 }
 
+// The shape of a hostile 9.8 MB pickle that grew without bound: one large tuple memoised, then
+// REDUCE after REDUCE of _rebuild_tensor_v2 taking it as the size and the stride. Each call
+// copied it; now the copies are charged against a budget proportional to the file.
+TEST(Pickle, ALargeObjectReferencedByEveryCallIsBounded) {
+  test::PickleWriter w;
+  w.proto(2).ints_tuple(std::vector<int64_t>(100000, 1)).op('q').raw("\x01").op('0');
+  w.global("torch._utils", "_rebuild_tensor_v2").op('q').raw("\x02").op('0');
+  w.mark().str("storage").global("torch", "FloatStorage").str("0").str("cpu").integer(1);
+  w.tuple().op('Q').op('q').raw("\x03").op('0');
+  for (int i = 0; i < 200; ++i) {
+    w.op('h').raw("\x02").mark().op('h').raw("\x03").integer(0);
+    w.op('h').raw("\x01").op('h').raw("\x01").op(')').op('N').tuple().op('R').op('0');
+  }
+  w.op('}').stop();
+  EXPECT_THAT(pickle_error(w.bytes()), HasSubstr("copies more than"));
+}
+
 TEST(Pickle, DuplicateTensorNames) {
   const std::string p = test::make_state_dict_pickle(
       {{"w", "FloatStorage", "0", 1, 0, {1}, {}}, {"w", "FloatStorage", "0", 1, 0, {1}, {}}});

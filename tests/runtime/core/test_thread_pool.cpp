@@ -2,8 +2,10 @@
 
 #include <atomic>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
+#include "runtime/core/error.hpp"
 #include "runtime/core/thread_pool.hpp"
 
 namespace ferry {
@@ -43,6 +45,29 @@ TEST(ThreadPool, PropagatesExceptions) {
   std::atomic<int64_t> n{0};
   pool.parallel_for(10, 1, [&](int64_t b, int64_t e) { n += e - b; });
   EXPECT_EQ(n.load(), 10);
+}
+
+// FERRY_THREADS was read with atoi: "abc", "0" and "-1" silently meant "one per core" and
+// 100000 started 100000 threads. Now it is an integer in [1, 4 per hardware thread].
+TEST(ThreadPool, FerryThreadsIsValidatedAndBounded) {
+  EXPECT_EQ(threads_from_env(nullptr), 0);
+  EXPECT_EQ(threads_from_env(""), 0);
+  EXPECT_EQ(threads_from_env("1"), 1);
+  EXPECT_EQ(threads_from_env(std::to_string(max_threads()).c_str()), max_threads());
+  const std::vector<std::string> bads = {"abc",    "0",
+                                         "-1",     "4x",
+                                         " 4",     "100000",
+                                         "99999999999999999999", std::to_string(max_threads() + 1)};
+  for (const std::string& bad : bads) {
+    try {
+      threads_from_env(bad.c_str());
+      ADD_FAILURE() << bad << " was accepted";
+    } catch (const InvalidArgument& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("FERRY_THREADS='" + bad + "'"), std::string::npos) << msg;
+      EXPECT_NE(msg.find("from 1 to " + std::to_string(max_threads())), std::string::npos) << msg;
+    }
+  }
 }
 
 }  // namespace

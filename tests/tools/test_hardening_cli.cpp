@@ -1,0 +1,139 @@
+// The command line as a careless or hostile user drives it (issue 21): bad environment values,
+// outputs on full devices, memory limits, damaged headers, interrupted and racing converts.
+// Every one ends in an error exit with a message, never a crash, and leaves no file damaged.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tests/support/test_support.hpp"
+
+namespace ferry {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int rc;  // the exit status, or 128 + the signal that ended it
+  std::string out;
+  std::string err;
+};
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) {
+    if (c == '\'') {
+      q.append("'\\''");
+    } else {
+      q.push_back(c);
+    }
+  }
+  q.push_back('\'');
+  return q;
+}
+
+// Runs `sh -c SCRIPT` with $FERRY set to the binary; stdout and stderr are captured unless the
+// script redirects them itself.
+Result sh(const std::string& script) {
+  test::TempDir tmp;
+  const std::string cmd = "FERRY=" + quote(FERRY_BIN) + " sh -c " + quote(script) + " >" +
+                          quote((tmp / "out").string()) + " 2>" + quote((tmp / "err").string()) +
+                          " </dev/null";
+  const int status = std::system(cmd.c_str());
+  int rc = -1;
+  if (WIFEXITED(status)) rc = WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) rc = 128 + WTERMSIG(status);
+  return {rc, test::read_file(tmp / "out"), test::read_file(tmp / "err")};
+}
+
+Result ferry(const std::vector<std::string>& args, const std::string& redirect = "") {
+  std::string script = "exec \"$FERRY\"";
+  for (const auto& a : args) script.append(" ").append(quote(a));
+  return sh(script + " " + redirect);
+}
+
+fs::path make_tiny(const fs::path& dir, int layers = 2) {
+  const Result r = ferry({"make-model", "--preset", "tiny", "--n-layer", std::to_string(layers),
+                          "--n-embd", "64", "--n-head", "4", "--rotary-dim", "8", "-o",
+                          dir.string(), "-q"});
+  EXPECT_EQ(r.rc, 0) << r.err;
+  return dir;
+}
+
+// FERRY_THREADS=abc, 0 and -1 were silently replaced by the core count; 100000 started 100000
+// threads. Each is refused naming the variable and the range; what was used is shown.
+TEST(Hardening, FerryThreadsIsValidatedAndShown) {
+  for (const char* bad : {"abc", "0", "-1", "100000"}) {
+    const Result r = sh(std::string("FERRY_THREADS=") + bad + " exec \"$FERRY\" info");
+    EXPECT_EQ(r.rc, 1) << bad << "\n" << r.err;
+    EXPECT_NE(r.err.find(std::string("FERRY_THREADS='") + bad + "'"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("from 1 to"), std::string::npos) << r.err;
+  }
+  Result r = sh("FERRY_THREADS=3 exec \"$FERRY\" info");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("threads: 3 (FERRY_THREADS)"), std::string::npos) << r.out;
+  r = sh("unset FERRY_THREADS; exec \"$FERRY\" info");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("(one per hardware thread)"), std::string::npos) << r.out;
+}
+
+// Output that cannot be written was reported as success: every command's answer on a full
+// stdout is an error exit with a message; an error on a full stderr still exits 1, not SIGABRT.
+TEST(Hardening, AFullStdoutIsAnErrorAndAFullStderrIsNoCrash) {
+  if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  test::TempDir tmp;
+  const std::string m = make_tiny(tmp / "m").string();
+  const std::string pack = (tmp / "p").string();
+  ASSERT_EQ(ferry({"convert", "-m", m, "-o", pack, "--quant", "int8", "-q"}).rc, 0);
+  const std::vector<std::vector<std::string>> commands = {
+      {"plan", "-m", m, "--json"},
+      {"tokenize", "-m", m, "--text", "hello world"},
+      {"run", "-m", m, "--ids", "1 2", "-n", "2", "-q"},
+      {"inspect", "-m", m},
+      {"verify", "-m", pack, "-q"},
+      {"info"},
+  };
+  for (const auto& args : commands) {
+    const Result r = ferry(args, ">/dev/full");
+    EXPECT_EQ(r.rc, 1) << args[0] << "\n" << r.err;
+    EXPECT_NE(r.err.find("standard output"), std::string::npos) << args[0] << "\n" << r.err;
+  }
+  Result r = ferry({"run", "-m", (tmp / "none").string(), "--ids", "1"}, "2>/dev/full");
+  EXPECT_EQ(r.rc, 1);
+  r = ferry({"verify", "-m", m}, "2>/dev/full");
+  EXPECT_EQ(r.rc, 1);
+}
+
+// A run under a memory limit died of SIGABRT (mimalloc aborts when new fails), SIGSEGV (throwing
+// the std::bad_alloc allocated again) or said only "Resource temporarily unavailable". Under
+// each limit from far too small to enough, it now either runs or ends with a message.
+TEST(Hardening, OutOfMemoryIsAnErrorWithAMessage) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "AddressSanitizer reserves more address space than any of these limits";
+#endif
+  test::TempDir tmp;
+  const std::string m = make_tiny(tmp / "m").string();
+  bool out_of_memory = false;
+  for (const int kib : {20000, 30000, 40000, 50000, 60000, 80000, 120000}) {
+    const Result r = sh("ulimit -v " + std::to_string(kib) + " && exec \"$FERRY\" run -m " +
+                        quote(m) + " --ids '1 2' -n 2 -q");
+    SCOPED_TRACE(kib);
+    ASSERT_TRUE(r.rc == 0 || r.rc == 1) << r.rc << "\n" << r.err;
+    if (r.rc == 1) {
+      EXPECT_NE(r.err.find("ferry: error: "), std::string::npos) << r.err;  // notes may precede
+      EXPECT_TRUE(r.err.find("out of memory") != std::string::npos ||
+                  r.err.find("limit") != std::string::npos)
+          << r.err;
+      out_of_memory = out_of_memory || r.err.find("out of memory") != std::string::npos;
+    }
+  }
+  EXPECT_TRUE(out_of_memory) << "no limit made an allocation fail";
+}
+
+}  // namespace
+}  // namespace ferry
