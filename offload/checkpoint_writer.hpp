@@ -51,9 +51,10 @@ struct WriteOptions {
 // Writes the tensors, in the given order, into directory dir (created if absent). Returns the
 // files written (shards, then the index). Throws IoError naming the file on any write failure,
 // InvalidArgument naming the tensor for a bad TensorSpec (before anything is written).
-// Each file is written as "<name>.partial" and renamed when complete; on any failure, this
-// call's files are removed. Afterwards, files of an older checkpoint of the same format in dir
-// that a reader could mistake for this one (a single file, shards, an index) are removed.
+// Each file is written under a private temporary name beside it and renamed when complete; on
+// any failure (or SIGINT/SIGTERM), this call's files are removed. Afterwards, files of an older
+// checkpoint of the same format in dir that a reader could mistake for this one (a single file,
+// shards, an index) are removed.
 // Output is deterministic: the same tensors and bytes give identical files.
 std::vector<std::filesystem::path> write_checkpoint(const std::filesystem::path& dir,
                                                     const std::vector<TensorSpec>& tensors,

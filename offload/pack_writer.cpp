@@ -12,6 +12,7 @@
 #include "offload/file.hpp"
 #include "runtime/core/aligned_buffer.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/core/file_output.hpp"
 #include "runtime/core/quant.hpp"
 
 namespace ferry::offload {
@@ -62,7 +63,7 @@ void validate(const std::vector<PackBlobSpec>& blobs) {
   }
 }
 
-// Removes the .partial file unless the write completed.
+// Removes the unfinished file unless the write completed.
 struct PartialFile {
   fs::path path;
   bool keep = false;
@@ -97,8 +98,11 @@ uint64_t write_pack(const fs::path& file, const std::vector<PackBlobSpec>& blobs
     largest = std::max(largest, align_up(at, detail::kPackAlignment));
   }
 
-  PartialFile partial{fs::path(file.string() + ".partial")};
-  const UniqueFd fd = open_write(partial.path);
+  // A private name (not a fixed "<file>.partial" two writers would share), removed on errors
+  // and on SIGINT/SIGTERM.
+  PartialFile partial;
+  const UniqueFd fd(create_temp_file_beside(file, partial.path));
+  const RemoveOnSignal remove_on_signal(partial.path);
   AlignedBuffer buffer(std::max<uint64_t>(largest, detail::kPackAlignment), detail::kPackAlignment);
   auto* buf = buffer.as<std::byte>();
 

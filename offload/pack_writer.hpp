@@ -40,8 +40,8 @@ struct PackWriteOptions {
   WriteProgress progress;  // after each blob: bytes of blobs written, and in all
 };
 
-// Writes the pack to file (as "<file>.partial", renamed when complete and synced; removed on
-// failure). Deterministic: the same specs and bytes give the same file. Returns its size.
+// Writes the pack to file (under a private temporary name beside it, renamed when complete and
+// synced; removed on failure and on SIGINT/SIGTERM). Deterministic: the same specs and bytes give the same file. Returns its size.
 // Throws InvalidArgument for a bad spec (before writing) and IoError naming the file.
 uint64_t write_pack(const std::filesystem::path& file, const std::vector<PackBlobSpec>& blobs,
                     const PackFiller& fill, const PackWriteOptions& options = {});

@@ -13,6 +13,7 @@
 #include "runtime/engine/model_files.hpp"
 #include "runtime/backends/registry.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/core/file_output.hpp"
 #include "runtime/core/units.hpp"
 #include "runtime/engine/planning.hpp"
 #include "runtime/model/model_config.hpp"
@@ -316,9 +317,7 @@ Command add_plan(CLI::App& app) {
       j["quant"] = q;
     }
     if (!o->out.empty()) {
-      std::ofstream out(o->out);
-      out << j.dump(2) << "\n";
-      FERRY_EXPECT(static_cast<bool>(out), "could not write the plan to {}", o->out);
+      write_file_atomically(o->out, j.dump(2) + "\n", "the plan");
     }
     if (o->json) {
       fmt::print("{}\n", j.dump(2));

@@ -16,8 +16,8 @@ namespace ferry::offload::detail {
 
 OutputFile::OutputFile(std::filesystem::path final_path, std::size_t buffer_bytes)
     : final_path_(std::move(final_path)),
-      partial_path_(final_path_.string() + ".partial"),
-      fd_(open_write(partial_path_)),
+      fd_(create_temp_file_beside(final_path_, partial_path_)),
+      remove_on_signal_(std::make_unique<RemoveOnSignal>(partial_path_)),
       buffer_(std::make_unique_for_overwrite<std::byte[]>(buffer_bytes)),
       capacity_(buffer_bytes) {}
 

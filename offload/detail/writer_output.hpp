@@ -1,5 +1,5 @@
-// OutputFile: one checkpoint file being written, buffered, under a ".partial" name until it is
-// complete, so an interrupted write never leaves a file that looks whole.
+// OutputFile: one checkpoint file being written, buffered, under a private temporary name beside
+// it until it is complete, so an interrupted write never leaves a file that looks whole.
 #pragma once
 
 #include <cstddef>
@@ -12,6 +12,7 @@
 
 #include "offload/checkpoint_writer.hpp"
 #include "offload/file.hpp"
+#include "runtime/core/file_output.hpp"
 
 namespace ferry::offload::detail {
 
@@ -19,9 +20,10 @@ class Crc32;
 
 class OutputFile {
  public:
-  // Creates (or truncates) "<final_path>.partial". buffer_bytes is the most claim() may ask.
+  // Creates a fresh temporary beside final_path (its own, so two writers never share one).
+  // buffer_bytes is the most claim() may ask.
   OutputFile(std::filesystem::path final_path, std::size_t buffer_bytes);
-  // Removes the .partial file unless commit() succeeded: a failed write leaves nothing behind.
+  // Removes the temporary unless commit() succeeded: a failed write leaves nothing behind.
   ~OutputFile();
   OutputFile(const OutputFile&) = delete;
   OutputFile& operator=(const OutputFile&) = delete;
@@ -38,7 +40,7 @@ class OutputFile {
   uint64_t offset() const { return flushed_bytes_ + used_; }
   const std::filesystem::path& final_path() const { return final_path_; }
 
-  // Flushes, fsyncs, closes and renames the .partial file to its final name.
+  // Flushes, fsyncs, closes and renames the temporary to its final name.
   void commit();
 
  private:
@@ -47,6 +49,7 @@ class OutputFile {
   std::filesystem::path final_path_;
   std::filesystem::path partial_path_;
   UniqueFd fd_;
+  std::unique_ptr<RemoveOnSignal> remove_on_signal_;
   std::unique_ptr<std::byte[]> buffer_;
   std::size_t capacity_ = 0;
   std::size_t used_ = 0;

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "runtime/core/error.hpp"
+#include "runtime/core/file_output.hpp"
 #include "runtime/core/trace_export.hpp"
 
 namespace ferry::trace {
@@ -295,15 +296,7 @@ nlohmann::json to_chrome_json(const TraceData& data) {
 
 void write_text_file(const std::filesystem::path& path, std::string_view text,
                      std::string_view what) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out)
-    throw IoError(errno, fmt::format("cannot write {} to {}; check that the directory exists and "
-                                     "is writable",
-                                     what, path.string()));
-  out << text;
-  out.flush();
-  if (!out)
-    throw IoError(errno ? errno : EIO, fmt::format("writing {} to {} failed", what, path.string()));
+  write_file_atomically(path, text, what);
 }
 
 void write_chrome_trace(const TraceData& data, const std::filesystem::path& path) {

@@ -30,8 +30,8 @@ nlohmann::json to_chrome_json(const TraceData& data);
 // Writes to_chrome_json(data). Throws IoError naming the path when it cannot be written.
 void write_chrome_trace(const TraceData& data, const std::filesystem::path& path);
 
-// Writes text to path (replacing it); `what` names it in the error ("the trace"). Throws IoError
-// naming the path when it cannot be written.
+// Writes text to path (replacing it whole: write_file_atomically); `what` names it in the error
+// ("the trace"). Throws IoError naming the path when it cannot be written.
 void write_text_file(const std::filesystem::path& path, std::string_view text,
                      std::string_view what);
 

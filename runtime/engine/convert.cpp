@@ -1,9 +1,13 @@
 #include "runtime/engine/convert.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -15,6 +19,7 @@
 #include "offload/detail/gguf.hpp"
 #include "offload/pack_writer.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/core/file_output.hpp"
 #include "runtime/core/half.hpp"
 #include "runtime/core/quant.hpp"
 #include "runtime/core/thread_pool.hpp"
@@ -58,11 +63,51 @@ std::string read_text_file(const fs::path& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-void write_text_file(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-  out.flush();
-  FERRY_EXPECT(out.good(), "cannot write {}", path.string());
+// Removes the private directory a conversion is written into unless it was moved into place.
+struct TempDirOwner {
+  fs::path path;
+  ~TempDirOwner() {
+    std::error_code ec;
+    if (!path.empty()) fs::remove_all(path, ec);
+  }
+};
+
+bool is_pack_file_name(const std::string& name) {
+  if (name == "config.json" || name == "model.ferry" || name == "tokenizer.gguf") return true;
+  return std::any_of(std::begin(kSideFiles), std::end(kSideFiles),
+                     [&](const char* side) { return name == side; });
+}
+
+// Moves the finished pack directory `tmp` to `dest`. A new or empty `dest` is renamed whole; one
+// holding only a pack's files is swapped with it in one step (renameat2 RENAME_EXCHANGE), so a
+// reader sees the old pack or the new one. Otherwise (the user keeps other files there) each of
+// the pack's files is renamed over its old self, model.ferry first, and an old side file the
+// new model lacks (a tokenizer of another kind) is removed, so it cannot pair with the new pack.
+void install_pack_dir(const fs::path& tmp, const fs::path& dest) {
+  std::error_code ec;
+  if (fs::is_directory(dest, ec) && fs::is_empty(dest, ec)) fs::remove(dest, ec);
+  if (!fs::exists(dest, ec)) {
+    FERRY_SYSCALL(::rename(tmp.c_str(), dest.c_str()), "cannot move the finished pack {} to {}",
+                  tmp.string(), dest.string());
+    return;
+  }
+  bool only_pack_files = true;
+  for (const auto& e : fs::directory_iterator(dest))
+    only_pack_files = only_pack_files && is_pack_file_name(e.path().filename().string());
+  if (only_pack_files &&
+      ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dest.c_str(), RENAME_EXCHANGE) == 0) {
+    return;  // tmp now holds the old pack, which the caller's TempDirOwner removes
+  }
+  std::vector<std::string> names = {"model.ferry", "config.json", "tokenizer.gguf"};
+  names.insert(names.end(), std::begin(kSideFiles), std::end(kSideFiles));
+  for (const std::string& name : names) {
+    if (fs::exists(tmp / name, ec)) {
+      FERRY_SYSCALL(::rename((tmp / name).c_str(), (dest / name).c_str()),
+                    "cannot move the finished {} into {}", name, dest.string());
+    } else if (::unlink((dest / name).c_str()) != 0 && errno != ENOENT) {
+      FERRY_SYSCALL(-1, "cannot remove the old {} from {}", name, dest.string());
+    }
+  }
 }
 
 // Source rows are read this many bytes at a time.
@@ -198,17 +243,31 @@ ConvertResult convert_model(const fs::path& in, const fs::path& out,
   add(model::head_group(pack_config).spec(WeightRole::lm_head_w), lm_head,
       model::head_group(config).spec(WeightRole::lm_head_w).name);
 
-  fs::create_directories(out);
+  // Everything is written into a private directory beside the destination and moved into place
+  // only when complete: a failed, interrupted or concurrent convert never leaves an old pack
+  // beside a new config.json or tokenizer. Two converts into one destination take turns.
+  fs::path dest = fs::absolute(out).lexically_normal();
+  if (!dest.has_filename()) dest = dest.parent_path();  // "out/"
+  fs::create_directories(dest.parent_path());
+  std::string lock_name = dest.filename().string();
+  lock_name.insert(lock_name.begin(), '.');
+  lock_name.append(".lock");
+  const FileLock lock(dest.parent_path() / lock_name);
+  TempDirOwner staged{make_temp_dir_beside(dest)};
+  const RemoveOnSignal remove_on_signal(staged.path);
+  const fs::path& work = staged.path;
   nlohmann::json tokenizer = nlohmann::json::object();
   for (const char* name : kSideFiles) {
     if (!fs::is_regular_file(in / name, ec)) continue;
-    fs::copy_file(in / name, out / name, fs::copy_options::overwrite_existing);
-    tokenizer[name] = {{"bytes", fs::file_size(in / name)}};
+    const std::string text = read_text_file(in / name);
+    write_file_atomically(work / name, text, name);
+    tokenizer[name] = {{"bytes", text.size()}};
   }
   if (gguf) {
     // The description as ferry read it (GGUF names, the stored rows' rotary), and the file's
     // tokenizer as a GGUF file of metadata only.
-    write_text_file(out / "config.json", pack_config.to_json().dump(2) + "\n");
+    write_file_atomically(work / "config.json", pack_config.to_json().dump(2) + "\n",
+                          "config.json");
     offload::detail::GgufWriter w;
     const auto& md = ck.gguf_header()->metadata;
     const auto& types = ck.gguf_header()->metadata_types;
@@ -220,14 +279,16 @@ ConvertResult convert_model(const fs::path& in, const fs::path& out,
     w.set("general.architecture", offload::detail::GgufType::string,
           md.value("general.architecture", std::string("llama")));
     const std::string header = w.header();
-    write_text_file(out / "tokenizer.gguf", header);
+    write_file_atomically(work / "tokenizer.gguf", header, "tokenizer.gguf");
     tokenizer["tokenizer.gguf"] = {{"bytes", header.size()}};
-  } else if (config.tie_word_embeddings) {
-    nlohmann::json j = nlohmann::json::parse(read_text_file(in / "config.json"));
-    j["tie_word_embeddings"] = false;
-    write_text_file(out / "config.json", j.dump(2) + "\n");
   } else {
-    fs::copy_file(in / "config.json", out / "config.json", fs::copy_options::overwrite_existing);
+    std::string config_text = read_text_file(in / "config.json");
+    if (config.tie_word_embeddings) {
+      nlohmann::json j = nlohmann::json::parse(config_text);
+      j["tie_word_embeddings"] = false;
+      config_text = j.dump(2) + "\n";
+    }
+    write_file_atomically(work / "config.json", config_text, "config.json");
   }
 
   const int64_t group = options.keep ? 0 : quant_group_size(matrices);
@@ -247,14 +308,15 @@ ConvertResult convert_model(const fs::path& in, const fs::path& out,
   wo.metadata = std::move(meta);
   wo.progress = options.progress;
   ConvertResult result;
-  result.pack_file = out / "model.ferry";
   result.source_bytes = ck.total_bytes();
   result.pack_bytes = offload::write_pack(
-      result.pack_file, blobs,
+      work / "model.ferry", blobs,
       [&](std::size_t b, std::size_t t, std::span<std::byte> dst) {
         convert_tensor(ck, *sources[b][t], blobs[b].tensors[t].dtype, dst, pool);
       },
       wo);
+  install_pack_dir(work, dest);
+  result.pack_file = out / "model.ferry";
   return result;
 }
 

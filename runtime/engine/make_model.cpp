@@ -9,8 +9,9 @@
 #include "offload/detail/gguf.hpp"
 #include "offload/file.hpp"
 #include "runtime/core/error.hpp"
-#include "runtime/core/quant.hpp"
+#include "runtime/core/file_output.hpp"
 #include "runtime/core/half.hpp"
+#include "runtime/core/quant.hpp"
 #include "runtime/core/thread_pool.hpp"
 #include "runtime/model/layout.hpp"
 #include "runtime/text/embedded_gpt2.hpp"
@@ -72,10 +73,7 @@ float draw(const Law& law, uint64_t key, uint64_t index) {
 }
 
 void write_text(const std::filesystem::path& p, std::string_view text) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out.write(text.data(), static_cast<std::streamsize>(text.size()));
-  out.close();
-  if (!out) throw IoError(errno, fmt::format("cannot write {}", p.string()));
+  write_file_atomically(p, text, p.filename().string());
 }
 
 }  // namespace

@@ -135,5 +135,74 @@ TEST(Hardening, OutOfMemoryIsAnErrorWithAMessage) {
   EXPECT_TRUE(out_of_memory) << "no limit made an allocation fail";
 }
 
+// Files written with a failed write left 0-byte files behind; now the old file stays whole.
+TEST(Hardening, AFailedWriteLeavesTheOldFileWhole) {
+  test::TempDir tmp;
+  const std::string m = make_tiny(tmp / "m").string();
+  const fs::path plan = tmp / "plan.json";
+  test::write_file(plan, "the old plan\n");
+  // Files may grow to 512 bytes (room for the message on stderr, not for the plan): a write
+  // beyond fails as on a full disk (EFBIG).
+  const Result r =
+      sh("trap '' XFSZ; ulimit -f 1 && exec \"$FERRY\" plan -m " + quote(m) + " -o " +
+         quote(plan.string()));
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find(plan.string()), std::string::npos) << r.err;
+  EXPECT_EQ(test::read_file(plan), "the old plan\n");
+  std::vector<std::string> left;
+  for (const auto& e : fs::directory_iterator(tmp.path())) left.push_back(e.path().filename());
+  EXPECT_EQ(left.size(), 2u) << "a temporary was left behind";
+}
+
+// A convert over an existing pack that fails (here: a source whose weights are truncated) used
+// to have overwritten config.json and the tokenizer first; now the old pack is byte-identical
+// and nothing of the failed attempt is left.
+TEST(Hardening, AFailedConvertLeavesTheOldPackAsItWas) {
+  test::TempDir tmp;
+  const std::string a = make_tiny(tmp / "a", 2).string();
+  const fs::path pack = tmp / "pack";
+  ASSERT_EQ(ferry({"convert", "-m", a, "-o", pack.string(), "--quant", "int8", "-q"}).rc, 0);
+  std::vector<std::pair<fs::path, std::string>> before;
+  for (const auto& e : fs::directory_iterator(pack))
+    before.emplace_back(e.path(), test::read_file(e.path()));
+  std::sort(before.begin(), before.end());
+
+  const fs::path b = make_tiny(tmp / "b", 3);
+  test::write_file(b / "tokenizer_config.json", "{}");
+  for (const auto& e : fs::directory_iterator(b)) {
+    const std::string ext = e.path().extension();
+    if (ext == ".safetensors" || ext == ".bin") fs::resize_file(e.path(), fs::file_size(e) / 2);
+  }
+  const Result r = ferry({"convert", "-m", b.string(), "-o", pack.string(), "-q"});
+  EXPECT_EQ(r.rc, 1) << r.err;
+  std::vector<std::pair<fs::path, std::string>> after;
+  for (const auto& e : fs::directory_iterator(pack))
+    after.emplace_back(e.path(), test::read_file(e.path()));
+  std::sort(after.begin(), after.end());
+  EXPECT_EQ(after, before);
+  for (const auto& e : fs::directory_iterator(tmp.path()))
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+}
+
+// Two converts into one directory both wrote model.ferry.partial: one reported success for the
+// other's (or a corrupt) pack. Now they take turns, and the pack is one model's, whole.
+TEST(Hardening, TwoConvertsIntoOneDirectoryTakeTurns) {
+  test::TempDir tmp;
+  const std::string a = make_tiny(tmp / "a", 2).string();
+  const std::string b = make_tiny(tmp / "b", 3).string();
+  const std::string pack = (tmp / "pack").string();
+  const Result r = sh("\"$FERRY\" convert -m " + quote(a) + " -o " + quote(pack) +
+                      " -q & a=$!; \"$FERRY\" convert -m " + quote(b) + " -o " + quote(pack) +
+                      " -q & b=$!; wait $a && wait $b");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const Result v = ferry({"verify", "-m", pack, "-q"});
+  EXPECT_EQ(v.rc, 0) << v.err;
+  const Result i = ferry({"inspect", "-m", pack});
+  ASSERT_EQ(i.rc, 0) << i.err;
+  const bool three = i.out.find("layer 2") != std::string::npos;
+  const std::string config = test::read_file(fs::path(pack) / "config.json");
+  EXPECT_EQ(config, test::read_file(fs::path(three ? b : a) / "config.json"));
+}
+
 }  // namespace
 }  // namespace ferry
