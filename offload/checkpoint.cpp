@@ -21,6 +21,7 @@
 #include "offload/detail/torch_zip.hpp"
 #include "offload/file.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/core/json_parse.hpp"
 
 namespace ferry::offload {
 
@@ -319,13 +320,7 @@ std::unique_ptr<Checkpoint::Impl> open_index(const fs::path& index_path) {
   std::string text(index_size, '\0');
   pread_full(index_fd.get(), text.data(), text.size(), 0, index_path, "the index");
 
-  nlohmann::json index;
-  try {
-    index = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    FERRY_FORMAT_EXPECT(false, "{}: index is not valid JSON ({}); download it again", src,
-                        e.what());
-  }
+  const nlohmann::json index = parse_json_strict(text, src + ": index", "download it again");
   FERRY_FORMAT_EXPECT(
       index.is_object() && index.contains("weight_map") && index["weight_map"].is_object(),
       "{}: index has no \"weight_map\" object; download it again", src);

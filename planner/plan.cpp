@@ -298,7 +298,8 @@ bool fits(const Prediction& p, const Budgets& b, bool cuda) {
     const uint64_t need = budget_for(min_ram, exact);
     std::string msg = fmt::format(
         "{} needs at least {} of RAM with every layer streamed ({} for 2 staging slots of {}, "
-        "{} of KV cache at --ctx {}, {} for activations and the runtime, and a margin of {}) "
+        "{} of KV cache for a context of {} tokens, {} for activations and the runtime, and a "
+        "margin of {}) "
         "but {} allows {}; raise --max-ram to at least {}",
         r.model, format_bytes(need), format_bytes(2 * piece),
         piece < slot ? fmt::format("{} pieces of the layers", format_bytes(piece))
@@ -310,8 +311,12 @@ bool fits(const Prediction& p, const Budgets& b, bool cuda) {
     const uint64_t other = r.host_fixed_bytes + 2 * piece;
     if (r.kv_bytes_per_context_token > 0 && usable > other) {
       const auto ctx = static_cast<int64_t>((usable - other) / r.kv_bytes_per_context_token);
-      if (ctx >= 1 && ctx < r.context)
-        msg += fmt::format(", or use a smaller --ctx (--ctx {} fits)", ctx);
+      if (ctx >= 1 && ctx < r.context) {
+        msg += r.context_hint.empty()
+                   ? fmt::format(", or use a smaller --ctx (--ctx {} fits)", ctx)
+                   : fmt::format(", or {} (a context of {} tokens fits; this needs {})",
+                                 r.context_hint, ctx, r.context);
+      }
     }
     if (r.compression == PlanRequest::Compression::none)
       msg += ", or use a compressed pack (ferry convert --quant int8 or int4)";
@@ -332,12 +337,13 @@ bool fits(const Prediction& p, const Budgets& b, bool cuda) {
         format_bytes(plan.vram_budget_bytes)));
   throw PlanError(fmt::format(
       "{} needs at least {} of RAM on a GPU machine with every layer streamed ({} for the CUDA "
-      "driver, {} for 2 pinned staging slots, {} of KV cache at --ctx {} when VRAM cannot hold "
-      "it, {} for the runtime) but {} allows {}; raise --max-ram to at least {}, or use a "
-      "smaller --ctx",
+      "driver, {} for 2 pinned staging slots, {} of KV cache for a context of {} tokens when VRAM "
+      "cannot hold "
+      "it, {} for the runtime) but {} allows {}; raise --max-ram to at least {}, or {}",
       r.model, format_bytes(budget_for(min_ram, exact)), format_bytes(g.host_context_bytes),
       format_bytes(2 * slot), format_bytes(r.kv_bytes), r.context, format_bytes(r.host_fixed_bytes),
-      ram_source, format_bytes(plan.ram_budget_bytes), format_bytes(budget_for(min_ram, exact))));
+      ram_source, format_bytes(plan.ram_budget_bytes), format_bytes(budget_for(min_ram, exact)),
+      r.context_hint.empty() ? "use a smaller --ctx" : r.context_hint));
 }
 
 }  // namespace

@@ -47,6 +47,9 @@ struct PlanRequest {
   int batch = 1;                            // sequences
   uint64_t kv_bytes = 0;                    // the whole KV cache, as the backend stores it
   uint64_t kv_bytes_per_context_token = 0;  // kv_bytes / context, to suggest a smaller --ctx
+  // How the user shortens the context, for refusals: empty means the --ctx flag; `ferry run`
+  // (which has none: its context is the prompt plus -n) says "generate fewer tokens (-n) …".
+  std::string context_hint;
   uint64_t host_fixed_bytes = 0;            // runtime, activations, norms and biases on the host
   uint64_t device_fixed_bytes = 0;          // activations and workspace on the GPU (cuda)
   uint32_t io_queue_depth = 16;

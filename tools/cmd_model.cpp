@@ -179,7 +179,8 @@ Command add_make_model(CLI::App& app) {
       ->check(CLI::IsMember({"safetensors", "torch"}));
   cmd->add_option("--shard-size", o->shard_size,
                   "split into shards of at most this size, e.g. 2GiB");
-  cmd->add_option("--seed", o->seed, "weights are a function of the seed");
+  cmd->add_option("--seed", o->seed, "weights are a function of the seed")
+      ->check(no_minus_sign());
   cmd->add_option("--gguf", o->gguf,
                   "write one GGUF file (-o FILE.gguf) instead of a directory, its matrices as "
                   "llama-quantize types them: f32 | f16 | q8_0 | q4_0 | q4_k_m | q5_k_m | q6_k "

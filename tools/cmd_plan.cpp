@@ -14,6 +14,7 @@
 #include "runtime/backends/registry.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/file_output.hpp"
+#include "runtime/core/json_parse.hpp"
 #include "runtime/core/units.hpp"
 #include "runtime/engine/planning.hpp"
 #include "runtime/model/model_config.hpp"
@@ -118,17 +119,8 @@ std::size_t choose_quant(const std::vector<QuantCandidate>& c, double goal, std:
 }  // namespace
 
 planner::Plan read_plan_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw InvalidArgument(fmt::format("cannot open the plan {}", path));
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw InvalidArgument(
-        fmt::format("the plan {} is not valid JSON ({}); write plans with "
-                    "`ferry plan --json -o FILE`",
-                    path, e.what()));
-  }
+  const nlohmann::json j =
+      read_json_file(path, "write plans with `ferry plan --json -o FILE`", uint64_t{64} << 20);
   try {
     return planner::plan_from_json(j);
   } catch (const InvalidArgument& e) {
@@ -160,11 +152,12 @@ Command add_plan(CLI::App& app) {
                   "plan for a ferry pack: f16 | int8 | int4 | int4-g128, or auto: the least "
                   "compression that fits (and meets --goal)");
   cmd->add_option("--goal", o->goal, "with --quant auto: the s/token the choice must reach")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   cmd->add_option("--ctx", o->ctx,
                   "KV cache tokens per sequence (default: the model's context, at most 4096)")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--batch", o->batch, "sequences decoded together")->check(CLI::PositiveNumber);
+      ->check(whole_number(1, int64_t{1} << 24));
+  cmd->add_option("--batch", o->batch, "sequences decoded together")
+      ->check(whole_number(1, int64_t{1} << 16));
   cmd->add_option("--slots", o->slots, "fix the host staging slot count (default: searched)")
       ->check(CLI::Range(2, 64));
   cmd->add_flag("--json", o->json, "print the plan as JSON");

@@ -6,6 +6,7 @@
 
 #include "runtime/engine/model_files.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/core/file_output.hpp"
 #include "runtime/core/units.hpp"
 #include "runtime/profile/html_report.hpp"
 #include "runtime/profile/policy.hpp"
@@ -46,7 +47,7 @@ void add_profile_flags(CLI::App* cmd, ProfileFlags& f) {
 profile::ProfileOptions profile_options(const ProfileFlags& f) {
   profile::ProfileOptions o;
   o.model_dir = f.model;
-  if (!f.max_ram.empty()) o.load.max_ram_bytes = parse_size(f.max_ram);
+  if (!f.max_ram.empty()) o.load.max_ram_bytes = parse_max_ram(f.max_ram);
   if (!f.io.empty()) o.load.io.backend = offload::parse_io_backend(f.io);
   o.prompt = !f.ids.empty() ? parse_ids(f.ids)
                             : engine::read_tokenizer(f.model).encode(
@@ -80,6 +81,9 @@ Command add_profile(CLI::App& app) {
   return [o] {
     FERRY_EXPECT(!o->no_trace || (o->trace.empty() && o->report.empty()),
                  "--no-trace records nothing for --trace or --report; drop one or the other");
+    // Bad output paths are refused now, not after the whole profile.
+    if (!o->trace.empty()) check_writable(o->trace, "--trace");
+    if (!o->report.empty()) check_writable(o->report, "--report");
     profile::ProfileOptions po = profile_options(o->flags);
     po.trace = !o->no_trace;
     if (!o->policy.empty()) profile::apply_policy(profile::load_policy(o->policy), po.load);
@@ -127,6 +131,7 @@ Command add_tune(CLI::App& app) {
   cmd->add_option("--trials", o->trials, "trial runs, the default policy's included")
       ->check(CLI::Range(1, 10000));
   return [o] {
+    check_writable(o->out, "-o");  // now, not after the trials
     const profile::ProfileOptions po = profile_options(o->flags);
     profile::TuneOptions to;
     to.model_dir = po.model_dir;

@@ -13,6 +13,7 @@
 #include "runtime/engine/model_files.hpp"
 #include "runtime/backends/registry.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/core/file_output.hpp"
 #include "runtime/core/units.hpp"
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/generate.hpp"
@@ -90,7 +91,7 @@ engine::LoadOptions load_options(const LoadFlags& f, const model::ModelConfig& c
                                  int64_t context, int64_t rows, int64_t logit_rows) {
   engine::LoadOptions o;
   if (f.mmap) o.placement = engine::Placement::all(config, offload::Tier::mapped);
-  if (!f.max_ram.empty()) o.max_ram_bytes = parse_size(f.max_ram);
+  if (!f.max_ram.empty()) o.max_ram_bytes = parse_max_ram(f.max_ram);
   if (!f.policy.empty()) profile::apply_policy(profile::load_policy(f.policy), o);
   if (!f.io.empty()) o.io.backend = offload::parse_io_backend(f.io);
   if (!f.plan.empty()) o.plan = read_plan_file(f.plan);
@@ -174,12 +175,13 @@ Command add_run(CLI::App& app) {
   auto* p = cmd->add_option("-p,--prompt", o->prompt, "prompt text");
   auto* i = cmd->add_option("--ids", o->ids, "prompt as token ids, e.g. \"15496 995\"");
   p->excludes(i);
-  cmd->add_option("-n,--n-tokens", o->n, "new tokens to generate")->check(CLI::NonNegativeNumber);
+  cmd->add_option("-n,--n-tokens", o->n, "new tokens to generate")
+      ->check(whole_number(0, int64_t{1} << 24));
   cmd->add_option("--temperature", o->temperature, "0 = greedy (default)")
       ->envname("FERRY_TEMPERATURE");
   cmd->add_option("--top-k", o->top_k, "sample from the k most likely tokens (0 = all)");
   cmd->add_option("--top-p", o->top_p, "nucleus sampling threshold in (0, 1]");
-  cmd->add_option("--seed", o->seed, "random seed for sampling");
+  cmd->add_option("--seed", o->seed, "random seed for sampling")->check(no_minus_sign());
   cmd->add_flag("--print-ids", o->print_ids, "end with a JSON array of the generated ids");
   cmd->add_flag("--ignore-eos", o->ignore_eos, "keep going after <|endoftext|>");
   cmd->add_flag("-q,--quiet", o->quiet, "no statistics on stderr");
@@ -203,6 +205,8 @@ Command add_run(CLI::App& app) {
         o->ids.empty() ? tok->encode(o->prompt, /*add_special=*/true) : parse_ids(o->ids);
 
     // The KV cache and activations are sized for this request, not for the model's context.
+    // A bad output path is refused now, not after the whole run.
+    if (!o->trace.empty()) check_writable(o->trace, "--trace");
     const auto config = engine::read_model_config(o->model);
     const int64_t n_prompt = static_cast<int64_t>(prompt.size());
     engine::check_prompt_length(n_prompt, model::max_context(config));
@@ -210,6 +214,7 @@ Command add_run(CLI::App& app) {
         std::min<int64_t>(model::max_context(config), n_prompt + std::max<int64_t>(o->n, 1));
     engine::LoadOptions lo = load_options(o->load, config, context, n_prompt, 1);
     lo.attended_tokens = n_prompt + o->n / 2;  // the middle of decoding, for the prediction
+    lo.context_hint = "generate fewer tokens with -n, or shorten the prompt";
     DeviceRun dev;
     dev.open(o->device, o->max_vram, o->load.mmap, lo);
     if (!o->trace.empty()) trace::tracer().start();
@@ -372,13 +377,13 @@ Command add_perplexity(CLI::App& app) {
                   "also run this model (e.g. the checkpoint a pack was converted from) on the same "
                   "windows and compare; the two share the RAM (and VRAM) budget half and half");
   cmd->add_option("--ctx", o->ctx, "tokens per window (default 512, or n_positions when smaller)")
-      ->check(CLI::PositiveNumber);
+      ->check(whole_number(1, int64_t{1} << 24));
   cmd->add_option("--stride", o->stride,
                   "tokens a window advances; each window scores only the tokens no earlier one did "
                   "(default ctx / 2)")
-      ->check(CLI::PositiveNumber);
+      ->check(whole_number(1, int64_t{1} << 24));
   cmd->add_option("--max-tokens", o->max_tokens, "score only the text's first N tokens")
-      ->check(CLI::PositiveNumber);
+      ->check(whole_number(1, int64_t{1} << 40));
   cmd->add_flag("--json", o->json, "also print the results as JSON on the last line");
   cmd->add_flag("-q,--quiet", o->quiet, "no plans or progress on stderr");
   add_device_options(cmd, o->device, o->max_vram);

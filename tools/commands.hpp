@@ -39,6 +39,16 @@ planner::Plan read_plan_file(const std::string& path);
 // "15496 995" or "15496,995" → ids. Throws InvalidArgument naming the bad entry.
 std::vector<int32_t> parse_ids(const std::string& text);
 
+// Validators whose refusals say the allowed range in words (CLI11's PositiveNumber printed
+// "not in range 1 to 1.797693e+308", all 309 digits of it).
+CLI::Validator whole_number(int64_t lo, int64_t hi);  // an integer in [lo, hi]
+CLI::Validator positive_number();                     // a real number > 0
+CLI::Validator no_minus_sign();  // an unsigned value: "-1" would wrap to 2^64 - 1
+
+// --max-ram's value in bytes. More than the machine (or this process's memory cgroup) has is
+// refused: the plan would place more in RAM than fits, and the run would swap or be killed.
+uint64_t parse_max_ram(const std::string& text);
+
 // Writes to stderr and never throws: a full or closed stderr must not turn a note into an
 // error, nor an error message into an abort (fmt::print throws when the write fails).
 void eprint_text(std::string_view text) noexcept;

@@ -1,10 +1,13 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
+#include "planner/memory_probe.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/units.hpp"
 #include "tools/commands.hpp"
@@ -16,6 +19,58 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 }  // namespace
+
+CLI::Validator whole_number(int64_t lo, int64_t hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& s) -> std::string {
+        int64_t v = 0;
+        const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+        if (ec == std::errc() && end == s.data() + s.size() && v >= lo && v <= hi) return "";
+        return fmt::format("'{}' is not a whole number from {} to {}", s, lo, hi);
+      },
+      fmt::format("INT in [{}, {}]", lo, hi));
+}
+
+CLI::Validator positive_number() {
+  return CLI::Validator(
+      [](std::string& s) -> std::string {
+        double v = 0;
+        const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+        if (ec == std::errc() && end == s.data() + s.size() && v > 0 && std::isfinite(v))
+          return "";
+        return fmt::format("'{}' is not a positive number", s);
+      },
+      "NUMBER > 0");
+}
+
+CLI::Validator no_minus_sign() {
+  return CLI::Validator(
+      [](std::string& s) -> std::string {
+        if (s.find('-') == std::string::npos) return "";
+        return fmt::format("'{}' is negative; give a whole number from 0 to 2^64 - 1", s);
+      },
+      "");
+}
+
+uint64_t parse_max_ram(const std::string& text) {
+  const uint64_t bytes = parse_size(text);
+  const long pages = ::sysconf(_SC_PHYS_PAGES);
+  const long page = ::sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0) return bytes;
+  uint64_t total = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page);
+  std::string what = fmt::format("this machine's {} of RAM", format_bytes(total));
+  const planner::RamProbe probe = planner::probe_ram();
+  if (probe.cgroup_limit_bytes && *probe.cgroup_limit_bytes < total) {
+    total = *probe.cgroup_limit_bytes;
+    what = fmt::format("the {} limit of memory cgroup {}", format_bytes(total), probe.cgroup_path);
+  }
+  FERRY_EXPECT(bytes <= total,
+               "--max-ram {} is more than {}; the plan would place more in RAM than fits and the "
+               "run would swap or be killed — give at most {}, or leave --max-ram out to use "
+               "what is free",
+               text, what, format_bytes(total));
+  return bytes;
+}
 
 void eprint_text(std::string_view text) noexcept {
   // Unbuffered stderr: one fwrite is one write(2). Its failure is ignored on purpose.

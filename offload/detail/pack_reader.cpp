@@ -8,6 +8,7 @@
 #include "offload/detail/pack_format.hpp"
 #include "offload/detail/xxhash64.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/core/json_parse.hpp"
 #include "runtime/core/quant.hpp"
 #include "runtime/core/thread_pool.hpp"
 
@@ -121,13 +122,8 @@ PackContents read_pack(uint64_t file_size, const ReadAt& read_at, const std::str
                       "{}: the pack header fails its checksum; the file is damaged — convert or "
                       "copy it again",
                       source);
-  json h;
-  try {
-    h = json::parse(text);
-  } catch (const json::exception& e) {
-    FERRY_FORMAT_EXPECT(false, "{}: the pack header is not valid JSON ({}); convert it again",
-                        source, e.what());
-  }
+  const json h = parse_json_strict(text, fmt::format("{}: the pack header", source),
+                                   "the pack is damaged — convert it again");
   FERRY_FORMAT_EXPECT(
       h.is_object() && field<std::string>(h, "format", "top level", source) == "ferry-pack",
       "{}: the header does not say \"format\": \"ferry-pack\"; convert it again", source);

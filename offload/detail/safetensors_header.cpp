@@ -8,6 +8,7 @@
 #include <string>
 
 #include "runtime/core/error.hpp"
+#include "runtime/core/json_parse.hpp"
 
 namespace ferry::offload::detail {
 
@@ -121,13 +122,8 @@ uint64_t parse_safetensors_header_length(const unsigned char (&prefix)[8], uint6
 
 FileTensors parse_safetensors_header(std::string_view json_text, uint64_t data_start,
                                      uint64_t data_nbytes, std::string_view source) {
-  json header;
-  try {
-    header = json::parse(json_text);
-  } catch (const json::exception& e) {
-    FERRY_FORMAT_EXPECT(false, "{}: safetensors header is not valid JSON ({}); {}", source,
-                        e.what(), kRedownload);
-  }
+  const json header =
+      parse_json_strict(json_text, fmt::format("{}: safetensors header", source), kRedownload);
   FERRY_FORMAT_EXPECT(header.is_object(), "{}: safetensors header is not a JSON object; {}", source,
                       kRedownload);
 

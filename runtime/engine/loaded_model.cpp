@@ -46,6 +46,7 @@ LoadedModel load_model(const std::filesystem::path& dir, LoadOptions options) {
     po.max_logit_rows = options.max_logit_rows;
     po.max_seqs = options.max_seqs;
     po.attended_tokens = options.attended_tokens;
+    po.context_hint = options.context_hint;
     po.io_queue_depth = options.io.queue_depth;
     po.forced_host_slots = options.slot_count.value_or(0);
     po.backend = options.backend;

@@ -269,6 +269,7 @@ planner::PlanRequest plan_request(const model::ModelConfig& config,
   r.backend = o.backend;
   r.machine = machine;
   r.context = context;
+  r.context_hint = o.context_hint;
   r.batch = o.max_seqs;
   r.io_queue_depth = o.io_queue_depth;
   r.forced_host_slots = o.forced_host_slots;

@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "runtime/core/error.hpp"
+#include "runtime/core/json_parse.hpp"
 
 namespace ferry::model {
 
@@ -15,8 +18,12 @@ namespace {
 
 int64_t get_int(const json& j, const char* key, int64_t fallback, const std::string& source) {
   if (!j.contains(key) || j[key].is_null()) return fallback;
-  FERRY_FORMAT_EXPECT(j[key].is_number_integer(), "{}: '{}' must be an integer, found {}", source,
-                      key, j[key].dump());
+  // A number above 2^63 - 1 is unsigned in nlohmann; read as int64 it would turn negative.
+  FERRY_FORMAT_EXPECT(j[key].is_number_integer() &&
+                          !(j[key].is_number_unsigned() &&
+                            j[key].get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)),
+                      "{}: '{}' must be an integer (at most 2^63 - 1), found {}", source, key,
+                      j[key].dump());
   return j[key].get<int64_t>();
 }
 
@@ -381,14 +388,9 @@ int64_t default_context(const ModelConfig& c) { return std::min<int64_t>(max_con
 
 std::vector<int32_t> generation_eos_ids(const std::filesystem::path& dir, const ModelConfig& c) {
   const auto path = dir / "generation_config.json";
-  std::ifstream in(path);
-  if (!in.good()) return c.eos_token_ids;
-  json j;
-  try {
-    j = json::parse(in);
-  } catch (const json::parse_error& e) {
-    throw FormatError(fmt::format("{}: malformed JSON: {}", path.string(), e.what()));
-  }
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return c.eos_token_ids;
+  const json j = read_json_file(path, "fix or remove it");
   FERRY_FORMAT_EXPECT(j.is_object(), "{}: expected a JSON object", path.string());
   auto ids = get_ids(j, "eos_token_id", path.string());
   return ids.empty() ? c.eos_token_ids : ids;
@@ -403,17 +405,15 @@ std::string ModelConfig::summary() const {
 }
 
 ModelConfig ModelConfig::from_file(const std::filesystem::path& config_json) {
-  std::ifstream in(config_json);
-  FERRY_FORMAT_EXPECT(in.good(),
+  std::error_code ec;
+  FERRY_FORMAT_EXPECT(std::filesystem::exists(config_json, ec),
                       "cannot read {}: a model directory needs the config.json that Hugging Face "
                       "ships with the weights",
                       config_json.string());
-  json j;
-  try {
-    j = json::parse(in);
-  } catch (const json::parse_error& e) {
-    throw FormatError(fmt::format("{}: malformed JSON: {}", config_json.string(), e.what()));
-  }
+  // Missing, a directory, unreadable, huge or not JSON (a number like 1e400 included): each
+  // named with the file.
+  const json j = read_json_file(config_json, "fix it, or download the model's config.json again",
+                                uint64_t{16} << 20);
   return from_json(j, config_json.string());
 }
 

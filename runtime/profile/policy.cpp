@@ -7,6 +7,7 @@
 #include <set>
 
 #include "runtime/core/error.hpp"
+#include "runtime/core/json_parse.hpp"
 #include "runtime/core/trace_export.hpp"
 #include "runtime/core/units.hpp"
 
@@ -149,19 +150,10 @@ Policy policy_from_json(const json& j, std::string_view source) {
 }
 
 Policy load_policy(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw InvalidArgument(
-        fmt::format("cannot read the policy {}; write one with ferry tune -m "
-                    "DIR --max-ram SIZE -o {}",
-                    path.string(), path.string()));
-  json j;
-  try {
-    j = json::parse(in);
-  } catch (const json::parse_error& e) {
-    throw InvalidArgument(fmt::format("{} is not valid JSON ({}); write a new one with ferry tune",
-                                      path.string(), e.what()));
-  }
+  // Missing, a directory, unreadable, not JSON (1e400 and duplicate keys included): each named.
+  const json j = read_json_file(
+      path, fmt::format("write one with ferry tune -m DIR --max-ram SIZE -o {}", path.string()),
+      uint64_t{1} << 20);
   return policy_from_json(j, path.string());
 }
 

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "runtime/core/error.hpp"
+#include "runtime/core/json_parse.hpp"
 #include "runtime/text/detail/bpe_model.hpp"
 #include "runtime/text/detail/byte_alphabet.hpp"
 #include "runtime/text/detail/json_fields.hpp"
@@ -53,12 +54,9 @@ std::string read_file(const fs::path& path) {
   return bytes;
 }
 
+// Strict: a token or a merge listed twice under one key is refused, not silently the last.
 json parse_json(std::string_view text, std::string_view source) {
-  try {
-    return json::parse(text);
-  } catch (const json::parse_error& e) {
-    throw FormatError(fmt::format("{}: malformed JSON: {}", source, e.what()));
-  }
+  return parse_json_strict(text, source, "fix the file or download the tokenizer again");
 }
 
 // A token id from JSON, or nullopt when it is not an integer in [0, kMaxTokenId].

@@ -120,6 +120,18 @@ TEST(Safetensors, MalformedJson) {
   EXPECT_THAT(msg, HasSubstr("model.safetensors"));
 }
 
+// A tensor named twice in the header: nlohmann kept the last entry silently (and the message a
+// user saw spoke of overlapping shards); now the name is refused as it is.
+TEST(Safetensors, ATensorNamedTwiceIsRefused) {
+  test::TempDir tmp;
+  const std::string msg = open_error(
+      tmp, test::make_safetensors(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                                  R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                                  "xxxxxxxx"));
+  EXPECT_THAT(msg, HasSubstr("safetensors header: the key \"a\" appears twice"));
+  EXPECT_THAT(msg, HasSubstr("model.safetensors"));
+}
+
 TEST(Safetensors, HeaderIsNotAnObject) {
   EXPECT_THAT(test::error_text<FormatError>(
                   [] { detail::parse_safetensors_header("[1,2]", 8, 0, "m.safetensors"); }),

@@ -312,7 +312,7 @@ TEST(MalformedTokenizerJson, ErrorsNameTheFileAndTheField) {
   expect_refused(spm_json(), {"tokenizer_config.json", "eos_token", "<eos>"},
                  {{"eos_token", "<eos>"}});
   expect_format_error([] { (void)Tokenizer::from_json_strings("{\"model\": [", "", "t.json"); },
-                      {"t.json", "malformed JSON"});
+                      {"t.json", "is not valid JSON"});
 }
 
 }  // namespace

@@ -152,7 +152,7 @@ TEST(TokenizerJson, RefusesWhatItCannotReproduce) {
   expect_format_error(load, {path.string(), "added_tokens[0]"});
 
   write_file(path, "{\"model\": ");
-  expect_format_error(load, {path.string(), "malformed JSON"});
+  expect_format_error(load, {path.string(), "is not valid JSON"});
 }
 
 TEST(VocabAndMerges, LoadFromAModelDirectory) {
@@ -192,7 +192,7 @@ TEST(VocabAndMerges, BadFilesAreNamedWithTheProblem) {
   expect_format_error(load, {vocab.string(), "cannot open"});  // missing
 
   write_file(vocab, "{\"a\": 1,");
-  expect_format_error(load, {vocab.string(), "malformed JSON"});
+  expect_format_error(load, {vocab.string(), "is not valid JSON"});
 
   write_file(vocab, "[1, 2]");
   expect_format_error(load, {vocab.string(), "object"});

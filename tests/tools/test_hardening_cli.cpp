@@ -204,5 +204,46 @@ TEST(Hardening, TwoConvertsIntoOneDirectoryTakeTurns) {
   EXPECT_EQ(config, test::read_file(fs::path(three ? b : a) / "config.json"));
 }
 
+// Refusals that were unreadable, wrong or missing: CLI11's ranges up to 1.797693e+308 (309
+// digits), `run` advising a --ctx it does not have, --seed -1 silently 2^64 - 1, --max-ram
+// beyond the machine accepted, a bad --trace path reported only after the whole run.
+TEST(Hardening, RefusalsNameTheFlagAndTheFix) {
+  test::TempDir tmp;
+  const std::string m = make_tiny(tmp / "m").string();
+  struct Case {
+    std::vector<std::string> args;
+    std::string must_say;
+  };
+  const std::vector<Case> cases = {
+      {{"run", "-m", m, "--ids", "1", "-n", "-1"}, "'-1' is not a whole number from 0 to"},
+      {{"perplexity", "-m", m, "--ids", "1 2 3", "--ctx", "0"}, "'0' is not a whole number from 1"},
+      {{"perplexity", "-m", m, "--ids", "1 2 3", "--stride", "0"}, "'0' is not a whole number"},
+      {{"plan", "-m", m, "--ctx", "0"}, "'0' is not a whole number from 1"},
+      {{"run", "-m", m, "--ids", "1", "--seed", "-1"}, "'-1' is negative"},
+      {{"run", "-m", m, "--ids", "1", "--max-ram", "1000000TiB"}, "--max-ram 1000000TiB is more"},
+      {{"run", "-m", m, "--ids", "1", "--trace", (tmp / "no" / "t.json").string()},
+       "--trace " + (tmp / "no" / "t.json").string() + ": the directory"},
+  };
+  for (const auto& c : cases) {
+    const Result r = ferry(c.args);
+    EXPECT_NE(r.rc, 0) << c.must_say;
+    EXPECT_NE(r.err.find(c.must_say), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("e+308"), std::string::npos) << r.err;
+    EXPECT_TRUE(r.out.empty()) << "ran anyway: " << r.out;
+  }
+  // A context that does not fit: run has no --ctx; its context is the prompt plus -n.
+  const fs::path wide = tmp / "wide";
+  ASSERT_EQ(ferry({"make-model", "--preset", "tiny", "--n-layer", "8", "--n-embd", "256",
+                   "--n-head", "4", "--rotary-dim", "8", "--n-positions", "65536", "-o",
+                   wide.string(), "-q"})
+                .rc,
+            0);
+  const Result r = ferry({"run", "-m", wide.string(), "--ids", "1 2", "-n", "60000", "--max-ram",
+                          "200MiB", "-q"});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("generate fewer tokens with -n"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("--ctx"), std::string::npos) << r.err;
+}
+
 }  // namespace
 }  // namespace ferry

@@ -11,6 +11,7 @@ namespace ferry::model {
 namespace {
 
 using nlohmann::json;
+namespace fs = std::filesystem;
 
 json tiny_json() {
   return json::parse(test::read_file(test::data_dir() / "gptj/tiny-f32/config.json"));
@@ -84,6 +85,42 @@ TEST(ModelConfig, InconsistentShapes) {
   EXPECT_NE(error_of(j).find("positive"), std::string::npos);
 }
 
+// What config.json may hold that was reported badly: a number beyond int64 shown as -1, one
+// beyond double as a raw JSON exception without the file, a key given twice silently taking the
+// last, and a config.json that is a directory giving a libstdc++ message without the path.
+TEST(ModelConfig, OutOfRangeNumbersDuplicatesAndDirectoriesNameTheFile) {
+  const std::string tiny = tiny_json().dump();
+  const auto error_of_file = [](const fs::path& dir) {
+    try {
+      ModelConfig::from_model_dir(dir);
+    } catch (const FormatError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  test::TempDir dir;
+  const std::string path = (dir / "config.json").string();
+  nlohmann::json j = tiny_json();
+  j["n_layer"] = UINT64_MAX;
+  test::write_file(dir / "config.json", j.dump());
+  std::string msg = error_of_file(dir.path());
+  EXPECT_NE(msg.find("'n_layer' must be an integer (at most 2^63 - 1), found 18446744073709551615"),
+            std::string::npos)
+      << msg;
+  test::write_file(dir / "config.json",
+                   tiny.substr(0, tiny.size() - 1) + ", \"unused_epsilon\": 1e400}");
+  msg = error_of_file(dir.path());
+  EXPECT_NE(msg.find(path), std::string::npos) << msg;
+  EXPECT_NE(msg.find("1e400"), std::string::npos) << msg;
+  test::write_file(dir / "config.json", tiny.substr(0, tiny.size() - 1) + ", \"n_layer\": 7}");
+  msg = error_of_file(dir.path());
+  EXPECT_NE(msg.find(path + ": the key \"n_layer\" appears twice"), std::string::npos) << msg;
+  fs::remove(dir / "config.json");
+  fs::create_directory(dir / "config.json");
+  msg = error_of_file(dir.path());
+  EXPECT_NE(msg.find(path + " is a directory"), std::string::npos) << msg;
+}
+
 TEST(ModelConfig, MalformedAndMissingFiles) {
   test::TempDir dir;
   test::write_file(dir / "config.json", "{\"model_type\": \"gptj\", ");
@@ -91,7 +128,7 @@ TEST(ModelConfig, MalformedAndMissingFiles) {
     ModelConfig::from_model_dir(dir.path());
     ADD_FAILURE() << "accepted malformed JSON";
   } catch (const FormatError& e) {
-    EXPECT_NE(std::string(e.what()).find("malformed JSON"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("is not valid JSON"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("config.json"), std::string::npos) << e.what();
   }
   try {
