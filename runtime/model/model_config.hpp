@@ -83,7 +83,8 @@ struct ModelConfig {
   std::vector<float> rope_freq_factors;
 
   bool is_llama_family() const { return model_type != "gptj"; }
-  int64_t head_dim() const { return head_dim_ > 0 ? head_dim_ : n_embd / n_head; }
+  // 0 for a config with no heads (validate() refuses it; parsing asks before validating).
+  int64_t head_dim() const { return head_dim_ > 0 ? head_dim_ : n_head > 0 ? n_embd / n_head : 0; }
   int64_t q_dim() const { return n_head * head_dim(); }      // q_proj's rows
   int64_t kv_dim() const { return n_kv_head * head_dim(); }  // k_proj's and v_proj's rows
   // The rotary inverse frequencies (rotary_dim / 2 of them) as Hugging Face computes them in

@@ -83,6 +83,10 @@ TEST(ModelConfig, InconsistentShapes) {
   j = tiny_json();
   j["n_layer"] = 0;
   EXPECT_NE(error_of(j).find("positive"), std::string::npos);
+  // Found by fuzz_model_config: no heads divided by zero while reading, before the check.
+  j = json::parse(test::read_file(test::data_dir() / "llama/mistral-f16/config.json"));
+  j["num_attention_heads"] = 0;
+  EXPECT_NE(error_of(j).find("positive"), std::string::npos) << error_of(j);
 }
 
 // What config.json may hold that was reported badly: a number beyond int64 shown as -1, one
