@@ -151,9 +151,14 @@ Policy policy_from_json(const json& j, std::string_view source) {
 
 Policy load_policy(const std::filesystem::path& path) {
   // Missing, a directory, unreadable, not JSON (1e400 and duplicate keys included): each named.
-  const json j = read_json_file(
-      path, fmt::format("write one with ferry tune -m DIR --max-ram SIZE -o {}", path.string()),
-      uint64_t{1} << 20);
+  json j;
+  try {
+    j = read_json_file(
+        path, fmt::format("write one with ferry tune -m DIR --max-ram SIZE -o {}", path.string()),
+        uint64_t{1} << 20);
+  } catch (const FormatError& e) {
+    throw InvalidArgument(e.what());  // a --policy argument, as the other policy errors are
+  }
   return policy_from_json(j, path.string());
 }
 
