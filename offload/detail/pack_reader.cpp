@@ -1,6 +1,7 @@
 #include "offload/detail/pack_reader.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cstring>
@@ -181,6 +182,16 @@ PackContents read_pack(uint64_t file_size, const ReadAt& read_at, const std::str
                             std::all_of(shape.begin(), shape.end(),
                                         [](int64_t d) { return d >= 0 && d < (int64_t{1} << 40); }),
                         "{}: tensor '{}' has an invalid shape; convert it again", source, lt.name);
+    // Each dimension is below 2^40, but four of them multiply past 64 bits: count the elements
+    // with overflow checks before numel() or the packed sizes multiply them unchecked.
+    uint64_t elements = 1;
+    bool counted = true;
+    for (const int64_t d : shape)
+      counted = counted && checked_mul(elements, static_cast<uint64_t>(d), elements);
+    FERRY_FORMAT_EXPECT(counted && elements <= (uint64_t{1} << 56),
+                        "{}: tensor '{}' has shape {} of more elements than any file holds; the "
+                        "pack is damaged — convert it again",
+                        source, lt.name, fmt::join(shape, " x "));
     lt.shape.rank = static_cast<int>(shape.size());
     for (std::size_t d = 0; d < shape.size(); ++d) lt.shape.dims[d] = shape[d];
     FERRY_FORMAT_EXPECT(!is_row_packed(lt.dtype) ||

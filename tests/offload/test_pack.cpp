@@ -292,6 +292,18 @@ TEST(Pack, ATensorNamedTwiceIsRefused) {
   EXPECT_NE(msg.find("tensor 'a' appears twice in " + file.string()), std::string::npos) << msg;
 }
 
+// Dimensions each below the 2^40 limit whose product overflows 64 bits made numel() and the
+// size check multiply unchecked (signed overflow).
+TEST(Pack, AShapeWhoseElementsOverflowIsRefused) {
+  test::TempDir dir;
+  const fs::path file = write(dir.path());
+  rewrite_header(file, [](nlohmann::json& h) {
+    h["tensors"][0]["shape"] = {int64_t{1} << 39, int64_t{1} << 39, 4};
+  });
+  const std::string msg = error_text<FormatError>([&] { Checkpoint::open(file); });
+  EXPECT_NE(msg.find("more elements than any file holds"), std::string::npos) << msg;
+}
+
 TEST(Pack, BadSpecsAreRefusedBeforeWriting) {
   test::TempDir dir;
   const auto fill = [](std::size_t, std::size_t, std::span<std::byte>) {};
