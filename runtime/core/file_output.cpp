@@ -45,18 +45,23 @@ void remove_path_in_handler(const char* path) {
   const int dir = ::open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir >= 0) {
     alignas(8) char buf[4096];
-    for (;;) {
-      const long n = ::syscall(SYS_getdents64, dir, buf, sizeof buf);
-      if (n <= 0) break;
-      for (long off = 0; off < n;) {
-        const auto* d = reinterpret_cast<const dirent64*>(buf + off);
-        const char* name = d->d_name;
-        if (std::strcmp(name, ".") != 0 && std::strcmp(name, "..") != 0)
-          ::unlinkat(dir, name, 0);
-        off += d->d_reclen;
-      }
-      // Entries were removed while reading: start again from the top until it is empty.
+    // Entries removed while reading may make getdents skip others: read again from the top
+    // until a pass removes nothing ("." and ".." are always there, so n is never 0 then).
+    for (bool removed = true; removed;) {
+      removed = false;
       ::lseek(dir, 0, SEEK_SET);
+      for (;;) {
+        const long n = ::syscall(SYS_getdents64, dir, buf, sizeof buf);
+        if (n <= 0) break;
+        for (long off = 0; off < n;) {
+          const auto* d = reinterpret_cast<const dirent64*>(buf + off);
+          const char* name = d->d_name;
+          if (std::strcmp(name, ".") != 0 && std::strcmp(name, "..") != 0 &&
+              ::unlinkat(dir, name, 0) == 0)
+            removed = true;
+          off += d->d_reclen;
+        }
+      }
     }
     ::close(dir);
   }

@@ -85,6 +85,10 @@ bool is_pack_file_name(const std::string& name) {
 // new model lacks (a tokenizer of another kind) is removed, so it cannot pair with the new pack.
 void install_pack_dir(const fs::path& tmp, const fs::path& dest) {
   std::error_code ec;
+  // The staging directory is private (0700) while it is written; the pack takes the old
+  // directory's permissions, or a new directory's usual rwxr-xr-x.
+  const fs::file_status old = fs::status(dest, ec);
+  fs::permissions(tmp, fs::is_directory(old) ? old.permissions() : fs::perms(0755), ec);
   if (fs::is_directory(dest, ec) && fs::is_empty(dest, ec)) fs::remove(dest, ec);
   if (!fs::exists(dest, ec)) {
     FERRY_SYSCALL(::rename(tmp.c_str(), dest.c_str()), "cannot move the finished pack {} to {}",

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -182,6 +183,31 @@ TEST(Hardening, AFailedConvertLeavesTheOldPackAsItWas) {
   EXPECT_EQ(after, before);
   for (const auto& e : fs::directory_iterator(tmp.path()))
     EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+}
+
+// SIGTERM (or Ctrl-C; a shell's background job ignores SIGINT) during a convert over an existing
+// pack: the old pack stays whole (or the new one is complete, if it finished first), and the
+// private staging directory is gone with the signal.
+TEST(Hardening, AnInterruptedConvertLeavesNoTraceAndTheOldPackWhole) {
+  test::TempDir tmp;
+  const std::string a = make_tiny(tmp / "a", 2).string();
+  const fs::path pack = tmp / "pack";
+  ASSERT_EQ(ferry({"convert", "-m", a, "-o", pack.string(), "-q"}).rc, 0);
+  const std::string old_pack = test::read_file(pack / "model.ferry");
+  const Result big = ferry({"make-model", "--preset", "tiny", "--n-layer", "8", "--n-embd", "512",
+                            "--n-head", "8", "--rotary-dim", "8", "-o", (tmp / "b").string(),
+                            "-q"});
+  ASSERT_EQ(big.rc, 0) << big.err;
+  const Result r = sh("\"$FERRY\" convert -m " + quote((tmp / "b").string()) + " -o " +
+                      quote(pack.string()) + " -q & p=$!; sleep 0.2; kill -TERM $p; wait $p");
+  EXPECT_TRUE(r.rc == 0 || r.rc == 128 + SIGTERM) << r.rc << r.err;
+  if (r.rc != 0) {
+    EXPECT_EQ(test::read_file(pack / "model.ferry"), old_pack);
+  }
+  EXPECT_EQ(ferry({"verify", "-m", pack.string(), "-q"}).rc, 0);
+  for (const auto& e : fs::directory_iterator(tmp.path()))
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+  EXPECT_EQ(fs::status(pack).permissions() & fs::perms::others_read, fs::perms::others_read);
 }
 
 // Two converts into one directory both wrote model.ferry.partial: one reported success for the
