@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <nlohmann/json.hpp>
+#include <string_view>
+#include <unordered_set>
 
 #include "kernels/cpu/ops.hpp"
 #include "runtime/core/error.hpp"
@@ -21,7 +24,73 @@ std::string checkpoint_where(const offload::Checkpoint& ck, const offload::Tenso
 
 }  // namespace
 
+namespace {
+
+// Tensors a checkpoint may carry that no model computes with: buffers older transformers saved
+// (GPT-J's causal mask, Llama's rotary frequencies), a tied model's copy of its embedding, and
+// GGUF's rope factors (read as metadata).
+bool ignorable_tensor(const model::ModelConfig& config, const std::string& name) {
+  auto ends_with = [&](std::string_view s) {
+    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+  };
+  return ends_with(".attn.bias") || ends_with(".attn.masked_bias") || ends_with(".inv_freq") ||
+         name == "rope_freqs.weight" ||
+         (config.tie_word_embeddings && (name == "lm_head.weight" || name == "output.weight"));
+}
+
+// The block index in a tensor name ("transformer.h.3.", "model.layers.3.", "blk.3."), or -1.
+int64_t layer_of(const std::string& name) {
+  for (std::string_view prefix : {".h.", "layers.", "blk."}) {
+    const auto at = name.find(prefix);
+    if (at == std::string::npos) continue;
+    int64_t n = -1;
+    for (std::size_t i = at + prefix.size(); i < name.size() && name[i] >= '0' && name[i] <= '9';
+         ++i)
+      n = (n < 0 ? 0 : n * 10) + (name[i] - '0');
+    if (n >= 0) return n;
+  }
+  return -1;
+}
+
+// A ferry pack carries the config it was converted with; config.json beside it must agree
+// (an edited one once silently overrode the header: a pack ran as another model).
+void check_pack_config(const model::ModelConfig& config, const offload::Checkpoint& checkpoint) {
+  const nlohmann::json* meta = checkpoint.pack_metadata();
+  if (!meta || !meta->contains("model") || !(*meta)["model"].is_object()) return;
+  const nlohmann::json& header = (*meta)["model"];
+  const nlohmann::json mine = config.to_json();
+  for (const auto& [key, value] : header.items()) {
+    if (!mine.contains(key) || mine[key] == value) continue;
+    FERRY_FORMAT_EXPECT(false,
+                        "{}: config.json says \"{}\": {} but the pack's header says {}; the "
+                        "pack was converted from another config — restore config.json from the "
+                        "pack's source model, or convert it again with `ferry convert`",
+                        checkpoint.files().front().path.string(), key, mine[key].dump(),
+                        value.dump());
+  }
+}
+
+}  // namespace
+
 void check_checkpoint(const model::ModelConfig& config, const offload::Checkpoint& checkpoint) {
+  check_pack_config(config, checkpoint);
+  std::unordered_set<std::string> used;
+  for (const auto& group : model::all_groups(config))
+    for (const auto& w : group.weights) used.insert(w.name);
+  // A tensor the model does not use means config.json does not describe these weights (a
+  // config with n_layer 1 over 2 layers once ran one layer silently).
+  for (const auto& t : checkpoint.tensors()) {
+    if (used.count(t.name) || ignorable_tensor(config, t.name)) continue;
+    const int64_t layer = layer_of(t.name);
+    FERRY_FORMAT_EXPECT(
+        false, "{}: tensor '{}' is in the checkpoint but {} uses no such tensor{}; config.json "
+        "does not describe these weights — fix config.json or use the checkpoint it came with",
+        checkpoint_where(checkpoint, t), t.name, config.summary(),
+        layer >= config.n_layer
+            ? fmt::format(" (the checkpoint has a layer {} but config.json says {} layer{})",
+                          layer, config.n_layer, config.n_layer == 1 ? "" : "s")
+            : std::string());
+  }
   for (const auto& group : model::all_groups(config)) {
     for (const auto& w : group.weights) {
       const offload::TensorEntry* t = checkpoint.find(w.name);

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 
 #include "offload/checkpoint.hpp"
 #include "offload/detail/pack_format.hpp"
@@ -280,6 +281,32 @@ void rewrite_header(const fs::path& file, const std::function<void(nlohmann::jso
   const uint64_t pre_sum = detail::xxh64(bytes.data(), 48);
   std::memcpy(bytes.data() + 48, &pre_sum, 8);
   test::write_file(file, bytes);
+}
+
+// Seen: a forged tensor offset of 1 (unaligned, overlapping its neighbour) computed garbage.
+TEST(Pack, ForgedTensorOffsetsAreRefused) {
+  auto tensor = [](nlohmann::json& h, const std::string& name) -> nlohmann::json& {
+    for (auto& t : h["tensors"])
+      if (t["name"] == name) return t;
+    throw std::runtime_error("no tensor " + name);
+  };
+  test::TempDir d1;
+  const fs::path f1 = write(d1.path());
+  rewrite_header(f1, [&](nlohmann::json& h) { tensor(h, "b")["offset"] = 1; });
+  std::string msg = error_text<FormatError>([&] { Checkpoint::open(f1); });
+  EXPECT_NE(msg.find("tensor 'b' starts at offset 1"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("convert it again"), std::string::npos) << msg;
+  test::TempDir d2;
+  const fs::path f2 = write(d2.path());
+  rewrite_header(f2, [&](nlohmann::json& h) { tensor(h, "b")["offset"] = 0; });  // over 'a'
+  msg = error_text<FormatError>([&] { Checkpoint::open(f2); });
+  EXPECT_NE(msg.find("overlap"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("'b'"), std::string::npos) << msg;
+  // The forging itself leaves a pack that opens when nothing is changed.
+  test::TempDir d3;
+  const fs::path f3 = write(d3.path());
+  rewrite_header(f3, [](nlohmann::json&) {});
+  EXPECT_NO_THROW(Checkpoint::open(f3));
 }
 
 // A header naming one tensor twice crashed (the error path looked up the file the first copy

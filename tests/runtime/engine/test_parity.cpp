@@ -390,6 +390,16 @@ TEST(Engine, ConfigAndWeightsMustMatch) {
   msg = error_of([&] { load_model(dir.path()); });
   EXPECT_NE(msg.find("'transformer.h.2.ln_1.weight' is missing"), std::string::npos) << msg;
 
+  // Fewer layers than the checkpoint holds once ran the first layer only, silently.
+  cfg = json::parse(test::read_file(src / "config.json"));
+  ASSERT_EQ(cfg["n_layer"], 2);
+  cfg["n_layer"] = 1;
+  test::write_file(dir / "config.json", cfg.dump());
+  msg = error_of([&] { load_model(dir.path()); });
+  EXPECT_NE(msg.find("'transformer.h.1."), std::string::npos) << msg;
+  EXPECT_NE(msg.find("uses no such tensor"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("config.json says 1 layer)"), std::string::npos) << msg;
+
   cfg = json::parse(test::read_file(src / "config.json"));
   cfg["vocab_size"] = 1001;
   test::write_file(dir / "config.json", cfg.dump());

@@ -30,6 +30,19 @@ TEST(QuantPack, StreamedEqualsResident) {
   }
 }
 
+// A pack's header holds the config it was converted with; an edited config.json beside it once
+// overrode the header silently. Now the disagreement is refused, naming the key.
+TEST(QuantPack, AnEditedConfigBesideThePackIsRefused) {
+  test::TempDir dir;
+  convert(test::data_dir() / "gptj/sharded-f32", dir.path(), "f16");
+  nlohmann::json cfg = nlohmann::json::parse(test::read_file(dir / "config.json"));
+  cfg["layer_norm_epsilon"] = 0.001;
+  test::write_file(dir / "config.json", cfg.dump());
+  const std::string msg = test::error_text<FormatError>([&] { load_model(dir.path()); });
+  EXPECT_NE(msg.find("layer_norm_epsilon"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("the pack's header says"), std::string::npos) << msg;
+}
+
 // A streamed layer is one read of exactly its blob.
 TEST(QuantPack, OneLayerIsOneAlignedRead) {
   test::TempDir dir;
