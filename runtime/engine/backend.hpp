@@ -7,6 +7,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -128,6 +129,34 @@ class Backend {
   virtual void gather_rows(const float* x, std::span<const int64_t> rows, int64_t n, float* y) = 0;
   // Copies n floats of backend memory into out (host), resized to n.
   virtual void read(const float* x, int64_t n, std::vector<float>& out) = 0;
+
+  // Finiteness, so that a NaN or an infinity is an error naming where it arose instead of
+  // tokens sampled from NaN logits. Whether activations x[0, n) are all finite; nullopt when
+  // the backend cannot tell without a copy from its device (the engine then checks only the
+  // logits, which come to the host anyway).
+  virtual std::optional<bool> all_finite(const float* x, int64_t n) {
+    (void)x;
+    (void)n;
+    return std::nullopt;
+  }
+  // The first of unit w's weights (group g's tensors) holding a NaN or an infinity, said as
+  // "tensor 'NAME' holds nan at element I"; nullopt when none does or the backend cannot look.
+  virtual std::optional<std::string> nonfinite_weight(const UnitWeights& w,
+                                                      const model::WeightGroup& g) {
+    (void)w;
+    (void)g;
+    return std::nullopt;
+  }
 };
+
+// Host memory: the index of the first element of x[0, n) that is a NaN or an infinity, or -1.
+int64_t first_nonfinite(const float* x, int64_t n);
+// The same over n values of a float dtype (f32, f16, bf16); -1 for other dtypes (packed
+// matrices are not looked into).
+int64_t first_nonfinite(const void* data, DType dtype, int64_t n);
+// Host memory: what Backend::nonfinite_weight says, for backends whose weights are on the host.
+// Matrices streamed in parts (no data pointer) and packed matrices are not looked into.
+std::optional<std::string> find_nonfinite_weight(const UnitWeights& w,
+                                                 const model::WeightGroup& g);
 
 }  // namespace ferry::engine

@@ -23,6 +23,7 @@
 #include "runtime/core/half.hpp"
 #include "runtime/core/quant.hpp"
 #include "runtime/core/thread_pool.hpp"
+#include "runtime/engine/backend.hpp"
 #include "runtime/engine/model_files.hpp"
 #include "runtime/engine/weights.hpp"
 #include "runtime/model/layout.hpp"
@@ -149,6 +150,12 @@ void convert_tensor(const offload::Checkpoint& ck, const offload::TensorEntry& t
                static_cast<uint64_t>(rows) * dst_row, dst.size());
   if (dtype == t.dtype) {  // kept as stored (a GGUF file's blocks): the bytes, exactly
     ck.read(t, dst.data());
+    // Float weights are still checked, as every converted value is (blocks are not looked into).
+    const int64_t bad = first_nonfinite(dst.data(), dtype, t.shape.numel());
+    FERRY_FORMAT_EXPECT(bad < 0,
+                        "tensor '{}' holds a NaN or an infinity at element {}; a weight must be "
+                        "finite — the source checkpoint is damaged (re-download or re-export it)",
+                        t.name, bad);
     return;
   }
   FERRY_EXPECT(!is_ggml_block(dtype) || ggml_row_fits(dtype, cols),

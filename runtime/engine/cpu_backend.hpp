@@ -52,6 +52,13 @@ class CpuBackend final : public Backend {
   void add(float* y, const float* x, int64_t n) override;
   void gather_rows(const float* x, std::span<const int64_t> rows, int64_t n, float* y) override;
   void read(const float* x, int64_t n, std::vector<float>& out) override;
+  std::optional<bool> all_finite(const float* x, int64_t n) override {
+    return first_nonfinite(x, n) < 0;
+  }
+  std::optional<std::string> nonfinite_weight(const UnitWeights& w,
+                                              const model::WeightGroup& g) override {
+    return find_nonfinite_weight(w, g);
+  }
 
  private:
   model::ModelConfig config_;

@@ -1,5 +1,7 @@
 #include "runtime/engine/engine.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 
 #include "runtime/core/error.hpp"
@@ -100,10 +102,24 @@ const std::vector<float>& Engine::forward(std::span<const SeqTokens> batch, Logi
 
   be.begin_pass(positions_);
   be.embed(tokens_, a.x);
+  // A NaN or an infinity is an error naming where it arose, never logits to sample from. The
+  // residual stream is looked at after the embedding and each block where the backend can do so
+  // cheaply (rows × n_embd floats, against the block's weights read for it); the logits always.
+  const int64_t x_floats = rows * config_.n_embd;
+  if (const auto ok = be.all_finite(a.x, x_floats); ok && !*ok)
+    throw FormatError(fmt::format(
+        "the embedding of the input holds a NaN or an infinity (rows of '{}'): the checkpoint is "
+        "damaged — re-download or re-export the weights",
+        model::embedding_group(config_).weights[0].name));
   for (int layer = 0; layer < config_.n_layer; ++layer) {
     const UnitWeights w = be.acquire_block(layer);
     const trace::ScopedSpan compute_span(trace::SpanKind::compute, layer);
     block(w, layer, rows, a);
+    if (const auto ok = be.all_finite(a.x, x_floats); ok && !*ok) {
+      const auto culprit = be.nonfinite_weight(w, model::block_group(config_, layer));
+      be.release_block(layer);
+      throw_nonfinite(fmt::format("layer {}", layer), culprit, true);
+    }
     be.release_block(layer);
   }
   for (const SeqRows& s : seqs_) be.set_length(s.seq, s.n_past + s.n_new);
@@ -115,8 +131,34 @@ const std::vector<float>& Engine::forward(std::span<const SeqTokens> batch, Logi
           head.vector(R::final_norm_b), config_.layer_norm_epsilon, a.h);
   be.linear(a.h, n_out, head.matrix(R::lm_head_w), head.vector(R::lm_head_b), a.logits);
   be.read(a.logits, n_out * vocab, logits_);
+  if (first_nonfinite(logits_.data(), static_cast<int64_t>(logits_.size())) >= 0) {
+    const auto culprit = be.nonfinite_weight(head, model::head_group(config_));
+    be.release_head();
+    // Whether the backend looks at activations at all (so each layer's output was checked).
+    const bool layers_checked = be.all_finite(a.final, 0).has_value();
+    throw_nonfinite("the head (final norm and lm_head)", culprit, layers_checked);
+  }
   be.release_head();
   return logits_;
+}
+
+void Engine::throw_nonfinite(const std::string& where, const std::optional<std::string>& culprit,
+                             bool layers_checked) const {
+  if (culprit)
+    throw FormatError(fmt::format(
+        "{} computed a NaN or an infinity: {} — the checkpoint is damaged; re-download or "
+        "re-export the weights",
+        where, *culprit));
+  if (!layers_checked)
+    throw Error(fmt::format(
+        "the logits hold a NaN or an infinity; the {} backend does not check each layer — run "
+        "with --device cpu to find the layer and the tensor",
+        backend_->name()));
+  throw Error(fmt::format(
+      "{} computed a NaN or an infinity from finite inputs: its activations overflowed, or a "
+      "weight not looked into (a packed matrix's scales, a matrix streamed in pieces) holds one "
+      "— `ferry verify` checks a pack's checksums",
+      where));
 }
 
 // One block. GPT-J: one norm feeds attention and the MLP in parallel,

@@ -7,7 +7,9 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "runtime/core/thread_pool.hpp"
@@ -88,6 +90,11 @@ class Engine final : public ForwardPass {
     float* logits;  // [logit rows, vocab]
   };
   void block(const UnitWeights& w, int layer, int64_t rows, const Acts& a);
+  // Throws the error for a NaN or an infinity that `where` computed: naming the weight that
+  // holds one (culprit), else saying whether the backend checked each layer.
+  [[noreturn]] void throw_nonfinite(const std::string& where,
+                                    const std::optional<std::string>& culprit,
+                                    bool layers_checked) const;
   void attention(const UnitWeights& w, int layer, int64_t rows, const Acts& a);
   void mlp(const UnitWeights& w, int64_t rows, const Acts& a);
 

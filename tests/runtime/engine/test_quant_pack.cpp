@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <limits>
 
 #include "runtime/core/error.hpp"
 #include "runtime/engine/loaded_model.hpp"
@@ -119,6 +120,58 @@ TEST(QuantPack, AFlippedBitNamesTheLayerWhenLoadedOrStreamed) {
   flip_bit(dir2.path(), "transformer.wte.weight");
   const std::string m2 = error_of([&] { all_logits(dir2.path(), {{1, 500, 999}}); });
   EXPECT_NE(m2.find("embedding is corrupt"), std::string::npos) << m2;
+}
+
+// Writes value over element i of tensor name in a copied fixture's model.safetensors (f32).
+void poke_f32(const fs::path& dir, const std::string& name, uint64_t i, float value) {
+  const auto ck = offload::Checkpoint::open(dir);
+  const offload::TensorEntry& t = ck.at(name);
+  ASSERT_EQ(t.dtype, DType::f32);
+  std::fstream f(ck.files()[t.file_index].path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(static_cast<std::streamoff>(t.offset_bytes + i * 4));
+  f.write(reinterpret_cast<const char*>(&value), 4);
+}
+
+fs::path copy_tiny(const test::TempDir& dir) {
+  const fs::path src = test::data_dir() / "gptj/tiny-f32";
+  fs::copy_file(src / "config.json", dir / "config.json");
+  fs::copy_file(src / "model.safetensors", dir / "model.safetensors");
+  return dir.path();
+}
+
+// Seen: NaN weights gave `run` tokens sampled from NaN logits (exit 0), `logits` printed nan
+// (invalid JSON), `perplexity` "nan ± nan", and `convert --quant f16` carried them into a pack.
+// Now a NaN or an infinity is an error naming the layer and the tensor, resident or streamed,
+// and convert refuses it for every format.
+TEST(QuantPack, NonFiniteWeightsAreErrorsNamingTheLayerAndTensor) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  test::TempDir block;
+  poke_f32(copy_tiny(block), "transformer.h.1.mlp.fc_in.weight", 5, nan);
+  for (auto tier : {offload::Tier::host, offload::Tier::disk}) {
+    const std::string msg = test::error_text<FormatError>(
+        [&] { all_logits(block.path(), {{1, 2, 3}}, tier); });
+    EXPECT_NE(msg.find("layer 1 computed a NaN"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("'transformer.h.1.mlp.fc_in.weight' holds nan at element 5"),
+              std::string::npos)
+        << msg;
+  }
+  for (const std::string q : {"f16", "bf16", "f32", "int8", "int4"}) {
+    test::TempDir out;
+    const std::string msg = error_of([&] { convert(block.path(), out.path(), q); });
+    EXPECT_NE(msg.find("transformer.h.1.mlp.fc_in.weight"), std::string::npos) << q << msg;
+  }
+  test::TempDir head;
+  poke_f32(copy_tiny(head), "transformer.ln_f.weight", 3, inf);
+  std::string msg = test::error_text<FormatError>([&] { all_logits(head.path(), {{1, 2}}); });
+  EXPECT_NE(msg.find("the head"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("'transformer.ln_f.weight' holds inf at element 3"), std::string::npos)
+      << msg;
+  test::TempDir embedding;
+  poke_f32(copy_tiny(embedding), "transformer.wte.weight", 2 * 64 + 1, -inf);  // token 2
+  msg = test::error_text<FormatError>([&] { all_logits(embedding.path(), {{1, 2}}); });
+  EXPECT_NE(msg.find("embedding"), std::string::npos) << msg;
+  EXPECT_NO_THROW(all_logits(embedding.path(), {{1, 3}}));  // the damaged row is not read
 }
 
 TEST(QuantPack, ConvertRefusesBadRequests) {
