@@ -23,6 +23,7 @@ LoadedModel load_model(const std::filesystem::path& dir, LoadOptions options) {
     placement = *options.placement;
   } else {
     ProbeOptions probe = options.probe;
+    probe.io = options.io;  // the disk is probed the way this run will read it
     if (!options.machine) {
       probe.read_unit_bytes = typical_unit_bytes(m.config, m.checkpoint.get());
       probe.n_embd = m.config.n_embd;

@@ -148,7 +148,12 @@ planner::Figure disk_figure(const offload::Checkpoint* checkpoint, const ProbeOp
             fmt::format("default: {} is too small to measure; give --disk-bw",
                         biggest->path.filename().string())};
   offload::BenchIoOptions bo;
+  // The streamer's engine (io_uring, else the pread pool, when it chooses), queue depth and
+  // chunk size.
   bo.engines = {offload::IoBackendKind::uring, offload::IoBackendKind::pread};
+  if (o.io.backend != offload::IoBackendKind::automatic) bo.engines = {o.io.backend};
+  bo.queue_depth = o.io.queue_depth;
+  bo.chunk_bytes = o.io.chunk_bytes;
   constexpr uint64_t kMiB = 1ull << 20;
   // Reads shaped like streaming: one batch per unit of the size class, two in flight (two
   // staging slots), over at least 256 MiB.

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "offload/checkpoint.hpp"
+#include "offload/io_engine.hpp"
 #include "planner/machine.hpp"
 #include "planner/plan.hpp"
 #include "runtime/core/device.hpp"
@@ -54,6 +55,9 @@ struct ProbeOptions {
   // The bytes a layer read carries (typical_unit_bytes): the disk is measured with reads of
   // that size, as streaming does them. 0: 64 MiB.
   uint64_t read_unit_bytes = 0;
+  // How the run will read (engine, queue depth, chunk size): the disk is probed the same way,
+  // so the figure is the streamer's rate, not another engine's.
+  offload::IoOptions io = offload::IoOptions::from_env();
   // The model's shapes: the CPU is measured on one block's matrices (0: GPT-J-6B's).
   int64_t n_embd = 0;
   int64_t n_inner = 0;
