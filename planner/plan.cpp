@@ -802,6 +802,23 @@ Plan plan_from_json(const json& j) {
   plan.vram_margin_bytes = field<uint64_t>(j, "vram_margin_bytes", "");
   if (c.count(Tier::disk) > 0 && c.host_slots < 2)
     throw InvalidArgument("the plan streams layers from disk with fewer than 2 staging slots");
+  // What the search never writes, a hand-edited plan must not ask for either: a piece smaller
+  // than the smallest chunk (a plan of 1-byte pieces), staging beyond the search's range, a
+  // device tier on the CPU backend.
+  constexpr uint64_t kSmallestChunk = std::end(kChunkSizes)[-1];
+  if (c.chunk_bytes != 0 && (c.chunk_bytes < kSmallestChunk || c.chunk_bytes % 4096 != 0))
+    throw InvalidArgument(fmt::format(
+        "the plan's chunk_bytes {} is not 0 or a multiple of 4 KiB of at least {}; make the plan "
+        "again with `ferry plan`",
+        c.chunk_bytes, format_bytes(kSmallestChunk)));
+  if (c.host_slots > 64 || c.device_slots > 64)
+    throw InvalidArgument(fmt::format(
+        "the plan asks for {} host and {} device staging slots; at most 64 of each", c.host_slots,
+        c.device_slots));
+  if (r.backend == Backend::cpu && c.count(Tier::device) > 0)
+    throw InvalidArgument(
+        "the plan puts layers on the device tier but is for the cpu backend; make the plan again "
+        "with `ferry plan`");
   if (r.backend == Backend::cuda && !r.machine.gpu)
     throw InvalidArgument("the plan is for the cuda backend but its machine has no \"gpu\"");
   check_machine(r.machine, r.backend);

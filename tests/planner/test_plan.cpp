@@ -444,6 +444,16 @@ TEST(Plan, BadPlanJsonNamesTheProblem) {
   j = plan_to_json(p);
   j["staging"]["host_slots"] = 1;
   expect_error(j, "fewer than 2 staging slots");
+  // Hand edits the search never writes.
+  j = plan_to_json(p);
+  j["staging"]["chunk_bytes"] = 1;
+  expect_error(j, "chunk_bytes 1");
+  j = plan_to_json(p);
+  j["staging"]["host_slots"] = 100000;
+  expect_error(j, "at most 64");
+  j = plan_to_json(p);
+  j["layers"][0]["tier"] = "device";
+  expect_error(j, "device tier");
 }
 
 }  // namespace
