@@ -230,7 +230,19 @@ Command add_run(CLI::App& app) {
     if (!o->quiet) print_plan(m, backend);
     engine::GenerateOptions go;
     go.max_new_tokens = o->n;
-    if (!o->ignore_eos) go.eos_ids = engine::read_eos_ids(o->model, m.config);
+    if (!o->ignore_eos) {
+      // An end id the vocabulary does not have can never be generated: say so (Hugging Face's
+      // tiny GPT-J configs keep GPT-2's 50256 over 1000 ids) and stop at the others.
+      for (int32_t id : engine::read_eos_ids(o->model, m.config)) {
+        if (id >= 0 && id < m.config.vocab_size) {
+          go.eos_ids.push_back(id);
+        } else if (!o->quiet) {
+          eprint("ferry: note: eos_token_id {} is outside the vocabulary of {} tokens, so "
+                 "generation cannot stop at it; it runs the -n {} tokens asked for\n",
+                 id, m.config.vocab_size, o->n);
+        }
+      }
+    }
     go.sampling = {o->temperature, o->top_k, o->top_p, o->seed};
 
     std::optional<text::StreamDecoder> dec;

@@ -332,9 +332,10 @@ planner::PlanRequest plan_request(const model::ModelConfig& config,
     r.device_fixed_bytes = Engine::activation_bytes(config, rows, logit_rows) +
                            static_cast<uint64_t>(rows) * (widest_input * 2 + sizeof(int32_t)) +
                            vector_floats(config) * sizeof(float) + kDeviceWorkspaceBytes;
-    // Packed matrices multiplied by many rows are dequantized to f16 into one staging buffer
-    // of the largest block matrix's size (runtime/cuda/cuda_backend.cpp).
-    if (r.compression != planner::PlanRequest::Compression::none) {
+    // Packed matrices (ferry's, or a GGUF file's blocks) multiplied by many rows are dequantized
+    // to f16 into one staging buffer of the largest block matrix's size
+    // (runtime/cuda/cuda_backend.cpp).
+    if (r.compression != planner::PlanRequest::Compression::none || is_ggml_block(packed)) {
       int64_t largest = 0;
       for (const auto& w : model::block_group(config, 0).matrices())
         largest = std::max(largest, w.shape.numel());

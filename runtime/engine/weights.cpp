@@ -74,43 +74,47 @@ void check_pack_config(const model::ModelConfig& config, const offload::Checkpoi
 
 void check_checkpoint(const model::ModelConfig& config, const offload::Checkpoint& checkpoint) {
   check_pack_config(config, checkpoint);
+  // What describes the model: config.json, or a GGUF file's metadata.
+  const char* described_by =
+      config.naming == model::TensorNaming::gguf ? "the file's metadata" : "config.json";
   std::unordered_set<std::string> used;
   for (const auto& group : model::all_groups(config))
     for (const auto& w : group.weights) used.insert(w.name);
+  for (const auto& group : model::all_groups(config)) {
+    for (const auto& w : group.weights) {
+      const offload::TensorEntry* t = checkpoint.find(w.name);
+      FERRY_FORMAT_EXPECT(t != nullptr,
+                          "tensor '{}' is missing from the checkpoint ({}, {} tensors); {} "
+                          "describes a {} — is this the checkpoint that goes with it?",
+                          w.name, checkpoint.files().front().path.parent_path().string(),
+                          checkpoint.tensors().size(), described_by, config.summary());
+      FERRY_FORMAT_EXPECT(t->shape == w.shape,
+                          "{}: tensor '{}' has shape {} but {} ({}) needs {}; the description "
+                          "and the weights do not match",
+                          checkpoint_where(checkpoint, *t), w.name, t->shape.str(), described_by,
+                          config.summary(), w.shape.str());
+      // Matrices may be packed (a ferry pack's q8 / q4, a GGUF file's blocks); norms and biases
+      // are always floats.
+      FERRY_FORMAT_EXPECT(is_float_weight(t->dtype) || (w.is_matrix() && is_row_packed(t->dtype)),
+                          "{}: tensor '{}' has dtype {}; ferry reads f32, f16 and bf16 weights "
+                          "(and packed matrices: ferry packs' q8 / q4, GGUF's Q8_0 … Q6_K)",
+                          checkpoint_where(checkpoint, *t), w.name, dtype_name(t->dtype));
+    }
+  }
   // A tensor the model does not use means config.json does not describe these weights (a
   // config with n_layer 1 over 2 layers once ran one layer silently).
   for (const auto& t : checkpoint.tensors()) {
     if (used.count(t.name) || ignorable_tensor(config, t.name)) continue;
     const int64_t layer = layer_of(t.name);
     FERRY_FORMAT_EXPECT(
-        false, "{}: tensor '{}' is in the checkpoint but {} uses no such tensor{}; config.json "
-        "does not describe these weights — fix config.json or use the checkpoint it came with",
+        false, "{}: tensor '{}' is in the checkpoint but {} uses no such tensor{}; {} "
+        "does not describe these weights — fix it or use the checkpoint it came with",
         checkpoint_where(checkpoint, t), t.name, config.summary(),
         layer >= config.n_layer
-            ? fmt::format(" (the checkpoint has a layer {} but config.json says {} layer{})",
-                          layer, config.n_layer, config.n_layer == 1 ? "" : "s")
-            : std::string());
-  }
-  for (const auto& group : model::all_groups(config)) {
-    for (const auto& w : group.weights) {
-      const offload::TensorEntry* t = checkpoint.find(w.name);
-      FERRY_FORMAT_EXPECT(t != nullptr,
-                          "tensor '{}' is missing from the checkpoint ({}, {} tensors); "
-                          "config.json describes a {} — is this the checkpoint that goes with "
-                          "this config?",
-                          w.name, checkpoint.files().front().path.parent_path().string(),
-                          checkpoint.tensors().size(), config.summary());
-      FERRY_FORMAT_EXPECT(t->shape == w.shape,
-                          "{}: tensor '{}' has shape {} but config.json ({}) needs {}; the config "
-                          "and the weights do not match",
-                          checkpoint_where(checkpoint, *t), w.name, t->shape.str(),
-                          config.summary(), w.shape.str());
-      // Matrices may be packed (a ferry pack's q8 / q4); norms and biases are always floats.
-      FERRY_FORMAT_EXPECT(is_float_weight(t->dtype) || (w.is_matrix() && is_quantized(t->dtype)),
-                          "{}: tensor '{}' has dtype {}; ferry reads f32, f16 and bf16 weights "
-                          "(and q8 / q4 matrices from ferry packs)",
-                          checkpoint_where(checkpoint, *t), w.name, dtype_name(t->dtype));
-    }
+            ? fmt::format(" (the checkpoint has a layer {} but {} says {} layer{})", layer,
+                          described_by, config.n_layer, config.n_layer == 1 ? "" : "s")
+            : std::string(),
+        described_by);
   }
 }
 

@@ -588,5 +588,18 @@ TEST(CliPlan, RunReplaysASavedPlan) {
   EXPECT_NE(r.err.find("colab-t4"), std::string::npos) << r.err;
 }
 
+// An end id outside the vocabulary can never be generated; run says so instead of silently
+// ignoring it (issue 21: it was accepted without a word).
+TEST(Cli, AnEosIdOutsideTheVocabularyIsReported) {
+  const std::string tiny = (test::data_dir() / "gptj" / "tiny-f32").string();
+  Result r = ferry({"run", "-m", tiny, "--ids", "1 2 3", "-n", "2"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("eos_token_id 50256 is outside the vocabulary of 1000 tokens"),
+            std::string::npos)
+      << r.err;
+  r = ferry({"run", "-m", tiny, "--ids", "1 2 3", "-n", "2", "-q"});
+  EXPECT_EQ(r.err.find("outside the vocabulary"), std::string::npos) << r.err;
+}
+
 }  // namespace
 }  // namespace ferry

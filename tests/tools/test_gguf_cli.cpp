@@ -127,7 +127,7 @@ TEST(GgufCli, BadFilesAreRefusedByName) {
                             std::string("\x05\0\0\0\0\0\0\0phi3x", 13)),
        "general.architecture 'phi3x' is not supported"},
       {"tensor-name.gguf", replace("blk.1.ffn_up.weight", "blk.1.ffn_xx.weight"),
-       "blk.1.ffn_"},
+       "tensor 'blk.1.ffn_up.weight' is missing"},
       {"heads.gguf",
        [](std::string& b) {
          const std::string key = "llama.attention.head_count_kv";
