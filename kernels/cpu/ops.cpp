@@ -8,6 +8,7 @@
 
 #include "kernels/common/math.hpp"
 #include "kernels/cpu/detail/paths.hpp"
+#include "kernels/cpu/ggml_dot.hpp"
 #include "kernels/cpu/ops.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/ggml_quant.hpp"
@@ -154,6 +155,18 @@ std::string_view simd_level() { return paths().name; }
 
 void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
             const float* bias, float* y, ThreadPool& pool) {
+#if defined(FERRY_KERNELS_AVX2)
+  // FERRY_GGUF_PRODUCTS=fast: llama.cpp's q8-activation integer products (ggml_dot.hpp) for
+  // decode and small batches, where the AVX2 path runs. Chosen once, like paths().
+  static const bool fast = ggml_dot::requested() && &paths() == &kAvx2;
+  if (fast && ggml_dot::supports(wdt) && m <= ggml_dot::kMaxRows) {
+    check_weight_dtype(wdt, k, "linear");
+    FERRY_EXPECT(m >= 0 && k >= 0 && n >= 0, "linear: negative size m={} k={} n={}", m, k, n);
+    if (m == 0 || n == 0) return;
+    ggml_dot::linear(x, m, k, w, wdt, n, bias, y, pool);
+    return;
+  }
+#endif
   run_linear(linear_rows_for(wdt), x, m, k, w, wdt, n, bias, y, pool);
 }
 

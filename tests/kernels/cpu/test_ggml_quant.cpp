@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -17,6 +18,7 @@
 
 #include "kernels/common/ggml_quant_math.hpp"
 #include "kernels/cpu/detail/paths.hpp"
+#include "kernels/cpu/ggml_dot.hpp"
 #include "kernels/cpu/ops.hpp"
 #include "kernels/cpu/quant.hpp"
 #include "runtime/core/error.hpp"
@@ -496,6 +498,251 @@ TEST(GgmlQuant, QuantizeRoundTrips) {
     }
     std::printf("%s: worst error %.4f of the block's max |w| (bound %.4f)\n",
                 std::string(dtype_name(t)).c_str(), worst, bound.at(t));
+  }
+}
+
+
+// ---- FERRY_GGUF_PRODUCTS=fast (kernels/cpu/ggml_dot.hpp): llama.cpp's q8-activation integer
+// products, against a plain scalar transcription of the same algorithm written here.
+
+// ggml's quantize_row_q8_K_ref, plainly: per 256, the signed element of largest magnitude,
+// iscale = −127/max, q = min(127, nearest-even(iscale·x)), d = 1/iscale, bsums per 16.
+struct PlainQ8 {
+  std::vector<float> d;      // per block
+  std::vector<int> q;        // per element
+  std::vector<int> bsums;    // per 16 elements (q8_K only)
+};
+PlainQ8 plain_q8_k(const std::vector<float>& x) {
+  PlainQ8 out;
+  const std::size_t nb = x.size() / 256;
+  out.d.resize(nb);
+  out.q.resize(x.size());
+  out.bsums.resize(x.size() / 16);
+  for (std::size_t i = 0; i < nb; ++i) {
+    float amax = 0;
+    float max = 0;
+    for (std::size_t j = 256 * i; j < 256 * i + 256; ++j) {
+      if (std::fabs(x[j]) > amax) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    }
+    if (amax == 0) continue;  // d = 0, q = 0
+    const float iscale = -127.f / max;
+    for (std::size_t j = 256 * i; j < 256 * i + 256; ++j) {
+      // ggml's nearest_int: the f32 magic-number rounding (ties to even).
+      float val = iscale * x[j] + 12582912.f;
+      int bits;
+      std::memcpy(&bits, &val, 4);
+      out.q[j] = std::min(127, (bits & 0x007fffff) - 0x00400000);
+    }
+    out.d[i] = 1 / iscale;
+  }
+  for (std::size_t s = 0; s < out.bsums.size(); ++s)
+    for (std::size_t l = 0; l < 16; ++l) out.bsums[s] += out.q[16 * s + l];
+  return out;
+}
+
+// ggml's quantize_row_q8_0_ref, plainly: d = amax/127 kept as f16, q = roundf(x·(1/d)).
+PlainQ8 plain_q8_0(const std::vector<float>& x) {
+  PlainQ8 out;
+  const std::size_t nb = x.size() / 32;
+  out.d.resize(nb);
+  out.q.resize(x.size());
+  for (std::size_t i = 0; i < nb; ++i) {
+    float amax = 0;
+    for (std::size_t j = 32 * i; j < 32 * i + 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127;
+    const float id = d != 0 ? 1 / d : 0;
+    out.d[i] = f16_to_f32(f32_to_f16(d));
+    for (std::size_t j = 32 * i; j < 32 * i + 32; ++j)
+      out.q[j] = static_cast<int>(std::round(x[j] * id));
+  }
+  return out;
+}
+
+// The scalar integer dot of one weight row with quantized activations, block by block as ggml's
+// generic ggml_vec_dot_*_q8_*; sum_abs receives Σ|block term| for the rounding tolerance.
+float plain_fast_dot(const unsigned char* row, DType t, int64_t k, const PlainQ8& a,
+                     double& sum_abs) {
+  float sum = 0;
+  sum_abs = 0;
+  const int64_t nb = k / ggml_block_elems(t);
+  for (int64_t i = 0; i < nb; ++i) {
+    const unsigned char* b = row + i * static_cast<int64_t>(ggml_block_bytes(t));
+    if (t == DType::q8_0) {
+      int sumi = 0;
+      for (int l = 0; l < 32; ++l) sumi += static_cast<int8_t>(b[2 + l]) * a.q[32 * i + l];
+      const float term = static_cast<float>(sumi) * (h2f(b) * a.d[i]);
+      sum += term;
+      sum_abs += std::fabs(term);
+    } else if (t == DType::q4_k) {
+      int sumi = 0;
+      int mins = 0;
+      for (int j = 0; j < 8; ++j) {
+        uint8_t sc = 0;
+        uint8_t mn = 0;
+        get_scale_min_k4(j, b + 4, &sc, &mn);
+        int s = 0;
+        for (int l = 0; l < 32; ++l) {
+          const unsigned char v = b[16 + 32 * (j / 2) + l];
+          const int q = (j % 2) != 0 ? v >> 4 : v & 0xF;
+          s += q * a.q[256 * i + 32 * j + l];
+        }
+        sumi += sc * s;
+        mins += mn * (a.bsums[16 * i + 2 * j] + a.bsums[16 * i + 2 * j + 1]);
+      }
+      const float d = a.d[i] * h2f(b);
+      const float dmin = a.d[i] * h2f(b + 2);
+      const float term = d * static_cast<float>(sumi);
+      const float mterm = dmin * static_cast<float>(mins);
+      sum += term - mterm;
+      sum_abs += std::fabs(term) + std::fabs(mterm);
+    } else {  // q6_k: element 128h + 32t + l (t = 0…3) from ql, qh of half h; scales per 16
+      int sumi = 0;
+      for (int h = 0; h < 2; ++h) {
+        for (int t4 = 0; t4 < 4; ++t4) {
+          for (int l = 0; l < 32; ++l) {
+            const unsigned char v = b[64 * h + l + 32 * (t4 % 2)];
+            const int lo = t4 >= 2 ? v >> 4 : v & 0xF;
+            const int hi = (b[128 + 32 * h + l] >> (2 * t4)) & 3;
+            const int e = 128 * h + 32 * t4 + l;
+            const int sc = static_cast<int8_t>(b[192 + e / 16]);
+            sumi += sc * ((lo | hi << 4) - 32) * a.q[256 * i + e];
+          }
+        }
+      }
+      const float term = h2f(b + 208) * a.d[i] * static_cast<float>(sumi);
+      sum += term;
+      sum_abs += std::fabs(term);
+    }
+  }
+  return sum;
+}
+
+constexpr DType kFast[] = {DType::q8_0, DType::q4_k, DType::q6_k};
+
+std::vector<float> random_activations(std::mt19937& rng, int64_t k) {
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> x(static_cast<std::size_t>(k));
+  for (auto& v : x) v = nd(rng) * ((rng() % 4) == 0 ? 30.f : 1.f);
+  // A block of zeros (d = 0), blocks led by a negative and by a positive outlier (long rows).
+  if (k >= 512) std::fill(x.begin(), x.begin() + 256, 0.f);
+  if (k > 300) x[300] = -500.f;
+  if (k > 600) x[600] = 700.f;
+  return x;
+}
+
+TEST(GgmlDot, QuantizesActivationsLikeGgml) {
+  std::mt19937 rng(21);
+  const int64_t k = 256 * 5;
+  const std::vector<float> x = random_activations(rng, k);
+  const PlainQ8 wk = plain_q8_k(x);
+  std::vector<ggml_dot::Q8K> qk(5);
+  ggml_dot::quantize_q8_k(x.data(), k, qk.data());
+  for (int64_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(f32_bits(qk[i].d), f32_bits(wk.d[i])) << "q8_K block " << i;
+    for (int j = 0; j < 256; ++j) ASSERT_EQ(qk[i].qs[j], wk.q[256 * i + j]) << i << " " << j;
+    for (int j = 0; j < 16; ++j) ASSERT_EQ(qk[i].bsums[j], wk.bsums[16 * i + j]) << i << " " << j;
+  }
+  const PlainQ8 w0 = plain_q8_0(x);
+  std::vector<ggml_dot::Q80> q0(k / 32);
+  ggml_dot::quantize_q8_0(x.data(), k, q0.data());
+  for (int64_t i = 0; i < k / 32; ++i) {
+    EXPECT_EQ(f32_bits(q0[i].d), f32_bits(w0.d[i])) << "q8_0 block " << i;
+    for (int j = 0; j < 32; ++j) ASSERT_EQ(q0[i].qs[j], w0.q[32 * i + j]) << i << " " << j;
+  }
+}
+
+TEST(GgmlDot, ProductMode) {
+  ::unsetenv("FERRY_GGUF_PRODUCTS");
+  EXPECT_FALSE(ggml_dot::requested());
+  ::setenv("FERRY_GGUF_PRODUCTS", "exact", 1);
+  EXPECT_FALSE(ggml_dot::requested());
+  ::setenv("FERRY_GGUF_PRODUCTS", "fast", 1);
+  EXPECT_TRUE(ggml_dot::requested());
+  ::setenv("FERRY_GGUF_PRODUCTS", "quick", 1);
+  EXPECT_ANY_THROW(ggml_dot::requested());
+  ::unsetenv("FERRY_GGUF_PRODUCTS");
+  for (DType t : kFast) EXPECT_TRUE(ggml_dot::supports(t));
+  EXPECT_FALSE(ggml_dot::supports(DType::q4_1));
+  EXPECT_FALSE(ggml_dot::supports(DType::f32));
+}
+
+// The AVX2 fast products against the plain integer math (the same integers; only the f32 scaling
+// and summing order may differ: a few ulps of Σ|block term|), and against the exact path within
+// the activation's rounding error Σ|w|·|x − x̂| plus both sides' f32 rounding.
+TEST(GgmlDot, FastProductsMatchThePlainIntegerMathAndTheExactProduct) {
+  if (simd_paths().empty()) GTEST_SKIP() << "no AVX2";
+  std::mt19937 rng(23);
+  ThreadPool pool(2);
+  for (DType t : kFast) {
+    for (int64_t k : {256, 256 * 3, 4096}) {
+      const int64_t n = 37;
+      for (int64_t m : {1, 3}) {
+        const Bytes w = random_blocks(rng, t, n, k);
+        std::vector<float> x;
+        for (int64_t r = 0; r < m; ++r) {
+          const std::vector<float> xr = random_activations(rng, k);
+          x.insert(x.end(), xr.begin(), xr.end());
+        }
+        std::vector<float> bias(static_cast<std::size_t>(n));
+        for (auto& v : bias) v = static_cast<float>(static_cast<int>(rng() % 200) - 100) / 8;
+        std::vector<float> fast(static_cast<std::size_t>(m * n));
+        std::vector<float> exact(static_cast<std::size_t>(m * n));
+        ggml_dot::linear(x.data(), m, k, w.data(), t, n, bias.data(), fast.data(), pool);
+        scalar::linear(x.data(), m, k, w.data(), t, n, bias.data(), exact.data(), pool);
+        const auto rb = static_cast<int64_t>(ggml_row_bytes(t, k));
+        for (int64_t r = 0; r < m; ++r) {
+          const std::vector<float> xr(x.begin() + r * k, x.begin() + (r + 1) * k);
+          const PlainQ8 a = t == DType::q8_0 ? plain_q8_0(xr) : plain_q8_k(xr);
+          const int64_t blk = t == DType::q8_0 ? 32 : 256;
+          for (int64_t o = 0; o < n; ++o) {
+            const unsigned char* row = w.data() + o * rb;
+            double sum_abs = 0;
+            const float plain = plain_fast_dot(row, t, k, a, sum_abs) + bias[o];
+            const float got = fast[r * n + o];
+            const double u = std::ldexp(1.0, -24);
+            const std::string at = std::string(dtype_name(t)) + " k=" + std::to_string(k) +
+                                   " m=" + std::to_string(m) + " row " + std::to_string(r) +
+                                   " out " + std::to_string(o);
+            EXPECT_LE(std::fabs(static_cast<double>(got) - plain),
+                      16 * u * (sum_abs + std::fabs(bias[o])) + 1e-30)
+                << at << ": fast " << got << ", plain " << plain;
+            // Against the exact product: Σ|w|·|x − x̂| + f32 rounding of both sums.
+            const std::vector<float> wd = plain_decode(row, t, k);
+            double bound = 0;
+            double mag = std::fabs(bias[o]);
+            for (int64_t j = 0; j < k; ++j) {
+              const double xh = static_cast<double>(a.d[j / blk]) * a.q[j];
+              bound += std::fabs(static_cast<double>(wd[j])) * std::fabs(xr[j] - xh);
+              mag += std::fabs(static_cast<double>(wd[j]) * xr[j]);
+            }
+            bound += 2 * (k + 16) * u * (mag + sum_abs);
+            EXPECT_LE(std::fabs(static_cast<double>(got) - exact[r * n + o]), bound)
+                << at << ": fast " << got << ", exact " << exact[r * n + o];
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(GgmlDot, FastProductsDoNotDependOnTheThreadCount) {
+  if (simd_paths().empty()) GTEST_SKIP() << "no AVX2";
+  std::mt19937 rng(29);
+  ThreadPool one(1);
+  ThreadPool two(2);
+  for (DType t : kFast) {
+    const int64_t k = 512;
+    const int64_t n = 300;
+    const Bytes w = random_blocks(rng, t, n, k);
+    const std::vector<float> x = random_activations(rng, k);
+    std::vector<float> a(n);
+    std::vector<float> b(n);
+    ggml_dot::linear(x.data(), 1, k, w.data(), t, n, nullptr, a.data(), one);
+    ggml_dot::linear(x.data(), 1, k, w.data(), t, n, nullptr, b.data(), two);
+    EXPECT_TRUE(same_bits(dtype_name(t).data(), a.data(), b.data(), n));
   }
 }
 

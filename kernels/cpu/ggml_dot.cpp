@@ -1,0 +1,137 @@
+// FERRY_GGUF_PRODUCTS=fast (ggml_dot.hpp): the activation quantizers, transcribed from the
+// algorithm of ggml's quantize_row_q8_K_ref and quantize_row_q8_0_ref, and the threading over
+// weight rows. The row dots are in ggml_dot_avx2.cpp.
+#include "kernels/cpu/ggml_dot.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/detail/paths.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/core/ggml_quant.hpp"
+#include "runtime/core/half.hpp"
+
+namespace ferry::kernels::cpu::ggml_dot {
+
+// ggml's q8_K: per block of 256, max is the element of largest magnitude with its sign,
+// iscale = −127 / max, q = min(127, nearest(iscale·x)) (nearest: ties to even, as ggml's
+// nearest_int), d = 1 / iscale; a block of zeros is d = 0, q = 0.
+void quantize_q8_k(const float* x, int64_t k, Q8K* out) {
+  const int64_t nb = k / 256;
+  for (int64_t i = 0; i < nb; ++i) {
+    const float* xb = x + i * 256;
+    Q8K& y = out[i];
+    float amax = 0.0f;
+    float max = 0.0f;
+    for (int j = 0; j < 256; ++j) {
+      const float ax = std::fabs(xb[j]);
+      if (ax > amax) {
+        amax = ax;
+        max = xb[j];
+      }
+    }
+    if (amax == 0.0f) {
+      y.d = 0.0f;
+      std::fill(y.qs, y.qs + 256, int8_t{0});
+      std::fill(y.bsums, y.bsums + 16, int16_t{0});
+      continue;
+    }
+    const float iscale = -127.0f / max;
+    for (int j = 0; j < 256; ++j) {
+      const auto v = static_cast<int>(std::nearbyint(iscale * xb[j]));
+      y.qs[j] = static_cast<int8_t>(std::min(127, v));
+    }
+    for (int j = 0; j < 16; ++j) {
+      int s = 0;
+      for (int l = 0; l < 16; ++l) s += y.qs[16 * j + l];
+      y.bsums[j] = static_cast<int16_t>(s);
+    }
+    y.d = 1.0f / iscale;
+  }
+}
+
+// ggml's q8_0: per block of 32, d = amax / 127 (stored as f16), q = round(x / d) with the
+// unrounded d's inverse, ties away from zero (roundf).
+void quantize_q8_0(const float* x, int64_t k, Q80* out) {
+  const int64_t nb = k / 32;
+  for (int64_t i = 0; i < nb; ++i) {
+    const float* xb = x + i * 32;
+    float amax = 0.0f;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    out[i].d = f16_to_f32(f32_to_f16(d));
+    for (int j = 0; j < 32; ++j) out[i].qs[j] = static_cast<int8_t>(std::round(xb[j] * id));
+  }
+}
+
+bool supports(DType wdt) {
+  return wdt == DType::q4_k || wdt == DType::q6_k || wdt == DType::q8_0;
+}
+
+bool requested() {
+  const char* env = std::getenv("FERRY_GGUF_PRODUCTS");
+  const std::string want = env != nullptr ? env : "";
+  FERRY_EXPECT(want.empty() || want == "exact" || want == "fast",
+               "FERRY_GGUF_PRODUCTS={} is not a product mode; use exact or fast (or leave it "
+               "unset for exact)",
+               want);
+  return want == "fast";
+}
+
+#if defined(FERRY_KERNELS_AVX2)
+namespace {
+
+// Each output row o: one weight row dotted with every quantized activation row.
+template <class Block, class Dot>
+void run(const Block* xq, int64_t m, int64_t nb, const unsigned char* w, uint64_t row_bytes,
+         int64_t n, const float* bias, float* y, ThreadPool& pool, Dot dot) {
+  constexpr int64_t kGroup = detail::kLinearRowGroup;
+  const int64_t n_groups = (n + kGroup - 1) / kGroup;
+  // As run_linear in ops.cpp: a chunk carries ~256K multiply-adds at least.
+  const int64_t macs_per_group =
+      std::max<int64_t>(1, m * nb * static_cast<int64_t>(sizeof(Block::qs)) * kGroup);
+  const int64_t min_chunk = std::max<int64_t>(1, (int64_t{1} << 18) / macs_per_group);
+  pool.parallel_for(n_groups, min_chunk, [&](int64_t g_begin, int64_t g_end) {
+    const int64_t o_end = std::min(n, g_end * kGroup);
+    for (int64_t o = g_begin * kGroup; o < o_end; ++o) {
+      const unsigned char* row = w + static_cast<uint64_t>(o) * row_bytes;
+      const float b = bias != nullptr ? bias[o] : 0.0f;
+      for (int64_t r = 0; r < m; ++r) {
+        const float s = dot(row, xq + r * nb, nb);
+        y[r * n + o] = bias != nullptr ? s + b : s;
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+            const float* bias, float* y, ThreadPool& pool) {
+  const auto* wb = static_cast<const unsigned char*>(w);
+  const uint64_t row_bytes = ggml_row_bytes(wdt, k);
+  if (wdt == DType::q8_0) {
+    const int64_t nb = k / 32;
+    std::vector<Q80> xq(static_cast<std::size_t>(m * nb));
+    for (int64_t r = 0; r < m; ++r) quantize_q8_0(x + r * k, k, xq.data() + r * nb);
+    run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool, avx2::dot_q8_0);
+    return;
+  }
+  const int64_t nb = k / 256;
+  std::vector<Q8K> xq(static_cast<std::size_t>(m * nb));
+  for (int64_t r = 0; r < m; ++r) quantize_q8_k(x + r * k, k, xq.data() + r * nb);
+  run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool,
+      wdt == DType::q4_k ? avx2::dot_q4_k : avx2::dot_q6_k);
+}
+#else
+void linear(const float*, int64_t, int64_t, const void*, DType, int64_t, const float*, float*,
+            ThreadPool&) {
+  FERRY_EXPECT(false, "FERRY_GGUF_PRODUCTS=fast needs the AVX2 kernels, which this build lacks");
+}
+#endif
+
+}  // namespace ferry::kernels::cpu::ggml_dot

@@ -1,0 +1,62 @@
+// The opt-in fast products on llama.cpp's block formats (FERRY_GGUF_PRODUCTS=fast), llama.cpp's
+// way: the activation row is rounded once per call to 8-bit blocks (q8_K for the K formats, q8_0
+// for q8_0 weights, exactly as ggml's quantize_row_q8_K_ref / quantize_row_q8_0_ref), and each
+// weight row is dotted with it in integer arithmetic per (sub-)block, scaled as ggml's
+// ggml_vec_dot_q4_K_q8_K / q6_K_q8_K / q8_0_q8_0 scale. The result is not the exact product of
+// kernels/cpu/ggml_linear_*.cpp: it carries the activation's rounding error, bounded by
+// Σ|w|·|x − x̂| (docs/ggml-formats.md). The default (FERRY_GGUF_PRODUCTS unset or "exact") keeps
+// the exact path.
+//
+// The quantizers and the threading live in ggml_dot.cpp; the row dots in ggml_dot_avx2.cpp
+// (compiled with AVX2, called only after the run-time check, see detail/paths.hpp). This header
+// declares plain structs and functions only, no inline code.
+#pragma once
+
+#include <cstdint>
+
+#include "runtime/core/dtype.hpp"
+#include "runtime/core/thread_pool.hpp"
+
+namespace ferry::kernels::cpu::ggml_dot {
+
+// ggml's block_q8_K: 256 activations, x ≈ d·qs, with bsums[j] = Σ qs[16j … 16j + 15].
+struct Q8K {
+  float d;
+  int8_t qs[256];
+  int16_t bsums[16];
+};
+
+// ggml's block_q8_0 for 32 activations, with d kept as the f32 value of its f16.
+struct Q80 {
+  float d;
+  int8_t qs[32];
+};
+
+// ggml's quantize_row_q8_K_ref / quantize_row_q8_0_ref over k activations (k a multiple of 256 /
+// 32): out receives k / 256 (k / 32) blocks.
+void quantize_q8_k(const float* x, int64_t k, Q8K* out);
+void quantize_q8_0(const float* x, int64_t k, Q80* out);
+
+// True for the weight formats the fast path multiplies (q4_k, q6_k, q8_0).
+bool supports(DType wdt);
+
+// FERRY_GGUF_PRODUCTS: true for "fast", false when unset or "exact"; anything else is an error.
+bool requested();
+
+// Rows of x up to which linear takes the fast path when it is requested (decode and small batches;
+// longer prompts keep the exact tiled product).
+inline constexpr int64_t kMaxRows = 32;
+
+// y = x · wᵀ + bias with w in a format supports() accepts, through the AVX2 row dots; the caller
+// has checked the processor, the dtype and the shapes (ops.cpp's linear).
+void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+            const float* bias, float* y, ThreadPool& pool);
+
+namespace avx2 {
+// Σ over nb blocks of one weight row · the quantized activations (ggml_dot_avx2.cpp).
+float dot_q4_k(const unsigned char* row, const Q8K* x, int64_t nb);
+float dot_q6_k(const unsigned char* row, const Q8K* x, int64_t nb);
+float dot_q8_0(const unsigned char* row, const Q80* x, int64_t nb);
+}  // namespace avx2
+
+}  // namespace ferry::kernels::cpu::ggml_dot
