@@ -1,6 +1,6 @@
 // FERRY_GGUF_PRODUCTS=fast (ggml_dot.hpp): the activation quantizers, transcribed from the
 // algorithm of ggml's quantize_row_q8_K_ref and quantize_row_q8_0_ref, and the threading over
-// weight rows. The row dots are in ggml_dot_avx2.cpp.
+// weight rows. The row dots are in ggml_dot_avx2.cpp and ggml_dot_avx512.cpp.
 #include "kernels/cpu/ggml_dot.hpp"
 
 #include <algorithm>
@@ -82,6 +82,21 @@ bool requested() {
   return want == "fast";
 }
 
+bool uses_vnni() {
+#if defined(FERRY_KERNELS_AVX512)
+  static const bool vnni = [] {
+    const char* env = std::getenv("FERRY_SIMD");
+    if (env != nullptr && std::string(env) == "avx2") return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512vnni");
+  }();
+  return vnni;
+#else
+  return false;
+#endif
+}
+
 #if defined(FERRY_KERNELS_AVX2)
 namespace {
 
@@ -118,14 +133,23 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
     const int64_t nb = k / 32;
     std::vector<Q80> xq(static_cast<std::size_t>(m * nb));
     for (int64_t r = 0; r < m; ++r) quantize_q8_0(x + r * k, k, xq.data() + r * nb);
+#if defined(FERRY_KERNELS_AVX512)
+    run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool,
+        uses_vnni() ? vnni::dot_q8_0 : avx2::dot_q8_0);
+#else
     run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool, avx2::dot_q8_0);
+#endif
     return;
   }
   const int64_t nb = k / 256;
   std::vector<Q8K> xq(static_cast<std::size_t>(m * nb));
   for (int64_t r = 0; r < m; ++r) quantize_q8_k(x + r * k, k, xq.data() + r * nb);
-  run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool,
-      wdt == DType::q4_k ? avx2::dot_q4_k : avx2::dot_q6_k);
+  float (*dot)(const unsigned char*, const Q8K*, int64_t) =
+      wdt == DType::q4_k ? avx2::dot_q4_k : avx2::dot_q6_k;
+#if defined(FERRY_KERNELS_AVX512)
+  if (uses_vnni()) dot = wdt == DType::q4_k ? vnni::dot_q4_k : vnni::dot_q6_k;
+#endif
+  run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool, dot);
 }
 #else
 void linear(const float*, int64_t, int64_t, const void*, DType, int64_t, const float*, float*,

@@ -8,7 +8,8 @@
 // the exact path.
 //
 // The quantizers and the threading live in ggml_dot.cpp; the row dots in ggml_dot_avx2.cpp
-// (compiled with AVX2, called only after the run-time check, see detail/paths.hpp). This header
+// (AVX2) and ggml_dot_avx512.cpp (AVX512-VNNI, picked at run time where the processor has it),
+// called only after the run-time checks (see detail/paths.hpp). This header
 // declares plain structs and functions only, no inline code.
 #pragma once
 
@@ -47,7 +48,7 @@ bool requested();
 // longer prompts keep the exact tiled product).
 inline constexpr int64_t kMaxRows = 32;
 
-// y = x · wᵀ + bias with w in a format supports() accepts, through the AVX2 row dots; the caller
+// y = x · wᵀ + bias with w in a format supports() accepts, through the AVX2 (or VNNI) row dots; the caller
 // has checked the processor, the dtype and the shapes (ops.cpp's linear).
 void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
             const float* bias, float* y, ThreadPool& pool);
@@ -58,5 +59,17 @@ float dot_q4_k(const unsigned char* row, const Q8K* x, int64_t nb);
 float dot_q6_k(const unsigned char* row, const Q8K* x, int64_t nb);
 float dot_q8_0(const unsigned char* row, const Q80* x, int64_t nb);
 }  // namespace avx2
+
+namespace vnni {
+// The same with AVX512-VNNI (ggml_dot_avx512.cpp), equal results; only where the processor has
+// AVX512-VL and -VNNI and the build has the AVX-512 files.
+float dot_q4_k(const unsigned char* row, const Q8K* x, int64_t nb);
+float dot_q6_k(const unsigned char* row, const Q8K* x, int64_t nb);
+float dot_q8_0(const unsigned char* row, const Q80* x, int64_t nb);
+}  // namespace vnni
+
+// True when linear uses the vnni dots: the processor has AVX512-VL and -VNNI, the build has the
+// AVX-512 files and FERRY_SIMD does not ask for avx2.
+bool uses_vnni();
 
 }  // namespace ferry::kernels::cpu::ggml_dot

@@ -746,5 +746,39 @@ TEST(GgmlDot, FastProductsDoNotDependOnTheThreadCount) {
   }
 }
 
+
+// The AVX512-VNNI dots give the AVX2 dots' integers, hence the same floats, bit for bit.
+TEST(GgmlDot, VnniDotsEqualTheAvx2Dots) {
+  if (simd_paths().empty() || !ggml_dot::uses_vnni()) GTEST_SKIP() << "no AVX512-VNNI";
+  std::mt19937 rng(31);
+  for (DType t : kFast) {
+    const int64_t k = 2048;
+    const int64_t n = 64;
+    const Bytes w = random_blocks(rng, t, n, k);
+    const std::vector<float> x = random_activations(rng, k);
+    std::vector<ggml_dot::Q8K> qk(k / 256);
+    std::vector<ggml_dot::Q80> q0(k / 32);
+    ggml_dot::quantize_q8_k(x.data(), k, qk.data());
+    ggml_dot::quantize_q8_0(x.data(), k, q0.data());
+    const auto rb = static_cast<int64_t>(ggml_row_bytes(t, k));
+    for (int64_t o = 0; o < n; ++o) {
+      const unsigned char* row = w.data() + o * rb;
+      float a = 0;
+      float b = 0;
+      if (t == DType::q8_0) {
+        a = ggml_dot::avx2::dot_q8_0(row, q0.data(), k / 32);
+        b = ggml_dot::vnni::dot_q8_0(row, q0.data(), k / 32);
+      } else if (t == DType::q4_k) {
+        a = ggml_dot::avx2::dot_q4_k(row, qk.data(), k / 256);
+        b = ggml_dot::vnni::dot_q4_k(row, qk.data(), k / 256);
+      } else {
+        a = ggml_dot::avx2::dot_q6_k(row, qk.data(), k / 256);
+        b = ggml_dot::vnni::dot_q6_k(row, qk.data(), k / 256);
+      }
+      ASSERT_EQ(f32_bits(a), f32_bits(b)) << dtype_name(t) << " row " << o << ": " << a << " " << b;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace ferry::kernels::cpu

@@ -1,0 +1,50 @@
+// The row dots of FERRY_GGUF_PRODUCTS=fast (ggml_dot.hpp) with AVX512-VNNI on 256-bit vectors:
+// vpdpbusd for q8_0's byte products and vpdpwssd for the K formats' scaling, the same integers as
+// the AVX2 file's (the kernels are in detail/ggml_dot_body.inc). Called only where the processor
+// has AVX512-VL and -VNNI (ggml_dot.cpp checks).
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "kernels/cpu/ggml_dot.hpp"
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512vnni"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512vnni")
+#endif
+
+namespace ferry::kernels::cpu::ggml_dot::vnni {
+namespace {
+
+struct Ops {
+  static __m256i madd_add(__m256i acc, __m256i p, __m256i s) {
+    return _mm256_dpwssd_epi32(acc, p, s);
+  }
+  static __m256i dot_u8s8(__m256i a, __m256i b) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+  }
+};
+
+#include "kernels/cpu/detail/ggml_dot_body.inc"
+
+}  // namespace
+
+float dot_q4_k(const unsigned char* row, const Q8K* x, int64_t nb) {
+  return dot_q4_k_impl(row, x, nb);
+}
+float dot_q6_k(const unsigned char* row, const Q8K* x, int64_t nb) {
+  return dot_q6_k_impl(row, x, nb);
+}
+float dot_q8_0(const unsigned char* row, const Q80* x, int64_t nb) {
+  return dot_q8_0_impl(row, x, nb);
+}
+
+}  // namespace ferry::kernels::cpu::ggml_dot::vnni
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
