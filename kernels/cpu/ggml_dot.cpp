@@ -69,7 +69,7 @@ void quantize_q8_0(const float* x, int64_t k, Q80* out) {
 }
 
 bool supports(DType wdt) {
-  return wdt == DType::q4_k || wdt == DType::q6_k || wdt == DType::q8_0;
+  return wdt == DType::q4_k || wdt == DType::q6_k || wdt == DType::q8_0 || wdt == DType::q4_0;
 }
 
 bool requested() {
@@ -129,16 +129,16 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
             const float* bias, float* y, ThreadPool& pool) {
   const auto* wb = static_cast<const unsigned char*>(w);
   const uint64_t row_bytes = ggml_row_bytes(wdt, k);
-  if (wdt == DType::q8_0) {
+  if (wdt == DType::q8_0 || wdt == DType::q4_0) {
     const int64_t nb = k / 32;
     std::vector<Q80> xq(static_cast<std::size_t>(m * nb));
     for (int64_t r = 0; r < m; ++r) quantize_q8_0(x + r * k, k, xq.data() + r * nb);
+    float (*dot)(const unsigned char*, const Q80*, int64_t) =
+        wdt == DType::q8_0 ? avx2::dot_q8_0 : avx2::dot_q4_0;
 #if defined(FERRY_KERNELS_AVX512)
-    run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool,
-        uses_vnni() ? vnni::dot_q8_0 : avx2::dot_q8_0);
-#else
-    run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool, avx2::dot_q8_0);
+    if (uses_vnni()) dot = wdt == DType::q8_0 ? vnni::dot_q8_0 : vnni::dot_q4_0;
 #endif
+    run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool, dot);
     return;
   }
   const int64_t nb = k / 256;

@@ -570,9 +570,13 @@ float plain_fast_dot(const unsigned char* row, DType t, int64_t k, const PlainQ8
   const int64_t nb = k / ggml_block_elems(t);
   for (int64_t i = 0; i < nb; ++i) {
     const unsigned char* b = row + i * static_cast<int64_t>(ggml_block_bytes(t));
-    if (t == DType::q8_0) {
+    if (t == DType::q8_0 || t == DType::q4_0) {
       int sumi = 0;
-      for (int l = 0; l < 32; ++l) sumi += static_cast<int8_t>(b[2 + l]) * a.q[32 * i + l];
+      for (int l = 0; l < 32; ++l) {
+        const int wq = t == DType::q8_0 ? static_cast<int8_t>(b[2 + l])
+                                        : (l < 16 ? b[2 + l] & 0xF : b[2 + l - 16] >> 4) - 8;
+        sumi += wq * a.q[32 * i + l];
+      }
       const float term = static_cast<float>(sumi) * (h2f(b) * a.d[i]);
       sum += term;
       sum_abs += std::fabs(term);
@@ -620,7 +624,7 @@ float plain_fast_dot(const unsigned char* row, DType t, int64_t k, const PlainQ8
   return sum;
 }
 
-constexpr DType kFast[] = {DType::q8_0, DType::q4_k, DType::q6_k};
+constexpr DType kFast[] = {DType::q8_0, DType::q4_k, DType::q6_k, DType::q4_0};
 
 std::vector<float> random_activations(std::mt19937& rng, int64_t k) {
   std::normal_distribution<float> nd(0.f, 1.f);
@@ -666,11 +670,12 @@ TEST(GgmlDot, ProductMode) {
   ::unsetenv("FERRY_GGUF_PRODUCTS");
   for (DType t : kFast) EXPECT_TRUE(ggml_dot::supports(t));
   EXPECT_FALSE(ggml_dot::supports(DType::q4_1));
+  EXPECT_FALSE(ggml_dot::supports(DType::q5_k));
   EXPECT_FALSE(ggml_dot::supports(DType::f32));
 }
 
 // The AVX2 fast products against the plain integer math (the same integers; only the f32 scaling
-// and summing order may differ: a few ulps of Σ|block term|), and against the exact path within
+// and summing order may differ: the rounding of a sum of k / blk terms), and against the exact path within
 // the activation's rounding error Σ|w|·|x − x̂| plus both sides' f32 rounding.
 TEST(GgmlDot, FastProductsMatchThePlainIntegerMathAndTheExactProduct) {
   if (simd_paths().empty()) GTEST_SKIP() << "no AVX2";
@@ -695,8 +700,9 @@ TEST(GgmlDot, FastProductsMatchThePlainIntegerMathAndTheExactProduct) {
         const auto rb = static_cast<int64_t>(ggml_row_bytes(t, k));
         for (int64_t r = 0; r < m; ++r) {
           const std::vector<float> xr(x.begin() + r * k, x.begin() + (r + 1) * k);
-          const PlainQ8 a = t == DType::q8_0 ? plain_q8_0(xr) : plain_q8_k(xr);
-          const int64_t blk = t == DType::q8_0 ? 32 : 256;
+          const bool small = ggml_block_elems(t) == 32;
+          const PlainQ8 a = small ? plain_q8_0(xr) : plain_q8_k(xr);
+          const int64_t blk = small ? 32 : 256;
           for (int64_t o = 0; o < n; ++o) {
             const unsigned char* row = w.data() + o * rb;
             double sum_abs = 0;
@@ -706,8 +712,10 @@ TEST(GgmlDot, FastProductsMatchThePlainIntegerMathAndTheExactProduct) {
             const std::string at = std::string(dtype_name(t)) + " k=" + std::to_string(k) +
                                    " m=" + std::to_string(m) + " row " + std::to_string(r) +
                                    " out " + std::to_string(o);
+            // Both are f32 sums of k / blk block terms (each with a rounding or two), in
+            // different orders: each within (k / blk + 16)·u·Σ|term| of the exact sum.
             EXPECT_LE(std::fabs(static_cast<double>(got) - plain),
-                      16 * u * (sum_abs + std::fabs(bias[o])) + 1e-30)
+                      2 * static_cast<double>(k / blk + 16) * u * (sum_abs + std::fabs(bias[o])))
                 << at << ": fast " << got << ", plain " << plain;
             // Against the exact product: Σ|w|·|x − x̂| + f32 rounding of both sums.
             const std::vector<float> wd = plain_decode(row, t, k);
@@ -768,6 +776,9 @@ TEST(GgmlDot, VnniDotsEqualTheAvx2Dots) {
       if (t == DType::q8_0) {
         a = ggml_dot::avx2::dot_q8_0(row, q0.data(), k / 32);
         b = ggml_dot::vnni::dot_q8_0(row, q0.data(), k / 32);
+      } else if (t == DType::q4_0) {
+        a = ggml_dot::avx2::dot_q4_0(row, q0.data(), k / 32);
+        b = ggml_dot::vnni::dot_q4_0(row, q0.data(), k / 32);
       } else if (t == DType::q4_k) {
         a = ggml_dot::avx2::dot_q4_k(row, qk.data(), k / 256);
         b = ggml_dot::vnni::dot_q4_k(row, qk.data(), k / 256);
