@@ -15,7 +15,8 @@ cache (llama.cpp's resident case) and ferry's plan all resident.
 
   bench/llamacpp_compare.py MODEL.gguf [--caps "none 4GiB 2.5GiB"] [--rounds 3] [--n 16]
                             [--prompt-tokens 64] [--threads 2] [--headroom 256MiB]
-  env: FERRY=build/tools/ferry
+  env: FERRY=build/tools/ferry; FERRY_GGUF_PRODUCTS=fast (passed on to ferry) times llama.cpp's
+       q8-activation integer products instead of ferry's default exact f32 ones
 
 The models are usually written by `ferry make-model --preset llama3-8b --gguf q4_k_m -o F.gguf`.
 The last line of stdout is a JSON summary.

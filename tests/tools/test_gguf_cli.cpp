@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -35,9 +37,9 @@ std::string quote(const std::string& s) {
   return q;
 }
 
-Result ferry(const std::vector<std::string>& args) {
+Result ferry(const std::vector<std::string>& args, const std::string& env = "") {
   test::TempDir tmp;
-  std::string cmd = quote(FERRY_BIN);
+  std::string cmd = env + quote(FERRY_BIN);
   for (const auto& a : args) cmd.append(" ").append(quote(a));
   cmd.append(" >").append(quote((tmp / "out").string()));
   cmd.append(" 2>").append(quote((tmp / "err").string())).append(" </dev/null");
@@ -93,6 +95,37 @@ TEST(GgufCli, LogitsAndPlanFromTheFile) {
   EXPECT_NE(r.out.find("architecture: llama"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("ggml type Q8_0: 16 tensors"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("layer 1"), std::string::npos) << r.out;
+}
+
+// FERRY_GGUF_PRODUCTS=fast rounds the activations to q8_K / q8_0 and multiplies in integers as
+// llama.cpp does: its logits are llama.cpp's own (last_logits, not the dequant-f32 ones) to a few
+// 1e-7 (0 on Q8_0), and its greedy tokens are llama.cpp's, every step of every prompt.
+TEST(GgufCli, FastProductsGiveLlamaCppsOwnLogits) {
+  for (const char* type : {"Q8_0", "Q4_K_M", "Q6_K"}) {
+    SCOPED_TRACE(type);
+    const std::string model = fixture(type).string();
+    const json e = json::parse(test::read_file(fixture(type).parent_path() / "expected.json"));
+    for (const json& p : e["prompts"]) {
+      std::string ids;
+      for (const auto& id : p["input_ids"]) ids += std::to_string(id.get<int>()) + " ";
+      Result r = ferry({"logits", "-m", model, "--ids", ids}, "FERRY_GGUF_PRODUCTS=fast ");
+      ASSERT_EQ(r.rc, 0) << r.err;
+      const auto got = json::parse(r.out)["logits"].get<std::vector<float>>();
+      const auto want = p["last_logits"].get<std::vector<float>>();
+      ASSERT_EQ(got.size(), want.size());
+      float worst = 0;
+      for (std::size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]));
+      EXPECT_LE(worst, 1e-5f);
+      r = ferry({"run", "-m", model, "--ids", ids, "-n", "20", "--print-ids", "-q"},
+                "FERRY_GGUF_PRODUCTS=fast ");
+      ASSERT_EQ(r.rc, 0) << r.err;
+      EXPECT_EQ(json::parse(r.out.substr(r.out.rfind('['))), p["greedy_tokens"]);
+    }
+  }
+  const Result bad = ferry({"logits", "-m", fixture("Q8_0").string(), "--ids", "1 2"},
+                           "FERRY_GGUF_PRODUCTS=quick ");
+  EXPECT_EQ(bad.rc, 1);
+  EXPECT_NE(bad.err.find("FERRY_GGUF_PRODUCTS"), std::string::npos) << bad.err;
 }
 
 // Bytes of the fixture with `edit` applied, written to dir/name.
