@@ -1,5 +1,6 @@
 #include "tests/support/test_support.hpp"
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -12,6 +13,33 @@
 namespace ferry::test {
 
 namespace fs = std::filesystem;
+
+std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) {
+    if (c == '\'') {
+      q.append("'\\''");
+    } else {
+      q.push_back(c);
+    }
+  }
+  q.push_back('\'');
+  return q;
+}
+
+CommandResult run_command(const std::string& binary, const std::vector<std::string>& args,
+                          const std::string& env) {
+  const TempDir tmp;
+  std::string cmd = env + shell_quote(binary);
+  for (const auto& a : args) cmd.append(" ").append(shell_quote(a));
+  cmd.append(" >").append(shell_quote((tmp / "out").string()));
+  cmd.append(" 2>").append(shell_quote((tmp / "err").string())).append(" </dev/null");
+  const int status = std::system(cmd.c_str());
+  const int rc = WIFEXITED(status)     ? WEXITSTATUS(status)
+                 : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
+                                       : -1;
+  return {rc, read_file(tmp / "out"), read_file(tmp / "err")};
+}
 
 fs::path data_dir() {
   if (const char* d = std::getenv("FERRY_TEST_DATA")) return d;

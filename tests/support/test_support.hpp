@@ -28,6 +28,19 @@ class TempDir {
   std::filesystem::path path_;
 };
 
+// A command's exit status (or 128 + the signal that ended it) and what it wrote.
+struct CommandResult {
+  int rc;
+  std::string out;
+  std::string err;
+};
+// s in single quotes for sh, its own single quotes escaped.
+std::string shell_quote(const std::string& s);
+// Runs `env binary args...` through sh with stdin from /dev/null, capturing stdout and stderr;
+// env is a prefix such as "FERRY_THREADS=2 " (or empty).
+CommandResult run_command(const std::string& binary, const std::vector<std::string>& args,
+                          const std::string& env = "");
+
 std::string read_file(const std::filesystem::path& p);
 void write_file(const std::filesystem::path& p, std::string_view bytes);
 // Copies every file of src into dst (created), e.g. a fixture checkpoint to corrupt.

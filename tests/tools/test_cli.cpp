@@ -19,35 +19,9 @@ namespace {
 using nlohmann::json;
 namespace fs = std::filesystem;
 
-struct Result {
-  int rc;
-  std::string out;
-  std::string err;
-};
+using Result = test::CommandResult;
 
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) {
-    if (c == '\'') {
-      q.append("'\\''");
-    } else {
-      q.push_back(c);
-    }
-  }
-  q.push_back('\'');
-  return q;
-}
-
-Result ferry(const std::vector<std::string>& args) {
-  test::TempDir tmp;
-  std::string cmd = quote(FERRY_BIN);
-  for (const auto& a : args) cmd.append(" ").append(quote(a));
-  cmd.append(" >").append(quote((tmp / "out").string()));
-  cmd.append(" 2>").append(quote((tmp / "err").string())).append(" </dev/null");
-  const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, test::read_file(tmp / "out"),
-          test::read_file(tmp / "err")};
-}
+Result ferry(const std::vector<std::string>& args) { return test::run_command(FERRY_BIN, args); }
 
 std::string last_line(const std::string& s) {
   std::string t = s;

@@ -18,34 +18,10 @@ namespace {
 using nlohmann::json;
 namespace fs = std::filesystem;
 
-struct Result {
-  int rc;
-  std::string out;
-  std::string err;
-};
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) {
-    if (c == '\'') {
-      q.append("'\\''");
-    } else {
-      q.push_back(c);
-    }
-  }
-  q.push_back('\'');
-  return q;
-}
+using Result = test::CommandResult;
 
 Result ferry(const std::vector<std::string>& args, const std::string& env = "") {
-  test::TempDir tmp;
-  std::string cmd = env + quote(FERRY_BIN);
-  for (const auto& a : args) cmd.append(" ").append(quote(a));
-  cmd.append(" >").append(quote((tmp / "out").string()));
-  cmd.append(" 2>").append(quote((tmp / "err").string())).append(" </dev/null");
-  const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, test::read_file(tmp / "out"),
-          test::read_file(tmp / "err")};
+  return test::run_command(FERRY_BIN, args, env);
 }
 
 fs::path fixture(const std::string& type) {

@@ -19,32 +19,16 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int rc;  // the exit status, or 128 + the signal that ended it
-  std::string out;
-  std::string err;
-};
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) {
-    if (c == '\'') {
-      q.append("'\\''");
-    } else {
-      q.push_back(c);
-    }
-  }
-  q.push_back('\'');
-  return q;
-}
+using Result = test::CommandResult;  // rc: the exit status, or 128 + the signal that ended it
+using test::shell_quote;
 
 // Runs `sh -c SCRIPT` with $FERRY set to the binary; stdout and stderr are captured unless the
 // script redirects them itself.
 Result sh(const std::string& script) {
   test::TempDir tmp;
-  const std::string cmd = "FERRY=" + quote(FERRY_BIN) + " sh -c " + quote(script) + " >" +
-                          quote((tmp / "out").string()) + " 2>" + quote((tmp / "err").string()) +
-                          " </dev/null";
+  const std::string cmd = "FERRY=" + shell_quote(FERRY_BIN) + " sh -c " + shell_quote(script) +
+                          " >" + shell_quote((tmp / "out").string()) + " 2>" +
+                          shell_quote((tmp / "err").string()) + " </dev/null";
   const int status = std::system(cmd.c_str());
   int rc = -1;
   if (WIFEXITED(status)) rc = WEXITSTATUS(status);
@@ -54,7 +38,7 @@ Result sh(const std::string& script) {
 
 Result ferry(const std::vector<std::string>& args, const std::string& redirect = "") {
   std::string script = "exec \"$FERRY\"";
-  for (const auto& a : args) script.append(" ").append(quote(a));
+  for (const auto& a : args) script.append(" ").append(shell_quote(a));
   return sh(script + " " + redirect);
 }
 
@@ -122,7 +106,7 @@ TEST(Hardening, OutOfMemoryIsAnErrorWithAMessage) {
   bool out_of_memory = false;
   for (const int kib : {20000, 30000, 40000, 50000, 60000, 80000, 120000}) {
     const Result r = sh("ulimit -v " + std::to_string(kib) + " && exec \"$FERRY\" run -m " +
-                        quote(m) + " --ids '1 2' -n 2 -q");
+                        shell_quote(m) + " --ids '1 2' -n 2 -q");
     SCOPED_TRACE(kib);
     ASSERT_TRUE(r.rc == 0 || r.rc == 1) << r.rc << "\n" << r.err;
     if (r.rc == 1) {
@@ -145,8 +129,8 @@ TEST(Hardening, AFailedWriteLeavesTheOldFileWhole) {
   // Files may grow to 512 bytes (room for the message on stderr, not for the plan): a write
   // beyond fails as on a full disk (EFBIG).
   const Result r =
-      sh("trap '' XFSZ; ulimit -f 1 && exec \"$FERRY\" plan -m " + quote(m) + " -o " +
-         quote(plan.string()));
+      sh("trap '' XFSZ; ulimit -f 1 && exec \"$FERRY\" plan -m " + shell_quote(m) + " -o " +
+         shell_quote(plan.string()));
   EXPECT_EQ(r.rc, 1) << r.err;
   EXPECT_NE(r.err.find(plan.string()), std::string::npos) << r.err;
   EXPECT_EQ(test::read_file(plan), "the old plan\n");
@@ -198,8 +182,8 @@ TEST(Hardening, AnInterruptedConvertLeavesNoTraceAndTheOldPackWhole) {
                             "--n-head", "8", "--rotary-dim", "8", "-o", (tmp / "b").string(),
                             "-q"});
   ASSERT_EQ(big.rc, 0) << big.err;
-  const Result r = sh("\"$FERRY\" convert -m " + quote((tmp / "b").string()) + " -o " +
-                      quote(pack.string()) + " -q & p=$!; sleep 0.2; kill -TERM $p; wait $p");
+  const Result r = sh("\"$FERRY\" convert -m " + shell_quote((tmp / "b").string()) + " -o " +
+                      shell_quote(pack.string()) + " -q & p=$!; sleep 0.2; kill -TERM $p; wait $p");
   EXPECT_TRUE(r.rc == 0 || r.rc == 128 + SIGTERM) << r.rc << r.err;
   if (r.rc != 0) {
     EXPECT_EQ(test::read_file(pack / "model.ferry"), old_pack);
@@ -217,8 +201,8 @@ TEST(Hardening, TwoConvertsIntoOneDirectoryTakeTurns) {
   const std::string a = make_tiny(tmp / "a", 2).string();
   const std::string b = make_tiny(tmp / "b", 3).string();
   const std::string pack = (tmp / "pack").string();
-  const Result r = sh("\"$FERRY\" convert -m " + quote(a) + " -o " + quote(pack) +
-                      " -q & a=$!; \"$FERRY\" convert -m " + quote(b) + " -o " + quote(pack) +
+  const Result r = sh("\"$FERRY\" convert -m " + shell_quote(a) + " -o " + shell_quote(pack) +
+                      " -q & a=$!; \"$FERRY\" convert -m " + shell_quote(b) + " -o " + shell_quote(pack) +
                       " -q & b=$!; wait $a && wait $b");
   ASSERT_EQ(r.rc, 0) << r.err;
   const Result v = ferry({"verify", "-m", pack, "-q"});
