@@ -133,7 +133,8 @@ Command add_plan(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "plan", "predict memory and speed before loading, and choose where every layer lives");
   cmd->add_option("-m,--model", o->model,
-                  "model directory (config.json; weights optional) or a config.json")
+                  "model directory (config.json; weights optional), a config.json, or a GGUF "
+                  "file")
       ->required();
   cmd->add_option("--profile", o->profile,
                   "plan for a named machine instead of this one: colab-t4, colab-cpu, "

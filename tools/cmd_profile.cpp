@@ -31,7 +31,8 @@ struct ProfileFlags {
 };
 
 void add_profile_flags(CLI::App* cmd, ProfileFlags& f) {
-  cmd->add_option("-m,--model", f.model, "model directory (config.json + weights)")->required();
+  cmd->add_option("-m,--model", f.model, "model directory (config.json + weights) or GGUF file")
+      ->required();
   cmd->add_option("--max-ram", f.max_ram,
                   "cap on host memory, e.g. 4GiB (default: what is free, cgroup limits included)")
       ->envname("FERRY_MAX_RAM");

@@ -171,7 +171,8 @@ std::string token_text(const text::BpeTokenizer& tok, text::StreamDecoder& dec, 
 Command add_run(CLI::App& app) {
   auto o = std::make_shared<RunOptions>();
   CLI::App* cmd = app.add_subcommand("run", "generate text from a prompt");
-  cmd->add_option("-m,--model", o->model, "model directory (config.json + weights)")->required();
+  cmd->add_option("-m,--model", o->model, "model directory (config.json + weights) or GGUF file")
+      ->required();
   auto* p = cmd->add_option("-p,--prompt", o->prompt, "prompt text");
   auto* i = cmd->add_option("--ids", o->ids, "prompt as token ids, e.g. \"15496 995\"");
   p->excludes(i);
@@ -301,7 +302,7 @@ Command add_logits(CLI::App& app) {
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("logits", "print the logits at the last position as JSON");
-  cmd->add_option("-m,--model", o->model, "model directory")->required();
+  cmd->add_option("-m,--model", o->model, "model directory or GGUF file")->required();
   auto* i = cmd->add_option("--ids", o->ids, "input token ids, e.g. \"15496 995\"");
   auto* p = cmd->add_option("-p,--prompt", o->prompt, "input text (tokenized first)");
   i->excludes(p);
@@ -378,7 +379,8 @@ Command add_perplexity(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "perplexity",
       "score a text: perplexity, and against --reference the KL divergence and top-1 agreement");
-  cmd->add_option("-m,--model", o->model, "model directory (a checkpoint or a ferry pack)")
+  cmd->add_option("-m,--model", o->model,
+                  "model directory (a checkpoint or a ferry pack) or GGUF file")
       ->required();
   auto* f = cmd->add_option("-f,--file", o->file, "the text to score, a UTF-8 file");
   auto* p = cmd->add_option("-p,--prompt", o->prompt, "the text to score");
