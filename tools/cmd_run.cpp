@@ -234,7 +234,9 @@ Command add_run(CLI::App& app) {
     if (!o->ignore_eos) {
       // An end id the vocabulary does not have can never be generated: say so (Hugging Face's
       // tiny GPT-J configs keep GPT-2's 50256 over 1000 ids) and stop at the others.
-      for (int32_t id : engine::read_eos_ids(o->model, m.config)) {
+      // The model's own tokenizer (not one given with --vocab/--merges) names its end ids.
+      const bool own = tok && o->tok.vocab.empty() && o->tok.merges.empty();
+      for (int32_t id : engine::read_eos_ids(o->model, m.config, own ? &*tok : nullptr)) {
         if (id >= 0 && id < m.config.vocab_size) {
           go.eos_ids.push_back(id);
         } else if (!o->quiet) {

@@ -181,12 +181,15 @@ text::Tokenizer read_tokenizer(const fs::path& model) {
   return text::Tokenizer::from_model_dir(model);
 }
 
-std::vector<int32_t> read_eos_ids(const fs::path& model, const model::ModelConfig& config) {
+std::vector<int32_t> read_eos_ids(const fs::path& model, const model::ModelConfig& config,
+                                  const text::Tokenizer* tokenizer) {
   if (!gguf_model_file(model)) return model::generation_eos_ids(model, config);
   // llama.cpp stops at every end-of-generation token its vocabulary names (eos, eot, eom, and
   // those it recognises by their text, e.g. Llama 3's <|eot_id|>).
   std::vector<int32_t> ids = config.eos_token_ids;
-  for (int32_t id : read_tokenizer(model).eog_ids())
+  const std::vector<int32_t> eog =
+      tokenizer != nullptr ? tokenizer->eog_ids() : read_tokenizer(model).eog_ids();
+  for (int32_t id : eog)
     if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
   return ids;
 }

@@ -37,8 +37,11 @@ text::Tokenizer read_tokenizer(const std::filesystem::path& model);
 
 // The ids generation stops at: generation_config.json's or config.json's (generation_eos_ids), or
 // a GGUF file's end-of-generation ids as llama.cpp finds them (eos, eot, eom, and by their text).
+// `tokenizer`, when given, is the model's own (read_tokenizer's), so a GGUF file's is not built
+// a second time.
 std::vector<int32_t> read_eos_ids(const std::filesystem::path& model,
-                                  const model::ModelConfig& config);
+                                  const model::ModelConfig& config,
+                                  const text::Tokenizer* tokenizer = nullptr);
 
 // A GGUF file's tokenizer.ggml.* metadata, checked for types; source names the file.
 text::GgufVocabulary gguf_vocabulary(const nlohmann::json& metadata, const std::string& source);

@@ -122,6 +122,8 @@ TEST(GgufModel, DescribesTheFixture) {
   EXPECT_EQ(read_eos_ids(gguf_file("Q4_K_M"), c), (std::vector<int32_t>{1022, 1023}));
   const text::Tokenizer tok = read_tokenizer(gguf_file("Q4_K_M"));
   EXPECT_EQ(tok.vocab_size(), 1024);
+  // The same from the tokenizer a caller already holds.
+  EXPECT_EQ(read_eos_ids(gguf_file("Q4_K_M"), c, &tok), (std::vector<int32_t>{1022, 1023}));
 }
 
 std::vector<float> last_logits(const fs::path& model, const std::vector<int32_t>& ids) {
