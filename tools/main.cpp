@@ -89,6 +89,7 @@ int main(int argc, char** argv) {
                                                   {"logits", &ferry::tools::add_logits},
                                                   {"perplexity", &ferry::tools::add_perplexity},
                                                   {"tokenize", &ferry::tools::add_tokenize},
+                                                  {"template", &ferry::tools::add_template},
                                                   {"inspect", &ferry::tools::add_inspect},
                                                   {"make-model", &ferry::tools::add_make_model},
                                                   {"info", &ferry::tools::add_info},
