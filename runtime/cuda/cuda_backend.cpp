@@ -561,6 +561,11 @@ int CudaBackend::max_seqs() const { return impl_->options.max_seqs; }
 int64_t CudaBackend::length(int seq) const {
   return impl_->lengths.at(static_cast<std::size_t>(seq));
 }
+engine::KvUsage CudaBackend::kv_usage() const {
+  engine::KvUsage u = Backend::kv_usage();
+  u.bytes_total = impl_->kv.size();
+  return u;
+}
 void CudaBackend::set_length(int seq, int64_t n) {
   impl_->lengths.at(static_cast<std::size_t>(seq)) = n;
 }

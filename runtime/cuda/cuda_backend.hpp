@@ -64,6 +64,7 @@ class CudaBackend final : public engine::Backend {
   int max_seqs() const override;
   int64_t length(int seq) const override;
   void set_length(int seq, int64_t n) override;
+  engine::KvUsage kv_usage() const override;
 
   std::vector<float*> activations(std::span<const std::size_t> floats) override;
   void begin_pass(std::span<const int32_t> positions) override;

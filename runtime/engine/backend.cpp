@@ -15,6 +15,14 @@ const offload::StreamerStats* Backend::streamer_stats() const {
   return s ? &s->stats() : nullptr;
 }
 
+KvUsage Backend::kv_usage() const {
+  KvUsage u;
+  u.block_tokens = context();
+  u.blocks_total = max_seqs();
+  for (int s = 0; s < max_seqs(); ++s) u.blocks_used += length(s) > 0 ? 1 : 0;
+  return u;
+}
+
 namespace {
 
 // A value is a NaN or an infinity when its exponent bits are all ones. The blocks are OR-ed

@@ -68,6 +68,16 @@ struct SeqRows {
   int64_t n_past = 0;
 };
 
+// How much of the KV cache is in use, for admission decisions and /metrics: the cache holds
+// blocks_total blocks of block_tokens tokens (every layer's keys and values for those tokens),
+// blocks_used of them held by sequences; bytes_total is the whole pool's memory.
+struct KvUsage {
+  int64_t block_tokens = 0;
+  int64_t blocks_total = 0;
+  int64_t blocks_used = 0;
+  uint64_t bytes_total = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -94,6 +104,9 @@ class Backend {
   virtual int max_seqs() const = 0;
   virtual int64_t length(int seq) const = 0;
   virtual void set_length(int seq, int64_t n) = 0;
+  // The cache's blocks in use. By default one block per slot of context() tokens, a slot in use
+  // when it holds any token, and bytes unknown (0); backends with their own cache say more.
+  virtual KvUsage kv_usage() const;
 
   // Activation buffers of the given sizes (floats), in backend memory, kept between passes and
   // grown when a pass needs more; pointers stay valid until the next call.

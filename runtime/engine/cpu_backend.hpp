@@ -30,6 +30,11 @@ class CpuBackend final : public Backend {
   int max_seqs() const override { return cache_.n_seqs(); }
   int64_t length(int seq) const override { return cache_.length(seq); }
   void set_length(int seq, int64_t n) override { cache_.set_length(seq, n); }
+  KvUsage kv_usage() const override {
+    KvUsage u = Backend::kv_usage();
+    u.bytes_total = cache_.nbytes();
+    return u;
+  }
 
   std::vector<float*> activations(std::span<const std::size_t> floats) override;
   void begin_pass(std::span<const int32_t> positions) override;

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/core/error.hpp"
 #include "runtime/core/thread_pool.hpp"
 #include "runtime/engine/backend.hpp"
 #include "runtime/engine/weights.hpp"
@@ -40,8 +41,14 @@ class ForwardPass {
   virtual ~ForwardPass() = default;
   virtual const model::ModelConfig& config() const = 0;
   virtual int64_t context() const = 0;
+  virtual int max_seqs() const = 0;  // sequence slots: seq in [0, max_seqs())
   virtual int64_t length(int seq) const = 0;
+  // The KV cache's blocks in use (backend.hpp), for admitting sequences and /metrics.
+  virtual KvUsage kv_usage() const = 0;
   virtual void reset(int seq) = 0;
+  // Keeps the first n tokens of seq's cache (0 ≤ n ≤ length(seq)) and drops the rest as if they
+  // had never been written: speculative decoding rolls back the drafts the target rejected.
+  virtual void truncate(int seq, int64_t n) = 0;
   // Runs the batch and returns logits ([rows, vocab_size], see LogitsFor).
   virtual const std::vector<float>& forward(std::span<const SeqTokens> batch, LogitsFor which) = 0;
 };
@@ -59,8 +66,16 @@ class Engine final : public ForwardPass {
 
   const model::ModelConfig& config() const override { return config_; }
   int64_t context() const override { return backend_->context(); }
+  int max_seqs() const override { return backend_->max_seqs(); }
   int64_t length(int seq) const override { return backend_->length(seq); }
+  KvUsage kv_usage() const override { return backend_->kv_usage(); }
   void reset(int seq) override { backend_->set_length(seq, 0); }
+  void truncate(int seq, int64_t n) override {
+    FERRY_EXPECT(n >= 0 && n <= length(seq),
+                 "cannot truncate sequence slot {} to {} tokens: it holds {}", seq, n,
+                 length(seq));
+    backend_->set_length(seq, n);
+  }
   Backend& backend() { return *backend_; }
   const Backend& backend() const { return *backend_; }
 
