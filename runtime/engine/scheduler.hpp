@@ -12,6 +12,7 @@
 // never under the scheduler's lock (a callback may call submit() or cancel()).
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -79,6 +80,7 @@ struct SchedulerStats {
   uint64_t generated_tokens_total = 0;  // tokens sampled
   uint64_t steps = 0;                   // forward passes
   double busy_s = 0;                    // wall time inside step()s that ran a pass
+  KvUsage kv;                           // the engine's cache after the last step
 };
 
 // submit() beyond max_queue waiting requests: try again after retry_after_s (an estimate from
@@ -130,21 +132,32 @@ class Scheduler {
 
  private:
   struct Seq;
+  struct Done {  // a request retired this step, its on_done still to call
+    std::unique_ptr<Seq> seq;
+    FinishReason reason;
+    std::string error;
+  };
+  // Frees the sequence's slot (and its KV) and moves it to `done`.
+  void retire(std::unique_ptr<Seq>& slot, FinishReason reason, std::string error,
+              std::vector<Done>& done);
+  RequestResult result_of(Seq& seq, FinishReason reason, std::string error,
+                          std::chrono::steady_clock::time_point now) const;
 
   ForwardPass& engine_;
   SchedulerOptions options_;
-  int64_t kv_blocks_per_seq_ = 0;
 
-  mutable std::mutex mutex_;
+  mutable std::mutex mutex_;  // guards everything below but slots_
   std::condition_variable wake_;
   std::deque<std::unique_ptr<Seq>> queue_;
-  std::vector<std::unique_ptr<Seq>> slots_;  // [max_seqs]; null when free
   std::vector<uint64_t> cancel_requests_;
   uint64_t next_id_ = 1;
-  bool stopping_ = false;
-  bool draining_ = false;
+  bool stopping_ = false;    // stop() was called: no new requests
+  bool cancel_all_ = false;  // stop(false): end everything at the next step
   SchedulerStats stats_;
   double recent_request_s_ = 0;  // moving average of total_s, for QueueFull's hint
+
+  // [max_seqs], null when free. Only the thread in step() touches them (and the engine).
+  std::vector<std::unique_ptr<Seq>> slots_;
 };
 
 // Runs every request to completion, batched, on the calling thread (ferry run --prompts,
