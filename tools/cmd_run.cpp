@@ -22,6 +22,7 @@
 #include "runtime/engine/perplexity.hpp"
 #include "runtime/profile/policy.hpp"
 #include "runtime/profile/profile_run.hpp"
+#include "runtime/session/session.hpp"
 #include "runtime/text/bpe_tokenizer.hpp"
 #include "tools/commands.hpp"
 
@@ -211,47 +212,52 @@ Command add_run(CLI::App& app) {
     const auto config = engine::read_model_config(o->model);
     const int64_t n_prompt = static_cast<int64_t>(prompt.size());
     engine::check_prompt_length(n_prompt, model::max_context(config));
-    const int64_t context =
+    session::SessionOptions so;
+    so.model = o->model;
+    so.device = o->device;
+    so.context =
         std::min<int64_t>(model::max_context(config), n_prompt + std::max<int64_t>(o->n, 1));
-    engine::LoadOptions lo = load_options(o->load, config, context, n_prompt, 1);
-    lo.attended_tokens = n_prompt + o->n / 2;  // the middle of decoding, for the prediction
-    lo.context_hint = "generate fewer tokens with -n, or shorten the prompt";
-    DeviceRun dev;
-    dev.open(o->device, o->max_vram, o->load.mmap, lo);
+    so.max_batch_rows = n_prompt;
+    so.max_logit_rows = 1;
+    so.load = load_options(o->load, config, so.context, n_prompt, 1);
+    so.load.attended_tokens = n_prompt + o->n / 2;  // the middle of decoding, for the prediction
+    so.load.context_hint = "generate fewer tokens with -n, or shorten the prompt";
+    so.mmap = o->load.mmap;
+    so.load.placement.reset();  // the session sets it for --mmap
+    if (!o->max_vram.empty()) so.max_vram_bytes = parse_size(o->max_vram);
+    // The model's own tokenizer (not one given with --vocab/--merges) names its end ids.
+    so.tokenizer_is_own = o->tok.vocab.empty() && o->tok.merges.empty();
+    so.tokenizer = std::move(tok);
+    so.read_tokenizer = false;
     if (!o->trace.empty()) trace::tracer().start();
     Progress loading("loading", o->quiet);
-    lo.io.on_load_progress = [&](uint64_t done, uint64_t total) { loading.update(done, total); };
-    engine::LoadedModel m = engine::load_model(o->model, lo);
-    // A device backend loads its device-resident layers as it is made.
-    const std::unique_ptr<engine::Engine> engine_ptr = DeviceRun::engine(m, context, lo);
+    so.on_load_progress = [&](uint64_t done, uint64_t total) { loading.update(done, total); };
+    session::Session ses(std::move(so));
     loading.finish();
-    engine::Engine& eng = *engine_ptr;
+    engine::LoadedModel& m = ses.model();
+    engine::Engine& eng = ses.engine();
     const engine::Backend& backend = eng.backend();
     if (!o->trace.empty()) profile::trace_load_metadata(m, backend);
     if (!o->quiet) print_plan(m, backend);
     engine::GenerateOptions go;
     go.max_new_tokens = o->n;
     if (!o->ignore_eos) {
+      go.eos_ids = ses.eos_ids();
       // An end id the vocabulary does not have can never be generated: say so (Hugging Face's
       // tiny GPT-J configs keep GPT-2's 50256 over 1000 ids) and stop at the others.
-      // The model's own tokenizer (not one given with --vocab/--merges) names its end ids.
-      const bool own = tok && o->tok.vocab.empty() && o->tok.merges.empty();
-      for (int32_t id : engine::read_eos_ids(o->model, m.config, own ? &*tok : nullptr)) {
-        if (id >= 0 && id < m.config.vocab_size) {
-          go.eos_ids.push_back(id);
-        } else if (!o->quiet) {
+      if (!o->quiet)
+        for (int32_t id : ses.eos_ids_outside_vocab())
           eprint("ferry: note: eos_token_id {} is outside the vocabulary of {} tokens, so "
                  "generation cannot stop at it; it runs the -n {} tokens asked for\n",
                  id, m.config.vocab_size, o->n);
-        }
-      }
     }
     go.sampling = {o->temperature, o->top_k, o->top_p, o->seed};
 
     std::optional<text::StreamDecoder> dec;
     // What is printed continues the prompt: the first new token keeps its leading space (a
     // SentencePiece decoder would strip it at the start of a text).
-    if (tok) dec.emplace(*tok, /*at_start_of_text=*/false);
+    const text::Tokenizer* tk = ses.tokenizer();
+    if (tk) dec.emplace(*tk, /*at_start_of_text=*/false);
     engine::RunOutcome outcome;
     bool first = true;
     const auto out = engine::generate(
@@ -260,7 +266,7 @@ Command add_run(CLI::App& app) {
           if (std::exchange(first, false))  // the prompt pass is done: its waits on the disk
             outcome.prompt_stall_s = engine::stall_s(backend);
           if (dec) {
-            fmt::print("{}", token_text(*tok, *dec, id));
+            fmt::print("{}", token_text(*tk, *dec, id));
           } else {
             fmt::print("{} ", id);
           }
