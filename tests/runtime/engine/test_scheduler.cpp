@@ -1,0 +1,452 @@
+// The continuous-batching scheduler: a request's tokens equal generate()'s for it alone, token
+// for token (greedy and seeded sampling), whatever runs beside it, however its prompt is
+// chunked and whenever it arrives; cancellation, the queue bound, refusals, shutdown, engine
+// failures and threads.
+#include "runtime/engine/scheduler.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cctype>
+#include <future>
+#include <thread>
+
+#include "runtime/core/error.hpp"
+#include "runtime/engine/engine.hpp"
+#include "runtime/engine/generate.hpp"
+#include "runtime/engine/loaded_model.hpp"
+#include "tests/support/test_support.hpp"
+
+namespace ferry::engine {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int64_t kContext = 128;
+
+// Prompts of different lengths (1 to 37 tokens) over a 1000-token vocabulary.
+std::vector<std::vector<int32_t>> prompts(int n) {
+  std::vector<std::vector<int32_t>> out;
+  for (int i = 0; i < n; ++i) {
+    std::vector<int32_t> p;
+    const int len = 1 + (i * 13) % 37;
+    for (int t = 0; t < len; ++t) p.push_back((i * 97 + t * 31 + 5) % 1000);
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+GenerateOptions greedy(int64_t n) {
+  GenerateOptions o;
+  o.max_new_tokens = n;
+  return o;
+}
+
+GenerateOptions sampled(int64_t n, uint64_t seed) {
+  GenerateOptions o;
+  o.max_new_tokens = n;
+  o.sampling.temperature = 0.9f;
+  o.sampling.top_k = 40;
+  o.sampling.top_p = 0.95f;
+  o.sampling.seed = seed;
+  return o;
+}
+
+// A loaded fixture model with engines of any size over the same weights.
+class SchedulerTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override { model_ = load_model(test::data_dir() / GetParam()); }
+
+  std::unique_ptr<Engine> engine(int max_seqs) {
+    return std::make_unique<Engine>(*model_.weights, EngineOptions{max_seqs, kContext},
+                                    default_thread_pool());
+  }
+
+  // What generate() gives each request alone, on a one-slot engine.
+  std::vector<std::vector<int32_t>> alone(const std::vector<Request>& requests) {
+    auto e = engine(1);
+    std::vector<std::vector<int32_t>> out;
+    for (const Request& r : requests) out.push_back(generate(*e, 0, r.prompt, r.options));
+    return out;
+  }
+
+  LoadedModel model_;
+};
+
+std::vector<Request> mixed_requests(int n, bool sampling) {
+  std::vector<Request> out;
+  const auto ps = prompts(n);
+  for (int i = 0; i < n; ++i) {
+    Request r;
+    r.prompt = ps[static_cast<std::size_t>(i)];
+    const int64_t new_tokens = 3 + (i * 7) % 17;  // different lengths retire at different steps
+    r.options = sampling ? sampled(new_tokens, 1000 + static_cast<uint64_t>(i)) : greedy(new_tokens);
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+void expect_tokens(const std::vector<RequestResult>& got,
+                   const std::vector<std::vector<int32_t>>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].tokens, want[i]) << "request " << i;
+    EXPECT_EQ(got[i].reason, FinishReason::length) << "request " << i;
+    EXPECT_EQ(got[i].error, "") << "request " << i;
+  }
+}
+
+TEST_P(SchedulerTest, GreedyBatchedEqualsAlone) {
+  const auto requests = mixed_requests(7, false);
+  const auto want = alone(requests);
+  auto e = engine(4);  // 7 requests through 4 slots: admissions as others retire
+  SchedulerOptions o;
+  const auto got = run_batch(*e, requests, o);
+  expect_tokens(got, want);
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].id, i + 1);
+    EXPECT_EQ(got[i].prompt_tokens, static_cast<int64_t>(requests[i].prompt.size()));
+    EXPECT_GT(got[i].first_token_s, 0.0);
+    EXPECT_GE(got[i].total_s, got[i].first_token_s);
+  }
+}
+
+TEST_P(SchedulerTest, SeededSamplingBatchedEqualsAlone) {
+  const auto requests = mixed_requests(6, true);
+  const auto want = alone(requests);
+  auto e = engine(3);
+  expect_tokens(run_batch(*e, requests, {}), want);
+}
+
+TEST_P(SchedulerTest, ChunkedPrefillEqualsWholePrompt) {
+  const auto requests = mixed_requests(5, true);
+  const auto want = alone(requests);
+  for (int64_t chunk : {1, 3, 8}) {
+    SCOPED_TRACE("prefill_chunk " + std::to_string(chunk));
+    auto e = engine(5);
+    SchedulerOptions o;
+    o.prefill_chunk = chunk;
+    expect_tokens(run_batch(*e, requests, o), want);
+  }
+  // A cap on rows per pass delays prompt chunks but changes no token.
+  auto e = engine(5);
+  SchedulerOptions o;
+  o.prefill_chunk = 16;
+  o.max_step_rows = 7;
+  expect_tokens(run_batch(*e, requests, o), want);
+}
+
+// Prompts arrive while others decode (from a token callback and between steps).
+TEST_P(SchedulerTest, StaggeredArrivalsEqualAlone) {
+  auto requests = mixed_requests(6, true);
+  const auto want = alone(requests);
+  auto e = engine(3);
+  SchedulerOptions o;
+  o.prefill_chunk = 4;
+  Scheduler s(*e, o);
+  std::vector<RequestResult> got(requests.size());
+  auto submit = [&](std::size_t i) {
+    Request r = requests[i];
+    r.on_done = [&got, i](const RequestResult& res) { got[i] = res; };
+    s.submit(std::move(r));
+  };
+  std::size_t next = 0;
+  submit(next++);
+  int steps = 0;
+  while (s.step() || next < requests.size()) {
+    ++steps;
+    if (next < requests.size() && steps % 2 == 0) submit(next++);
+    ASSERT_LT(steps, 1000);
+  }
+  expect_tokens(got, want);
+  const SchedulerStats st = s.stats();
+  EXPECT_EQ(st.requests_total, requests.size());
+  EXPECT_EQ(st.requests_finished, requests.size());
+  EXPECT_EQ(st.active, 0);
+  EXPECT_EQ(st.queued, 0u);
+  uint64_t prompt_total = 0, generated = 0;
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    prompt_total += requests[i].prompt.size();
+    generated += want[i].size();
+  }
+  EXPECT_EQ(st.prompt_tokens_total, prompt_total);
+  EXPECT_EQ(st.generated_tokens_total, generated);
+  // Batched: fewer passes than one sequence at a time would take.
+  EXPECT_LT(st.steps, generated);
+  EXPECT_GT(st.busy_s, 0.0);
+}
+
+TEST_P(SchedulerTest, EosStopsWithReasonStop) {
+  auto requests = mixed_requests(2, false);
+  const auto want = alone(requests);
+  ASSERT_GE(want[0].size(), 3u);
+  requests[0].options.eos_ids = {want[0][2]};
+  auto e = engine(2);
+  const auto got = run_batch(*e, requests, {});
+  // It stops at the first occurrence of the eos token, which it still returns.
+  const auto first = std::find(want[0].begin(), want[0].end(), want[0][2]);
+  EXPECT_EQ(got[0].tokens, std::vector<int32_t>(want[0].begin(), first + 1));
+  EXPECT_EQ(got[0].reason, FinishReason::stop);
+  EXPECT_EQ(got[1].tokens, want[1]);
+}
+
+TEST_P(SchedulerTest, CancelFreesTheSlot) {
+  auto requests = mixed_requests(3, false);
+  for (auto& r : requests) r.options.max_new_tokens = 10;
+  const auto want = alone(requests);
+  auto e = engine(1);  // one slot: the others wait until the first leaves
+  Scheduler s(*e, {});
+  std::vector<RequestResult> got(3);
+  std::vector<uint64_t> ids;
+  for (std::size_t i = 0; i < 3; ++i) {
+    Request r = requests[i];
+    r.on_done = [&got, i](const RequestResult& res) { got[i] = res; };
+    if (i == 1) r.on_token = [n = 0](int32_t) mutable { return ++n < 4; };  // stops after 4
+    ids.push_back(s.submit(std::move(r)));
+  }
+  s.cancel(ids[2]);  // still queued: it never gets a slot
+  for (int i = 0; i < 3; ++i) s.step();  // three tokens for the first
+  EXPECT_EQ(got[2].reason, FinishReason::cancelled);
+  EXPECT_TRUE(got[2].tokens.empty());
+  EXPECT_GT(e->length(0), 0);
+  s.cancel(ids[0]);  // active: ends at the next step with what it has, its slot to the second
+  while (s.step()) {
+  }
+  EXPECT_EQ(got[0].reason, FinishReason::cancelled);
+  EXPECT_EQ(got[0].tokens, std::vector<int32_t>(want[0].begin(), want[0].begin() + 3));
+  EXPECT_EQ(got[1].reason, FinishReason::cancelled);
+  EXPECT_EQ(got[1].tokens, std::vector<int32_t>(want[1].begin(), want[1].begin() + 4));
+  EXPECT_EQ(e->length(0), 0);  // the slot was reset
+  EXPECT_EQ(s.stats().requests_cancelled, 3u);
+  EXPECT_EQ(s.stats().active, 0);
+  s.cancel(ids[0]);  // finished ids are ignored
+  EXPECT_FALSE(s.step());
+}
+
+TEST_P(SchedulerTest, QueueBoundThrowsQueueFull) {
+  auto e = engine(1);
+  SchedulerOptions o;
+  o.max_queue = 2;
+  Scheduler s(*e, o);
+  const auto requests = mixed_requests(3, false);
+  s.submit(requests[0]);
+  s.submit(requests[1]);
+  try {
+    s.submit(requests[2]);
+    FAIL() << "a third request was queued";
+  } catch (const QueueFull& err) {
+    EXPECT_GE(err.retry_after_s(), 1.0);
+    EXPECT_NE(std::string(err.what()).find("2 requests are already waiting"), std::string::npos)
+        << err.what();
+  }
+  s.step();  // the first leaves the queue for the slot: room for one more
+  EXPECT_NO_THROW(s.submit(requests[2]));
+  while (s.step()) {
+  }
+  EXPECT_EQ(s.stats().requests_finished, 3u);
+}
+
+TEST_P(SchedulerTest, InvalidRequestsAreRefusedWithoutHarm) {
+  auto requests = mixed_requests(2, true);
+  const auto want = alone(requests);
+  auto e = engine(2);
+  Scheduler s(*e, {});
+  std::vector<RequestResult> got(2);
+  for (std::size_t i = 0; i < 2; ++i) {
+    Request r = requests[i];
+    r.on_done = [&got, i](const RequestResult& res) { got[i] = res; };
+    s.submit(std::move(r));
+  }
+  s.step();
+  auto refused = [&](Request r, const std::string& words) {
+    bool called = false;
+    r.on_done = [&called](const RequestResult&) { called = true; };
+    try {
+      s.submit(std::move(r));
+      ADD_FAILURE() << "accepted a request that should fail with: " << words;
+    } catch (const InvalidArgument& err) {
+      EXPECT_NE(std::string(err.what()).find(words), std::string::npos) << err.what();
+    }
+    EXPECT_FALSE(called);
+  };
+  Request bad = requests[0];
+  bad.prompt = {};
+  refused(bad, "the prompt is empty");
+  bad = requests[0];
+  const int32_t vocab = static_cast<int32_t>(model_.config.vocab_size);
+  bad.prompt[0] = vocab;
+  refused(bad, fmt::format("token id {} (position 0 of the prompt) is outside the vocabulary",
+                           vocab));
+  bad = requests[0];
+  bad.prompt.assign(kContext + 1, 1);
+  refused(bad, "the prompt has 129 tokens but the context is 128 tokens");
+  bad = requests[0];
+  bad.options.max_new_tokens = kContext + 1;
+  refused(bad, "exceeds the context of 128 tokens");
+  bad = requests[0];
+  bad.options.sampling.temperature = -1;
+  refused(bad, "temperature");
+  bad = requests[0];
+  bad.options.max_new_tokens = -2;
+  refused(bad, "must not be negative");
+  while (s.step()) {
+  }
+  for (std::size_t i = 0; i < 2; ++i) EXPECT_EQ(got[i].tokens, want[i]);
+  EXPECT_EQ(s.stats().requests_total, 2u);
+  // A request for no tokens is accepted and ends at once, as generate() returns nothing.
+  Request none = requests[0];
+  none.options.max_new_tokens = 0;
+  EXPECT_EQ(run_batch(*e, {none}, {})[0].reason, FinishReason::length);
+}
+
+// An engine that throws on chosen passes, around a real one.
+class FailingEngine final : public ForwardPass {
+ public:
+  explicit FailingEngine(ForwardPass& inner) : inner_(inner) {}
+  const model::ModelConfig& config() const override { return inner_.config(); }
+  int64_t context() const override { return inner_.context(); }
+  int max_seqs() const override { return inner_.max_seqs(); }
+  int64_t length(int seq) const override { return inner_.length(seq); }
+  KvUsage kv_usage() const override { return inner_.kv_usage(); }
+  void reset(int seq) override { inner_.reset(seq); }
+  void truncate(int seq, int64_t n) override { inner_.truncate(seq, n); }
+  const std::vector<float>& forward(std::span<const SeqTokens> batch, LogitsFor which) override {
+    if (passes_++ == fail_at) throw Error("injected failure: the disk went away");
+    return inner_.forward(batch, which);
+  }
+  int fail_at = -1;
+
+ private:
+  ForwardPass& inner_;
+  int passes_ = 0;
+};
+
+TEST_P(SchedulerTest, EngineFailureFailsThatPassAndServesTheRest) {
+  auto requests = mixed_requests(4, false);
+  const auto want = alone(requests);
+  auto e = engine(2);
+  FailingEngine failing(*e);
+  failing.fail_at = 2;  // the third pass: requests 0 and 1 are in it
+  const auto got = run_batch(failing, requests, {});
+  for (std::size_t i : {0u, 1u}) {
+    EXPECT_EQ(got[i].reason, FinishReason::error);
+    EXPECT_EQ(got[i].error, "injected failure: the disk went away");
+    EXPECT_EQ(got[i].tokens, std::vector<int32_t>(want[i].begin(), want[i].begin() + 2));
+  }
+  for (std::size_t i : {2u, 3u}) EXPECT_EQ(got[i].tokens, want[i]);
+}
+
+TEST_P(SchedulerTest, StopDrainFinishesEverything) {
+  const auto requests = mixed_requests(5, false);
+  const auto want = alone(requests);
+  auto e = engine(2);
+  Scheduler s(*e, {});
+  std::vector<std::promise<RequestResult>> done(requests.size());
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    Request r = requests[i];
+    r.on_done = [&done, i](const RequestResult& res) { done[i].set_value(res); };
+    s.submit(std::move(r));
+  }
+  s.stop(true);
+  EXPECT_THROW(s.submit(requests[0]), SchedulerStopped);
+  std::thread runner([&] { s.run(); });
+  runner.join();  // run() returns once the drain is over
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    const RequestResult r = done[i].get_future().get();
+    EXPECT_EQ(r.reason, FinishReason::length);
+    EXPECT_EQ(r.tokens, want[i]);
+  }
+}
+
+TEST_P(SchedulerTest, StopCancelEndsEverything) {
+  auto requests = mixed_requests(5, false);
+  for (auto& r : requests) r.options.max_new_tokens = 100;
+  auto e = engine(2);
+  Scheduler s(*e, {});
+  std::atomic<int> tokens{0};
+  std::vector<std::promise<RequestResult>> done(requests.size());
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    Request r = requests[i];
+    r.on_token = [&tokens](int32_t) {
+      ++tokens;
+      return true;
+    };
+    r.on_done = [&done, i](const RequestResult& res) { done[i].set_value(res); };
+    s.submit(std::move(r));
+  }
+  std::thread runner([&] { s.run(); });
+  while (tokens < 3) std::this_thread::yield();
+  s.stop(false);
+  runner.join();
+  for (auto& d : done) EXPECT_EQ(d.get_future().get().reason, FinishReason::cancelled);
+  EXPECT_EQ(e->length(0), 0);
+  EXPECT_EQ(e->length(1), 0);
+  const SchedulerStats st = s.stats();
+  EXPECT_EQ(st.requests_cancelled, requests.size());
+  EXPECT_EQ(st.active, 0);
+  EXPECT_EQ(st.queued, 0u);
+}
+
+TEST_P(SchedulerTest, ThreadsSubmitWhileRunServes) {
+  const auto requests = mixed_requests(12, true);
+  const auto want = alone(requests);
+  auto e = engine(4);
+  SchedulerOptions o;
+  o.prefill_chunk = 5;
+  Scheduler s(*e, o);
+  std::thread runner([&] { s.run(); });
+  std::vector<std::promise<RequestResult>> done(requests.size());
+  std::vector<std::thread> clients;
+  for (std::size_t t = 0; t < 4; ++t) {
+    clients.emplace_back([&, t] {
+      for (std::size_t i = t; i < requests.size(); i += 4) {
+        Request r = requests[i];
+        r.on_done = [&done, i](const RequestResult& res) { done[i].set_value(res); };
+        s.submit(std::move(r));
+        (void)s.stats();
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    });
+  }
+  for (auto& c : clients) c.join();
+  for (std::size_t i = 0; i < requests.size(); ++i)
+    EXPECT_EQ(done[i].get_future().get().tokens, want[i]) << "request " << i;
+  s.stop(true);
+  runner.join();
+  EXPECT_EQ(s.stats().requests_finished, requests.size());
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, SchedulerTest,
+                         ::testing::Values("gptj/tiny-f32", "gptj/tiny-f16-bin-sharded",
+                                           "llama/llama3-gqa-f32",
+                                           "llama/qwen2-bias-tied-bf16-sharded"),
+                         [](const auto& param_info) {
+                           std::string name = param_info.param;
+                           for (char& c : name)
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return name;
+                         });
+
+TEST(Scheduler, RefusesOptionsOutOfRange) {
+  LoadedModel m = load_model(test::data_dir() / "gptj" / "tiny-f32");
+  Engine e(*m.weights, {2, kContext}, default_thread_pool());
+  SchedulerOptions o;
+  o.max_seqs = 3;
+  try {
+    Scheduler s(e, o);
+    FAIL() << "accepted 3 sequences on a 2-slot engine";
+  } catch (const InvalidArgument& err) {
+    EXPECT_NE(std::string(err.what()).find("asked for 3 sequences but the engine has 2 slots"),
+              std::string::npos)
+        << err.what();
+  }
+  o = {};
+  o.prefill_chunk = 0;
+  EXPECT_THROW((Scheduler{e, o}), InvalidArgument);
+  o = {};
+  o.max_step_rows = 1;
+  EXPECT_THROW((Scheduler{e, o}), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace ferry::engine
