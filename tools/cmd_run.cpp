@@ -25,6 +25,7 @@
 #include "runtime/session/session.hpp"
 #include "runtime/text/bpe_tokenizer.hpp"
 #include "tools/commands.hpp"
+#include "tools/run_prompts.hpp"
 
 namespace ferry::tools {
 
@@ -124,6 +125,8 @@ struct RunOptions {
   std::string trace;
   std::string device = "cpu";
   std::string max_vram;
+  std::string prompts;  // --prompts FILE: many prompts, batched
+  int max_seqs = 8;
   TokenizerOptions tok;
   LoadFlags load;
 };
@@ -167,6 +170,58 @@ std::string token_text(const text::BpeTokenizer& tok, text::StreamDecoder& dec, 
   return dec.push(id);
 }
 
+// ferry run --prompts FILE: every line's prompt decoded together (tools/run_prompts.hpp), the
+// engine opened as for one prompt but with max_seqs slots sized for the longest line.
+int run_prompts_file(const RunOptions& o) {
+  std::optional<text::Tokenizer> tok;
+  try {
+    tok = load_tokenizer(o.model, o.tok);
+  } catch (const Error&) {  // lines of "ids" still run; a "prompt" line then says why not
+    if (!o.tok.vocab.empty() || !o.tok.merges.empty()) throw;
+  }
+  std::vector<PromptJob> jobs =
+      read_prompts(o.prompts, tok ? &*tok : nullptr,
+                   {o.n, engine::SamplingParams{o.temperature, o.top_k, o.top_p, o.seed}});
+  if (!o.trace.empty()) check_writable(o.trace, "--trace");
+  const auto config = engine::read_model_config(o.model);
+  const PromptsShape shape = prompts_shape(jobs, o.max_seqs, config);
+  session::SessionOptions so;
+  so.model = o.model;
+  so.device = o.device;
+  so.context = shape.context;
+  so.max_seqs = shape.max_seqs;
+  so.max_batch_rows = shape.max_batch_rows;
+  so.max_logit_rows = shape.max_logit_rows;
+  so.load = load_options(o.load, config, so.context, so.max_batch_rows, so.max_logit_rows);
+  so.load.attended_tokens = shape.context / 2;
+  so.load.context_hint = "generate fewer tokens with -n or max_tokens, or shorten the prompts";
+  so.mmap = o.load.mmap;
+  so.load.placement.reset();
+  if (!o.max_vram.empty()) so.max_vram_bytes = parse_size(o.max_vram);
+  so.tokenizer_is_own = o.tok.vocab.empty() && o.tok.merges.empty();
+  so.tokenizer = std::move(tok);
+  so.read_tokenizer = false;
+  if (!o.trace.empty()) trace::tracer().start();
+  Progress loading("loading", o.quiet);
+  so.on_load_progress = [&](uint64_t done, uint64_t total) { loading.update(done, total); };
+  session::Session ses(std::move(so));
+  loading.finish();
+  if (!o.trace.empty()) profile::trace_load_metadata(ses.model(), ses.engine().backend());
+  if (!o.quiet) print_plan(ses.model(), ses.engine().backend());
+  const std::vector<int32_t> eos = o.ignore_eos ? std::vector<int32_t>{} : ses.eos_ids();
+  const PromptsSummary s =
+      run_prompts(ses.engine(), std::move(jobs), shape, eos, ses.tokenizer(), stdout);
+  if (!o.trace.empty()) profile::finish_trace(o.trace);
+  if (!o.quiet)
+    eprint("ferry: {} prompts, {} at a time: {} prompt tokens, {} generated in {:.3f} s "
+           "({:.1f} tok/s) over {} passes{}\n",
+           s.prompts, shape.max_seqs, s.stats.prompt_tokens_total, s.stats.generated_tokens_total,
+           s.seconds,
+           s.seconds > 0 ? static_cast<double>(s.stats.generated_tokens_total) / s.seconds : 0.0,
+           s.stats.steps, s.failed ? fmt::format("; {} failed (see their lines)", s.failed) : "");
+  return s.failed ? 1 : 0;
+}
+
 }  // namespace
 
 Command add_run(CLI::App& app) {
@@ -177,6 +232,13 @@ Command add_run(CLI::App& app) {
   auto* p = cmd->add_option("-p,--prompt", o->prompt, "prompt text");
   auto* i = cmd->add_option("--ids", o->ids, "prompt as token ids, e.g. \"15496 995\"");
   p->excludes(i);
+  auto* f = cmd->add_option("--prompts", o->prompts,
+                            "JSON Lines of {\"prompt\": TEXT} or {\"ids\": [..]} (optionally "
+                            "max_tokens, temperature, top_p, top_k, seed, id), decoded together; "
+                            "one JSON line out per prompt, in order");
+  f->excludes(p)->excludes(i);
+  cmd->add_option("--max-seqs", o->max_seqs, "with --prompts: sequences decoded at once")
+      ->check(whole_number(1, 1024));
   cmd->add_option("-n,--n-tokens", o->n, "new tokens to generate")
       ->check(whole_number(0, int64_t{1} << 24));
   cmd->add_option("--temperature", o->temperature, "0 = greedy (default)")
@@ -192,8 +254,9 @@ Command add_run(CLI::App& app) {
   add_tokenizer_options(cmd, o->tok);
   add_load_options(cmd, o->load);
   return [o] {
+    if (!o->prompts.empty()) return run_prompts_file(*o);
     FERRY_EXPECT(!o->prompt.empty() || !o->ids.empty(),
-                 "give a prompt with -p TEXT or --ids \"I J K\"");
+                 "give a prompt with -p TEXT, --ids \"I J K\" or --prompts FILE");
     std::optional<text::BpeTokenizer> tok;
     try {
       tok = load_tokenizer(o->model, o->tok);
