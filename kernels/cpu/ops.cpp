@@ -4,6 +4,7 @@
 // computed by one thread in a fixed order, so results do not depend on how many threads run.
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <string>
 
 #include "kernels/common/math.hpp"
@@ -141,12 +142,23 @@ void run_attention(AttentionPairsFn pairs, const AttentionArgs& args, ThreadPool
   FERRY_EXPECT(args.n_new >= 0 && args.n_past >= 0 && args.n_head >= 0 && args.head_dim > 0,
                "attention: bad sizes n_new={} n_past={} n_head={} head_dim={}", args.n_new,
                args.n_past, args.n_head, args.head_dim);
+  FERRY_EXPECT(args.block_table == nullptr || (args.block_tokens > 0 && args.block_stride >= 0),
+               "attention: a paged KV cache needs blocks of at least one token (block_tokens={})",
+               args.block_tokens);
+  // The fast paths walk a block table; a contiguous cache is one block as long as any sequence.
+  static constexpr int32_t kOneBlock[1] = {0};
+  AttentionArgs paged = args;
+  if (paged.block_table == nullptr) {
+    paged.block_table = kOneBlock;
+    paged.block_tokens = std::numeric_limits<int64_t>::max();
+    paged.block_stride = 0;
+  }
   const int64_t n_pairs = args.n_new * args.n_head;
   // One pair reads n_past + t + 1 keys and values; group pairs so a chunk is worth a hand-off.
   const int64_t work_per_pair = std::max<int64_t>(1, (args.n_past + 1) * args.head_dim * 2);
   const int64_t min_chunk = std::max<int64_t>(1, (int64_t{1} << 16) / work_per_pair);
   pool.parallel_for(n_pairs, min_chunk,
-                    [&](int64_t begin, int64_t end) { pairs(args, begin, end); });
+                    [&](int64_t begin, int64_t end) { pairs(paged, begin, end); });
 }
 
 }  // namespace

@@ -16,12 +16,19 @@ namespace ferry::kernels::cpu {
 // Arguments of causal attention over a KV cache, for n_new query tokens that sit at positions
 // n_past … n_past + n_new - 1 of one sequence. Token t attends to cache rows 0 … n_past + t.
 // Scores are f32, scaled by 1/sqrt(head_dim) (division, as the reference does), softmax in f32.
+// The cache is contiguous per head (block_table null) or paged (kernels/common/kv_paging.hpp).
 struct AttentionArgs {
   const float* q = nullptr;  // q[t * q_stride + h * head_dim + d]
   int64_t q_stride = 0;
-  const float* k = nullptr;  // k[h * kv_head_stride + j * head_dim + d], j < n_past + n_new
+  // Contiguous: k[h * kv_head_stride + j * head_dim + d], j < n_past + n_new. Paged:
+  // k[kv_paged_offset(block_table, block_tokens, block_stride, kv_head_stride, head_dim, h, j,
+  // d)], runs of block_tokens keys per head.
+  const float* k = nullptr;
   const float* v = nullptr;  // same layout as k
   int64_t kv_head_stride = 0;
+  const int32_t* block_table = nullptr;  // the sequence's blocks, in token order; null: contiguous
+  int64_t block_tokens = 0;
+  int64_t block_stride = 0;  // elements between consecutive blocks of k (and of v)
   float* out = nullptr;  // out[t * out_stride + h * head_dim + d]
   int64_t out_stride = 0;
   int64_t n_new = 0;

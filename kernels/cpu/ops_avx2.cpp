@@ -105,9 +105,18 @@ void attention_pairs(const AttentionArgs& a, int64_t p_begin, int64_t p_end) {
     fill_zero(out, hd);
     for (int64_t j0 = 0; j0 < n_keys; j0 += kAttentionKeyBlock) {
       const int64_t nb = min_i64(kAttentionKeyBlock, n_keys - j0);
+      // Row j0 + j of the paged cache sits at table[block] · block_stride + r · head_dim, walked
+      // key by key (kernels/common/kv_paging.hpp's kv_paged_offset, not called here so that no
+      // AVX2 copy of it exists).
+      const int64_t block0 = j0 / a.block_tokens;
+      const int64_t r0 = j0 % a.block_tokens;
       float block_max = -INFINITY;
-      for (int64_t j = 0; j < nb; ++j) {
-        scores[j] = dot(q, k + (j0 + j) * hd, hd) / divisor;
+      for (int64_t j = 0, b = block0, r = r0; j < nb; ++j, ++r) {
+        if (r == a.block_tokens) {
+          r = 0;
+          ++b;
+        }
+        scores[j] = dot(q, k + a.block_table[b] * a.block_stride + r * hd, hd) / divisor;
         block_max = block_max < scores[j] ? scores[j] : block_max;
       }
       float correction = 1.0f;
@@ -116,11 +125,16 @@ void attention_pairs(const AttentionArgs& a, int64_t p_begin, int64_t p_end) {
         denom *= correction;
         running_max = block_max;
       }
-      for (int64_t j = 0; j < nb; ++j) {
+      for (int64_t j = 0, b = block0, r = r0; j < nb; ++j, ++r) {
+        if (r == a.block_tokens) {
+          r = 0;
+          ++b;
+        }
         const float weight = ::expf(scores[j] - running_max);
         denom += weight;
         // The first key of the block also applies the block's rescale, in the same pass.
-        scale_add(out, j == 0 ? correction : 1.0f, weight, v + (j0 + j) * hd, hd);
+        scale_add(out, j == 0 ? correction : 1.0f, weight,
+                  v + a.block_table[b] * a.block_stride + r * hd, hd);
       }
     }
     divide(out, denom, hd);

@@ -169,6 +169,7 @@ void attention_pairs(const AttentionArgs& a, int64_t p_begin, int64_t p_end) {
     const int64_t t = p / a.n_head;
     const int64_t h = p % a.n_head;
     const float* q = a.q + t * a.q_stride + h * hd;
+    // The head's keys and values: runs of block_tokens rows, one per block of the table.
     const float* k = a.k + attention_kv_head(a, h) * a.kv_head_stride;
     const float* v = a.v + attention_kv_head(a, h) * a.kv_head_stride;
     float* out = a.out + t * a.out_stride + h * hd;
@@ -178,9 +179,16 @@ void attention_pairs(const AttentionArgs& a, int64_t p_begin, int64_t p_end) {
     std::fill_n(out, hd, 0.0f);
     for (int64_t j0 = 0; j0 < n_keys; j0 += kAttentionKeyBlock) {
       const int64_t nb = std::min(kAttentionKeyBlock, n_keys - j0);
+      // Row j0 + j sits at table[block] · block_stride + r · head_dim: walked, not divided.
+      const int64_t block0 = j0 / a.block_tokens;
+      const int64_t r0 = j0 % a.block_tokens;
       float block_max = -INFINITY;
-      for (int64_t j = 0; j < nb; ++j) {
-        scores[j] = dot(q, k + (j0 + j) * hd, hd) / divisor;
+      for (int64_t j = 0, b = block0, r = r0; j < nb; ++j, ++r) {
+        if (r == a.block_tokens) {
+          r = 0;
+          ++b;
+        }
+        scores[j] = dot(q, k + a.block_table[b] * a.block_stride + r * hd, hd) / divisor;
         block_max = fmaxf(block_max, scores[j]);
       }
       if (block_max > running_max) {
@@ -189,10 +197,14 @@ void attention_pairs(const AttentionArgs& a, int64_t p_begin, int64_t p_end) {
         for (int64_t d = 0; d < hd; ++d) out[d] *= correction;
         running_max = block_max;
       }
-      for (int64_t j = 0; j < nb; ++j) {
+      for (int64_t j = 0, b = block0, r = r0; j < nb; ++j, ++r) {
+        if (r == a.block_tokens) {
+          r = 0;
+          ++b;
+        }
         const float weight = ::expf(scores[j] - running_max);
         denom += weight;
-        const float* vj = v + (j0 + j) * hd;
+        const float* vj = v + a.block_table[b] * a.block_stride + r * hd;
         for (int64_t d = 0; d < hd; ++d) out[d] += weight * vj[d];
       }
     }

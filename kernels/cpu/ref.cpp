@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "kernels/common/ggml_quant_math.hpp"
+#include "kernels/common/kv_paging.hpp"
 #include "kernels/common/math.hpp"
 #include "kernels/common/nn_math.hpp"
 #include "kernels/common/quant_math.hpp"
@@ -143,12 +144,19 @@ void attention(const AttentionArgs& a) {
     const int64_t n_keys = a.n_past + t + 1;
     for (int64_t h = 0; h < a.n_head; ++h) {
       const float* q = a.q + t * a.q_stride + h * a.head_dim;
-      const float* k = a.k + attention_kv_head(a, h) * a.kv_head_stride;
-      const float* v = a.v + attention_kv_head(a, h) * a.kv_head_stride;
+      const int64_t kvh = attention_kv_head(a, h);
+      // Row j of the head's keys or values, in a contiguous or a paged cache.
+      auto row = [&](const float* base, int64_t j) {
+        return a.block_table ? base + kv_paged_offset(a.block_table, a.block_tokens,
+                                                      a.block_stride, a.kv_head_stride,
+                                                      a.head_dim, kvh, j, 0)
+                             : base + kvh * a.kv_head_stride + j * a.head_dim;
+      };
       float* out = a.out + t * a.out_stride + h * a.head_dim;
       auto score = [&](int64_t j) {
+        const float* kj = row(a.k, j);
         float dot = 0.0f;
-        for (int64_t d = 0; d < a.head_dim; ++d) dot += q[d] * k[j * a.head_dim + d];
+        for (int64_t d = 0; d < a.head_dim; ++d) dot += q[d] * kj[d];
         return dot / divisor;
       };
       float max_score = -INFINITY;
@@ -158,7 +166,8 @@ void attention(const AttentionArgs& a) {
       for (int64_t d = 0; d < a.head_dim; ++d) out[d] = 0.0f;
       for (int64_t j = 0; j < n_keys; ++j) {
         const float p = ::expf(score(j) - max_score) / denom;
-        for (int64_t d = 0; d < a.head_dim; ++d) out[d] += p * v[j * a.head_dim + d];
+        const float* vj = row(a.v, j);
+        for (int64_t d = 0; d < a.head_dim; ++d) out[d] += p * vj[d];
       }
     }
   }

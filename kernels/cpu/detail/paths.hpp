@@ -25,7 +25,8 @@ namespace portable {
 // y[:, o_begin:o_end] of linear (see ops.hpp).
 void linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
                  const float* bias, float* y, int64_t o_begin, int64_t o_end);
-// Attention for the (token, head) pairs p in [p_begin, p_end), token = p / n_head.
+// Attention for the (token, head) pairs p in [p_begin, p_end), token = p / n_head. The cache is
+// always paged here (args.block_table set): ops.cpp gives a contiguous one a one-block table.
 void attention_pairs(const AttentionArgs& args, int64_t p_begin, int64_t p_end);
 void layer_norm(const float* x, int64_t m, int64_t n, const float* gamma, const float* beta,
                 float eps, float* y);

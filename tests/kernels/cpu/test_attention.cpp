@@ -11,8 +11,10 @@
 #include <cstddef>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <vector>
 
+#include "kernels/common/kv_paging.hpp"
 #include "kernels/cpu/ops.hpp"
 #include "runtime/core/error.hpp"
 #include "tests/kernels/cpu/kernel_test_util.hpp"
@@ -337,6 +339,102 @@ TEST(AttentionTest, ThreadCountDoesNotChangeResults) {
   scalar::attention(p.args(a.data()), one);
   scalar::attention(p.args(b.data()), three);
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+}
+
+// A paged cache (kernels/common/kv_paging.hpp): the same keys and values scattered over blocks
+// in shuffled pool order, with NaN in every block and row the table does not name, give every
+// kernel the bits it gives on the contiguous cache — the same numbers in the same order. Blocks
+// of 16 (the engine's), 5 (a block boundary inside each 64-key block of the online softmax) and
+// 64, prompt and decode, grouped KV heads.
+TEST(AttentionTest, PagedCacheEqualsContiguousBitForBit) {
+  ThreadPool pool(2);
+  std::mt19937 rng(23);
+  struct PagedCase {
+    int64_t n_past, n_new, n_head, n_kv_head, head_dim, block_tokens;
+  };
+  const PagedCase cases[] = {
+      {150, 1, 4, 2, 128, 16},  // decode over ten blocks, 2:1 grouping
+      {0, 70, 2, 0, 64, 16},    // a prompt filling five blocks, the last partly
+      {37, 9, 3, 0, 20, 5},     // block boundaries off the 64-key blocks
+      {64, 1, 2, 1, 8, 64},     // a whole block then one key of the next
+      {0, 1, 1, 0, 16, 16},     // a single key
+  };
+  using Kernel = void (*)(const AttentionArgs&, ThreadPool&);
+  struct Impl {
+    const char* name;
+    Kernel fn;
+  };
+  const Impl impls[] = {{"ref", [](const AttentionArgs& a, ThreadPool&) { ref::attention(a); }},
+                        {"fast", attention},
+                        {"scalar", scalar::attention}};
+  for (const PagedCase& c : cases) {
+    SCOPED_TRACE("n_past=" + std::to_string(c.n_past) + " n_new=" + std::to_string(c.n_new) +
+                 " block_tokens=" + std::to_string(c.block_tokens));
+    const Problem p = make_problem(rng, c.n_past, c.n_new, c.n_head, c.head_dim, 0.01f,
+                                   c.n_kv_head);
+    const int64_t bt = c.block_tokens;
+    const int64_t n_keys = c.n_past + c.n_new;
+    const int64_t n_blocks = (n_keys + bt - 1) / bt;
+    const int64_t pool_blocks = 2 * n_blocks + 3;  // blocks no table names hold NaN
+    const int64_t head_stride = bt * c.head_dim;
+    const int64_t block_stride = p.kv_heads() * head_stride;
+    std::vector<int32_t> ids(static_cast<std::size_t>(pool_blocks));
+    std::iota(ids.begin(), ids.end(), 0);
+    std::shuffle(ids.begin(), ids.end(), rng);
+    const std::vector<int32_t> table(ids.begin(), ids.begin() + n_blocks);
+    std::vector<float> pk(static_cast<std::size_t>(pool_blocks * block_stride), kNaN);
+    std::vector<float> pv(pk.size(), kNaN);
+    for (int64_t h = 0; h < p.kv_heads(); ++h) {
+      for (int64_t j = 0; j < n_keys; ++j) {
+        for (int64_t d = 0; d < c.head_dim; ++d) {
+          const auto to = static_cast<std::size_t>(kv_paged_offset(
+              table.data(), bt, block_stride, head_stride, c.head_dim, h, j, d));
+          const auto from = static_cast<std::size_t>(h * p.kv_head_stride() + j * c.head_dim + d);
+          pk[to] = p.k[from];
+          pv[to] = p.v[from];
+        }
+      }
+    }
+    for (const Impl& impl : impls) {
+      std::vector<float> contiguous(p.out_size(), -7.0f);
+      std::vector<float> paged(p.out_size(), -7.0f);
+      impl.fn(p.args(contiguous.data()), pool);
+      AttentionArgs a = p.args(paged.data());
+      a.k = pk.data();
+      a.v = pv.data();
+      a.kv_head_stride = head_stride;
+      a.block_table = table.data();
+      a.block_tokens = bt;
+      a.block_stride = block_stride;
+      impl.fn(a, pool);
+      EXPECT_EQ(0, std::memcmp(contiguous.data(), paged.data(), paged.size() * sizeof(float)))
+          << impl.name << ": the paged cache gives other bits";
+    }
+  }
+}
+
+// kv_paged_offset (shared with the CUDA kernels) puts every (head, token, feature) of a sequence
+// at its own element, inside the blocks its table names, head runs contiguous.
+TEST(AttentionTest, PagedOffsetsAreDistinctAndInsideTheTable) {
+  const int64_t bt = 16, hd = 8, n_kv = 3, hs = bt * hd, bs = 2 * n_kv * hs;  // k and v interleaved
+  const std::vector<int32_t> table = {7, 2, 5};
+  std::vector<int> hits(static_cast<std::size_t>(8 * bs), 0);
+  for (int64_t h = 0; h < n_kv; ++h) {
+    for (int64_t j = 0; j < 3 * bt; ++j) {
+      for (int64_t d = 0; d < hd; ++d) {
+        const int64_t at = kv_paged_offset(table.data(), bt, bs, hs, hd, h, j, d);
+        const int32_t block = table[static_cast<std::size_t>(j / bt)];
+        ASSERT_GE(at, block * bs);
+        ASSERT_LT(at, block * bs + n_kv * hs);  // the k half of the block
+        ++hits[static_cast<std::size_t>(at)];
+        if (d > 0) {
+          EXPECT_EQ(at, kv_paged_offset(table.data(), bt, bs, hs, hd, h, j, d - 1) + 1);
+        }
+      }
+    }
+  }
+  for (int n : hits) ASSERT_LE(n, 1);
+  EXPECT_EQ(kv_paged_offset(table.data(), bt, bs, hs, hd, 1, 17, 3), 2 * bs + hs + hd + 3);
 }
 
 }  // namespace
