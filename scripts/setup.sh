@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 packages=(build-essential cmake ninja-build pkg-config git
           libfmt-dev nlohmann-json3-dev libcli11-dev liburing-dev libmimalloc-dev
           libcpp-httplib-dev libgtest-dev libgmock-dev libbenchmark-dev clang fio python3
-          python3-dev pybind11-dev python3-numpy python3-pytest python3-setuptools python3-venv)
+          python3-dev pybind11-dev python3-numpy python3-pytest python3-setuptools python3-wheel
+          python3-pip python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
