@@ -148,5 +148,346 @@ TEST_P(SpeculativeGreedy, EqualsPlainDecodingForEveryDrafter) {
 INSTANTIATE_TEST_SUITE_P(Families, SpeculativeGreedy, ::testing::ValuesIn(fixtures()),
                          [](const auto& p) { return p.param.family; });
 
+// Stopping: an end id inside an accepted run, max_new_tokens below, at and above k, and a callback
+// that stops early — the same tokens as plain decoding, never more than asked for.
+TEST(Speculative, StopsWherePlainDecodingStops) {
+  const fs::path dir = test::data_dir() / "gptj" / "tiny-f32";
+  LoadedModel m = load_model(dir);
+  EngineOptions eo;
+  eo.max_seqs = 2;
+  Engine target(*m.weights, eo, default_thread_pool());
+  ModelDrafter self(target, "self", 1);
+  const auto prompt = prompt_of(dir);
+  GenerateOptions go;
+  go.max_new_tokens = kNewTokens;
+  const auto plain = generate(target, 0, prompt, go);
+  for (const int k : {1, 3, 8}) {
+    SCOPED_TRACE("k = " + std::to_string(k));
+    for (const int64_t n : {int64_t{0}, int64_t{1}, int64_t{2}, int64_t{3}, int64_t{8},
+                            int64_t{9}, int64_t{10}}) {
+      GenerateOptions g = go;
+      g.max_new_tokens = n;
+      const auto want = generate(target, 0, prompt, g);
+      EXPECT_EQ(speculate(target, self, prompt, g, k).tokens, want) << n << " new tokens";
+    }
+    // An end id that the model emits at index 5 (its first occurrence): the run stops there,
+    // inside a run of accepted drafts.
+    GenerateOptions g = go;
+    g.eos_ids = {plain[5]};
+    const auto want = generate(target, 0, prompt, g);
+    ASSERT_LE(want.size(), 6u);
+    EXPECT_EQ(speculate(target, self, prompt, g, k).tokens, want);
+    // A callback that stops after 4 tokens sees exactly 4.
+    std::vector<int32_t> seen;
+    SpeculativeOptions so;
+    so.k = k;
+    const auto got = generate_speculative(target, self, 0, prompt, go, so, [&](int32_t t) {
+      seen.push_back(t);
+      return seen.size() < 4;
+    });
+    EXPECT_EQ(got, std::vector<int32_t>(plain.begin(), plain.begin() + 4));
+    EXPECT_EQ(seen, got);
+    EXPECT_EQ(target.length(0), static_cast<int64_t>(prompt.size()) + 3);
+  }
+}
+
+// Rolled-back positions leave no trace: after scoring drafts and truncating, the next logits are
+// bit-equal whatever the drafts were, and equal to a cache that never held them.
+TEST_P(SpeculativeGreedy, RollbackLeavesTheCacheAsIfNeverWritten) {
+  const Fixture& f = GetParam();
+  LoadedModel m = load_model(f.dir);
+  Engine e(*m.weights, {}, default_thread_pool());
+  const auto prompt = prompt_of(f.dir);
+  const auto n = static_cast<int64_t>(prompt.size());
+  const int32_t a = 3;
+  const int32_t x = 7;
+  const auto after = [&](std::vector<int32_t> pass, int64_t keep) {
+    e.reset(0);
+    SeqTokens s{0, prompt};
+    e.forward({&s, 1}, LogitsFor::last);
+    s = SeqTokens{0, pass};
+    e.forward({&s, 1}, LogitsFor::all);
+    e.truncate(0, n + keep);
+    s = SeqTokens{0, {&x, 1}};
+    return e.forward({&s, 1}, LogitsFor::last);
+  };
+  const auto one = after({a, 11, 12, 13}, 1);
+  const auto other = after({a, 21, 22, 23}, 1);
+  EXPECT_EQ(one, other) << "rejected drafts changed later logits";
+  EXPECT_EQ(e.length(0), n + 2);
+  // Rolled back past the fed token too: as if only the prompt had been run.
+  const auto none = after({a, 11, 12}, 0);
+  e.reset(0);
+  SeqTokens s{0, prompt};
+  e.forward({&s, 1}, LogitsFor::last);
+  s = SeqTokens{0, {&x, 1}};
+  EXPECT_EQ(e.forward({&s, 1}, LogitsFor::last), none);
+  EXPECT_THROW(e.truncate(0, n + 2), InvalidArgument);
+}
+
+// A model with known next-token distributions: logits depend on the previous token and the
+// position only, so exact sequence probabilities can be enumerated.
+class FakeModel final : public ForwardPass {
+ public:
+  FakeModel(int64_t vocab, uint64_t salt) : salt_(salt) {
+    config_.vocab_size = vocab;
+    lengths_.assign(2, 0);
+    history_.resize(2);
+  }
+  static float logit(uint64_t salt, int32_t prev, int64_t pos, int32_t t) {
+    uint64_t h = salt * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(prev) * 1000003u +
+                 static_cast<uint64_t>(pos) * 7919u + static_cast<uint64_t>(t) * 104729u;
+    h ^= h >> 31;
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 29;
+    return static_cast<float>(h % 1000) / 500.0f - 1.0f;  // [-1, 1)
+  }
+  const model::ModelConfig& config() const override { return config_; }
+  int64_t context() const override { return 64; }
+  int max_seqs() const override { return 2; }
+  int64_t length(int seq) const override { return lengths_[static_cast<std::size_t>(seq)]; }
+  KvUsage kv_usage() const override { return {}; }
+  void reset(int seq) override { truncate(seq, 0); }
+  void truncate(int seq, int64_t n) override {
+    lengths_[static_cast<std::size_t>(seq)] = n;
+    history_[static_cast<std::size_t>(seq)].resize(static_cast<std::size_t>(n));
+  }
+  const std::vector<float>& forward(std::span<const SeqTokens> batch, LogitsFor which) override {
+    logits_.clear();
+    for (const SeqTokens& s : batch) {
+      auto& h = history_[static_cast<std::size_t>(s.seq)];
+      for (std::size_t i = 0; i < s.tokens.size(); ++i) {
+        h.push_back(s.tokens[i]);
+        if (which == LogitsFor::last && i + 1 < s.tokens.size()) continue;
+        const auto pos = static_cast<int64_t>(h.size());
+        for (int32_t t = 0; t < config_.vocab_size; ++t)
+          logits_.push_back(logit(salt_, h.back(), pos, t));
+      }
+      lengths_[static_cast<std::size_t>(s.seq)] = static_cast<int64_t>(h.size());
+    }
+    return logits_;
+  }
+
+ private:
+  model::ModelConfig config_;
+  uint64_t salt_;
+  std::vector<int64_t> lengths_;
+  std::vector<std::vector<int32_t>> history_;
+  std::vector<float> logits_;
+};
+
+// The upper 1 - alpha point of chi-square with df degrees of freedom (Wilson–Hilferty).
+double chi2_critical(int df, double z_alpha) {
+  const double d = df;
+  const double a = 2.0 / (9.0 * d);
+  return d * std::pow(1.0 - a + z_alpha * std::sqrt(a), 3.0);
+}
+constexpr double kZ1e4 = 3.719;  // z of a one-sided false-alarm rate of 1e-4
+
+// Proposes the same fixed tokens whatever the context (q one-hot): often wrong, sometimes right.
+class FixedDrafter final : public Drafter {
+ public:
+  std::string name() const override { return "fixed"; }
+  void propose(std::span<const int32_t>, int k, const SamplingParams&, std::mt19937_64&,
+               Draft& out) override {
+    out.tokens.clear();
+    out.probs.clear();
+    for (int i = 0; i < k; ++i) out.tokens.push_back(i % 3);
+  }
+};
+
+// Seeded sampling with speculation draws the first three tokens from the target's exact joint
+// distribution: a chi-square test over all vocab³ sequences, 20000 seeds, with a false-alarm rate
+// of 1e-4 for a correct implementation (the seeds are fixed, so the test itself is repeatable).
+TEST(Speculative, SamplingKeepsTheTargetDistribution) {
+  constexpr int64_t kVocab = 5;
+  constexpr int kSeeds = 20000;
+  const std::vector<int32_t> prompt = {1, 2};
+  struct Case {
+    std::string name;
+    SamplingParams sampling;
+  };
+  std::vector<Case> cases(2);
+  cases[0].name = "temperature 1";
+  cases[0].sampling.temperature = 1.0f;
+  cases[1].name = "temperature 0.7, top-k 4, top-p 0.9";
+  cases[1].sampling.temperature = 0.7f;
+  cases[1].sampling.top_k = 4;
+  cases[1].sampling.top_p = 0.9f;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    FakeModel target(kVocab, 1);
+    FakeModel draft_model(kVocab, 2);  // another distribution q: a sampling drafter
+    ModelDrafter sampled(draft_model, "other");
+    FixedDrafter fixed;
+    // The exact joint distribution of the first three tokens.
+    std::vector<double> expected(kVocab * kVocab * kVocab, 0.0);
+    std::vector<float> p0, p1, p2, row(kVocab);
+    const auto dist = [&](int32_t prev, int64_t pos, std::vector<float>& out) {
+      for (int32_t t = 0; t < kVocab; ++t) row[static_cast<std::size_t>(t)] = FakeModel::logit(1, prev, pos, t);
+      sampling_distribution(row, c.sampling, out);
+    };
+    dist(prompt.back(), 2, p0);
+    for (int32_t a = 0; a < kVocab; ++a) {
+      dist(a, 3, p1);
+      for (int32_t b = 0; b < kVocab; ++b) {
+        dist(b, 4, p2);
+        for (int32_t d = 0; d < kVocab; ++d)
+          expected[static_cast<std::size_t>((a * kVocab + b) * kVocab + d)] =
+              static_cast<double>(p0[static_cast<std::size_t>(a)]) * p1[static_cast<std::size_t>(b)] *
+              p2[static_cast<std::size_t>(d)];
+      }
+    }
+    for (Drafter* drafter : std::vector<Drafter*>{&sampled, &fixed}) {
+      SCOPED_TRACE(drafter->name());
+      for (const int k : {1, 2}) {
+        std::vector<int64_t> counts(expected.size(), 0);
+        SpeculativeStats total;
+        for (int s = 0; s < kSeeds; ++s) {
+          GenerateOptions go;
+          go.max_new_tokens = 3;
+          go.sampling = c.sampling;
+          go.sampling.seed = static_cast<uint64_t>(s) + 1000u * static_cast<uint64_t>(k);
+          SpeculativeOptions so;
+          so.k = k;
+          SpeculativeStats st;
+          const auto t = generate_speculative(target, *drafter, 0, prompt, go, so, {}, &st);
+          ASSERT_EQ(t.size(), 3u);
+          ++counts[static_cast<std::size_t>((t[0] * kVocab + t[1]) * kVocab + t[2])];
+          total.drafted += st.drafted;
+          total.accepted += st.accepted;
+        }
+        double chi2 = 0;
+        int cells = 0;
+        for (std::size_t i = 0; i < expected.size(); ++i) {
+          const double e = expected[i] * kSeeds;
+          if (e == 0.0) {
+            EXPECT_EQ(counts[i], 0) << "a sequence the target cannot produce, sequence " << i;
+            continue;
+          }
+          chi2 += (static_cast<double>(counts[i]) - e) * (static_cast<double>(counts[i]) - e) / e;
+          ++cells;
+        }
+        EXPECT_LT(chi2, chi2_critical(cells - 1, kZ1e4))
+            << "k = " << k << ": chi-square over " << cells << " sequences";
+        EXPECT_GT(total.accepted, 0);
+        EXPECT_LT(total.accepted, total.drafted);
+      }
+    }
+  }
+}
+
+// sampling_distribution is what Sampler draws from (chi-square, false-alarm rate 1e-4).
+TEST(Speculative, SamplingDistributionIsTheSamplers) {
+  const std::vector<float> logits = {0.5f, 2.0f, 2.0f, -1.0f, 1.0f, 0.0f, 1.5f, -3.0f};
+  SamplingParams sp;
+  sp.temperature = 0.8f;
+  sp.top_k = 6;
+  sp.top_p = 0.95f;
+  sp.seed = 7;
+  std::vector<float> probs;
+  sampling_distribution(logits, sp, probs);
+  double sum = 0;
+  for (const float q : probs) sum += q;
+  EXPECT_NEAR(sum, 1.0, 1e-6);
+  EXPECT_EQ(probs[7], 0.0f) << "below top-k";
+  Sampler sampler(sp);
+  constexpr int kDraws = 50000;
+  std::vector<int64_t> counts(logits.size(), 0);
+  for (int i = 0; i < kDraws; ++i) ++counts[static_cast<std::size_t>(sampler.sample(logits))];
+  double chi2 = 0;
+  int cells = 0;
+  for (std::size_t i = 0; i < logits.size(); ++i) {
+    const double e = probs[i] * kDraws;
+    if (e == 0.0) {
+      EXPECT_EQ(counts[i], 0) << "token " << i;
+      continue;
+    }
+    chi2 += (static_cast<double>(counts[i]) - e) * (static_cast<double>(counts[i]) - e) / e;
+    ++cells;
+  }
+  EXPECT_LT(chi2, chi2_critical(cells - 1, kZ1e4));
+}
+
+TEST(Speculative, RefusesKOutOfRange) {
+  FakeModel target(5, 1);
+  LookupDrafter lookup;
+  const std::vector<int32_t> prompt = {1, 2};
+  for (const int k : {0, -1, SpeculativeOptions::kMaxK + 1}) {
+    SpeculativeOptions so;
+    so.k = k;
+    try {
+      generate_speculative(target, lookup, 0, prompt, {}, so);
+      ADD_FAILURE() << "k = " << k << " was accepted";
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("--draft-k " + std::to_string(k) + " is out of range"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+}
+
+TEST(Speculative, RefusesADraftVocabularyThatDiffers) {
+  // A byte-level vocabulary: GPT-2's 256 byte tokens (bytes_to_unicode), then `extra`.
+  const auto tok = [](const std::vector<std::string>& extra, const char* merges) {
+    json vocab = json::object();
+    int32_t shifted = 256;
+    for (int b = 0; b < 256; ++b) {
+      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+      const int32_t cp = printable ? b : shifted++;
+      std::string u;
+      if (cp < 0x80) {
+        u += static_cast<char>(cp);
+      } else {
+        u += static_cast<char>(0xC0 | (cp >> 6));
+        u += static_cast<char>(0x80 | (cp & 0x3F));
+      }
+      vocab[u] = b;
+    }
+    for (const std::string& e : extra) vocab[e] = static_cast<int32_t>(vocab.size());
+    return text::Tokenizer::from_strings(vocab.dump(), merges);
+  };
+  const auto target = tok({"ab", "cd"}, "#version: 0.2\na b\nc d\n");
+  const auto same = tok({"ab", "cd"}, "#version: 0.2\na b\nc d\n");
+  const auto other = tok({"ab", "dc"}, "#version: 0.2\na b\nd c\n");
+  const auto smaller = tok({"ab"}, "#version: 0.2\na b\n");
+  EXPECT_NO_THROW(check_same_vocabulary(target, same, "d"));
+  try {
+    check_same_vocabulary(target, other, "DRAFT");
+    ADD_FAILURE() << "a differing token was accepted";
+  } catch (const InvalidArgument& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("token 257 is \"cd\" for the target but \"dc\" for the draft"),
+              std::string::npos)
+        << msg;
+    EXPECT_NE(msg.find("DRAFT"), std::string::npos) << msg;
+  }
+  try {
+    check_same_vocabulary(target, smaller, "DRAFT");
+    ADD_FAILURE() << "a smaller vocabulary was accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("vocabulary of 257 tokens but the target's has 258"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// Prompt lookup proposes what followed the latest earlier occurrence of the longest suffix it
+// finds, continuing through its own proposal.
+TEST(Speculative, LookupProposesTheContinuation) {
+  LookupDrafter lookup;
+  std::mt19937_64 rng;
+  Draft d;
+  const std::vector<int32_t> ctx = {5, 1, 2, 3, 9, 1, 2, 3, 4, 7, 1, 2, 3};
+  lookup.propose(ctx, 3, {}, rng, d);
+  EXPECT_EQ(d.tokens, (std::vector<int32_t>{4, 7, 1}));  // the latest "1 2 3" is followed by 4
+  const std::vector<int32_t> loop = {8, 1, 2, 1, 2};
+  lookup.propose(loop, 5, {}, rng, d);
+  EXPECT_EQ(d.tokens, (std::vector<int32_t>{1, 2, 1, 2, 1}));
+  const std::vector<int32_t> none = {1, 2, 3};
+  lookup.propose(none, 4, {}, rng, d);
+  EXPECT_TRUE(d.tokens.empty());
+}
+
 }  // namespace
 }  // namespace ferry::engine
