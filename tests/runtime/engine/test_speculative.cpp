@@ -11,6 +11,7 @@
 
 #include "runtime/core/error.hpp"
 #include "runtime/engine/convert.hpp"
+#include "runtime/engine/drafts.hpp"
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/generate.hpp"
 #include "runtime/engine/loaded_model.hpp"
@@ -487,6 +488,64 @@ TEST(Speculative, LookupProposesTheContinuation) {
   const std::vector<int32_t> none = {1, 2, 3};
   lookup.propose(none, 4, {}, rng, d);
   EXPECT_TRUE(d.tokens.empty());
+}
+
+}  // namespace
+}  // namespace ferry::engine
+
+namespace ferry::engine {
+namespace {
+
+// self-int4 / self-int8: converted once into the cache (never beside the model), found again by
+// the next run, a pack per quantization.
+TEST(Drafts, SelfDraftIsConvertedOnceIntoTheCache) {
+  const fs::path model = test::data_dir() / "gptj" / "tiny-f32";
+  const auto model_files = [&] {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(model)) names.push_back(e.path().filename());
+    std::sort(names.begin(), names.end());
+    return names;
+  };
+  const auto before = model_files();
+  test::TempDir cache;
+  int conversions = 0;
+  const auto count = [&](const fs::path&) { ++conversions; };
+  const fs::path int4 = ensure_self_draft(model, "int4", cache.path(), count);
+  EXPECT_EQ(conversions, 1);
+  EXPECT_EQ(int4.parent_path(), cache.path());
+  EXPECT_TRUE(fs::exists(int4 / "model.ferry"));
+  EXPECT_EQ(ensure_self_draft(model, "int4", cache.path(), count), int4);
+  EXPECT_EQ(conversions, 1) << "converted a second time";
+  const fs::path int8 = ensure_self_draft(model, "int8", cache.path(), count);
+  EXPECT_NE(int8, int4);
+  EXPECT_EQ(conversions, 2);
+  EXPECT_EQ(model_files(), before) << "wrote into the model's folder";
+  EXPECT_EQ(read_model_config(int4).vocab_size, read_model_config(model).vocab_size);
+  try {
+    ensure_self_draft(model, "int4", std::nullopt);
+    ADD_FAILURE() << "no cache directory was accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("--quant int4` and give --draft DIR"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(Drafts, ParsesWhatDraftNames) {
+  EXPECT_EQ(DraftSpec::parse("lookup").kind, DraftSpec::Kind::lookup);
+  const DraftSpec s = DraftSpec::parse("self-int8");
+  EXPECT_EQ(s.kind, DraftSpec::Kind::self);
+  EXPECT_EQ(s.quant, "int8");
+  const fs::path dir = test::data_dir() / "gptj" / "tiny-f32";
+  EXPECT_EQ(DraftSpec::parse(dir.string()).kind, DraftSpec::Kind::model);
+  try {
+    DraftSpec::parse("self-int3");
+    ADD_FAILURE() << "self-int3 was accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("--draft 'self-int3' is neither lookup, self-int4, "
+                                         "self-int8 nor an existing model path"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace

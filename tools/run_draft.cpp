@@ -1,0 +1,137 @@
+#include "tools/run_draft.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "runtime/core/error.hpp"
+#include "runtime/core/units.hpp"
+#include "runtime/engine/model_files.hpp"
+#include "tools/commands.hpp"
+
+namespace ferry::tools {
+
+namespace fs = std::filesystem;
+
+void add_draft_options(CLI::App* cmd, DraftFlags& flags) {
+  cmd->add_option("--draft", flags.draft,
+                  "speculative decoding: draft with lookup (n-grams of the text so far), "
+                  "self-int4 / self-int8 (a pack of this model, converted once into ferry's "
+                  "cache, kept resident), or the PATH of a smaller model sharing the tokenizer; "
+                  "the output is the same as without");
+  cmd->add_option("--draft-k", flags.k,
+                  fmt::format("tokens drafted per target pass (default {})", kDefaultDraftK))
+      ->check(whole_number(1, engine::SpeculativeOptions::kMaxK));
+}
+
+DraftRun::DraftRun(const DraftFlags& flags, session::SessionOptions& target, bool quiet)
+    : spec_(engine::DraftSpec::parse(flags.draft)), k_(flags.k > 0 ? flags.k : kDefaultDraftK) {
+  engine::SpeculativeOptions{k_}.validate();
+  // The target scores the last token and k drafts in one pass.
+  target.max_batch_rows = std::max<int64_t>(target.max_batch_rows, k_ + 1);
+  target.max_logit_rows = std::max<int64_t>(target.max_logit_rows, k_ + 1);
+  if (spec_.kind == engine::DraftSpec::Kind::lookup) {
+    drafter_ = std::make_unique<engine::LookupDrafter>();
+    return;
+  }
+  draft_path_ = spec_.path;
+  if (spec_.kind == engine::DraftSpec::Kind::self) {
+    draft_path_ = engine::ensure_self_draft(target.model, spec_.quant, engine::drafts_cache_dir(),
+                                            [&](const fs::path& dir) {
+                                              if (!quiet)
+                                                eprint("ferry: converting the {} draft into {} "
+                                                       "(once; later runs reuse it)\n",
+                                                       spec_.quant, dir.string());
+                                            });
+  }
+  // The draft model: resident, on the target's device, sized like the target's run.
+  const auto config = engine::read_model_config(draft_path_);
+  session::SessionOptions d;
+  d.model = draft_path_;
+  d.device = target.device;
+  d.load = target.load;
+  d.load.plan.reset();
+  d.load.placement.reset();
+  d.load.max_ram_source = target.load.max_ram_source + " (the draft's share)";
+  d.max_vram_bytes = target.max_vram_bytes;
+  d.mmap = target.mmap;
+  d.context = std::min<int64_t>(model::max_context(config), target.context + k_);
+  d.max_batch_rows = std::max<int64_t>(target.max_batch_rows, 1);
+  d.max_logit_rows = 1;
+  session_ = std::make_unique<session::Session>(std::move(d));
+  const engine::LoadedModel& m = session_->model();
+  if (m.plan) {
+    FERRY_EXPECT(m.plan->chosen.count(offload::Tier::disk) == 0,
+                 "the draft {} does not fit in RAM beside the target ({}); a streamed draft "
+                 "costs more than it saves — raise --max-ram, use a smaller draft, or "
+                 "--draft lookup",
+                 spec_.describe(), m.plan->summary());
+    resident_bytes_ = m.plan->chosen.predicted.peak_ram_bytes;
+  }
+  // The draft's resident bytes come out of the target's budget (without --max-ram the target
+  // plans for the memory the machine still has free, the draft's already taken).
+  if (target.load.max_ram_bytes) {
+    FERRY_EXPECT(resident_bytes_ < *target.load.max_ram_bytes,
+                 "the draft {} keeps {} resident, all of --max-ram {}; raise --max-ram or use "
+                 "--draft lookup",
+                 spec_.describe(), format_bytes(resident_bytes_),
+                 format_bytes(*target.load.max_ram_bytes));
+    *target.load.max_ram_bytes -= resident_bytes_;
+    target.load.max_ram_source = fmt::format("{} less the draft's {} resident",
+                                             target.load.max_ram_source,
+                                             format_bytes(resident_bytes_));
+  }
+  drafter_ = std::make_unique<engine::ModelDrafter>(session_->engine(), spec_.describe(), 0,
+                                                    resident_bytes_);
+}
+
+DraftRun::~DraftRun() = default;
+
+void DraftRun::check_against(const session::Session& target) const {
+  if (!session_) return;
+  const int64_t tv = target.config().vocab_size;
+  const int64_t dv = session_->config().vocab_size;
+  const text::Tokenizer* a = target.tokenizer();
+  const text::Tokenizer* b = session_->tokenizer();
+  if (a && b) {
+    engine::check_same_vocabulary(*a, *b, draft_path_.string());
+    return;
+  }
+  // Without both tokenizers, the ids must at least mean the same number of tokens.
+  FERRY_EXPECT(tv == dv,
+               "the draft model {} has a vocabulary of {} tokens but the target's has {}; a draft "
+               "model must share the target's tokenizer (use --draft lookup or self-int4 instead)",
+               draft_path_.string(), dv, tv);
+}
+
+std::string DraftRun::describe() const {
+  if (!session_) return fmt::format("draft: {}, k {}", spec_.describe(), k_);
+  return fmt::format("draft: {} ({}), {} resident, k {}", spec_.describe(), draft_path_.string(),
+                     format_bytes(resident_bytes_), k_);
+}
+
+std::vector<int32_t> DraftRun::generate(engine::ForwardPass& target,
+                                        std::span<const int32_t> prompt,
+                                        const engine::GenerateOptions& go,
+                                        const engine::TokenCallback& on_token,
+                                        engine::GenerateStats& stats) {
+  auto out = engine::generate_speculative(target, *drafter_, 0, prompt, go, options(),
+                                          on_token, &stats_);
+  stats.prompt_tokens = static_cast<int64_t>(prompt.size());
+  stats.prompt_s = stats_.prompt_s;
+  stats.new_tokens = stats_.new_tokens;
+  stats.decode_steps = std::max<int64_t>(stats_.new_tokens - 1, 0);
+  stats.decode_s = stats_.draft_s + stats_.verify_s;
+  return out;
+}
+
+std::string DraftRun::stats_line() const {
+  const engine::SpeculativeStats& s = stats_;
+  return fmt::format(
+      "speculative ({}, k {}): {} target passes after the prompt, {} of {} drafts accepted "
+      "({:.1f}%), {:.2f} tokens per pass; drafting {:.3f} s, verifying {:.3f} s",
+      spec_.describe(), k_, s.rounds, s.accepted, s.drafted, 100.0 * s.acceptance(),
+      s.tokens_per_pass(), s.draft_s, s.verify_s);
+}
+
+}  // namespace ferry::tools

@@ -1,0 +1,65 @@
+// ferry run --draft lookup|self-int4|self-int8|PATH [--draft-k K]: speculative decoding
+// (runtime/engine/speculative.hpp) — the flags, the drafter they name, opened beside the target
+// within the same --max-ram, and the acceptance line printed at the end.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "runtime/engine/drafts.hpp"
+#include "runtime/engine/speculative.hpp"
+#include "runtime/session/session.hpp"
+
+namespace ferry::tools {
+
+struct DraftFlags {
+  std::string draft;  // empty: no speculation
+  int k = 0;          // 0: the default (kDefaultDraftK)
+};
+inline constexpr int kDefaultDraftK = 4;
+
+void add_draft_options(CLI::App* cmd, DraftFlags& flags);
+
+class DraftRun {
+ public:
+  // Opens what --draft names before the target's session: a self pack is converted into the
+  // cache once; a draft model is loaded resident and its bytes come out of the target's
+  // --max-ram (target.load.max_ram_bytes). Sizes the target's passes for k + 1 rows of logits.
+  DraftRun(const DraftFlags& flags, session::SessionOptions& target, bool quiet);
+  ~DraftRun();
+  DraftRun(const DraftRun&) = delete;
+  DraftRun& operator=(const DraftRun&) = delete;
+
+  // After the target opened: a draft model must share its tokenizer (refused naming the first
+  // token that differs).
+  void check_against(const session::Session& target) const;
+
+  // generate() with the drafter: the same tokens, `stats` filled as generate() fills them
+  // (decode_steps counts tokens, not passes) and the speculative counters kept for stats_line().
+  std::vector<int32_t> generate(engine::ForwardPass& target, std::span<const int32_t> prompt,
+                                const engine::GenerateOptions& options,
+                                const engine::TokenCallback& on_token,
+                                engine::GenerateStats& stats);
+
+  engine::Drafter& drafter() { return *drafter_; }
+  engine::SpeculativeOptions options() const { return {k_}; }
+  // What was opened, for the plan lines ("draft: self-int4, 38 MiB resident, k 4").
+  std::string describe() const;
+  // The acceptance line printed at the end of the run.
+  std::string stats_line() const;
+
+ private:
+  engine::DraftSpec spec_;
+  int k_ = kDefaultDraftK;
+  std::filesystem::path draft_path_;
+  std::unique_ptr<session::Session> session_;  // a draft model's, else null
+  std::unique_ptr<engine::Drafter> drafter_;
+  uint64_t resident_bytes_ = 0;
+  engine::SpeculativeStats stats_;
+};
+
+}  // namespace ferry::tools
