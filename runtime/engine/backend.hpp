@@ -104,6 +104,10 @@ class Backend {
   virtual int max_seqs() const = 0;
   virtual int64_t length(int seq) const = 0;
   virtual void set_length(int seq, int64_t n) = 0;
+  // Makes room in the KV cache for each sequence's new tokens (positions n_past … n_past +
+  // n_new − 1) before a pass changes anything; throws InvalidArgument, taking nothing, when the
+  // cache cannot hold them all. By default nothing (a cache of fixed slots always can).
+  virtual void reserve(std::span<const SeqRows> seqs) { (void)seqs; }
   // The cache's blocks in use. By default one block per slot of context() tokens, a slot in use
   // when it holds any token, and bytes unknown (0); backends with their own cache say more.
   virtual KvUsage kv_usage() const;

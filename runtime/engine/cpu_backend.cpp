@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kernels/common/kv_paging.hpp"
 #include "kernels/cpu/ops.hpp"
 #include "runtime/core/error.hpp"
 
@@ -17,7 +18,8 @@ CpuBackend::CpuBackend(WeightProvider& weights, EngineOptions options, ThreadPoo
       weights_(weights),
       pool_(pool),
       cache_(config_, options.max_seqs,
-             options.context > 0 ? options.context : model::default_context(config_)) {
+             options.context > 0 ? options.context : model::default_context(config_),
+             options.kv_pool_tokens) {
   // GPT-J's interleaved rotary computes its frequencies in the kernel; every other model's come
   // from the description (rope_theta, scaling, a GGUF file's frequency factors).
   if (config_.rope_style == model::RopeStyle::half || config_.is_llama_family())
@@ -104,6 +106,12 @@ void CpuBackend::rotary(float* x, int64_t rows, int64_t n_head) {
   }
 }
 
+void CpuBackend::reserve(std::span<const SeqRows> seqs) {
+  needs_.clear();
+  for (const SeqRows& s : seqs) needs_.push_back({s.seq, s.n_past + s.n_new});
+  cache_.reserve(needs_);
+}
+
 void CpuBackend::attend(int layer, std::span<const SeqRows> seqs, const float* q, const float* k,
                         const float* v, float* out) {
   const int64_t hd = config_.head_dim();
@@ -111,19 +119,28 @@ void CpuBackend::attend(int layer, std::span<const SeqRows> seqs, const float* q
   const int64_t qd = config_.q_dim();
   const int64_t kvd = config_.kv_dim();
   const int64_t hs = cache_.head_stride();
+  const int64_t bs = cache_.block_stride();
+  constexpr int64_t bt = KvCache::kBlockTokens;
+  // The engine reserved the blocks before the pass; a caller driving the backend directly may
+  // not have (the first layer takes them then, all or none).
+  if (layer == 0) reserve(seqs);
+  float* kc = cache_.k(layer);
+  float* vc = cache_.v(layer);
   for (const SeqRows& s : seqs) {
-    float* kc = cache_.k(layer, s.seq);
-    float* vc = cache_.v(layer, s.seq);
-    // Scatter the new keys (after rotary, as Hugging Face caches them) and values into the
-    // head-major cache.
+    const std::span<const int32_t> table = cache_.table(s.seq);
+    FERRY_EXPECT(kv_blocks_for(s.n_past + s.n_new) <= static_cast<int64_t>(table.size()),
+                 "the KV cache has no blocks for sequence slot {}'s tokens {} … {} in layer {}",
+                 s.seq, s.n_past, s.n_past + s.n_new - 1, layer);
+    // Scatter the new keys (after rotary, as Hugging Face caches them) and values into their
+    // blocks, each head's row at kernels/common/kv_paging.hpp's offset.
     for (int64_t t = 0; t < s.n_new; ++t) {
       const float* krow = k + (s.row0 + t) * kvd;
       const float* vrow = v + (s.row0 + t) * kvd;
       for (int64_t h = 0; h < n_kv; ++h) {
-        std::memcpy(kc + h * hs + (s.n_past + t) * hd, krow + h * hd,
-                    static_cast<std::size_t>(hd) * sizeof(float));
-        std::memcpy(vc + h * hs + (s.n_past + t) * hd, vrow + h * hd,
-                    static_cast<std::size_t>(hd) * sizeof(float));
+        const int64_t at = kernels::kv_paged_offset(table.data(), bt, bs, hs, hd, h,
+                                                    s.n_past + t, 0);
+        std::memcpy(kc + at, krow + h * hd, static_cast<std::size_t>(hd) * sizeof(float));
+        std::memcpy(vc + at, vrow + h * hd, static_cast<std::size_t>(hd) * sizeof(float));
       }
     }
     cpu::AttentionArgs a;
@@ -132,6 +149,9 @@ void CpuBackend::attend(int layer, std::span<const SeqRows> seqs, const float* q
     a.k = kc;
     a.v = vc;
     a.kv_head_stride = hs;
+    a.block_table = table.data();
+    a.block_tokens = bt;
+    a.block_stride = bs;
     a.out = out + s.row0 * qd;
     a.out_stride = qd;
     a.n_new = s.n_new;

@@ -30,11 +30,11 @@ class CpuBackend final : public Backend {
   int max_seqs() const override { return cache_.n_seqs(); }
   int64_t length(int seq) const override { return cache_.length(seq); }
   void set_length(int seq, int64_t n) override { cache_.set_length(seq, n); }
+  void reserve(std::span<const SeqRows> seqs) override;
   KvUsage kv_usage() const override {
-    KvUsage u = Backend::kv_usage();
-    u.bytes_total = cache_.nbytes();
-    return u;
+    return {KvCache::kBlockTokens, cache_.blocks_total(), cache_.blocks_used(), cache_.nbytes()};
   }
+  const KvCache& kv_cache() const { return cache_; }
 
   std::vector<float*> activations(std::span<const std::size_t> floats) override;
   void begin_pass(std::span<const int32_t> positions) override;
@@ -73,6 +73,7 @@ class CpuBackend final : public Backend {
   std::vector<float> inv_freq_;  // rotary_half's frequencies (Llama family)
   std::vector<int32_t> positions_;
   std::vector<std::vector<float>> buffers_;
+  std::vector<KvCache::Need> needs_;
   std::vector<float> part_out_;  // a chunked product's part, before it is scattered (≤ 4 MiB)
 };
 

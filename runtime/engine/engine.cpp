@@ -87,6 +87,7 @@ const std::vector<float>& Engine::forward(std::span<const SeqTokens> batch, Logi
       positions_.push_back(static_cast<int32_t>(len + i));
     }
   }
+  be.reserve(seqs_);  // out of KV blocks: an error before anything changes
   // Only the rows whose logits are wanted go through the final norm and lm_head.
   std::vector<int64_t> out_rows;
   if (which == LogitsFor::all) {

@@ -33,6 +33,9 @@ enum class LogitsFor {
 struct EngineOptions {
   int max_seqs = 1;
   int64_t context = 0;  // KV capacity per sequence; 0 means model::default_context
+  // Tokens the KV cache's shared pool of blocks holds, all sequences together; 0 means
+  // max_seqs × context (every sequence at full context at once).
+  int64_t kv_pool_tokens = 0;
 };
 
 // What generate() and the tools drive: a batched forward pass with its KV cache.

@@ -1,9 +1,17 @@
-// KvCache: keys (after rotary) and values of every past token, per sequence slot and layer,
-// in f32, laid out head-major ([n_kv_head][capacity][head_dim]) so that attention for one head
-// reads one contiguous block.
+// KvCache: keys (after rotary) and values of every past token, in f32, paged: one pool of
+// fixed-size blocks of kBlockTokens tokens, and per sequence slot a block table (the pool's
+// blocks holding its tokens 0…15, 16…31, …). Blocks are taken from the pool as a sequence
+// grows and given back when it is reset or shortened, so memory follows the tokens actually
+// held rather than max sequences × context.
+//
+// A block id names the same block in every layer: the pool is [layer][block][k|v][n_kv_head]
+// [kBlockTokens][head_dim], so within a layer a block's keys of one head are one contiguous run
+// of kBlockTokens · head_dim floats (attention reads a sequence's keys of a head as a chain of
+// such runs, one table look-up per run), and one table serves all layers.
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "runtime/core/aligned_buffer.hpp"
@@ -13,35 +21,77 @@ namespace ferry::engine {
 
 class KvCache {
  public:
-  KvCache() = default;
-  // Room for n_seqs sequences of up to capacity tokens each.
-  KvCache(const model::ModelConfig& config, int n_seqs, int64_t capacity);
+  // Tokens per block. 16: a sequence wastes at most 15 tokens' worth of its last block (7.5 on
+  // average, under 1% of a 2048-token context), while a head's run in a block is still 4–16 KiB
+  // (head_dim 64–256, f32), long enough that the table look-up between runs costs nothing.
+  static constexpr int64_t kBlockTokens = 16;
 
+  KvCache() = default;
+  // Room for n_seqs sequence slots of up to capacity tokens each, sharing a pool of
+  // pool_tokens tokens (rounded up to whole blocks); pool_tokens 0: every slot full
+  // (n_seqs × capacity, each slot rounded up to whole blocks).
+  KvCache(const model::ModelConfig& config, int n_seqs, int64_t capacity, int64_t pool_tokens = 0);
+
+  // Blocks in a pool of pool_tokens tokens (0: n_seqs slots of capacity tokens).
+  static int64_t pool_blocks(int n_seqs, int64_t capacity, int64_t pool_tokens);
+  // Bytes one block takes: every layer's keys and values for kBlockTokens tokens, in elements of
+  // elt bytes (f32 on the CPU; the CUDA backend keeps f16 for 16-bit models).
+  static uint64_t block_bytes(const model::ModelConfig& config, uint64_t elt = sizeof(float));
   // Bytes a cache of this shape takes (for budgets, before allocating).
-  static uint64_t bytes_needed(const model::ModelConfig& config, int n_seqs, int64_t capacity);
+  static uint64_t bytes_needed(const model::ModelConfig& config, int n_seqs, int64_t capacity,
+                               int64_t pool_tokens = 0);
 
   int n_seqs() const { return n_seqs_; }
-  int64_t capacity() const { return capacity_; }
-  int64_t head_stride() const { return capacity_ * head_dim_; }  // elements between heads
+  int64_t capacity() const { return capacity_; }  // most tokens one sequence may hold
+  int64_t blocks_total() const { return n_blocks_; }
+  int64_t blocks_used() const { return n_blocks_ - static_cast<int64_t>(free_.size()); }
+  int64_t blocks_free() const { return static_cast<int64_t>(free_.size()); }
 
-  float* k(int layer, int seq) { return base(layer, seq, 0); }
-  float* v(int layer, int seq) { return base(layer, seq, 1); }
+  // Elements between a block's heads, and between consecutive blocks of one layer's k (or v).
+  int64_t head_stride() const { return kBlockTokens * head_dim_; }
+  int64_t block_stride() const { return 2 * n_head_ * kBlockTokens * head_dim_; }
+  // Block b of layer `layer` holds its keys at k(layer) + b · block_stride(), values likewise.
+  float* k(int layer) { return layer_base(layer); }
+  float* v(int layer) { return layer_base(layer) + n_head_ * kBlockTokens * head_dim_; }
+  // seq's block table: block i holds its tokens [i · kBlockTokens, (i + 1) · kBlockTokens).
+  std::span<const int32_t> table(int seq) const { return tables_.at(check(seq)); }
 
   // Tokens stored for seq (equal across layers once a forward pass completes).
-  int64_t length(int seq) const { return lengths_.at(static_cast<std::size_t>(seq)); }
-  void set_length(int seq, int64_t n) { lengths_.at(static_cast<std::size_t>(seq)) = n; }
+  int64_t length(int seq) const { return lengths_.at(check(seq)); }
+  // Sets seq's length to n: blocks beyond n tokens go back to the pool (speculative decoding's
+  // roll-back, a reset at 0), and a longer n takes the blocks it lacks (see reserve).
+  void set_length(int seq, int64_t n);
+  // Makes each sequence's block table cover `tokens` tokens (never fewer than it has) without
+  // changing its length. Throws InvalidArgument, taking nothing, when the pool lacks the blocks
+  // for all of them together or a sequence would outgrow the capacity.
+  struct Need {
+    int seq = 0;
+    int64_t tokens = 0;
+  };
+  void reserve(std::span<const Need> needs);
+  void reserve(int seq, int64_t tokens);
 
   uint64_t nbytes() const { return buffer_.size(); }
 
  private:
-  float* base(int layer, int seq, int which);
+  std::size_t check(int seq) const;
+  float* layer_base(int layer);
 
   int n_seqs_ = 0;
+  int n_layer_ = 0;
   int64_t n_head_ = 0;
   int64_t head_dim_ = 0;
   int64_t capacity_ = 0;
+  int64_t n_blocks_ = 0;
   AlignedBuffer buffer_;
   std::vector<int64_t> lengths_;
+  std::vector<std::vector<int32_t>> tables_;
+  std::vector<int32_t> free_;  // a stack: the most recently freed block is reused first
 };
+
+// Blocks that hold n tokens.
+inline int64_t kv_blocks_for(int64_t n) {
+  return (n + KvCache::kBlockTokens - 1) / KvCache::kBlockTokens;
+}
 
 }  // namespace ferry::engine
