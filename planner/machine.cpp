@@ -64,6 +64,15 @@ Figure figure(const json& j, const char* key, const std::string& source, bool re
 
 }  // namespace
 
+double cpu_row_rate(const Machine& m) {
+  return m.cpu_row_bytes_per_s.value > 0 ? m.cpu_row_bytes_per_s.value
+                                         : 2 * m.cpu_compute_bytes_per_s.value;
+}
+
+double gpu_row_rate(const GpuSpec& g) {
+  return g.row_bytes_per_s.value > 0 ? g.row_bytes_per_s.value : 16 * g.compute_bytes_per_s.value;
+}
+
 std::vector<std::string> builtin_profiles() {
   return {"colab-t4", "colab-cpu", "kaggle-p100", "laptop-8g"};
 }
@@ -77,6 +86,7 @@ Machine machine_from_json(const json& j, const std::string& source) {
   m.disk_bytes_per_s = figure(j, "disk_bytes_per_s", source, true);
   m.cpu_compute_bytes_per_s = figure(j, "cpu_compute_bytes_per_s", source, true);
   m.memlock_bytes = figure(j, "memlock_bytes", source, false);
+  m.cpu_row_bytes_per_s = figure(j, "cpu_row_bytes_per_s", source, false);
   if (!m.memlock_bytes.known()) m.memlock_bytes = {std::ldexp(1.0, 63), source + " (unlimited)"};
   if (j.contains("gpu") && !j["gpu"].is_null()) {
     const json& g = j["gpu"];
@@ -85,6 +95,8 @@ Machine machine_from_json(const json& j, const std::string& source) {
     gpu.vram_bytes = figure(g, "vram_bytes", source + " gpu", true);
     gpu.h2d_bytes_per_s = figure(g, "h2d_bytes_per_s", source + " gpu", true);
     gpu.compute_bytes_per_s = figure(g, "compute_bytes_per_s", source + " gpu", true);
+    gpu.row_bytes_per_s = figure(g, "row_bytes_per_s", source + " gpu", false);
+    if (gpu.row_bytes_per_s.known()) gpu.row_bytes_per_s.source = source;
     gpu.context_bytes = g.value("context_bytes", uint64_t{400} << 20);
     gpu.host_context_bytes = g.value("host_context_bytes", uint64_t{300} << 20);
     gpu.vram_bytes.source = source;
@@ -125,6 +137,10 @@ json machine_to_json(const Machine& m) {
               {"disk_bytes_per_s", m.disk_bytes_per_s.source},
               {"cpu_compute_bytes_per_s", m.cpu_compute_bytes_per_s.source},
               {"memlock_bytes", m.memlock_bytes.source}}}};
+  if (m.cpu_row_bytes_per_s.known()) {
+    j["cpu_row_bytes_per_s"] = m.cpu_row_bytes_per_s.value;
+    j["sources"]["cpu_row_bytes_per_s"] = m.cpu_row_bytes_per_s.source;
+  }
   if (m.gpu) {
     j["gpu"] = {{"name", m.gpu->name},
                 {"vram_bytes", m.gpu->vram_bytes.bytes()},
@@ -135,6 +151,10 @@ json machine_to_json(const Machine& m) {
     j["sources"]["vram_bytes"] = m.gpu->vram_bytes.source;
     j["sources"]["h2d_bytes_per_s"] = m.gpu->h2d_bytes_per_s.source;
     j["sources"]["gpu_compute_bytes_per_s"] = m.gpu->compute_bytes_per_s.source;
+    if (m.gpu->row_bytes_per_s.known()) {
+      j["gpu"]["row_bytes_per_s"] = m.gpu->row_bytes_per_s.value;
+      j["sources"]["gpu_row_bytes_per_s"] = m.gpu->row_bytes_per_s.source;
+    }
   } else {
     j["gpu"] = nullptr;
   }
@@ -170,12 +190,16 @@ std::vector<std::string> describe_machine(const Machine& m) {
         m.memlock_bytes.source));
   lines.push_back("disk → host    " + rate(m.disk_bytes_per_s));
   lines.push_back("CPU mat-vec    " + rate(m.cpu_compute_bytes_per_s));
+  if (m.cpu_row_bytes_per_s.known())
+    lines.push_back("CPU extra rows " + rate(m.cpu_row_bytes_per_s) + " (weight bytes × rows)");
   if (m.gpu) {
     lines.push_back(fmt::format("GPU            {}: {} VRAM ({}), {} for the CUDA context",
                                 m.gpu->name, format_bytes(m.gpu->vram_bytes.bytes()),
                                 m.gpu->vram_bytes.source, format_bytes(m.gpu->context_bytes)));
     lines.push_back("host → device  " + rate(m.gpu->h2d_bytes_per_s));
     lines.push_back("GPU mat-vec    " + rate(m.gpu->compute_bytes_per_s));
+    if (m.gpu->row_bytes_per_s.known())
+      lines.push_back("GPU extra rows " + rate(m.gpu->row_bytes_per_s) + " (weight bytes × rows)");
   }
   return lines;
 }

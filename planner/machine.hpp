@@ -29,6 +29,10 @@ struct GpuSpec {
   Figure vram_bytes;                // free for ferry: total less what the driver keeps
   Figure h2d_bytes_per_s;           // pinned host → device copies (PCIe)
   Figure compute_bytes_per_s;       // weight bytes/s of fp16 matrix–vector products
+  // Weight bytes × rows per second that each row past the first of a many-row product costs
+  // (batched decoding, verifying drafts): a GPU reads the weights once for all rows, so extra
+  // rows are cheap. Unknown (0): 16 × compute_bytes_per_s.
+  Figure row_bytes_per_s;
   uint64_t context_bytes = 0;       // VRAM the CUDA context and cuBLAS workspace take
   uint64_t host_context_bytes = 0;  // host RAM the CUDA driver maps into the process
 };
@@ -39,9 +43,16 @@ struct Machine {
   Figure memlock_bytes;               // RLIMIT_MEMLOCK (locked staging slots); inf = none
   Figure disk_bytes_per_s;            // sequential O_DIRECT reads of the model's filesystem
   Figure cpu_compute_bytes_per_s;     // weight bytes/s of the CPU's matrix–vector product
+  // Weight bytes × rows per second that each row past the first of a many-row product costs on
+  // the CPU (the rest of a batch's decode step). Unknown (0): 2 × cpu_compute_bytes_per_s.
+  Figure cpu_row_bytes_per_s;
   std::optional<GpuSpec> gpu;         // none: a CPU-only machine
   bool ram_is_explicit_cap = false;   // --max-ram (exact) rather than a probe (noisy)
 };
+
+// The rates extra rows of a product cost (see the fields), the defaults filled in.
+double cpu_row_rate(const Machine& m);
+double gpu_row_rate(const GpuSpec& g);
 
 // The named profiles ferry ships: colab-t4, colab-cpu, kaggle-p100, laptop-8g.
 std::vector<std::string> builtin_profiles();

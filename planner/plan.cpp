@@ -166,6 +166,14 @@ Prediction predict(const PlanRequest& r, const Choice& c) {
   FERRY_EXPECT(disk_bw > 0 && comp_bw > 0 && (!cuda || h2d_bw > 0),
                "the machine figures need positive bandwidths to predict time");
   const double overhead = cuda ? kGpuUnitOverheadS : kCpuUnitOverheadS;
+  // A step of a batch reads each weight once for all its sequences; each row past the first
+  // costs its bytes at the extra-row rate, and each sequence reads its own KV cache.
+  const double batch = std::max(1, r.batch);
+  const double row_bw = cuda ? gpu_row_rate(*r.machine.gpu) : cpu_row_rate(r.machine);
+  const auto compute_s = [&](uint64_t weight_bytes) {
+    return static_cast<double>(weight_bytes) / comp_bw +
+           (batch - 1) * static_cast<double>(weight_bytes) / row_bw;
+  };
   std::vector<double> host_slot_free(std::max<std::size_t>(c.host_slots, 1), 0.0);
   std::vector<double> dev_slot_free(std::max<std::size_t>(c.device_slots, 1), 0.0);
   std::size_t host_uses = 0;
@@ -197,13 +205,13 @@ Prediction predict(const PlanRequest& r, const Choice& c) {
           const double dt = static_cast<double>(b) / disk_bw;
           disk_free = std::max(disk_free, slot) + dt;
           disk_s += dt;
-          const double ct = static_cast<double>(b) / comp_bw + overhead;
+          const double ct = compute_s(b) + overhead;
           comp_free = std::max(comp_free, disk_free) + ct;
           comp_s += ct;
           slot = comp_free;
         }
         disk_b += u.bytes;
-        const double kt = static_cast<double>(u.kv_read_bytes) / comp_bw;
+        const double kt = batch * static_cast<double>(u.kv_read_bytes) / comp_bw;
         comp_free += kt;
         comp_s += kt;
         continue;
@@ -228,13 +236,14 @@ Prediction predict(const PlanRequest& r, const Choice& c) {
       }
       if (cuda && c.kv == KvPlace::host && u.kv_read_bytes > 0) {
         // The layer's KV cache crosses to the device for its attention (FlexGen's layout).
-        const double dt = static_cast<double>(u.kv_read_bytes) / h2d_bw;
+        const double dt = batch * static_cast<double>(u.kv_read_bytes) / h2d_bw;
         h2d_free = std::max(h2d_free, comp_free) + dt;
         ready = std::max(ready, h2d_free);
         h2d_s += dt;
-        h2d_b += u.kv_read_bytes;
+        h2d_b += static_cast<uint64_t>(batch) * u.kv_read_bytes;
       }
-      const double dt = static_cast<double>(u.bytes + u.kv_read_bytes) / comp_bw + overhead;
+      const double dt =
+          compute_s(u.bytes) + batch * static_cast<double>(u.kv_read_bytes) / comp_bw + overhead;
       comp_free = std::max(comp_free, ready) + dt;
       comp_s += dt;
       if (hold_host) *hold_host = comp_free;
@@ -248,6 +257,7 @@ Prediction predict(const PlanRequest& r, const Choice& c) {
     p.h2d_bytes_per_token = h2d_b;
   }
   p.s_per_token = (token_end[kTokens - 1] - token_end[kTokens - 4]) / 3.0;
+  p.tokens_per_s = p.s_per_token > 0 ? batch / p.s_per_token : 0;
   p.bound = "compute";
   double busiest = p.compute_s;
   if (p.disk_s > busiest) {
@@ -596,9 +606,16 @@ std::string Plan::table() const {
                      format_bytes(p.peak_vram_bytes), format_bytes(vram_budget_bytes),
                      format_bytes(vram_margin_bytes), format_bytes(r.machine.gpu->context_bytes));
   t += fmt::format("  {:<13}{}\n", "peak pinned", format_bytes(p.peak_pinned_bytes));
-  t += fmt::format("  {:<13}{:.3f} s/token ({:.2f} tokens/s), bound by {}\n", "predicted",
-                   p.s_per_token, p.s_per_token > 0 ? 1 / p.s_per_token : 0.0, p.bound);
-  t += fmt::format("  {:<13}disk → host {} ({} at {:.2f} GB/s)", "per token", fmt_s(p.disk_s),
+  if (r.batch > 1)
+    t += fmt::format(
+        "  {:<13}{:.3f} s/token for each of {} sequences ({:.2f} tokens/s together), bound by "
+        "{}\n",
+        "predicted", p.s_per_token, r.batch, p.tokens_per_s, p.bound);
+  else
+    t += fmt::format("  {:<13}{:.3f} s/token ({:.2f} tokens/s), bound by {}\n", "predicted",
+                     p.s_per_token, p.s_per_token > 0 ? 1 / p.s_per_token : 0.0, p.bound);
+  t += fmt::format("  {:<13}disk → host {} ({} at {:.2f} GB/s)",
+                   r.batch > 1 ? "per step" : "per token", fmt_s(p.disk_s),
                    format_bytes(p.disk_bytes_per_token), r.machine.disk_bytes_per_s.value / 1e9);
   if (cuda)
     t += fmt::format("; host → device {} ({} at {:.2f} GB/s)", fmt_s(p.h2d_s),
@@ -720,6 +737,7 @@ json plan_to_json(const Plan& plan) {
           {"peak_vram_bytes", p.peak_vram_bytes},
           {"peak_pinned_bytes", p.peak_pinned_bytes},
           {"s_per_token", p.s_per_token},
+          {"tokens_per_s", p.tokens_per_s},
           {"bound", p.bound},
           {"links",
            {{"disk_s", p.disk_s},

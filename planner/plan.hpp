@@ -68,7 +68,10 @@ struct Prediction {
   uint64_t host_slot_bytes = 0;  // one host staging slot: the largest unit (or chunk) it carries
   uint64_t device_slot_bytes = 0;
   uint64_t peak_pinned_bytes = 0;  // locked (CPU) or page-locked for DMA (CUDA) host memory
-  double s_per_token = 0;          // decoding one token, steady state, prefetch overlapped
+  // One decode step, steady state, prefetch overlapped: every sequence of the batch gets one
+  // token per step, so this is each sequence's time per token.
+  double s_per_token = 0;
+  double tokens_per_s = 0;  // all sequences together: batch / s_per_token
   double disk_s = 0;               // busy time per token of each link
   double h2d_s = 0;
   double compute_s = 0;

@@ -195,6 +195,7 @@ Command add_plan(CLI::App& app) {
       po.read_unit_bytes = engine::typical_unit_bytes(config, ck);
       po.n_embd = config.n_embd;
       po.n_inner = config.n_inner;
+      po.batch_rows = o->batch > 1;
       // This machine's GPU, when a backend for one is compiled in and a device answers: its
       // free memory is the VRAM figure, as `ferry run --device cuda` will see it.
       const std::unique_ptr<Device> gpu = o->device != "cpu" ? backends::find_gpu() : nullptr;
@@ -274,6 +275,8 @@ Command add_plan(CLI::App& app) {
         probe.n_embd = config.n_embd;
         probe.n_inner = config.n_inner;
         cm.cpu_compute_bytes_per_s = engine::cpu_compute_figure(c.format->dtype, probe);
+        if (o->batch > 1)
+          cm.cpu_row_bytes_per_s = engine::cpu_extra_rows_figure(c.format->dtype, probe);
       }
       const auto request = engine::plan_request(config, ck, cm, cpo, model_path.string());
       for (const auto& u : request.units) c.weight_bytes += u.bytes;
@@ -288,7 +291,66 @@ Command add_plan(CLI::App& app) {
     const std::size_t chosen = o->quant == "auto" ? choose_quant(candidates, o->goal, why) : 0;
     const planner::Plan& plan = *candidates[chosen].plan;
 
+    // With a batch: the same plan for 1, 2, 4, … sequences up to --batch. Each sequence's KV
+    // cache takes memory that could hold resident layers, and each step's streamed bytes are
+    // shared by every sequence: the sweep shows the trade and which batch is fastest overall.
+    struct BatchPoint {
+      int batch = 0;
+      std::optional<planner::Plan> plan;
+      std::string refusal;
+    };
+    std::vector<BatchPoint> sweep;
+    std::size_t best_batch = 0;
+    if (o->batch > 1) {
+      std::vector<int> sizes;
+      for (int b = 1; b < o->batch; b *= 2) sizes.push_back(b);
+      sizes.push_back(o->batch);
+      for (int b : sizes) {
+        BatchPoint pt;
+        pt.batch = b;
+        if (b == o->batch) {
+          pt.plan = plan;
+        } else {
+          engine::PlanOptions bpo = po;
+          bpo.format = candidates[chosen].format;
+          bpo.max_seqs = b;
+          bpo.max_logit_rows = b;
+          try {
+            pt.plan = planner::make_plan(
+                engine::plan_request(config, ck, plan.request.machine, bpo, model_path.string()));
+          } catch (const PlanError& e) {
+            pt.refusal = e.what();
+          }
+        }
+        sweep.push_back(std::move(pt));
+      }
+      for (std::size_t i = 0; i < sweep.size(); ++i)
+        if (sweep[i].plan && (!sweep[best_batch].plan ||
+                              sweep[i].plan->chosen.predicted.tokens_per_s >
+                                  sweep[best_batch].plan->chosen.predicted.tokens_per_s * 1.02))
+          best_batch = i;
+    }
+
     nlohmann::json j = planner::plan_to_json(plan);
+    if (!sweep.empty()) {
+      j["batch_sweep"] = nlohmann::json::array();
+      for (const auto& pt : sweep) {
+        nlohmann::json bj = {{"batch", pt.batch}, {"fits", pt.plan.has_value()}};
+        if (pt.plan) {
+          const auto& c = pt.plan->chosen;
+          bj["tokens_per_s"] = c.predicted.tokens_per_s;
+          bj["s_per_token"] = c.predicted.s_per_token;
+          bj["peak_ram_bytes"] = c.predicted.peak_ram_bytes;
+          bj["resident_units"] = c.tiers.size() - c.count(planner::Tier::disk);
+          bj["streamed_units"] = c.count(planner::Tier::disk);
+          bj["kv_bytes"] = pt.plan->request.kv_bytes;
+        } else {
+          bj["refusal"] = pt.refusal;
+        }
+        j["batch_sweep"].push_back(bj);
+      }
+      j["batch_best"] = sweep[best_batch].batch;
+    }
     if (!o->quant.empty()) {
       nlohmann::json q = {{"mode", o->quant}, {"chosen", candidates[chosen].name}};
       if (o->quant == "auto") {
@@ -359,6 +421,35 @@ Command add_plan(CLI::App& app) {
                  candidates[chosen].name, candidates[chosen].name);
     }
     fmt::print("{}", plan.table());
+    if (!sweep.empty()) {
+      fmt::print("batch sweep: each sequence's KV cache takes memory resident layers could use; "
+                 "each step's streamed bytes serve every sequence\n");
+      fmt::print("  {:>9}  {:>10}  {:>8}  {:>9}  {:>8}  {:>10}\n", "sequences", "tokens/s",
+                 "s/token", "resident", "streamed", "peak RAM");
+      for (std::size_t i = 0; i < sweep.size(); ++i) {
+        const auto& pt = sweep[i];
+        if (!pt.plan) {
+          fmt::print("  {:>9}  does not fit: {}\n", pt.batch,
+                     pt.refusal.substr(0, pt.refusal.find(';')));
+          continue;
+        }
+        const auto& c = pt.plan->chosen;
+        fmt::print("  {:>9}  {:>10.3f}  {:>8.3f}  {:>9}  {:>8}  {:>10}{}\n", pt.batch,
+                   c.predicted.tokens_per_s, c.predicted.s_per_token,
+                   c.tiers.size() - c.count(planner::Tier::disk), c.count(planner::Tier::disk),
+                   format_bytes(c.predicted.peak_ram_bytes), i == best_batch ? "   <- fastest" : "");
+      }
+      const auto& first = sweep.front();
+      const auto& best = sweep[best_batch];
+      if (first.plan && best.plan && best_batch > 0)
+        fmt::print("  {} sequences decode {:.1f}× the tokens/s of one{}\n", best.batch,
+                   best.plan->chosen.predicted.tokens_per_s /
+                       first.plan->chosen.predicted.tokens_per_s,
+                   best.batch < o->batch
+                       ? fmt::format("; more than {} gain nothing (--batch {} is enough)",
+                                     best.batch, best.batch)
+                       : std::string());
+    }
     if (o->explain) fmt::print("{}", plan.explain());
     return 0;
   };

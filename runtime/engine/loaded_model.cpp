@@ -28,6 +28,7 @@ LoadedModel load_model(const std::filesystem::path& dir, LoadOptions options) {
       probe.read_unit_bytes = typical_unit_bytes(m.config, m.checkpoint.get());
       probe.n_embd = m.config.n_embd;
       probe.n_inner = m.config.n_inner;
+      probe.batch_rows = options.max_seqs > 1;
     }
     planner::Machine machine =
         options.machine

@@ -55,7 +55,8 @@ uint64_t vector_floats(const model::ModelConfig& c) {
 // they really pay. The rows are cut so the block is at most 128 MiB (the probe must not need
 // much memory: it runs before the model's budget is known to be safe), and repeated to stream
 // at least 128 MiB from DRAM per timing. The median of a few timings after a warm-up.
-double measure_cpu_matvec(DType dtype, int64_t n_embd, int64_t n_inner) {
+// rows > 1: the product of that many rows of x instead, for the cost of a batch's extra rows.
+double measure_cpu_matvec(DType dtype, int64_t n_embd, int64_t n_inner, int64_t rows = 1) {
   constexpr uint64_t kMiB = 1ull << 20;
   const int64_t e = n_embd > 0 ? n_embd : 4096;
   const int64_t f = n_inner > 0 ? n_inner : 4 * e;
@@ -81,19 +82,32 @@ double measure_cpu_matvec(DType dtype, int64_t n_embd, int64_t n_inner) {
   const uint64_t bytes = block_bytes();
   const int reps =
       static_cast<int>(std::max<uint64_t>(1, (128 * kMiB) / std::max<uint64_t>(bytes, 1)));
-  std::vector<float> x(static_cast<std::size_t>(std::max(e, f)), 0.5f);
-  std::vector<float> y(static_cast<std::size_t>(std::max(e, f)));
+  const auto width = static_cast<std::size_t>(std::max(e, f));
+  std::vector<float> x(width * static_cast<std::size_t>(rows), 0.5f);
+  std::vector<float> y(width * static_cast<std::size_t>(rows));
   std::vector<double> times;
   for (int i = 0; i < 6; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     for (int r = 0; r < reps; ++r)
       for (std::size_t j = 0; j < mats.size(); ++j)
-        kernels::cpu::linear(x.data(), 1, mats[j].k, w[j].data(), dtype, mats[j].n, nullptr,
+        kernels::cpu::linear(x.data(), rows, mats[j].k, w[j].data(), dtype, mats[j].n, nullptr,
                              y.data(), default_thread_pool());
     if (i > 0) times.push_back(seconds_since(t0));  // the first run faults the pages in
   }
   std::nth_element(times.begin(), times.begin() + 2, times.end());
   return static_cast<double>(bytes) * reps / times[2];
+}
+
+// The weight bytes × rows per second each row past the first costs: a product of kRows rows
+// against a matrix–vector product over the same matrices, timed back to back.
+constexpr int64_t kProbeRows = 8;
+double measure_cpu_extra_rows(DType dtype, int64_t n_embd, int64_t n_inner) {
+  const double one = measure_cpu_matvec(dtype, n_embd, n_inner, 1);
+  const double many = measure_cpu_matvec(dtype, n_embd, n_inner, kProbeRows);
+  // bytes/one and bytes/many seconds per byte: the extra rows take the difference.
+  const double extra_s_per_byte = 1 / many - 1 / one;
+  if (extra_s_per_byte <= 0) return 64 * one;  // noise: extra rows cost (almost) nothing
+  return static_cast<double>(kProbeRows - 1) / extra_s_per_byte;
 }
 
 std::string cpu_cache_key(DType dtype, int64_t n_embd) {
@@ -195,6 +209,18 @@ planner::Figure cpu_figure(DType dtype, const ProbeOptions& o) {
   return {rate, fmt::format("measured now: {} 128 MiB mat-vec", key)};
 }
 
+planner::Figure cpu_rows_figure(DType dtype, const ProbeOptions& o) {
+  planner::ProbeCache cache;
+  const std::string key = "rows " + cpu_cache_key(dtype, o.n_embd);
+  if (!o.reprobe)
+    if (const auto c = cache.get(key))
+      return {c->value, fmt::format("cache {} ({})", c->measured_at.substr(0, 10), key)};
+  if (!o.measure) return {};  // unknown: the planner assumes twice the mat-vec rate
+  const double rate = measure_cpu_extra_rows(dtype, o.n_embd, o.n_inner);
+  cache.put(key, rate, fmt::format("{}-row product against a mat-vec", kProbeRows));
+  return {rate, fmt::format("measured now: {} {}-row product", key, kProbeRows)};
+}
+
 }  // namespace
 
 std::optional<double> learn_disk_rate(const model::ModelConfig& config,
@@ -211,6 +237,10 @@ std::optional<double> learn_disk_rate(const model::ModelConfig& config,
 
 planner::Figure cpu_compute_figure(DType dtype, const ProbeOptions& options) {
   return cpu_figure(dtype, options);
+}
+
+planner::Figure cpu_extra_rows_figure(DType dtype, const ProbeOptions& options) {
+  return cpu_rows_figure(dtype, options);
 }
 
 uint64_t typical_unit_bytes(const model::ModelConfig& config,
@@ -355,6 +385,8 @@ planner::Machine probe_machine(const offload::Checkpoint* checkpoint, DType dtyp
   m.memlock_bytes = planner::probe_memlock();
   m.disk_bytes_per_s = disk_figure(checkpoint, o);
   m.cpu_compute_bytes_per_s = cpu_figure(dtype, o);
+  // Extra rows matter only to batches: measured when one is planned (batch_rows).
+  if (o.batch_rows) m.cpu_row_bytes_per_s = cpu_rows_figure(dtype, o);
   if (device)
     if (const auto mem = device->memory_info()) {
       planner::ProbeCache cache;

@@ -61,11 +61,18 @@ struct ProbeOptions {
   // The model's shapes: the CPU is measured on one block's matrices (0: GPT-J-6B's).
   int64_t n_embd = 0;
   int64_t n_inner = 0;
+  // Also measure what each extra row of a many-row product costs (a batch of sequences is
+  // planned); cached like the mat-vec rate.
+  bool batch_rows = false;
 };
 
 // The CPU's matrix–vector rate for dtype (weight bytes/s): cached, measured (128 MiB), or a
 // default, each saying so.
 planner::Figure cpu_compute_figure(DType dtype, const ProbeOptions& options);
+// What each row past the first of a many-row product costs on the CPU for dtype (weight bytes ×
+// rows per second): cached, measured (an 8-row product against a mat-vec), or unknown (the
+// planner then assumes twice the mat-vec rate) when options.measure is false.
+planner::Figure cpu_extra_rows_figure(DType dtype, const ProbeOptions& options);
 
 // The bytes of the model's median weight unit (for GPT-J: one layer).
 uint64_t typical_unit_bytes(const model::ModelConfig& config,

@@ -56,6 +56,47 @@ TEST(Plan, EverythingResidentWhenItFits) {
   EXPECT_EQ(p.chosen.predicted.bound, "compute");
 }
 
+// A batch's step reads each streamed weight once for all its sequences: disk-bound, eight
+// sequences decode close to eight times the tokens of one; compute-bound, each extra row costs
+// its bytes at the extra-row rate, and every sequence reads its own KV cache.
+TEST(Plan, BatchSharesEachStepsStreamedBytes) {
+  const Machine m = cpu_machine(4 * kGiB, 2e9, 2e10);
+  PlanRequest one = gptj_like(m);
+  one.kv_bytes = 32 * kMiB;
+  one.units.back().kv_read_bytes = 0;
+  PlanRequest eight = one;
+  eight.batch = 8;
+  eight.kv_bytes = 8 * one.kv_bytes;
+  const Plan p1 = make_plan(one);
+  const Plan p8 = make_plan(eight);
+  ASSERT_GT(p1.chosen.count(Tier::disk), 0u);
+  EXPECT_EQ(p1.chosen.predicted.bound, "disk → host");
+  EXPECT_NEAR(p1.chosen.predicted.tokens_per_s, 1 / p1.chosen.predicted.s_per_token, 1e-9);
+  const double gain = p8.chosen.predicted.tokens_per_s / p1.chosen.predicted.tokens_per_s;
+  EXPECT_GT(gain, 6.5) << p8.table();
+  EXPECT_LE(gain, 8.0 + 1e-9) << p8.table();
+  EXPECT_NEAR(p8.chosen.predicted.tokens_per_s, 8 / p8.chosen.predicted.s_per_token, 1e-9);
+  EXPECT_NE(p8.table().find("for each of 8 sequences"), std::string::npos) << p8.table();
+
+  // All resident: one step of 8 rows costs the weights at the mat-vec rate plus 7 more times at
+  // the extra-row rate (here 4× the mat-vec rate), plus 8 sequences' KV reads.
+  Machine big = cpu_machine(20 * kGiB, 2e9, 2e10);
+  big.cpu_row_bytes_per_s = {8e10, "test"};
+  PlanRequest r8 = gptj_like(big);
+  r8.batch = 8;
+  const Plan resident = make_plan(r8);
+  ASSERT_EQ(resident.chosen.count(Tier::disk), 0u);
+  double weights = 0;
+  double kv = 0;
+  for (const auto& u : r8.units) {
+    weights += static_cast<double>(u.bytes);
+    kv += static_cast<double>(u.kv_read_bytes);
+  }
+  const double expect = weights / 2e10 + 7 * weights / 8e10 + 8 * kv / 2e10;
+  EXPECT_NEAR(resident.chosen.predicted.s_per_token, expect, 0.02 * expect);
+  EXPECT_EQ(cpu_row_rate(cpu_machine(kGiB, 1e9, 3e9)), 6e9);  // unknown: twice the mat-vec
+}
+
 // Seen: with 23 GiB free (a probed figure) and a low learned CPU rate, streaming 4 of GPT-J's 29
 // units (5 of Llama-3-8B's) looked hidden under compute even at 70% of the disk's rate, and won
 // the tie on memory. When everything fits with the margin nothing streams: the disk's real rate
