@@ -61,6 +61,7 @@ planner::Machine plan_machine(const PlanSource& source, const MachineQuery& quer
     po.read_unit_bytes = engine::typical_unit_bytes(source.config, source.weights());
     po.n_embd = source.config.n_embd;
     po.n_inner = source.config.n_inner;
+    po.batch_rows = query.batch_rows;
     // This machine's GPU, when a backend for one is compiled in and a device answers: its
     // free memory is the VRAM figure, as `ferry run --device cuda` will see it.
     const std::unique_ptr<Device> gpu = query.device != "cpu" ? backends::find_gpu() : nullptr;
@@ -108,6 +109,7 @@ planner::Plan plan_model(const PlanQuery& query) {
   mq.device = query.device;
   mq.measure = query.measure;
   mq.max_ram_bytes = query.max_ram_bytes;
+  mq.batch_rows = query.batch > 1;
   planner::Machine machine = plan_machine(source, mq);
   if (query.max_vram_bytes) {
     if (!machine.gpu) machine.gpu = what_if_gpu();

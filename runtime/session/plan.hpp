@@ -36,6 +36,7 @@ struct MachineQuery {
   bool measure = true;  // false: cached figures or defaults only
   bool reprobe = false;  // measure again, ignoring the cache
   std::optional<uint64_t> max_ram_bytes;  // caps the RAM figure (--max-ram)
+  bool batch_rows = false;  // plans for batches: measure what extra rows of a product cost
 };
 
 // The machine to plan for: a profile, or this one probed (its GPU's free memory as the VRAM).
