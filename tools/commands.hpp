@@ -23,6 +23,7 @@ Command add_logits(CLI::App& app);
 Command add_perplexity(CLI::App& app);
 Command add_tokenize(CLI::App& app);
 Command add_template(CLI::App& app);
+Command add_serve(CLI::App& app);
 Command add_inspect(CLI::App& app);
 Command add_make_model(CLI::App& app);
 Command add_info(CLI::App& app);

@@ -90,6 +90,7 @@ int main(int argc, char** argv) {
                                                   {"perplexity", &ferry::tools::add_perplexity},
                                                   {"tokenize", &ferry::tools::add_tokenize},
                                                   {"template", &ferry::tools::add_template},
+                                                  {"serve", &ferry::tools::add_serve},
                                                   {"inspect", &ferry::tools::add_inspect},
                                                   {"make-model", &ferry::tools::add_make_model},
                                                   {"info", &ferry::tools::add_info},

@@ -1,0 +1,57 @@
+#include "runtime/serve/chat.hpp"
+
+#include <fmt/format.h>
+
+#include "runtime/serve/api.hpp"
+#include "runtime/text/chat_template.hpp"
+
+namespace ferry::serve {
+
+struct ChatRenderer::Impl {
+  text::ModelChatTemplate model_template;
+};
+
+ChatRenderer ChatRenderer::for_model(const std::filesystem::path& model) {
+  ChatRenderer r;
+  if (!std::filesystem::is_directory(model)) {
+    r.reason_ = fmt::format("{} is a single file; ferry reads chat templates from a model "
+                            "directory (tokenizer_config.json), so only /v1/completions is served",
+                            model.string());
+    return r;
+  }
+  try {
+    r.impl_ = std::make_shared<const Impl>(Impl{text::read_chat_template_dir(model)});
+  } catch (const text::ChatTemplateError&) {
+    throw;  // a template that does not parse: the operator's to fix
+  } catch (const InvalidArgument& e) {
+    r.reason_ = e.what();  // no template in the directory
+  }
+  return r;
+}
+
+std::string ChatRenderer::render(const nlohmann::ordered_json& messages) const {
+  if (!impl_)
+    throw ApiError(400, fmt::format("this model has no chat template: {}", reason_), "messages",
+                   "no_chat_template");
+  text::ChatOptions options;
+  options.add_generation_prompt = true;
+  try {
+    const auto context =
+        text::chat_context(messages, impl_->model_template.special_tokens, options);
+    return impl_->model_template.chat_template.render(context);
+  } catch (const text::ChatTemplateRenderError& e) {
+    throw ApiError(400,
+                   e.raised() ? fmt::format("the chat template refused the messages: {}",
+                                            e.template_message())
+                              : fmt::format("the chat template could not render the messages: {}",
+                                            e.what()),
+                   "messages", "invalid_messages");
+  } catch (const text::ChatTemplateError& e) {
+    throw ApiError(400, fmt::format("the chat template could not render the messages: {}", e.what()),
+                   "messages", "unsupported_template");
+  } catch (const InvalidArgument& e) {
+    throw ApiError(400, e.what(), "messages", "invalid_messages");
+  }
+}
+
+}  // namespace ferry::serve
