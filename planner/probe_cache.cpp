@@ -67,6 +67,7 @@ RateRange plausible_rate(const std::string& key) {
   if (is("cpu ")) return {1e7, 5e12};
   if (is("gpu ")) return {1e8, 2e13};
   if (is("h2d ")) return {1e8, 1e12};
+  if (is("accept ")) return {0.0, 1.0};  // a drafter's acceptance rate (speculative decoding)
   return {1e3, 1e14};
 }
 

@@ -25,7 +25,10 @@ void add_draft_options(CLI::App* cmd, DraftFlags& flags) {
 }
 
 DraftRun::DraftRun(const DraftFlags& flags, session::SessionOptions& target, bool quiet)
-    : spec_(engine::DraftSpec::parse(flags.draft)), k_(flags.k > 0 ? flags.k : kDefaultDraftK) {
+    : spec_(engine::DraftSpec::parse(flags.draft)),
+      k_(flags.k > 0 ? flags.k : kAutoMaxK),
+      auto_k_(flags.k == 0),
+      target_path_(target.model) {
   engine::SpeculativeOptions{k_}.validate();
   // The target scores the last token and k drafts in one pass.
   target.max_batch_rows = std::max<int64_t>(target.max_batch_rows, k_ + 1);
@@ -39,9 +42,10 @@ DraftRun::DraftRun(const DraftFlags& flags, session::SessionOptions& target, boo
     draft_path_ = engine::ensure_self_draft(target.model, spec_.quant, engine::drafts_cache_dir(),
                                             [&](const fs::path& dir) {
                                               if (!quiet)
-                                                eprint("ferry: converting the {} draft into {} "
-                                                       "(once; later runs reuse it)\n",
-                                                       spec_.quant, dir.string());
+                                                eprint(
+                                                    "ferry: converting the {} draft into {} "
+                                                    "(once; later runs reuse it)\n",
+                                                    spec_.quant, dir.string());
                                             });
   }
   // The draft model: resident, on the target's device, sized like the target's run.
@@ -77,9 +81,9 @@ DraftRun::DraftRun(const DraftFlags& flags, session::SessionOptions& target, boo
                  spec_.describe(), format_bytes(resident_bytes_),
                  format_bytes(*target.load.max_ram_bytes));
     *target.load.max_ram_bytes -= resident_bytes_;
-    target.load.max_ram_source = fmt::format("{} less the draft's {} resident",
-                                             target.load.max_ram_source,
-                                             format_bytes(resident_bytes_));
+    target.load.max_ram_source =
+        fmt::format("{} less the draft's {} resident", target.load.max_ram_source,
+                    format_bytes(resident_bytes_));
   }
   drafter_ = std::make_unique<engine::ModelDrafter>(session_->engine(), spec_.describe(), 0,
                                                     resident_bytes_);
@@ -87,7 +91,24 @@ DraftRun::DraftRun(const DraftFlags& flags, session::SessionOptions& target, boo
 
 DraftRun::~DraftRun() = default;
 
-void DraftRun::check_against(const session::Session& target) const {
+void DraftRun::check_against(const session::Session& target) {
+  // The trade: the plan's figures for one target pass and one draft token.
+  acceptance_ = engine::planned_acceptance(target_path_, spec_);
+  const engine::LoadedModel& m = target.model();
+  if (m.plan) {
+    const planner::Prediction& p = m.plan->chosen.predicted;
+    engine::SpeculationCosts c;
+    c.disk_s = p.disk_s;
+    c.h2d_s = p.h2d_s;
+    c.compute_s = p.compute_s;
+    if (session_ && session_->model().plan)
+      c.draft_s_per_token = session_->model().plan->chosen.predicted.s_per_token;
+    c.acceptance = acceptance_.rate;
+    predictions_ = engine::predict_speculation(c, auto_k_ ? kAutoMaxK : k_);
+    if (auto_k_) k_ = engine::best_speculation(predictions_).k;
+  } else if (auto_k_) {
+    k_ = kDefaultDraftK;
+  }
   if (!session_) return;
   const int64_t tv = target.config().vocab_size;
   const int64_t dv = session_->config().vocab_size;
@@ -105,9 +126,28 @@ void DraftRun::check_against(const session::Session& target) const {
 }
 
 std::string DraftRun::describe() const {
-  if (!session_) return fmt::format("draft: {}, k {}", spec_.describe(), k_);
-  return fmt::format("draft: {} ({}), {} resident, k {}", spec_.describe(), draft_path_.string(),
-                     format_bytes(resident_bytes_), k_);
+  const std::string k = k_ == 0 ? std::string("k 0: no speculation pays off, decoding alone")
+                                : fmt::format("k {}{}", k_, auto_k_ ? " (chosen)" : "");
+  if (!session_) return fmt::format("draft: {}, {}", spec_.describe(), k);
+  return fmt::format("draft: {} ({}), {} resident, {}", spec_.describe(), draft_path_.string(),
+                     format_bytes(resident_bytes_), k);
+}
+
+std::vector<std::string> DraftRun::explain() const {
+  std::vector<std::string> lines;
+  if (predictions_.empty()) return lines;
+  lines.push_back(fmt::format("speculation: acceptance {:.2f} ({}); predicted per k:",
+                              acceptance_.rate, acceptance_.source));
+  for (const engine::SpeculationChoice& c : predictions_)
+    lines.push_back(fmt::format("  k {}: {:.2f} tokens per target pass, {:.4f} s/token{}", c.k,
+                                c.tokens_per_pass, c.s_per_token, c.k == k_ ? "  <- used" : ""));
+  return lines;
+}
+
+std::vector<std::string> DraftRun::plan_lines() const {
+  std::vector<std::string> lines{describe()};
+  for (std::string& l : explain()) lines.push_back(std::move(l));
+  return lines;
 }
 
 std::vector<int32_t> DraftRun::generate(engine::ForwardPass& target,
@@ -115,8 +155,10 @@ std::vector<int32_t> DraftRun::generate(engine::ForwardPass& target,
                                         const engine::GenerateOptions& go,
                                         const engine::TokenCallback& on_token,
                                         engine::GenerateStats& stats) {
-  auto out = engine::generate_speculative(target, *drafter_, 0, prompt, go, options(),
-                                          on_token, &stats_);
+  if (k_ == 0) return engine::generate(target, 0, prompt, go, on_token, &stats);
+  auto out =
+      engine::generate_speculative(target, *drafter_, 0, prompt, go, options(), on_token, &stats_);
+  if (stats_.drafted > 0) engine::learn_acceptance(target_path_, spec_, stats_.acceptance());
   stats.prompt_tokens = static_cast<int64_t>(prompt.size());
   stats.prompt_s = stats_.prompt_s;
   stats.new_tokens = stats_.new_tokens;
@@ -127,6 +169,8 @@ std::vector<int32_t> DraftRun::generate(engine::ForwardPass& target,
 
 std::string DraftRun::stats_line() const {
   const engine::SpeculativeStats& s = stats_;
+  if (k_ == 0)
+    return fmt::format("speculative ({}): not used, k 0 predicted fastest", spec_.describe());
   return fmt::format(
       "speculative ({}, k {}): {} target passes after the prompt, {} of {} drafts accepted "
       "({:.1f}%), {:.2f} tokens per pass; drafting {:.3f} s, verifying {:.3f} s",

@@ -18,9 +18,10 @@ namespace ferry::tools {
 
 struct DraftFlags {
   std::string draft;  // empty: no speculation
-  int k = 0;          // 0: the default (kDefaultDraftK)
+  int k = 0;          // 0: chosen from the plan (kAutoMaxK at most), else kDefaultDraftK
 };
-inline constexpr int kDefaultDraftK = 4;
+inline constexpr int kDefaultDraftK = 4;  // without a plan to choose by
+inline constexpr int kAutoMaxK = 8;
 
 void add_draft_options(CLI::App* cmd, DraftFlags& flags);
 
@@ -35,8 +36,12 @@ class DraftRun {
   DraftRun& operator=(const DraftRun&) = delete;
 
   // After the target opened: a draft model must share its tokenizer (refused naming the first
-  // token that differs).
-  void check_against(const session::Session& target) const;
+  // token that differs); without --draft-k, k is chosen from the plans (0: no speculation).
+  void check_against(const session::Session& target);
+  // The trade the choice of k weighed: predicted s/token per k.
+  std::vector<std::string> explain() const;
+  // describe() and explain(), for the plan lines on stderr.
+  std::vector<std::string> plan_lines() const;
 
   // generate() with the drafter: the same tokens, `stats` filled as generate() fills them
   // (decode_steps counts tokens, not passes) and the speculative counters kept for stats_line().
@@ -55,6 +60,10 @@ class DraftRun {
  private:
   engine::DraftSpec spec_;
   int k_ = kDefaultDraftK;
+  bool auto_k_ = false;
+  std::filesystem::path target_path_;
+  engine::Acceptance acceptance_;
+  std::vector<engine::SpeculationChoice> predictions_;
   std::filesystem::path draft_path_;
   std::unique_ptr<session::Session> session_;  // a draft model's, else null
   std::unique_ptr<engine::Drafter> drafter_;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 
 #include "planner/probe_cache.hpp"
@@ -94,8 +95,8 @@ fs::path self_draft_dir(const fs::path& model, std::string_view quant, const fs:
 fs::path ensure_self_draft(const fs::path& model, std::string_view quant,
                            std::optional<fs::path> cache_dir,
                            const std::function<void(const fs::path&)>& on_convert) {
-  FERRY_EXPECT(quant == "int4" || quant == "int8",
-               "a self-draft is an int4 or int8 pack, not '{}'", quant);
+  FERRY_EXPECT(quant == "int4" || quant == "int8", "a self-draft is an int4 or int8 pack, not '{}'",
+               quant);
   FERRY_EXPECT(cache_dir.has_value(),
                "--draft self-{} keeps its pack in ferry's cache directory, but there is none "
                "(FERRY_CACHE_DIR=off, or no HOME); set FERRY_CACHE_DIR, or make the pack with "
@@ -112,6 +113,67 @@ fs::path ensure_self_draft(const fs::path& model, std::string_view quant,
   co.format = model::WeightFormat::parse(quant);
   convert_model(model, dir, co);
   return dir;
+}
+
+std::vector<SpeculationChoice> predict_speculation(const SpeculationCosts& c, int max_k) {
+  std::vector<SpeculationChoice> out;
+  const double a = std::clamp(c.acceptance, 0.0, 1.0);
+  for (int k = 0; k <= max_k; ++k) {
+    const double compute = c.compute_s * (1.0 + c.extra_row_compute * k);
+    // The links overlap (prefetch), so a pass takes as long as the busiest.
+    const double pass_s = std::max({c.disk_s, c.h2d_s, compute});
+    const double tokens = a >= 1.0 ? k + 1.0 : (1.0 - std::pow(a, k + 1)) / (1.0 - a);
+    SpeculationChoice ch;
+    ch.k = k;
+    ch.tokens_per_pass = tokens;
+    ch.s_per_token = (pass_s + k * c.draft_s_per_token) / tokens;
+    out.push_back(ch);
+  }
+  return out;
+}
+
+SpeculationChoice best_speculation(const std::vector<SpeculationChoice>& choices) {
+  FERRY_EXPECT(!choices.empty(), "no speculation choices to pick from");
+  SpeculationChoice best = choices.front();
+  for (const SpeculationChoice& c : choices)
+    if (c.s_per_token < best.s_per_token) best = c;
+  return best;
+}
+
+double default_acceptance(const DraftSpec& spec) {
+  switch (spec.kind) {
+    case DraftSpec::Kind::lookup:
+      return 0.3;
+    case DraftSpec::Kind::self:
+      return spec.quant == "int8" ? 0.8 : 0.6;
+    case DraftSpec::Kind::model:
+      return 0.5;
+  }
+  return 0.3;
+}
+
+std::string acceptance_key(const fs::path& target, const DraftSpec& spec) {
+  fs::path abs = fs::absolute(target).lexically_normal();
+  if (!abs.has_filename()) abs = abs.parent_path();
+  std::string draft = spec.describe();
+  if (spec.kind == DraftSpec::Kind::model) {
+    fs::path d = fs::absolute(spec.path).lexically_normal();
+    if (!d.has_filename()) d = d.parent_path();
+    draft = "model " + d.string();
+  }
+  return fmt::format("accept {} {}", abs.string(), draft);
+}
+
+Acceptance planned_acceptance(const fs::path& target, const DraftSpec& spec) {
+  const planner::ProbeCache cache;
+  if (const auto c = cache.get(acceptance_key(target, spec), 90))
+    return {c->value, fmt::format("learned from earlier runs ({})", c->measured_at)};
+  return {default_acceptance(spec), fmt::format("default guess for {}", spec.describe())};
+}
+
+void learn_acceptance(const fs::path& target, const DraftSpec& spec, double rate) {
+  planner::ProbeCache cache;
+  cache.learn(acceptance_key(target, spec), rate, "ferry run --draft");
 }
 
 }  // namespace ferry::engine

@@ -81,7 +81,8 @@ void sampling_distribution(std::span<const float> logits, const SamplingParams& 
     }
     keep = cut;
     sum = 0.0;
-    for (int32_t i = 0; i < keep; ++i) sum += static_cast<double>(kept[static_cast<std::size_t>(i)]);
+    for (int32_t i = 0; i < keep; ++i)
+      sum += static_cast<double>(kept[static_cast<std::size_t>(i)]);
   }
   probs.assign(static_cast<std::size_t>(n), 0.0f);
   for (int32_t i = 0; i < keep; ++i)
@@ -137,7 +138,8 @@ void ModelDrafter::propose(std::span<const int32_t> context, int k, const Sampli
   if (k <= 0 || n_ctx == 0) return;
   // Keep what the cache holds that still agrees with the context; re-feed at least the last
   // token, whose logits are the first draft's.
-  const auto mismatch = std::mismatch(cached_.begin(), cached_.end(), context.begin(), context.end());
+  const auto mismatch =
+      std::mismatch(cached_.begin(), cached_.end(), context.begin(), context.end());
   const auto common = std::min<int64_t>(mismatch.first - cached_.begin(), n_ctx - 1);
   const auto feed = context.subspan(static_cast<std::size_t>(common));
   // A target token the draft vocabulary lacks (a target with a larger padded vocabulary): no
@@ -207,10 +209,10 @@ std::vector<int32_t> generate_speculative(ForwardPass& target, Drafter& drafter,
     out.push_back(token);
     context.push_back(token);
     const bool more = on_token ? on_token(token) : true;
-    stopped = !more ||
-              std::find(options.eos_ids.begin(), options.eos_ids.end(), token) !=
-                  options.eos_ids.end() ||
-              static_cast<int64_t>(out.size()) >= options.max_new_tokens;
+    stopped =
+        !more ||
+        std::find(options.eos_ids.begin(), options.eos_ids.end(), token) != options.eos_ids.end() ||
+        static_cast<int64_t>(out.size()) >= options.max_new_tokens;
     return !stopped;
   };
 
@@ -240,10 +242,10 @@ std::vector<int32_t> generate_speculative(ForwardPass& target, Drafter& drafter,
       }
     }
     const bool sampled_drafts = !draft.probs.empty();
-    FERRY_EXPECT(!sampled_drafts ||
-                     draft.probs.size() >= n_draft * static_cast<std::size_t>(draft.vocab),
-                 "drafter '{}' returned {} probabilities for {} drafts of a {}-token vocabulary",
-                 drafter.name(), draft.probs.size(), n_draft, draft.vocab);
+    FERRY_EXPECT(
+        !sampled_drafts || draft.probs.size() >= n_draft * static_cast<std::size_t>(draft.vocab),
+        "drafter '{}' returned {} probabilities for {} drafts of a {}-token vocabulary",
+        drafter.name(), draft.probs.size(), n_draft, draft.vocab);
     st.draft_s += seconds_since(t0);
 
     // One target pass: the last emitted token (not yet in the cache) and the drafts.

@@ -87,13 +87,13 @@ struct SpeculativeOptions {
 };
 
 struct SpeculativeStats {
-  int64_t rounds = 0;          // target passes after the prompt's
-  int64_t drafted = 0;         // tokens the drafter proposed and the target scored
-  int64_t accepted = 0;        // of them, kept
-  int64_t new_tokens = 0;      // tokens emitted (the prompt pass's first one included)
-  double prompt_s = 0;         // the prompt pass
-  double draft_s = 0;          // in the drafter
-  double verify_s = 0;         // in the target's passes after the prompt, and accepting
+  int64_t rounds = 0;      // target passes after the prompt's
+  int64_t drafted = 0;     // tokens the drafter proposed and the target scored
+  int64_t accepted = 0;    // of them, kept
+  int64_t new_tokens = 0;  // tokens emitted (the prompt pass's first one included)
+  double prompt_s = 0;     // the prompt pass
+  double draft_s = 0;      // in the drafter
+  double verify_s = 0;     // in the target's passes after the prompt, and accepting
   double acceptance() const { return drafted > 0 ? static_cast<double>(accepted) / drafted : 0; }
   // Tokens each target pass after the prompt's yields (1 without speculation).
   double tokens_per_pass() const {

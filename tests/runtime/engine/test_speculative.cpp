@@ -73,7 +73,7 @@ struct Result {
 };
 
 Result speculate(Engine& target, Drafter& drafter, std::span<const int32_t> prompt,
-              const GenerateOptions& go, int k) {
+                 const GenerateOptions& go, int k) {
   Result r;
   SpeculativeOptions so;
   so.k = k;
@@ -111,8 +111,8 @@ TEST_P(SpeculativeGreedy, EqualsPlainDecodingForEveryDrafter) {
     const fs::path out = dirs[pack_engines.size()].path() / "pack";
     convert_model(f.dir, out, co);
     pack_models.push_back(load_model(out));
-    pack_engines.push_back(
-        std::make_unique<Engine>(*pack_models.back().weights, EngineOptions{}, default_thread_pool()));
+    pack_engines.push_back(std::make_unique<Engine>(*pack_models.back().weights, EngineOptions{},
+                                                    default_thread_pool()));
     packs[quant] = std::make_unique<ModelDrafter>(*pack_engines.back(), quant);
   }
 
@@ -164,8 +164,8 @@ TEST(Speculative, StopsWherePlainDecodingStops) {
   const auto plain = generate(target, 0, prompt, go);
   for (const int k : {1, 3, 8}) {
     SCOPED_TRACE("k = " + std::to_string(k));
-    for (const int64_t n : {int64_t{0}, int64_t{1}, int64_t{2}, int64_t{3}, int64_t{8},
-                            int64_t{9}, int64_t{10}}) {
+    for (const int64_t n :
+         {int64_t{0}, int64_t{1}, int64_t{2}, int64_t{3}, int64_t{8}, int64_t{9}, int64_t{10}}) {
       GenerateOptions g = go;
       g.max_new_tokens = n;
       const auto want = generate(target, 0, prompt, g);
@@ -325,7 +325,8 @@ TEST(Speculative, SamplingKeepsTheTargetDistribution) {
     std::vector<double> expected(kVocab * kVocab * kVocab, 0.0);
     std::vector<float> p0, p1, p2, row(kVocab);
     const auto dist = [&](int32_t prev, int64_t pos, std::vector<float>& out) {
-      for (int32_t t = 0; t < kVocab; ++t) row[static_cast<std::size_t>(t)] = FakeModel::logit(1, prev, pos, t);
+      for (int32_t t = 0; t < kVocab; ++t)
+        row[static_cast<std::size_t>(t)] = FakeModel::logit(1, prev, pos, t);
       sampling_distribution(row, c.sampling, out);
     };
     dist(prompt.back(), 2, p0);
@@ -335,8 +336,8 @@ TEST(Speculative, SamplingKeepsTheTargetDistribution) {
         dist(b, 4, p2);
         for (int32_t d = 0; d < kVocab; ++d)
           expected[static_cast<std::size_t>((a * kVocab + b) * kVocab + d)] =
-              static_cast<double>(p0[static_cast<std::size_t>(a)]) * p1[static_cast<std::size_t>(b)] *
-              p2[static_cast<std::size_t>(d)];
+              static_cast<double>(p0[static_cast<std::size_t>(a)]) *
+              p1[static_cast<std::size_t>(b)] * p2[static_cast<std::size_t>(d)];
       }
     }
     for (Drafter* drafter : std::vector<Drafter*>{&sampled, &fixed}) {
@@ -546,6 +547,49 @@ TEST(Drafts, ParsesWhatDraftNames) {
               std::string::npos)
         << e.what();
   }
+}
+
+// The trade k weighs: disk-bound passes gain from drafts that are accepted; a drafter that is
+// never right, or one slower than the target, is not used (k = 0).
+TEST(Drafts, PredictsSecondsPerTokenForK) {
+  SpeculationCosts c;
+  c.disk_s = 1.0;  // streamed: a pass costs its read, however many rows
+  c.compute_s = 0.05;
+  c.draft_s_per_token = 0.01;
+  c.acceptance = 0.6;
+  const auto p = predict_speculation(c, 8);
+  ASSERT_EQ(p.size(), 9u);
+  EXPECT_DOUBLE_EQ(p[0].s_per_token, 1.0);
+  EXPECT_DOUBLE_EQ(p[0].tokens_per_pass, 1.0);
+  EXPECT_NEAR(p[2].tokens_per_pass, 1 + 0.6 + 0.36, 1e-12);
+  EXPECT_NEAR(p[2].s_per_token, (1.0 + 2 * 0.01) / 1.96, 1e-12);
+  EXPECT_GT(best_speculation(p).k, 2);
+  c.acceptance = 0.0;
+  EXPECT_EQ(best_speculation(predict_speculation(c, 8)).k, 0);
+  c.acceptance = 0.6;
+  c.draft_s_per_token = 2.0;  // a draft slower than the target
+  EXPECT_EQ(best_speculation(predict_speculation(c, 8)).k, 0);
+  // Compute-bound (resident): extra rows cost compute, so a modest k wins at most.
+  SpeculationCosts r;
+  r.compute_s = 1.0;
+  r.acceptance = 0.3;
+  EXPECT_LE(best_speculation(predict_speculation(r, 8)).k, 1);
+}
+
+// The acceptance rate starts as the default guess and is learned per (target, drafter).
+TEST(Drafts, LearnsTheAcceptanceRatePerTargetAndDrafter) {
+  test::TempDir cache;
+  ::setenv("FERRY_CACHE_DIR", cache.path().c_str(), 1);
+  const fs::path target = test::data_dir() / "gptj" / "tiny-f32";
+  const DraftSpec int4 = DraftSpec::parse("self-int4");
+  const DraftSpec lookup = DraftSpec::parse("lookup");
+  EXPECT_DOUBLE_EQ(planned_acceptance(target, int4).rate, 0.6);
+  EXPECT_EQ(planned_acceptance(target, int4).source, "default guess for self-int4");
+  EXPECT_DOUBLE_EQ(planned_acceptance(target, lookup).rate, 0.3);
+  learn_acceptance(target, int4, 0.42);
+  EXPECT_DOUBLE_EQ(planned_acceptance(target, int4).rate, 0.42);
+  EXPECT_DOUBLE_EQ(planned_acceptance(target, lookup).rate, 0.3) << "another drafter's rate";
+  ::unsetenv("FERRY_CACHE_DIR");
 }
 
 }  // namespace

@@ -1,0 +1,101 @@
+// ferry run --draft end to end: the same tokens as without it for every drafter kind, the
+// acceptance line on stderr, and the refusals a user can hit (bad --draft, --draft-k out of
+// range, a draft model with another vocabulary).
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/support/test_support.hpp"
+
+namespace ferry {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+using Result = test::CommandResult;
+
+std::string last_line(const std::string& s) {
+  std::string t = s;
+  while (!t.empty() && t.back() == '\n') t.pop_back();
+  const auto nl = t.rfind('\n');
+  return nl == std::string::npos ? t : t.substr(nl + 1);
+}
+
+class DraftCli : public ::testing::Test {
+ protected:
+  Result ferry(const std::vector<std::string>& args) {
+    // Self-draft packs go into a private cache, never the user's.
+    return test::run_command(FERRY_BIN, args, "FERRY_CACHE_DIR=" + cache_.path().string() + " ");
+  }
+  test::TempDir cache_;
+};
+
+TEST_F(DraftCli, EveryDrafterGivesThePlainTokens) {
+  for (const char* fixture : {"gptj/tiny-f32", "llama/llama3-gqa-f32"}) {
+    SCOPED_TRACE(fixture);
+    const std::string dir = (test::data_dir() / fixture).string();
+    const std::vector<std::string> base = {"run",           "-m", dir,  "--ids",
+                                           "5 6 7 8 5 6 7", "-n", "20", "--print-ids"};
+    Result plain = ferry([&] {
+      auto a = base;
+      a.push_back("-q");
+      return a;
+    }());
+    ASSERT_EQ(plain.rc, 0) << plain.err;
+    const json want = json::parse(last_line(plain.out));
+    ASSERT_EQ(want.size(), 20u);
+    for (const std::string draft : {"lookup", "self-int8", "self-int4", dir.c_str()}) {
+      for (const char* k : {"1", "4"}) {
+        SCOPED_TRACE(draft + " k " + k);
+        auto a = base;
+        a.insert(a.end(), {"--draft", draft, "--draft-k", k});
+        const Result r = ferry(a);
+        ASSERT_EQ(r.rc, 0) << r.err;
+        EXPECT_EQ(json::parse(last_line(r.out)), want);
+        EXPECT_NE(r.err.find("ferry: speculative ("), std::string::npos) << r.err;
+        EXPECT_NE(r.err.find("drafts accepted"), std::string::npos) << r.err;
+      }
+    }
+    // The self packs live in the cache, converted once.
+    int packs = 0;
+    for (const auto& e : fs::directory_iterator(cache_.path() / "drafts"))
+      packs += e.is_directory() && e.path().filename().string()[0] != '.';
+    EXPECT_EQ(packs, 2 * (fixture == std::string("gptj/tiny-f32") ? 1 : 2));
+  }
+}
+
+TEST_F(DraftCli, RefusesWhatCannotWork) {
+  const std::string tiny = (test::data_dir() / "gptj" / "tiny-f32").string();
+  const std::string qwen = (test::data_dir() / "llama" / "qwen2-bias-tied-bf16-sharded").string();
+  const std::vector<std::string> base = {"run", "-m", tiny, "--ids", "1 2 3", "-n", "4"};
+  const auto with = [&](std::vector<std::string> extra) {
+    auto a = base;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return ferry(a);
+  };
+  Result r = with({"--draft", "lookup", "--draft-k", "0"});
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("--draft-k"), std::string::npos) << r.err;
+  r = with({"--draft", "lookup", "--draft-k", "33"});
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("--draft-k"), std::string::npos) << r.err;
+  r = with({"--draft", "self-int5"});
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("--draft 'self-int5' is neither lookup, self-int4, self-int8 nor an "
+                       "existing model path"),
+            std::string::npos)
+      << r.err;
+  r = with({"--draft-k", "2"});
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("--draft-k needs --draft"), std::string::npos) << r.err;
+  // A draft whose vocabulary differs from the target's.
+  r = with({"--draft", qwen});
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("but the target's has 1000; a draft model must share the target's "
+                       "tokenizer"),
+            std::string::npos)
+      << r.err;
+}
+
+}  // namespace
+}  // namespace ferry
