@@ -3,7 +3,9 @@
 // zero), time to first token and inter-token gaps (p50/p99, client side), the server's RSS after
 // a warm-up and at the end, and whether /metrics is back to no active sequences and no KV blocks
 // used. Exits 1 when a valid request failed, a bad one was not refused with a 4xx, or KV leaked.
-// Plain fetch: nothing to install (Node 18+).
+// Plain fetch: nothing to install (Node 18+). The server keeps one HTTP thread per request it
+// holds (--max-seqs + --max-queue + 8), and each thread's allocator cache grows the RSS until
+// every thread has served; with a smaller --max-queue the RSS flattens sooner.
 //
 //   node bench/serve_load.mjs --ferry build/tools/ferry --model DIR [--clients 32] [--requests 4]
 //        [--max-tokens 64] [--bad-every 5] [--max-seqs 8] [--max-queue 256] [--ctx 1024]
@@ -161,8 +163,11 @@ const pct = (xs, p) => {
   return s[Math.min(s.length - 1, Math.floor(p * s.length))];
 };
 
-await round(Math.min(clients, 4), 2, "warm-up");
+// The warm-up has the load's concurrency, so what it grows (threads' stacks, the allocator's
+// caches, KV pages) is in the first RSS figure and "flat" means no growth per request.
+await round(clients, 1, "warm-up");
 const rss_before = rss_mib();
+const tokens_before = (await metrics()).ferry_generated_tokens_total;
 const t0 = performance.now();
 const res = await round(clients, per_client, "load");
 const wall_s = (performance.now() - t0) / 1000;
@@ -177,10 +182,10 @@ const summary = {
   clients, requests_per_client: per_client, max_tokens, chat, wall_s: +wall_s.toFixed(2),
   valid_requests: res.valid, failed_valid_requests: res.failed.length,
   bad_requests: res.bad, bad_not_refused: res.bad_not_refused.length,
-  ttft_ms: {p50: pct(res.ttft, 0.5), p99: pct(res.ttft, 0.99)},
-  inter_token_ms: {p50: pct(res.gaps, 0.5), p99: pct(res.gaps, 0.99)},
-  generated_tokens_per_s: +(m.ferry_generated_tokens_total / wall_s).toFixed(1),
-  rss_mib: {after_warmup: rss_before, end: rss_after},
+  ttft_ms: {p50: +pct(res.ttft, 0.5).toFixed(1), p99: +pct(res.ttft, 0.99).toFixed(1)},
+  inter_token_ms: {p50: +pct(res.gaps, 0.5).toFixed(2), p99: +pct(res.gaps, 0.99).toFixed(2)},
+  generated_tokens_per_s: +((m.ferry_generated_tokens_total - tokens_before) / wall_s).toFixed(1),
+  rss_mib: {after_warmup: rss_before && +rss_before.toFixed(1), end: rss_after && +rss_after.toFixed(1)},
   end_active_sequences: m.ferry_active_sequences, end_kv_blocks_used: m.ferry_kv_blocks_used,
   kv_blocks_total: m.ferry_kv_blocks_total,
 };
