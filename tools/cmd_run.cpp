@@ -214,11 +214,14 @@ int run_prompts_file(const RunOptions& o) {
   if (!o.trace.empty()) profile::finish_trace(o.trace);
   if (!o.quiet)
     eprint("ferry: {} prompts, {} at a time: {} prompt tokens, {} generated in {:.3f} s "
-           "({:.1f} tok/s) over {} passes{}\n",
+           "({:.1f} tok/s) over {} passes; decode {:.1f} tok/s in all{}\n",
            s.prompts, shape.max_seqs, s.stats.prompt_tokens_total, s.stats.generated_tokens_total,
            s.seconds,
            s.seconds > 0 ? static_cast<double>(s.stats.generated_tokens_total) / s.seconds : 0.0,
-           s.stats.steps, s.failed ? fmt::format("; {} failed (see their lines)", s.failed) : "");
+           s.stats.steps,
+           s.stats.decode_s > 0 ? static_cast<double>(s.stats.decode_tokens) / s.stats.decode_s
+                                : 0.0,
+           s.failed ? fmt::format("; {} failed (see their lines)", s.failed) : "");
   return s.failed ? 1 : 0;
 }
 

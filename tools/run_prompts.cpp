@@ -58,7 +58,7 @@ class LineReader {
     if (!v) return std::nullopt;
     if (!v->is_number_integer())
       fail(fmt::format("\"{}\" must be a whole number from {} to {}, not {}", key, lo, hi,
-                       type_words(*v)));
+                       v->is_number() ? v->dump() : type_words(*v)));
     // Unsigned values beyond int64 compare as out of range, not wrapped.
     const bool big = v->is_number_unsigned() &&
                      v->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
@@ -252,8 +252,8 @@ PromptsSummary run_prompts(engine::ForwardPass& engine, std::vector<PromptJob> j
     r.options = jobs[i].options;
     r.options.eos_ids = eos_ids;
     r.on_done = [&, i](const engine::RequestResult& res) {
-      json j;
-      j["id"] = jobs[i].id;
+      nlohmann::ordered_json j;  // keys in this order, as documented
+      j["id"] = nlohmann::ordered_json::parse(jobs[i].id.dump());
       if (tokenizer) j["text"] = text_of(*tokenizer, res.tokens);
       j["ids"] = res.tokens;
       j["finish_reason"] = engine::to_string(res.reason);
@@ -263,7 +263,7 @@ PromptsSummary run_prompts(engine::ForwardPass& engine, std::vector<PromptJob> j
         ++summary.failed;
       }
       // A tokenizer's bytes may not be valid UTF-8 (a model's stray byte tokens): replace them.
-      lines[i] = j.dump(-1, ' ', false, json::error_handler_t::replace);
+      lines[i] = j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
       write_ready();
     };
     try {

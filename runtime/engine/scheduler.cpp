@@ -330,6 +330,11 @@ bool Scheduler::step() {
     if (ran) {
       ++stats_.steps;
       stats_.busy_s += seconds_between(step_start, now);
+      if (std::all_of(chunk.begin(), chunk.end(), [](int64_t n) { return n == 0; })) {
+        ++stats_.decode_steps;
+        stats_.decode_tokens += new_tokens.size();
+        stats_.decode_s += seconds_between(step_start, now);
+      }
       for (int64_t n : chunk) stats_.prompt_tokens_total += static_cast<uint64_t>(n);
       stats_.generated_tokens_total += new_tokens.size();
     }

@@ -80,6 +80,10 @@ struct SchedulerStats {
   uint64_t generated_tokens_total = 0;  // tokens sampled
   uint64_t steps = 0;                   // forward passes
   double busy_s = 0;                    // wall time inside step()s that ran a pass
+  // The passes with no prompt rows, for the aggregate decode rate (decode_tokens / decode_s).
+  uint64_t decode_steps = 0;
+  uint64_t decode_tokens = 0;
+  double decode_s = 0;
   KvUsage kv;                           // the engine's cache after the last step
 };
 

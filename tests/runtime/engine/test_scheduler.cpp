@@ -174,6 +174,10 @@ TEST_P(SchedulerTest, StaggeredArrivalsEqualAlone) {
   // Batched: fewer passes than one sequence at a time would take.
   EXPECT_LT(st.steps, generated);
   EXPECT_GT(st.busy_s, 0.0);
+  EXPECT_GT(st.decode_steps, 0u);
+  EXPECT_LT(st.decode_steps, st.steps);  // some passes carried prompt chunks
+  EXPECT_LT(st.decode_tokens, generated);
+  EXPECT_LE(st.decode_s, st.busy_s);
 }
 
 TEST_P(SchedulerTest, EosStopsWithReasonStop) {
