@@ -7,9 +7,9 @@
 #include <cstdio>
 #include <sstream>
 
-#include "planner/memory_probe.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/units.hpp"
+#include "runtime/session/plan.hpp"
 #include "tools/commands.hpp"
 
 namespace ferry::tools {
@@ -52,25 +52,8 @@ CLI::Validator no_minus_sign() {
       "");
 }
 
-uint64_t parse_max_ram(const std::string& text) {
-  const uint64_t bytes = parse_size(text);
-  const long pages = ::sysconf(_SC_PHYS_PAGES);
-  const long page = ::sysconf(_SC_PAGESIZE);
-  if (pages <= 0 || page <= 0) return bytes;
-  uint64_t total = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page);
-  std::string what = fmt::format("this machine's {} of RAM", format_bytes(total));
-  const planner::RamProbe probe = planner::probe_ram();
-  if (probe.cgroup_limit_bytes && *probe.cgroup_limit_bytes < total) {
-    total = *probe.cgroup_limit_bytes;
-    what = fmt::format("the {} limit of memory cgroup {}", format_bytes(total), probe.cgroup_path);
-  }
-  FERRY_EXPECT(bytes <= total,
-               "--max-ram {} is more than {}; the plan would place more in RAM than fits and the "
-               "run would swap or be killed — give at most {}, or leave --max-ram out to use "
-               "what is free",
-               text, what, format_bytes(total));
-  return bytes;
-}
+// The library's (the Python module refuses the same sizes with the same words).
+uint64_t parse_max_ram(const std::string& text) { return session::parse_max_ram(text); }
 
 void eprint_text(std::string_view text) noexcept {
   // Unbuffered stderr: one fwrite is one write(2). Its failure is ignored on purpose.
