@@ -20,6 +20,7 @@
 #include "runtime/model/model_config.hpp"
 #include "runtime/model/weight_format.hpp"
 #include "tools/commands.hpp"
+#include "tools/run_draft.hpp"
 
 namespace ferry::tools {
 
@@ -74,6 +75,7 @@ struct PlanFlags {
   bool explain = false;
   bool no_measure = false;
   bool reprobe = false;
+  DraftFlags draft;  // --draft, --draft-k: plan speculative decoding beside the target
 };
 
 // One format `ferry plan --quant` considered: its plan, or why it does not fit.
@@ -167,6 +169,7 @@ Command add_plan(CLI::App& app) {
   cmd->add_flag("--no-measure", o->no_measure,
                 "never measure this machine: use cached figures or defaults");
   cmd->add_flag("--reprobe", o->reprobe, "measure the disk and CPU again, ignoring the cache");
+  add_draft_options(cmd, o->draft);
   return [o] {
     const fs::path model_path(o->model);
     const bool gguf = engine::gguf_model_file(model_path).has_value();
@@ -238,6 +241,24 @@ Command add_plan(CLI::App& app) {
       po.backend = machine.gpu ? planner::Backend::cuda : planner::Backend::cpu;
     } else {
       po.backend = backends::planner_backend(o->device);
+    }
+    // A draft stays resident: its weights and KV cache come out of the target's budget.
+    FERRY_EXPECT(o->draft.k == 0 || !o->draft.draft.empty(),
+                 "--draft-k needs --draft (lookup, self-int4, self-int8 or a model path)");
+    std::optional<DraftPlan> draft;
+    if (!o->draft.draft.empty()) {
+      draft =
+          plan_draft(engine::DraftSpec::parse(o->draft.draft), config, ck, machine, po, o->model);
+      const auto left = machine.ram_bytes.value - static_cast<double>(draft->resident_bytes);
+      FERRY_EXPECT(left > 0,
+                   "the draft {} keeps {} resident, all of the RAM budget ({}); raise --max-ram "
+                   "or use --draft lookup",
+                   draft->spec.describe(), format_bytes(draft->resident_bytes),
+                   machine.ram_bytes.source);
+      machine.ram_bytes = {left, fmt::format("{} less the draft's {}", machine.ram_bytes.source,
+                                             format_bytes(draft->resident_bytes))};
+      po.max_logit_rows =
+          std::max<int64_t>(po.max_logit_rows, (o->draft.k > 0 ? o->draft.k : kAutoMaxK) + 1);
     }
     // The formats to plan: the weights as stored, one pack format, or (auto) the weights as
     // stored and then each compression, least first.
@@ -372,6 +393,16 @@ Command add_plan(CLI::App& app) {
       }
       j["quant"] = q;
     }
+    std::vector<std::string> draft_lines;
+    if (draft) {
+      engine::SpeculationChoice sc;
+      draft_lines = plan_speculation(*draft, plan, o->model, o->draft.k, &sc);
+      j["speculation"] = {{"draft", draft->spec.describe()},
+                          {"resident_bytes", draft->resident_bytes},
+                          {"k", sc.k},
+                          {"tokens_per_pass", sc.tokens_per_pass},
+                          {"s_per_token", sc.s_per_token}};
+    }
     if (!o->out.empty()) {
       write_file_atomically(o->out, j.dump(2) + "\n", "the plan");
     }
@@ -450,6 +481,9 @@ Command add_plan(CLI::App& app) {
                                      best.batch, best.batch)
                        : std::string());
     }
+    // Speculation: the choice always, the trade per k with --explain.
+    for (std::size_t i = 0; i < draft_lines.size() && (i == 0 || o->explain); ++i)
+      fmt::print("{}\n", draft_lines[i]);
     if (o->explain) fmt::print("{}", plan.explain());
     return 0;
   };

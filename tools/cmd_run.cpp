@@ -25,6 +25,7 @@
 #include "runtime/session/session.hpp"
 #include "runtime/text/bpe_tokenizer.hpp"
 #include "tools/commands.hpp"
+#include "tools/run_draft.hpp"
 #include "tools/run_prompts.hpp"
 
 namespace ferry::tools {
@@ -129,6 +130,7 @@ struct RunOptions {
   int max_seqs = 8;
   TokenizerOptions tok;
   LoadFlags load;
+  DraftFlags draft;  // --draft, --draft-k: speculative decoding
 };
 
 // The backend a command runs on, chosen by --device through the registry: its device is opened
@@ -256,7 +258,12 @@ Command add_run(CLI::App& app) {
   add_device_options(cmd, o->device, o->max_vram);
   add_tokenizer_options(cmd, o->tok);
   add_load_options(cmd, o->load);
+  add_draft_options(cmd, o->draft);
   return [o] {
+    FERRY_EXPECT(o->draft.k == 0 || !o->draft.draft.empty(),
+                 "--draft-k needs --draft (lookup, self-int4, self-int8 or a model path)");
+    FERRY_EXPECT(o->prompts.empty() || o->draft.draft.empty(),
+                 "--draft decodes one prompt; drop it with --prompts");
     if (!o->prompts.empty()) return run_prompts_file(*o);
     FERRY_EXPECT(!o->prompt.empty() || !o->ids.empty(),
                  "give a prompt with -p TEXT, --ids \"I J K\" or --prompts FILE");
@@ -298,13 +305,19 @@ Command add_run(CLI::App& app) {
     if (!o->trace.empty()) trace::tracer().start();
     Progress loading("loading", o->quiet);
     so.on_load_progress = [&](uint64_t done, uint64_t total) { loading.update(done, total); };
+    // A drafter opens first: a draft model's resident bytes come out of the target's budget.
+    std::unique_ptr<DraftRun> draft;
+    if (!o->draft.draft.empty()) draft = std::make_unique<DraftRun>(o->draft, so, o->quiet);
     session::Session ses(std::move(so));
     loading.finish();
+    if (draft) draft->check_against(ses);
     engine::LoadedModel& m = ses.model();
     engine::Engine& eng = ses.engine();
     const engine::Backend& backend = eng.backend();
     if (!o->trace.empty()) profile::trace_load_metadata(m, backend);
     if (!o->quiet) print_plan(m, backend);
+    if (draft && !o->quiet)
+      for (const auto& line : draft->plan_lines()) eprint("ferry: {}\n", line);
     engine::GenerateOptions go;
     go.max_new_tokens = o->n;
     if (!o->ignore_eos) {
@@ -326,20 +339,19 @@ Command add_run(CLI::App& app) {
     if (tk) dec.emplace(*tk, /*at_start_of_text=*/false);
     engine::RunOutcome outcome;
     bool first = true;
-    const auto out = engine::generate(
-        eng, 0, prompt, go,
-        [&](int32_t id) {
-          if (std::exchange(first, false))  // the prompt pass is done: its waits on the disk
-            outcome.prompt_stall_s = engine::stall_s(backend);
-          if (dec) {
-            fmt::print("{}", token_text(*tk, *dec, id));
-          } else {
-            fmt::print("{} ", id);
-          }
-          std::fflush(stdout);
-          return true;
-        },
-        &outcome.stats);
+    const engine::TokenCallback on_token = [&](int32_t id) {
+      if (std::exchange(first, false))  // the prompt pass is done: its waits on the disk
+        outcome.prompt_stall_s = engine::stall_s(backend);
+      if (dec) {
+        fmt::print("{}", token_text(*tk, *dec, id));
+      } else {
+        fmt::print("{} ", id);
+      }
+      std::fflush(stdout);
+      return true;
+    };
+    const auto out = draft ? draft->generate(eng, prompt, go, on_token, outcome.stats)
+                           : engine::generate(eng, 0, prompt, go, on_token, &outcome.stats);
     if (dec) fmt::print("{}", dec->flush());
     fmt::print("\n");
     if (o->print_ids) fmt::print("[{}]\n", fmt::join(out, ", "));
@@ -355,9 +367,14 @@ Command add_run(CLI::App& app) {
           "ferry: prompt {} tokens in {:.3f} s ({:.1f} tok/s); generated {} tokens, "
           "decode {:.1f} tok/s\n",
           stats.prompt_tokens, stats.prompt_s, prompt_tps, stats.new_tokens, decode_tps);
-      // The plan's prediction against the run, and the rates it achieved for the next plans.
-      for (const auto& line : engine::learn_from_run(m, backend, outcome))
-        eprint("ferry: {}\n", line);
+      // The plan's prediction against the run, and the rates it achieved for the next plans; a
+      // speculative run's passes score several positions, so it teaches no per-token rates.
+      if (draft) {
+        eprint("ferry: {}\n", draft->stats_line());
+      } else {
+        for (const auto& line : engine::learn_from_run(m, backend, outcome))
+          eprint("ferry: {}\n", line);
+      }
     }
     return 0;
   };

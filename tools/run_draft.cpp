@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "offload/checkpoint.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/units.hpp"
 #include "runtime/engine/model_files.hpp"
@@ -12,6 +13,97 @@
 namespace ferry::tools {
 
 namespace fs = std::filesystem;
+
+std::vector<std::string> speculation_lines(const engine::Acceptance& acceptance,
+                                           const std::vector<engine::SpeculationChoice>& choices,
+                                           int k_used) {
+  std::vector<std::string> lines;
+  if (choices.empty()) return lines;
+  lines.push_back(fmt::format(
+      "speculation: acceptance {:.2f} ({}); predicted per k:", acceptance.rate, acceptance.source));
+  for (const engine::SpeculationChoice& c : choices)
+    lines.push_back(fmt::format("  k {}: {:.2f} tokens per target pass, {:.4f} s/token{}", c.k,
+                                c.tokens_per_pass, c.s_per_token,
+                                c.k == k_used ? "  <- used" : ""));
+  return lines;
+}
+
+uint64_t draft_resident_bytes(const planner::Plan& p) {
+  uint64_t bytes = p.request.kv_bytes;
+  for (const auto& u : p.request.units) bytes += u.bytes;
+  return bytes;
+}
+
+namespace {
+
+engine::SpeculationCosts costs_of(const planner::Plan& target, const planner::Plan* draft,
+                                  double acceptance) {
+  const planner::Prediction& p = target.chosen.predicted;
+  engine::SpeculationCosts c;
+  c.disk_s = p.disk_s;
+  c.h2d_s = p.h2d_s;
+  c.compute_s = p.compute_s;
+  if (draft) c.draft_s_per_token = draft->chosen.predicted.s_per_token;
+  c.acceptance = acceptance;
+  return c;
+}
+
+}  // namespace
+
+DraftPlan plan_draft(const engine::DraftSpec& spec, const model::ModelConfig& target_config,
+                     const offload::Checkpoint* target_checkpoint, const planner::Machine& machine,
+                     const engine::PlanOptions& options, const std::string& target_model) {
+  DraftPlan d;
+  d.spec = spec;
+  if (spec.kind == engine::DraftSpec::Kind::lookup) return d;
+  engine::PlanOptions po = options;
+  po.max_seqs = 1;
+  po.max_logit_rows = 1;
+  if (spec.kind == engine::DraftSpec::Kind::self) {
+    po.format = model::WeightFormat::parse(spec.quant);
+    d.plan = planner::make_plan(engine::plan_request(target_config, target_checkpoint, machine, po,
+                                                     target_model + " (" + spec.describe() + ")"));
+  } else {
+    const auto config = engine::read_model_config(spec.path);
+    const auto gguf = engine::gguf_model_file(spec.path);
+    const auto ck = offload::Checkpoint::open(gguf.value_or(spec.path));
+    po.format.reset();
+    d.plan = planner::make_plan(
+        engine::plan_request(config, &ck, machine, po, spec.path.string() + " (draft)"));
+  }
+  FERRY_EXPECT(d.plan->chosen.count(offload::Tier::disk) == 0,
+               "the draft {} does not fit in RAM ({}); a streamed draft costs more than it "
+               "saves — raise --max-ram, use a smaller draft, or --draft lookup",
+               spec.describe(), d.plan->summary());
+  d.resident_bytes = draft_resident_bytes(*d.plan);
+  return d;
+}
+
+std::vector<std::string> plan_speculation(const DraftPlan& draft, const planner::Plan& target,
+                                          const std::string& target_model, int k,
+                                          engine::SpeculationChoice* choice) {
+  const engine::Acceptance a = engine::planned_acceptance(target_model, draft.spec);
+  const auto choices = engine::predict_speculation(
+      costs_of(target, draft.plan ? &*draft.plan : nullptr, a.rate), k > 0 ? k : kAutoMaxK);
+  const engine::SpeculationChoice used = k > 0 ? choices.back() : engine::best_speculation(choices);
+  if (choice) *choice = used;
+  std::vector<std::string> lines;
+  lines.push_back(fmt::format(
+      "draft: {}{}; {}", draft.spec.describe(),
+      draft.plan ? fmt::format(", {} resident (weights and KV, out of the budget), {:.4f} s per "
+                               "drafted token",
+                               format_bytes(draft.resident_bytes),
+                               draft.plan->chosen.predicted.s_per_token)
+                 : std::string(", no model"),
+      used.k == 0 ? fmt::format("no speculation pays off: {:.4f} s/token alone",
+                                choices.front().s_per_token)
+                  : fmt::format("k {}: {:.4f} s/token, {:.2f} tokens per pass ({:.2f}x "
+                                "decoding alone)",
+                                used.k, used.s_per_token, used.tokens_per_pass,
+                                choices.front().s_per_token / used.s_per_token)));
+  for (std::string& l : speculation_lines(a, choices, used.k)) lines.push_back(std::move(l));
+  return lines;
+}
 
 void add_draft_options(CLI::App* cmd, DraftFlags& flags) {
   cmd->add_option("--draft", flags.draft,
@@ -70,7 +162,7 @@ DraftRun::DraftRun(const DraftFlags& flags, session::SessionOptions& target, boo
                  "costs more than it saves — raise --max-ram, use a smaller draft, or "
                  "--draft lookup",
                  spec_.describe(), m.plan->summary());
-    resident_bytes_ = m.plan->chosen.predicted.peak_ram_bytes;
+    resident_bytes_ = draft_resident_bytes(*m.plan);
   }
   // The draft's resident bytes come out of the target's budget (without --max-ram the target
   // plans for the memory the machine still has free, the draft's already taken).
@@ -96,15 +188,10 @@ void DraftRun::check_against(const session::Session& target) {
   acceptance_ = engine::planned_acceptance(target_path_, spec_);
   const engine::LoadedModel& m = target.model();
   if (m.plan) {
-    const planner::Prediction& p = m.plan->chosen.predicted;
-    engine::SpeculationCosts c;
-    c.disk_s = p.disk_s;
-    c.h2d_s = p.h2d_s;
-    c.compute_s = p.compute_s;
-    if (session_ && session_->model().plan)
-      c.draft_s_per_token = session_->model().plan->chosen.predicted.s_per_token;
-    c.acceptance = acceptance_.rate;
-    predictions_ = engine::predict_speculation(c, auto_k_ ? kAutoMaxK : k_);
+    const planner::Plan* draft_plan =
+        session_ && session_->model().plan ? &*session_->model().plan : nullptr;
+    predictions_ = engine::predict_speculation(costs_of(*m.plan, draft_plan, acceptance_.rate),
+                                               auto_k_ ? kAutoMaxK : k_);
     if (auto_k_) k_ = engine::best_speculation(predictions_).k;
   } else if (auto_k_) {
     k_ = kDefaultDraftK;
@@ -134,14 +221,7 @@ std::string DraftRun::describe() const {
 }
 
 std::vector<std::string> DraftRun::explain() const {
-  std::vector<std::string> lines;
-  if (predictions_.empty()) return lines;
-  lines.push_back(fmt::format("speculation: acceptance {:.2f} ({}); predicted per k:",
-                              acceptance_.rate, acceptance_.source));
-  for (const engine::SpeculationChoice& c : predictions_)
-    lines.push_back(fmt::format("  k {}: {:.2f} tokens per target pass, {:.4f} s/token{}", c.k,
-                                c.tokens_per_pass, c.s_per_token, c.k == k_ ? "  <- used" : ""));
-  return lines;
+  return speculation_lines(acceptance_, predictions_, k_);
 }
 
 std::vector<std::string> DraftRun::plan_lines() const {

@@ -4,13 +4,16 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 
+#include "planner/plan.hpp"
 #include "runtime/engine/drafts.hpp"
+#include "runtime/engine/planning.hpp"
 #include "runtime/engine/speculative.hpp"
 #include "runtime/session/session.hpp"
 
@@ -24,6 +27,31 @@ inline constexpr int kDefaultDraftK = 4;  // without a plan to choose by
 inline constexpr int kAutoMaxK = 8;
 
 void add_draft_options(CLI::App* cmd, DraftFlags& flags);
+
+// The lines that show speculation's trade: the acceptance rate and its source, then the predicted
+// tokens per pass and s/token for each k, the one used marked.
+std::vector<std::string> speculation_lines(const engine::Acceptance& acceptance,
+                                           const std::vector<engine::SpeculationChoice>& choices,
+                                           int k_used);
+
+// The drafter's figures for a target plan: a draft's weights and KV cache stay resident (taken
+// from the target's budget), and each drafted token costs its predicted s/token.
+uint64_t draft_resident_bytes(const planner::Plan& draft_plan);
+
+// ferry plan --draft: the draft planned on the same machine (a self pack in its format, a draft
+// model from its files; nothing for lookup), and the speculation trade against the target plan.
+struct DraftPlan {
+  engine::DraftSpec spec;
+  std::optional<planner::Plan> plan;  // none for lookup
+  uint64_t resident_bytes = 0;
+};
+DraftPlan plan_draft(const engine::DraftSpec& spec, const model::ModelConfig& target_config,
+                     const offload::Checkpoint* target_checkpoint, const planner::Machine& machine,
+                     const engine::PlanOptions& options, const std::string& target_model);
+// The lines `ferry plan --draft` prints under the plan; k 0: chosen. `choice` receives the k.
+std::vector<std::string> plan_speculation(const DraftPlan& draft, const planner::Plan& target,
+                                          const std::string& target_model, int k,
+                                          engine::SpeculationChoice* choice = nullptr);
 
 class DraftRun {
  public:

@@ -97,5 +97,31 @@ TEST_F(DraftCli, RefusesWhatCannotWork) {
       << r.err;
 }
 
+// ferry plan --draft: the draft's resident bytes come out of the budget, and the choice of k (or
+// none) is printed; --explain adds the prediction for every k.
+TEST_F(DraftCli, PlanShowsTheTrade) {
+  const std::string cfg = (test::data_dir() / "gptj-6b-config").string();
+  const std::vector<std::string> base = {"plan", "-m",    cfg,   "--max-ram",
+                                         "8GiB", "--ctx", "256", "--no-measure"};
+  auto a = base;
+  a.insert(a.end(), {"--draft", "self-int4", "--explain"});
+  Result r = ferry(a);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("draft: self-int4, "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("resident (weights and KV, out of the budget)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("less the draft's"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("acceptance 0.60 (default guess for self-int4)"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("  k 8: "), std::string::npos) << r.out;
+  a = base;
+  a.insert(a.end(), {"--draft", "lookup", "--draft-k", "2", "--json"});
+  r = ferry(a);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json j = json::parse(r.out);
+  EXPECT_EQ(j["speculation"]["k"], 2);
+  EXPECT_EQ(j["speculation"]["draft"], "lookup");
+  EXPECT_GT(j["speculation"]["tokens_per_pass"].get<double>(), 1.0);
+}
+
 }  // namespace
 }  // namespace ferry
