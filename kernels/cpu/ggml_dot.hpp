@@ -44,10 +44,6 @@ bool supports(DType wdt);
 // FERRY_GGUF_PRODUCTS: true for "fast", false when unset or "exact"; anything else is an error.
 bool requested();
 
-// Rows of x up to which linear takes the fast path when it is requested (decode and small batches;
-// longer prompts keep the exact tiled product).
-inline constexpr int64_t kMaxRows = 32;
-
 // y = x · wᵀ + bias with w in a format supports() accepts, through the AVX2 (or VNNI) row dots; the caller
 // has checked the processor, the dtype and the shapes (ops.cpp's linear).
 void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,

@@ -19,11 +19,13 @@
 // once per call (max|x|/127 steps, ~0.3% of the group's size) and 32 nibble×byte products go
 // through one _mm256_maddubs_epi16 — so a weight costs half or a quarter of an f16's memory
 // traffic and, for q4, about ten instructions per 64 (rows past 65536 columns keep x in f32).
-// Prompt processing dequantizes into the f32 tile (no rounding of x). llama.cpp's block formats
-// (q8_0 … q6_k) go to ggml_linear_avx2.cpp, which uses this file's tile product (gemm_filled).
+// Many rows of x (a prompt, a batch) go through the same decode kernels, row by row over chunks
+// of weights that stay in L2, so a row's result does not depend on the rows beside it.
+// llama.cpp's block formats (q8_0 … q6_k) go to ggml_linear_avx2.cpp.
 //
 // Every output is a dot product in f32; each row's summation order depends only on k (never on
 // which slot of a tile it lands in, nor on the thread), so results are reproducible.
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 
@@ -36,32 +38,38 @@ namespace {
 constexpr int64_t kKBlock = kLinearTileCols;
 constexpr int kRowTile = 4;  // weight rows per register tile
 constexpr int kXTile = 3;    // rows of x per register tile (prompt path)
+// Weight bytes a many-row product of packed weights multiplies by every row of x before moving
+// on: well inside L2, so each weight comes from DRAM once.
+constexpr uint64_t kReuseBytes = 256 * 1024;
 
-// sums[r] = x · w[r, :] over k columns for NR ≤ 4 rows (sums has 4 slots).
+// sums[r] = x · w[r, :] over k columns for NR ≤ 4 rows (sums has 4 slots). Summed exactly as
+// the prompt path (gemm_tiled) sums each of its outputs — per block of kKBlock columns one 8-wide
+// accumulator, its horizontal sum, the block's leftover columns, then the blocks in order — so a
+// row of x gets the same bits whether it is decoded alone or beside other rows (batched decoding,
+// verifying drafts, a prompt): the batch never changes a sequence's tokens. Four rows give four
+// independent FMA chains, more than a memory-bound product needs.
 template <class W, int NR>
 void matvec_rows(const float* x, int64_t k, const typename W::Elem* w, int64_t ldw, float* sums) {
-  __m256 acc0[kRowTile];
-  __m256 acc1[kRowTile];
-  for (int r = 0; r < kRowTile; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
-  int64_t j = 0;
-  for (; j + 16 <= k; j += 16) {
-    const __m256 x0 = _mm256_loadu_ps(x + j);
-    const __m256 x1 = _mm256_loadu_ps(x + j + 8);
-    for (int r = 0; r < NR; ++r) {
-      acc0[r] = _mm256_fmadd_ps(x0, W::load8(w + r * ldw + j), acc0[r]);
-      acc1[r] = _mm256_fmadd_ps(x1, W::load8(w + r * ldw + j + 8), acc1[r]);
+  float total[kRowTile] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int64_t kb = 0; kb < k; kb += kKBlock) {
+    const int64_t kc = min_i64(kKBlock, k - kb);
+    __m256 acc[kRowTile];
+    for (int r = 0; r < kRowTile; ++r) acc[r] = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= kc; j += 8) {
+      const __m256 xv = _mm256_loadu_ps(x + kb + j);
+      for (int r = 0; r < NR; ++r)
+        acc[r] = _mm256_fmadd_ps(xv, W::load8(w + r * ldw + kb + j), acc[r]);
     }
+    alignas(16) float block[kRowTile];
+    _mm_storeu_ps(block, hsum4(acc[0], acc[1], acc[2], acc[3]));
+    for (int64_t t = j; t < kc; ++t) {
+      for (int r = 0; r < NR; ++r)
+        block[r] = std::fma(x[kb + t], W::load1(w + r * ldw + kb + t), block[r]);
+    }
+    for (int r = 0; r < NR; ++r) total[r] += block[r];
   }
-  if (j + 8 <= k) {
-    const __m256 x0 = _mm256_loadu_ps(x + j);
-    for (int r = 0; r < NR; ++r) acc0[r] = _mm256_fmadd_ps(x0, W::load8(w + r * ldw + j), acc0[r]);
-    j += 8;
-  }
-  for (int r = 0; r < kRowTile; ++r) acc0[r] = _mm256_add_ps(acc0[r], acc1[r]);
-  _mm_storeu_ps(sums, hsum4(acc0[0], acc0[1], acc0[2], acc0[3]));
-  for (; j < k; ++j) {
-    for (int r = 0; r < NR; ++r) sums[r] += x[j] * W::load1(w + r * ldw + j);
-  }
+  for (int r = 0; r < kRowTile; ++r) sums[r] = total[r];
 }
 
 // The decode loop over tiles of up to kRowTile weight rows: rows(o, NR, sums) puts the dot
@@ -118,7 +126,9 @@ void gemm_tile(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t
     alignas(16) float sums[kRowTile];
     _mm_storeu_ps(sums, hsum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
     for (int64_t t = j; t < kc; ++t) {
-      for (int r = 0; r < NR; ++r) sums[r] += x[i * ldx + t] * w[r * ldw + t];
+      // An explicit FMA, as matvec_rows's leftover columns: the compiler may not contract one
+      // and not the other.
+      for (int r = 0; r < NR; ++r) sums[r] = std::fma(x[i * ldx + t], w[r * ldw + t], sums[r]);
     }
     for (int r = 0; r < NR; ++r) y[i * ldy + r] += sums[r];
   }
@@ -588,46 +598,19 @@ void matvec_packed(const float* x, int64_t k, const unsigned char* w, DType t, c
   }
 }
 
-// dst[0:kc] = columns kb … kb + kc − 1 of one packed row, as f32 (kb is a multiple of kKBlock and
-// so of the group size).
-void dequant_row_slice(const unsigned char* row, DType t, const PackedLayout& l, int64_t k,
-                       int64_t kb, int64_t kc, float* dst) {
-  if (t == DType::q8) {
-    float s;
-    std::memcpy(&s, row, 4);
-    const __m256 scale = _mm256_set1_ps(s);
-    const auto* q = reinterpret_cast<const int8_t*>(row + 4 + kb);
-    int64_t j = 0;
-    for (; j + 8 <= kc; j += 8)
-      _mm256_store_ps(dst + j, _mm256_mul_ps(scale, Q8Codes::load8(q + j)));
-    for (; j < kc; ++j) dst[j] = s * static_cast<float>(q[j]);
-    return;
-  }
-  const int64_t half = l.group / 2;
-  int64_t j = 0;
-  for (; j + l.group <= kc && kb + j + l.group <= k; j += l.group) {
-    q4_group(row, l, (kb + j) / l.group, [&](int64_t i, __m256 lo, __m256 hi) {
-      _mm256_store_ps(dst + j + i, lo);
-      _mm256_store_ps(dst + j + half + i, hi);
-    });
-  }
-  for (; j < kc; ++j) dst[j] = q4_scalar(row, l, kb + j);
-}
-
 void linear_packed(const float* x, int64_t m, int64_t k, const void* w, DType t, int64_t n,
                    const float* bias, float* y, int64_t o_begin, int64_t o_end) {
   const auto* wb = static_cast<const unsigned char*>(w);
-  if (m == 1) {
-    matvec_packed(x, k, wb, t, bias, y, o_begin, o_end);
-    return;
-  }
+  // Every row of x goes through the decode kernel, so a row's result never depends on the
+  // others (see matvec_rows). The weights are read from memory once: a chunk of rows small
+  // enough to stay in L2 is multiplied by every row of x before the next chunk.
   const PackedLayout l = packed_layout(t, k);
-  gemm_tiled(x, m, k, n, bias, y, o_begin, o_end,
-             [&](int64_t g, int64_t rows, int64_t kb, int64_t kc, float* tile) {
-               for (int64_t r = 0; r < rows; ++r)
-                 dequant_row_slice(wb + static_cast<uint64_t>(g + r) * l.row_bytes, t, l, k, kb, kc,
-                                   tile + r * kKBlock);
-             });
+  const auto fit = static_cast<int64_t>(kReuseBytes / (l.row_bytes + 1)) / kRowTile * kRowTile;
+  const int64_t chunk = fit > kRowTile ? fit : kRowTile;
+  for (int64_t o = o_begin; o < o_end; o += chunk) {
+    const int64_t o_stop = min_i64(o_end, o + chunk);
+    for (int64_t i = 0; i < m; ++i) matvec_packed(x + i * k, k, wb, t, bias, y + i * n, o, o_stop);
+  }
 }
 
 }  // namespace

@@ -169,9 +169,10 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
             const float* bias, float* y, ThreadPool& pool) {
 #if defined(FERRY_KERNELS_AVX2)
   // FERRY_GGUF_PRODUCTS=fast: llama.cpp's q8-activation integer products (ggml_dot.hpp) for
-  // decode and small batches, where the AVX2 path runs. Chosen once, like paths().
+  // every row count, where the AVX2 path runs — a row's result never depends on how many rows
+  // share the product (batched decoding, drafts, prompts). Chosen once, like paths().
   static const bool fast = ggml_dot::requested() && &paths() == &kAvx2;
-  if (fast && ggml_dot::supports(wdt) && m <= ggml_dot::kMaxRows) {
+  if (fast && ggml_dot::supports(wdt)) {
     check_weight_dtype(wdt, k, "linear");
     FERRY_EXPECT(m >= 0 && k >= 0 && n >= 0, "linear: negative size m={} k={} n={}", m, k, n);
     if (m == 0 || n == 0) return;

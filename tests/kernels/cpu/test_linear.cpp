@@ -115,6 +115,45 @@ TEST(LinearTest, FastAndScalarMatchReferenceAndExactForEveryDtype) {
   }
 }
 
+// Batched decoding and verifying drafts put one sequence's row beside others: its result must
+// not depend on them, or a batch could change a sequence's tokens. Every row of a many-row
+// product equals, bit for bit, the same row multiplied alone (the decode's mat-vec), on the
+// dispatched and the portable paths, including k past one 256-column block and odd tails.
+TEST(LinearTest, ARowGetsTheSameBitsAloneOrAmongOthers) {
+  ThreadPool pool(2);
+  std::mt19937 rng(99);
+  for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
+    for (int64_t m : {2, 3, 4, 9}) {
+      for (int64_t k : {5, 8, 255, 256, 257, 700, 4096}) {
+        const int64_t n = 37;
+        SCOPED_TRACE(shape_name(dt, m, k, n));
+        const auto x = random_floats(rng, static_cast<std::size_t>(m * k));
+        const Weights w = random_weights(rng, dt, static_cast<std::size_t>(n * k), 0);
+        const auto bias = random_floats(rng, static_cast<std::size_t>(n));
+        for (const bool portable : {false, true}) {
+          const auto run = [&](const float* xs, int64_t rows, float* y) {
+            if (portable) {
+              scalar::linear(xs, rows, k, w.data(), dt, n, bias.data(), y, pool);
+            } else {
+              linear(xs, rows, k, w.data(), dt, n, bias.data(), y, pool);
+            }
+          };
+          std::vector<float> together(static_cast<std::size_t>(m * n), NAN);
+          run(x.data(), m, together.data());
+          for (int64_t i = 0; i < m; ++i) {
+            std::vector<float> alone(static_cast<std::size_t>(n), NAN);
+            run(x.data() + i * k, 1, alone.data());
+            ASSERT_EQ(std::memcmp(alone.data(), together.data() + i * n,
+                                  static_cast<std::size_t>(n) * sizeof(float)),
+                      0)
+                << (portable ? "portable" : "dispatched") << " row " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
 // Weights made only of f16 subnormals: flushing them to zero would leave y ≈ 0 (or the bias),
 // far outside the tolerance, which here is scaled by the tiny subnormal products themselves.
 TEST(LinearTest, F16SubnormalWeightsAreNotFlushed) {
