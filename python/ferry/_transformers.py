@@ -196,30 +196,25 @@ class AutoModelForCausalLM:
                         device_map: Union[str, int, None] = "auto", max_ram: Any = None,
                         progress: Any = True, **kwargs: Any) -> CausalLM:
         """Opens the model with ferry.load. max_memory in transformers' form: {"cpu": "8GiB"}
-        caps host RAM, a GPU key (0, "cuda", "cuda:0") caps VRAM and asks for the GPU;
-        device_map "auto" uses a GPU when one answers, "cpu" never does. Other keyword
+        caps host RAM, a GPU key (0, "cuda:0") caps VRAM when a GPU is used; device_map
+        "auto" uses a GPU when one answers, "cpu" never does, "cuda" (or 0) insists. Other keyword
         arguments of ferry.load (context, max_seqs, ...) pass through; transformers' loading
         options ferry has no use for (torch_dtype, low_cpu_mem_usage, ...) are ignored."""
-        from . import load
+        from . import _device, load
 
         ram = max_ram
         vram = None
-        gpu_asked = False
         for key, value in (max_memory or {}).items():
             if key == "cpu":
                 ram = _bytes(value) if ram is None else ram
-            elif key == "disk":
-                continue  # ferry streams from the checkpoint itself
-            else:
-                gpu_asked = True
+            elif key != "disk":  # ferry streams from the checkpoint itself: no offload folder
                 vram = _bytes(value)
-        if device_map in ("cpu",):
+        if device_map == "cpu":
             device = "cpu"
-        elif device_map in ("cuda", 0, "cuda:0") or (gpu_asked and device_map in ("auto", None)):
-            device = "cuda" if device_map != "auto" or "cuda" in _ferry.compiled_backends() \
-                and _ferry.has_gpu() else "cpu"
-        else:
-            device = "auto"
+        elif device_map in ("cuda", 0, "cuda:0"):
+            device = "cuda"
+        else:  # "auto", None, or a per-layer map: the GPU when one answers
+            device = _device("auto")
         if device == "cpu":
             vram = None
         passed = {k: v for k, v in kwargs.items()

@@ -129,3 +129,19 @@ def test_tokenizer_roundtrip(gguf_model):
     ids = tok.encode("Hello world")
     assert tok.decode(ids, skip_special_tokens=True).endswith("Hello world")
     assert isinstance(tok.encode("Hello", return_tensors="np"), np.ndarray)
+
+
+def test_load_progress_callback():
+    seen = []
+    ferry.load(GGUF, device="cpu", progress=lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1][0] == seen[-1][1] > 0
+    assert all(b[0] >= a[0] for a, b in zip(seen, seen[1:]))
+
+
+def test_load_progress_line_without_tqdm(capsys):
+    ferry.load(GGUF, device="cpu")  # stderr is not a terminal here, and tqdm may be missing
+    err = capsys.readouterr().err
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        assert "loading 100%" in err

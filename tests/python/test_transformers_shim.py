@@ -36,3 +36,12 @@ def test_shim_sampling_is_seeded():
     a = model.generate(ids, max_new_tokens=8, do_sample=True, temperature=0.9, top_k=40)
     b = model.generate(ids, max_new_tokens=8, do_sample=True, temperature=0.9, top_k=40)
     assert np.array_equal(a, b)
+
+
+def test_max_memory_forms():
+    # A GPU key on a machine without one (device_map auto) plans for the CPU; "8 GB" is a size.
+    model = ferry.AutoModelForCausalLM.from_pretrained(
+        GGUF, max_memory={"cpu": "1 GiB", 0: "6GiB", "disk": "100GiB"}, progress=False)
+    if not ferry._ferry.has_gpu():
+        assert model.device == "cpu"
+    assert model.plan["ram_budget_bytes"] == 1 << 30
