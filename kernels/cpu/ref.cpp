@@ -147,9 +147,8 @@ void attention(const AttentionArgs& a) {
       const int64_t kvh = attention_kv_head(a, h);
       // Row j of the head's keys or values, in a contiguous or a paged cache.
       auto row = [&](const float* base, int64_t j) {
-        return a.block_table ? base + kv_paged_offset(a.block_table, a.block_tokens,
-                                                      a.block_stride, a.kv_head_stride,
-                                                      a.head_dim, kvh, j, 0)
+        return a.block_table ? base + kv_paged_offset(a.block_table, a.block_tokens, a.block_stride,
+                                                      a.kv_head_stride, a.head_dim, kvh, j, 0)
                              : base + kvh * a.kv_head_stride + j * a.head_dim;
       };
       float* out = a.out + t * a.out_stride + h * a.head_dim;

@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "kernels/common/convert.hpp"
+#include "kernels/common/kv_paging.hpp"
 #include "kernels/common/math.hpp"
 #include "kernels/common/nn_math.hpp"
 #include "kernels/cuda/detail/reduce.cuh"
@@ -163,7 +164,9 @@ __global__ void rotary_pairs_kernel(float* __restrict__ x, int64_t m, int64_t ro
 __global__ void kv_store_kernel(const float* __restrict__ k, const float* __restrict__ v,
                                 int64_t src_stride, int64_t n_new, int64_t n_past, int64_t n_head,
                                 int64_t head_dim, void* k_cache, void* v_cache,
-                                int64_t kv_head_stride, DType kv_dt) {
+                                int64_t kv_head_stride, DType kv_dt,
+                                const int32_t* __restrict__ block_table, int64_t block_tokens,
+                                int64_t block_stride) {
   const int64_t total = n_new * n_head * head_dim;
   for (int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; idx < total;
        idx += int64_t{gridDim.x} * blockDim.x) {
@@ -171,7 +174,10 @@ __global__ void kv_store_kernel(const float* __restrict__ k, const float* __rest
     const int64_t h = (idx / head_dim) % n_head;
     const int64_t t = idx / (head_dim * n_head);
     const int64_t src = t * src_stride + h * head_dim + d;
-    const int64_t dst = h * kv_head_stride + (n_past + t) * head_dim + d;
+    const int64_t dst = block_table != nullptr
+                            ? kv_paged_offset(block_table, block_tokens, block_stride,
+                                              kv_head_stride, head_dim, h, n_past + t, d)
+                            : h * kv_head_stride + (n_past + t) * head_dim + d;
     store_from_f32(k_cache, kv_dt, dst, k[src]);
     store_from_f32(v_cache, kv_dt, dst, v[src]);
   }
@@ -260,25 +266,29 @@ cudaError_t rotary_half(float* x, int64_t m, int64_t row_stride, int64_t n_head,
   return cudaGetLastError();
 }
 
-cudaError_t rotary_pairs(float* x, int64_t m, int64_t row_stride, int64_t n_head,
-                         int64_t head_dim, int64_t rotary_dim, const float* inv_freq,
-                         const int32_t* positions, cudaStream_t stream) {
+cudaError_t rotary_pairs(float* x, int64_t m, int64_t row_stride, int64_t n_head, int64_t head_dim,
+                         int64_t rotary_dim, const float* inv_freq, const int32_t* positions,
+                         cudaStream_t stream) {
   if (rotary_dim < 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim) return cudaErrorInvalidValue;
   const int64_t total = m * n_head * (rotary_dim / 2);
   if (total <= 0) return cudaSuccess;
-  rotary_pairs_kernel<<<grid_for(total), kThreads, 0, stream>>>(
-      x, m, row_stride, n_head, head_dim, rotary_dim, inv_freq, positions);
+  rotary_pairs_kernel<<<grid_for(total), kThreads, 0, stream>>>(x, m, row_stride, n_head, head_dim,
+                                                                rotary_dim, inv_freq, positions);
   return cudaGetLastError();
 }
 
 cudaError_t kv_store(const float* k, const float* v, int64_t src_stride, int64_t n_new,
                      int64_t n_past, int64_t n_head, int64_t head_dim, void* k_cache, void* v_cache,
-                     int64_t kv_head_stride, DType kv_dt, cudaStream_t stream) {
+                     int64_t kv_head_stride, DType kv_dt, cudaStream_t stream,
+                     const int32_t* block_table, int64_t block_tokens, int64_t block_stride) {
   const int64_t total = n_new * n_head * head_dim;
   if (total <= 0) return cudaSuccess;
   if (kv_dt != DType::f32 && kv_dt != DType::f16) return cudaErrorInvalidValue;
+  if (block_table != nullptr && (block_tokens <= 0 || block_stride < 0))
+    return cudaErrorInvalidValue;
   kv_store_kernel<<<grid_for(total), kThreads, 0, stream>>>(
-      k, v, src_stride, n_new, n_past, n_head, head_dim, k_cache, v_cache, kv_head_stride, kv_dt);
+      k, v, src_stride, n_new, n_past, n_head, head_dim, k_cache, v_cache, kv_head_stride, kv_dt,
+      block_table, block_tokens, block_stride);
   return cudaGetLastError();
 }
 

@@ -70,22 +70,31 @@ cudaError_t rotary_pairs(float* x, int64_t m, int64_t row_stride, int64_t n_head
 
 // Writes n_new rows of keys and values ([t * src_stride + h * head_dim + d], f32) into a
 // head-major cache ([h * kv_head_stride + (n_past + t) * head_dim + d]) of dtype kv_dt (f32 or
-// f16). n_head is the number of KV heads (AttentionArgs::n_kv_head under grouped-query
-// attention), the heads the k and v projections produce.
+// f16), or, given a block table (device memory), into a paged one at kernels/common/
+// kv_paging.hpp's kv_paged_offset(block_table, block_tokens, block_stride, kv_head_stride,
+// head_dim, h, n_past + t, d) from k_cache (v_cache). n_head is the number of KV heads
+// (AttentionArgs::n_kv_head under grouped-query attention), the heads the k and v projections
+// produce.
 cudaError_t kv_store(const float* k, const float* v, int64_t src_stride, int64_t n_new,
                      int64_t n_past, int64_t n_head, int64_t head_dim, void* k_cache, void* v_cache,
-                     int64_t kv_head_stride, DType kv_dt, cudaStream_t stream);
+                     int64_t kv_head_stride, DType kv_dt, cudaStream_t stream,
+                     const int32_t* block_table = nullptr, int64_t block_tokens = 0,
+                     int64_t block_stride = 0);
 
 // kernels/cpu's AttentionArgs with the cache in f32 or f16 (scores always f32).
 struct AttentionArgs {
   const float* q = nullptr;  // q[t * q_stride + h * head_dim + d]
   int64_t q_stride = 0;
   // k[kv_h * kv_head_stride + j * head_dim + d], j < n_past + n_new, kv_h the KV head of query
-  // head h (below).
+  // head h (below); or paged, as the CPU's: k[kv_paged_offset(block_table, block_tokens,
+  // block_stride, kv_head_stride, head_dim, kv_h, j, d)] with the table in device memory.
   const void* k = nullptr;
   const void* v = nullptr;
   DType kv_dtype = DType::f32;
   int64_t kv_head_stride = 0;
+  const int32_t* block_table = nullptr;  // device memory; null: contiguous
+  int64_t block_tokens = 0;
+  int64_t block_stride = 0;  // elements between consecutive blocks of k (and of v)
   float* out = nullptr;  // out[t * out_stride + h * head_dim + d]
   int64_t out_stride = 0;
   int64_t n_new = 0;

@@ -115,6 +115,7 @@ std::unique_ptr<engine::Engine> make_engine(engine::LoadedModel& m, const Engine
     co.device = spec.device;
     co.max_seqs = spec.max_seqs;
     co.context = spec.context;
+    co.kv_pool_tokens = spec.kv_pool_tokens;
     co.io = spec.io;
     return std::make_unique<engine::Engine>(
         cuda::make_cuda_backend(m.config, *m.checkpoint, m.placement, co));
@@ -127,6 +128,7 @@ std::unique_ptr<engine::Engine> make_engine(engine::LoadedModel& m, const Engine
   engine::EngineOptions eo;
   eo.context = spec.context;
   eo.max_seqs = spec.max_seqs;
+  eo.kv_pool_tokens = spec.kv_pool_tokens;
   return std::make_unique<engine::Engine>(*m.weights, eo, default_thread_pool());
 }
 

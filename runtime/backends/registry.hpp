@@ -50,6 +50,8 @@ void plan_for(std::string_view name, const Device& device, engine::LoadOptions& 
 struct EngineSpec {
   int64_t context = 0;  // KV capacity per sequence; 0: model::default_context
   int max_seqs = 1;
+  // Tokens the KV cache's pool of blocks holds, all sequences together; 0: max_seqs × context.
+  int64_t kv_pool_tokens = 0;
   offload::IoOptions io = offload::IoOptions::from_env();  // a device backend's own loads
   int device = 0;                                          // the GPU's ordinal
 };

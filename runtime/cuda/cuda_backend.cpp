@@ -21,6 +21,7 @@
 #include "runtime/cuda/cuda_check.hpp"
 #include "runtime/cuda/cuda_device.hpp"
 #include "runtime/cuda/resources.hpp"
+#include "runtime/engine/kv_cache.hpp"
 #include "runtime/model/layout.hpp"
 
 namespace ferry::cuda {
@@ -124,11 +125,18 @@ struct CudaBackend::Impl {
   std::deque<PendingRelease> pending;
   std::size_t host_slots = 2;
 
-  // KV cache: [layer][seq][k|v][kv head][capacity][head_dim] in kv_dtype.
+  // KV cache, paged as the CPU's (engine/kv_cache.hpp): a pool of blocks
+  // [layer][block][k|v][kv head][kBlockTokens][head_dim] in kv_dtype, the sequences' block tables
+  // kept on the host (blocks) and copied to the device (tables: max_seqs rows of table_width
+  // ids) before a pass that changed them reads them.
   DType kv_dtype = DType::f32;
   int64_t capacity = 0;
   DeviceBuffer kv;
-  std::vector<int64_t> lengths;
+  engine::KvBlocks blocks;
+  int64_t table_width = 0;
+  DeviceBuffer tables;
+  std::vector<int32_t> host_tables;
+  uint64_t tables_version = ~uint64_t{0};  // the blocks' version the device copy shows
 
   // Activations (the program's buffers), each grown to the largest pass so far.
   std::vector<std::size_t> act_floats;
@@ -159,11 +167,34 @@ struct CudaBackend::Impl {
   }
 
   int64_t kv_elt() const { return static_cast<int64_t>(dtype_size(kv_dtype)); }
-  int64_t kv_head_stride() const { return capacity * config.head_dim(); }
-  std::byte* kv_base(int layer, int seq, int which) {
-    const int64_t per = config.n_kv_head * kv_head_stride() * kv_elt();
-    const int64_t index = (static_cast<int64_t>(layer) * options.max_seqs + seq) * 2 + which;
-    return kv.as<std::byte>() + index * per;
+  static constexpr int64_t kBlockTokens = engine::KvBlocks::kBlockTokens;
+  // Elements between a block's heads, and between consecutive blocks of one layer's k (or v).
+  int64_t kv_head_stride() const { return kBlockTokens * config.head_dim(); }
+  int64_t kv_block_stride() const { return 2 * config.n_kv_head * kv_head_stride(); }
+  // Layer `layer`'s keys (which 0) or values (1): block b at + b · kv_block_stride() elements.
+  std::byte* kv_base(int layer, int which) {
+    const int64_t elems = static_cast<int64_t>(layer) * blocks.blocks_total() * kv_block_stride() +
+                          which * config.n_kv_head * kv_head_stride();
+    return kv.as<std::byte>() + elems * kv_elt();
+  }
+
+  // Takes the blocks the pass's new tokens need (all or none) and brings the device's copy of
+  // the tables up to date, on the compute stream so that no earlier pass's kernel reads the new
+  // ids. From pageable memory: cudaMemcpyAsync returns once it has staged host_tables.
+  void reserve(std::span<const SeqRows> seqs) {
+    std::vector<engine::KvBlocks::Need> needs;
+    needs.reserve(seqs.size());
+    for (const SeqRows& s : seqs) needs.push_back({s.seq, s.n_past + s.n_new});
+    blocks.reserve(needs);
+    if (blocks.version() == tables_version) return;
+    for (int q = 0; q < blocks.n_seqs(); ++q) {
+      const std::span<const int32_t> t = blocks.table(q);
+      std::copy(t.begin(), t.end(), host_tables.begin() + q * table_width);
+    }
+    FERRY_CUDA_TRY(cudaMemcpyAsync(tables.data(), host_tables.data(),
+                                   host_tables.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                   compute.get()));
+    tables_version = blocks.version();
   }
 
   // Every unit's norms and biases, widened to f32 and uploaded once into one device buffer.
@@ -395,9 +426,16 @@ struct CudaBackend::Impl {
                  "the CUDA attention kernel attends to at most {} tokens; use --ctx {} or less",
                  kc::attention_max_keys(), kc::attention_max_keys());
     FERRY_EXPECT(options.max_seqs >= 1, "the CUDA backend needs at least one sequence slot");
-    kv = DeviceBuffer(static_cast<std::size_t>(2 * config.n_layer * options.max_seqs *
-                                               config.n_kv_head * kv_head_stride() * kv_elt()));
-    lengths.assign(static_cast<std::size_t>(options.max_seqs), 0);
+    FERRY_EXPECT(options.kv_pool_tokens >= 0, "the KV cache's pool cannot hold {} tokens",
+                 options.kv_pool_tokens);
+    blocks = engine::KvBlocks(
+        options.max_seqs, capacity,
+        engine::KvBlocks::pool_blocks(options.max_seqs, capacity, options.kv_pool_tokens));
+    kv = DeviceBuffer(static_cast<std::size_t>(blocks.blocks_total()) *
+                      engine::KvCache::block_bytes(config, static_cast<uint64_t>(kv_elt())));
+    table_width = engine::kv_blocks_for(capacity);
+    host_tables.assign(static_cast<std::size_t>(options.max_seqs * table_width), 0);
+    tables = DeviceBuffer(host_tables.size() * sizeof(int32_t));
     stats.load_s = seconds_since(t0);
   }
 
@@ -511,13 +549,24 @@ struct CudaBackend::Impl {
     const int64_t qd = config.q_dim();
     const int64_t kvd = config.kv_dim();
     const int64_t hs = kv_head_stride();
+    const int64_t bs = kv_block_stride();
     cudaStream_t cs = compute.get();
+    // The engine reserved the blocks before the pass; a caller driving the backend directly may
+    // not have (the first layer takes them then, all or none).
+    if (layer == 0) reserve(seqs);
+    std::byte* kc_ = kv_base(layer, 0);
+    std::byte* vc_ = kv_base(layer, 1);
     for (const SeqRows& s : seqs) {
-      std::byte* kc_ = kv_base(layer, s.seq, 0);
-      std::byte* vc_ = kv_base(layer, s.seq, 1);
-      // The new keys (after rotary, as Hugging Face caches them) and values, per KV head.
+      FERRY_EXPECT(engine::kv_blocks_for(s.n_past + s.n_new) <=
+                       static_cast<int64_t>(blocks.table(s.seq).size()),
+                   "the KV cache has no blocks for sequence slot {}'s tokens {} … {} in layer {}",
+                   s.seq, s.n_past, s.n_past + s.n_new - 1, layer);
+      const int32_t* table = tables.as<int32_t>() + s.seq * table_width;
+      // The new keys (after rotary, as Hugging Face caches them) and values, per KV head, into
+      // their blocks.
       FERRY_CUDA_LAUNCH(kc::kv_store(k + s.row0 * kvd, v + s.row0 * kvd, kvd, s.n_new, s.n_past,
-                                     config.n_kv_head, hd, kc_, vc_, hs, kv_dtype, cs));
+                                     config.n_kv_head, hd, kc_, vc_, hs, kv_dtype, cs, table,
+                                     kBlockTokens, bs));
       kc::AttentionArgs a;
       a.q = q + s.row0 * qd;
       a.q_stride = qd;
@@ -525,6 +574,9 @@ struct CudaBackend::Impl {
       a.v = vc_;
       a.kv_dtype = kv_dtype;
       a.kv_head_stride = hs;
+      a.block_table = table;
+      a.block_tokens = kBlockTokens;
+      a.block_stride = bs;
       a.out = out + s.row0 * qd;
       a.out_stride = qd;
       a.n_new = s.n_new;
@@ -558,17 +610,13 @@ std::string CudaBackend::name() const { return fmt::format("cuda ({})", impl_->d
 
 int64_t CudaBackend::context() const { return impl_->capacity; }
 int CudaBackend::max_seqs() const { return impl_->options.max_seqs; }
-int64_t CudaBackend::length(int seq) const {
-  return impl_->lengths.at(static_cast<std::size_t>(seq));
-}
+int64_t CudaBackend::length(int seq) const { return impl_->blocks.length(seq); }
 engine::KvUsage CudaBackend::kv_usage() const {
-  engine::KvUsage u = Backend::kv_usage();
-  u.bytes_total = impl_->kv.size();
-  return u;
+  const engine::KvBlocks& b = impl_->blocks;
+  return {Impl::kBlockTokens, b.blocks_total(), b.blocks_used(), impl_->kv.size()};
 }
-void CudaBackend::set_length(int seq, int64_t n) {
-  impl_->lengths.at(static_cast<std::size_t>(seq)) = n;
-}
+void CudaBackend::set_length(int seq, int64_t n) { impl_->blocks.set_length(seq, n); }
+void CudaBackend::reserve(std::span<const engine::SeqRows> seqs) { impl_->reserve(seqs); }
 
 std::vector<float*> CudaBackend::activations(std::span<const std::size_t> floats) {
   return impl_->activations(floats);
@@ -707,9 +755,10 @@ std::string CudaBackend::describe() const {
   const Impl& s = *impl_;
   std::size_t on_device = 0;
   for (const auto& u : s.units) on_device += u.tier == Tier::device;
-  std::string d = fmt::format("{}: {} of {} units in VRAM ({}), KV cache {} {}", s.device.name(),
-                              on_device, s.units.size(), format_bytes(s.stats.device_weight_bytes),
-                              dtype_name(s.kv_dtype), format_bytes(s.kv.size()));
+  std::string d = fmt::format(
+      "{}: {} of {} units in VRAM ({}), KV cache {} {} ({} blocks of {} tokens)", s.device.name(),
+      on_device, s.units.size(), format_bytes(s.stats.device_weight_bytes), dtype_name(s.kv_dtype),
+      format_bytes(s.kv.size()), s.blocks.blocks_total(), Impl::kBlockTokens);
   if (s.streamer)
     d += fmt::format("; {} through {} device slots ({}); host side: {}", s.units.size() - on_device,
                      s.device_slots.size(), format_bytes(s.stats.device_slot_bytes),

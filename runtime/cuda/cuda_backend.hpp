@@ -26,6 +26,8 @@ struct CudaEngineOptions {
   int device = 0;
   int max_seqs = 1;
   int64_t context = 0;  // KV capacity per sequence; 0 means model::default_context
+  // Tokens the KV cache's pool of blocks holds, all sequences together; 0: max_seqs × context.
+  int64_t kv_pool_tokens = 0;
   offload::IoOptions io = offload::IoOptions::from_env();
   // Keep bf16 weights bf16 on GPUs that multiply bf16 (sm_80+); false converts them to f16 as
   // on sm_75 (tests use it to check the conversion path on any GPU).
@@ -64,6 +66,7 @@ class CudaBackend final : public engine::Backend {
   int max_seqs() const override;
   int64_t length(int seq) const override;
   void set_length(int seq, int64_t n) override;
+  void reserve(std::span<const engine::SeqRows> seqs) override;
   engine::KvUsage kv_usage() const override;
 
   std::vector<float*> activations(std::span<const std::size_t> floats) override;

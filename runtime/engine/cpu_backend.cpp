@@ -137,8 +137,8 @@ void CpuBackend::attend(int layer, std::span<const SeqRows> seqs, const float* q
       const float* krow = k + (s.row0 + t) * kvd;
       const float* vrow = v + (s.row0 + t) * kvd;
       for (int64_t h = 0; h < n_kv; ++h) {
-        const int64_t at = kernels::kv_paged_offset(table.data(), bt, bs, hs, hd, h,
-                                                    s.n_past + t, 0);
+        const int64_t at =
+            kernels::kv_paged_offset(table.data(), bt, bs, hs, hd, h, s.n_past + t, 0);
         std::memcpy(kc + at, krow + h * hd, static_cast<std::size_t>(hd) * sizeof(float));
         std::memcpy(vc + at, vrow + h * hd, static_cast<std::size_t>(hd) * sizeof(float));
       }

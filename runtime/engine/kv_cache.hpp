@@ -19,42 +19,33 @@
 
 namespace ferry::engine {
 
-class KvCache {
+// The bookkeeping of a paged cache, whatever memory holds its blocks: each sequence slot's
+// length and block table, and the pool's free blocks. The CPU's KvCache below and the CUDA
+// backend's device pool share it.
+class KvBlocks {
  public:
   // Tokens per block. 16: a sequence wastes at most 15 tokens' worth of its last block (7.5 on
   // average, under 1% of a 2048-token context), while a head's run in a block is still 4–16 KiB
   // (head_dim 64–256, f32), long enough that the table look-up between runs costs nothing.
   static constexpr int64_t kBlockTokens = 16;
 
-  KvCache() = default;
-  // Room for n_seqs sequence slots of up to capacity tokens each, sharing a pool of
-  // pool_tokens tokens (rounded up to whole blocks); pool_tokens 0: every slot full
-  // (n_seqs × capacity, each slot rounded up to whole blocks).
-  KvCache(const model::ModelConfig& config, int n_seqs, int64_t capacity, int64_t pool_tokens = 0);
+  KvBlocks() = default;
+  // n_seqs slots of up to capacity tokens each over a pool of n_blocks blocks.
+  KvBlocks(int n_seqs, int64_t capacity, int64_t n_blocks);
 
-  // Blocks in a pool of pool_tokens tokens (0: n_seqs slots of capacity tokens).
+  // Blocks in a pool of pool_tokens tokens (0: n_seqs slots of capacity tokens, each rounded
+  // up to whole blocks).
   static int64_t pool_blocks(int n_seqs, int64_t capacity, int64_t pool_tokens);
-  // Bytes one block takes: every layer's keys and values for kBlockTokens tokens, in elements of
-  // elt bytes (f32 on the CPU; the CUDA backend keeps f16 for 16-bit models).
-  static uint64_t block_bytes(const model::ModelConfig& config, uint64_t elt = sizeof(float));
-  // Bytes a cache of this shape takes (for budgets, before allocating).
-  static uint64_t bytes_needed(const model::ModelConfig& config, int n_seqs, int64_t capacity,
-                               int64_t pool_tokens = 0);
 
   int n_seqs() const { return n_seqs_; }
   int64_t capacity() const { return capacity_; }  // most tokens one sequence may hold
   int64_t blocks_total() const { return n_blocks_; }
   int64_t blocks_used() const { return n_blocks_ - static_cast<int64_t>(free_.size()); }
   int64_t blocks_free() const { return static_cast<int64_t>(free_.size()); }
-
-  // Elements between a block's heads, and between consecutive blocks of one layer's k (or v).
-  int64_t head_stride() const { return kBlockTokens * head_dim_; }
-  int64_t block_stride() const { return 2 * n_head_ * kBlockTokens * head_dim_; }
-  // Block b of layer `layer` holds its keys at k(layer) + b · block_stride(), values likewise.
-  float* k(int layer) { return layer_base(layer); }
-  float* v(int layer) { return layer_base(layer) + n_head_ * kBlockTokens * head_dim_; }
   // seq's block table: block i holds its tokens [i · kBlockTokens, (i + 1) · kBlockTokens).
   std::span<const int32_t> table(int seq) const { return tables_.at(check(seq)); }
+  // Counts the changes to any table, so that a copy of them (on a GPU) knows when it is stale.
+  uint64_t version() const { return version_; }
 
   // Tokens stored for seq (equal across layers once a forward pass completes).
   int64_t length(int seq) const { return lengths_.at(check(seq)); }
@@ -71,27 +62,54 @@ class KvCache {
   void reserve(std::span<const Need> needs);
   void reserve(int seq, int64_t tokens);
 
-  uint64_t nbytes() const { return buffer_.size(); }
-
  private:
   std::size_t check(int seq) const;
-  float* layer_base(int layer);
 
   int n_seqs_ = 0;
-  int n_layer_ = 0;
-  int64_t n_head_ = 0;
-  int64_t head_dim_ = 0;
   int64_t capacity_ = 0;
   int64_t n_blocks_ = 0;
-  AlignedBuffer buffer_;
+  uint64_t version_ = 0;
   std::vector<int64_t> lengths_;
   std::vector<std::vector<int32_t>> tables_;
   std::vector<int32_t> free_;  // a stack: the most recently freed block is reused first
 };
 
+// The CPU's cache: the blocks in host memory, f32.
+class KvCache : public KvBlocks {
+ public:
+  KvCache() = default;
+  // Room for n_seqs sequence slots of up to capacity tokens each, sharing a pool of
+  // pool_tokens tokens (rounded up to whole blocks); pool_tokens 0: every slot full
+  // (n_seqs × capacity, each slot rounded up to whole blocks).
+  KvCache(const model::ModelConfig& config, int n_seqs, int64_t capacity, int64_t pool_tokens = 0);
+
+  // Bytes one block takes: every layer's keys and values for kBlockTokens tokens, in elements of
+  // elt bytes (f32 on the CPU; the CUDA backend keeps f16 for 16-bit models).
+  static uint64_t block_bytes(const model::ModelConfig& config, uint64_t elt = sizeof(float));
+  // Bytes a cache of this shape takes (for budgets, before allocating).
+  static uint64_t bytes_needed(const model::ModelConfig& config, int n_seqs, int64_t capacity,
+                               int64_t pool_tokens = 0);
+
+  // Elements between a block's heads, and between consecutive blocks of one layer's k (or v).
+  int64_t head_stride() const { return kBlockTokens * head_dim_; }
+  int64_t block_stride() const { return 2 * n_head_ * kBlockTokens * head_dim_; }
+  // Block b of layer `layer` holds its keys at k(layer) + b · block_stride(), values likewise.
+  float* k(int layer) { return layer_base(layer); }
+  float* v(int layer) { return layer_base(layer) + n_head_ * kBlockTokens * head_dim_; }
+
+  uint64_t nbytes() const { return buffer_.size(); }
+
+ private:
+  float* layer_base(int layer);
+
+  int64_t n_head_ = 0;
+  int64_t head_dim_ = 0;
+  AlignedBuffer buffer_;
+};
+
 // Blocks that hold n tokens.
 inline int64_t kv_blocks_for(int64_t n) {
-  return (n + KvCache::kBlockTokens - 1) / KvCache::kBlockTokens;
+  return (n + KvBlocks::kBlockTokens - 1) / KvBlocks::kBlockTokens;
 }
 
 }  // namespace ferry::engine

@@ -370,8 +370,8 @@ TEST(AttentionTest, PagedCacheEqualsContiguousBitForBit) {
   for (const PagedCase& c : cases) {
     SCOPED_TRACE("n_past=" + std::to_string(c.n_past) + " n_new=" + std::to_string(c.n_new) +
                  " block_tokens=" + std::to_string(c.block_tokens));
-    const Problem p = make_problem(rng, c.n_past, c.n_new, c.n_head, c.head_dim, 0.01f,
-                                   c.n_kv_head);
+    const Problem p =
+        make_problem(rng, c.n_past, c.n_new, c.n_head, c.head_dim, 0.01f, c.n_kv_head);
     const int64_t bt = c.block_tokens;
     const int64_t n_keys = c.n_past + c.n_new;
     const int64_t n_blocks = (n_keys + bt - 1) / bt;
@@ -387,8 +387,8 @@ TEST(AttentionTest, PagedCacheEqualsContiguousBitForBit) {
     for (int64_t h = 0; h < p.kv_heads(); ++h) {
       for (int64_t j = 0; j < n_keys; ++j) {
         for (int64_t d = 0; d < c.head_dim; ++d) {
-          const auto to = static_cast<std::size_t>(kv_paged_offset(
-              table.data(), bt, block_stride, head_stride, c.head_dim, h, j, d));
+          const auto to = static_cast<std::size_t>(
+              kv_paged_offset(table.data(), bt, block_stride, head_stride, c.head_dim, h, j, d));
           const auto from = static_cast<std::size_t>(h * p.kv_head_stride() + j * c.head_dim + d);
           pk[to] = p.k[from];
           pv[to] = p.v[from];

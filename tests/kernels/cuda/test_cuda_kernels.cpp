@@ -6,12 +6,16 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "kernels/common/kv_paging.hpp"
 #include "kernels/common/quant_math.hpp"
 #include "kernels/cpu/ops.hpp"
 #include "kernels/cuda/ops.hpp"
@@ -322,6 +326,98 @@ TEST_F(CudaKernels, KvStoreScattersRows) {
             ASSERT_EQ(hv, f32_to_f16(v[src]));
           }
         }
+  }
+}
+
+// A paged cache (the engine's): kv_store puts each new row at kv_paged_offset through a block
+// table in device memory, and attention over that table gives the bits it gives over the same
+// rows stored contiguously (the same numbers read in the same order), for blocks of 16 and 5
+// tokens in shuffled pool order, grouped KV heads, prompt and decode, f32 and f16.
+TEST_F(CudaKernels, PagedCacheEqualsContiguous) {
+  std::mt19937 rng(8);
+  struct Shape {
+    int64_t n_new, n_past, n_head, n_kv_head, head_dim, block_tokens;
+  };
+  for (const Shape s :
+       {Shape{1, 150, 4, 2, 128, 16}, Shape{20, 0, 2, 2, 64, 16}, Shape{9, 37, 3, 1, 20, 5}}) {
+    const int64_t n_keys = s.n_past + s.n_new;
+    const int64_t bt = s.block_tokens;
+    const int64_t n_blocks = (n_keys + bt - 1) / bt;
+    const int64_t pool_blocks = 2 * n_blocks + 1;
+    const int64_t hs = bt * s.head_dim;
+    const int64_t bs = 2 * s.n_kv_head * hs;  // k and v of a block together, as the engine's
+    std::vector<int32_t> ids(static_cast<std::size_t>(pool_blocks));
+    std::iota(ids.begin(), ids.end(), 0);
+    std::shuffle(ids.begin(), ids.end(), rng);
+    const std::vector<int32_t> table(ids.begin(), ids.begin() + n_blocks);
+    const int64_t kvd = s.n_kv_head * s.head_dim;
+    const int64_t qd = s.n_head * s.head_dim;
+    // Every token's k and v rows ([token][kv head][head_dim]), stored in two passes (the past,
+    // then the new tokens) as the engine does.
+    const auto k = random_floats(rng, static_cast<std::size_t>(n_keys * kvd));
+    const auto v = random_floats(rng, k.size());
+    const auto q = random_floats(rng, static_cast<std::size_t>(s.n_new * qd), -1.0f, 1.0f);
+    for (DType kv : {DType::f32, DType::f16}) {
+      const std::size_t elt = dtype_size(kv);
+      const DeviceBuffer dk = upload(k), dv = upload(v), dq = upload(q), dtable = upload(table);
+      std::vector<uint8_t> zeros(static_cast<std::size_t>(pool_blocks * bs) * elt, 0);
+      DeviceBuffer pool = upload(zeros);
+      auto* kbase = static_cast<uint8_t*>(pool.data());
+      auto* vbase = kbase + static_cast<std::size_t>(s.n_kv_head * hs) * elt;
+      std::vector<uint8_t> czeros(static_cast<std::size_t>(n_keys * kvd) * elt, 0);
+      DeviceBuffer ck = upload(czeros), cv = upload(czeros);
+      for (const auto& [from, n] :
+           {std::pair{int64_t{0}, s.n_past}, std::pair{s.n_past, s.n_new}}) {
+        if (n == 0) continue;
+        FERRY_CUDA_LAUNCH(kc::kv_store(dk.as<float>() + from * kvd, dv.as<float>() + from * kvd,
+                                       kvd, n, from, s.n_kv_head, s.head_dim, kbase, vbase, hs, kv,
+                                       stream().get(), dtable.as<int32_t>(), bt, bs));
+        FERRY_CUDA_LAUNCH(kc::kv_store(dk.as<float>() + from * kvd, dv.as<float>() + from * kvd,
+                                       kvd, n, from, s.n_kv_head, s.head_dim, ck.data(), cv.data(),
+                                       n_keys * s.head_dim, kv, stream().get()));
+      }
+      // Every row where kv_paged_offset says.
+      const auto got = download<uint8_t>(pool, zeros.size());
+      const auto flat = download<uint8_t>(ck, czeros.size());
+      for (int64_t h = 0; h < s.n_kv_head; ++h)
+        for (int64_t j = 0; j < n_keys; ++j) {
+          const auto at = static_cast<std::size_t>(
+              kv_paged_offset(table.data(), bt, bs, hs, s.head_dim, h, j, 0));
+          const auto want = static_cast<std::size_t>(h * n_keys * s.head_dim + j * s.head_dim);
+          ASSERT_EQ(0, std::memcmp(got.data() + at * elt, flat.data() + want * elt,
+                                   static_cast<std::size_t>(s.head_dim) * elt))
+              << "head " << h << " token " << j;
+        }
+      DeviceBuffer out_paged(q.size() * 4), out_flat(q.size() * 4);
+      kc::AttentionArgs g;
+      g.q = dq.as<float>();
+      g.q_stride = qd;
+      g.kv_dtype = kv;
+      g.out_stride = qd;
+      g.n_new = s.n_new;
+      g.n_past = s.n_past;
+      g.n_head = s.n_head;
+      g.n_kv_head = s.n_kv_head;
+      g.head_dim = s.head_dim;
+      kc::AttentionArgs flat_args = g;
+      flat_args.k = ck.data();
+      flat_args.v = cv.data();
+      flat_args.kv_head_stride = n_keys * s.head_dim;
+      flat_args.out = out_flat.as<float>();
+      g.k = kbase;
+      g.v = vbase;
+      g.kv_head_stride = hs;
+      g.block_table = dtable.as<int32_t>();
+      g.block_tokens = bt;
+      g.block_stride = bs;
+      g.out = out_paged.as<float>();
+      FERRY_CUDA_LAUNCH(kc::attention(flat_args, stream().get()));
+      FERRY_CUDA_LAUNCH(kc::attention(g, stream().get()));
+      const auto a = download<float>(out_paged, q.size());
+      const auto b = download<float>(out_flat, q.size());
+      EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)))
+          << dtype_name(kv) << " n_new=" << s.n_new << " n_past=" << s.n_past;
+    }
   }
 }
 

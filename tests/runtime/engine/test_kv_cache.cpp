@@ -31,9 +31,7 @@ std::string error_of(const std::function<void()>& f) {
   return "";
 }
 
-model::ModelConfig tiny_config() {
-  return load_model(test::data_dir() / "gptj/tiny-f32").config;
-}
+model::ModelConfig tiny_config() { return load_model(test::data_dir() / "gptj/tiny-f32").config; }
 
 std::vector<int32_t> blocks_of(const KvCache& c, int seq) {
   const auto t = c.table(seq);
@@ -182,8 +180,8 @@ TEST(KvCache, InterleavedSequencesEqualEachAlone) {
   std::vector<int32_t> t0(cache.table(0).begin(), cache.table(0).end());
   EXPECT_FALSE(std::is_sorted(t0.begin(), t0.end()) &&
                t0.back() - t0.front() == static_cast<int32_t>(t0.size()) - 1);
-  EXPECT_EQ(shared.kv_usage().blocks_used, kv_blocks_for(40) + kv_blocks_for(50) +
-                                               kv_blocks_for(23));
+  EXPECT_EQ(shared.kv_usage().blocks_used,
+            kv_blocks_for(40) + kv_blocks_for(50) + kv_blocks_for(23));
   EXPECT_EQ(shared.kv_usage().blocks_total, 10);
 
   for (int s = 0; s < 3; ++s) {
@@ -193,7 +191,8 @@ TEST(KvCache, InterleavedSequencesEqualEachAlone) {
       if (p.seq != s) continue;
       SeqTokens t{0, {p.all->data() + p.from, static_cast<std::size_t>(p.n)}};
       const std::vector<float>& want = alone.forward({&t, 1}, LogitsFor::all);
-      ASSERT_EQ(got[static_cast<std::size_t>(s)][i++], want) << "sequence " << s << " at " << p.from;
+      ASSERT_EQ(got[static_cast<std::size_t>(s)][i++], want)
+          << "sequence " << s << " at " << p.from;
     }
   }
 }
