@@ -145,3 +145,38 @@ def test_load_progress_line_without_tqdm(capsys):
         import tqdm  # noqa: F401
     except ImportError:
         assert "loading 100%" in err
+
+
+def test_sigint_mid_generation(gguf_model):
+    # A real SIGINT (what Ctrl-C sends), through Python's handler: KeyboardInterrupt, and the
+    # next generation gives the same tokens as before.
+    import os
+    import signal
+
+    want = gguf_model.generate(PROMPTS[2], max_new_tokens=16, ignore_eos=True, return_ids=True)
+    ids = gguf_model.tokenizer.encode(PROMPTS[2])
+    seen = []
+
+    def on_token(index, token):
+        seen.append(token)
+        if len(seen) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        gguf_model._native.generate([ids], 16, 0.0, 1.0, 0, 0, True, on_token)
+    assert len(seen) < 16
+    assert gguf_model.generate(PROMPTS[2], max_new_tokens=16, ignore_eos=True,
+                               return_ids=True) == want
+
+
+def test_interrupted_stream_leaves_model_usable(gguf_model):
+    want = gguf_model.generate(PROMPTS[0], max_new_tokens=16, ignore_eos=True)
+    it = gguf_model.generate(PROMPTS[0], max_new_tokens=16, ignore_eos=True, stream=True)
+    with pytest.raises(KeyboardInterrupt):
+        for n, _ in enumerate(it):
+            if n == 2:
+                _thread.interrupt_main()
+                for _ in range(1000):  # the interrupt lands at the next bytecode
+                    pass
+    it.close()  # the worker stops after its current token
+    assert gguf_model.generate(PROMPTS[0], max_new_tokens=16, ignore_eos=True) == want
