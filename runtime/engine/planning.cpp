@@ -312,9 +312,12 @@ planner::PlanRequest plan_request(const model::ModelConfig& config,
   if (packed == DType::q8) r.compression = planner::PlanRequest::Compression::int8;
   if (packed == DType::q4_g64 || packed == DType::q4_g128)
     r.compression = planner::PlanRequest::Compression::int4;
-  const uint64_t kv_f32 = KvCache::bytes_needed(config, o.max_seqs, context);
+  // The KV pool: every slot at full context unless told its tokens (then a shorter context
+  // frees nothing, so there is no per-token figure to suggest one from).
+  const uint64_t kv_f32 = KvCache::bytes_needed(config, o.max_seqs, context, o.kv_pool_tokens);
   r.kv_bytes = kv_f32 / sizeof(float) * kv_elt;
-  r.kv_bytes_per_context_token = r.kv_bytes / static_cast<uint64_t>(context);
+  r.kv_bytes_per_context_token =
+      o.kv_pool_tokens > 0 ? 0 : r.kv_bytes / static_cast<uint64_t>(context);
   const auto attended =
       static_cast<uint64_t>(o.attended_tokens > 0 ? std::min(o.attended_tokens, context)
                                                   : std::max<int64_t>(1, context / 2));

@@ -15,6 +15,7 @@
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/kv_cache.hpp"
 #include "runtime/engine/loaded_model.hpp"
+#include "runtime/engine/planning.hpp"
 #include "tests/support/test_support.hpp"
 
 namespace ferry::engine {
@@ -117,6 +118,23 @@ TEST(KvCache, PoolSizes) {
   const model::ModelConfig config = tiny_config();
   EXPECT_EQ(KvCache::block_bytes(config),
             static_cast<uint64_t>(config.n_layer) * 2 * kBt * config.kv_dim() * sizeof(float));
+}
+
+// The planner counts the pool's bytes: every slot full by default, else the tokens asked for
+// (whole blocks), with no per-context-token figure then (a shorter context frees nothing).
+TEST(KvCache, PlanCountsThePool) {
+  const model::ModelConfig config = tiny_config();
+  PlanOptions po;
+  po.context = 64;
+  po.max_seqs = 4;
+  const planner::PlanRequest full = plan_request(config, nullptr, planner::Machine{}, po, "tiny");
+  EXPECT_EQ(full.kv_bytes, KvCache::bytes_needed(config, 4, 64));
+  EXPECT_EQ(full.kv_bytes, 16 * KvCache::block_bytes(config));
+  EXPECT_GT(full.kv_bytes_per_context_token, 0u);
+  po.kv_pool_tokens = 40;
+  const planner::PlanRequest pooled = plan_request(config, nullptr, planner::Machine{}, po, "tiny");
+  EXPECT_EQ(pooled.kv_bytes, 3 * KvCache::block_bytes(config));
+  EXPECT_EQ(pooled.kv_bytes_per_context_token, 0u);
 }
 
 // Runs batches on an engine, returning each pass's logits.
