@@ -149,6 +149,33 @@ TEST_P(SpeculativeGreedy, EqualsPlainDecodingForEveryDrafter) {
 INSTANTIATE_TEST_SUITE_P(Families, SpeculativeGreedy, ::testing::ValuesIn(fixtures()),
                          [](const auto& p) { return p.param.family; });
 
+// What lossless greedy speculation rests on: a verification pass's rows of logits are the ones
+// decoding one token at a time computes (the same products per row, whatever the row count).
+TEST_P(SpeculativeGreedy, VerificationRowsEqualOneTokenSteps) {
+  const Fixture& f = GetParam();
+  LoadedModel m = load_model(f.dir);
+  Engine e(*m.weights, {}, default_thread_pool());
+  const auto prompt = prompt_of(f.dir);
+  const std::vector<int32_t> next = {3, 9, 4, 1, 5, 9, 2, 6, 5};
+  const auto vocab = static_cast<std::size_t>(m.config.vocab_size);
+  e.reset(0);
+  SeqTokens s{0, prompt};
+  e.forward({&s, 1}, LogitsFor::last);
+  s = SeqTokens{0, next};
+  const std::vector<float> all = e.forward({&s, 1}, LogitsFor::all);
+  e.reset(0);
+  s = SeqTokens{0, prompt};
+  e.forward({&s, 1}, LogitsFor::last);
+  float worst = 0;
+  for (std::size_t i = 0; i < next.size(); ++i) {
+    s = SeqTokens{0, {&next[i], 1}};
+    const auto& one = e.forward({&s, 1}, LogitsFor::last);
+    for (std::size_t t = 0; t < vocab; ++t)
+      worst = std::max(worst, std::fabs(one[t] - all[i * vocab + t]));
+  }
+  EXPECT_EQ(worst, 0.0f);
+}
+
 // Stopping: an end id inside an accepted run, max_new_tokens below, at and above k, and a callback
 // that stops early — the same tokens as plain decoding, never more than asked for.
 TEST(Speculative, StopsWherePlainDecodingStops) {
