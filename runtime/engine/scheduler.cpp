@@ -83,6 +83,7 @@ Scheduler::Scheduler(ForwardPass& engine, SchedulerOptions options)
   slots_.resize(static_cast<std::size_t>(options_.max_seqs));
   stats_.max_seqs = options_.max_seqs;
   stats_.kv = engine_.kv_usage();
+  kv_shape_ = stats_.kv;
   for (int s = 0; s < options_.max_seqs; ++s) engine_.reset(s);
 }
 
@@ -115,7 +116,7 @@ uint64_t Scheduler::submit(Request request) {
                "the prompt ({} tokens) plus {} new tokens exceeds the context of {} tokens; ask "
                "for at most {} new tokens or shorten the prompt",
                n_prompt, o.max_new_tokens, ctx, ctx - n_prompt + 1);
-  const KvUsage kv = engine_.kv_usage();
+  const KvUsage& kv = kv_shape_;
   const int64_t blocks = blocks_for(kv, max_positions(n_prompt, o.max_new_tokens));
   FERRY_EXPECT(blocks <= kv.blocks_total || kv.blocks_total <= 0,
                "the prompt ({} tokens) plus {} new tokens needs {} KV blocks of {} tokens but "
@@ -215,7 +216,7 @@ bool Scheduler::step() {
     int64_t reserved = 0;
     for (const auto& slot : slots_)
       if (slot) reserved += slot->kv_blocks;
-    const KvUsage kv = engine_.kv_usage();
+    const KvUsage& kv = kv_shape_;
     while (!queue_.empty()) {
       Seq& next = *queue_.front();
       if (next.request.options.max_new_tokens == 0) {  // nothing to compute, as generate()

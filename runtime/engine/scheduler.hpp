@@ -116,15 +116,16 @@ class Scheduler {
 
   // Queues a request and returns its id (1, 2, ...). Throws InvalidArgument naming the problem
   // (empty prompt, a token id outside the vocabulary, prompt + max_new_tokens beyond the
-  // context, bad sampling parameters), QueueFull when max_queue requests already wait, and
-  // SchedulerStopped after stop(); a refused request gets no on_done.
+  // context or the KV pool, bad sampling parameters), QueueFull when max_queue requests already
+  // wait, and SchedulerStopped after stop(); a refused request gets no on_done.
   uint64_t submit(Request request);
   // Ends a queued or active request with reason cancelled (at the next step), freeing its slot.
   // Unknown or finished ids are ignored.
   void cancel(uint64_t id);
   // One round: retire what was cancelled, admit queued requests into free slots, run one
   // forward pass over every active sequence, sample, retire the finished. Returns false when
-  // there was nothing to do.
+  // there was nothing to do. An exception from an on_done is rethrown here once every other
+  // callback of the round has run (the scheduler's state is whole: step() may be called again).
   bool step();
   // Loops step() on the calling thread, waiting on a condition variable while idle, until
   // stop() (after a drain, once everything accepted has finished).
@@ -149,6 +150,8 @@ class Scheduler {
 
   ForwardPass& engine_;
   SchedulerOptions options_;
+  // The KV pool's shape, read once: submit() runs beside a pass, so it must not ask the engine.
+  KvUsage kv_shape_;
 
   mutable std::mutex mutex_;  // guards everything below but slots_
   std::condition_variable wake_;

@@ -340,6 +340,73 @@ TEST_P(SchedulerTest, EngineFailureFailsThatPassAndServesTheRest) {
   for (std::size_t i : {2u, 3u}) EXPECT_EQ(got[i].tokens, want[i]);
 }
 
+// An engine whose KV pool is smaller than its slots (a paged cache): blocks of 16 tokens, 3 of
+// them in all.
+class SmallPoolEngine final : public ForwardPass {
+ public:
+  explicit SmallPoolEngine(ForwardPass& inner) : inner_(inner) {}
+  const model::ModelConfig& config() const override { return inner_.config(); }
+  int64_t context() const override { return inner_.context(); }
+  int max_seqs() const override { return inner_.max_seqs(); }
+  int64_t length(int seq) const override { return inner_.length(seq); }
+  KvUsage kv_usage() const override {
+    KvUsage kv;
+    kv.block_tokens = 16;
+    kv.blocks_total = 3;
+    for (int s = 0; s < max_seqs(); ++s) kv.blocks_used += (length(s) + 15) / 16;
+    return kv;
+  }
+  void reset(int seq) override { inner_.reset(seq); }
+  void truncate(int seq, int64_t n) override { inner_.truncate(seq, n); }
+  const std::vector<float>& forward(std::span<const SeqTokens> batch, LogitsFor which) override {
+    max_in_pass = std::max(max_in_pass, static_cast<int>(batch.size()));
+    return inner_.forward(batch, which);
+  }
+  int max_in_pass = 0;
+
+ private:
+  ForwardPass& inner_;
+};
+
+TEST_P(SchedulerTest, AdmitsOnlyWhatTheKvPoolHolds) {
+  // Each needs 10 + 9 = 19 positions: 2 blocks, so only one fits in 3 blocks at a time.
+  std::vector<Request> requests(3);
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    for (int t = 0; t < 10; ++t) requests[i].prompt.push_back(static_cast<int32_t>(i * 10 + t));
+    requests[i].options = greedy(10);
+  }
+  const auto want = alone(requests);
+  auto e = engine(4);
+  SmallPoolEngine pool(*e);
+  Scheduler s(pool, {});
+  std::vector<RequestResult> got(requests.size());
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    Request r = requests[i];
+    r.on_token = [&s](int32_t) {
+      EXPECT_LE(s.stats().kv.blocks_used, 3);
+      return true;
+    };
+    r.on_done = [&got, i](const RequestResult& res) { got[i] = res; };
+    s.submit(std::move(r));
+  }
+  // One that could never fit is refused up front.
+  Request big = requests[0];
+  big.options.max_new_tokens = 40;  // 10 + 39 positions: 4 blocks
+  try {
+    s.submit(big);
+    FAIL() << "accepted a request larger than the KV pool";
+  } catch (const InvalidArgument& err) {
+    EXPECT_NE(std::string(err.what()).find("needs 4 KV blocks of 16 tokens but the cache holds 3"),
+              std::string::npos)
+        << err.what();
+  }
+  while (s.step()) {
+  }
+  EXPECT_EQ(pool.max_in_pass, 1);
+  for (std::size_t i = 0; i < requests.size(); ++i) EXPECT_EQ(got[i].tokens, want[i]);
+  EXPECT_EQ(s.stats().kv.blocks_used, 0);
+}
+
 TEST_P(SchedulerTest, StopDrainFinishesEverything) {
   const auto requests = mixed_requests(5, false);
   const auto want = alone(requests);
