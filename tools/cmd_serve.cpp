@@ -38,6 +38,7 @@ struct ServeOptions {
   std::string max_body = "1MiB";
   double drain_timeout_s = 30;
   std::string model_name;
+  std::string chat_template;
   std::string device = "cpu";
   std::string max_vram;
   std::string max_ram;
@@ -80,6 +81,9 @@ Command add_serve(CLI::App& app) {
       ->check(CLI::Range(0.0, 86400.0));
   cmd->add_option("--model-name", o->model_name,
                   "the model's id in /v1/models and responses (default: the directory's name)");
+  cmd->add_option("--template", o->chat_template,
+                  "a Jinja chat template file for /v1/chat/completions instead of the model's own")
+      ->check(CLI::ExistingFile);
   cmd->add_option("--device", o->device, "cpu (default) | cuda")->envname("FERRY_DEVICE");
   cmd->add_option("--max-vram", o->max_vram, "cap on GPU memory with --device cuda, e.g. 6GiB")
       ->envname("FERRY_MAX_VRAM");
@@ -124,6 +128,7 @@ Command add_serve(CLI::App& app) {
     so.max_seqs = o->max_seqs;
     so.drain_timeout_s = o->drain_timeout_s;
     so.model_name = o->model_name;
+    so.chat_template_file = o->chat_template;
     const bool quiet = o->quiet;
     so.log = [](const std::string& line) { eprint("ferry: {}\n", line); };
 
@@ -176,6 +181,9 @@ Command add_serve(CLI::App& app) {
     std::unique_ptr<session::Session> ses;
     try {
       ses = std::make_unique<session::Session>(std::move(ses_o));
+      if (!quiet)
+        for (const std::string& line : ses->describe()) eprint("ferry: {}\n", line);
+      server.serve(*ses);  // throws for a chat template that does not parse
     } catch (...) {
       server.shutdown();
       load_failed.store(true);
@@ -183,9 +191,6 @@ Command add_serve(CLI::App& app) {
       signal_thread.join();
       throw;
     }
-    if (!quiet)
-      for (const std::string& line : ses->describe()) eprint("ferry: {}\n", line);
-    server.serve(*ses);
     loaded.store(true);
     if (!quiet)
       eprint("ferry: serving {} on http://{}:{}/v1 ({} sequences, context {})\n",

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "runtime/engine/chat_template_files.hpp"
 #include "runtime/serve/api.hpp"
 #include "runtime/text/chat_template.hpp"
 
@@ -11,20 +12,23 @@ struct ChatRenderer::Impl {
   text::ModelChatTemplate model_template;
 };
 
-ChatRenderer ChatRenderer::for_model(const std::filesystem::path& model) {
+ChatRenderer ChatRenderer::for_model(const std::filesystem::path& model,
+                                    const std::filesystem::path& template_file) {
   ChatRenderer r;
-  if (!std::filesystem::is_directory(model)) {
-    r.reason_ = fmt::format("{} is a single file; ferry reads chat templates from a model "
-                            "directory (tokenizer_config.json), so only /v1/completions is served",
-                            model.string());
+  if (!template_file.empty()) {
+    text::ModelChatTemplate t{text::read_chat_template_file(template_file), template_file.string(),
+                              nlohmann::ordered_json::object()};
+    if (std::filesystem::is_directory(model)) t.special_tokens = text::read_special_tokens(model);
+    r.impl_ = std::make_shared<const Impl>(Impl{std::move(t)});
     return r;
   }
   try {
-    r.impl_ = std::make_shared<const Impl>(Impl{text::read_chat_template_dir(model)});
+    // A Hugging Face directory's files, or a GGUF file's tokenizer.chat_template.
+    r.impl_ = std::make_shared<const Impl>(Impl{engine::read_chat_template(model)});
   } catch (const text::ChatTemplateError&) {
     throw;  // a template that does not parse: the operator's to fix
   } catch (const InvalidArgument& e) {
-    r.reason_ = e.what();  // no template in the directory
+    r.reason_ = e.what();  // the model has no template
   }
   return r;
 }

@@ -13,11 +13,15 @@ namespace ferry::serve {
 
 class ChatRenderer {
  public:
-  // The template of a model directory (tokenizer_config.json, chat_template.jinja, ...). A model
+  // The model's template (a directory's tokenizer_config.json or chat_template.jinja, a GGUF
+  // file's tokenizer.chat_template: engine::read_chat_template). A model
   // without one still serves completions: available() is false and unavailable_reason() says
   // why, for the chat endpoint's 400. A template that does not parse throws (ChatTemplateError
   // naming the file and the construct): the operator's problem, told at start-up.
-  static ChatRenderer for_model(const std::filesystem::path& model);
+  // template_file (ferry serve --template FILE), when not empty, replaces the model's own; the
+  // special tokens still come from the model directory's tokenizer_config.json when it has one.
+  static ChatRenderer for_model(const std::filesystem::path& model,
+                                const std::filesystem::path& template_file = {});
 
   bool available() const { return impl_ != nullptr; }
   const std::string& unavailable_reason() const { return reason_; }

@@ -673,7 +673,7 @@ void Server::serve(session::Session& session) {
   s.session = &session;
   session.require_tokenizer();
   s.model_name = s.options.model_name.empty() ? session.model_name() : s.options.model_name;
-  s.chat = ChatRenderer::for_model(session.options().model);
+  s.chat = ChatRenderer::for_model(session.options().model, s.options.chat_template_file);
   if (!s.chat->available())
     s.log(fmt::format("serve: note: /v1/chat/completions is unavailable: {}",
                       s.chat->unavailable_reason()));

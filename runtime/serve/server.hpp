@@ -32,6 +32,7 @@ struct ServerOptions {
   double drain_timeout_s = 30;
   int http_threads = 0;  // 0: max_seqs + max_queue + 8 (a streaming request holds a thread)
   std::string model_name;  // /v1/models' id; empty: the session's model name
+  std::string chat_template_file;  // a Jinja file instead of the model's own chat template
   // Lines for the operator (start-up, shutdown, engine errors); none when empty.
   std::function<void(const std::string&)> log;
 };
