@@ -62,6 +62,7 @@ struct Channel {
   // HTTP thread only (a streamed response's progress between calls of its provider).
   bool sent_first = false;
   bool finished = false;
+  Clock::time_point last_write = Clock::now();
 };
 
 // Prometheus' text format for a label value.
@@ -420,6 +421,11 @@ struct Server::Impl {
             }
             out += sse_done();
           }
+          // A stream still waiting (queued, or a long prompt) sends an SSE comment now and
+          // then: clients ignore it, and a client that has gone is found by the failed write.
+          const auto now = Clock::now();
+          if (out.empty() && seconds_between(ch->last_write, now) >= 1.0) out = ": waiting\n\n";
+          if (!out.empty()) ch->last_write = now;
           if (!out.empty() && !sink.write(out.data(), out.size())) {
             abandon(*ch, seq_id);  // the client went away
             return false;
