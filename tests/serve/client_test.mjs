@@ -29,7 +29,8 @@ async function start_server(extra = []) {
       if (m) resolve(Number(m[1]));
     });
     proc.on("exit", () => reject(new Error(`ferry serve exited early:\n${stderr}`)));
-    setTimeout(() => reject(new Error(`no port after 20 s:\n${stderr}`)), 20000);
+    const timer = setTimeout(() => reject(new Error(`no port after 20 s:\n${stderr}`)), 20000);
+    proc.stderr.on("data", () => { if (/listening on/.test(stderr)) clearTimeout(timer); });
   });
   const base = `http://127.0.0.1:${port}`;
   const server = {proc, port, base, exited, stderr: () => stderr};
@@ -371,3 +372,4 @@ main.proc.kill("SIGTERM");
 const {code, signal} = await main.exited;
 assert.equal(code, 0, `ended by ${signal}`);
 console.log(`all ${passed} checks passed in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+process.exit(0);  // the client's pooled keep-alive sockets would hold the event loop open
