@@ -126,7 +126,7 @@ struct CudaBackend::Impl {
   std::size_t host_slots = 2;
 
   // KV cache, paged as the CPU's (engine/kv_cache.hpp): a pool of blocks
-  // [layer][block][k|v][kv head][kBlockTokens][head_dim] in kv_dtype, the sequences' block tables
+  // [layer][k|v][kv head][block][kBlockTokens][head_dim] in kv_dtype, the sequences' block tables
   // kept on the host (blocks) and copied to the device (tables: max_seqs rows of table_width
   // ids) before a pass that changed them reads them.
   DType kv_dtype = DType::f32;
@@ -168,13 +168,14 @@ struct CudaBackend::Impl {
 
   int64_t kv_elt() const { return static_cast<int64_t>(dtype_size(kv_dtype)); }
   static constexpr int64_t kBlockTokens = engine::KvBlocks::kBlockTokens;
-  // Elements between a block's heads, and between consecutive blocks of one layer's k (or v).
-  int64_t kv_head_stride() const { return kBlockTokens * config.head_dim(); }
-  int64_t kv_block_stride() const { return 2 * config.n_kv_head * kv_head_stride(); }
-  // Layer `layer`'s keys (which 0) or values (1): block b at + b · kv_block_stride() elements.
+  // Elements between one layer's KV heads, and between consecutive blocks of one head.
+  int64_t kv_head_stride() const { return blocks.blocks_total() * kv_block_stride(); }
+  int64_t kv_block_stride() const { return kBlockTokens * config.head_dim(); }
+  // Layer `layer`'s keys (which 0) or values (1): head h's block b at h · kv_head_stride() +
+  // b · kv_block_stride() elements.
   std::byte* kv_base(int layer, int which) {
-    const int64_t elems = static_cast<int64_t>(layer) * blocks.blocks_total() * kv_block_stride() +
-                          which * config.n_kv_head * kv_head_stride();
+    const int64_t elems = (static_cast<int64_t>(layer) * 2 + which) * config.n_kv_head *
+                          kv_head_stride();
     return kv.as<std::byte>() + elems * kv_elt();
   }
 

@@ -109,9 +109,8 @@ KvCache::KvCache(const model::ModelConfig& config, int n_seqs, int64_t capacity,
       buffer_(bytes_needed(config, n_seqs, capacity, pool_tokens), 4096) {}
 
 float* KvCache::layer_base(int layer) {
-  return buffer_.as<float>() + static_cast<std::size_t>(layer) *
-                                   static_cast<std::size_t>(blocks_total()) *
-                                   static_cast<std::size_t>(block_stride());
+  return buffer_.as<float>() + static_cast<std::size_t>(layer) * 2u *
+                                   static_cast<std::size_t>(n_head_ * head_stride());
 }
 
 }  // namespace ferry::engine

@@ -4,10 +4,12 @@
 // grows and given back when it is reset or shortened, so memory follows the tokens actually
 // held rather than max sequences × context.
 //
-// A block id names the same block in every layer: the pool is [layer][block][k|v][n_kv_head]
-// [kBlockTokens][head_dim], so within a layer a block's keys of one head are one contiguous run
-// of kBlockTokens · head_dim floats (attention reads a sequence's keys of a head as a chain of
-// such runs, one table look-up per run), and one table serves all layers.
+// A block id names the same block in every layer, so one table serves all layers. The pool is
+// [layer][k|v][n_kv_head][block][kBlockTokens][head_dim]: a block's keys of one head are a run
+// of kBlockTokens · head_dim floats, and a head's runs of consecutive blocks are neighbours, so a
+// sequence whose blocks are consecutive (one sequence alone gets 0, 1, 2, …) is read as one
+// contiguous stream per head, as a cache of fixed slots would be, and others as a chain of runs
+// with one table look-up per run.
 #pragma once
 
 #include <cstdint>
@@ -90,12 +92,13 @@ class KvCache : public KvBlocks {
   static uint64_t bytes_needed(const model::ModelConfig& config, int n_seqs, int64_t capacity,
                                int64_t pool_tokens = 0);
 
-  // Elements between a block's heads, and between consecutive blocks of one layer's k (or v).
-  int64_t head_stride() const { return kBlockTokens * head_dim_; }
-  int64_t block_stride() const { return 2 * n_head_ * kBlockTokens * head_dim_; }
-  // Block b of layer `layer` holds its keys at k(layer) + b · block_stride(), values likewise.
+  // Elements between one layer's KV heads, and between consecutive blocks of one head.
+  int64_t head_stride() const { return blocks_total() * kBlockTokens * head_dim_; }
+  int64_t block_stride() const { return kBlockTokens * head_dim_; }
+  // Layer `layer`'s keys: head h's rows of block b at k(layer) + h · head_stride() +
+  // b · block_stride(); values likewise from v(layer).
   float* k(int layer) { return layer_base(layer); }
-  float* v(int layer) { return layer_base(layer) + n_head_ * kBlockTokens * head_dim_; }
+  float* v(int layer) { return layer_base(layer) + n_head_ * head_stride(); }
 
   uint64_t nbytes() const { return buffer_.size(); }
 
