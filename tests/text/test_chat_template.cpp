@@ -338,6 +338,14 @@ TEST(ChatTemplateFeatures, MethodsAndFilters) {
             "&lt;a &amp; &#34;b&#34;&gt; 4.0 3.14 3 3 6");
 }
 
+TEST(ChatTemplateFeatures, StripWithWhitespaceCharactersFollowsTheReference) {
+  // @huggingface/jinja strips all whitespace whatever characters are named; for whitespace sets
+  // (Qwen3's strip('\n')) ferry does the same, for others it strips what Python would.
+  EXPECT_EQ(render("[{{ '\n  a \n'.strip('\n') }}][{{ '\n\n  b'.lstrip('\n') }}]"
+                   "[{{ 'c \t\n'.rstrip('\n') }}][{{ '--d-'.strip('-') }}][{{ 'xy e yx'.strip('xy') }}]"),
+            "[a][b][c][d][ e ]");
+}
+
 TEST(ChatTemplateFeatures, SetMacroCallAndFilterBlocks) {
   EXPECT_EQ(render("{% set a, b = 1, 2 %}{{ a + b }}"), "3");
   EXPECT_EQ(render("{% set x %}  inner  {% endset %}[{{ x | trim }}]"), "[inner]");

@@ -1781,8 +1781,18 @@ Value Renderer::call_method(const Value& obj, const std::string& name, CallArgs&
                                   name, type_name(obj)));
   if (obj.is_string()) {
     const std::string& s = obj.str();
-    if (name == "strip" || name == "lstrip" || name == "rstrip")
-      return Value(strip(s, opt_str(args, 0, "chars", what, line), name != "rstrip", name != "lstrip"));
+    if (name == "strip" || name == "lstrip" || name == "rstrip") {
+      std::optional<std::string> chars = opt_str(args, 0, "chars", what, line);
+      // @huggingface/jinja (the reference the fixtures were rendered with) ignores the
+      // characters and strips all whitespace. Templates pass whitespace here (Qwen3's
+      // strip('\n')), so whitespace sets strip all whitespace as it does; other sets strip
+      // exactly those characters, as Python does.
+      if (chars) {
+        const auto cps = code_points(*chars);
+        if (std::all_of(cps.begin(), cps.end(), is_py_space)) chars.reset();
+      }
+      return Value(strip(s, chars, name != "rstrip", name != "lstrip"));
+    }
     if (name == "split" || name == "rsplit")
       return make_list(py_split(s, opt_str(args, 0, "sep", what, line),
                                 opt_int(args, 1, "maxsplit", -1, what, line), name == "rsplit", line));
