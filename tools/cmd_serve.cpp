@@ -69,8 +69,9 @@ Command add_serve(CLI::App& app) {
                   "model's context, at most 4096)")
       ->check(whole_number(1, int64_t{1} << 24));
   cmd->add_option("--max-queue", o->max_queue,
-                  "requests waiting for a slot beyond which the server answers 429 (default 64)")
-      ->check(whole_number(0, 1 << 20));
+                  "requests waiting for a slot beyond which the server answers 429 (default 64; "
+                  "each waiting request holds an HTTP thread)")
+      ->check(whole_number(1, 4096));
   cmd->add_option("--api-key", o->api_key,
                   "require 'Authorization: Bearer KEY' on /v1/* (default: none)")
       ->envname("FERRY_API_KEY");
