@@ -121,7 +121,7 @@ def load(name):
     j = json.load(open(p))
     err = open(os.path.join(d, name + ".err")).read()
     ids = json.loads(j["lines"][-1]) if j["lines"] else None
-    spec = re.search(r"speculative \(.*?\): (\d+) target passes.*?(\d+) of (\d+) drafts accepted \(([\d.]+)%\), ([\d.]+) tokens per pass", err)
+    spec = re.search(r"speculative \(.*?\): (\d+) target passes.*?(\d+) of (\d+) drafts judged were accepted \(([\d.]+)%; \d+ drafted\), ([\d.]+) tokens per pass", err)
     dec = re.search(r"decode ([\d.]+) tok/s", err)
     return {"ids": ids, "s_per_token": 1 / float(dec[1]) if dec and float(dec[1]) > 0 else None,
             "acceptance": float(spec[4]) / 100 if spec else None,

@@ -238,7 +238,8 @@ std::vector<int32_t> DraftRun::generate(engine::ForwardPass& target,
   if (k_ == 0) return engine::generate(target, 0, prompt, go, on_token, &stats);
   auto out =
       engine::generate_speculative(target, *drafter_, 0, prompt, go, options(), on_token, &stats_);
-  if (stats_.drafted > 0) engine::learn_acceptance(target_path_, spec_, stats_.acceptance());
+  if (stats_.accepted + stats_.rejected > 0)
+    engine::learn_acceptance(target_path_, spec_, stats_.acceptance());
   stats.prompt_tokens = static_cast<int64_t>(prompt.size());
   stats.prompt_s = stats_.prompt_s;
   stats.new_tokens = stats_.new_tokens;
@@ -252,10 +253,11 @@ std::string DraftRun::stats_line() const {
   if (k_ == 0)
     return fmt::format("speculative ({}): not used, k 0 predicted fastest", spec_.describe());
   return fmt::format(
-      "speculative ({}, k {}): {} target passes after the prompt, {} of {} drafts accepted "
-      "({:.1f}%), {:.2f} tokens per pass; drafting {:.3f} s, verifying {:.3f} s",
-      spec_.describe(), k_, s.rounds, s.accepted, s.drafted, 100.0 * s.acceptance(),
-      s.tokens_per_pass(), s.draft_s, s.verify_s);
+      "speculative ({}, k {}): {} target passes after the prompt, {} of {} drafts judged were "
+      "accepted ({:.1f}%; {} drafted), {:.2f} tokens per pass; drafting {:.3f} s, verifying "
+      "{:.3f} s",
+      spec_.describe(), k_, s.rounds, s.accepted, s.accepted + s.rejected, 100.0 * s.acceptance(),
+      s.drafted, s.tokens_per_pass(), s.draft_s, s.verify_s);
 }
 
 }  // namespace ferry::tools

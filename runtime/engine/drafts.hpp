@@ -35,11 +35,12 @@ std::optional<std::filesystem::path> drafts_cache_dir();
 std::filesystem::path self_draft_dir(const std::filesystem::path& model, std::string_view quant,
                                      const std::filesystem::path& cache_dir);
 
-// The self-draft pack of `model` (every matrix in `quant`, the embedding and lm_head included),
-// converting it first if the cache lacks it (under a lock, so two runs convert once; written to a
-// staging directory and renamed, so an interrupted conversion leaves nothing). on_convert is
-// called before a conversion starts, with the destination. Throws InvalidArgument when there is
-// no cache directory, saying how to make the pack by hand.
+// The self-draft pack of `model` (what `ferry convert --quant QUANT` makes: the blocks' matrices
+// in quant, the embedding and lm_head 16-bit), converting it first if the cache lacks it (under a
+// lock, so two runs convert once; written to a staging directory and renamed, so an interrupted
+// conversion leaves nothing). on_convert is called before a conversion starts, with the
+// destination. Throws InvalidArgument when there is no cache directory, saying how to make the
+// pack by hand.
 std::filesystem::path ensure_self_draft(
     const std::filesystem::path& model, std::string_view quant,
     std::optional<std::filesystem::path> cache_dir = drafts_cache_dir(),

@@ -300,6 +300,7 @@ std::vector<int32_t> generate_speculative(ForwardPass& target, Drafter& drafter,
         }
       }
       if (accepted) ++st.accepted;
+      if (is_draft && !accepted) ++st.rejected;
       ++emitted;
       emit(token);
       if (!accepted) break;

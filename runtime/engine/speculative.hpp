@@ -90,11 +90,18 @@ struct SpeculativeStats {
   int64_t rounds = 0;      // target passes after the prompt's
   int64_t drafted = 0;     // tokens the drafter proposed and the target scored
   int64_t accepted = 0;    // of them, kept
+  int64_t rejected = 0;    // turned down: at most one a round (the drafts after it go unjudged)
   int64_t new_tokens = 0;  // tokens emitted (the prompt pass's first one included)
   double prompt_s = 0;     // the prompt pass
   double draft_s = 0;      // in the drafter
   double verify_s = 0;     // in the target's passes after the prompt, and accepting
-  double acceptance() const { return drafted > 0 ? static_cast<double>(accepted) / drafted : 0; }
+  // The chance that a draft is kept once the ones before it were: accepted of the drafts judged
+  // (a round of k then yields (1 − a^(k+1)) / (1 − a) tokens on average).
+  double acceptance() const {
+    return accepted + rejected > 0
+               ? static_cast<double>(accepted) / static_cast<double>(accepted + rejected)
+               : 0;
+  }
   // Tokens each target pass after the prompt's yields (1 without speculation).
   double tokens_per_pass() const {
     return rounds > 0 ? static_cast<double>(new_tokens - 1) / static_cast<double>(rounds) : 0;

@@ -53,7 +53,7 @@ TEST_F(DraftCli, EveryDrafterGivesThePlainTokens) {
         ASSERT_EQ(r.rc, 0) << r.err;
         EXPECT_EQ(json::parse(last_line(r.out)), want);
         EXPECT_NE(r.err.find("ferry: speculative ("), std::string::npos) << r.err;
-        EXPECT_NE(r.err.find("drafts accepted"), std::string::npos) << r.err;
+        EXPECT_NE(r.err.find("drafts judged were accepted"), std::string::npos) << r.err;
       }
     }
     // The self packs live in the cache, converted once.

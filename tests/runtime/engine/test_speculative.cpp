@@ -127,6 +127,9 @@ TEST_P(SpeculativeGreedy, EqualsPlainDecodingForEveryDrafter) {
     const Result w = speculate(target, wrong, prompt, go, k);
     EXPECT_EQ(w.tokens, plain) << "wrong";
     EXPECT_EQ(w.stats.accepted, 0);
+    // One draft judged and turned down a round, but in the last (one token left: no drafts).
+    EXPECT_EQ(w.stats.rejected, w.stats.rounds - 1);
+    EXPECT_EQ(s.stats.rejected, 0);
     EXPECT_GT(w.stats.drafted, 0);
     EXPECT_EQ(w.stats.rounds, kNewTokens - 1) << "one token per pass when every draft is wrong";
     for (auto& [quant, drafter] : packs) {
