@@ -19,6 +19,7 @@
 #include "runtime/engine/planning.hpp"
 #include "runtime/model/model_config.hpp"
 #include "runtime/model/weight_format.hpp"
+#include "runtime/session/plan.hpp"
 #include "tools/commands.hpp"
 #include "tools/run_draft.hpp"
 
@@ -27,19 +28,6 @@ namespace ferry::tools {
 namespace fs = std::filesystem;
 
 namespace {
-
-// Whether dir holds weights (any checkpoint file); without, the plan uses config.json alone.
-bool has_weights(const fs::path& dir) {
-  if (!fs::is_directory(dir)) return false;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    const std::string name = e.path().filename().string();
-    const std::string ext = e.path().extension().string();
-    if (ext == ".safetensors" || ext == ".bin" || ext == ".pt" || ext == ".pth" ||
-        ext == ".ferry" || name.find(".index.json") != std::string::npos)
-      return true;
-  }
-  return false;
-}
 
 // "2.5GB/s", "500MB/s", "2.5e9" → bytes per second.
 double parse_rate(std::string text, const char* flag) {
@@ -172,42 +160,21 @@ Command add_plan(CLI::App& app) {
   add_draft_options(cmd, o->draft);
   return [o] {
     const fs::path model_path(o->model);
-    const bool gguf = engine::gguf_model_file(model_path).has_value();
-    const bool config_file = !gguf && fs::is_regular_file(model_path);
-    const fs::path dir = config_file ? model_path.parent_path() : model_path;
-    model::ModelConfig config = config_file ? model::ModelConfig::from_file(model_path)
-                                            : engine::read_model_config(dir);
-    std::optional<offload::Checkpoint> checkpoint;
-    if (!config_file && (gguf || has_weights(dir))) {
-      checkpoint.emplace(offload::Checkpoint::open(dir));
-      engine::check_checkpoint(config, *checkpoint);
-    } else if (!o->dtype.empty()) {
-      const auto dt = parse_dtype(o->dtype);
-      FERRY_EXPECT(dt && is_float_weight(*dt), "--dtype '{}' is not f32, f16 or bf16", o->dtype);
-      config.torch_dtype = *dt;
-    }
-    const offload::Checkpoint* ck = checkpoint ? &*checkpoint : nullptr;
+    // The model, the machine and the plan's shape as the library makes them (ferry.plan in
+    // Python makes them the same way); the flags below adjust them.
+    const session::PlanSource source = session::open_plan_source(model_path, o->dtype);
+    const model::ModelConfig& config = source.config;
+    const fs::path& dir = source.dir;
+    const offload::Checkpoint* ck = source.weights();
 
-    planner::Machine machine;
-    if (!o->profile.empty()) {
-      machine = planner::load_profile(o->profile);
-    } else {
-      engine::ProbeOptions po;
-      po.measure = !o->no_measure;
-      po.reprobe = o->reprobe;
-      po.read_unit_bytes = engine::typical_unit_bytes(config, ck);
-      po.n_embd = config.n_embd;
-      po.n_inner = config.n_inner;
-      po.batch_rows = o->batch > 1;
-      // This machine's GPU, when a backend for one is compiled in and a device answers: its
-      // free memory is the VRAM figure, as `ferry run --device cuda` will see it.
-      const std::unique_ptr<Device> gpu = o->device != "cpu" ? backends::find_gpu() : nullptr;
-      machine = engine::probe_machine(ck, engine::weight_dtype(config, ck), po, gpu.get());
-    }
-    if (!o->max_ram.empty()) {
-      machine.ram_bytes = {static_cast<double>(parse_size(o->max_ram)), "--max-ram"};
-      machine.ram_is_explicit_cap = true;
-    }
+    session::MachineQuery mq;
+    mq.profile = o->profile;
+    mq.device = o->device;
+    mq.measure = !o->no_measure;
+    mq.reprobe = o->reprobe;
+    mq.batch_rows = o->batch > 1;
+    if (!o->max_ram.empty()) mq.max_ram_bytes = parse_size(o->max_ram);
+    planner::Machine machine = session::plan_machine(source, mq);
     if (!o->disk_bw.empty())
       machine.disk_bytes_per_s = {parse_rate(o->disk_bw, "--disk-bw"), "--disk-bw"};
     if (!o->cpu_bw.empty())
@@ -215,14 +182,7 @@ Command add_plan(CLI::App& app) {
     const bool gpu_flags = !o->max_vram.empty() || !o->h2d_bw.empty() || !o->gpu_bw.empty();
     if (gpu_flags && !machine.gpu) {
       // A what-if GPU on a machine without one: T4-class figures unless the flags say otherwise.
-      planner::GpuSpec g;
-      g.name = "GPU (what-if)";
-      g.vram_bytes = {15.0 * (1ull << 30), "default: a 15 GiB T4-class GPU; give --max-vram"};
-      g.h2d_bytes_per_s = {12e9, "default: PCIe 3 x16; give --h2d-bw"};
-      g.compute_bytes_per_s = {2.4e11, "default: a T4-class GPU; give --gpu-bw"};
-      g.context_bytes = 400ull << 20;
-      g.host_context_bytes = 300ull << 20;
-      machine.gpu = g;
+      machine.gpu = session::what_if_gpu();
     }
     if (!o->max_vram.empty())
       machine.gpu->vram_bytes = {static_cast<double>(parse_size(o->max_vram)), "--max-vram"};
@@ -231,17 +191,8 @@ Command add_plan(CLI::App& app) {
     if (!o->gpu_bw.empty())
       machine.gpu->compute_bytes_per_s = {parse_rate(o->gpu_bw, "--gpu-bw"), "--gpu-bw"};
 
-    engine::PlanOptions po;
-    po.context = o->ctx;
-    po.max_seqs = o->batch;
-    po.max_batch_rows = o->ctx > 0 ? o->ctx : model::default_context(config);
-    po.max_logit_rows = o->batch;
+    engine::PlanOptions po = session::plan_options(config, o->ctx, o->batch, o->device, machine);
     po.forced_host_slots = o->slots;
-    if (o->device.empty()) {
-      po.backend = machine.gpu ? planner::Backend::cuda : planner::Backend::cpu;
-    } else {
-      po.backend = backends::planner_backend(o->device);
-    }
     // A draft stays resident: its weights and KV cache come out of the target's budget.
     FERRY_EXPECT(o->draft.k == 0 || !o->draft.draft.empty(),
                  "--draft-k needs --draft (lookup, self-int4, self-int8 or a model path)");
