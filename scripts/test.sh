@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Everything CI checks, from a fresh machine: install, build, run the tests; then the unit
-# tests again under AddressSanitizer + UndefinedBehaviorSanitizer; then a short libFuzzer
-# run of each fuzz target when clang is present.
+# Everything CI checks, from a fresh machine: install, build, run the tests (the Python module's
+# pytest and the OpenAI client against `ferry serve` among them); `pip install` of a fresh clone;
+# then the unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer; then a short
+# libFuzzer run of each fuzz target when clang is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -9,6 +10,9 @@ jobs=$(nproc)
 echo "== build (Release) and test"
 scripts/setup.sh
 ctest --test-dir build --output-on-failure -j"$jobs"
+
+echo "== Python package: pip install of a fresh clone into a venv (offline, reusing build/)"
+scripts/test_python_install.sh
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer"
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON -DFERRY_BUILD_BENCH=OFF
