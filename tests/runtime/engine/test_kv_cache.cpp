@@ -41,9 +41,9 @@ std::vector<int32_t> blocks_of(const KvCache& c, int seq) {
 
 TEST(KvCache, BlocksFollowTheLength) {
   const model::ModelConfig config = tiny_config();
-  KvCache c(config, 2, 64);
-  EXPECT_EQ(c.blocks_total(), 2 * 64 / kBt);  // the default pool: every slot full
-  EXPECT_EQ(c.nbytes(), KvCache::bytes_needed(config, 2, 64));
+  KvCache c(config, 2, 4 * kBt);
+  EXPECT_EQ(c.blocks_total(), 2 * 4);  // the default pool: every slot full
+  EXPECT_EQ(c.nbytes(), KvCache::bytes_needed(config, 2, 4 * kBt));
   EXPECT_EQ(c.nbytes(), static_cast<uint64_t>(c.blocks_total()) * KvCache::block_bytes(config));
   EXPECT_EQ(c.blocks_used(), 0);
   c.set_length(0, 1);
@@ -71,7 +71,7 @@ TEST(KvCache, BlocksFollowTheLength) {
 }
 
 TEST(KvCache, FreedBlocksAreReused) {
-  KvCache c(tiny_config(), 2, 64, 3 * kBt);  // a pool of three blocks for two slots of four
+  KvCache c(tiny_config(), 2, 4 * kBt, 3 * kBt);  // a pool of three blocks for two slots of four
   EXPECT_EQ(c.blocks_total(), 3);
   c.set_length(0, 3 * kBt);
   EXPECT_EQ(c.blocks_free(), 0);
@@ -93,8 +93,11 @@ TEST(KvCache, OutOfBlocksIsAnErrorThatTakesNothing) {
   const std::vector<KvCache::Need> needs = {{1, 1}, {2, 1}, {0, kBt + 1}};
   const std::string msg = error_of([&] { c.reserve(needs); });
   EXPECT_NE(msg.find("KV cache is full"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("3 more blocks of 16 tokens but only 1 of"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("pool's 2 (32 tokens)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("3 more blocks of " + std::to_string(kBt) + " tokens but only 1 of"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("pool's 2 (" + std::to_string(2 * kBt) + " tokens)"), std::string::npos)
+      << msg;
   EXPECT_NE(msg.find("--kv-tokens"), std::string::npos) << msg;
   EXPECT_EQ(c.blocks_used(), 1);
   EXPECT_EQ(c.table(1).size(), 0u);
@@ -112,9 +115,10 @@ TEST(KvCache, OutOfBlocksIsAnErrorThatTakesNothing) {
 
 // A pool of tokens smaller than a block is still one block; an explicit pool ignores the slots.
 TEST(KvCache, PoolSizes) {
-  EXPECT_EQ(KvCache::pool_blocks(4, 100, 0), 4 * 7);  // each slot rounded up to whole blocks
+  // Each slot rounded up to whole blocks.
+  EXPECT_EQ(KvCache::pool_blocks(4, 3 * kBt + 1, 0), 4 * 4);
   EXPECT_EQ(KvCache::pool_blocks(4, 100, 1), 1);
-  EXPECT_EQ(KvCache::pool_blocks(4, 100, 33), 3);
+  EXPECT_EQ(KvCache::pool_blocks(4, 100, 2 * kBt + 1), 3);
   const model::ModelConfig config = tiny_config();
   EXPECT_EQ(KvCache::block_bytes(config),
             static_cast<uint64_t>(config.n_layer) * 2 * kBt * config.kv_dim() * sizeof(float));
@@ -129,11 +133,11 @@ TEST(KvCache, PlanCountsThePool) {
   po.max_seqs = 4;
   const planner::PlanRequest full = plan_request(config, nullptr, planner::Machine{}, po, "tiny");
   EXPECT_EQ(full.kv_bytes, KvCache::bytes_needed(config, 4, 64));
-  EXPECT_EQ(full.kv_bytes, 16 * KvCache::block_bytes(config));
+  EXPECT_EQ(full.kv_bytes, 4 * kv_blocks_for(64) * KvCache::block_bytes(config));
   EXPECT_GT(full.kv_bytes_per_context_token, 0u);
   po.kv_pool_tokens = 40;
   const planner::PlanRequest pooled = plan_request(config, nullptr, planner::Machine{}, po, "tiny");
-  EXPECT_EQ(pooled.kv_bytes, 3 * KvCache::block_bytes(config));
+  EXPECT_EQ(pooled.kv_bytes, kv_blocks_for(40) * KvCache::block_bytes(config));
   EXPECT_EQ(pooled.kv_bytes_per_context_token, 0u);
 }
 
@@ -159,7 +163,7 @@ TEST(KvCache, InterleavedSequencesEqualEachAlone) {
   EngineOptions opts;
   opts.max_seqs = 3;
   opts.context = 64;
-  opts.kv_pool_tokens = 10 * kBt;  // 9 used at the end, of 12 for three full slots
+  opts.kv_pool_tokens = 5 * kBt;  // all used at the end, of 6 for three full slots
   Engine shared(*m.weights, opts, default_thread_pool());
   const std::vector<int32_t> a = tokens(40, 1), b = tokens(50, 2), c = tokens(23, 3);
   const std::vector<int32_t> junk = tokens(33, 4);
@@ -200,7 +204,7 @@ TEST(KvCache, InterleavedSequencesEqualEachAlone) {
                t0.back() - t0.front() == static_cast<int32_t>(t0.size()) - 1);
   EXPECT_EQ(shared.kv_usage().blocks_used,
             kv_blocks_for(40) + kv_blocks_for(50) + kv_blocks_for(23));
-  EXPECT_EQ(shared.kv_usage().blocks_total, 10);
+  EXPECT_EQ(shared.kv_usage().blocks_total, 5);
 
   for (int s = 0; s < 3; ++s) {
     Engine alone(*m.weights, {1, 64}, default_thread_pool());
@@ -245,10 +249,10 @@ TEST(KvCache, BatchesWithInterleavedGrowthEqualSingleRuns) {
   EngineOptions paged;
   paged.max_seqs = 3;
   paged.context = 64;
-  paged.kv_pool_tokens = 8 * kBt;  // less than three full slots (12 blocks); 7 are used
+  paged.kv_pool_tokens = 5 * kBt;  // less than three full slots (6 blocks); 4 are used
   Engine e(*m.weights, paged, default_thread_pool());
   const auto got = run(e, passes);
-  EXPECT_EQ(e.kv_usage().blocks_used, 7);  // 27, 38 and 21 tokens
+  EXPECT_EQ(e.kv_usage().blocks_used, 4);  // 27, 38 and 21 tokens
 
   // The same batches on a fresh engine whose pool is every slot full: blocks handed out in
   // another order.
@@ -286,7 +290,7 @@ TEST(KvCache, EngineOutOfBlocksChangesNothing) {
   LoadedModel m = load_model(test::data_dir() / "gptj/tiny-f32");
   EngineOptions opts;
   opts.max_seqs = 2;
-  opts.context = 64;
+  opts.context = 4 * kBt;
   opts.kv_pool_tokens = 3 * kBt;
   Engine e(*m.weights, opts, default_thread_pool());
   const std::vector<int32_t> a = tokens(2 * kBt, 1), b = tokens(kBt + 1, 2);
@@ -321,13 +325,13 @@ TEST(KvCache, EngineOutOfBlocksChangesNothing) {
 TEST(KvCache, ShrinkThenGrowEqualsNeverGrown) {
   LoadedModel m = load_model(test::data_dir() / "gptj/tiny-f32");
   Engine e(*m.weights, {1, 64}, default_thread_pool());
-  const std::vector<int32_t> prompt = tokens(14, 3), drafts = tokens(6, 4), fix = tokens(3, 5);
+  const std::vector<int32_t> prompt = tokens(kBt - 2, 3), drafts = tokens(6, 4), fix = tokens(3, 5);
   SeqTokens p{0, prompt};
   e.forward({&p, 1}, LogitsFor::last);
   SeqTokens d{0, drafts};
-  e.forward({&d, 1}, LogitsFor::all);  // 20 tokens: two blocks
+  e.forward({&d, 1}, LogitsFor::all);  // kBt + 4 tokens: two blocks
   EXPECT_EQ(e.kv_usage().blocks_used, 2);
-  e.backend().set_length(0, 14);  // every draft rejected
+  e.backend().set_length(0, kBt - 2);  // every draft rejected
   EXPECT_EQ(e.kv_usage().blocks_used, 1);
   SeqTokens f{0, fix};
   const std::vector<float> got = e.forward({&f, 1}, LogitsFor::all);
