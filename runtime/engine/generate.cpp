@@ -14,21 +14,25 @@ void check_prompt_length(int64_t n_tokens, int64_t context) {
                n_tokens, context);
 }
 
-std::vector<int32_t> generate(ForwardPass& engine, int seq, std::span<const int32_t> prompt,
-                              const GenerateOptions& options, const TokenCallback& on_token,
-                              GenerateStats* stats) {
+void check_generate_request(std::span<const int32_t> prompt, const GenerateOptions& options,
+                            int64_t context) {
   options.sampling.validate();
   FERRY_EXPECT(!prompt.empty(), "the prompt is empty; give at least one token");
   FERRY_EXPECT(options.max_new_tokens >= 0, "the number of new tokens ({}) must not be negative",
                options.max_new_tokens);
   const auto n_prompt = static_cast<int64_t>(prompt.size());
-  const int64_t ctx = engine.context();
-  check_prompt_length(n_prompt, ctx);
-  // The last sampled token is never fed back, so prompt + n - 1 positions are used.
-  FERRY_EXPECT(options.max_new_tokens == 0 || n_prompt + options.max_new_tokens - 1 <= ctx,
+  check_prompt_length(n_prompt, context);
+  FERRY_EXPECT(options.max_new_tokens == 0 || n_prompt + options.max_new_tokens - 1 <= context,
                "the prompt ({} tokens) plus {} new tokens exceeds the context of {} tokens; ask "
                "for at most {} new tokens or shorten the prompt",
-               n_prompt, options.max_new_tokens, ctx, ctx - n_prompt + 1);
+               n_prompt, options.max_new_tokens, context, context - n_prompt + 1);
+}
+
+std::vector<int32_t> generate(ForwardPass& engine, int seq, std::span<const int32_t> prompt,
+                              const GenerateOptions& options, const TokenCallback& on_token,
+                              GenerateStats* stats) {
+  check_generate_request(prompt, options, engine.context());
+  const auto n_prompt = static_cast<int64_t>(prompt.size());
 
   engine.reset(seq);
   Sampler sampler(options.sampling);

@@ -31,6 +31,13 @@ struct GenerateStats {
 // to shorten the input. Every entry point checks a prompt with it before sizing anything by it.
 void check_prompt_length(int64_t n_tokens, int64_t context);
 
+// Throws InvalidArgument unless a request of this prompt and options can run in a context of
+// `context` tokens: a prompt of at least one token, max_new_tokens ≥ 0, valid sampling, and
+// prompt + max_new_tokens − 1 positions within the context (the last sampled token is never fed
+// back). generate(), speculative decoding and the scheduler check a request with it.
+void check_generate_request(std::span<const int32_t> prompt, const GenerateOptions& options,
+                            int64_t context);
+
 // Called with each new token as soon as it is sampled; return false to stop early.
 using TokenCallback = std::function<bool(int32_t)>;
 

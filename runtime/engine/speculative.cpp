@@ -174,20 +174,10 @@ std::vector<int32_t> generate_speculative(ForwardPass& target, Drafter& drafter,
                                           const SpeculativeOptions& speculative,
                                           const TokenCallback& on_token, SpeculativeStats* stats) {
   const SamplingParams& sampling = options.sampling;
-  sampling.validate();
   speculative.validate();
-  FERRY_EXPECT(!prompt.empty(), "the prompt is empty; give at least one token");
-  FERRY_EXPECT(options.max_new_tokens >= 0, "the number of new tokens ({}) must not be negative",
-               options.max_new_tokens);
-  const auto n_prompt = static_cast<int64_t>(prompt.size());
-  const int64_t ctx = target.context();
-  check_prompt_length(n_prompt, ctx);
   // As in generate(): the last token is never fed back. Drafts never reach past it either (a
   // round drafts at most the tokens still wanted, less the target's own one).
-  FERRY_EXPECT(options.max_new_tokens == 0 || n_prompt + options.max_new_tokens - 1 <= ctx,
-               "the prompt ({} tokens) plus {} new tokens exceeds the context of {} tokens; ask "
-               "for at most {} new tokens or shorten the prompt",
-               n_prompt, options.max_new_tokens, ctx, ctx - n_prompt + 1);
+  check_generate_request(prompt, options, target.context());
 
   target.reset(seq);
   SpeculativeStats st;

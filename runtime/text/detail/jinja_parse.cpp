@@ -52,23 +52,11 @@ bool is_name_start(char c) {
 bool is_name_char(char c) { return is_name_start(c) || (c >= '0' && c <= '9'); }
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
-void append_utf8(std::string& out, uint32_t cp) {
+// A \u or \U escape's code point as UTF-8; a surrogate or a value past U+10FFFF (no scalar
+// value) becomes U+FFFD, as Python's decoder replaces it.
+void append_escape(std::string& out, uint32_t cp) {
   if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) cp = 0xFFFD;
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
+  append_utf8(out, static_cast<char32_t>(cp));
 }
 
 class Lexer {
@@ -380,7 +368,7 @@ class Lexer {
         case 'v': out += '\v'; break;
         case 'a': out += '\a'; break;
         case '\n': ++line_; break;  // a backslash before a newline continues the line
-        case 'x': append_utf8(out, hex(2)); break;
+        case 'x': append_escape(out, hex(2)); break;
         case 'u':
         case 'U': {
           uint32_t cp = hex(e == 'u' ? 4 : 8);
@@ -391,11 +379,11 @@ class Lexer {
             if (lo >= 0xDC00 && lo <= 0xDFFF) {
               cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
             } else {
-              append_utf8(out, cp);
+              append_escape(out, cp);
               cp = lo;
             }
           }
-          append_utf8(out, cp);
+          append_escape(out, cp);
           break;
         }
         default:
@@ -403,7 +391,7 @@ class Lexer {
             uint32_t v = static_cast<uint32_t>(e - '0');
             for (int k = 0; k < 2 && p < src_.size() && src_[p] >= '0' && src_[p] <= '7'; ++k)
               v = v * 8 + static_cast<uint32_t>(src_[p++] - '0');
-            append_utf8(out, v);
+            append_escape(out, v);
           } else {
             out += '\\';  // Python keeps an unknown escape as it stands
             out += e;
