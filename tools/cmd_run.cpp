@@ -128,6 +128,7 @@ struct RunOptions {
   std::string max_vram;
   std::string prompts;  // --prompts FILE: many prompts, batched
   int max_seqs = 8;
+  std::string kv_tokens;  // with --prompts: the KV pool ("auto" or tokens; empty: full)
   TokenizerOptions tok;
   LoadFlags load;
   DraftFlags draft;  // --draft, --draft-k: speculative decoding
@@ -194,6 +195,7 @@ int run_prompts_file(const RunOptions& o) {
   so.max_seqs = shape.max_seqs;
   so.max_batch_rows = shape.max_batch_rows;
   so.max_logit_rows = shape.max_logit_rows;
+  so.kv_pool_tokens = parse_kv_tokens(o.kv_tokens);
   so.load = load_options(o.load, config, so.context, so.max_batch_rows, so.max_logit_rows);
   so.load.attended_tokens = shape.context / 2;
   so.load.context_hint = "generate fewer tokens with -n or max_tokens, or shorten the prompts";
@@ -209,7 +211,10 @@ int run_prompts_file(const RunOptions& o) {
   session::Session ses(std::move(so));
   loading.finish();
   if (!o.trace.empty()) profile::trace_load_metadata(ses.model(), ses.engine().backend());
-  if (!o.quiet) print_plan(ses.model(), ses.engine().backend());
+  if (!o.quiet) {
+    print_plan(ses.model(), ses.engine().backend());
+    if (!ses.kv_choice().empty()) eprint("ferry: {}\n", ses.kv_choice());
+  }
   const std::vector<int32_t> eos = o.ignore_eos ? std::vector<int32_t>{} : ses.eos_ids();
   const PromptsSummary s =
       run_prompts(ses.engine(), std::move(jobs), shape, eos, ses.tokenizer(), stdout);
@@ -244,6 +249,10 @@ Command add_run(CLI::App& app) {
   f->excludes(p)->excludes(i);
   cmd->add_option("--max-seqs", o->max_seqs, "with --prompts: sequences decoded at once")
       ->check(whole_number(1, 1024));
+  cmd->add_option("--kv-tokens", o->kv_tokens,
+                  "with --prompts: tokens the paged KV cache holds for all sequences together: "
+                  "auto (the planner weighs each sequence's cache against resident layers) or a "
+                  "number (default: every sequence at full context)");
   cmd->add_option("-n,--n-tokens", o->n, "new tokens to generate")
       ->check(whole_number(0, int64_t{1} << 24));
   cmd->add_option("--temperature", o->temperature, "0 = greedy (default)")

@@ -33,6 +33,7 @@ struct ServeOptions {
   int port = 8080;
   int max_seqs = 8;
   int64_t ctx = 0;
+  std::string kv_tokens = "auto";
   std::size_t max_queue = 64;
   std::string api_key;
   std::string max_body = "1MiB";
@@ -68,6 +69,11 @@ Command add_serve(CLI::App& app) {
                   "KV tokens per sequence: the longest prompt + completion (default: the "
                   "model's context, at most 4096)")
       ->check(whole_number(1, int64_t{1} << 24));
+  cmd->add_option("--kv-tokens", o->kv_tokens,
+                  "tokens the paged KV cache holds for all sequences together: auto (default: "
+                  "the planner weighs each sequence's cache against resident layers and keeps "
+                  "the pool that decodes the most tokens/s) or a number")
+      ->envname("FERRY_KV_TOKENS");
   cmd->add_option("--max-queue", o->max_queue,
                   "requests waiting for a slot beyond which the server answers 429 (default 64; "
                   "each waiting request holds an HTTP thread)")
@@ -171,6 +177,7 @@ Command add_serve(CLI::App& app) {
     ses_o.max_seqs = o->max_seqs;
     ses_o.max_batch_rows = so.max_step_rows;
     ses_o.max_logit_rows = o->max_seqs;
+    ses_o.kv_pool_tokens = parse_kv_tokens(o->kv_tokens);
     if (!o->max_ram.empty()) ses_o.load.max_ram_bytes = parse_max_ram(o->max_ram);
     if (!o->policy.empty()) profile::apply_policy(profile::load_policy(o->policy), ses_o.load);
     if (!o->io.empty()) ses_o.load.io.backend = offload::parse_io_backend(o->io);

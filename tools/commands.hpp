@@ -38,6 +38,10 @@ Command add_plan(CLI::App& app);
 // problem.
 planner::Plan read_plan_file(const std::string& path);
 
+// --kv-tokens: "auto" (session::kKvPoolAuto) or a whole number of tokens ≥ 1; empty: 0 (every
+// sequence slot at full context). Throws InvalidArgument naming the value.
+int64_t parse_kv_tokens(const std::string& text);
+
 // "15496 995" or "15496,995" → ids. Throws InvalidArgument naming the bad entry.
 std::vector<int32_t> parse_ids(const std::string& text);
 

@@ -10,6 +10,7 @@
 #include "runtime/core/error.hpp"
 #include "runtime/core/units.hpp"
 #include "runtime/session/plan.hpp"
+#include "runtime/session/session.hpp"
 #include "tools/commands.hpp"
 
 namespace ferry::tools {
@@ -119,6 +120,21 @@ void Progress::update_count(uint64_t done, uint64_t total, std::string_view what
 
 void Progress::finish() {
   if (enabled_ && last_draw_s_ >= 0) eprint("\n");
+}
+
+int64_t parse_kv_tokens(const std::string& text) {
+  if (text.empty()) return 0;
+  if (text == "auto") return session::kKvPoolAuto;
+  std::size_t used = 0;
+  long long v = 0;
+  try {
+    v = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  FERRY_EXPECT(used == text.size() && v >= 1,
+               "--kv-tokens {} is not auto or a whole number of tokens (at least 1)", text);
+  return v;
 }
 
 }  // namespace ferry::tools

@@ -32,6 +32,12 @@ struct SessionOptions {
   int max_seqs = 1;
   int64_t max_batch_rows = 0;  // most tokens in one forward pass; 0: the context
   int64_t max_logit_rows = 0;  // most rows of logits one pass returns; 0: max_seqs
+  // Tokens the paged KV cache holds for all sequences together. 0: every slot at full context.
+  // kKvPoolAuto: the planner's choice — the pool for the number of full-context sequences
+  // (1, 2, 4 … max_seqs) it predicts decode the most tokens/s within the budget, since each
+  // sequence's cache takes memory resident layers could use. Sequences shorter than the context
+  // share what is left, so more than that many can still run at once.
+  int64_t kv_pool_tokens = 0;
   // A tokenizer to use instead of reading the model's own: one from --vocab/--merges, whose end
   // ids are then not read from it, or the model's own read already (tokenizer_is_own). Without
   // one, a model with no tokenizer files still opens (ids only).
@@ -42,6 +48,8 @@ struct SessionOptions {
   // Called with (bytes read, bytes to read) while the resident weights load.
   std::function<void(uint64_t, uint64_t)> on_load_progress;
 };
+
+inline constexpr int64_t kKvPoolAuto = -1;
 
 class Session {
  public:
@@ -77,6 +85,10 @@ class Session {
   std::string model_name() const;
   // The one-line summary of where the weights went and the plan, for logs.
   std::vector<std::string> describe() const;
+  // Tokens the KV pool holds (all sequences together).
+  int64_t kv_pool_tokens() const { return kv_pool_tokens_; }
+  // How an automatic pool was chosen (the planner's predictions); empty when it was given.
+  const std::string& kv_choice() const { return kv_choice_; }
 
  private:
   SessionOptions options_;
@@ -87,6 +99,8 @@ class Session {
   bool own_tokenizer_ = false;
   std::vector<int32_t> eos_ids_;
   std::vector<int32_t> eos_outside_;
+  int64_t kv_pool_tokens_ = 0;
+  std::string kv_choice_;  // how an automatic pool size was chosen, for describe()
 };
 
 // The model's own tokenizer, or none when it has no tokenizer files (an error reading files it

@@ -1,0 +1,69 @@
+// --kv-tokens: the paged KV cache's pool for batched runs and the server. A given size holds its
+// sequences' tokens (outputs as with every slot at full context); too small for one sequence,
+// or not a number, is refused naming the value; auto plans 1, 2, 4 … sequences' caches against
+// resident layers within --max-ram and says which it chose.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "tests/support/test_support.hpp"
+
+namespace ferry {
+namespace {
+
+test::CommandResult ferry(const std::vector<std::string>& args) {
+  return test::run_command(FERRY_BIN, args, "FERRY_CACHE_DIR=/nonexistent-ferry-cache ");
+}
+
+class KvPoolCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    test::write_file(dir_ / "prompts.jsonl",
+                     "{\"ids\": [1, 2, 3]}\n{\"ids\": [4, 5, 6, 7, 8]}\n{\"ids\": [9]}\n");
+  }
+  std::vector<std::string> run_args(const std::string& kv) const {
+    return {"run",     "-m",         model_,  "--prompts", (dir_ / "prompts.jsonl").string(),
+            "-n",      "6",          "--max-seqs", "3",   "--kv-tokens", kv, "--ignore-eos"};
+  }
+  test::TempDir dir_;
+  std::string model_ = (test::data_dir() / "llama" / "llama3-gqa-f32").string();
+};
+
+TEST_F(KvPoolCli, AGivenPoolGivesTheSameOutputsAsFullSlots) {
+  std::vector<std::string> full = run_args("9999");
+  const auto want = ferry(full);
+  ASSERT_EQ(want.rc, 0) << want.err;
+  // One 32-token block: the three sequences (at most 10 tokens each) take turns in it.
+  for (const std::string kv : {"11", "32", "auto"}) {
+    const auto got = ferry(run_args(kv));
+    ASSERT_EQ(got.rc, 0) << kv << ": " << got.err;
+    EXPECT_EQ(got.out, want.out) << kv;
+  }
+}
+
+TEST_F(KvPoolCli, AutoSaysWhatItChose) {
+  const auto r = ferry(run_args("auto"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("KV pool for "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("tokens/s together"), std::string::npos) << r.err;
+}
+
+TEST_F(KvPoolCli, RefusesAPoolTooSmallOrNotANumber) {
+  auto r = ferry(run_args("4"));
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("a KV pool of 4 tokens cannot hold one sequence of the context's 11 "
+                       "tokens; give at least 11"),
+            std::string::npos)
+      << r.err;
+  for (const std::string bad : {"x", "0", "-3", "12k"}) {
+    r = ferry(run_args(bad));
+    EXPECT_NE(r.rc, 0) << bad;
+    EXPECT_NE(r.err.find("--kv-tokens " + bad + " is not auto or a whole number of tokens"),
+              std::string::npos)
+        << bad << ": " << r.err;
+  }
+}
+
+}  // namespace
+}  // namespace ferry
