@@ -219,15 +219,17 @@ int run_prompts_file(const RunOptions& o) {
   const PromptsSummary s =
       run_prompts(ses.engine(), std::move(jobs), shape, eos, ses.tokenizer(), stdout);
   if (!o.trace.empty()) profile::finish_trace(o.trace);
+  // Three decimals below 10 tok/s: a disk-bound model decodes a fraction of a token a second.
+  const auto rate = [](double tokens, double seconds) {
+    const double r = seconds > 0 ? tokens / seconds : 0.0;
+    return r < 10 ? fmt::format("{:.3f}", r) : fmt::format("{:.1f}", r);
+  };
   if (!o.quiet)
     eprint("ferry: {} prompts, {} at a time: {} prompt tokens, {} generated in {:.3f} s "
-           "({:.1f} tok/s) over {} passes; decode {:.1f} tok/s in all{}\n",
+           "({} tok/s) over {} passes; decode {} tok/s in all{}\n",
            s.prompts, shape.max_seqs, s.stats.prompt_tokens_total, s.stats.generated_tokens_total,
-           s.seconds,
-           s.seconds > 0 ? static_cast<double>(s.stats.generated_tokens_total) / s.seconds : 0.0,
-           s.stats.steps,
-           s.stats.decode_s > 0 ? static_cast<double>(s.stats.decode_tokens) / s.stats.decode_s
-                                : 0.0,
+           s.seconds, rate(static_cast<double>(s.stats.generated_tokens_total), s.seconds),
+           s.stats.steps, rate(static_cast<double>(s.stats.decode_tokens), s.stats.decode_s),
            s.failed ? fmt::format("; {} failed (see their lines)", s.failed) : "");
   return s.failed ? 1 : 0;
 }
