@@ -211,12 +211,90 @@ void gemm_tiled(const float* x, int64_t m, int64_t k, int64_t n, const float* bi
   }
 }
 
+// Batched decoding (a few rows of x: one token of each sequence, or a draft's tokens): weights
+// stream from memory once while every row of x is multiplied against them — two weight rows
+// converted in registers feed eight accumulators (up to four rows of x), and the two rows stay
+// in L1 while the next rows of x take their turn. Each output is summed exactly as matvec_rows
+// (and gemm_tiled) sums it, so a row's bits do not depend on the batch.
+constexpr int64_t kBatchRows = 16;  // more rows of x than this: the tiled product
+
+template <class W, int MR, int NR>
+void batch_tile(const float* x, int64_t k, const typename W::Elem* w, int64_t ldw,
+                float (&total)[4][2]) {
+  for (int i = 0; i < 4; ++i) total[i][0] = total[i][1] = 0.0f;
+  for (int64_t kb = 0; kb < k; kb += kKBlock) {
+    const int64_t kc = min_i64(kKBlock, k - kb);
+    __m256 acc[4][2];
+    for (int i = 0; i < 4; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= kc; j += 8) {
+      __m256 wv[NR];
+      for (int r = 0; r < NR; ++r) wv[r] = W::load8(w + r * ldw + kb + j);
+      for (int i = 0; i < MR; ++i) {
+        const __m256 xv = _mm256_loadu_ps(x + i * k + kb + j);
+        for (int r = 0; r < NR; ++r) acc[i][r] = _mm256_fmadd_ps(xv, wv[r], acc[i][r]);
+      }
+    }
+    for (int r = 0; r < NR; ++r) {
+      alignas(16) float block[4];
+      _mm_storeu_ps(block, hsum4(acc[0][r], acc[1][r], acc[2][r], acc[3][r]));
+      for (int i = 0; i < MR; ++i) {
+        for (int64_t t = j; t < kc; ++t)
+          block[i] = std::fma(x[i * k + kb + t], W::load1(w + r * ldw + kb + t), block[i]);
+        total[i][r] += block[i];
+      }
+    }
+  }
+}
+
+template <class W, int NR>
+void batch_rows(int mr, const float* x, int64_t k, const typename W::Elem* w, int64_t ldw,
+                float (&total)[4][2]) {
+  switch (mr) {
+    case 4:
+      batch_tile<W, 4, NR>(x, k, w, ldw, total);
+      break;
+    case 3:
+      batch_tile<W, 3, NR>(x, k, w, ldw, total);
+      break;
+    case 2:
+      batch_tile<W, 2, NR>(x, k, w, ldw, total);
+      break;
+    default:
+      batch_tile<W, 1, NR>(x, k, w, ldw, total);
+      break;
+  }
+}
+
+template <class W>
+void matvec_batch(const float* x, int64_t m, int64_t k, const typename W::Elem* w, int64_t n,
+                  const float* bias, float* y, int64_t o_begin, int64_t o_end) {
+  float total[4][2];
+  for (int64_t o = o_begin; o < o_end; o += 2) {
+    const int nr = static_cast<int>(min_i64(2, o_end - o));
+    for (int64_t i = 0; i < m; i += 4) {
+      const int mr = static_cast<int>(min_i64(4, m - i));
+      if (nr == 2) {
+        batch_rows<W, 2>(mr, x + i * k, k, w + o * k, k, total);
+      } else {
+        batch_rows<W, 1>(mr, x + i * k, k, w + o * k, k, total);
+      }
+      for (int a = 0; a < mr; ++a) {
+        for (int r = 0; r < nr; ++r)
+          y[(i + a) * n + o + r] = bias != nullptr ? total[a][r] + bias[o + r] : total[a][r];
+      }
+    }
+  }
+}
+
 template <class W>
 void linear_typed(const float* x, int64_t m, int64_t k, const void* w, int64_t n, const float* bias,
                   float* y, int64_t o_begin, int64_t o_end) {
   const auto* wt = static_cast<const typename W::Elem*>(w);
   if (m == 1) {
     matvec<W>(x, k, wt, bias, y, o_begin, o_end);
+  } else if (m <= kBatchRows) {
+    matvec_batch<W>(x, m, k, wt, n, bias, y, o_begin, o_end);
   } else {
     // f32 weights are copied too: in place, rows k floats apart alias the same L1 sets
     // whenever k is a multiple of 1024, and the copy is amortised over all m rows of x.
