@@ -162,6 +162,16 @@ BENCHMARK(BM_Linear)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
+// Batched decoding (a few sequences' tokens, or a draft's): the weights read once for every row.
+BENCHMARK(BM_Linear)
+    ->ArgNames({"m", "k", "n", "dtype"})
+    ->Args({2, 4096, 16384, kF16})
+    ->Args({4, 4096, 16384, kF16})
+    ->Args({8, 4096, 16384, kF16})
+    ->Args({16, 4096, 16384, kF16})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
 // Prompt processing: compute bound, judged by FLOP/s.
 BENCHMARK(BM_Linear)
     ->ArgNames({"m", "k", "n", "dtype"})
