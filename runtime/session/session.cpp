@@ -7,6 +7,7 @@
 
 #include "runtime/backends/registry.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/engine/kv_cache.hpp"
 #include "runtime/engine/model_files.hpp"
 #include "runtime/engine/planning.hpp"
 #include "runtime/session/plan.hpp"
@@ -68,8 +69,9 @@ int64_t choose_kv_pool(const SessionOptions& o, const model::ModelConfig& config
   const Point& p = points[best];
   why = fmt::format("KV pool for {} full-context sequence{} ({} tokens): predicted {:.2f} tokens/s "
                     "together with {} resident units",
-                    p.seqs, p.seqs == 1 ? "" : "s", int64_t{p.seqs} * context, p.tokens_per_s,
-                    p.resident);
+                    p.seqs, p.seqs == 1 ? "" : "s",
+                    int64_t{p.seqs} * engine::kv_blocks_for(context) * engine::KvBlocks::kBlockTokens,
+                    p.tokens_per_s, p.resident);
   if (best + 1 < points.size()) {
     const Point& more = points.back();
     why += fmt::format("; {} sequences' caches would leave {} resident for {:.2f} tokens/s",
@@ -77,7 +79,10 @@ int64_t choose_kv_pool(const SessionOptions& o, const model::ModelConfig& config
   } else if (points.size() < static_cast<std::size_t>(std::bit_width(unsigned(o.max_seqs)))) {
     why += "; a bigger pool does not fit the budget";
   }
-  return int64_t{p.seqs} * context;
+  // Each sequence holds whole blocks: p.seqs full-context sequences need p.seqs times the
+  // blocks of one (0: every slot, the engine's default).
+  if (p.seqs >= o.max_seqs) return 0;
+  return int64_t{p.seqs} * engine::kv_blocks_for(context) * engine::KvBlocks::kBlockTokens;
 }
 
 }  // namespace
@@ -136,8 +141,9 @@ Session::Session(SessionOptions options) : options_(std::move(options)) {
                  o.kv_pool_tokens);
     kv_pool_tokens_ = o.kv_pool_tokens;
   }
-  if (kv_pool_tokens_ == 0) kv_pool_tokens_ = int64_t{o.max_seqs} * context;
-  FERRY_EXPECT(kv_pool_tokens_ >= context,
+  // 0 stays 0: every slot a whole number of blocks at full context (the engine's default); a
+  // pool given in tokens is rounded up to whole blocks.
+  FERRY_EXPECT(kv_pool_tokens_ == 0 || kv_pool_tokens_ >= context,
                "a KV pool of {} tokens cannot hold one sequence of the context's {} tokens; give "
                "at least {}",
                kv_pool_tokens_, context, context);

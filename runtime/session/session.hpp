@@ -85,7 +85,8 @@ class Session {
   std::string model_name() const;
   // The one-line summary of where the weights went and the plan, for logs.
   std::vector<std::string> describe() const;
-  // Tokens the KV pool holds (all sequences together).
+  // Tokens the KV pool was asked to hold (all sequences together); 0: every slot at full
+  // context.
   int64_t kv_pool_tokens() const { return kv_pool_tokens_; }
   // How an automatic pool was chosen (the planner's predictions); empty when it was given.
   const std::string& kv_choice() const { return kv_choice_; }

@@ -42,6 +42,27 @@ TEST_F(KvPoolCli, AGivenPoolGivesTheSameOutputsAsFullSlots) {
   }
 }
 
+// Seen: a default pool counted in tokens (slots × context) rounded to whole blocks held fewer
+// sequences than slots (8 × 19 tokens = 5 blocks of 32), so 8 prompts ran 4 at a time. Each
+// slot holds whole blocks: all run together, one pass per token.
+TEST_F(KvPoolCli, EverySlotHoldsAFullContextByDefault) {
+  std::string lines;
+  for (int i = 0; i < 8; ++i) lines += "{\"ids\": [" + std::to_string(i + 1) + ", 2, 3]}\n";
+  test::write_file(dir_ / "eight.jsonl", lines);
+  for (const std::string kv : {"", "auto"}) {
+    std::vector<std::string> args = {"run", "-m", model_, "--prompts",
+                                     (dir_ / "eight.jsonl").string(), "-n", "16", "--max-seqs",
+                                     "8", "--ignore-eos"};
+    if (!kv.empty()) args.insert(args.end(), {"--kv-tokens", kv});
+    const auto r = ferry(args);
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_NE(r.err.find("8 prompts, 8 at a time: 24 prompt tokens, 128 generated"),
+              std::string::npos)
+        << r.err;
+    EXPECT_NE(r.err.find(" over 16 passes"), std::string::npos) << kv << ": " << r.err;
+  }
+}
+
 TEST_F(KvPoolCli, AutoSaysWhatItChose) {
   const auto r = ferry(run_args("auto"));
   ASSERT_EQ(r.rc, 0) << r.err;
