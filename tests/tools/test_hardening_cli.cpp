@@ -108,6 +108,10 @@ TEST(Hardening, OutOfMemoryIsAnErrorWithAMessage) {
     const Result r = sh("ulimit -v " + std::to_string(kib) + " && exec \"$FERRY\" run -m " +
                         shell_quote(m) + " --ids '1 2' -n 2 -q");
     SCOPED_TRACE(kib);
+    // Below what the binary and its shared libraries map (cpp-httplib brings OpenSSL, zlib and
+    // brotli), the dynamic loader refuses before ferry runs: not ferry's to answer.
+    if (r.rc == 127 && r.err.find("error while loading shared libraries") != std::string::npos)
+      continue;
     ASSERT_TRUE(r.rc == 0 || r.rc == 1) << r.rc << "\n" << r.err;
     if (r.rc == 1) {
       EXPECT_NE(r.err.find("ferry: error: "), std::string::npos) << r.err;  // notes may precede
