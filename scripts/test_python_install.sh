@@ -10,7 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 build_dir=$(realpath "${FERRY_BUILD_DIR:-build}")
-python=${FERRY_PYTHON_EXE:-$(sed -n 's/^Python3_EXECUTABLE:[A-Z]*=//p' "$build_dir/CMakeCache.txt" 2>/dev/null || true)}
+# The Python the module was built for (CMake caches it as Python3_EXECUTABLE when given, else
+# only as _Python3_EXECUTABLE), not whichever python3 comes first on PATH.
+python=${FERRY_PYTHON_EXE:-$(sed -n 's/^_\{0,1\}Python3_EXECUTABLE:[A-Z]*=//p' "$build_dir/CMakeCache.txt" 2>/dev/null | head -1 || true)}
 python=${python:-python3}
 if ! grep -q "^FERRY_PYTHON:BOOL=ON" "$build_dir/CMakeCache.txt" 2>/dev/null; then
   echo "python install: skipped ($build_dir was configured without the Python module: apt-get install python3-dev pybind11-dev)"
