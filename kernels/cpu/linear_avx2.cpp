@@ -336,28 +336,6 @@ float f16_at(const unsigned char* p) {
   return _cvtsh_ss(h);
 }
 
-// 8 nibble bytes → their low nibbles and high nibbles as floats.
-void q4_load8(const unsigned char* p, __m256& lo, __m256& hi) {
-  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-  lo = _mm256_cvtepi32_ps(_mm256_and_si256(b, _mm256_set1_epi32(0x0f)));
-  hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
-}
-
-// Calls f(i, lo, hi) for i = 0, 8, … < G/2 with group g of a q4 row dequantized (min + scale · q,
-// one FMA): lo holds the group's elements i … i + 7, hi its elements G/2 + i … G/2 + i + 7.
-template <class F>
-void q4_group(const unsigned char* row, const PackedLayout& l, int64_t g, F f) {
-  const __m256 scale = _mm256_set1_ps(f16_at(row + 2 * g));
-  const __m256 min = _mm256_set1_ps(f16_at(row + l.mins + 2 * g));
-  const unsigned char* bytes = row + l.nibbles + static_cast<uint64_t>(g * (l.group / 2));
-  for (int64_t i = 0; i < l.group / 2; i += 8) {
-    __m256 lo;
-    __m256 hi;
-    q4_load8(bytes + i, lo, hi);
-    f(i, _mm256_fmadd_ps(lo, scale, min), _mm256_fmadd_ps(hi, scale, min));
-  }
-}
-
 float q4_scalar(const unsigned char* row, const PackedLayout& l, int64_t j) {
   const int64_t g = j / l.group;
   const int64_t i = j - g * l.group;
