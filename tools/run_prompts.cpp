@@ -88,9 +88,11 @@ PromptJob read_line(const std::string& where, int64_t line_no, const std::string
   if (!j.is_object())
     r.fail(fmt::format("the line is {}, not a JSON object such as {{\"prompt\": \"Hello\"}}",
                        type_words(j)));
-  for (const auto& [key, value] : j.items()) {
+  for (const auto& item : j.items()) {
     static constexpr const char* known[] = {"prompt", "ids",  "max_tokens", "temperature",
                                             "top_p",  "top_k", "seed",      "id"};
+    // Not a structured binding: clang 14 (the fuzz build's) cannot capture one in a lambda.
+    const std::string& key = item.key();
     if (std::find_if(std::begin(known), std::end(known),
                      [&](const char* k) { return key == k; }) == std::end(known))
       r.fail(fmt::format("unknown field \"{}\"; a line has {}", key, kFields));
