@@ -4,8 +4,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "offload/detail/gguf.hpp"
-#include "offload/file.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/engine/model_files.hpp"
 
@@ -17,15 +15,7 @@ using json = nlohmann::json;
 namespace {
 
 text::ModelChatTemplate gguf_chat_template(const fs::path& file, const std::string& name) {
-  const offload::UniqueFd fd = offload::open_read(file);
-  const uint64_t size = offload::file_size(fd.get(), file);
-  const auto header = offload::detail::read_gguf_header(
-      size,
-      [&](uint64_t offset, std::size_t nbytes, void* dst, const char* what) {
-        offload::pread_full(fd.get(), dst, nbytes, offset, file, what);
-      },
-      file.string());
-  const json& md = header.metadata;
+  const json md = gguf_file_metadata(file);
   const std::string key = name.empty() || name == "default"
                               ? std::string("tokenizer.chat_template")
                               : "tokenizer.chat_template." + name;

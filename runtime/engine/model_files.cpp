@@ -157,17 +157,21 @@ text::GgufVocabulary gguf_vocabulary(const json& md, const std::string& source) 
   return v;
 }
 
-namespace {
-text::Tokenizer tokenizer_of_gguf(const fs::path& file) {
+nlohmann::json gguf_file_metadata(const fs::path& file) {
   const offload::UniqueFd fd = offload::open_read(file);
   const uint64_t size = offload::file_size(fd.get(), file);
-  const auto header = offload::detail::read_gguf_header(
-      size,
-      [&](uint64_t offset, std::size_t nbytes, void* dst, const char* what) {
-        offload::pread_full(fd.get(), dst, nbytes, offset, file, what);
-      },
-      file.string());
-  return text::Tokenizer::from_gguf(gguf_vocabulary(header.metadata, file.string()));
+  return offload::detail::read_gguf_header(
+             size,
+             [&](uint64_t offset, std::size_t nbytes, void* dst, const char* what) {
+               offload::pread_full(fd.get(), dst, nbytes, offset, file, what);
+             },
+             file.string())
+      .metadata;
+}
+
+namespace {
+text::Tokenizer tokenizer_of_gguf(const fs::path& file) {
+  return text::Tokenizer::from_gguf(gguf_vocabulary(gguf_file_metadata(file), file.string()));
 }
 }  // namespace
 

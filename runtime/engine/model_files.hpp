@@ -43,6 +43,10 @@ std::vector<int32_t> read_eos_ids(const std::filesystem::path& model,
                                   const model::ModelConfig& config,
                                   const text::Tokenizer* tokenizer = nullptr);
 
+// A GGUF file's metadata (its header read and checked, no tensor data), for what the model's
+// description does not carry: the tokenizer, the chat template.
+nlohmann::json gguf_file_metadata(const std::filesystem::path& file);
+
 // A GGUF file's tokenizer.ggml.* metadata, checked for types; source names the file.
 text::GgufVocabulary gguf_vocabulary(const nlohmann::json& metadata, const std::string& source);
 
