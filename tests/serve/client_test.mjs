@@ -2,7 +2,7 @@
 // client, not hand-written HTTP, against servers on 127.0.0.1 with a tiny chat model.
 //   node client_test.mjs FERRY_BINARY MODEL_DIR
 // Exits 0 when every check passes; prints each check.
-import {spawn} from "node:child_process";
+import {spawn, spawnSync} from "node:child_process";
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 
@@ -17,8 +17,8 @@ const servers = [];
 
 // Starts `ferry serve` on a free port (--port 0: the server prints the one it took) and waits
 // until /health says ok, checking that it answered "loading" or ok before.
-async function start_server(extra = []) {
-  const args = ["serve", "-m", model, "--port", "0", "--ctx", "256", ...extra];
+async function start_server(extra = [], {dir = model, ctx = 256} = {}) {
+  const args = ["serve", "-m", dir, "--port", "0", "--ctx", String(ctx), ...extra];
   const proc = spawn(ferry, args, {stdio: ["ignore", "ignore", "pipe"]});
   let stderr = "";
   const exited = new Promise((resolve) => proc.on("exit", (code, signal) => resolve({code, signal})));
@@ -247,9 +247,20 @@ await check("8 concurrent requests equal the same requests one at a time", async
 });
 
 await check("a client that disconnects mid-stream cancels its sequence and frees its KV", async () => {
-  const before = await metrics(main);
-  const s = await api.completions.create({...greedy, prompt: "A long story", max_tokens: 240,
-                                          stream: true});
+  // A model slow enough that the sequence is still generating when the client goes: the tiny
+  // chat model writes all 240 tokens in ~10 ms, before the abort can reach the server. This one
+  // (25 MB, 8192 positions) takes ~15 s for its 6000 tokens on 2 cores.
+  const dir = "slow-model";
+  const made = spawnSync(ferry, ["make-model", "--preset", "tiny-llama", "--n-embd", "256",
+                                 "--n-layer", "4", "--vocab", "4000", "--n-positions", "8192",
+                                 "--dtype", "f32", "--seed", "7", "-q", "-o", dir],
+                         {encoding: "utf8"});
+  assert.equal(made.status, 0, made.stderr);
+  const slow = await start_server(["--max-seqs", "2"], {dir, ctx: 8192});
+  const slow_api = client(slow);
+  const before = await metrics(slow);
+  const s = await slow_api.completions.create({model: "slow-model", prompt: "A long story",
+                                               max_tokens: 6000, temperature: 0, stream: true});
   let n = 0;
   for await (const chunk of s) {
     if (++n >= 3) {
@@ -258,8 +269,8 @@ await check("a client that disconnects mid-stream cancels its sequence and frees
     }
   }
   let m;
-  for (let i = 0; i < 100; ++i) {
-    m = await metrics(main);
+  for (let i = 0; i < 200; ++i) {
+    m = await metrics(slow);
     if (m["ferry_active_sequences"] === 0 && m["ferry_kv_blocks_used"] === 0 &&
         m['ferry_sequences_total{reason="cancelled"}'] > before['ferry_sequences_total{reason="cancelled"}'])
       break;
@@ -269,6 +280,12 @@ await check("a client that disconnects mid-stream cancels its sequence and frees
   assert.equal(m["ferry_kv_blocks_used"], 0);
   assert.equal(m['ferry_sequences_total{reason="cancelled"}'],
                before['ferry_sequences_total{reason="cancelled"}'] + 1);
+  // It went because the client did, not because it had finished.
+  assert.equal(m['ferry_sequences_total{reason="finished"}'],
+               before['ferry_sequences_total{reason="finished"}']);
+  slow.proc.kill("SIGTERM");
+  await slow.exited;
+  servers.splice(servers.indexOf(slow), 1);
 });
 
 await check("bad requests: 400 naming the field, in OpenAI's shape", async () => {
