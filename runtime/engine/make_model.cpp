@@ -1,5 +1,6 @@
 #include "runtime/engine/make_model.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -76,6 +77,40 @@ void write_text(const std::filesystem::path& p, std::string_view text) {
   write_file_atomically(p, text, p.filename().string());
 }
 
+constexpr int64_t kGpt2Tokens = 50257;
+
+// GPT-2's vocab.json and merges.txt cut to its first `vocab` ids. Its ids 0–255 are the bytes
+// and merge i makes id 256 + i, so the first vocab − 256 merges make exactly those ids.
+std::pair<std::string, std::string> gpt2_tokenizer_prefix(int64_t vocab) {
+  FERRY_EXPECT(vocab >= 256,
+               "a vocabulary of {} tokens cannot hold the 256 byte tokens of GPT-2's tokenizer, "
+               "which random-weight checkpoints carry; give --vocab 256 or more",
+               vocab);
+  const auto full = nlohmann::json::parse(text::embedded_gpt2_vocab_json());
+  nlohmann::ordered_json cut = nlohmann::ordered_json::object();
+  std::vector<std::pair<int64_t, std::string>> by_id;
+  for (const auto& [tok, id] : full.items())
+    if (id.get<int64_t>() < vocab) by_id.emplace_back(id.get<int64_t>(), tok);
+  std::sort(by_id.begin(), by_id.end());
+  for (const auto& [id, tok] : by_id) cut[tok] = id;
+  std::string merges;
+  const std::string_view m = text::embedded_gpt2_merges_txt();
+  int64_t kept = 0;
+  for (std::size_t pos = 0; pos < m.size() && kept < vocab - 256;) {
+    const std::size_t end = std::min(m.find('\n', pos), m.size());
+    const std::string_view line = m.substr(pos, end - pos);
+    pos = end + 1;
+    if (line.starts_with("#version")) {
+      merges.append(line).push_back('\n');
+      continue;
+    }
+    if (line.empty()) continue;
+    merges.append(line).push_back('\n');
+    ++kept;
+  }
+  return {cut.dump() + "\n", merges};
+}
+
 }  // namespace
 
 float synthetic_weight(const model::ModelConfig& config, uint64_t seed, const std::string& name,
@@ -89,6 +124,9 @@ uint64_t make_model(const std::filesystem::path& dir, const MakeModelOptions& op
   FERRY_EXPECT(is_float_weight(options.dtype), "make-model writes f32, f16 or bf16, not {}",
                dtype_name(options.dtype));
   config.torch_dtype = options.dtype;
+  const std::pair<std::string, std::string> tokenizer =
+      config.vocab_size < kGpt2Tokens ? gpt2_tokenizer_prefix(config.vocab_size)
+                                      : std::pair<std::string, std::string>{};
   std::filesystem::create_directories(dir);
 
   std::vector<offload::TensorSpec> specs;
@@ -131,9 +169,15 @@ uint64_t make_model(const std::filesystem::path& dir, const MakeModelOptions& op
 
   write_text(dir / "config.json", config.to_json().dump(2) + "\n");
   // GPT-2's tokenizer, for every family: random weights have no tokenizer of their own, and its
-  // ids fit GPT-J's, Llama 3's and Qwen's vocabularies (a smaller one refuses ids beyond it).
-  write_text(dir / "vocab.json", text::embedded_gpt2_vocab_json());
-  write_text(dir / "merges.txt", text::embedded_gpt2_merges_txt());
+  // ids fit GPT-J's, Llama 3's and Qwen's vocabularies. A smaller vocabulary gets GPT-2's first
+  // tokens and the merges that make them, so that no text encodes to an id beyond it.
+  if (config.vocab_size >= kGpt2Tokens) {
+    write_text(dir / "vocab.json", text::embedded_gpt2_vocab_json());
+    write_text(dir / "merges.txt", text::embedded_gpt2_merges_txt());
+  } else {
+    write_text(dir / "vocab.json", tokenizer.first);
+    write_text(dir / "merges.txt", tokenizer.second);
+  }
   uint64_t total = 0;
   for (const auto& s : specs) total += s.nbytes();
   return total;

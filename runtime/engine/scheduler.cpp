@@ -126,14 +126,19 @@ uint64_t Scheduler::submit(Request request) {
   const auto now = Clock::now();
   std::unique_lock lock(mutex_);
   if (stopping_) throw SchedulerStopped("the scheduler is shutting down and takes no new requests");
-  if (queue_.size() >= options_.max_queue) {
+  // Requests submitted since the last step that a free slot already waits for are not waiting
+  // for a slot: a queue of 1 beside a free slot holds 2 until the scheduler admits them.
+  const auto slots = static_cast<std::size_t>(options_.max_seqs);
+  const std::size_t free_slots =
+      slots - std::min(slots, static_cast<std::size_t>(std::max(stats_.active, 0)));
+  if (queue_.size() >= options_.max_queue + free_slots) {
     // Roughly when a queue place frees up: the queue drains max_seqs requests per request time.
     const double per_request = recent_request_s_ > 0 ? recent_request_s_ : 1.0;
     const double retry = std::max(1.0, per_request * static_cast<double>(queue_.size()) /
                                            static_cast<double>(options_.max_seqs));
     throw QueueFull(fmt::format("{} requests are already waiting (the queue holds {}); try again "
                                 "in {:.0f} s",
-                                queue_.size(), options_.max_queue, retry),
+                                queue_.size() - free_slots, options_.max_queue, retry),
                     retry);
   }
   const uint64_t id = next_id_++;
@@ -234,6 +239,8 @@ bool Scheduler::step() {
       *free_slot = std::move(queue_.front());
       queue_.pop_front();
     }
+    stats_.active = static_cast<int>(
+        std::count_if(slots_.begin(), slots_.end(), [](const auto& s) { return s != nullptr; }));
     stats_.queued = queue_.size();
   }
 

@@ -1,14 +1,17 @@
 // make-model writes checkpoints the loader reads, in every format, with weights that depend on
 // the seed alone.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
 
+#include "runtime/core/error.hpp"
 #include "runtime/core/half.hpp"
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/loaded_model.hpp"
 #include "runtime/engine/make_model.hpp"
 #include "runtime/text/bpe_tokenizer.hpp"
+#include "tests/offload/error_text.hpp"
 #include "tests/support/test_support.hpp"
 
 namespace ferry::engine {
@@ -53,13 +56,33 @@ TEST(MakeModel, EveryFormatGivesTheSameModel) {
   EXPECT_EQ(la, logits_of(c.path()));
   for (float v : la) ASSERT_TRUE(std::isfinite(v));
 
-  // The tokenizer files come along.
+  // The tokenizer files come along, cut to the 300-token vocabulary: every text still encodes,
+  // to ids inside it, and decodes back.
   const auto tok = text::BpeTokenizer::from_model_dir(a.path());
-  EXPECT_EQ(tok.encode("Hello world"), (std::vector<int32_t>{15496, 995}));
+  const std::string text = "Hello world, Zürich \xf0\x9f\x98\x80 the end";
+  const auto ids = tok.encode(text);
+  for (int32_t id : ids) EXPECT_LT(id, 300);
+  EXPECT_EQ(tok.decode(ids), text);
+  EXPECT_EQ(tok.encode(" the"), (std::vector<int32_t>{262}));  // GPT-2's merge 6 is within
   // And the config says what was written.
   const auto cfg = model::ModelConfig::from_model_dir(a.path());
   EXPECT_EQ(cfg.torch_dtype, DType::f16);
   EXPECT_EQ(cfg.n_layer, 3);
+}
+
+TEST(MakeModel, AFullVocabularyGetsGpt2sTokenizerAndATinyOneIsRefused) {
+  test::TempDir a, b;
+  MakeModelOptions o;
+  o.config = small_config();
+  o.config.vocab_size = 50400;  // GPT-J's, padded beyond GPT-2's 50257
+  make_model(a.path(), o);
+  const auto tok = text::BpeTokenizer::from_model_dir(a.path());
+  EXPECT_EQ(tok.encode("Hello world"), (std::vector<int32_t>{15496, 995}));
+  o.config.vocab_size = 200;
+  EXPECT_THAT(test::error_text<InvalidArgument>([&] { make_model(b.path() / "m", o); }),
+              testing::AllOf(testing::HasSubstr("256 byte tokens"),
+                             testing::HasSubstr("--vocab 256")));
+  EXPECT_FALSE(std::filesystem::exists(b.path() / "m"));  // refused before writing anything
 }
 
 TEST(MakeModel, WeightsDependOnTheSeedOnly) {

@@ -232,22 +232,27 @@ TEST_P(SchedulerTest, QueueBoundThrowsQueueFull) {
   SchedulerOptions o;
   o.max_queue = 2;
   Scheduler s(*e, o);
-  const auto requests = mixed_requests(3, false);
-  s.submit(requests[0]);
+  const auto requests = mixed_requests(4, false);
+  s.submit(requests[0]);  // the free slot's, until the next step admits it
   s.submit(requests[1]);
+  s.submit(requests[2]);
   try {
-    s.submit(requests[2]);
-    FAIL() << "a third request was queued";
+    s.submit(requests[3]);
+    FAIL() << "a third request was queued beside the free slot's";
   } catch (const QueueFull& err) {
     EXPECT_GE(err.retry_after_s(), 1.0);
     EXPECT_NE(std::string(err.what()).find("2 requests are already waiting"), std::string::npos)
         << err.what();
   }
-  s.step();  // the first leaves the queue for the slot: room for one more
-  EXPECT_NO_THROW(s.submit(requests[2]));
+  s.step();  // the first leaves the queue for the slot, which is now busy: still full
+  EXPECT_THROW(s.submit(requests[3]), QueueFull);
+  // Room again once the first finishes and the second takes its slot.
+  while (s.stats().queued >= 2u + static_cast<std::size_t>(1 - s.stats().active)) s.step();
+  EXPECT_EQ(s.stats().requests_finished, 1u);
+  EXPECT_NO_THROW(s.submit(requests[3]));
   while (s.step()) {
   }
-  EXPECT_EQ(s.stats().requests_finished, 3u);
+  EXPECT_EQ(s.stats().requests_finished, 4u);
 }
 
 TEST_P(SchedulerTest, InvalidRequestsAreRefusedWithoutHarm) {
