@@ -49,6 +49,13 @@ void gemm_filled(const float* x, int64_t m, int64_t k, int64_t n, const float* b
 // linear_rows for llama.cpp's block formats (ggml_linear_avx2.cpp).
 void ggml_linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
                       const float* bias, float* y, int64_t o_begin, int64_t o_end);
+// linear_rows for m ≥ 2 and f32, f16 or bf16 weights: the packed-panel product of
+// gemm_avx2.cpp, summing every output as the decode's mat-vec does.
+void gemm_float(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+                const float* bias, float* y, int64_t o_begin, int64_t o_end);
+// linear_rows for ferry's packed weights, q8 / q4_g64 / q4_g128 (packed_avx2.cpp).
+void packed_linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+                        const float* bias, float* y, int64_t o_begin, int64_t o_end);
 void linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
                  const float* bias, float* y, int64_t o_begin, int64_t o_end);
 void attention_pairs(const AttentionArgs& args, int64_t p_begin, int64_t p_end);
@@ -58,11 +65,18 @@ void add(float* y, const float* x, int64_t n);
 void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst);
 }  // namespace avx2
 
-// linear_rows for llama.cpp's block formats with AVX-512 F/BW/VL (ggml_linear_avx512.cpp), which
-// ops.cpp picks over the AVX2 one where the processor has it; other dtypes go to avx2::linear_rows.
+// linear_rows for llama.cpp's block formats with AVX-512 F/BW/VL (ggml_linear_avx512.cpp) and
+// for float weights (gemm_avx512.cpp), which ops.cpp picks over the AVX2 ones where the processor
+// has it; packed dtypes go to avx2::linear_rows.
 namespace avx512 {
 void ggml_linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
                       const float* bias, float* y, int64_t o_begin, int64_t o_end);
+// avx2::gemm_float with a bigger register tile (gemm_avx512.cpp), the same bits.
+void gemm_float(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+                const float* bias, float* y, int64_t o_begin, int64_t o_end);
+// linear_rows for f32, f16 and bf16 weights: the AVX2 mat-vec for m = 1, gemm_float otherwise.
+void linear_float_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+                       const float* bias, float* y, int64_t o_begin, int64_t o_end);
 }  // namespace avx512
 
 }  // namespace ferry::kernels::cpu::detail
