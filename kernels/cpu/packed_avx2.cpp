@@ -450,8 +450,26 @@ void linear_packed(const float* x, int64_t m, int64_t k, const void* w, DType t,
 
 }  // namespace
 
+void packed_avx2_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+                      const float* bias, float* y, int64_t o_begin, int64_t o_end) {
+  linear_packed(x, m, k, w, wdt, n, bias, y, o_begin, o_end);
+}
+
 void packed_linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
                         const float* bias, float* y, int64_t o_begin, int64_t o_end) {
+  // Every row count goes to the same kernels, so a row's bits never depend on the batch.
+#if defined(FERRY_KERNELS_AVX512)
+  switch (packed_isa()) {
+    case PackedIsa::avx512_vnni:
+      avx512::packed_linear_rows_vnni(x, m, k, w, wdt, n, bias, y, o_begin, o_end);
+      return;
+    case PackedIsa::avx512:
+      avx512::packed_linear_rows(x, m, k, w, wdt, n, bias, y, o_begin, o_end);
+      return;
+    default:
+      break;
+  }
+#endif
   linear_packed(x, m, k, w, wdt, n, bias, y, o_begin, o_end);
 }
 

@@ -53,9 +53,16 @@ void ggml_linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType
 // gemm_avx2.cpp, summing every output as the decode's mat-vec does.
 void gemm_float(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
                 const float* bias, float* y, int64_t o_begin, int64_t o_end);
-// linear_rows for ferry's packed weights, q8 / q4_g64 / q4_g128 (packed_avx2.cpp).
+// linear_rows for f32, f16 and bf16 weights: the mat-vec for m = 1, gemm_float otherwise.
+void linear_float_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+                       const float* bias, float* y, int64_t o_begin, int64_t o_end);
+// linear_rows for ferry's packed weights, q8 / q4_g64 / q4_g128 (packed_avx2.cpp): the AVX-512
+// kernels where packed_isa() picks them, else packed_avx2_rows.
 void packed_linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
                         const float* bias, float* y, int64_t o_begin, int64_t o_end);
+// The AVX2 packed kernels alone (for the tests).
+void packed_avx2_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+                      const float* bias, float* y, int64_t o_begin, int64_t o_end);
 void linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
                  const float* bias, float* y, int64_t o_begin, int64_t o_end);
 void attention_pairs(const AttentionArgs& args, int64_t p_begin, int64_t p_end);
@@ -69,6 +76,12 @@ void convert_to_f32(const void* src, DType dtype, int64_t n, float* dst);
 // for float weights (gemm_avx512.cpp), which ops.cpp picks over the AVX2 ones where the processor
 // has it; packed dtypes go to avx2::linear_rows.
 namespace avx512 {
+// linear_rows for ferry's packed weights (packed_avx512.cpp; packed_vnni_avx512.cpp with
+// AVX512-VNNI, the same bits).
+void packed_linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
+                        const float* bias, float* y, int64_t o_begin, int64_t o_end);
+void packed_linear_rows_vnni(const float* x, int64_t m, int64_t k, const void* w, DType wdt,
+                             int64_t n, const float* bias, float* y, int64_t o_begin, int64_t o_end);
 void ggml_linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
                       const float* bias, float* y, int64_t o_begin, int64_t o_end);
 // avx2::gemm_float with a bigger register tile (gemm_avx512.cpp), the same bits.
@@ -78,5 +91,10 @@ void gemm_float(const float* x, int64_t m, int64_t k, const void* w, DType wdt, 
 void linear_float_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
                        const float* bias, float* y, int64_t o_begin, int64_t o_end);
 }  // namespace avx512
+
+// Which packed-weight kernels avx2::packed_linear_rows runs (kernels/cpu/packed.cpp): AVX-512
+// where the processor has F/BW/VL (with VNNI or without) and FERRY_SIMD is not "avx2". Chosen once.
+enum class PackedIsa { avx2, avx512, avx512_vnni };
+PackedIsa packed_isa();
 
 }  // namespace ferry::kernels::cpu::detail

@@ -8,11 +8,14 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <string>
 #include <type_traits>
 #include <vector>
 
 #include "kernels/common/quant_math.hpp"
+#include "kernels/cpu/detail/paths.hpp"
 #include "kernels/cpu/ops.hpp"
+#include "kernels/cpu/packed.hpp"
 #include "kernels/cpu/quant.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/half.hpp"
@@ -232,6 +235,124 @@ TEST(QuantLinearTest, LongRowsAndThreadCounts) {
                                          dt)
                                .act_bound;
         EXPECT_NEAR(a[i], r[i], 1e-4 + act) << i;
+      }
+    }
+  }
+}
+
+// Every packed-weight implementation this processor can run (the AVX2 kernels, the AVX-512
+// ones with VNNI and without), called directly: against the kernels' own arithmetic and the
+// reference on odd shapes (k short of or past a group, odd n), for every m from 1 to 20 and 64
+// to 70 (past the rows the AVX-512 kernels round at once); a row's bits are the same whatever m
+// (alone or among others) and however the outputs are split among threads (slices of 16 rows,
+// as ops.cpp splits them); and the AVX-512 builds with and without VNNI agree bit for bit.
+using RowsFn = void (*)(const float*, int64_t, int64_t, const void*, DType, int64_t, const float*,
+                        float*, int64_t, int64_t);
+struct PackedPath {
+  const char* name;
+  RowsFn rows;
+};
+
+std::vector<PackedPath> packed_paths() {
+  std::vector<PackedPath> paths;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (std::string(simd_level()) != "avx2") return paths;
+  paths.push_back({"avx2", detail::avx2::packed_avx2_rows});
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl")) {
+    paths.push_back({"avx512", detail::avx512::packed_linear_rows});
+    if (__builtin_cpu_supports("avx512vnni"))
+      paths.push_back({"avx512-vnni", detail::avx512::packed_linear_rows_vnni});
+  }
+#endif
+  return paths;
+}
+
+// y = x · wᵀ + bias through one implementation, its output rows in slices of 16 (ops.cpp's).
+std::vector<float> run_path(const PackedPath& path, const float* x, int64_t m, int64_t k,
+                            const Packed& p, DType dt, int64_t n, const float* bias) {
+  std::vector<float> y(static_cast<std::size_t>(m * n), NAN);
+  for (int64_t o = 0; o < n; o += 16)
+    path.rows(x, m, k, p.bytes.data(), dt, n, bias, y.data(), o, std::min<int64_t>(n, o + 16));
+  return y;
+}
+
+TEST(QuantLinearTest, EveryPathMatchesItsArithmeticAndGivesARowTheSameBitsAtEveryM) {
+  const auto paths = packed_paths();
+  if (paths.empty()) GTEST_SKIP() << "no SIMD packed kernels on this processor";
+  std::printf("[packed] paths tested:");
+  for (const auto& path : paths) std::printf(" %s", path.name);
+  std::printf(" (dispatched: %s)\n", std::string(packed_linear_level()).c_str());
+  std::mt19937 rng(23);
+  std::vector<int64_t> ms;
+  for (int64_t m = 1; m <= 20; ++m) ms.push_back(m);
+  ms.push_back(64);
+  ms.push_back(70);
+  constexpr int64_t kMaxM = 70;
+  for (DType dt : kPacked) {
+    for (int64_t k : {1, 63, 64, 65, 127, 128, 129, 192, 200, 513, 1000, 2048 + 64 + 5}) {
+      for (int64_t n : {1, 5, 19, 33}) {
+        SCOPED_TRACE(shape_name(dt, kMaxM, k, n));
+        const auto x = random_floats(rng, static_cast<std::size_t>(kMaxM * k));
+        const Packed p =
+            pack(random_floats(rng, static_cast<std::size_t>(n * k), -0.7f, 1.3f), n, k, dt);
+        const auto bias_values = random_floats(rng, static_cast<std::size_t>(n));
+        const float* bias = n % 2 == 1 ? bias_values.data() : nullptr;
+        const uint64_t row_bytes = packed_row_bytes(dt, k);
+        std::vector<float> y_ref(static_cast<std::size_t>(kMaxM * n));
+        ref::linear(x.data(), kMaxM, k, p.bytes.data(), dt, n, bias, y_ref.data());
+        std::vector<float> first_path_alone;
+        for (const auto& path : paths) {
+          SCOPED_TRACE(path.name);
+          // Each row alone, against the decode's arithmetic and the reference.
+          std::vector<float> alone(static_cast<std::size_t>(kMaxM * n));
+          for (int64_t i = 0; i < kMaxM; ++i) {
+            const auto y = run_path(path, x.data() + i * k, 1, k, p, dt, n, bias);
+            std::copy(y.begin(), y.end(), alone.begin() + i * n);
+            for (int64_t o = 0; o < n; ++o) {
+              const Emulated e =
+                  packed_decode(x.data() + i * k, k, p.bytes.data() + o * row_bytes, dt);
+              const double b = bias ? bias[o] : 0.0;
+              const double got = y[static_cast<std::size_t>(o)];
+              ASSERT_LE(std::fabs(got - (e.value + b)),
+                        static_cast<double>(k + 16) * kUnitRoundoff * 1.01 *
+                                (e.magnitude + std::fabs(b)) +
+                            e.one_step)
+                  << "vs its arithmetic, row " << i << " output " << o;
+              // Σ|x|·(|w − min| + |min|) bounds both f32 sums (see close()).
+              double factored = std::fabs(b);
+              const int64_t group = quant_group_size(dt);
+              for (int64_t j = 0; j < k; ++j) {
+                const double min = group == 0 ? 0.0
+                                              : q4_group(p.bytes.data() + o * row_bytes,
+                                                         quant_groups(dt, k), group, j / group)
+                                                    .min;
+                const double wj = p.values[static_cast<std::size_t>(o * k + j)];
+                factored += std::fabs(x[static_cast<std::size_t>(i * k + j)]) *
+                            (std::fabs(wj - min) + std::fabs(min));
+              }
+              const double want = y_ref[static_cast<std::size_t>(i * n + o)];
+              ASSERT_LE(std::fabs(got - want),
+                        static_cast<double>(k + 16) * kUnitRoundoff * 1.01 *
+                                (2.0 * factored + e.magnitude) +
+                            e.act_bound + e.one_step)
+                  << "vs the reference, row " << i << " output " << o;
+            }
+          }
+          for (int64_t m : ms) {
+            const auto y = run_path(path, x.data(), m, k, p, dt, n, bias);
+            ASSERT_EQ(0, std::memcmp(y.data(), alone.data(), y.size() * sizeof(float)))
+                << m << " rows together differ from the rows alone";
+          }
+          // The AVX-512 builds with VNNI and without: the same integer sums, the same bits.
+          if (std::string(path.name) == "avx512") first_path_alone = alone;
+          if (std::string(path.name) == "avx512-vnni") {
+            ASSERT_EQ(0, std::memcmp(first_path_alone.data(), alone.data(),
+                                     alone.size() * sizeof(float)))
+                << "VNNI and plain AVX-512 differ";
+          }
+        }
       }
     }
   }
