@@ -76,10 +76,10 @@ bool requested() {
   const char* env = std::getenv("FERRY_GGUF_PRODUCTS");
   const std::string want = env != nullptr ? env : "";
   FERRY_EXPECT(want.empty() || want == "exact" || want == "fast",
-               "FERRY_GGUF_PRODUCTS={} is not a product mode; use exact or fast (or leave it "
-               "unset for exact)",
+               "FERRY_GGUF_PRODUCTS={} is not a product mode; use fast (llama.cpp's arithmetic, "
+               "the default) or exact (every product in f32)",
                want);
-  return want == "fast";
+  return want != "exact";
 }
 
 bool uses_vnni() {

@@ -33,6 +33,15 @@ namespace {
 constexpr DType kAll[] = {DType::q8_0, DType::q4_0, DType::q4_1, DType::q5_0,
                           DType::q5_1, DType::q4_k, DType::q5_k, DType::q6_k};
 
+// linear() here is the exact path (every product in f32), which this file checks against plain
+// decoding; llama.cpp's arithmetic (the default) is called as ggml_dot::linear by its own tests.
+class ExactProducts : public ::testing::Environment {
+ public:
+  void SetUp() override { ::setenv("FERRY_GGUF_PRODUCTS", "exact", 1); }
+};
+[[maybe_unused]] ::testing::Environment* const kExactProducts =
+    ::testing::AddGlobalTestEnvironment(new ExactProducts);
+
 using Bytes = std::vector<unsigned char>;
 
 // The SIMD implementations this processor can run, called directly (the dispatched linear runs
@@ -660,14 +669,14 @@ TEST(GgmlDot, QuantizesActivationsLikeGgml) {
 
 TEST(GgmlDot, ProductMode) {
   ::unsetenv("FERRY_GGUF_PRODUCTS");
-  EXPECT_FALSE(ggml_dot::requested());
+  EXPECT_TRUE(ggml_dot::requested());  // llama.cpp's arithmetic is the default
   ::setenv("FERRY_GGUF_PRODUCTS", "exact", 1);
   EXPECT_FALSE(ggml_dot::requested());
   ::setenv("FERRY_GGUF_PRODUCTS", "fast", 1);
   EXPECT_TRUE(ggml_dot::requested());
   ::setenv("FERRY_GGUF_PRODUCTS", "quick", 1);
   EXPECT_ANY_THROW(ggml_dot::requested());
-  ::unsetenv("FERRY_GGUF_PRODUCTS");
+  ::setenv("FERRY_GGUF_PRODUCTS", "exact", 1);  // as the other tests here want it
   for (DType t : kFast) EXPECT_TRUE(ggml_dot::supports(t));
   EXPECT_FALSE(ggml_dot::supports(DType::q4_1));
   EXPECT_FALSE(ggml_dot::supports(DType::q5_k));

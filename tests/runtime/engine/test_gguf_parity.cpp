@@ -9,6 +9,8 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "kernels/cpu/ggml_dot.hpp"
+#include "kernels/cpu/ops.hpp"
 #include "offload/checkpoint.hpp"
 #include "runtime/engine/convert.hpp"
 #include "runtime/engine/engine.hpp"
@@ -38,10 +40,25 @@ float max_abs_diff(std::span<const float> a, const std::vector<float>& b) {
   return m;
 }
 
+// Whether this process multiplies wdt with llama.cpp's q8-activation arithmetic (the default where
+// AVX2 runs; FERRY_GGUF_PRODUCTS=exact turns it off — ctest runs this file both ways).
+bool llama_cpp_arithmetic(DType wdt) {
+  return kernels::cpu::ggml_dot::requested() && kernels::cpu::simd_level() != "portable" &&
+         kernels::cpu::ggml_dot::supports(wdt);
+}
+
 void check_gguf(const std::string& type, LoadOptions options = {}) {
   const json expected = gguf_expected(type);
   const bool exact = type == "F32";
   LoadedModel m = load_model(gguf_file(type), std::move(options));
+  // The fixture's matrices, by its folder's name (Q4_K_M mixes Q4_K with Q6_K, both alike here).
+  const DType wdt = type == "Q8_0"     ? DType::q8_0
+                    : type == "Q4_0"   ? DType::q4_0
+                    : type == "Q4_K_M" ? DType::q4_k
+                    : type == "Q6_K"   ? DType::q6_k
+                    : type == "F16"    ? DType::f16
+                                       : DType::f32;
+  const bool fast = llama_cpp_arithmetic(wdt);
   ASSERT_EQ(m.config.naming, model::TensorNaming::gguf);
   const auto vocab = static_cast<std::size_t>(m.config.vocab_size);
   Engine engine(*m.weights, {}, default_thread_pool());
@@ -57,9 +74,15 @@ void check_gguf(const std::string& type, LoadOptions options = {}) {
     const auto& last = engine.forward({&s, 1}, LogitsFor::last);
     ASSERT_EQ(last.size(), vocab);
     EXPECT_LE(max_abs_diff(last, ref), bound);
-    // Without the permuted rows' rotary or with the wrong eps the logits move by 0.05 to 2: the
-    // tolerance catches those even on the quantized files.
-    EXPECT_LT(max_abs_diff(last, ref), 0.02f);
+    if (fast) {
+      // llama.cpp's own arithmetic: its own logits, but for a rare rounding flip of an
+      // activation (one on Q4_0's longest prompt moves a logit by 0.02).
+      EXPECT_LT(max_abs_diff(last, llama_cpp), 0.025f);
+    } else {
+      // Without the permuted rows' rotary or with the wrong eps the logits move by 0.05 to 2:
+      // the tolerance catches those even on the quantized files.
+      EXPECT_LT(max_abs_diff(last, ref), 0.02f);
+    }
 
     const auto want = p[exact ? "greedy_tokens" : "greedy_tokens_dequant_f32"]
                           .get<std::vector<int32_t>>();
@@ -72,14 +95,18 @@ void check_gguf(const std::string& type, LoadOptions options = {}) {
     // The rule compares tokens while the margin exceeds `bound`; ferry's logits are
     // within a few 1e-6 of the reference, so it is held to the stricter 1e-4 (every step of these
     // fixtures but near ties, where the paths may part legitimately).
-    const float token_bound = std::min(bound, 1e-4f);
+    // With llama.cpp's arithmetic the issue's own rule applies (margins beyond `bound`), and the
+    // tokens are llama.cpp's greedy ones.
+    const float token_bound = fast ? bound : std::min(bound, 1e-4f);
     std::size_t compared = 0;
     for (std::size_t i = 0; i < want.size(); ++i) {
       if (margins[i] <= token_bound) break;
       EXPECT_EQ(got[i], want[i]) << "greedy step " << i;
       ++compared;
     }
-    EXPECT_GE(compared, 10u);
+    if (!fast) {
+      EXPECT_GE(compared, 10u);
+    }
   }
 }
 
@@ -209,8 +236,9 @@ TEST(GgufModel, ConvertsToPacks) {
     const auto a = last_logits(dir / quant, ids);
     const auto b = last_logits(src, ids);
     // 8-bit rounding of the 4- and 6-bit weights (int8: one scale per row) moves logits of ~2
-    // by a few hundredths.
-    EXPECT_LT(max_abs_diff(a, b), 0.1f);
+    // by a few hundredths; with llama.cpp's arithmetic the activations' 8-bit rounding (q8_K
+    // blocks of 256 on one side, q8_0 blocks of 32 on the other) adds about as much.
+    EXPECT_LT(max_abs_diff(a, b), llama_cpp_arithmetic(DType::q8_0) ? 0.15f : 0.1f);
   }
 }
 
