@@ -263,57 +263,28 @@ Command add_plan(CLI::App& app) {
     const std::size_t chosen = o->quant == "auto" ? choose_quant(candidates, o->goal, why) : 0;
     const planner::Plan& plan = *candidates[chosen].plan;
 
-    // With a batch: the same plan for 1, 2, 4, … sequences up to --batch. Each sequence's KV
-    // cache takes memory that could hold resident layers, and each step's streamed bytes are
-    // shared by every sequence: the sweep shows the trade and which batch is fastest overall.
-    struct BatchPoint {
-      int batch = 0;
-      std::optional<planner::Plan> plan;
-      std::string refusal;
-    };
-    std::vector<BatchPoint> sweep;
-    std::size_t best_batch = 0;
+    // With a batch: the same plan for 1, 2, 4, … sequences up to --batch (the sweep
+    // --kv-tokens auto chooses by), for the machine and format chosen above.
+    std::optional<session::BatchSweep> sweep;
     if (o->batch > 1) {
-      std::vector<int> sizes;
-      for (int b = 1; b < o->batch; b *= 2) sizes.push_back(b);
-      sizes.push_back(o->batch);
-      for (int b : sizes) {
-        BatchPoint pt;
-        pt.batch = b;
-        if (b == o->batch) {
-          pt.plan = plan;
-        } else {
-          engine::PlanOptions bpo = po;
-          bpo.format = candidates[chosen].format;
-          bpo.max_seqs = b;
-          bpo.max_logit_rows = b;
-          try {
-            pt.plan = planner::make_plan(
-                engine::plan_request(config, ck, plan.request.machine, bpo, model_path.string()));
-          } catch (const PlanError& e) {
-            pt.refusal = e.what();
-          }
-        }
-        sweep.push_back(std::move(pt));
-      }
-      for (std::size_t i = 0; i < sweep.size(); ++i)
-        if (sweep[i].plan && (!sweep[best_batch].plan ||
-                              sweep[i].plan->chosen.predicted.tokens_per_s >
-                                  sweep[best_batch].plan->chosen.predicted.tokens_per_s * 1.02))
-          best_batch = i;
+      engine::PlanOptions bpo = po;
+      bpo.format = candidates[chosen].format;
+      sweep = session::sweep_batches(config, ck, plan.request.machine, bpo, o->batch,
+                                     model_path.string());
     }
 
     nlohmann::json j = planner::plan_to_json(plan);
-    if (!sweep.empty()) {
+    if (sweep) {
       j["batch_sweep"] = nlohmann::json::array();
-      for (const auto& pt : sweep) {
-        nlohmann::json bj = {{"batch", pt.batch}, {"fits", pt.plan.has_value()}};
+      for (const auto& pt : sweep->points) {
+        nlohmann::json bj = {
+            {"batch", pt.seqs}, {"kv_tokens", pt.kv_tokens}, {"fits", pt.plan.has_value()}};
         if (pt.plan) {
           const auto& c = pt.plan->chosen;
           bj["tokens_per_s"] = c.predicted.tokens_per_s;
           bj["s_per_token"] = c.predicted.s_per_token;
           bj["peak_ram_bytes"] = c.predicted.peak_ram_bytes;
-          bj["resident_units"] = c.tiers.size() - c.count(planner::Tier::disk);
+          bj["resident_units"] = pt.resident_units();
           bj["streamed_units"] = c.count(planner::Tier::disk);
           bj["kv_bytes"] = pt.plan->request.kv_bytes;
         } else {
@@ -321,7 +292,8 @@ Command add_plan(CLI::App& app) {
         }
         j["batch_sweep"].push_back(bj);
       }
-      j["batch_best"] = sweep[best_batch].batch;
+      j["batch_best"] = sweep->best().seqs;
+      j["batch_why"] = sweep->why;
     }
     if (!o->quant.empty()) {
       nlohmann::json q = {{"mode", o->quant}, {"chosen", candidates[chosen].name}};
@@ -403,34 +375,36 @@ Command add_plan(CLI::App& app) {
                  candidates[chosen].name, candidates[chosen].name);
     }
     fmt::print("{}", plan.table());
-    if (!sweep.empty()) {
+    if (sweep) {
       fmt::print("batch sweep: each sequence's KV cache takes memory resident layers could use; "
                  "each step's streamed bytes serve every sequence\n");
-      fmt::print("  {:>9}  {:>10}  {:>8}  {:>9}  {:>8}  {:>10}\n", "sequences", "tokens/s",
-                 "s/token", "resident", "streamed", "peak RAM");
-      for (std::size_t i = 0; i < sweep.size(); ++i) {
-        const auto& pt = sweep[i];
+      fmt::print("  {:>9}  {:>9}  {:>10}  {:>8}  {:>9}  {:>8}  {:>10}\n", "sequences", "KV tokens",
+                 "tokens/s", "s/token", "resident", "streamed", "peak RAM");
+      const auto& pts = sweep->points;
+      for (std::size_t i = 0; i < pts.size(); ++i) {
+        const auto& pt = pts[i];
         if (!pt.plan) {
-          fmt::print("  {:>9}  does not fit: {}\n", pt.batch,
+          fmt::print("  {:>9}  {:>9}  does not fit: {}\n", pt.seqs, pt.kv_tokens,
                      pt.refusal.substr(0, pt.refusal.find(';')));
           continue;
         }
         const auto& c = pt.plan->chosen;
-        fmt::print("  {:>9}  {:>10.3f}  {:>8.3f}  {:>9}  {:>8}  {:>10}{}\n", pt.batch,
-                   c.predicted.tokens_per_s, c.predicted.s_per_token,
-                   c.tiers.size() - c.count(planner::Tier::disk), c.count(planner::Tier::disk),
-                   format_bytes(c.predicted.peak_ram_bytes), i == best_batch ? "   <- fastest" : "");
+        fmt::print("  {:>9}  {:>9}  {:>10.3f}  {:>8.3f}  {:>9}  {:>8}  {:>10}{}\n", pt.seqs,
+                   pt.kv_tokens, c.predicted.tokens_per_s, c.predicted.s_per_token,
+                   pt.resident_units(), c.count(planner::Tier::disk),
+                   format_bytes(c.predicted.peak_ram_bytes),
+                   i == sweep->chosen ? "   <- fastest" : "");
       }
-      const auto& first = sweep.front();
-      const auto& best = sweep[best_batch];
-      if (first.plan && best.plan && best_batch > 0)
-        fmt::print("  {} sequences decode {:.1f}× the tokens/s of one{}\n", best.batch,
-                   best.plan->chosen.predicted.tokens_per_s /
-                       first.plan->chosen.predicted.tokens_per_s,
-                   best.batch < o->batch
+      const auto& first = pts.front();
+      const auto& best = sweep->best();
+      if (first.plan && best.plan && sweep->chosen > 0)
+        fmt::print("  {} sequences decode {:.1f}× the tokens/s of one{}\n", best.seqs,
+                   best.tokens_per_s() / first.tokens_per_s(),
+                   best.seqs < o->batch
                        ? fmt::format("; more than {} gain nothing (--batch {} is enough)",
-                                     best.batch, best.batch)
+                                     best.seqs, best.seqs)
                        : std::string());
+      if (sweep->any_fits()) fmt::print("  chose: {}\n", sweep->why);
     }
     // Speculation: the choice always, the trade per k with --explain.
     for (std::size_t i = 0; i < draft_lines.size() && (i == 0 || o->explain); ++i)

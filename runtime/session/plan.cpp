@@ -3,12 +3,14 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <memory>
 
 #include "planner/memory_probe.hpp"
 #include "runtime/backends/registry.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/units.hpp"
+#include "runtime/engine/kv_cache.hpp"
 #include "runtime/engine/model_files.hpp"
 
 namespace ferry::session {
@@ -28,6 +30,14 @@ bool has_weights(const fs::path& dir) {
       return true;
   }
   return false;
+}
+
+// On a GPU the pool's memory is part of the choice: " in VRAM", " in host memory (…)"; the CPU's
+// is always in host memory ("").
+std::string kv_place(const planner::Plan& p) {
+  if (p.request.backend != planner::Backend::cuda) return {};
+  return p.chosen.kv == planner::KvPlace::host ? " in host memory (pinned, read over PCIe)"
+                                               : " in VRAM";
 }
 
 }  // namespace
@@ -119,6 +129,75 @@ planner::Plan plan_model(const PlanQuery& query) {
       plan_options(source.config, query.context, query.batch, query.device, machine);
   return planner::make_plan(
       engine::plan_request(source.config, source.weights(), machine, po, query.model.string()));
+}
+
+double SweepPoint::tokens_per_s() const {
+  return plan ? plan->chosen.predicted.tokens_per_s : 0.0;
+}
+
+std::size_t SweepPoint::resident_units() const {
+  if (!plan) return 0;
+  const auto& c = plan->chosen;
+  return c.tiers.size() - c.count(planner::Tier::disk);
+}
+
+bool BatchSweep::any_fits() const {
+  return std::any_of(points.begin(), points.end(), [](const SweepPoint& p) { return p.plan; });
+}
+
+BatchSweep sweep_batches(const model::ModelConfig& config, const offload::Checkpoint* checkpoint,
+                         const planner::Machine& machine, const engine::PlanOptions& base,
+                         int max_seqs, const std::string& model_name) {
+  FERRY_EXPECT(max_seqs >= 1, "a batch sweep needs at least one sequence, not {}", max_seqs);
+  const int64_t context = base.context > 0 ? base.context : model::default_context(config);
+  BatchSweep sweep;
+  for (int b = 1;; b = std::min(2 * b, max_seqs)) {
+    SweepPoint pt;
+    pt.seqs = b;
+    pt.kv_tokens = int64_t{b} * engine::kv_blocks_for(context) * engine::KvBlocks::kBlockTokens;
+    engine::PlanOptions po = base;
+    po.max_seqs = b;
+    // Rows of logits: one per sequence, or more when base asks for more than its sequences (a
+    // draft's verification), so the last point is the plan of base itself.
+    po.max_logit_rows =
+        base.max_logit_rows > base.max_seqs ? std::max<int64_t>(b, base.max_logit_rows) : b;
+    po.kv_pool_tokens = 0;  // every slot whole blocks at full context: pt.kv_tokens
+    try {
+      pt.plan =
+          planner::make_plan(engine::plan_request(config, checkpoint, machine, po, model_name));
+    } catch (const PlanError& e) {
+      pt.refusal = e.what();
+    }
+    sweep.points.push_back(std::move(pt));
+    if (b == max_seqs) break;
+  }
+  const auto& pts = sweep.points;
+  for (std::size_t i = 0; i < pts.size(); ++i)
+    if (pts[i].plan && (!pts[sweep.chosen].plan ||
+                        pts[i].tokens_per_s() > pts[sweep.chosen].tokens_per_s() * (1 + kSweepMargin)))
+      sweep.chosen = i;
+  if (!sweep.any_fits()) {
+    sweep.why = "no batch fits the budgets";
+    return sweep;
+  }
+  const SweepPoint& p = sweep.best();
+  sweep.why = fmt::format(
+      "KV pool for {} full-context sequence{} ({} tokens{}): predicted {:.2f} tokens/s together "
+      "with {} resident units",
+      p.seqs, p.seqs == 1 ? "" : "s", p.kv_tokens, kv_place(*p.plan), p.tokens_per_s(),
+      p.resident_units());
+  // The biggest batch that fits, when it was not taken: what its caches would cost.
+  std::size_t last_fit = sweep.chosen;
+  for (std::size_t i = sweep.chosen + 1; i < pts.size(); ++i)
+    if (pts[i].plan) last_fit = i;
+  if (last_fit != sweep.chosen) {
+    const SweepPoint& more = pts[last_fit];
+    sweep.why += fmt::format("; {} sequences' caches{} would leave {} resident for {:.2f} tokens/s",
+                             more.seqs, kv_place(*more.plan), more.resident_units(),
+                             more.tokens_per_s());
+  }
+  if (!pts.back().plan) sweep.why += "; a bigger pool does not fit the budget";
+  return sweep;
 }
 
 uint64_t parse_max_ram(const std::string& text) {

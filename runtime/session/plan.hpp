@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "offload/checkpoint.hpp"
 #include "planner/machine.hpp"
@@ -64,6 +65,41 @@ struct PlanQuery {
 };
 // Throws PlanError (naming the smallest budget that works) when the model cannot fit.
 planner::Plan plan_model(const PlanQuery& query);
+
+// One batch size of a sweep: the plan for `seqs` sequences at full context, or why none fits.
+struct SweepPoint {
+  int seqs = 0;
+  int64_t kv_tokens = 0;  // the KV pool: `seqs` sequences' whole blocks at the context
+  std::optional<planner::Plan> plan;  // none: nothing fits the budgets
+  std::string refusal;                // then: the planner's refusal
+
+  double tokens_per_s() const;         // all sequences together; 0 when it does not fit
+  std::size_t resident_units() const;  // units not read from disk every step
+};
+
+// The plans for 1, 2, 4 … max_seqs sequences and the one that decodes the most tokens/s. Each
+// sequence's KV cache takes memory resident layers could use, and each step's streamed bytes
+// serve every sequence: the sweep shows the trade. `ferry plan --batch` prints it and
+// `--kv-tokens auto` sizes its pool by it.
+struct BatchSweep {
+  std::vector<SweepPoint> points;
+  std::size_t chosen = 0;  // index into points; meaningless when none fits
+  std::string why;  // what was chosen and what the alternatives would give, in one line
+
+  bool any_fits() const;
+  const SweepPoint& best() const { return points[chosen]; }
+};
+
+// A bigger batch is taken only when it predicts this much more than the chosen (a 1% gain is
+// within the model's error and costs every sequence's latency).
+inline constexpr double kSweepMargin = 0.02;
+
+// Plans base (its backend, format, rows …) for 1, 2, 4 … max_seqs sequences, each with every
+// slot at full context (base.max_seqs, max_logit_rows and kv_pool_tokens are overwritten), and
+// chooses the fastest. Never throws PlanError: a point that does not fit keeps the refusal.
+BatchSweep sweep_batches(const model::ModelConfig& config, const offload::Checkpoint* checkpoint,
+                         const planner::Machine& machine, const engine::PlanOptions& base,
+                         int max_seqs, const std::string& model_name = {});
 
 // --max-ram's value: a size (parse_size), refused with InvalidArgument when it is more than the
 // machine (or its memory cgroup) has.
