@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "kernels/cpu/ops.hpp"
+#include "kernels/cpu/packed.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/thread_pool.hpp"
 #ifdef FERRY_HAS_CUDA
@@ -43,6 +44,8 @@ bool is_compiled(std::string_view name) {
 
 std::vector<std::string> describe_build() {
   std::vector<std::string> lines = {fmt::format("cpu kernels: {}", kernels::cpu::simd_level())};
+  lines.push_back(
+      fmt::format("cpu packed (q8/q4) kernels: {}", kernels::cpu::packed_linear_level()));
 #ifdef FERRY_HAS_CUDA
   lines.push_back(fmt::format("cuda: compiled (architectures {}; CUDA runtime {})",
                               cuda::compiled_architectures(), cuda::runtime_version()));

@@ -56,6 +56,12 @@ TEST(Registry, DescribesTheBuild) {
   const auto lines = describe_build();
   ASSERT_FALSE(lines.empty());
   EXPECT_EQ(lines.front().rfind("cpu kernels: ", 0), 0u) << lines.front();
+  // Which kernels multiply packed weights (AVX-512 may run them where the float path is AVX2).
+  EXPECT_NE(std::find_if(lines.begin(), lines.end(),
+                         [](const std::string& l) {
+                           return l.rfind("cpu packed (q8/q4) kernels: ", 0) == 0;
+                         }),
+            lines.end());
   const auto cuda = std::find_if(lines.begin(), lines.end(),
                                  [](const std::string& l) { return l.rfind("cuda: ", 0) == 0; });
   ASSERT_NE(cuda, lines.end());
