@@ -91,18 +91,33 @@ const Paths& paths() {
   return chosen;
 }
 
-// llama.cpp's block formats with AVX-512 where the AVX2 path runs and the processor has AVX-512
-// F/BW/VL, unless FERRY_SIMD=avx2 asks for AVX2 alone. Chosen once, like paths().
-LinearRowsFn linear_rows_for(DType wdt) {
+// AVX-512 code where the AVX2 path runs and the processor has AVX-512 F/BW/VL, unless
+// FERRY_SIMD=avx2 asks for AVX2 alone. Chosen once, like paths().
+bool use_avx512() {
 #if defined(FERRY_KERNELS_AVX512)
-  static const bool ggml_avx512 = [] {
+  static const bool chosen = [] {
     const char* env = std::getenv("FERRY_SIMD");
     if (&paths() != &kAvx2 || (env != nullptr && std::string(env) == "avx2")) return false;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl");
   }();
-  if (ggml_avx512 && is_ggml_block(wdt)) return detail::avx512::ggml_linear_rows;
+  return chosen;
+#else
+  return false;
+#endif
+}
+
+// llama.cpp's block formats and float weights with AVX-512 where use_avx512(); float weights'
+// products of many rows (gemm_avx2.cpp) on the AVX2 path. Every row count of one dtype goes to
+// the same function, whose products all sum an output the same way (batch invariance).
+LinearRowsFn linear_rows_for([[maybe_unused]] DType wdt) {
+#if defined(FERRY_KERNELS_AVX512)
+  if (use_avx512() && is_ggml_block(wdt)) return detail::avx512::ggml_linear_rows;
+  if (use_avx512() && is_float_weight(wdt)) return detail::avx512::linear_float_rows;
+#endif
+#if defined(FERRY_KERNELS_AVX2)
+  if (&paths() == &kAvx2 && is_float_weight(wdt)) return detail::avx2::linear_float_rows;
 #endif
   return paths().linear_rows;
 }
@@ -164,6 +179,11 @@ void run_attention(AttentionPairsFn pairs, const AttentionArgs& args, ThreadPool
 }  // namespace
 
 std::string_view simd_level() { return paths().name; }
+
+std::string_view float_linear_level() {
+  if (use_avx512()) return "avx512";
+  return paths().name;
+}
 
 void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
             const float* bias, float* y, ThreadPool& pool) {

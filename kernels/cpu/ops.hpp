@@ -49,6 +49,9 @@ inline int64_t attention_kv_head(const AttentionArgs& a, int64_t h) {
 // environment forces the portable path. Under "avx2", linear on llama.cpp's block formats runs
 // AVX-512 code where the processor has AVX-512 F/BW/VL, unless FERRY_SIMD=avx2.
 std::string_view simd_level();
+// Which implementation multiplies f32, f16 and bf16 weights: simd_level(), or "avx512" where
+// the AVX2 path runs with AVX-512 F/BW/VL present (unless FERRY_SIMD=avx2).
+std::string_view float_linear_level();
 
 // y[i, o] = sum_j x[i, j] · w[o, j] + bias[o], for i < m, o < n, j < k. w is row-major
 // [n, k] (PyTorch's nn.Linear layout) in dtype wdt (f32, f16 or bf16), or packed (q8, q4_g64,
