@@ -59,6 +59,11 @@ const std::vector<float>& Engine::forward(std::span<const SeqTokens> batch, Logi
                  "sequence slot {} appears twice in one batch", s.seq);
     seen[static_cast<std::size_t>(s.seq)] = true;
     FERRY_EXPECT(!s.tokens.empty(), "sequence slot {} has no tokens in this batch", s.seq);
+    FERRY_EXPECT(which != LogitsFor::tail ||
+                     (s.tail_logits >= 1 &&
+                      s.tail_logits <= static_cast<int64_t>(s.tokens.size())),
+                 "sequence slot {} asks for logits of its last {} tokens but adds {}", s.seq,
+                 s.tail_logits, s.tokens.size());
     for (std::size_t i = 0; i < s.tokens.size(); ++i) {
       FERRY_EXPECT(s.tokens[i] >= 0 && s.tokens[i] < vocab,
                    "token id {} (position {} of the input) is outside the vocabulary of this "
@@ -92,6 +97,10 @@ const std::vector<float>& Engine::forward(std::span<const SeqTokens> batch, Logi
   std::vector<int64_t> out_rows;
   if (which == LogitsFor::all) {
     for (int64_t r = 0; r < rows; ++r) out_rows.push_back(r);
+  } else if (which == LogitsFor::tail) {
+    for (std::size_t i = 0; i < seqs_.size(); ++i)
+      for (int64_t r = seqs_[i].n_new - batch[i].tail_logits; r < seqs_[i].n_new; ++r)
+        out_rows.push_back(seqs_[i].row0 + r);
   } else {
     for (const SeqRows& s : seqs_) out_rows.push_back(s.row0 + s.n_new - 1);
   }

@@ -23,11 +23,16 @@ namespace ferry::engine {
 struct SeqTokens {
   int seq = 0;
   std::span<const int32_t> tokens;
+  // With LogitsFor::tail: rows of logits for its last tail_logits tokens (1 … tokens.size()).
+  int64_t tail_logits = 1;
 };
 
 enum class LogitsFor {
   last,  // one row per SeqTokens: the logits after its last token
   all,   // one row per token, in batch order
+  // SeqTokens::tail_logits rows per SeqTokens, in batch order: a batch where one sequence's
+  // drafts are verified (every row) beside others' single rows and prompt chunks (the last).
+  tail,
 };
 
 struct EngineOptions {

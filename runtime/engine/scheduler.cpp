@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <exception>
+#include <optional>
+#include <span>
 #include <utility>
 
 #include "runtime/core/clock.hpp"
@@ -17,7 +19,9 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-// Positions a request can occupy at most: the last sampled token is never fed back.
+// Positions a request can occupy at most: the last sampled token is never fed back. Speculation
+// needs no more: a round drafts at most the tokens still wanted less one, so its rows reach this
+// bound at most, before the rejected ones are rolled back.
 int64_t max_positions(int64_t prompt, int64_t max_new_tokens) {
   return prompt + std::max<int64_t>(max_new_tokens - 1, 0);
 }
@@ -49,6 +53,11 @@ struct Scheduler::Seq {
   int64_t prompt_done = 0;  // prompt tokens already in its cache
   std::vector<int32_t> out;
   Clock::time_point submitted, admitted, first_token;
+  // Speculation: its rounds (null when it decodes plainly), the prompt and every token emitted
+  // (what its drafter reads), and this step's rows: the last token and the drafts.
+  std::optional<SpeculativeSequence> spec;
+  std::vector<int32_t> context;
+  std::vector<int32_t> step_tokens;
 
   bool decoding() const { return prompt_done == static_cast<int64_t>(request.prompt.size()); }
 };
@@ -80,6 +89,18 @@ Scheduler::Scheduler(ForwardPass& engine, SchedulerOptions options)
                "rows per pass or run fewer sequences",
                options_.max_step_rows, options_.max_seqs, options_.max_seqs);
   FERRY_EXPECT(options_.max_queue >= 1, "the request queue must hold at least 1 request");
+  FERRY_EXPECT(options_.draft_k >= 0 && options_.draft_k <= SpeculativeOptions::kMaxK,
+               "{} drafts per pass is out of range; use 0 (no speculation) to {}",
+               options_.draft_k, SpeculativeOptions::kMaxK);
+  FERRY_EXPECT(options_.draft_k == 0 || options_.make_drafter,
+               "speculation with {} drafts per pass needs a drafter (make_drafter)",
+               options_.draft_k);
+  if (options_.draft_k > 0) {
+    for (int s = 0; s < options_.max_seqs; ++s) {
+      drafters_.push_back(options_.make_drafter(s));
+      FERRY_EXPECT(drafters_.back() != nullptr, "make_drafter gave no drafter for slot {}", s);
+    }
+  }
   slots_.resize(static_cast<std::size_t>(options_.max_seqs));
   stats_.max_seqs = options_.max_seqs;
   stats_.kv = engine_.kv_usage();
@@ -236,6 +257,10 @@ bool Scheduler::step() {
       reserved += next.kv_blocks;
       next.slot = static_cast<int>(free_slot - slots_.begin());
       next.admitted = Clock::now();
+      if (!drafters_.empty() && next.request.speculate)
+        next.spec.emplace(*drafters_[static_cast<std::size_t>(next.slot)],
+                          next.request.options.sampling, options_.draft_k,
+                          engine_.config().vocab_size);
       *free_slot = std::move(queue_.front());
       queue_.pop_front();
     }
@@ -244,9 +269,8 @@ bool Scheduler::step() {
     stats_.queued = queue_.size();
   }
 
-  // 2. The pass: every decoding sequence's
-  // last token first (one row each, always fits), then prompt chunks in admission order as the
-  // row cap allows.
+  // 2. The pass: every decoding sequence's last token first (one row each, always fits) with
+  // its drafts behind it as the row cap allows, then prompt chunks in admission order.
   std::vector<Seq*> order;
   for (auto& slot : slots_)
     if (slot) order.push_back(slot.get());
@@ -254,13 +278,33 @@ bool Scheduler::step() {
   std::vector<SeqTokens> batch;
   std::vector<Seq*> in_batch;
   std::vector<int64_t> chunk;  // prompt tokens each batch entry adds (0 when decoding)
-  int64_t rows = 0;
+  int64_t rows = std::count_if(order.begin(), order.end(), [](const Seq* s) {
+    return s->decoding();
+  });
   for (Seq* s : order) {
     if (!s->decoding()) continue;
-    batch.push_back({s->slot, {&s->out.back(), 1}});
+    s->step_tokens.assign(1, s->out.back());
+    if (s->spec) {
+      const int64_t remaining =
+          s->request.options.max_new_tokens - static_cast<int64_t>(s->out.size());
+      const int64_t spare = options_.max_step_rows > 0 ? options_.max_step_rows - rows
+                                                       : SpeculativeOptions::kMaxK;
+      try {
+        const std::span<const int32_t> drafts = s->spec->propose(s->context, remaining, spare);
+        s->step_tokens.insert(s->step_tokens.end(), drafts.begin(), drafts.end());
+      } catch (const std::exception& e) {
+        --rows;
+        retire(slots_[static_cast<std::size_t>(s->slot)], FinishReason::error,
+               fmt::format("drafting failed: {}", e.what()), done);
+        continue;
+      }
+      rows += static_cast<int64_t>(s->step_tokens.size()) - 1;
+    }
+    SeqTokens entry{s->slot, s->step_tokens};
+    entry.tail_logits = static_cast<int64_t>(s->step_tokens.size());
+    batch.push_back(entry);
     in_batch.push_back(s);
     chunk.push_back(0);
-    ++rows;
   }
   for (Seq* s : order) {
     if (s->decoding()) continue;
@@ -278,13 +322,19 @@ bool Scheduler::step() {
 
   // 3. The pass, unlocked: only this thread touches the engine and the slots.
   bool ran = false;
-  std::vector<std::pair<Seq*, int32_t>> new_tokens;
+  struct NewToken {
+    Seq* seq;
+    int32_t token;
+    std::size_t index;  // in seq->out
+  };
+  std::vector<NewToken> new_tokens;
+  uint64_t proposed = 0, accepted = 0, rejected = 0;
   if (!batch.empty()) {
     ran = true;
     const std::vector<float>* logits = nullptr;
     std::string failure;
     try {
-      logits = &engine_.forward(batch, LogitsFor::last);
+      logits = &engine_.forward(batch, LogitsFor::tail);
     } catch (const std::exception& e) {
       failure = e.what();
     }
@@ -295,38 +345,75 @@ bool Scheduler::step() {
     } else {
       const auto vocab = static_cast<std::size_t>(engine_.config().vocab_size);
       const auto now = Clock::now();
+      std::size_t row = 0;  // the entry's first row of logits
       for (std::size_t i = 0; i < in_batch.size(); ++i) {
         Seq& s = *in_batch[i];
+        const auto n_rows = static_cast<std::size_t>(batch[i].tail_logits);
+        const std::span<const float> entry_logits{logits->data() + row * vocab, n_rows * vocab};
+        row += n_rows;
         s.prompt_done += chunk[i];
         if (!s.decoding()) continue;  // mid-prompt: its row is not a prediction to sample
-        const int32_t token = s.sampler.sample({logits->data() + i * vocab, vocab});
-        if (s.out.empty()) s.first_token = now;
-        s.out.push_back(token);
-        new_tokens.emplace_back(&s, token);
+        // Appends a token; false once the sequence ends with it (an end id, or its length), so
+        // an accepted run stops exactly where decoding one token at a time would.
+        const auto emit = [&](int32_t token) {
+          if (s.out.empty()) s.first_token = now;
+          s.out.push_back(token);
+          if (s.spec) s.context.push_back(token);
+          new_tokens.push_back({&s, token, s.out.size() - 1});
+          const auto& eos = s.request.options.eos_ids;
+          return std::find(eos.begin(), eos.end(), token) == eos.end() &&
+                 static_cast<int64_t>(s.out.size()) < s.request.options.max_new_tokens;
+        };
+        if (!s.spec) {
+          emit(s.sampler.sample(entry_logits.first(vocab)));
+        } else if (chunk[i] > 0) {  // the prompt's last chunk: the first token
+          s.context = s.request.prompt;
+          emit(s.spec->first(entry_logits));
+        } else {
+          const SpeculativeStats before = s.spec->stats();
+          const int64_t emitted = s.spec->verify(entry_logits, emit);
+          // Keep the fed token and the accepted drafts emitted; the rejected ones never were.
+          const int64_t past = engine_.length(s.slot) - static_cast<int64_t>(n_rows);
+          engine_.truncate(s.slot, past + emitted);
+          const SpeculativeStats& after = s.spec->stats();
+          proposed += static_cast<uint64_t>(after.drafted - before.drafted);
+          accepted += static_cast<uint64_t>(after.accepted - before.accepted);
+          rejected += static_cast<uint64_t>(after.rejected - before.rejected);
+        }
       }
     }
   }
 
-  // 4. Tokens to their callers, then retire what ended (eos, length, on_token false).
-  for (auto [s, token] : new_tokens) {
+  // 4. Tokens to their callers in order, then retire what ended (eos, length, on_token false);
+  // a sequence that ends inside an accepted run keeps no token after the one it ended with.
+  uint64_t delivered = 0;
+  for (const NewToken& t : new_tokens) {
+    Seq* s = t.seq;
+    auto& slot = slots_[static_cast<std::size_t>(s->slot)];
+    if (slot.get() != s) continue;  // retired at an earlier token of this step
+    ++delivered;
     bool more = true;
     std::string failure;
     if (s->request.on_token) {
       try {
-        more = s->request.on_token(token);
+        more = s->request.on_token(t.token);
       } catch (const std::exception& e) {
         failure = fmt::format("the token callback threw: {}", e.what());
       }
     }
     const auto& eos = s->request.options.eos_ids;
-    auto& slot = slots_[static_cast<std::size_t>(s->slot)];
+    const bool ends = !failure.empty() || !more ||
+                      std::find(eos.begin(), eos.end(), t.token) != eos.end() ||
+                      static_cast<int64_t>(t.index) + 1 >= s->request.options.max_new_tokens;
+    if (!ends) continue;
+    s->out.resize(t.index + 1);
     if (!failure.empty())
       retire(slot, FinishReason::error, std::move(failure), done);
-    else if (std::find(eos.begin(), eos.end(), token) != eos.end())
+    else if (std::find(eos.begin(), eos.end(), t.token) != eos.end())
       retire(slot, FinishReason::stop, {}, done);
     else if (static_cast<int64_t>(s->out.size()) >= s->request.options.max_new_tokens)
       retire(slot, FinishReason::length, {}, done);
-    else if (!more)
+    else
       retire(slot, FinishReason::cancelled, {}, done);
   }
 
@@ -340,11 +427,14 @@ bool Scheduler::step() {
       stats_.busy_s += seconds_between(step_start, now);
       if (std::all_of(chunk.begin(), chunk.end(), [](int64_t n) { return n == 0; })) {
         ++stats_.decode_steps;
-        stats_.decode_tokens += new_tokens.size();
+        stats_.decode_tokens += delivered;
         stats_.decode_s += seconds_between(step_start, now);
       }
       for (int64_t n : chunk) stats_.prompt_tokens_total += static_cast<uint64_t>(n);
-      stats_.generated_tokens_total += new_tokens.size();
+      stats_.generated_tokens_total += delivered;
+      stats_.draft_tokens_proposed += proposed;
+      stats_.draft_tokens_accepted += accepted;
+      stats_.draft_tokens_rejected += rejected;
     }
     for (Done& d : done) {
       switch (d.reason) {

@@ -7,6 +7,13 @@
 // does not depend on the other rows, so a request's tokens are the same whatever else runs
 // beside it, and the same as generate() gives it alone.
 //
+// Speculation (speculative.hpp), when SchedulerOptions::draft_k > 0: a decoding sequence adds
+// its last token and up to draft_k tokens from its own drafter as rows of the same pass; after
+// it, the sequence keeps the drafts the target agrees with (greedy: the longest matching prefix;
+// sampling: the accept/resample rule with its own seeded generator) plus the target's own next
+// token, and its rejected positions are rolled back. Rows are row-independent, so its tokens are
+// generate_speculative()'s for it alone: greedy, plain generate()'s.
+//
 // Threads: submit(), cancel(), stop() and stats() may be called from any thread; step() (or
 // run(), which loops it) from one thread at a time, which is also where the callbacks run,
 // never under the scheduler's lock (a callback may call submit() or cancel()).
@@ -28,6 +35,7 @@
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/generate.hpp"
 #include "runtime/engine/sampler.hpp"
+#include "runtime/engine/speculative.hpp"
 
 namespace ferry::engine {
 
@@ -59,6 +67,8 @@ struct Request {
   std::function<bool(int32_t token)> on_token;
   // On the scheduler's thread, exactly once for every request submit() accepted.
   std::function<void(const RequestResult&)> on_done;
+  // With SchedulerOptions::draft_k > 0: false decodes this request without drafts.
+  bool speculate = true;
 };
 
 struct SchedulerOptions {
@@ -66,6 +76,13 @@ struct SchedulerOptions {
   int64_t prefill_chunk = 512;   // most prompt tokens one sequence adds per step
   int64_t max_step_rows = 0;     // most tokens in one pass (the plan's max_batch_rows); 0: no cap
   std::size_t max_queue = 64;    // requests waiting for a slot beyond which submit() refuses
+  // Speculative decoding: most drafts a sequence adds to a pass (0: none), drafted by the
+  // drafter make_drafter gives its slot (made once per slot, when the scheduler is; a drafter
+  // with state of its own, a draft model's cache, keeps it per slot). Drafts take rows of the
+  // pass: max_step_rows should allow max_seqs × (draft_k + 1) beside the prompt chunks, else
+  // sequences draft fewer (the tokens stay the same under greedy decoding).
+  int draft_k = 0;
+  std::function<std::unique_ptr<Drafter>(int slot)> make_drafter;
 };
 
 struct SchedulerStats {
@@ -85,6 +102,11 @@ struct SchedulerStats {
   uint64_t decode_tokens = 0;
   double decode_s = 0;
   KvUsage kv;                           // the engine's cache after the last step
+  // Speculation: drafts scored by the target, of them kept, and turned down (at most one a
+  // round: the drafts after it go unjudged). accepted / (accepted + rejected) is the rate.
+  uint64_t draft_tokens_proposed = 0;
+  uint64_t draft_tokens_accepted = 0;
+  uint64_t draft_tokens_rejected = 0;
 };
 
 // submit() beyond max_queue waiting requests: try again after retry_after_s (an estimate from
@@ -165,6 +187,8 @@ class Scheduler {
 
   // [max_seqs], null when free. Only the thread in step() touches them (and the engine).
   std::vector<std::unique_ptr<Seq>> slots_;
+  // [max_seqs] with draft_k > 0: each slot's drafter, used by whichever sequence holds it.
+  std::vector<std::unique_ptr<Drafter>> drafters_;
 };
 
 // Runs every request to completion, batched, on the calling thread (ferry run --prompts,

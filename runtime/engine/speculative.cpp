@@ -168,30 +168,124 @@ void SpeculativeOptions::validate() const {
                kMaxK);
 }
 
+SpeculativeSequence::SpeculativeSequence(Drafter& drafter, const SamplingParams& sampling, int k,
+                                         int64_t vocab)
+    : drafter_(drafter), sampling_(sampling), k_(k), vocab_(static_cast<std::size_t>(vocab)),
+      rng_(sampling.seed) {
+  SpeculativeOptions{k}.validate();
+}
+
+int32_t SpeculativeSequence::first(std::span<const float> logits) {
+  return pick(logits.first(vocab_), sampling_, rng_, p_);
+}
+
+std::span<const int32_t> SpeculativeSequence::propose(std::span<const int32_t> context,
+                                                      int64_t remaining, int64_t max_drafts) {
+  const auto t0 = std::chrono::steady_clock::now();
+  // Drafts past the tokens still wanted would be thrown away: a round emits its accepted
+  // drafts and one token of the target's.
+  const int k = static_cast<int>(std::max<int64_t>(
+      0, std::min({static_cast<int64_t>(k_), remaining - 1, max_drafts})));
+  draft_.tokens.clear();
+  draft_.probs.clear();
+  if (k > 0) drafter_.propose(context, k, sampling_, rng_, draft_);
+  // Only ids the target knows, at most k.
+  std::size_t n = std::min(draft_.tokens.size(), static_cast<std::size_t>(k));
+  for (std::size_t i = 0; i < n; ++i) {
+    if (draft_.tokens[i] < 0 || static_cast<std::size_t>(draft_.tokens[i]) >= vocab_) {
+      n = i;
+      break;
+    }
+  }
+  FERRY_EXPECT(
+      draft_.probs.empty() || draft_.probs.size() >= n * static_cast<std::size_t>(draft_.vocab),
+      "drafter '{}' returned {} probabilities for {} drafts of a {}-token vocabulary",
+      drafter_.name(), draft_.probs.size(), n, draft_.vocab);
+  n_draft_ = n;
+  stats_.draft_s += seconds_since(t0);
+  return {draft_.tokens.data(), n};
+}
+
+int64_t SpeculativeSequence::verify(std::span<const float> logits,
+                                    const std::function<bool(int32_t)>& emit) {
+  const std::size_t vocab = vocab_;
+  const std::size_t n_draft = n_draft_;
+  FERRY_EXPECT(logits.size() >= (n_draft + 1) * vocab,
+               "verifying {} drafts needs {} rows of logits, got {} values", n_draft, n_draft + 1,
+               logits.size());
+  const bool sampled_drafts = !draft_.probs.empty();
+  ++stats_.rounds;
+  stats_.drafted += static_cast<int64_t>(n_draft);
+  int64_t emitted = 0;
+  for (std::size_t i = 0; i <= n_draft; ++i) {
+    const std::span<const float> row = logits.subspan(i * vocab, vocab);
+    const bool is_draft = i < n_draft;
+    int32_t token = 0;
+    bool accepted = false;
+    if (sampling_.temperature == 0.0f) {
+      token = argmax(row);
+      accepted = is_draft && token == draft_.tokens[i];
+    } else {
+      sampling_distribution(row, sampling_, p_);
+      if (!is_draft) {
+        token = draw(p_, 1.0, rng_);
+      } else {
+        // Accept x with probability min(1, p(x) / q(x)); else draw from max(0, p − q),
+        // normalized. Together: exactly p.
+        const int32_t x = draft_.tokens[i];
+        const auto q_of = [&](std::size_t t) -> float {
+          if (!sampled_drafts) return t == static_cast<std::size_t>(x) ? 1.0f : 0.0f;
+          return t < static_cast<std::size_t>(draft_.vocab)
+                     ? draft_.probs[i * static_cast<std::size_t>(draft_.vocab) + t]
+                     : 0.0f;
+        };
+        const double qx = q_of(static_cast<std::size_t>(x));
+        const double px = p_[static_cast<std::size_t>(x)];
+        if (qx > 0.0 && uniform(rng_) * qx < px) {
+          token = x;
+          accepted = true;
+        } else {
+          residual_.resize(vocab);
+          double total = 0.0;
+          for (std::size_t t = 0; t < vocab; ++t) {
+            residual_[t] = std::max(0.0f, p_[t] - q_of(t));
+            total += static_cast<double>(residual_[t]);
+          }
+          // p ≤ q everywhere only up to rounding: then p itself.
+          token = total > 0.0 ? draw(residual_, total, rng_) : draw(p_, 1.0, rng_);
+        }
+      }
+    }
+    if (accepted) ++stats_.accepted;
+    if (is_draft && !accepted) ++stats_.rejected;
+    ++emitted;
+    const bool more = emit(token);
+    if (!accepted || !more) break;
+  }
+  n_draft_ = 0;
+  return emitted;
+}
+
 std::vector<int32_t> generate_speculative(ForwardPass& target, Drafter& drafter, int seq,
                                           std::span<const int32_t> prompt,
                                           const GenerateOptions& options,
                                           const SpeculativeOptions& speculative,
                                           const TokenCallback& on_token, SpeculativeStats* stats) {
-  const SamplingParams& sampling = options.sampling;
   speculative.validate();
   // As in generate(): the last token is never fed back. Drafts never reach past it either (a
   // round drafts at most the tokens still wanted, less the target's own one).
   check_generate_request(prompt, options, target.context());
 
   target.reset(seq);
-  SpeculativeStats st;
   std::vector<int32_t> out;
   if (options.max_new_tokens == 0) {
-    if (stats) *stats = st;
+    if (stats) *stats = SpeculativeStats{};
     return out;
   }
   out.reserve(static_cast<std::size_t>(options.max_new_tokens));
   std::vector<int32_t> context(prompt.begin(), prompt.end());
-  const auto vocab = static_cast<std::size_t>(target.config().vocab_size);
-  std::mt19937_64 rng(sampling.seed);
-  std::vector<float> p;
-  std::vector<float> residual;
+  const int64_t vocab = target.config().vocab_size;
+  SpeculativeSequence sp(drafter, options.sampling, speculative.k, vocab);
 
   // Appends a token; false when decoding stops after it.
   bool stopped = false;
@@ -209,99 +303,33 @@ std::vector<int32_t> generate_speculative(ForwardPass& target, Drafter& drafter,
   auto t0 = std::chrono::steady_clock::now();
   SeqTokens step{seq, prompt};
   const std::vector<float>* logits = &target.forward({&step, 1}, LogitsFor::last);
-  emit(pick({logits->data(), vocab}, sampling, rng, p));
-  st.prompt_s = seconds_since(t0);
+  emit(sp.first(*logits));
+  const double prompt_s = seconds_since(t0);
 
-  Draft draft;
+  double verify_s = 0;
   std::vector<int32_t> batch;
   while (!stopped) {
-    // Drafts past the tokens still wanted would be thrown away: a round emits its accepted
-    // drafts and one token of the target's.
     const int64_t remaining = options.max_new_tokens - static_cast<int64_t>(out.size());
-    const int k = static_cast<int>(std::min<int64_t>(speculative.k, remaining - 1));
-    t0 = std::chrono::steady_clock::now();
-    draft.tokens.clear();
-    draft.probs.clear();
-    if (k > 0) drafter.propose(context, k, sampling, rng, draft);
-    // Only ids the target knows, at most k.
-    std::size_t n_draft = std::min(draft.tokens.size(), static_cast<std::size_t>(k));
-    for (std::size_t i = 0; i < n_draft; ++i) {
-      if (draft.tokens[i] < 0 || static_cast<std::size_t>(draft.tokens[i]) >= vocab) {
-        n_draft = i;
-        break;
-      }
-    }
-    const bool sampled_drafts = !draft.probs.empty();
-    FERRY_EXPECT(
-        !sampled_drafts || draft.probs.size() >= n_draft * static_cast<std::size_t>(draft.vocab),
-        "drafter '{}' returned {} probabilities for {} drafts of a {}-token vocabulary",
-        drafter.name(), draft.probs.size(), n_draft, draft.vocab);
-    st.draft_s += seconds_since(t0);
-
+    const std::span<const int32_t> drafts = sp.propose(context, remaining, speculative.k);
     // One target pass: the last emitted token (not yet in the cache) and the drafts.
     t0 = std::chrono::steady_clock::now();
     const int64_t past = target.length(seq);
     batch.assign(1, context.back());
-    batch.insert(batch.end(), draft.tokens.begin(),
-                 draft.tokens.begin() + static_cast<std::ptrdiff_t>(n_draft));
+    batch.insert(batch.end(), drafts.begin(), drafts.end());
     step = SeqTokens{seq, batch};
     logits = &target.forward({&step, 1}, LogitsFor::all);
-    ++st.rounds;
-    st.drafted += static_cast<int64_t>(n_draft);
-
-    int64_t emitted = 0;
-    for (std::size_t i = 0; i <= n_draft && !stopped; ++i) {
-      const std::span<const float> row{logits->data() + i * vocab, vocab};
-      const bool is_draft = i < n_draft;
-      int32_t token = 0;
-      bool accepted = false;
-      if (sampling.temperature == 0.0f) {
-        token = argmax(row);
-        accepted = is_draft && token == draft.tokens[i];
-      } else {
-        sampling_distribution(row, sampling, p);
-        if (!is_draft) {
-          token = draw(p, 1.0, rng);
-        } else {
-          // Accept x with probability min(1, p(x) / q(x)); else draw from max(0, p − q),
-          // normalized. Together: exactly p.
-          const int32_t x = draft.tokens[i];
-          const auto q_of = [&](std::size_t t) -> float {
-            if (!sampled_drafts) return t == static_cast<std::size_t>(x) ? 1.0f : 0.0f;
-            return t < static_cast<std::size_t>(draft.vocab)
-                       ? draft.probs[i * static_cast<std::size_t>(draft.vocab) + t]
-                       : 0.0f;
-          };
-          const double qx = q_of(static_cast<std::size_t>(x));
-          const double px = p[static_cast<std::size_t>(x)];
-          if (qx > 0.0 && uniform(rng) * qx < px) {
-            token = x;
-            accepted = true;
-          } else {
-            residual.resize(vocab);
-            double total = 0.0;
-            for (std::size_t t = 0; t < vocab; ++t) {
-              residual[t] = std::max(0.0f, p[t] - q_of(t));
-              total += static_cast<double>(residual[t]);
-            }
-            // p ≤ q everywhere only up to rounding: then p itself.
-            token = total > 0.0 ? draw(residual, total, rng) : draw(p, 1.0, rng);
-          }
-        }
-      }
-      if (accepted) ++st.accepted;
-      if (is_draft && !accepted) ++st.rejected;
-      ++emitted;
-      emit(token);
-      if (!accepted) break;
-    }
+    const int64_t emitted = sp.verify(*logits, emit);
     // Keep the fed token and the accepted drafts that were emitted; the last emitted token is
     // fed next round, as in plain decoding.
     target.truncate(seq, past + emitted);
-    st.verify_s += seconds_since(t0);
+    verify_s += seconds_since(t0);
   }
-  st.new_tokens = static_cast<int64_t>(out.size());
-  if (stats) *stats = st;
+  if (stats) {
+    *stats = sp.stats();
+    stats->prompt_s = prompt_s;
+    stats->verify_s = verify_s;
+    stats->new_tokens = static_cast<int64_t>(out.size());
+  }
   return out;
 }
 

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <span>
 #include <string>
@@ -106,6 +107,48 @@ struct SpeculativeStats {
   double tokens_per_pass() const {
     return rounds > 0 ? static_cast<double>(new_tokens - 1) / static_cast<double>(rounds) : 0;
   }
+};
+
+// One sequence's speculation round by round, for a caller that runs the target's passes: one
+// sequence alone (generate_speculative) or many in one pass (the scheduler). Every random draw —
+// the first token, the drafter's, accepting and resampling — comes from one generator seeded
+// with sampling.seed, in the same order wherever it runs, so a seeded sequence gets the same
+// tokens from both as long as each round drafts the same tokens.
+class SpeculativeSequence {
+ public:
+  // The drafter must outlive this; k is the most drafts per round (SpeculativeOptions::k).
+  SpeculativeSequence(Drafter& drafter, const SamplingParams& sampling, int k, int64_t vocab);
+
+  // The first token, from the prompt pass's row of logits ([vocab]).
+  int32_t first(std::span<const float> logits);
+  // The next round's drafts for `context` (the prompt and every token emitted): at most k,
+  // max_drafts, and remaining − 1 where `remaining` tokens are still wanted (a round emits its
+  // accepted drafts and one token of the target's), only ids the target knows. The target then
+  // scores context.back() and these in one pass.
+  std::span<const int32_t> propose(std::span<const int32_t> context, int64_t remaining,
+                                   int64_t max_drafts);
+  // Judges the round's rows of logits ([1 + drafts proposed, vocab]: after context.back() and
+  // after each draft) and calls emit with each token kept, in order: the accepted drafts and
+  // the target's own token after them. Stops early when emit returns false. Returns the number
+  // of tokens emitted; the target's cache keeps context.back() and the accepted drafts emitted
+  // (truncate it to the length before the pass + that number).
+  int64_t verify(std::span<const float> logits, const std::function<bool(int32_t)>& emit);
+
+  // rounds, drafted, accepted, rejected and draft_s; the caller fills the rest.
+  SpeculativeStats& stats() { return stats_; }
+  const SpeculativeStats& stats() const { return stats_; }
+
+ private:
+  Drafter& drafter_;
+  SamplingParams sampling_;
+  int k_;
+  std::size_t vocab_;
+  std::mt19937_64 rng_;
+  Draft draft_;
+  std::size_t n_draft_ = 0;  // drafts proposed for the current round
+  std::vector<float> p_;
+  std::vector<float> residual_;
+  SpeculativeStats stats_;
 };
 
 // generate() (generate.hpp) with a drafter: the same tokens under greedy decoding, the same

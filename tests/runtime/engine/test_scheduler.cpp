@@ -1,7 +1,8 @@
 // The continuous-batching scheduler: a request's tokens equal generate()'s for it alone, token
 // for token (greedy and seeded sampling), whatever runs beside it, however its prompt is
 // chunked and whenever it arrives; cancellation, the queue bound, refusals, shutdown, engine
-// failures and threads.
+// failures and threads; speculation inside the batch (greedy equal to plain decoding, seeded
+// sampling equal to the single-sequence speculative path, stops inside accepted runs).
 #include "runtime/engine/scheduler.hpp"
 
 #include <gtest/gtest.h>
@@ -14,7 +15,9 @@
 #include "runtime/core/error.hpp"
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/generate.hpp"
+#include "runtime/engine/kv_cache.hpp"
 #include "runtime/engine/loaded_model.hpp"
+#include "runtime/engine/speculative.hpp"
 #include "tests/support/test_support.hpp"
 
 namespace ferry::engine {
@@ -492,6 +495,200 @@ TEST_P(SchedulerTest, ThreadsSubmitWhileRunServes) {
   EXPECT_EQ(s.stats().requests_finished, requests.size());
 }
 
+// --- speculation inside the batch ----------------------------------------------------------
+
+// mixed_requests with each prompt said twice: prompt lookup finds matches from the start.
+std::vector<Request> repeating_requests(int n, bool sampling) {
+  auto requests = mixed_requests(n, sampling);
+  for (Request& r : requests) {
+    const auto copy = r.prompt;
+    r.prompt.insert(r.prompt.end(), copy.begin(), copy.end());
+  }
+  return requests;
+}
+
+// Drafters for the scheduler's slots: prompt lookup, or the model drafting for itself on its own
+// engine (every draft right), one slot of it per scheduler slot.
+SchedulerOptions speculating(int k, Engine* self = nullptr) {
+  SchedulerOptions o;
+  o.draft_k = k;
+  if (self) {
+    o.make_drafter = [self](int slot) -> std::unique_ptr<Drafter> {
+      return std::make_unique<ModelDrafter>(*self, "self", slot);
+    };
+  } else {
+    o.make_drafter = [](int) -> std::unique_ptr<Drafter> {
+      return std::make_unique<LookupDrafter>();
+    };
+  }
+  return o;
+}
+
+// Greedy: a batch that speculates gives every request plain decoding's tokens, with lookup and
+// with a drafter that is always right, for k = 1, 2, 4 and 7; fewer passes than without drafts
+// when drafts are right; the counters add up.
+TEST_P(SchedulerTest, SpeculationGreedyBatchedEqualsPlain) {
+  const auto requests = repeating_requests(7, false);
+  const auto want = alone(requests);
+  auto plain_engine = engine(4);
+  Scheduler plain(*plain_engine, {});
+  for (const Request& r : requests) plain.submit(r);
+  while (plain.step()) {
+  }
+  uint64_t generated = 0;
+  for (const auto& w : want) generated += w.size();
+  for (const int k : {1, 2, 4, 7}) {
+    SCOPED_TRACE("k = " + std::to_string(k));
+    auto e = engine(4);
+    Scheduler lookup(*e, speculating(k));
+    std::vector<RequestResult> got(requests.size());
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+      Request r = requests[i];
+      r.on_done = [&got, i](const RequestResult& res) { got[i] = res; };
+      lookup.submit(std::move(r));
+    }
+    while (lookup.step()) {
+    }
+    expect_tokens(got, want);
+    const SchedulerStats ls = lookup.stats();
+    EXPECT_EQ(ls.generated_tokens_total, generated);
+    // The GPT-J fixtures repeat what they read; Llama 3's large vocabulary gives tokens the
+    // context never held, so lookup finds nothing to propose there.
+    if (GetParam().rfind("gptj", 0) == 0) {
+      EXPECT_GT(ls.draft_tokens_proposed, 0u);
+    }
+    EXPECT_LE(ls.draft_tokens_accepted + ls.draft_tokens_rejected, ls.draft_tokens_proposed);
+    EXPECT_EQ(ls.kv.blocks_used, 0);
+
+    auto self_engine = engine(4);
+    auto e2 = engine(4);
+    Scheduler self(*e2, speculating(k, self_engine.get()));
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+      Request r = requests[i];
+      r.on_done = [&got, i](const RequestResult& res) { got[i] = res; };
+      self.submit(std::move(r));
+    }
+    while (self.step()) {
+    }
+    expect_tokens(got, want);
+    const SchedulerStats ss = self.stats();
+    EXPECT_EQ(ss.draft_tokens_accepted, ss.draft_tokens_proposed) << "the model drafting itself";
+    EXPECT_EQ(ss.draft_tokens_rejected, 0u);
+    EXPECT_GT(ss.draft_tokens_proposed, 0u);
+    EXPECT_LT(ss.steps, plain.stats().steps) << "right drafts save passes";
+    EXPECT_EQ(ss.generated_tokens_total, generated);
+    EXPECT_EQ(ss.kv.blocks_used, 0);
+  }
+}
+
+// An end id, the length, and a callback that stops: each ends the request at exactly the token
+// plain decoding ends it, inside a run of accepted drafts, with nothing after it.
+TEST_P(SchedulerTest, SpeculationStopsInsideAnAcceptedRun) {
+  auto requests = repeating_requests(6, false);
+  for (auto& r : requests) r.options.max_new_tokens = 12;
+  auto plain = alone(requests);
+  // Requests 0 and 3 end at the token plain decoding gives at index 5; 1 and 4 at a length
+  // that is not a whole number of rounds; 2 stops from its callback after 4 tokens.
+  for (std::size_t i : {std::size_t{0}, std::size_t{3}}) requests[i].options.eos_ids = {plain[i][5]};
+  requests[1].options.max_new_tokens = 6;
+  requests[4].options.max_new_tokens = 3;
+  const auto want = alone(requests);
+  for (const int k : {3, 4, 8}) {
+    SCOPED_TRACE("k = " + std::to_string(k));
+    auto self_engine = engine(3);
+    auto e = engine(3);
+    std::vector<int32_t> seen;
+    auto rs = requests;
+    rs[2].on_token = [&seen](int32_t t) {
+      seen.push_back(t);
+      return seen.size() < 4;
+    };
+    const auto got = run_batch(*e, rs, speculating(k, self_engine.get()));
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      if (i == 2) continue;
+      EXPECT_EQ(got[i].tokens, want[i]) << "request " << i;
+    }
+    for (std::size_t i : {std::size_t{0}, std::size_t{3}}) {
+      const auto first = std::find(plain[i].begin(), plain[i].end(), plain[i][5]);
+      EXPECT_EQ(got[i].tokens, std::vector<int32_t>(plain[i].begin(), first + 1));
+      EXPECT_EQ(got[i].reason, FinishReason::stop) << "request " << i;
+    }
+    EXPECT_EQ(got[1].reason, FinishReason::length);
+    EXPECT_EQ(got[1].tokens.size(), 6u);
+    EXPECT_EQ(got[4].tokens.size(), 3u);
+    EXPECT_EQ(got[2].tokens, std::vector<int32_t>(plain[2].begin(), plain[2].begin() + 4));
+    EXPECT_EQ(got[2].reason, FinishReason::cancelled);
+    EXPECT_EQ(seen, got[2].tokens);
+    EXPECT_EQ(e->kv_usage().blocks_used, 0);
+  }
+}
+
+// Seeded sampling: a request speculating in a batch gets the tokens generate_speculative gives
+// it alone with the same seed and drafter (one generator, drawn in the same order), and a
+// request that opts out gets plain generate()'s.
+TEST_P(SchedulerTest, SpeculationSeededSamplingEqualsTheSingleSequencePath) {
+  auto requests = repeating_requests(6, true);
+  requests[5].speculate = false;
+  const int k = 4;
+  std::vector<std::vector<int32_t>> want;
+  {
+    auto e = engine(1);
+    auto self_engine = engine(1);
+    for (const Request& r : requests) {
+      if (!r.speculate) {
+        want.push_back(generate(*e, 0, r.prompt, r.options));
+        continue;
+      }
+      LookupDrafter lookup;
+      want.push_back(generate_speculative(*e, lookup, 0, r.prompt, r.options, {k}));
+    }
+  }
+  auto e = engine(3);
+  expect_tokens(run_batch(*e, requests, speculating(k)), want);
+
+  // With a draft model (its drafts sampled, with probabilities): the same holds.
+  std::vector<std::vector<int32_t>> want_self;
+  {
+    auto e1 = engine(1);
+    auto d1 = engine(1);
+    for (const Request& r : requests) {
+      if (!r.speculate) {
+        want_self.push_back(generate(*e1, 0, r.prompt, r.options));
+        continue;
+      }
+      ModelDrafter self(*d1, "self", 0);
+      want_self.push_back(generate_speculative(*e1, self, 0, r.prompt, r.options, {k}));
+    }
+  }
+  auto e3 = engine(3);
+  auto d3 = engine(3);
+  expect_tokens(run_batch(*e3, requests, speculating(k, d3.get())), want_self);
+}
+
+// The KV pool: a request that needs every block of the pool fits with speculation too (drafts
+// never reach past its last position), and a cap on rows per pass only makes drafts fewer.
+TEST_P(SchedulerTest, SpeculationFitsTheKvPoolAndTheRowCap) {
+  const auto requests = repeating_requests(4, false);
+  const auto want = alone(requests);
+  int64_t longest = 0;
+  for (const Request& r : requests)
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(r.prompt.size()) +
+                                             r.options.max_new_tokens - 1);
+  const int64_t block = KvBlocks::kBlockTokens;
+  EngineOptions eo{1, kContext};
+  eo.kv_pool_tokens = (longest + block - 1) / block * block;
+  Engine tight(*model_.weights, eo, default_thread_pool());
+  auto self_engine = engine(1);
+  expect_tokens(run_batch(tight, requests, speculating(8, self_engine.get())), want);
+
+  auto e = engine(4);
+  auto self4 = engine(4);
+  SchedulerOptions o = speculating(8, self4.get());
+  o.max_step_rows = 6;  // 4 decoding rows and 2 drafts between them
+  o.prefill_chunk = 8;
+  expect_tokens(run_batch(*e, requests, o), want);
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, SchedulerTest,
                          ::testing::Values("gptj/tiny-f32", "gptj/tiny-f16-bin-sharded",
                                            "llama/llama3-gqa-f32",
@@ -515,6 +712,24 @@ TEST(Scheduler, RefusesOptionsOutOfRange) {
     EXPECT_NE(std::string(err.what()).find("asked for 3 sequences but the engine has 2 slots"),
               std::string::npos)
         << err.what();
+  }
+  o = {};
+  o.draft_k = SpeculativeOptions::kMaxK + 1;
+  try {
+    Scheduler s(e, o);
+    FAIL() << "accepted too many drafts";
+  } catch (const InvalidArgument& err) {
+    EXPECT_NE(std::string(err.what()).find("33 drafts per pass is out of range; use 0"),
+              std::string::npos)
+        << err.what();
+  }
+  o = {};
+  o.draft_k = 4;
+  try {
+    Scheduler s(e, o);
+    FAIL() << "accepted speculation without a drafter";
+  } catch (const InvalidArgument& err) {
+    EXPECT_NE(std::string(err.what()).find("needs a drafter"), std::string::npos) << err.what();
   }
   o = {};
   o.prefill_chunk = 0;
