@@ -5,11 +5,11 @@
 // VCVTPH2PS, bf16 by a 16-bit shift, f32 as is), with two 8-wide FMA accumulators per row to hide
 // FMA latency; x (64 KiB at GPT-J's widest k) stays in L2 and is loaded once per four rows.
 //
-// Prompt processing (m > 1) is compute bound, so weights must be reused from cache: a group of 16
-// weight rows × 256 columns is converted once to f32 in a 16 KiB stack tile (L1-resident), then
-// every block of 3 rows of x is multiplied against it 4 rows at a time — 12 accumulators plus 3 x
-// vectors fill the 16 ymm registers, and each loaded value feeds 3 or 4 FMAs. Partial sums per
-// 256-column block are added to y in a fixed order.
+// Float weights with m > 1 (batches, drafts, prompts) go to gemm_avx2.cpp, which sums every output
+// as matvec_rows does. gemm_filled below is the tiled product llama.cpp's block formats use for
+// prompts in exact mode: a group of 16 weight rows × 256 columns converted once to f32 in a 16 KiB
+// stack tile (L1-resident), then every block of 3 rows of x multiplied against it 4 rows at a time,
+// partial sums per 256-column block added to y in a fixed order.
 //
 // Packed weights (q8, q4_g64, q4_g128; runtime/core/quant.hpp) go to packed_avx2.cpp, llama.cpp's
 // block formats (q8_0 … q6_k) to ggml_linear_avx2.cpp.
@@ -156,18 +156,6 @@ void gemm_tile_any(int mr, int nr, const float* x, int64_t ldx, const float* w, 
   }
 }
 
-// dst[r, 0:kc] = f32(src[r, 0:kc]) for rows r < rows; src rows are ld_src apart, dst rows kKBlock.
-template <class W>
-void widen_tile(const typename W::Elem* src, int64_t ld_src, int64_t rows, int64_t kc, float* dst) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const typename W::Elem* s = src + r * ld_src;
-    float* d = dst + r * kKBlock;
-    int64_t j = 0;
-    for (; j + 8 <= kc; j += 8) _mm256_store_ps(d + j, W::load8(s + j));
-    for (; j < kc; ++j) d[j] = W::load1(s + j);
-  }
-}
-
 // The prompt path for any weight storage: fill_tile(g, rows, kb, kc, tile) puts weight rows
 // g … g + rows − 1, columns kb … kb + kc − 1, as f32 into the tile (rows kKBlock apart).
 template <class FillTile>
@@ -199,97 +187,14 @@ void gemm_tiled(const float* x, int64_t m, int64_t k, int64_t n, const float* bi
   }
 }
 
-// Batched decoding (a few rows of x: one token of each sequence, or a draft's tokens): weights
-// stream from memory once while every row of x is multiplied against them — two weight rows
-// converted in registers feed eight accumulators (up to four rows of x), and the two rows stay
-// in L1 while the next rows of x take their turn. Each output is summed exactly as matvec_rows
-// (and gemm_tiled) sums it, so a row's bits do not depend on the batch.
-constexpr int64_t kBatchRows = 16;  // more rows of x than this: the tiled product
-
-template <class W, int MR, int NR>
-void batch_tile(const float* x, int64_t k, const typename W::Elem* w, int64_t ldw,
-                float (&total)[4][2]) {
-  for (int i = 0; i < 4; ++i) total[i][0] = total[i][1] = 0.0f;
-  for (int64_t kb = 0; kb < k; kb += kKBlock) {
-    const int64_t kc = min_i64(kKBlock, k - kb);
-    __m256 acc[4][2];
-    for (int i = 0; i < 4; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-    int64_t j = 0;
-    for (; j + 8 <= kc; j += 8) {
-      __m256 wv[NR];
-      for (int r = 0; r < NR; ++r) wv[r] = W::load8(w + r * ldw + kb + j);
-      for (int i = 0; i < MR; ++i) {
-        const __m256 xv = _mm256_loadu_ps(x + i * k + kb + j);
-        for (int r = 0; r < NR; ++r) acc[i][r] = _mm256_fmadd_ps(xv, wv[r], acc[i][r]);
-      }
-    }
-    for (int r = 0; r < NR; ++r) {
-      alignas(16) float block[4];
-      _mm_storeu_ps(block, hsum4(acc[0][r], acc[1][r], acc[2][r], acc[3][r]));
-      for (int i = 0; i < MR; ++i) {
-        for (int64_t t = j; t < kc; ++t)
-          block[i] = std::fma(x[i * k + kb + t], W::load1(w + r * ldw + kb + t), block[i]);
-        total[i][r] += block[i];
-      }
-    }
-  }
-}
-
-template <class W, int NR>
-void batch_rows(int mr, const float* x, int64_t k, const typename W::Elem* w, int64_t ldw,
-                float (&total)[4][2]) {
-  switch (mr) {
-    case 4:
-      batch_tile<W, 4, NR>(x, k, w, ldw, total);
-      break;
-    case 3:
-      batch_tile<W, 3, NR>(x, k, w, ldw, total);
-      break;
-    case 2:
-      batch_tile<W, 2, NR>(x, k, w, ldw, total);
-      break;
-    default:
-      batch_tile<W, 1, NR>(x, k, w, ldw, total);
-      break;
-  }
-}
-
 template <class W>
-void matvec_batch(const float* x, int64_t m, int64_t k, const typename W::Elem* w, int64_t n,
+void linear_typed(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
                   const float* bias, float* y, int64_t o_begin, int64_t o_end) {
-  float total[4][2];
-  for (int64_t o = o_begin; o < o_end; o += 2) {
-    const int nr = static_cast<int>(min_i64(2, o_end - o));
-    for (int64_t i = 0; i < m; i += 4) {
-      const int mr = static_cast<int>(min_i64(4, m - i));
-      if (nr == 2) {
-        batch_rows<W, 2>(mr, x + i * k, k, w + o * k, k, total);
-      } else {
-        batch_rows<W, 1>(mr, x + i * k, k, w + o * k, k, total);
-      }
-      for (int a = 0; a < mr; ++a) {
-        for (int r = 0; r < nr; ++r)
-          y[(i + a) * n + o + r] = bias != nullptr ? total[a][r] + bias[o + r] : total[a][r];
-      }
-    }
-  }
-}
-
-template <class W>
-void linear_typed(const float* x, int64_t m, int64_t k, const void* w, int64_t n, const float* bias,
-                  float* y, int64_t o_begin, int64_t o_end) {
-  const auto* wt = static_cast<const typename W::Elem*>(w);
   if (m == 1) {
-    matvec<W>(x, k, wt, bias, y, o_begin, o_end);
-  } else if (m <= kBatchRows) {
-    matvec_batch<W>(x, m, k, wt, n, bias, y, o_begin, o_end);
+    matvec<W>(x, k, static_cast<const typename W::Elem*>(w), bias, y, o_begin, o_end);
   } else {
-    // f32 weights are copied too: in place, rows k floats apart alias the same L1 sets
-    // whenever k is a multiple of 1024, and the copy is amortised over all m rows of x.
-    gemm_tiled(x, m, k, n, bias, y, o_begin, o_end,
-               [&](int64_t g, int64_t rows, int64_t kb, int64_t kc, float* tile) {
-                 widen_tile<W>(wt + g * k + kb, k, rows, kc, tile);
-               });
+    // Batches and prompts: gemm_avx2.cpp, which sums each output as matvec_rows does.
+    gemm_float(x, m, k, w, wdt, n, bias, y, o_begin, o_end);
   }
 }
 
@@ -307,10 +212,10 @@ void linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt,
                  const float* bias, float* y, int64_t o_begin, int64_t o_end) {
   switch (wdt) {
     case DType::f16:
-      linear_typed<F16Weights>(x, m, k, w, n, bias, y, o_begin, o_end);
+      linear_typed<F16Weights>(x, m, k, w, wdt, n, bias, y, o_begin, o_end);
       break;
     case DType::bf16:
-      linear_typed<BF16Weights>(x, m, k, w, n, bias, y, o_begin, o_end);
+      linear_typed<BF16Weights>(x, m, k, w, wdt, n, bias, y, o_begin, o_end);
       break;
     case DType::q8:
     case DType::q4_g64:
@@ -328,7 +233,7 @@ void linear_rows(const float* x, int64_t m, int64_t k, const void* w, DType wdt,
       ggml_linear_rows(x, m, k, w, wdt, n, bias, y, o_begin, o_end);
       break;
     default:
-      linear_typed<F32Weights>(x, m, k, w, n, bias, y, o_begin, o_end);
+      linear_typed<F32Weights>(x, m, k, w, wdt, n, bias, y, o_begin, o_end);
       break;
   }
 }
