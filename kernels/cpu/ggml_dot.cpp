@@ -69,7 +69,8 @@ void quantize_q8_0(const float* x, int64_t k, Q80* out) {
 }
 
 bool supports(DType wdt) {
-  return wdt == DType::q4_k || wdt == DType::q6_k || wdt == DType::q8_0 || wdt == DType::q4_0;
+  return wdt == DType::q4_k || wdt == DType::q5_k || wdt == DType::q6_k || wdt == DType::q8_0 ||
+         wdt == DType::q4_0 || wdt == DType::q5_0;
 }
 
 bool requested() {
@@ -129,14 +130,15 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
             const float* bias, float* y, ThreadPool& pool) {
   const auto* wb = static_cast<const unsigned char*>(w);
   const uint64_t row_bytes = ggml_row_bytes(wdt, k);
-  if (wdt == DType::q8_0 || wdt == DType::q4_0) {
+  if (wdt == DType::q8_0 || wdt == DType::q4_0 || wdt == DType::q5_0) {
     const int64_t nb = k / 32;
     std::vector<Q80> xq(static_cast<std::size_t>(m * nb));
     for (int64_t r = 0; r < m; ++r) quantize_q8_0(x + r * k, k, xq.data() + r * nb);
     float (*dot)(const unsigned char*, const Q80*, int64_t) =
-        wdt == DType::q8_0 ? avx2::dot_q8_0 : avx2::dot_q4_0;
+        wdt == DType::q8_0 ? avx2::dot_q8_0 : wdt == DType::q4_0 ? avx2::dot_q4_0 : avx2::dot_q5_0;
 #if defined(FERRY_KERNELS_AVX512)
-    if (uses_vnni()) dot = wdt == DType::q8_0 ? vnni::dot_q8_0 : vnni::dot_q4_0;
+    if (uses_vnni())
+      dot = wdt == DType::q8_0 ? vnni::dot_q8_0 : wdt == DType::q4_0 ? vnni::dot_q4_0 : vnni::dot_q5_0;
 #endif
     run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool, dot);
     return;
@@ -145,9 +147,10 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
   std::vector<Q8K> xq(static_cast<std::size_t>(m * nb));
   for (int64_t r = 0; r < m; ++r) quantize_q8_k(x + r * k, k, xq.data() + r * nb);
   float (*dot)(const unsigned char*, const Q8K*, int64_t) =
-      wdt == DType::q4_k ? avx2::dot_q4_k : avx2::dot_q6_k;
+      wdt == DType::q4_k ? avx2::dot_q4_k : wdt == DType::q5_k ? avx2::dot_q5_k : avx2::dot_q6_k;
 #if defined(FERRY_KERNELS_AVX512)
-  if (uses_vnni()) dot = wdt == DType::q4_k ? vnni::dot_q4_k : vnni::dot_q6_k;
+  if (uses_vnni())
+    dot = wdt == DType::q4_k ? vnni::dot_q4_k : wdt == DType::q5_k ? vnni::dot_q5_k : vnni::dot_q6_k;
 #endif
   run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool, dot);
 }

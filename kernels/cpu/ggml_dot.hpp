@@ -2,7 +2,7 @@
 // way: the activation row is rounded once per call to 8-bit blocks (q8_K for the K formats, q8_0
 // for q8_0 and q4_0 weights, exactly as ggml's quantize_row_q8_K_ref / quantize_row_q8_0_ref), and each
 // weight row is dotted with it in integer arithmetic per (sub-)block, scaled as ggml's
-// ggml_vec_dot_q4_K_q8_K / q6_K_q8_K / q8_0_q8_0 / q4_0_q8_0 scale. The result is not the exact product of
+// ggml_vec_dot_q4_K_q8_K / q5_K_q8_K / q6_K_q8_K / q8_0_q8_0 / q4_0_q8_0 / q5_0_q8_0 scale. The result is not the exact product of
 // kernels/cpu/ggml_linear_*.cpp: it carries the activation's rounding error, bounded by
 // Σ|w|·|x − x̂| (docs/ggml-formats.md), which is why they
 // are the default: a GGUF file gives llama.cpp's own logits (what its users compare against, and
@@ -41,7 +41,7 @@ struct Q80 {
 void quantize_q8_k(const float* x, int64_t k, Q8K* out);
 void quantize_q8_0(const float* x, int64_t k, Q80* out);
 
-// True for the weight formats the fast path multiplies (q4_k, q6_k, q8_0, q4_0).
+// True for the weight formats the fast path multiplies (q4_k, q5_k, q6_k, q8_0, q4_0, q5_0).
 bool supports(DType wdt);
 
 // FERRY_GGUF_PRODUCTS: true when unset or "fast", false for "exact"; anything else is an error.
@@ -58,6 +58,8 @@ float dot_q4_k(const unsigned char* row, const Q8K* x, int64_t nb);
 float dot_q6_k(const unsigned char* row, const Q8K* x, int64_t nb);
 float dot_q8_0(const unsigned char* row, const Q80* x, int64_t nb);
 float dot_q4_0(const unsigned char* row, const Q80* x, int64_t nb);
+float dot_q5_k(const unsigned char* row, const Q8K* x, int64_t nb);
+float dot_q5_0(const unsigned char* row, const Q80* x, int64_t nb);
 }  // namespace avx2
 
 namespace vnni {
@@ -67,6 +69,8 @@ float dot_q4_k(const unsigned char* row, const Q8K* x, int64_t nb);
 float dot_q6_k(const unsigned char* row, const Q8K* x, int64_t nb);
 float dot_q8_0(const unsigned char* row, const Q80* x, int64_t nb);
 float dot_q4_0(const unsigned char* row, const Q80* x, int64_t nb);
+float dot_q5_k(const unsigned char* row, const Q8K* x, int64_t nb);
+float dot_q5_0(const unsigned char* row, const Q80* x, int64_t nb);
 }  // namespace vnni
 
 // True when linear uses the vnni dots: the processor has AVX512-VL and -VNNI, the build has the

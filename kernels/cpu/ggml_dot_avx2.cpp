@@ -34,5 +34,11 @@ float dot_q8_0(const unsigned char* row, const Q80* x, int64_t nb) {
 float dot_q4_0(const unsigned char* row, const Q80* x, int64_t nb) {
   return dot_q4_0_impl(row, x, nb);
 }
+float dot_q5_k(const unsigned char* row, const Q8K* x, int64_t nb) {
+  return dot_q5_k_impl(row, x, nb);
+}
+float dot_q5_0(const unsigned char* row, const Q80* x, int64_t nb) {
+  return dot_q5_0_impl(row, x, nb);
+}
 
 }  // namespace ferry::kernels::cpu::ggml_dot::avx2

@@ -249,18 +249,29 @@ uint32_t file_type_of(GgufMix mix) {
   return 0;
 }
 
-// GPT-2's tokens in id order, padded with unused tokens to vocab entries.
+// GPT-2's tokens in id order, padded with unused tokens to vocab entries; a vocabulary smaller
+// than GPT-2's gets its first vocab − 1 tokens (and the merges that make them) with
+// <|endoftext|> last, so that no text encodes beyond it.
 void add_gpt2_vocabulary(offload::detail::GgufWriter& w, int64_t vocab) {
   using offload::detail::GgufType;
   const auto v = nlohmann::json::parse(text::embedded_gpt2_vocab_json());
   std::vector<std::string> tokens(v.size());
   for (const auto& [tok, id] : v.items()) tokens.at(id.get<std::size_t>()) = tok;
-  FERRY_EXPECT(vocab >= static_cast<int64_t>(tokens.size()),
-               "a GGUF file carries GPT-2's tokenizer of {} tokens; the vocabulary of {} is "
-               "smaller (--vocab {} or more)",
-               tokens.size(), vocab, tokens.size());
+  FERRY_EXPECT(vocab >= 257,
+               "a vocabulary of {} tokens cannot hold the 256 byte tokens of GPT-2's tokenizer "
+               "and its <|endoftext|>, which random-weight GGUF files carry; give --vocab 257 or "
+               "more",
+               vocab);
+  int32_t eot = v.at("<|endoftext|>").get<int32_t>();
+  if (vocab < static_cast<int64_t>(tokens.size())) {
+    tokens.resize(static_cast<std::size_t>(vocab));
+    tokens.back() = "<|endoftext|>";
+    eot = static_cast<int32_t>(vocab - 1);
+  }
+  // Merge i makes token 256 + i: the ones whose token is kept (not the one <|endoftext|> took).
+  const auto n_merges = static_cast<std::size_t>(std::min<int64_t>(
+      static_cast<int64_t>(tokens.size()) - 256, static_cast<int64_t>(eot) - 256));
   std::vector<int32_t> types(tokens.size(), 1);
-  const int32_t eot = v.at("<|endoftext|>").get<int32_t>();
   types[static_cast<std::size_t>(eot)] = 3;  // control
   for (auto i = static_cast<int64_t>(tokens.size()); i < vocab; ++i) {
     tokens.push_back(fmt::format("[PAD{}]", i));
@@ -268,7 +279,7 @@ void add_gpt2_vocabulary(offload::detail::GgufWriter& w, int64_t vocab) {
   }
   std::vector<std::string> merges;
   const std::string_view m = text::embedded_gpt2_merges_txt();
-  for (std::size_t at = 0; at < m.size();) {
+  for (std::size_t at = 0; at < m.size() && merges.size() < n_merges;) {
     std::size_t end = m.find('\n', at);
     if (end == std::string_view::npos) end = m.size();
     const std::string_view line = m.substr(at, end - at);

@@ -579,17 +579,26 @@ float plain_fast_dot(const unsigned char* row, DType t, int64_t k, const PlainQ8
   const int64_t nb = k / ggml_block_elems(t);
   for (int64_t i = 0; i < nb; ++i) {
     const unsigned char* b = row + i * static_cast<int64_t>(ggml_block_bytes(t));
-    if (t == DType::q8_0 || t == DType::q4_0) {
+    if (t == DType::q8_0 || t == DType::q4_0 || t == DType::q5_0) {
       int sumi = 0;
+      uint32_t qh = 0;
+      std::memcpy(&qh, b + 2, 4);
       for (int l = 0; l < 32; ++l) {
-        const int wq = t == DType::q8_0 ? static_cast<int8_t>(b[2 + l])
-                                        : (l < 16 ? b[2 + l] & 0xF : b[2 + l - 16] >> 4) - 8;
+        int wq = 0;
+        if (t == DType::q8_0) {
+          wq = static_cast<int8_t>(b[2 + l]);
+        } else if (t == DType::q4_0) {
+          wq = (l < 16 ? b[2 + l] & 0xF : b[2 + l - 16] >> 4) - 8;
+        } else {  // ggml's dequantize_row_q5_0: x0 from the low nibbles, x1 the high; bit l of qh
+          wq = ((l < 16 ? b[6 + l] & 0xF : b[6 + l - 16] >> 4) | (((qh >> l) & 1) << 4)) - 16;
+        }
         sumi += wq * a.q[32 * i + l];
       }
       const float term = static_cast<float>(sumi) * (h2f(b) * a.d[i]);
       sum += term;
       sum_abs += std::fabs(term);
-    } else if (t == DType::q4_k) {
+    } else if (t == DType::q4_k || t == DType::q5_k) {
+      const bool five = t == DType::q5_k;
       int sumi = 0;
       int mins = 0;
       for (int j = 0; j < 8; ++j) {
@@ -598,8 +607,10 @@ float plain_fast_dot(const unsigned char* row, DType t, int64_t k, const PlainQ8
         get_scale_min_k4(j, b + 4, &sc, &mn);
         int s = 0;
         for (int l = 0; l < 32; ++l) {
-          const unsigned char v = b[16 + 32 * (j / 2) + l];
-          const int q = (j % 2) != 0 ? v >> 4 : v & 0xF;
+          const unsigned char v = b[(five ? 48 : 16) + 32 * (j / 2) + l];
+          int q = (j % 2) != 0 ? v >> 4 : v & 0xF;
+          // ggml's dequantize_row_q5_K: sub-block j's fifth bit is bit j of qh[l].
+          if (five) q |= ((b[16 + l] >> j) & 1) << 4;
           s += q * a.q[256 * i + 32 * j + l];
         }
         sumi += sc * s;
@@ -633,7 +644,8 @@ float plain_fast_dot(const unsigned char* row, DType t, int64_t k, const PlainQ8
   return sum;
 }
 
-constexpr DType kFast[] = {DType::q8_0, DType::q4_k, DType::q6_k, DType::q4_0};
+constexpr DType kFast[] = {DType::q8_0, DType::q4_k, DType::q6_k, DType::q4_0, DType::q5_k,
+                           DType::q5_0};
 
 std::vector<float> random_activations(std::mt19937& rng, int64_t k) {
   std::normal_distribution<float> nd(0.f, 1.f);
@@ -679,7 +691,7 @@ TEST(GgmlDot, ProductMode) {
   ::setenv("FERRY_GGUF_PRODUCTS", "exact", 1);  // as the other tests here want it
   for (DType t : kFast) EXPECT_TRUE(ggml_dot::supports(t));
   EXPECT_FALSE(ggml_dot::supports(DType::q4_1));
-  EXPECT_FALSE(ggml_dot::supports(DType::q5_k));
+  EXPECT_FALSE(ggml_dot::supports(DType::q5_1));
   EXPECT_FALSE(ggml_dot::supports(DType::f32));
 }
 
@@ -788,9 +800,15 @@ TEST(GgmlDot, VnniDotsEqualTheAvx2Dots) {
       } else if (t == DType::q4_0) {
         a = ggml_dot::avx2::dot_q4_0(row, q0.data(), k / 32);
         b = ggml_dot::vnni::dot_q4_0(row, q0.data(), k / 32);
+      } else if (t == DType::q5_0) {
+        a = ggml_dot::avx2::dot_q5_0(row, q0.data(), k / 32);
+        b = ggml_dot::vnni::dot_q5_0(row, q0.data(), k / 32);
       } else if (t == DType::q4_k) {
         a = ggml_dot::avx2::dot_q4_k(row, qk.data(), k / 256);
         b = ggml_dot::vnni::dot_q4_k(row, qk.data(), k / 256);
+      } else if (t == DType::q5_k) {
+        a = ggml_dot::avx2::dot_q5_k(row, qk.data(), k / 256);
+        b = ggml_dot::vnni::dot_q5_k(row, qk.data(), k / 256);
       } else {
         a = ggml_dot::avx2::dot_q6_k(row, qk.data(), k / 256);
         b = ggml_dot::vnni::dot_q6_k(row, qk.data(), k / 256);

@@ -10,6 +10,7 @@
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/loaded_model.hpp"
 #include "runtime/engine/make_model.hpp"
+#include "runtime/engine/model_files.hpp"
 #include "runtime/text/bpe_tokenizer.hpp"
 #include "tests/offload/error_text.hpp"
 #include "tests/support/test_support.hpp"
@@ -83,6 +84,26 @@ TEST(MakeModel, AFullVocabularyGetsGpt2sTokenizerAndATinyOneIsRefused) {
               testing::AllOf(testing::HasSubstr("256 byte tokens"),
                              testing::HasSubstr("--vocab 256")));
   EXPECT_FALSE(std::filesystem::exists(b.path() / "m"));  // refused before writing anything
+}
+
+// A GGUF file's tokenizer is cut the same way, with <|endoftext|> as its last id (its eos).
+TEST(MakeModel, AGgufFileOfASmallVocabularyCarriesATokenizerThatFits) {
+  test::TempDir dir;
+  MakeModelOptions o;
+  o.config = model::preset_config("tiny-llama");
+  o.config.vocab_size = 300;
+  o.config.n_layer = 1;
+  const auto file = dir / "m.gguf";
+  make_gguf_model(file, o, GgufMix::f32);
+  const text::Tokenizer tok = read_tokenizer(file);
+  const std::string text = "Hello world, Zürich the end";
+  const auto ids = tok.encode(text);
+  for (int32_t id : ids) EXPECT_LT(id, 300);
+  EXPECT_EQ(tok.decode(ids), text);
+  EXPECT_EQ(read_eos_ids(file, read_model_config(file), &tok), (std::vector<int32_t>{299}));
+  o.config.vocab_size = 256;  // no room for <|endoftext|>
+  EXPECT_THAT(test::error_text<InvalidArgument>([&] { make_gguf_model(dir / "n.gguf", o, GgufMix::f32); }),
+              testing::HasSubstr("--vocab 257"));
 }
 
 TEST(MakeModel, WeightsDependOnTheSeedOnly) {
