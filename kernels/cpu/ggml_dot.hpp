@@ -4,8 +4,7 @@
 // weight row is dotted with it in integer arithmetic per (sub-)block, scaled as ggml's
 // ggml_vec_dot_q4_K_q8_K / q5_K_q8_K / q6_K_q8_K / q8_0_q8_0 / q4_0_q8_0 / q5_0_q8_0 scale. The result is not the exact product of
 // kernels/cpu/ggml_linear_*.cpp: it carries the activation's rounding error, bounded by
-// Σ|w|·|x − x̂| (docs/ggml-formats.md), which is why they
-// are the default: a GGUF file gives llama.cpp's own logits (what its users compare against, and
+// Σ|w|·|x − x̂| (docs/ggml-formats.md). They are nevertheless the default: a GGUF file gives llama.cpp's own logits (what its users compare against, and
 // within the bound of twice llama.cpp's distance from the exact answer) at llama.cpp's
 // speed, and a row's result never depends on the rows beside it. FERRY_GGUF_PRODUCTS=exact keeps
 // the exact path (every product in f32) for reference work.
