@@ -1,13 +1,15 @@
-// The default products on llama.cpp's block formats (FERRY_GGUF_PRODUCTS=fast or unset), llama.cpp's
-// way: the activation row is rounded once per call to 8-bit blocks (q8_K for the K formats, q8_0
-// for q8_0 and q4_0 weights, exactly as ggml's quantize_row_q8_K_ref / quantize_row_q8_0_ref), and each
-// weight row is dotted with it in integer arithmetic per (sub-)block, scaled as ggml's
-// ggml_vec_dot_q4_K_q8_K / q5_K_q8_K / q6_K_q8_K / q8_0_q8_0 / q4_0_q8_0 / q5_0_q8_0 scale. The result is not the exact product of
-// kernels/cpu/ggml_linear_*.cpp: it carries the activation's rounding error, bounded by
-// Σ|w|·|x − x̂| (docs/ggml-formats.md). They are nevertheless the default: a GGUF file gives llama.cpp's own logits (what its users compare against, and
-// within the bound of twice llama.cpp's distance from the exact answer) at llama.cpp's
-// speed, and a row's result never depends on the rows beside it. FERRY_GGUF_PRODUCTS=exact keeps
-// the exact path (every product in f32) for reference work.
+// The default products on llama.cpp's block formats (FERRY_GGUF_PRODUCTS=fast or unset),
+// llama.cpp's way: the activation row is rounded once per call to 8-bit blocks (q8_K for the K
+// formats, q8_0 for q8_0 and q4_0 weights, exactly as ggml's quantize_row_q8_K_ref /
+// quantize_row_q8_0_ref), and each weight row is dotted with it in integer arithmetic per
+// (sub-)block, scaled as ggml's ggml_vec_dot_q4_K_q8_K / q5_K_q8_K / q6_K_q8_K / q8_0_q8_0 /
+// q4_0_q8_0 / q5_0_q8_0 scale. The result is not the exact product of
+// kernels/cpu/ggml_linear_*.cpp: it carries the activation's rounding error, bounded by Σ|w|·|x −
+// x̂| (docs/ggml-formats.md). They are nevertheless the default: a GGUF file gives llama.cpp's own
+// logits (what its users compare against, and within the bound of twice llama.cpp's
+// distance from the exact answer) at llama.cpp's speed, and a row's result never depends on the
+// rows beside it. FERRY_GGUF_PRODUCTS=exact keeps the exact path (every product in f32) for
+// reference work.
 //
 // The quantizers and the threading live in ggml_dot.cpp; the row dots in ggml_dot_avx2.cpp
 // (AVX2) and ggml_dot_avx512.cpp (AVX512-VNNI, picked at run time where the processor has it),
