@@ -107,6 +107,25 @@ double unit_overhead_s(Backend backend) {
 
 std::string_view backend_name(Backend b) { return b == Backend::cuda ? "cuda" : "cpu"; }
 
+std::string_view kv_memory_name(KvMemory m) {
+  switch (m) {
+    case KvMemory::device: return "device";
+    case KvMemory::host: return "host";
+    case KvMemory::automatic: break;
+  }
+  return "auto";
+}
+
+KvMemory parse_kv_memory(std::string_view text) {
+  if (text == "auto") return KvMemory::automatic;
+  if (text == "device") return KvMemory::device;
+  if (text == "host") return KvMemory::host;
+  throw InvalidArgument(fmt::format(
+      "--kv-memory '{}' is not auto, device or host (auto: the planner chooses; device: the KV "
+      "pool in VRAM; host: in pinned host memory, read over PCIe)",
+      text));
+}
+
 std::size_t Choice::count(Tier t) const {
   return static_cast<std::size_t>(std::count(tiers.begin(), tiers.end(), t));
 }
@@ -234,16 +253,21 @@ Prediction predict(const PlanRequest& r, const Choice& c) {
         if (hold_host) *hold_host = ready;  // the copy is done with the host slot
         hold_host = nullptr;
       }
-      if (cuda && c.kv == KvPlace::host && u.kv_read_bytes > 0) {
-        // The layer's KV cache crosses to the device for its attention (FlexGen's layout).
-        const double dt = batch * static_cast<double>(u.kv_read_bytes) / h2d_bw;
-        h2d_free = std::max(h2d_free, comp_free) + dt;
-        ready = std::max(ready, h2d_free);
-        h2d_s += dt;
+      // KV in host memory (CUDA): mapped pinned memory that attention reads over PCIe, every
+      // sequence's attended tokens every step. The reads start when the layer does (its weights
+      // in, the previous layer done), take the link in turn with the copies (the next layer's
+      // copy goes after them, beside this layer's compute), and the layer's compute ends after
+      // them; the new tokens' K and V written back are a few KiB and left out.
+      const bool kv_over_link = cuda && c.kv == KvPlace::host && u.kv_read_bytes > 0;
+      const double kv_read = batch * static_cast<double>(u.kv_read_bytes);
+      if (kv_over_link) {
+        const double kt = kv_read / h2d_bw;
+        h2d_free = std::max({h2d_free, ready, comp_free}) + kt;
+        ready = h2d_free;
+        h2d_s += kt;
         h2d_b += static_cast<uint64_t>(batch) * u.kv_read_bytes;
       }
-      const double dt =
-          compute_s(u.bytes) + batch * static_cast<double>(u.kv_read_bytes) / comp_bw + overhead;
+      const double dt = compute_s(u.bytes) + (kv_over_link ? 0 : kv_read / comp_bw) + overhead;
       comp_free = std::max(comp_free, ready) + dt;
       comp_s += dt;
       if (hold_host) *hold_host = comp_free;
@@ -335,25 +359,43 @@ bool fits(const Prediction& p, const Budgets& b, bool cuda) {
     throw PlanError(msg);
   }
   const GpuSpec& g = *r.machine.gpu;
-  const uint64_t min_vram = g.context_bytes + r.device_fixed_bytes + 2 * slot;
-  const uint64_t min_ram = r.host_fixed_bytes + g.host_context_bytes + 2 * slot + r.kv_bytes;
+  // The least each memory can hold: every layer streamed, the KV pool where --kv-memory puts it
+  // (automatic: in host memory, which needs the least VRAM).
+  const bool kv_in_vram = r.kv_memory == KvMemory::device;
+  const uint64_t min_vram =
+      g.context_bytes + r.device_fixed_bytes + 2 * slot + (kv_in_vram ? r.kv_bytes : 0);
+  const uint64_t min_ram =
+      r.host_fixed_bytes + g.host_context_bytes + 2 * slot + (kv_in_vram ? 0 : r.kv_bytes);
   if (plan.vram_budget_bytes - plan.vram_margin_bytes < min_vram)
     throw PlanError(fmt::format(
         "{} needs at least {} of VRAM with every layer streamed ({} for the CUDA context, {} "
-        "for activations, {} for 2 device slots; KV cache kept in host RAM) but {} allows {}; "
-        "raise --max-vram, or run on the CPU with --device cpu",
+        "for activations, {} for 2 device slots; {}) but {} allows {}; raise --max-vram, {}or "
+        "run on the CPU with --device cpu",
         r.model, format_bytes(min_vram + vram_margin(min_vram)), format_bytes(g.context_bytes),
-        format_bytes(r.device_fixed_bytes), format_bytes(2 * slot), g.vram_bytes.source,
-        format_bytes(plan.vram_budget_bytes)));
+        format_bytes(r.device_fixed_bytes), format_bytes(2 * slot),
+        kv_in_vram ? fmt::format("{} of KV pool in VRAM (--kv-memory device)",
+                                 format_bytes(r.kv_bytes))
+                   : std::string("KV pool in host memory"),
+        g.vram_bytes.source, format_bytes(plan.vram_budget_bytes),
+        kv_in_vram ? "put the KV pool in host memory (--kv-memory auto or host), " : ""));
+  if (kv_in_vram)
+    throw PlanError(fmt::format(
+        "{} needs at least {} of RAM on a GPU machine with every layer streamed ({} for the CUDA "
+        "driver, {} for 2 pinned staging slots, {} for the runtime; KV pool in VRAM) but {} "
+        "allows {}; raise --max-ram to at least {}",
+        r.model, format_bytes(budget_for(min_ram, exact)), format_bytes(g.host_context_bytes),
+        format_bytes(2 * slot), format_bytes(r.host_fixed_bytes), ram_source,
+        format_bytes(plan.ram_budget_bytes), format_bytes(budget_for(min_ram, exact))));
   throw PlanError(fmt::format(
       "{} needs at least {} of RAM on a GPU machine with every layer streamed ({} for the CUDA "
       "driver, {} for 2 pinned staging slots, {} of KV cache for a context of {} tokens when VRAM "
       "cannot hold "
-      "it, {} for the runtime) but {} allows {}; raise --max-ram to at least {}, or {}",
+      "it, {} for the runtime) but {} allows {}; raise --max-ram to at least {}, or {}{}",
       r.model, format_bytes(budget_for(min_ram, exact)), format_bytes(g.host_context_bytes),
       format_bytes(2 * slot), format_bytes(r.kv_bytes), r.context, format_bytes(r.host_fixed_bytes),
       ram_source, format_bytes(plan.ram_budget_bytes), format_bytes(budget_for(min_ram, exact)),
-      r.context_hint.empty() ? "use a smaller --ctx" : r.context_hint));
+      r.context_hint.empty() ? "use a smaller --ctx" : r.context_hint,
+      r.kv_memory == KvMemory::host ? ", or let the KV pool use VRAM (--kv-memory auto)" : ""));
 }
 
 }  // namespace
@@ -443,7 +485,8 @@ Plan make_plan(const PlanRequest& r) {
               for (std::size_t ds : {2, 3}) {
                 if (fast == n && ds == 3) continue;
                 for (KvPlace kv : {KvPlace::device, KvPlace::host}) {
-                  if (kv == KvPlace::host && r.kv_device_only) continue;
+                  if (kv == KvPlace::host && r.kv_memory == KvMemory::device) continue;
+                  if (kv == KvPlace::device && r.kv_memory == KvMemory::host) continue;
                   c.host_slots = hs;
                   c.device_slots = fast == n ? 0 : ds;
                   c.kv = kv;
@@ -527,6 +570,12 @@ Plan make_plan(const PlanRequest& r) {
   plan.slot_bytes = plan.chosen.predicted.host_slot_bytes;
   for (std::size_t i = 0; i < ranked.size() && plan.runners_up.size() < 2; ++i)
     if (i != pick_i) plan.runners_up.push_back(ranked[i]);
+  if (cuda && r.kv_memory == KvMemory::automatic)
+    for (const Choice& c : ranked)
+      if (c.kv != plan.chosen.kv) {
+        plan.kv_alternative = c;
+        break;
+      }
   return plan;
 }
 
@@ -550,7 +599,7 @@ std::string choice_line(const Plan& plan, const Choice& c) {
     if (c.chunk_bytes > 0)
       s += fmt::format(", layers read in pieces of {}", format_bytes(c.chunk_bytes));
   }
-  if (cuda) s += fmt::format("; KV on {}", c.kv == KvPlace::device ? "device" : "host");
+  if (cuda) s += fmt::format("; KV in {}", c.kv == KvPlace::device ? "VRAM" : "host memory");
   s += fmt::format("; peak RAM {}", format_bytes(c.predicted.peak_ram_bytes));
   if (cuda) s += fmt::format(", VRAM {}", format_bytes(c.predicted.peak_vram_bytes));
   s += fmt::format("; {:.3f} s/token, bound by {}", c.predicted.s_per_token, c.predicted.bound);
@@ -595,9 +644,7 @@ std::string Plan::table() const {
                      format_bytes(c.chunk_bytes));
   t += fmt::format("; prefetch depth {}; I/O queue depth {}\n", c.prefetch_depth(),
                    r.io_queue_depth);
-  t += fmt::format("  {:<13}{} on the {} ({} tokens × {} sequence{})\n", "KV cache",
-                   format_bytes(r.kv_bytes), cuda && c.kv == KvPlace::device ? "device" : "host",
-                   r.context, r.batch, r.batch == 1 ? "" : "s");
+  t += fmt::format("  {:<13}{}\n", "KV cache", kv_line());
   t += fmt::format("  {:<13}{} of {} (margin {} kept free; budget from {})\n", "peak RAM",
                    format_bytes(p.peak_ram_bytes), format_bytes(ram_budget_bytes),
                    format_bytes(ram_margin_bytes), r.machine.ram_bytes.source);
@@ -623,6 +670,32 @@ std::string Plan::table() const {
                      r.machine.gpu->h2d_bytes_per_s.value / 1e9);
   t += fmt::format("; compute {}\n", fmt_s(p.compute_s));
   return t;
+}
+
+std::string Plan::kv_line() const {
+  const PlanRequest& r = request;
+  const int64_t tokens = r.kv_tokens > 0 ? r.kv_tokens : r.context * std::max(1, r.batch);
+  std::string s = fmt::format("{} tokens ({}) in ", tokens, format_bytes(r.kv_bytes));
+  if (r.backend != Backend::cuda) return s + "host memory";
+  uint64_t read = 0;
+  for (const auto& u : r.units) read += u.kv_read_bytes;
+  read *= static_cast<uint64_t>(std::max(1, r.batch));
+  s += chosen.kv == KvPlace::host
+           ? fmt::format("host memory (pinned, read over PCIe: {} a step)", format_bytes(read))
+           : std::string("VRAM");
+  if (r.kv_memory != KvMemory::automatic)
+    return s + fmt::format(" (--kv-memory {})", kv_memory_name(r.kv_memory));
+  const char* other = chosen.kv == KvPlace::host ? "VRAM" : "host memory";
+  if (!kv_alternative) return s + fmt::format("; in {} nothing fits the budgets", other);
+  const Choice& a = *kv_alternative;
+  const double mine = chosen.predicted.tokens_per_s;
+  const double theirs = a.predicted.tokens_per_s;
+  return s + fmt::format("; in {} it would leave {} of {} units in VRAM for {:.3g} tokens/s {}",
+                         other, a.count(Tier::device), a.tiers.size(), theirs,
+                         theirs * (1 + kTieFraction) >= mine
+                             ? std::string("(as fast; this needs less memory or reads less from "
+                                           "disk)")
+                             : fmt::format("against {:.3g}", mine));
 }
 
 namespace {
@@ -671,7 +744,11 @@ std::string Plan::explain() const {
       "{}–{} staging slots{}, and kept the fastest within RAM {} (budget {} less a {} "
       "margin){}\n",
       2, std::max<std::size_t>(2, request.max_host_slots),
-      request.backend == Backend::cuda ? " and the KV cache on the device or the host" : "",
+      request.backend != Backend::cuda ? ""
+      : request.kv_memory == KvMemory::automatic
+          ? " and the KV pool in VRAM or in host memory"
+          : request.kv_memory == KvMemory::device ? " with the KV pool in VRAM (--kv-memory device)"
+                                                  : " with the KV pool in host memory (--kv-memory host)",
       format_bytes(ram_budget_bytes - ram_margin_bytes), format_bytes(ram_budget_bytes),
       format_bytes(ram_margin_bytes),
       request.backend == Backend::cuda
@@ -707,6 +784,17 @@ json plan_to_json(const Plan& plan) {
   };
   json runners = json::array();
   for (const auto& ch : plan.runners_up) runners.push_back(choice_json(ch));
+  json kv = {{"place", c.kv == KvPlace::device ? "device" : "host"},
+             {"memory", kv_memory_name(r.kv_memory)},
+             {"bytes", r.kv_bytes},
+             {"tokens", r.kv_tokens},
+             {"bytes_per_context_token", r.kv_bytes_per_context_token},
+             {"why", plan.kv_line()}};
+  if (plan.kv_alternative) {
+    const Choice& a = *plan.kv_alternative;
+    kv["alternative"] = choice_json(a);
+    kv["alternative"]["tokens_per_s"] = a.predicted.tokens_per_s;
+  }
   return {{"ferry_plan", 1},
           {"model", r.model},
           {"backend", backend_name(r.backend)},
@@ -723,10 +811,7 @@ json plan_to_json(const Plan& plan) {
             {"chunk_bytes", c.chunk_bytes}}},
           {"prefetch_depth", c.prefetch_depth()},
           {"io_queue_depth", r.io_queue_depth},
-          {"kv_cache",
-           {{"place", c.kv == KvPlace::device ? "device" : "host"},
-            {"bytes", r.kv_bytes},
-            {"bytes_per_context_token", r.kv_bytes_per_context_token}}},
+          {"kv_cache", kv},
           {"host_fixed_bytes", r.host_fixed_bytes},
           {"device_fixed_bytes", r.device_fixed_bytes},
           {"ram_budget_bytes", plan.ram_budget_bytes},
@@ -797,6 +882,15 @@ Plan plan_from_json(const json& j) {
         fmt::format("the plan's kv_cache place '{}' is not host or device", kv_place));
   Choice& c = plan.chosen;
   c.kv = kv_place == "device" ? KvPlace::device : KvPlace::host;
+  // Plans written before --kv-memory have neither.
+  if (kv.contains("tokens")) r.kv_tokens = field<int64_t>(kv, "tokens", " of kv_cache");
+  if (kv.contains("memory")) {
+    const auto memory = field<std::string>(kv, "memory", " of kv_cache");
+    if (memory != "auto" && memory != "device" && memory != "host")
+      throw InvalidArgument(
+          fmt::format("the plan's kv_cache memory '{}' is not auto, device or host", memory));
+    r.kv_memory = parse_kv_memory(memory);
+  }
   const json layers = field<json>(j, "layers", "");
   if (!layers.is_array() || layers.empty())
     throw InvalidArgument("the plan's \"layers\" must be a non-empty array");

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,12 +30,20 @@ std::string_view backend_name(Backend b);
 
 enum class KvPlace { host, device };
 
+// Where a CUDA plan may put the KV pool (--kv-memory): `automatic` tries VRAM and host memory and
+// keeps the faster plan. In host memory the pool is mapped pinned memory that attention reads
+// over PCIe, so it costs RAM instead of VRAM and link time every step instead of resident layers.
+enum class KvMemory { automatic, device, host };
+std::string_view kv_memory_name(KvMemory m);  // "auto", "device", "host"
+// "auto" | "device" | "host"; InvalidArgument naming the value and the choices otherwise.
+KvMemory parse_kv_memory(std::string_view text);
+
 // One unit of weights, in compute order: a transformer block, or the head (final norm and
 // lm_head). Units can differ in size; the search does not assume they are uniform.
 struct PlanUnit {
   std::string name;            // "layer 3", "head"
   uint64_t bytes = 0;          // as read and as resident (4 KiB-aligned ranges)
-  uint64_t kv_read_bytes = 0;  // KV cache bytes its attention reads per decoded token
+  uint64_t kv_read_bytes = 0;  // KV bytes its attention reads per decoded token of one sequence
 };
 
 // Everything the planner needs to know about one request, in bytes and machine figures.
@@ -55,9 +64,10 @@ struct PlanRequest {
   uint32_t io_queue_depth = 16;
   std::size_t max_host_slots = 4;     // the search tries 2 … max_host_slots
   std::size_t forced_host_slots = 0;  // non-zero: a tuned policy fixes the slot count
-  // The backend keeps the KV cache on the device (ferry's CUDA engine does): the search does not
-  // consider host-resident KV (FlexGen's layout) then.
-  bool kv_device_only = false;
+  // Tokens the KV pool holds, all sequences together (for the plan's text; 0: context × batch).
+  int64_t kv_tokens = 0;
+  // CUDA: where the search may put the KV pool (the CPU backend's is always in host memory).
+  KvMemory kv_memory = KvMemory::automatic;
   // The weights are already int4 (nothing smaller to suggest), int8 (int4 is), or neither.
   enum class Compression { none, int8, int4 } compression = Compression::none;
 };
@@ -110,6 +120,9 @@ struct Plan {
   uint64_t slot_bytes = 0;  // one host staging slot of the chosen placement
   Choice chosen;
   std::vector<Choice> runners_up;  // the next best two, for --explain
+  // CUDA with the KV place searched both ways: the fastest placement that fits with the KV pool
+  // in the other memory (none: nothing fits there), so the plan can say what it traded.
+  std::optional<Choice> kv_alternative;
 
   // "28 layers + head: 6 host, 23 disk through 3 slots of 384 MiB (prefetch 2); peak RAM
   // 3.7 GiB of 4.0 GiB; 0.41 s/token, bound by disk → host"
@@ -118,6 +131,10 @@ struct Plan {
   std::string table() const;
   // The chosen plan against the next best two, and why.
   std::string explain() const;
+  // Where the KV pool lives and why: "KV pool: 4096 tokens (512 MiB) in host memory (pinned,
+  // read over PCIe: 96 MiB a step); in VRAM it would leave 20 of 29 units on the device for
+  // 3.10 tokens/s"
+  std::string kv_line() const;
 };
 
 // The chunk sizes the search tries, largest first, when whole units do not fit (CPU backend).

@@ -54,6 +54,7 @@ struct PlanFlags {
   std::string gpu_bw;
   std::string dtype;
   std::string quant;
+  std::string kv_memory;
   double goal = 0;
   std::string out;
   int64_t ctx = 0;
@@ -149,6 +150,7 @@ Command add_plan(CLI::App& app) {
       ->check(whole_number(1, int64_t{1} << 24));
   cmd->add_option("--batch", o->batch, "sequences decoded together")
       ->check(whole_number(1, int64_t{1} << 16));
+  add_kv_memory_option(cmd, o->kv_memory);
   cmd->add_option("--slots", o->slots, "fix the host staging slot count (default: searched)")
       ->check(CLI::Range(2, 64));
   cmd->add_flag("--json", o->json, "print the plan as JSON");
@@ -193,6 +195,7 @@ Command add_plan(CLI::App& app) {
 
     engine::PlanOptions po = session::plan_options(config, o->ctx, o->batch, o->device, machine);
     po.forced_host_slots = o->slots;
+    po.kv_memory = parse_kv_memory_flag(o->kv_memory, o->device);
     // A draft stays resident: its weights and KV cache come out of the target's budget.
     FERRY_EXPECT(o->draft.k == 0 || !o->draft.draft.empty(),
                  "--draft-k needs --draft (lookup, self-int4, self-int8 or a model path)");

@@ -42,6 +42,12 @@ planner::Plan read_plan_file(const std::string& path);
 // sequence slot at full context). Throws InvalidArgument naming the value.
 int64_t parse_kv_tokens(const std::string& text);
 
+// --kv-memory auto|device|host (run, serve, plan): where a CUDA plan may put the KV pool.
+void add_kv_memory_option(CLI::App* cmd, std::string& kv_memory);
+// The flag's value (empty: auto). Throws InvalidArgument naming a bad value, and refuses device
+// on a backend without VRAM of its own (device "cpu").
+planner::KvMemory parse_kv_memory_flag(const std::string& text, const std::string& device);
+
 // "15496 995" or "15496,995" → ids. Throws InvalidArgument naming the bad entry.
 std::vector<int32_t> parse_ids(const std::string& text);
 

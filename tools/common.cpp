@@ -137,4 +137,20 @@ int64_t parse_kv_tokens(const std::string& text) {
   return v;
 }
 
+void add_kv_memory_option(CLI::App* cmd, std::string& kv_memory) {
+  cmd->add_option("--kv-memory", kv_memory,
+                  "where the KV pool lives with --device cuda: auto (the planner chooses, "
+                  "default), device (VRAM) or host (pinned host memory, read over PCIe)")
+      ->envname("FERRY_KV_MEMORY");
+}
+
+planner::KvMemory parse_kv_memory_flag(const std::string& text, const std::string& device) {
+  if (text.empty()) return planner::KvMemory::automatic;
+  const planner::KvMemory m = planner::parse_kv_memory(text);
+  FERRY_EXPECT(m != planner::KvMemory::device || device != "cpu",
+               "--kv-memory device puts the KV pool in VRAM, which needs --device cuda; the CPU "
+               "backend keeps it in host memory");
+  return m;
+}
+
 }  // namespace ferry::tools

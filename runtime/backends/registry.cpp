@@ -119,6 +119,8 @@ std::unique_ptr<engine::Engine> make_engine(engine::LoadedModel& m, const Engine
     co.max_seqs = spec.max_seqs;
     co.context = spec.context;
     co.kv_pool_tokens = spec.kv_pool_tokens;
+    // Where the plan put the KV pool: in mapped host memory when VRAM was short.
+    co.kv_in_host_memory = m.plan && m.plan->chosen.kv == planner::KvPlace::host;
     co.io = spec.io;
     return std::make_unique<engine::Engine>(
         cuda::make_cuda_backend(m.config, *m.checkpoint, m.placement, co));

@@ -131,7 +131,10 @@ struct CudaBackend::Impl {
   // ids) before a pass that changed them reads them.
   DType kv_dtype = DType::f32;
   int64_t capacity = 0;
-  DeviceBuffer kv;
+  DeviceBuffer kv;               // the pool in VRAM, or
+  MappedHostBuffer kv_mapped;    // in mapped host memory (options.kv_in_host_memory)
+  std::byte* kv_data = nullptr;  // the pool as the kernels address it
+  std::size_t kv_bytes = 0;
   engine::KvBlocks blocks;
   int64_t table_width = 0;
   DeviceBuffer tables;
@@ -176,7 +179,7 @@ struct CudaBackend::Impl {
   std::byte* kv_base(int layer, int which) {
     const int64_t elems = (static_cast<int64_t>(layer) * 2 + which) * config.n_kv_head *
                           kv_head_stride();
-    return kv.as<std::byte>() + elems * kv_elt();
+    return kv_data + elems * kv_elt();
   }
 
   // Takes the blocks the pass's new tokens need (all or none) and brings the device's copy of
@@ -432,8 +435,22 @@ struct CudaBackend::Impl {
     blocks = engine::KvBlocks(
         options.max_seqs, capacity,
         engine::KvBlocks::pool_blocks(options.max_seqs, capacity, options.kv_pool_tokens));
-    kv = DeviceBuffer(static_cast<std::size_t>(blocks.blocks_total()) *
-                      engine::KvCache::block_bytes(config, static_cast<uint64_t>(kv_elt())));
+    kv_bytes = static_cast<std::size_t>(blocks.blocks_total()) *
+               engine::KvCache::block_bytes(config, static_cast<uint64_t>(kv_elt()));
+    if (options.kv_in_host_memory) {
+      try {
+        kv_mapped = MappedHostBuffer(kv_bytes);
+      } catch (const CudaError& e) {
+        throw CudaError(fmt::format(
+            "the KV pool of {} ({} blocks of {} tokens) in host memory: {}; use a smaller "
+            "--kv-tokens or fewer --max-seqs, or keep it in VRAM with --kv-memory device",
+            format_bytes(kv_bytes), blocks.blocks_total(), kBlockTokens, e.what()));
+      }
+      kv_data = static_cast<std::byte*>(kv_mapped.device_data());
+    } else {
+      kv = DeviceBuffer(kv_bytes);
+      kv_data = kv.as<std::byte>();
+    }
     table_width = engine::kv_blocks_for(capacity);
     host_tables.assign(static_cast<std::size_t>(options.max_seqs * table_width), 0);
     tables = DeviceBuffer(host_tables.size() * sizeof(int32_t));
@@ -614,7 +631,7 @@ int CudaBackend::max_seqs() const { return impl_->options.max_seqs; }
 int64_t CudaBackend::length(int seq) const { return impl_->blocks.length(seq); }
 engine::KvUsage CudaBackend::kv_usage() const {
   const engine::KvBlocks& b = impl_->blocks;
-  return {Impl::kBlockTokens, b.blocks_total(), b.blocks_used(), impl_->kv.size()};
+  return {Impl::kBlockTokens, b.blocks_total(), b.blocks_used(), impl_->kv_bytes};
 }
 void CudaBackend::set_length(int seq, int64_t n) { impl_->blocks.set_length(seq, n); }
 void CudaBackend::reserve(std::span<const engine::SeqRows> seqs) { impl_->reserve(seqs); }
@@ -757,9 +774,11 @@ std::string CudaBackend::describe() const {
   std::size_t on_device = 0;
   for (const auto& u : s.units) on_device += u.tier == Tier::device;
   std::string d = fmt::format(
-      "{}: {} of {} units in VRAM ({}), KV cache {} {} ({} blocks of {} tokens)", s.device.name(),
-      on_device, s.units.size(), format_bytes(s.stats.device_weight_bytes), dtype_name(s.kv_dtype),
-      format_bytes(s.kv.size()), s.blocks.blocks_total(), Impl::kBlockTokens);
+      "{}: {} of {} units in VRAM ({}), KV cache {} {} ({} blocks of {} tokens) in {}",
+      s.device.name(), on_device, s.units.size(), format_bytes(s.stats.device_weight_bytes),
+      dtype_name(s.kv_dtype), format_bytes(s.kv_bytes), s.blocks.blocks_total(),
+      Impl::kBlockTokens,
+      s.options.kv_in_host_memory ? "host memory (mapped, read over PCIe)" : "VRAM");
   if (s.streamer)
     d += fmt::format("; {} through {} device slots ({}); host side: {}", s.units.size() - on_device,
                      s.device_slots.size(), format_bytes(s.stats.device_slot_bytes),

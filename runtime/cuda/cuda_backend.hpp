@@ -4,8 +4,8 @@
 // io_uring → device by cudaMemcpyAsync), so host RAM never holds more than the ring; host-tier
 // units stay in registered host memory and disk-tier units are streamed into the ring every
 // token; both are copied into device slots on a copy stream, and the compute stream waits on
-// each copy's event — never the host. Activations, the KV cache, norms and biases live on the
-// device. No CUDA header here (pimpl).
+// each copy's event — never the host. Activations, norms and biases live on the device, and the
+// KV cache too unless the plan puts it in mapped host memory. No CUDA header here (pimpl).
 #pragma once
 
 #include <cstdint>
@@ -28,6 +28,9 @@ struct CudaEngineOptions {
   int64_t context = 0;  // KV capacity per sequence; 0 means model::default_context
   // Tokens the KV cache's pool of blocks holds, all sequences together; 0: max_seqs × context.
   int64_t kv_pool_tokens = 0;
+  // The KV pool in mapped page-locked host memory instead of VRAM (the plan's choice when VRAM
+  // is short): attention and the cache stores read and write it over PCIe, the kernels unchanged.
+  bool kv_in_host_memory = false;
   offload::IoOptions io = offload::IoOptions::from_env();
   // Keep bf16 weights bf16 on GPUs that multiply bf16 (sm_80+); false converts them to f16 as
   // on sm_75 (tests use it to check the conversion path on any GPU).

@@ -99,6 +99,48 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
   return *this;
 }
 
+MappedHostBuffer::MappedHostBuffer(std::size_t nbytes) {
+  if (nbytes == 0) return;
+  const cudaError_t e = cudaHostAlloc(&host_, nbytes, cudaHostAllocMapped);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    host_ = nullptr;
+    throw CudaError(fmt::format(
+        "cudaHostAlloc of {} of mapped page-locked host memory failed: {}; free host memory or "
+        "ask for less",
+        format_bytes(nbytes), cudaGetErrorString(e)));
+  }
+  // With unified addressing (every 64-bit platform CUDA supports) the device pointer is the
+  // host pointer; asked all the same, as the runtime documents.
+  const cudaError_t d = cudaHostGetDevicePointer(&device_, host_, 0);
+  if (d != cudaSuccess) {
+    (void)cudaGetLastError();
+    (void)cudaFreeHost(host_);
+    host_ = nullptr;
+    throw CudaError(fmt::format(
+        "the device cannot address mapped host memory (cudaHostGetDevicePointer: {}); keep the "
+        "buffer in VRAM",
+        cudaGetErrorString(d)));
+  }
+  n_ = nbytes;
+}
+
+MappedHostBuffer::~MappedHostBuffer() {
+  if (host_ == nullptr) return;
+  if (const cudaError_t e = cudaFreeHost(host_); e != cudaSuccess)
+    detail::log_destroy_error("cudaFreeHost", e);
+}
+
+MappedHostBuffer& MappedHostBuffer::operator=(MappedHostBuffer&& o) noexcept {
+  if (this != &o) {
+    MappedHostBuffer dead(std::move(*this));
+    host_ = std::exchange(o.host_, nullptr);
+    device_ = std::exchange(o.device_, nullptr);
+    n_ = std::exchange(o.n_, 0);
+  }
+  return *this;
+}
+
 std::size_t DeviceArena::reserve(std::size_t nbytes) {
   constexpr std::size_t kAlign = 256;
   const std::size_t at = total_;

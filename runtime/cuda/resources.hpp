@@ -1,8 +1,9 @@
 // Owners of CUDA handles, one move-only type each, destructors noexcept (a failure there is
 // logged, never thrown): a non-blocking stream (the default stream is never used), an event with
-// timing off, device memory, an arena carving one allocation into aligned buffers, a cuBLAS
-// handle bound to a stream, and page-locked registration of host memory (cudaHostRegister of
-// page-aligned memory, so an O_DIRECT read and a DMA copy use the same bytes).
+// timing off, device memory, page-locked host memory the device addresses directly, an arena
+// carving one allocation into aligned buffers, a cuBLAS handle bound to a stream, and
+// page-locked registration of host memory (cudaHostRegister of page-aligned memory, so an
+// O_DIRECT read and a DMA copy use the same bytes).
 #pragma once
 
 #include <cublas_v2.h>
@@ -77,6 +78,34 @@ class DeviceBuffer {
 
  private:
   void* p_ = nullptr;
+  std::size_t n_ = 0;
+};
+
+// Page-locked host memory mapped into the device's address space (cudaHostAlloc with
+// cudaHostAllocMapped): kernels read and write it over PCIe through device_data(), so a buffer
+// VRAM cannot hold (the KV pool, when the plan puts it in host memory) is used by the same
+// kernels unchanged. Freed with cudaFreeHost.
+class MappedHostBuffer {
+ public:
+  MappedHostBuffer() = default;
+  // Throws CudaError naming the size when the host cannot pin that much, or when the device
+  // cannot address host memory.
+  explicit MappedHostBuffer(std::size_t nbytes);
+  ~MappedHostBuffer();
+  MappedHostBuffer(MappedHostBuffer&& o) noexcept
+      : host_(std::exchange(o.host_, nullptr)),
+        device_(std::exchange(o.device_, nullptr)),
+        n_(std::exchange(o.n_, 0)) {}
+  MappedHostBuffer& operator=(MappedHostBuffer&& o) noexcept;
+  MappedHostBuffer(const MappedHostBuffer&) = delete;
+  MappedHostBuffer& operator=(const MappedHostBuffer&) = delete;
+  void* host_data() const { return host_; }
+  void* device_data() const { return device_; }  // for kernels only
+  std::size_t size() const { return n_; }
+
+ private:
+  void* host_ = nullptr;
+  void* device_ = nullptr;
   std::size_t n_ = 0;
 };
 

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "offload/layer_streamer.hpp"
 #include "runtime/core/process.hpp"
 #include "runtime/core/units.hpp"
@@ -15,7 +17,8 @@ namespace {
 // KV cache its attention reads.
 uint64_t pass_bytes(const planner::Plan& plan) {
   uint64_t bytes = 0;
-  for (const auto& u : plan.request.units) bytes += u.bytes + u.kv_read_bytes;
+  const auto seqs = static_cast<uint64_t>(std::max(1, plan.request.batch));
+  for (const auto& u : plan.request.units) bytes += u.bytes + seqs * u.kv_read_bytes;
   return bytes;
 }
 

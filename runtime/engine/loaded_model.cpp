@@ -48,6 +48,7 @@ LoadedModel load_model(const std::filesystem::path& dir, LoadOptions options) {
     po.max_logit_rows = options.max_logit_rows;
     po.max_seqs = options.max_seqs;
     po.kv_pool_tokens = options.kv_pool_tokens;
+    po.kv_memory = options.kv_memory;
     po.attended_tokens = options.attended_tokens;
     po.context_hint = options.context_hint;
     po.io_queue_depth = options.io.queue_depth;

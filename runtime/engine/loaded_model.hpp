@@ -27,6 +27,7 @@ struct LoadOptions {
   int64_t max_logit_rows = 0;  // most rows of logits one pass returns; 0: max_batch_rows
   int max_seqs = 1;
   int64_t kv_pool_tokens = 0;  // the KV cache's pool (EngineOptions); 0: max_seqs × context
+  planner::KvMemory kv_memory = planner::KvMemory::automatic;  // CUDA: where the pool may live
   int64_t attended_tokens = 0;                // for the time prediction; 0: context / 2
   std::string context_hint;  // how a refusal says to shorten the context; empty: --ctx
   std::optional<offload::VerifyMode> verify;  // a ferry pack's checksums; none: FERRY_VERIFY

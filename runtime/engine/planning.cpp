@@ -315,14 +315,21 @@ planner::PlanRequest plan_request(const model::ModelConfig& config,
   // The KV pool: every slot at full context unless told its tokens (then a shorter context
   // frees nothing, so there is no per-token figure to suggest one from).
   const uint64_t kv_f32 = KvCache::bytes_needed(config, o.max_seqs, context, o.kv_pool_tokens);
+  r.kv_tokens = KvBlocks::pool_blocks(o.max_seqs, context, o.kv_pool_tokens) *
+                KvBlocks::kBlockTokens;
+  FERRY_EXPECT(cuda || o.kv_memory != planner::KvMemory::device,
+               "--kv-memory device puts the KV pool in VRAM, which needs --device cuda; the CPU "
+               "backend keeps it in host memory");
+  r.kv_memory = cuda ? o.kv_memory : planner::KvMemory::automatic;
   r.kv_bytes = kv_f32 / sizeof(float) * kv_elt;
   r.kv_bytes_per_context_token =
       o.kv_pool_tokens > 0 ? 0 : r.kv_bytes / static_cast<uint64_t>(context);
   const auto attended =
       static_cast<uint64_t>(o.attended_tokens > 0 ? std::min(o.attended_tokens, context)
                                                   : std::max<int64_t>(1, context / 2));
-  const uint64_t kv_read = attended * 2 * static_cast<uint64_t>(config.kv_dim()) * kv_elt *
-                           static_cast<uint64_t>(o.max_seqs);
+  // Per sequence: the planner multiplies by the batch (this once counted the batch twice, so a
+  // batch of 16 paid 16 times its KV reads).
+  const uint64_t kv_read = attended * 2 * static_cast<uint64_t>(config.kv_dim()) * kv_elt;
 
   std::vector<uint64_t> bytes;
   if (o.format) {
@@ -359,7 +366,8 @@ planner::PlanRequest plan_request(const model::ModelConfig& config,
                                              sizeof(float);
     // The CUDA backend keeps the program's activations and logits in f32 on the device, plus a
     // 16-bit copy of each product's input (rows × the widest input: n_embd, q_dim or n_inner)
-    // and the pass's positions, and the KV cache on the device.
+    // and the pass's positions; the KV pool is where the plan puts it (VRAM, or mapped host
+    // memory: cuda_backend.cpp).
     const auto widest_input =
         static_cast<uint64_t>(std::max({config.n_embd, config.q_dim(), config.n_inner}));
     r.device_fixed_bytes = Engine::activation_bytes(config, rows, logit_rows) +
@@ -374,7 +382,6 @@ planner::PlanRequest plan_request(const model::ModelConfig& config,
         largest = std::max(largest, w.shape.numel());
       r.device_fixed_bytes += static_cast<uint64_t>(largest) * 2;
     }
-    r.kv_device_only = true;
   }
   return r;
 }

@@ -26,6 +26,8 @@ struct PlanOptions {
   int64_t max_logit_rows = 0;  // most rows of logits a pass returns; 0: max_batch_rows
   int max_seqs = 1;
   int64_t kv_pool_tokens = 0;  // the KV cache's pool (EngineOptions); 0: max_seqs × context
+  // CUDA: where the KV pool may live (--kv-memory); the CPU's is in host memory.
+  planner::KvMemory kv_memory = planner::KvMemory::automatic;
   int64_t attended_tokens = 0;  // KV tokens a decode step reads on average; 0: context / 2
   std::string context_hint;     // PlanRequest::context_hint: how to shorten the context
   planner::Backend backend = planner::Backend::cpu;

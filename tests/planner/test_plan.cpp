@@ -359,20 +359,144 @@ TEST(Plan, GptjOnColabT4SitsOnTheDevice) {
   EXPECT_EQ(p.chosen.predicted.bound, "compute");
 }
 
-// A backend that keeps the KV cache on the device gets no plan that puts it on the host, even
-// where that would be faster (a 2048-token cache of 896 MiB in 4 GiB of VRAM).
-TEST(Plan, KvStaysOnTheDeviceWhenTheBackendKeepsItThere) {
+// --kv-memory device gets no plan that puts the KV pool in host memory, even where that would
+// be faster (a 2048-token cache of 896 MiB in 4 GiB of VRAM).
+TEST(Plan, KvStaysOnTheDeviceWhenTold) {
   Machine m = t4();
   m.gpu->vram_bytes = {4.0 * kGiB, "--max-vram"};
   PlanRequest r = gptj_like(m, Backend::cuda);
   const Plan free_choice = make_plan(r);
-  r.kv_device_only = true;
+  r.kv_memory = KvMemory::device;
   const Plan p = make_plan(r);
   EXPECT_EQ(p.chosen.kv, KvPlace::device);
   for (const auto& c : p.runners_up) EXPECT_EQ(c.kv, KvPlace::device);
   EXPECT_LE(p.chosen.predicted.peak_vram_bytes, 4 * kGiB);
   // Never better than the search that may use the host.
   EXPECT_GE(p.chosen.predicted.s_per_token, free_choice.chosen.predicted.s_per_token * 0.999);
+}
+
+// --kv-memory host: the pool in mapped pinned host memory, charged to RAM (and pinned memory)
+// instead of VRAM, and each step's attention reads every sequence's KV over PCIe.
+TEST(Plan, KvInHostMemoryIsChargedToRamAndReadOverPcie) {
+  PlanRequest r = gptj_like(t4(), Backend::cuda);
+  r.kv_memory = KvMemory::host;
+  const Plan p = make_plan(r);
+  EXPECT_EQ(p.chosen.kv, KvPlace::host);
+  for (const auto& c : p.runners_up) EXPECT_EQ(c.kv, KvPlace::host);
+  EXPECT_FALSE(p.kv_alternative);  // told where: nothing traded
+  ASSERT_EQ(p.chosen.count(Tier::device), 29u);
+  Choice in_vram = p.chosen;
+  in_vram.kv = KvPlace::device;
+  const Prediction d = predict(r, in_vram);
+  const Prediction& h = p.chosen.predicted;
+  EXPECT_EQ(h.peak_ram_bytes, d.peak_ram_bytes + r.kv_bytes);
+  EXPECT_EQ(h.peak_pinned_bytes, d.peak_pinned_bytes + r.kv_bytes);
+  EXPECT_EQ(h.peak_vram_bytes + r.kv_bytes, d.peak_vram_bytes);
+  EXPECT_EQ(h.h2d_bytes_per_token, d.h2d_bytes_per_token + 28 * 8 * kMiB);
+  // Every layer in VRAM: a step is the weights through the GPU, then each layer's KV over the
+  // link (T4: 2.4e11 and 1.29e10 bytes/s), and 60 µs a unit.
+  const double weights = 28.0 * 384 * kMiB + 394.0 * kMiB;
+  EXPECT_NEAR(h.s_per_token, weights / 2.4e11 + 28.0 * 8 * kMiB / 1.29e10 + 29 * 60e-6, 1e-4);
+  EXPECT_GT(h.s_per_token, d.s_per_token);
+  EXPECT_NE(p.kv_line().find("2048 tokens (896.0 MiB) in host memory (pinned, read over PCIe: "
+                             "224.0 MiB a step) (--kv-memory host)"),
+            std::string::npos)
+      << p.kv_line();
+  EXPECT_NE(p.table().find(p.kv_line()), std::string::npos) << p.table();
+  EXPECT_NE(p.summary().find("KV in host memory"), std::string::npos) << p.summary();
+  // Twice the sequences read twice the KV a step.
+  r.batch = 2;
+  r.kv_bytes *= 2;
+  EXPECT_EQ(make_plan(r).chosen.predicted.h2d_bytes_per_token,
+            d.h2d_bytes_per_token + 2 * 28 * 8 * kMiB);
+}
+
+// Automatic: both memories are searched, the faster plan kept, and the plan says what the other
+// would give. VRAM for the whole model and its KV: the pool stays in VRAM. 4 GiB of VRAM: the
+// pool's 896 MiB hold more than two layers, whose streaming costs more than reading 224 MiB of
+// KV over PCIe, so the pool goes to host memory.
+TEST(Plan, AutomaticKvMemoryTradesVramAgainstResidentLayersAndSaysSo) {
+  const Plan roomy = make_plan(gptj_like(t4(), Backend::cuda));
+  EXPECT_EQ(roomy.chosen.kv, KvPlace::device);
+  ASSERT_TRUE(roomy.kv_alternative);
+  EXPECT_EQ(roomy.kv_alternative->kv, KvPlace::host);
+  EXPECT_GT(roomy.kv_alternative->predicted.s_per_token, roomy.chosen.predicted.s_per_token);
+  EXPECT_NE(roomy.kv_line().find("in VRAM; in host memory it would leave 29 of 29 units in VRAM "
+                                 "for "),
+            std::string::npos)
+      << roomy.kv_line();
+
+  Machine m = t4();
+  m.ram_bytes = {20.0 * kGiB, "--max-ram"};  // every layer fits in RAM: bound by PCIe
+  m.gpu->vram_bytes = {4.0 * kGiB, "--max-vram"};
+  const Plan tight = make_plan(gptj_like(m, Backend::cuda));
+  EXPECT_EQ(tight.chosen.kv, KvPlace::host) << tight.explain();
+  ASSERT_TRUE(tight.kv_alternative);
+  EXPECT_EQ(tight.kv_alternative->kv, KvPlace::device);
+  EXPECT_LT(tight.kv_alternative->count(Tier::device), tight.chosen.count(Tier::device));
+  EXPECT_LT(tight.chosen.predicted.s_per_token, tight.kv_alternative->predicted.s_per_token);
+  EXPECT_EQ(tight.chosen.predicted.bound, "host → device");
+  EXPECT_NE(tight.kv_line().find("in host memory (pinned, read over PCIe"), std::string::npos)
+      << tight.kv_line();
+  EXPECT_NE(tight.kv_line().find(fmt::format("; in VRAM it would leave {} of 29 units in VRAM",
+                                             tight.kv_alternative->count(Tier::device))),
+            std::string::npos)
+      << tight.kv_line();
+  const nlohmann::json j = plan_to_json(tight);
+  EXPECT_EQ(j["kv_cache"]["place"], "host");
+  EXPECT_EQ(j["kv_cache"]["memory"], "auto");
+  EXPECT_EQ(j["kv_cache"]["tokens"], 0);  // the request gave none: context × batch
+  EXPECT_EQ(j["kv_cache"]["why"], tight.kv_line());
+  EXPECT_EQ(j["kv_cache"]["alternative"]["kv_cache"], "device");
+  const Plan back = plan_from_json(nlohmann::json::parse(j.dump()));
+  EXPECT_EQ(back.chosen.kv, KvPlace::host);
+  EXPECT_EQ(back.request.kv_memory, KvMemory::automatic);
+}
+
+// VRAM too small for the KV pool beside the smallest streaming setup: refused when told to keep
+// it there, naming the flag that fixes it; automatic puts it in host memory instead.
+TEST(Plan, KvInVramThatCannotFitIsRefusedNamingKvMemory) {
+  Machine m = t4();
+  m.gpu->vram_bytes = {2.0 * kGiB, "--max-vram"};
+  PlanRequest r = gptj_like(m, Backend::cuda);
+  EXPECT_EQ(make_plan(r).chosen.kv, KvPlace::host);
+  r.kv_memory = KvMemory::device;
+  try {
+    make_plan(r);
+    FAIL();
+  } catch (const PlanError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("896.0 MiB of KV pool in VRAM (--kv-memory device)"), std::string::npos)
+        << msg;
+    EXPECT_NE(msg.find("put the KV pool in host memory (--kv-memory auto or host)"),
+              std::string::npos)
+        << msg;
+  }
+}
+
+TEST(Plan, KvMemoryNames) {
+  for (const KvMemory k : {KvMemory::automatic, KvMemory::device, KvMemory::host})
+    EXPECT_EQ(parse_kv_memory(kv_memory_name(k)), k);
+  try {
+    parse_kv_memory("vram");
+    FAIL();
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("--kv-memory 'vram' is not auto, device or host"),
+              std::string::npos)
+        << e.what();
+  }
+  const Plan p = make_plan(gptj_like(t4(), Backend::cuda));
+  nlohmann::json j = plan_to_json(p);
+  j["kv_cache"]["memory"] = "vram";
+  try {
+    plan_from_json(j);
+    FAIL();
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("the plan's kv_cache memory 'vram' is not auto, device "
+                                         "or host"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(Plan, LessVramMovesLayersToHostOrDisk) {

@@ -281,6 +281,51 @@ TEST_F(CudaBackendTest, BatchedSequencesMatchSingle) {
   }
 }
 
+// The KV pool in mapped host memory (the plan's choice when VRAM is short): the same kernels read
+// and write it over PCIe, so the logits are bit-identical to the pool in VRAM and the tokens
+// equal — resident and streamed, one sequence and a batch of two sharing the pool's blocks.
+TEST_F(CudaBackendTest, HostKvEqualsDeviceKvTokenForToken) {
+  for (const std::string fixture : {"gptj/tiny-f16-bin-sharded", "llama/llama3-gqa-f32"}) {
+    SCOPED_TRACE(fixture);
+    const fs::path dir = test::data_dir() / fixture;
+    const auto config = model::ModelConfig::from_model_dir(dir);
+    const auto ck = offload::Checkpoint::open(dir);
+    const auto ids = expected_for(fixture)["prompts"][0]["input_ids"].get<std::vector<int32_t>>();
+    engine::GenerateOptions go;
+    go.max_new_tokens = 24;
+    Placement streamed = Placement::all(config, Tier::disk, 2);
+    streamed.blocks[0] = Tier::device;
+    for (const Placement& p : {Placement::all(config, Tier::device), streamed}) {
+      CudaEngineOptions o = options_for(64);
+      o.max_seqs = 2;
+      GpuEngine in_vram(config, ck, p, o);
+      o.kv_in_host_memory = true;
+      GpuEngine in_host(config, ck, p, o);
+      EXPECT_NE(in_host.backend.describe().find("in host memory (mapped, read over PCIe)"),
+                std::string::npos)
+          << in_host.backend.describe();
+      EXPECT_EQ(in_host.engine.backend().kv_usage().bytes_total,
+                in_vram.engine.backend().kv_usage().bytes_total);
+      const auto want = engine::generate(in_vram.engine, 0, ids, go);
+      EXPECT_EQ(engine::generate(in_host.engine, 0, ids, go), want);
+      // Two sequences at once (decode rows through the block tables), then each one's next.
+      const std::vector<int32_t> a = {5, 17, 300, 2}, b = {9, 8}, next = {11};
+      for (GpuEngine* g : {&in_vram, &in_host}) {
+        g->engine.reset(0);
+        g->engine.reset(1);
+      }
+      SeqTokens both[] = {{0, a}, {1, b}};
+      SeqTokens both_next[] = {{0, next}, {1, next}};
+      const std::vector<float> vram_first = in_vram.engine.forward(both, LogitsFor::last);
+      const std::vector<float> vram_next = in_vram.engine.forward(both_next, LogitsFor::last);
+      const std::vector<float> host_first = in_host.engine.forward(both, LogitsFor::last);
+      const std::vector<float> host_next = in_host.engine.forward(both_next, LogitsFor::last);
+      EXPECT_TRUE(vram_first == host_first);
+      EXPECT_TRUE(vram_next == host_next);
+    }
+  }
+}
+
 // The planner's CUDA plan, through load_model, placed and run.
 TEST_F(CudaBackendTest, PlannedLoadRuns) {
   const fs::path dir = test::data_dir() / "gptj/tiny-f16-bin-sharded";
