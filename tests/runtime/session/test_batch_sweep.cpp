@@ -7,6 +7,7 @@
 #include <string>
 
 #include "planner/machine.hpp"
+#include "runtime/core/error.hpp"
 #include "runtime/session/plan.hpp"
 #include "tests/support/test_support.hpp"
 
@@ -92,6 +93,46 @@ TEST_F(BatchSweepTest, KeepsTheRefusalOfWhatDoesNotFit) {
   EXPECT_EQ(s.points.back().tokens_per_s(), 0);
   EXPECT_TRUE(s.best().plan);
   EXPECT_NE(s.why.find("; a bigger pool does not fit the budget"), std::string::npos) << s.why;
+}
+
+// A GPU short of VRAM (GPT-J f16 on a T4 capped at 4 GiB, RAM for every layer): each point's
+// plan chooses where its KV pool lives. Automatic puts the caches in host memory, where every
+// batch fits and the biggest is fastest; kept in VRAM (--kv-memory device), the pool leaves
+// fewer units there and more sequences do not fit at all. The sweep says which memory it chose.
+TEST_F(BatchSweepTest, OnAGpuShortOfVramEachPointChoosesWhereItsKvLives) {
+  planner::Machine m = planner::load_profile("colab-t4");
+  m.ram_bytes = {20.0 * kGiB, "--max-ram"};
+  m.ram_is_explicit_cap = true;
+  m.gpu->vram_bytes = {4.0 * kGiB, "--max-vram"};
+  engine::PlanOptions po = plan_options(source_.config, 2048, 4, "cuda", m);
+  const BatchSweep automatic = sweep_batches(source_.config, nullptr, m, po, 4, "gptj");
+  ASSERT_EQ(automatic.points.size(), 3u);
+  for (const SweepPoint& p : automatic.points) {
+    ASSERT_TRUE(p.plan) << p.refusal;
+    EXPECT_EQ(p.plan->chosen.kv, planner::KvPlace::host) << p.seqs;
+  }
+  EXPECT_EQ(automatic.best().seqs, 4);
+  EXPECT_NE(automatic.why.find("KV pool for 4 full-context sequences (8192 tokens in host memory "
+                               "(pinned, read over PCIe)): predicted"),
+            std::string::npos)
+      << automatic.why;
+
+  po.kv_memory = planner::KvMemory::device;
+  const BatchSweep in_vram = sweep_batches(source_.config, nullptr, m, po, 4, "gptj");
+  ASSERT_TRUE(in_vram.points.front().plan) << in_vram.points.front().refusal;
+  EXPECT_EQ(in_vram.points.front().plan->chosen.kv, planner::KvPlace::device);
+  EXPECT_LT(in_vram.points.front().plan->chosen.count(Tier::device),
+            automatic.points.front().plan->chosen.count(Tier::device));
+  EXPECT_FALSE(in_vram.points.back().plan);
+  EXPECT_NE(in_vram.points.back().refusal.find("--kv-memory"), std::string::npos)
+      << in_vram.points.back().refusal;
+  EXPECT_NE(in_vram.why.find(" in VRAM): predicted"), std::string::npos) << in_vram.why;
+  EXPECT_LT(in_vram.best().tokens_per_s(), automatic.best().tokens_per_s());
+
+  // The CPU backend has no VRAM to put it in.
+  engine::PlanOptions cpu = plan_options(source_.config, 2048, 2, "cpu", cpu_machine(16 * kGiB));
+  cpu.kv_memory = planner::KvMemory::device;
+  EXPECT_THROW(sweep_batches(source_.config, nullptr, cpu_machine(16 * kGiB), cpu, 2), Error);
 }
 
 TEST_F(BatchSweepTest, NothingFits) {
