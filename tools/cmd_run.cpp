@@ -173,6 +173,42 @@ std::string token_text(const text::BpeTokenizer& tok, text::StreamDecoder& dec, 
   return dec.push(id);
 }
 
+// What `ferry run` opens the session for: one prompt, or a file of them decoded together.
+struct RunShape {
+  int64_t context = 0;
+  int max_seqs = 1;
+  int64_t max_batch_rows = 0;
+  int64_t max_logit_rows = 1;
+  int64_t attended_tokens = 0;  // where decoding spends its time on average, for the prediction
+  const char* context_hint = "";
+};
+
+// The session options of both `ferry run` paths: the flags, this run's shape, the tokenizer
+// already read (the model's own unless --vocab/--merges gave one).
+session::SessionOptions run_session_options(const RunOptions& o, const model::ModelConfig& config,
+                                            const RunShape& shape,
+                                            std::optional<text::Tokenizer> tok) {
+  session::SessionOptions so;
+  so.model = o.model;
+  so.device = o.device;
+  so.context = shape.context;
+  so.max_seqs = shape.max_seqs;
+  so.max_batch_rows = shape.max_batch_rows;
+  so.max_logit_rows = shape.max_logit_rows;
+  so.kv_pool_tokens = parse_kv_tokens(o.kv_tokens);
+  so.load = load_options(o.load, config, so.context, so.max_batch_rows, so.max_logit_rows);
+  so.load.attended_tokens = shape.attended_tokens;
+  so.load.context_hint = shape.context_hint;
+  so.mmap = o.load.mmap;
+  so.load.placement.reset();  // the session sets it for --mmap
+  if (!o.max_vram.empty()) so.max_vram_bytes = parse_size(o.max_vram);
+  // The model's own tokenizer (not one given with --vocab/--merges) names its end ids.
+  so.tokenizer_is_own = o.tok.vocab.empty() && o.tok.merges.empty();
+  so.tokenizer = std::move(tok);
+  so.read_tokenizer = false;
+  return so;
+}
+
 // ferry run --prompts FILE: every line's prompt decoded together (tools/run_prompts.hpp), the
 // engine opened as for one prompt but with max_seqs slots sized for the longest line.
 int run_prompts_file(const RunOptions& o) {
@@ -187,24 +223,18 @@ int run_prompts_file(const RunOptions& o) {
                    {o.n, engine::SamplingParams{o.temperature, o.top_k, o.top_p, o.seed}});
   if (!o.trace.empty()) check_writable(o.trace, "--trace");
   const auto config = engine::read_model_config(o.model);
-  const PromptsShape shape = prompts_shape(jobs, o.max_seqs, config);
-  session::SessionOptions so;
-  so.model = o.model;
-  so.device = o.device;
-  so.context = shape.context;
-  so.max_seqs = shape.max_seqs;
-  so.max_batch_rows = shape.max_batch_rows;
-  so.max_logit_rows = shape.max_logit_rows;
-  so.kv_pool_tokens = parse_kv_tokens(o.kv_tokens);
-  so.load = load_options(o.load, config, so.context, so.max_batch_rows, so.max_logit_rows);
-  so.load.attended_tokens = shape.context / 2;
-  so.load.context_hint = "generate fewer tokens with -n or max_tokens, or shorten the prompts";
-  so.mmap = o.load.mmap;
-  so.load.placement.reset();
-  if (!o.max_vram.empty()) so.max_vram_bytes = parse_size(o.max_vram);
-  so.tokenizer_is_own = o.tok.vocab.empty() && o.tok.merges.empty();
-  so.tokenizer = std::move(tok);
-  so.read_tokenizer = false;
+  PromptsShape shape = prompts_shape(jobs, o.max_seqs, config);
+  RunShape rs;
+  rs.context = shape.context;
+  rs.max_seqs = shape.max_seqs;
+  rs.max_batch_rows = shape.max_batch_rows;
+  rs.max_logit_rows = shape.max_logit_rows;
+  rs.attended_tokens = shape.context / 2;
+  rs.context_hint = "generate fewer tokens with -n or max_tokens, or shorten the prompts";
+  session::SessionOptions so = run_session_options(o, config, rs, std::move(tok));
+  // --draft lookup: each sequence drafts from its own text inside the batch.
+  so.draft = o.draft.draft;
+  so.draft_k = o.draft.k > 0 ? o.draft.k : kDefaultDraftK;
   if (!o.trace.empty()) trace::tracer().start();
   Progress loading("loading", o.quiet);
   so.on_load_progress = [&](uint64_t done, uint64_t total) { loading.update(done, total); };
@@ -216,8 +246,9 @@ int run_prompts_file(const RunOptions& o) {
     if (!ses.kv_choice().empty()) eprint("ferry: {}\n", ses.kv_choice());
   }
   const std::vector<int32_t> eos = o.ignore_eos ? std::vector<int32_t>{} : ses.eos_ids();
-  const PromptsSummary s =
-      run_prompts(ses.engine(), std::move(jobs), shape, eos, ses.tokenizer(), stdout);
+  shape.max_batch_rows = ses.options().load.max_batch_rows;  // with room for the drafts
+  const PromptsSummary s = run_prompts(ses.engine(), std::move(jobs), shape, eos, ses.tokenizer(),
+                                       stdout, ses.scheduler_options());
   if (!o.trace.empty()) profile::finish_trace(o.trace);
   // Three decimals below 10 tok/s: a disk-bound model decodes a fraction of a token a second.
   const auto rate = [](double tokens, double seconds) {
@@ -231,6 +262,19 @@ int run_prompts_file(const RunOptions& o) {
            s.seconds, rate(static_cast<double>(s.stats.generated_tokens_total), s.seconds),
            s.stats.steps, rate(static_cast<double>(s.stats.decode_tokens), s.stats.decode_s),
            s.failed ? fmt::format("; {} failed (see their lines)", s.failed) : "");
+  if (!o.quiet && ses.draft_k() > 0) {
+    const engine::SchedulerStats& st = s.stats;
+    const uint64_t judged = st.draft_tokens_accepted + st.draft_tokens_rejected;
+    eprint("ferry: speculative ({}, k {}): {} drafts scored, {} of {} judged accepted ({:.1f}%), "
+           "{:.2f} tokens per pass\n",
+           o.draft.draft, ses.draft_k(), st.draft_tokens_proposed, st.draft_tokens_accepted,
+           judged, judged > 0 ? 100.0 * static_cast<double>(st.draft_tokens_accepted) /
+                                    static_cast<double>(judged)
+                              : 0.0,
+           st.steps > 0 ? static_cast<double>(st.generated_tokens_total) /
+                              static_cast<double>(st.steps)
+                        : 0.0);
+  }
   return s.failed ? 1 : 0;
 }
 
@@ -273,8 +317,6 @@ Command add_run(CLI::App& app) {
   return [o] {
     FERRY_EXPECT(o->draft.k == 0 || !o->draft.draft.empty(),
                  "--draft-k needs --draft (lookup, self-int4, self-int8 or a model path)");
-    FERRY_EXPECT(o->prompts.empty() || o->draft.draft.empty(),
-                 "--draft decodes one prompt; drop it with --prompts");
     if (!o->prompts.empty()) return run_prompts_file(*o);
     FERRY_EXPECT(!o->prompt.empty() || !o->ids.empty(),
                  "give a prompt with -p TEXT, --ids \"I J K\" or --prompts FILE");
@@ -296,23 +338,15 @@ Command add_run(CLI::App& app) {
     const auto config = engine::read_model_config(o->model);
     const int64_t n_prompt = static_cast<int64_t>(prompt.size());
     engine::check_prompt_length(n_prompt, model::max_context(config));
-    session::SessionOptions so;
-    so.model = o->model;
-    so.device = o->device;
-    so.context =
+    RunShape rs;
+    rs.context =
         std::min<int64_t>(model::max_context(config), n_prompt + std::max<int64_t>(o->n, 1));
-    so.max_batch_rows = n_prompt;
-    so.max_logit_rows = 1;
-    so.load = load_options(o->load, config, so.context, n_prompt, 1);
-    so.load.attended_tokens = n_prompt + o->n / 2;  // the middle of decoding, for the prediction
-    so.load.context_hint = "generate fewer tokens with -n, or shorten the prompt";
-    so.mmap = o->load.mmap;
-    so.load.placement.reset();  // the session sets it for --mmap
-    if (!o->max_vram.empty()) so.max_vram_bytes = parse_size(o->max_vram);
-    // The model's own tokenizer (not one given with --vocab/--merges) names its end ids.
-    so.tokenizer_is_own = o->tok.vocab.empty() && o->tok.merges.empty();
-    so.tokenizer = std::move(tok);
-    so.read_tokenizer = false;
+    rs.max_batch_rows = n_prompt;
+    rs.max_logit_rows = 1;
+    rs.attended_tokens = n_prompt + o->n / 2;  // the middle of decoding, for the prediction
+    rs.context_hint = "generate fewer tokens with -n, or shorten the prompt";
+    FERRY_EXPECT(o->kv_tokens.empty(), "--kv-tokens sizes the cache of --prompts; drop it");
+    session::SessionOptions so = run_session_options(*o, config, rs, std::move(tok));
     if (!o->trace.empty()) trace::tracer().start();
     Progress loading("loading", o->quiet);
     so.on_load_progress = [&](uint64_t done, uint64_t total) { loading.update(done, total); };

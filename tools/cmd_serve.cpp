@@ -47,6 +47,8 @@ struct ServeOptions {
   std::string plan;
   std::string policy;
   std::string verify;
+  std::string draft;  // speculative decoding: lookup (empty: none)
+  int draft_k = 4;
   bool quiet = false;
 };
 
@@ -104,6 +106,13 @@ Command add_serve(CLI::App& app) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--verify", o->verify, "a ferry pack's checksums: always | once | off")
       ->envname("FERRY_VERIFY");
+  cmd->add_option("--draft", o->draft,
+                  "speculative decoding in the batch: lookup (each sequence drafts from n-grams "
+                  "of its own text; the output is the same as without); draft models are not "
+                  "supported by the server yet")
+      ->envname("FERRY_DRAFT");
+  cmd->add_option("--draft-k", o->draft_k, "tokens each sequence drafts per pass (default 4)")
+      ->check(whole_number(1, 32));
   cmd->add_flag("-q,--quiet", o->quiet, "no start-up lines on stderr");
   return [o]() -> int {
 #ifndef FERRY_HAS_SERVE
@@ -112,6 +121,7 @@ Command add_serve(CLI::App& app) {
                  "libcpp-httplib-dev (scripts/setup.sh does) and rebuild");
     return 1;
 #else
+    session::check_draft(o->draft, o->draft_k);  // before listening: nothing to load for
     const uint64_t max_body = parse_size(o->max_body);
     FERRY_EXPECT(max_body >= 1024, "--max-body {} is too small for any request; give at least 1KiB",
                  o->max_body);
@@ -186,6 +196,8 @@ Command add_serve(CLI::App& app) {
     ses_o.load.context_hint = "serve a shorter context with --ctx, or fewer sequences with --max-seqs";
     if (!o->max_vram.empty()) ses_o.max_vram_bytes = parse_size(o->max_vram);
     ses_o.require_tokenizer = true;
+    ses_o.draft = o->draft;
+    ses_o.draft_k = o->draft_k;
     std::unique_ptr<session::Session> ses;
     try {
       ses = std::make_unique<session::Session>(std::move(ses_o));
@@ -201,8 +213,10 @@ Command add_serve(CLI::App& app) {
     }
     loaded.store(true);
     if (!quiet)
-      eprint("ferry: serving {} on http://{}:{}/v1 ({} sequences, context {})\n",
-             ses->model_name(), o->host, port, o->max_seqs, ses->context());
+      eprint("ferry: serving {} on http://{}:{}/v1 ({} sequences, context {}{})\n",
+             ses->model_name(), o->host, port, o->max_seqs, ses->context(),
+             ses->draft_k() > 0 ? fmt::format(", drafts: {} k {}", o->draft, ses->draft_k())
+                                : std::string());
 
     {
       std::unique_lock lock(stop_mutex);

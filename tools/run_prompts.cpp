@@ -228,9 +228,12 @@ PromptsShape prompts_shape(const std::vector<PromptJob>& jobs, int max_seqs,
 
 PromptsSummary run_prompts(engine::ForwardPass& engine, std::vector<PromptJob> jobs,
                            const PromptsShape& shape, const std::vector<int32_t>& eos_ids,
-                           const text::Tokenizer* tokenizer, std::FILE* out) {
+                           const text::Tokenizer* tokenizer, std::FILE* out,
+                           const engine::SchedulerOptions& speculation) {
   const auto t0 = std::chrono::steady_clock::now();
   engine::SchedulerOptions so;
+  so.draft_k = speculation.draft_k;
+  so.make_drafter = speculation.make_drafter;
   so.max_seqs = shape.max_seqs;
   so.prefill_chunk = shape.prefill_chunk;
   so.max_step_rows = shape.max_batch_rows;

@@ -63,8 +63,11 @@ struct PromptsSummary {
 // Runs the jobs batched on `engine` (made with at least shape.max_seqs slots and
 // shape.context tokens each) and writes each result to `out` as soon as every earlier line's
 // is written: {"id", "text" (with a tokenizer), "ids", "finish_reason", "prompt_tokens"}.
+// `speculation` gives the drafters (draft_k, make_drafter: a session's scheduler_options());
+// the scheduler's other options come from the shape.
 PromptsSummary run_prompts(engine::ForwardPass& engine, std::vector<PromptJob> jobs,
                            const PromptsShape& shape, const std::vector<int32_t>& eos_ids,
-                           const text::Tokenizer* tokenizer, std::FILE* out);
+                           const text::Tokenizer* tokenizer, std::FILE* out,
+                           const engine::SchedulerOptions& speculation = {});
 
 }  // namespace ferry::tools

@@ -192,6 +192,12 @@ struct Server::Impl {
     out += fmt::format("ferry_generated_tokens_total {}\n", st.generated_tokens_total);
     metric("ferry_forward_passes_total", "counter", "forward passes (one per scheduler step)");
     out += fmt::format("ferry_forward_passes_total {}\n", st.steps);
+    metric("ferry_draft_tokens_proposed_total", "counter",
+           "speculative decoding (--draft): drafted tokens the model scored");
+    out += fmt::format("ferry_draft_tokens_proposed_total {}\n", st.draft_tokens_proposed);
+    metric("ferry_draft_tokens_accepted_total", "counter",
+           "speculative decoding (--draft): drafted tokens the model agreed with and kept");
+    out += fmt::format("ferry_draft_tokens_accepted_total {}\n", st.draft_tokens_accepted);
     while (!recent.empty() && seconds_between(recent.front(), now) > kRateWindowS)
       recent.pop_front();
     const double window = std::min(kRateWindowS, std::max(seconds_between(started, now), 1e-3));
@@ -683,10 +689,14 @@ void Server::serve(session::Session& session) {
   if (!s.chat->available())
     s.log(fmt::format("serve: note: /v1/chat/completions is unavailable: {}",
                       s.chat->unavailable_reason()));
-  engine::SchedulerOptions so;
+  // The session's drafters (--draft lookup), and room in each pass for their drafts.
+  engine::SchedulerOptions so = session.scheduler_options();
   so.max_seqs = s.options.max_seqs;
   so.prefill_chunk = std::min<int64_t>(s.options.prefill_chunk, session.context());
-  so.max_step_rows = s.options.max_step_rows;
+  const int seqs = so.max_seqs > 0 ? so.max_seqs : session.max_seqs();
+  so.max_step_rows = s.options.max_step_rows > 0
+                         ? s.options.max_step_rows + int64_t{seqs} * so.draft_k
+                         : 0;
   so.max_queue = s.options.max_queue;
   s.scheduler = std::make_unique<engine::Scheduler>(session.engine(), so);
   s.engine_thread = std::thread([&s] {

@@ -3,13 +3,14 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <bit>
 
 #include "runtime/backends/registry.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/engine/kv_cache.hpp"
 #include "runtime/engine/model_files.hpp"
 #include "runtime/engine/planning.hpp"
+#include "runtime/engine/drafts.hpp"
+#include "runtime/engine/speculative.hpp"
 #include "runtime/session/plan.hpp"
 
 namespace ferry::session {
@@ -27,11 +28,22 @@ std::optional<text::Tokenizer> try_read_tokenizer(const fs::path& model) {
   return engine::read_tokenizer(model);
 }
 
+void check_draft(const std::string& draft, int draft_k) {
+  if (draft.empty()) return;
+  const engine::DraftSpec spec = engine::DraftSpec::parse(draft);
+  // A draft model would need a cache slot of its own per sequence and its own budget.
+  FERRY_EXPECT(spec.kind == engine::DraftSpec::Kind::lookup,
+               "--draft {} (a draft model) with the batch scheduler (ferry serve, run --prompts, "
+               "Python) is not supported yet; use --draft lookup, or `ferry run -p` for one "
+               "prompt with a draft model",
+               draft);
+  engine::SpeculativeOptions{draft_k}.validate();
+}
+
 namespace {
 
-// The automatic KV pool: plans for 1, 2, 4 … max_seqs sequences at full context (each one's
-// cache out of the same budget as the resident layers) and keeps the pool of the plan that
-// decodes the most tokens/s together; a bigger batch must win by 2% to be taken.
+// The automatic KV pool: the batch sweep's choice (1, 2, 4 … max_seqs sequences at full
+// context, each one's cache out of the same budget as the resident layers).
 int64_t choose_kv_pool(const SessionOptions& o, const model::ModelConfig& config, int64_t context,
                        std::string& why) {
   const PlanSource source = open_plan_source(o.model);
@@ -43,46 +55,16 @@ int64_t choose_kv_pool(const SessionOptions& o, const model::ModelConfig& config
   if (o.load.machine) machine = *o.load.machine;
   if (o.max_vram_bytes && machine.gpu)
     machine.gpu->vram_bytes = {static_cast<double>(*o.max_vram_bytes), "--max-vram"};
-  struct Point {
-    int seqs = 0;
-    double tokens_per_s = 0;
-    std::size_t resident = 0;
-  };
-  std::vector<Point> points;
-  for (int b = 1;; b = std::min(2 * b, o.max_seqs)) {
-    engine::PlanOptions po = plan_options(config, context, b, o.device, machine);
-    po.max_batch_rows = o.load.max_batch_rows;
-    try {
-      const planner::Plan p =
-          planner::make_plan(engine::plan_request(config, source.weights(), machine, po, ""));
-      const auto& c = p.chosen;
-      points.push_back({b, c.predicted.tokens_per_s, c.tiers.size() - c.count(planner::Tier::disk)});
-    } catch (const PlanError&) {
-      break;  // more sequences only need more memory
-    }
-    if (b == o.max_seqs) break;
-  }
-  if (points.empty()) return 0;  // load_model gives the refusal, with its numbers
-  std::size_t best = 0;
-  for (std::size_t i = 1; i < points.size(); ++i)
-    if (points[i].tokens_per_s > points[best].tokens_per_s * 1.02) best = i;
-  const Point& p = points[best];
-  why = fmt::format("KV pool for {} full-context sequence{} ({} tokens): predicted {:.2f} tokens/s "
-                    "together with {} resident units",
-                    p.seqs, p.seqs == 1 ? "" : "s",
-                    int64_t{p.seqs} * engine::kv_blocks_for(context) * engine::KvBlocks::kBlockTokens,
-                    p.tokens_per_s, p.resident);
-  if (best + 1 < points.size()) {
-    const Point& more = points.back();
-    why += fmt::format("; {} sequences' caches would leave {} resident for {:.2f} tokens/s",
-                       more.seqs, more.resident, more.tokens_per_s);
-  } else if (points.size() < static_cast<std::size_t>(std::bit_width(unsigned(o.max_seqs)))) {
-    why += "; a bigger pool does not fit the budget";
-  }
-  // Each sequence holds whole blocks: p.seqs full-context sequences need p.seqs times the
-  // blocks of one (0: every slot, the engine's default).
-  if (p.seqs >= o.max_seqs) return 0;
-  return int64_t{p.seqs} * engine::kv_blocks_for(context) * engine::KvBlocks::kBlockTokens;
+  engine::PlanOptions po = plan_options(config, context, o.max_seqs, o.device, machine);
+  po.max_batch_rows = o.load.max_batch_rows;
+  po.kv_memory = o.load.kv_memory;
+  const BatchSweep sweep =
+      sweep_batches(config, source.weights(), machine, po, o.max_seqs, o.model.string());
+  if (!sweep.any_fits()) return 0;  // load_model gives the refusal, with its numbers
+  why = sweep.why;
+  // 0: every slot, the engine's default (the same whole blocks per sequence).
+  const SweepPoint& p = sweep.best();
+  return p.seqs >= o.max_seqs ? 0 : p.kv_tokens;
 }
 
 }  // namespace
@@ -107,6 +89,7 @@ Session::Session(SessionOptions options) : options_(std::move(options)) {
         "the model's tokenizer files beside its weights",
         o.model.string()));
 
+  check_draft(o.draft, o.draft_k);
   const model::ModelConfig config = engine::read_model_config(o.model);
   const int64_t limit = model::max_context(config);
   const int64_t context = o.context > 0 ? o.context : model::default_context(config);
@@ -118,6 +101,11 @@ Session::Session(SessionOptions options) : options_(std::move(options)) {
   lo.max_seqs = o.max_seqs;
   lo.max_batch_rows = o.max_batch_rows > 0 ? o.max_batch_rows : context;
   lo.max_logit_rows = o.max_logit_rows > 0 ? o.max_logit_rows : o.max_seqs;
+  if (draft_k() > 0) {
+    // Every sequence's last token and drafts in one pass, each row with its logits.
+    lo.max_batch_rows += int64_t{o.max_seqs} * o.draft_k;
+    lo.max_logit_rows = std::max<int64_t>(lo.max_logit_rows, int64_t{o.max_seqs} * (o.draft_k + 1));
+  }
   if (o.mmap) lo.placement = engine::Placement::all(config, offload::Tier::mapped);
 
   backends::check(o.device);
@@ -164,6 +152,24 @@ Session::Session(SessionOptions options) : options_(std::move(options)) {
 }
 
 Session::~Session() = default;
+
+std::unique_ptr<engine::Drafter> Session::make_drafter() const {
+  if (draft_k() == 0) return nullptr;
+  return std::make_unique<engine::LookupDrafter>();
+}
+
+engine::SchedulerOptions Session::scheduler_options() const {
+  engine::SchedulerOptions so;
+  so.max_seqs = options_.max_seqs;
+  so.max_step_rows = options_.load.max_batch_rows;
+  so.prefill_chunk = std::min<int64_t>(512, context());
+  so.draft_k = draft_k();
+  if (so.draft_k > 0)
+    so.make_drafter = [](int) -> std::unique_ptr<engine::Drafter> {
+      return std::make_unique<engine::LookupDrafter>();
+    };
+  return so;
+}
 
 const text::Tokenizer& Session::require_tokenizer() const {
   if (!tokenizer_)

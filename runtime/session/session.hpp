@@ -15,6 +15,7 @@
 #include "runtime/core/device.hpp"
 #include "runtime/engine/engine.hpp"
 #include "runtime/engine/loaded_model.hpp"
+#include "runtime/engine/scheduler.hpp"
 #include "runtime/text/tokenizer.hpp"
 
 namespace ferry::session {
@@ -47,6 +48,13 @@ struct SessionOptions {
   bool require_tokenizer = false;  // make a missing tokenizer an error instead
   // Called with (bytes read, bytes to read) while the resident weights load.
   std::function<void(uint64_t, uint64_t)> on_load_progress;
+  // Speculative decoding where this session's sequences are scheduled (serve, run --prompts,
+  // Python): "lookup" (n-grams of each sequence's own text; no draft model), or empty for none.
+  // A draft model (self-int4, self-int8, a path) is refused here for now. Each sequence adds up
+  // to draft_k drafts to a pass, so the passes are sized for max_seqs × (draft_k + 1) rows
+  // more than asked.
+  std::string draft;
+  int draft_k = 4;
 };
 
 inline constexpr int64_t kKvPoolAuto = -1;
@@ -91,6 +99,14 @@ class Session {
   // How an automatic pool was chosen (the planner's predictions); empty when it was given.
   const std::string& kv_choice() const { return kv_choice_; }
 
+  // Drafts per pass for each sequence; 0 without a draft.
+  int draft_k() const { return options_.draft.empty() ? 0 : options_.draft_k; }
+  // Scheduler options for this session's engine: every slot, passes of at most
+  // load.max_batch_rows rows, and the drafter of each slot when there is a draft.
+  engine::SchedulerOptions scheduler_options() const;
+  // A drafter for one sequence decoded alone (generate_speculative); null without a draft.
+  std::unique_ptr<engine::Drafter> make_drafter() const;
+
  private:
   SessionOptions options_;
   std::unique_ptr<Device> device_;  // planned for and computed on; outlives the model
@@ -103,6 +119,10 @@ class Session {
   int64_t kv_pool_tokens_ = 0;
   std::string kv_choice_;  // how an automatic pool size was chosen, for describe()
 };
+
+// Throws InvalidArgument unless SessionOptions::draft / draft_k can be honoured (lookup, k in
+// 1 … 32), so a tool can refuse before it loads anything.
+void check_draft(const std::string& draft, int draft_k);
 
 // The model's own tokenizer, or none when it has no tokenizer files (an error reading files it
 // does have still throws).

@@ -1,6 +1,6 @@
 // ferry run --draft end to end: the same tokens as without it for every drafter kind, the
 // acceptance line on stderr, and the refusals a user can hit (bad --draft, --draft-k out of
-// range, a draft model with another vocabulary).
+// range, a draft model with another vocabulary); run --prompts with lookup drafts.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -93,6 +93,40 @@ TEST_F(DraftCli, RefusesWhatCannotWork) {
   EXPECT_NE(r.rc, 0);
   EXPECT_NE(r.err.find("but the target's has 1000; a draft model must share the target's "
                        "tokenizer"),
+            std::string::npos)
+      << r.err;
+}
+
+// run --prompts --draft lookup: every line's output as without drafts (the sequences verify
+// their drafts inside the batch), the speculation line on stderr; a draft model is refused.
+TEST_F(DraftCli, PromptsWithLookupGiveThePlainOutputs) {
+  const std::string dir = (test::data_dir() / "gptj" / "tiny-f32").string();
+  const test::TempDir tmp;
+  const fs::path prompts = tmp.path() / "prompts.jsonl";
+  test::write_file(prompts,
+                   "{\"ids\": [5, 6, 7, 8, 5, 6, 7]}\n{\"ids\": [1, 2, 1, 2, 1], \"max_tokens\": 9}\n"
+                   "{\"ids\": [9, 9, 9], \"max_tokens\": 30}\n{\"ids\": [4], \"max_tokens\": 1}\n");
+  const std::vector<std::string> base = {"run", "-m", dir, "--prompts", prompts.string(),
+                                         "-n",  "20", "--max-seqs", "3"};
+  const Result plain = ferry(base);
+  ASSERT_EQ(plain.rc, 0) << plain.err;
+  for (const char* k : {"1", "4"}) {
+    SCOPED_TRACE(std::string("k ") + k);
+    auto a = base;
+    a.insert(a.end(), {"--draft", "lookup", "--draft-k", k});
+    const Result r = ferry(a);
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(r.out, plain.out);
+    EXPECT_NE(r.err.find("ferry: speculative (lookup, k " + std::string(k) + "): "),
+              std::string::npos)
+        << r.err;
+  }
+  auto a = base;
+  a.insert(a.end(), {"--draft", "self-int4"});
+  const Result r = ferry(a);
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("--draft self-int4 (a draft model) with the batch scheduler (ferry serve, "
+                       "run --prompts, Python) is not supported yet; use --draft lookup"),
             std::string::npos)
       << r.err;
 }

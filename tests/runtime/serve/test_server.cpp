@@ -7,6 +7,9 @@
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include "runtime/serve/server.hpp"
 #include "tests/support/test_support.hpp"
@@ -127,6 +130,49 @@ TEST(ServeServer, LifeCycleAnswersAndRefusals) {
 
   server.shutdown();
   EXPECT_FALSE(c.Get("/health"));  // the listener is closed
+}
+
+// --draft lookup: the same completions as without drafts (greedy, several at once), and
+// /metrics counts the drafts scored and kept.
+TEST(ServeServer, SpeculationGivesTheSameCompletions) {
+  const std::vector<std::string> prompts = {"hello world hello world hello world hello",
+                                            "one two one two one two one", "Hello"};
+  const auto complete_all = [&](const std::string& draft) {
+    ServerOptions so;
+    so.port = 0;
+    so.max_step_rows = 64;
+    Server server(so);
+    const int port = server.listen();
+    session::SessionOptions o = fixture_options();
+    o.draft = draft;
+    o.draft_k = 4;
+    session::Session ses(std::move(o));
+    server.serve(ses);
+    std::vector<std::string> texts(prompts.size());
+    std::vector<std::thread> threads;
+    for (std::size_t i = 0; i < prompts.size(); ++i)
+      threads.emplace_back([&, i] {
+        httplib::Client c("127.0.0.1", port);
+        auto r = c.Post("/v1/completions",
+                        json{{"prompt", prompts[i]}, {"max_tokens", 24}, {"temperature", 0}}.dump(),
+                        "application/json");
+        if (r && r->status == 200) texts[i] = json::parse(r->body)["choices"][0]["text"];
+      });
+    for (auto& t : threads) t.join();
+    httplib::Client c("127.0.0.1", port);
+    const std::string m = c.Get("/metrics")->body;
+    server.shutdown();
+    return std::make_pair(texts, m);
+  };
+  const auto [plain, plain_metrics] = complete_all("");
+  const auto [spec, spec_metrics] = complete_all("lookup");
+  EXPECT_EQ(spec, plain);
+  for (const std::string& t : plain) EXPECT_FALSE(t.empty());
+  EXPECT_EQ(metric(plain_metrics, "ferry_draft_tokens_proposed_total"), 0);
+  EXPECT_GE(metric(spec_metrics, "ferry_draft_tokens_proposed_total"),
+            metric(spec_metrics, "ferry_draft_tokens_accepted_total"));
+  EXPECT_GE(metric(spec_metrics, "ferry_draft_tokens_accepted_total"), 0);
+  EXPECT_EQ(metric(spec_metrics, "ferry_kv_blocks_used"), 0);
 }
 
 }  // namespace
