@@ -18,7 +18,7 @@ import pkgutil
 import queue
 import sys
 import threading
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 # The build tree keeps the native module in <build>/python/ferry/, beside no __init__.py: with
 # PYTHONPATH=<build>/python:python both directories make up this package (ctest runs so).
@@ -212,6 +212,16 @@ class Model:
     def eos_ids(self) -> List[int]:
         return list(self._native.eos_ids)
 
+    @property
+    def draft(self) -> Optional[str]:
+        """The drafter of speculative decoding ("lookup"), or None."""
+        return self._native.draft
+
+    def draft_stats(self) -> Dict[str, int]:
+        """Speculative decoding over every generate() so far: drafted tokens the model scored
+        ("proposed"), kept ("accepted") and turned down ("rejected"; at most one a pass)."""
+        return dict(self._native.draft_stats())
+
     def describe(self) -> str:
         """Where the weights went and the plan's summary, as `ferry run` prints them."""
         return "\n".join(self._native.describe())
@@ -355,7 +365,8 @@ def _status_bytes(key: str) -> Optional[int]:
 def load(path: Union[str, os.PathLike], max_ram: Size = None, device: Optional[str] = "auto",
          max_vram: Size = None, context: Optional[int] = None, max_seqs: int = 1,
          max_batch_rows: Optional[int] = None, max_logit_rows: Optional[int] = None,
-         mmap: bool = False, progress: Union[bool, Callable[[int, int], Any]] = True) -> Model:
+         mmap: bool = False, progress: Union[bool, Callable[[int, int], Any]] = True,
+         draft: Optional[str] = None, draft_k: int = 4) -> Model:
     """Opens a model (a directory of config.json + weights, a ferry pack or a GGUF file) as
     `ferry run` does: the device, a plan within the RAM budget, the weights, the engine.
 
@@ -365,6 +376,10 @@ def load(path: Union[str, os.PathLike], max_ram: Size = None, device: Optional[s
     tokens in one pass (the longest prompt; default: the context). max_logit_rows: most rows of
     logits one pass returns (for logits(all_positions=True); default: max_seqs). progress: a
     loading bar (tqdm in a notebook), False for none, or a function (bytes_done, bytes_total).
+    draft: "lookup" for speculative decoding (each sequence drafts up to draft_k tokens from
+    n-grams of its own text and the model verifies them in the same pass; the tokens are the
+    same as without, fewer passes when the text repeats itself); draft models are not
+    supported here yet.
 
     Raises PlanError (naming the smallest budget that works) when the model cannot fit,
     FormatError for a damaged file, InvalidArgument for a bad option, IoError when reading fails.
@@ -381,7 +396,7 @@ def load(path: Union[str, os.PathLike], max_ram: Size = None, device: Optional[s
     try:
         native = _ferry.load(p, max_ram, _device(device), max_vram, int(context or 0),
                              int(max_seqs), int(max_batch_rows or 0), int(max_logit_rows or 0),
-                             bool(mmap), on_progress)
+                             bool(mmap), on_progress, draft, int(draft_k))
     finally:
         if bar is not None:
             bar.close()

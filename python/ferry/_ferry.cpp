@@ -15,6 +15,7 @@
 #include <pybind11/stl/filesystem.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -29,6 +30,7 @@
 #include "runtime/core/units.hpp"
 #include "runtime/engine/generate.hpp"
 #include "runtime/engine/scheduler.hpp"
+#include "runtime/engine/speculative.hpp"
 #include "runtime/session/plan.hpp"
 #include "runtime/session/session.hpp"
 #include "runtime/text/tokenizer.hpp"
@@ -206,6 +208,19 @@ class Model {
   std::string device() const { return session_->options().device; }
   std::vector<int32_t> eos_ids() const { return session_->eos_ids(); }
   std::vector<std::string> describe() const { return session_->describe(); }
+  std::optional<std::string> draft() const {
+    if (session_->draft_k() == 0) return std::nullopt;
+    return session_->options().draft;
+  }
+  int draft_k() const { return session_->draft_k(); }
+  // Speculation's counters over every generate() so far: drafts scored, kept, turned down.
+  py::dict draft_stats() const {
+    py::dict d;
+    d["proposed"] = draft_proposed_.load();
+    d["accepted"] = draft_accepted_.load();
+    d["rejected"] = draft_rejected_.load();
+    return d;
+  }
 
   // Generates for each prompt (token ids); on_token(index, id) is called with each new token
   // and may return False to stop that prompt. Batched through the scheduler when the model has
@@ -260,15 +275,37 @@ class Model {
             requests[i].options = go;
             requests[i].on_token = [&on, i](int32_t id) { return on(i, id); };
           }
-          engine::SchedulerOptions so;
-          so.max_seqs = session_->max_seqs();
-          so.max_step_rows = session_->options().load.max_batch_rows;
+          // The session's drafters (draft="lookup") verify inside the batch.
+          engine::SchedulerOptions so = session_->scheduler_options();
           so.max_queue = std::max<std::size_t>(ids.size(), 64);
-          auto results = engine::run_batch(eng, std::move(requests), so);
+          engine::Scheduler scheduler(eng, so);
+          std::vector<engine::RequestResult> results(requests.size());
+          for (std::size_t i = 0; i < requests.size(); ++i) {
+            requests[i].on_done = [&results, i](const engine::RequestResult& r) {
+              results[i] = r;
+            };
+            scheduler.submit(std::move(requests[i]));
+          }
+          while (scheduler.step()) {
+          }
+          const engine::SchedulerStats st = scheduler.stats();
+          draft_proposed_ += st.draft_tokens_proposed;
+          draft_accepted_ += st.draft_tokens_accepted;
+          draft_rejected_ += st.draft_tokens_rejected;
           for (std::size_t i = 0; i < results.size(); ++i) {
             if (results[i].reason == engine::FinishReason::error)
               throw Error(results[i].error);  // the engine's own message
             out[i] = std::move(results[i].tokens);
+          }
+        } else if (const auto drafter = session_->make_drafter()) {
+          for (std::size_t i = 0; i < ids.size() && !stopping; ++i) {
+            engine::SpeculativeStats st;
+            out[i] = engine::generate_speculative(
+                eng, *drafter, 0, ids[i], go, {session_->draft_k()},
+                [&on, i](int32_t id) { return on(i, id); }, &st);
+            draft_proposed_ += static_cast<uint64_t>(st.drafted);
+            draft_accepted_ += static_cast<uint64_t>(st.accepted);
+            draft_rejected_ += static_cast<uint64_t>(st.rejected);
           }
         } else {
           for (std::size_t i = 0; i < ids.size() && !stopping; ++i)
@@ -335,6 +372,10 @@ class Model {
   std::shared_ptr<session::Session> session_;
   std::shared_ptr<Tokenizer> tokenizer_;
   std::mutex mutex_;
+  // Written under mutex_, read by draft_stats() whenever.
+  std::atomic<uint64_t> draft_proposed_{0};
+  std::atomic<uint64_t> draft_accepted_{0};
+  std::atomic<uint64_t> draft_rejected_{0};
 };
 
 std::optional<uint64_t> size_arg(const py::object& v, bool ram) {
@@ -351,8 +392,11 @@ std::optional<uint64_t> size_arg(const py::object& v, bool ram) {
 std::unique_ptr<Model> load(const std::filesystem::path& path, const py::object& max_ram,
                             const std::string& device, const py::object& max_vram,
                             int64_t context, int max_seqs, int64_t max_batch_rows,
-                            int64_t max_logit_rows, bool mmap, const py::object& on_progress) {
+                            int64_t max_logit_rows, bool mmap, const py::object& on_progress,
+                            const std::optional<std::string>& draft, int draft_k) {
   session::SessionOptions so;
+  so.draft = draft.value_or("");
+  so.draft_k = draft_k;
   so.model = path;
   so.device = device;
   so.load.max_ram_bytes = size_arg(max_ram, true);
@@ -443,6 +487,9 @@ PYBIND11_MODULE(_ferry, m) {
       .def("plan_json", &Model::plan_json)
       .def("config_json", &Model::config_json)
       .def("describe", &Model::describe)
+      .def_property_readonly("draft", &Model::draft)
+      .def_property_readonly("draft_k", &Model::draft_k)
+      .def("draft_stats", &Model::draft_stats)
       .def("generate", &Model::generate, py::arg("prompts"), py::arg("max_new_tokens"),
            py::arg("temperature"), py::arg("top_p"), py::arg("top_k"), py::arg("seed"),
            py::arg("ignore_eos"), py::arg("on_token"))
@@ -451,7 +498,8 @@ PYBIND11_MODULE(_ferry, m) {
 
   m.def("load", &load, py::arg("path"), py::arg("max_ram"), py::arg("device"),
         py::arg("max_vram"), py::arg("context"), py::arg("max_seqs"), py::arg("max_batch_rows"),
-        py::arg("max_logit_rows"), py::arg("mmap"), py::arg("on_progress"));
+        py::arg("max_logit_rows"), py::arg("mmap"), py::arg("on_progress"),
+        py::arg("draft") = py::none(), py::arg("draft_k") = 4);
   m.def("plan_json", &plan_json, py::arg("path"), py::arg("max_ram"), py::arg("profile"),
         py::arg("device"), py::arg("max_vram"), py::arg("context"), py::arg("batch"),
         py::arg("measure"));

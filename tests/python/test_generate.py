@@ -180,3 +180,21 @@ def test_interrupted_stream_leaves_model_usable(gguf_model):
                     pass
     it.close()  # the worker stops after its current token
     assert gguf_model.generate(PROMPTS[0], max_new_tokens=16, ignore_eos=True) == want
+
+
+def test_speculative_lookup_equals_plain(gguf_model):
+    """draft="lookup": the same tokens, one prompt alone and a batch, with drafts counted; a
+    draft model is refused with the way out."""
+    repeating = [p + ". " + p + ". " + p for p in PROMPTS]
+    want = [gguf_model.generate(p, max_new_tokens=16, ignore_eos=True, return_ids=True)
+            for p in repeating]
+    spec = ferry.load(GGUF, device="cpu", progress=False, max_seqs=3, draft="lookup", draft_k=4)
+    assert spec.draft == "lookup"
+    assert spec.generate(repeating[0], max_new_tokens=16, ignore_eos=True,
+                         return_ids=True) == want[0]
+    assert spec.generate(repeating, max_new_tokens=16, ignore_eos=True, return_ids=True) == want
+    stats = spec.draft_stats()
+    assert stats["accepted"] + stats["rejected"] <= stats["proposed"]
+    assert gguf_model.draft is None
+    with pytest.raises(ferry.InvalidArgument, match="not supported yet; use --draft lookup"):
+        ferry.load(GGUF, device="cpu", progress=False, draft="self-int4")
