@@ -109,9 +109,12 @@ std::string_view backend_name(Backend b) { return b == Backend::cuda ? "cuda" : 
 
 std::string_view kv_memory_name(KvMemory m) {
   switch (m) {
-    case KvMemory::device: return "device";
-    case KvMemory::host: return "host";
-    case KvMemory::automatic: break;
+    case KvMemory::device:
+      return "device";
+    case KvMemory::host:
+      return "host";
+    case KvMemory::automatic:
+      break;
   }
   return "auto";
 }
@@ -373,9 +376,9 @@ bool fits(const Prediction& p, const Budgets& b, bool cuda) {
         "run on the CPU with --device cpu",
         r.model, format_bytes(min_vram + vram_margin(min_vram)), format_bytes(g.context_bytes),
         format_bytes(r.device_fixed_bytes), format_bytes(2 * slot),
-        kv_in_vram ? fmt::format("{} of KV pool in VRAM (--kv-memory device)",
-                                 format_bytes(r.kv_bytes))
-                   : std::string("KV pool in host memory"),
+        kv_in_vram
+            ? fmt::format("{} of KV pool in VRAM (--kv-memory device)", format_bytes(r.kv_bytes))
+            : std::string("KV pool in host memory"),
         g.vram_bytes.source, format_bytes(plan.vram_budget_bytes),
         kv_in_vram ? "put the KV pool in host memory (--kv-memory auto or host), " : ""));
   if (kv_in_vram)
@@ -744,11 +747,11 @@ std::string Plan::explain() const {
       "{}–{} staging slots{}, and kept the fastest within RAM {} (budget {} less a {} "
       "margin){}\n",
       2, std::max<std::size_t>(2, request.max_host_slots),
-      request.backend != Backend::cuda ? ""
-      : request.kv_memory == KvMemory::automatic
-          ? " and the KV pool in VRAM or in host memory"
-          : request.kv_memory == KvMemory::device ? " with the KV pool in VRAM (--kv-memory device)"
-                                                  : " with the KV pool in host memory (--kv-memory host)",
+      request.backend != Backend::cuda           ? ""
+      : request.kv_memory == KvMemory::automatic ? " and the KV pool in VRAM or in host memory"
+      : request.kv_memory == KvMemory::device
+          ? " with the KV pool in VRAM (--kv-memory device)"
+          : " with the KV pool in host memory (--kv-memory host)",
       format_bytes(ram_budget_bytes - ram_margin_bytes), format_bytes(ram_budget_bytes),
       format_bytes(ram_margin_bytes),
       request.backend == Backend::cuda

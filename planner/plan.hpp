@@ -59,8 +59,8 @@ struct PlanRequest {
   // How the user shortens the context, for refusals: empty means the --ctx flag; `ferry run`
   // (which has none: its context is the prompt plus -n) says "generate fewer tokens (-n) …".
   std::string context_hint;
-  uint64_t host_fixed_bytes = 0;            // runtime, activations, norms and biases on the host
-  uint64_t device_fixed_bytes = 0;          // activations and workspace on the GPU (cuda)
+  uint64_t host_fixed_bytes = 0;    // runtime, activations, norms and biases on the host
+  uint64_t device_fixed_bytes = 0;  // activations and workspace on the GPU (cuda)
   uint32_t io_queue_depth = 16;
   std::size_t max_host_slots = 4;     // the search tries 2 … max_host_slots
   std::size_t forced_host_slots = 0;  // non-zero: a tuned policy fixes the slot count
@@ -82,7 +82,7 @@ struct Prediction {
   // token per step, so this is each sequence's time per token.
   double s_per_token = 0;
   double tokens_per_s = 0;  // all sequences together: batch / s_per_token
-  double disk_s = 0;               // busy time per token of each link
+  double disk_s = 0;        // busy time per token of each link
   double h2d_s = 0;
   double compute_s = 0;
   uint64_t disk_bytes_per_token = 0;

@@ -379,8 +379,9 @@ Command add_plan(CLI::App& app) {
     }
     fmt::print("{}", plan.table());
     if (sweep) {
-      fmt::print("batch sweep: each sequence's KV cache takes memory resident layers could use; "
-                 "each step's streamed bytes serve every sequence\n");
+      fmt::print(
+          "batch sweep: each sequence's KV cache takes memory resident layers could use; "
+          "each step's streamed bytes serve every sequence\n");
       fmt::print("  {:>9}  {:>9}  {:>10}  {:>8}  {:>9}  {:>8}  {:>10}\n", "sequences", "KV tokens",
                  "tokens/s", "s/token", "resident", "streamed", "peak RAM");
       const auto& pts = sweep->points;

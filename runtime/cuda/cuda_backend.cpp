@@ -177,8 +177,8 @@ struct CudaBackend::Impl {
   // Layer `layer`'s keys (which 0) or values (1): head h's block b at h · kv_head_stride() +
   // b · kv_block_stride() elements.
   std::byte* kv_base(int layer, int which) {
-    const int64_t elems = (static_cast<int64_t>(layer) * 2 + which) * config.n_kv_head *
-                          kv_head_stride();
+    const int64_t elems =
+        (static_cast<int64_t>(layer) * 2 + which) * config.n_kv_head * kv_head_stride();
     return kv_data + elems * kv_elt();
   }
 

@@ -131,9 +131,7 @@ planner::Plan plan_model(const PlanQuery& query) {
       engine::plan_request(source.config, source.weights(), machine, po, query.model.string()));
 }
 
-double SweepPoint::tokens_per_s() const {
-  return plan ? plan->chosen.predicted.tokens_per_s : 0.0;
-}
+double SweepPoint::tokens_per_s() const { return plan ? plan->chosen.predicted.tokens_per_s : 0.0; }
 
 std::size_t SweepPoint::resident_units() const {
   if (!plan) return 0;
@@ -173,8 +171,9 @@ BatchSweep sweep_batches(const model::ModelConfig& config, const offload::Checkp
   }
   const auto& pts = sweep.points;
   for (std::size_t i = 0; i < pts.size(); ++i)
-    if (pts[i].plan && (!pts[sweep.chosen].plan ||
-                        pts[i].tokens_per_s() > pts[sweep.chosen].tokens_per_s() * (1 + kSweepMargin)))
+    if (pts[i].plan &&
+        (!pts[sweep.chosen].plan ||
+         pts[i].tokens_per_s() > pts[sweep.chosen].tokens_per_s() * (1 + kSweepMargin)))
       sweep.chosen = i;
   if (!sweep.any_fits()) {
     sweep.why = "no batch fits the budgets";
@@ -192,9 +191,9 @@ BatchSweep sweep_batches(const model::ModelConfig& config, const offload::Checkp
     if (pts[i].plan) last_fit = i;
   if (last_fit != sweep.chosen) {
     const SweepPoint& more = pts[last_fit];
-    sweep.why += fmt::format("; {} sequences' caches{} would leave {} resident for {:.2f} tokens/s",
-                             more.seqs, kv_place(*more.plan), more.resident_units(),
-                             more.tokens_per_s());
+    sweep.why +=
+        fmt::format("; {} sequences' caches{} would leave {} resident for {:.2f} tokens/s",
+                    more.seqs, kv_place(*more.plan), more.resident_units(), more.tokens_per_s());
   }
   if (!pts.back().plan) sweep.why += "; a bigger pool does not fit the budget";
   return sweep;

@@ -32,9 +32,9 @@ struct PlanSource {
 PlanSource open_plan_source(const std::filesystem::path& model, const std::string& dtype = {});
 
 struct MachineQuery {
-  std::string profile;  // a named machine (colab-t4, ...) or its JSON file; empty: this one
-  std::string device;   // "cpu": never look for a GPU; otherwise this machine's GPU, if any
-  bool measure = true;  // false: cached figures or defaults only
+  std::string profile;   // a named machine (colab-t4, ...) or its JSON file; empty: this one
+  std::string device;    // "cpu": never look for a GPU; otherwise this machine's GPU, if any
+  bool measure = true;   // false: cached figures or defaults only
   bool reprobe = false;  // measure again, ignoring the cache
   std::optional<uint64_t> max_ram_bytes;  // caps the RAM figure (--max-ram)
   bool batch_rows = false;  // plans for batches: measure what extra rows of a product cost
@@ -84,7 +84,7 @@ struct SweepPoint {
 struct BatchSweep {
   std::vector<SweepPoint> points;
   std::size_t chosen = 0;  // index into points; meaningless when none fits
-  std::string why;  // what was chosen and what the alternatives would give, in one line
+  std::string why;         // what was chosen and what the alternatives would give, in one line
 
   bool any_fits() const;
   const SweepPoint& best() const { return points[chosen]; }
