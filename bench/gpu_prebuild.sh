@@ -11,8 +11,8 @@ BUILD=${BUILD:-build-gpu}
 DEST=${DEST:-gpu-bin}
 JOBS=${JOBS:-$(nproc)}
 targets=(tools/ferry tests/kernels/test_cuda_kernels tests/kernels/test_cublas_loader
-         tests/runtime/test_cuda_backend tests/tools/test_cuda_cli_gpu bench/bench_cuda_h2d
-         bench/bench_cuda_packed)
+         tests/runtime/test_cuda_backend tests/runtime/test_backends_gpu tests/tools/test_cuda_cli_gpu
+         bench/bench_cuda_h2d bench/bench_cuda_packed)
 [ -f "$BUILD/CMakeCache.txt" ] ||
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFERRY_WITH_CUDA=ON
 # shellcheck disable=SC2046  # one word per target

@@ -7,7 +7,9 @@
 #      developer's machine, carried along: the GPU image lacks ferry's build dependencies), else
 #      configure and build the CUDA targets there for this GPU (FERRY_CUDA_ARCHITECTURES=native)
 #   2. the gpu tests (kernels vs their CPU twins, the engine vs Hugging Face, streamed vs
-#      resident, bf16, the CLI), JUnit XML; the streamed and batched engine tests 25 times over
+#      resident, bf16, the CLI), JUnit XML; the streamed and batched engine tests 25 times over;
+#      the paged KV cache (block-table kernels, KV in host memory) and bench/batch_decode.sh on
+#      the device with a tiny fixture (FULL: also the GPT-J-6B shape after cuda_bench)
 #   3. compute-sanitizer memcheck on the kernel and engine tests; the packed-product benchmark
 #      (fused against dequantize + cuBLAS: bench/cuda/packed_gemm.cpp)
 #   4. bench/cuda_bench.sh: copy rates always; the GPT-J-6B-shaped runs, f16 and int4 pack, when
@@ -75,6 +77,7 @@ fi
 if [ -x "$BIN/ferry" ]; then
   export LD_LIBRARY_PATH="$PWD/$BIN/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   ferry=$BIN/ferry kernels=$BIN/test_cuda_kernels engine=$BIN/test_cuda_backend
+  registry=$BIN/test_backends_gpu
   cli=$BIN/test_cuda_cli_gpu loader=$BIN/test_cublas_loader h2d=$BIN/bench_cuda_h2d
   packed=$BIN/bench_cuda_packed
   echo "== prebuilt binaries from $BIN" | tee -a "$WORK/steps.txt"
@@ -82,9 +85,10 @@ else
   step configure cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DFERRY_CUDA_ARCHITECTURES=native
   step build cmake --build "$BUILD" -j"$JOBS" --target ferry test_cuda_kernels test_cuda_backend \
-    test_cuda_cli_gpu test_cublas_loader bench_cuda_h2d bench_cuda_packed
+    test_backends_gpu test_cuda_cli_gpu test_cublas_loader bench_cuda_h2d bench_cuda_packed
   ferry=$BUILD/tools/ferry kernels=$BUILD/tests/kernels/test_cuda_kernels
   engine=$BUILD/tests/runtime/test_cuda_backend cli=$BUILD/tests/tools/test_cuda_cli_gpu
+  registry=$BUILD/tests/runtime/test_backends_gpu
   loader=$BUILD/tests/kernels/test_cublas_loader h2d=$BUILD/bench/bench_cuda_h2d
   packed=$BUILD/bench/bench_cuda_packed
 fi
@@ -108,13 +112,26 @@ if [ "$FULL" = 1 ] && [ ! -f "$PACK_DIR/model.ferry" ]; then
   maker=$!
 fi
 
-for t in kernels engine cli loader; do
+for t in kernels engine registry cli loader; do
   step "test_$t" "${!t}" --gtest_output="xml:$WORK/test_$t.xml"
 done
 # The streamed and batched paths again and again: an event waited on too late shows up as a
 # token that differs now and then, not every time.
 step test_engine_repeat "$engine" --gtest_repeat=25 --gtest_brief=1 \
-  --gtest_filter='*StreamedEqualsResident*:*BatchedSequences*:*PlannedLoad*'
+  --gtest_filter='*StreamedEqualsResident*:*BatchedSequences*:*PlannedLoad*:*HostKv*'
+# The paged KV cache (issue 18), never yet run on a GPU: the block-table kernels against the
+# contiguous cache, the engine's batches and the KV pool in mapped host memory, then batched
+# decoding through `ferry run --prompts` on the device, its KV in VRAM and in host memory.
+step test_paged_kv "$kernels" --gtest_repeat=10 --gtest_brief=1 \
+  --gtest_filter='*PagedCacheEqualsContiguous*'
+small=tests/data/gptj/tiny-f16-bin-sharded
+step batch_decode_cuda env FERRY="$ferry" bench/batch_decode.sh "$small" -n 16 \
+  --seqs "1 4 16" -- --device cuda
+step batch_decode_cuda_kv_host env FERRY="$ferry" bench/batch_decode.sh "$small" -n 16 \
+  --seqs "1 4 16" -- --device cuda --kv-memory host
+for f in batch_decode_cuda batch_decode_cuda_kv_host; do
+  tail -n 1 "$WORK/$f.log" 2>/dev/null | sed "s/^/     $f: /" | tee -a "$WORK/steps.txt"
+done
 
 cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 # sanitizer NAME TOOL BINARY [gtest filter]: every error printed (device backtraces only), then
@@ -169,6 +186,13 @@ if [ "$FULL" = 1 ]; then
     CASES="${CASES-colab vram3}" PACK_CASES="${PACK_CASES-colab vram3}" PACK_QUANT="$PACK_QUANT" \
     PACK_DIR="$PACK_DIR" HF="${HF:-0}" bench/cuda_bench.sh
   cp "$WORK/cuda_bench/summary.json" "$OUT/" 2>/dev/null
+  # Batched decoding of the GPT-J-6B shape on the device: the rate at 1, 4 and 16 sequences
+  # (issue 18's benchmark; the planner's prediction is in each run's plan line).
+  if [ -f "$MODEL_DIR/config.json" ]; then
+    step batch_decode_gptj env FERRY="$ferry" bench/batch_decode.sh "$MODEL_DIR" -n 16 \
+      --prompt-len 8 --seqs "1 4 16" -- --device cuda
+    tail -n 1 "$WORK/batch_decode_gptj.log" 2>/dev/null | sed 's/^/     /' | tee -a "$WORK/steps.txt"
+  fi
 else
   step cuda_bench env FERRY="$ferry" H2D="$h2d" OUT_DIR="$WORK/cuda_bench" CASES= HF=0 \
     bench/cuda_bench.sh
