@@ -9,9 +9,12 @@
 //
 // Shapes are GPT-J-6B's fc_in ([16384, 4096]) and a 4096 × 4096 projection; llama.cpp's block
 // formats (q8_0 … q6_k, as GGUF files hold them) on Llama-3-8B's ffn_up ([14336, 4096]) and
-// ffn_down ([4096, 14336]) beside f16 on the same shapes. bench_kernels' BM_MemoryReadAvx2 is the
-// read loop to judge their bytes_per_second by (run both on the same idle machine).
+// ffn_down ([4096, 14336]) beside f16 on the same shapes. BM_MemoryRead, first, is the read loop
+// to judge their bytes_per_second by, in the same run (bench_kernels' BM_MemoryReadAvx2 is the
+// same loop over 1 GiB). BM_PackedRows times many rows of x (batched decoding, drafts, prompts) on
+// GPT-J's fc_out shape, [4096, 16384]: per call, the weights are read once whatever m.
 #include <benchmark/benchmark.h>
+#include <immintrin.h>
 
 #include <cstdint>
 #include <random>
@@ -64,6 +67,78 @@ void BM_Matvec(benchmark::State& state, DType dt, int64_t n, int64_t k) {
       benchmark::Counter(static_cast<double>(state.iterations()) * static_cast<double>(n * k),
                          benchmark::Counter::kIsRate);
 }
+
+// The memory's read rate with the pool's threads: 256 MiB (8× this machine's L3) summed in
+// 4 MiB blocks by an AVX2 loop of four accumulators, the roofline of the products above.
+__attribute__((target("avx2"))) float sum_avx2(const float* p, std::size_t n) {
+  __m256 a0 = _mm256_setzero_ps();
+  __m256 a1 = _mm256_setzero_ps();
+  __m256 a2 = _mm256_setzero_ps();
+  __m256 a3 = _mm256_setzero_ps();
+  for (std::size_t i = 0; i + 32 <= n; i += 32) {
+    a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
+    a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
+    a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
+    a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+void BM_MemoryRead(benchmark::State& state) {
+  if (!__builtin_cpu_supports("avx2")) {
+    state.SkipWithError("no AVX2 on this processor");
+    return;
+  }
+  constexpr std::size_t kBytes = std::size_t{256} << 20;
+  constexpr std::size_t kBlock = std::size_t{1} << 20;  // floats per work item (4 MiB)
+  ferry::AlignedBuffer buf(kBytes, 4096);
+  auto* data = buf.as<float>();
+  for (std::size_t i = 0; i < kBytes / sizeof(float); ++i) data[i] = 1.0f;
+  ferry::ThreadPool& pool = ferry::default_thread_pool();
+  const auto n_blocks = static_cast<int64_t>(kBytes / sizeof(float) / kBlock);
+  std::vector<float> partial(static_cast<std::size_t>(n_blocks));
+  for (auto _ : state) {
+    pool.parallel_for(n_blocks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i)
+        partial[static_cast<std::size_t>(i)] =
+            sum_avx2(data + static_cast<std::size_t>(i) * kBlock, kBlock);
+    });
+    benchmark::DoNotOptimize(partial.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *
+                          static_cast<int64_t>(kBytes));
+}
+BENCHMARK(BM_MemoryRead)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// m rows of x times a packed [n, k] matrix; rows_per_s counts rows of x (tokens).
+void BM_PackedRows(benchmark::State& state, DType dt) {
+  const int64_t m = state.range(0);
+  const int64_t n = 4096;
+  const int64_t k = 16384;
+  const ferry::AlignedBuffer w = make_matrix(dt, n, k);
+  std::vector<float> x(static_cast<std::size_t>(m * k));
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 13) * 0.01f - 0.06f;
+  std::vector<float> y(static_cast<std::size_t>(m * n));
+  ferry::ThreadPool& pool = ferry::default_thread_pool();
+  for (auto _ : state) {
+    ferry::kernels::cpu::linear(x.data(), m, k, w.data(), dt, n, nullptr, y.data(), pool);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *
+                          static_cast<int64_t>(w.size()));
+  state.counters["rows_per_s"] = benchmark::Counter(
+      static_cast<double>(state.iterations()) * static_cast<double>(m), benchmark::Counter::kIsRate);
+}
+BENCHMARK_CAPTURE(BM_PackedRows, q8, DType::q8)
+    ->Arg(1)->Arg(4)->Arg(16)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_PackedRows, q4g64, DType::q4_g64)
+    ->Arg(1)->Arg(4)->Arg(16)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_PackedRows, q4g128, DType::q4_g128)
+    ->Arg(1)->Arg(4)->Arg(16)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 void BM_Xxh64(benchmark::State& state) {
   const auto nbytes = static_cast<std::size_t>(state.range(0));
