@@ -45,6 +45,8 @@ bool is_compiled(std::string_view name) {
 std::vector<std::string> describe_build() {
   std::vector<std::string> lines = {fmt::format("cpu kernels: {}", kernels::cpu::simd_level())};
   lines.push_back(
+      fmt::format("cpu float (f32/f16/bf16) products: {}", kernels::cpu::float_linear_level()));
+  lines.push_back(
       fmt::format("cpu packed (q8/q4) kernels: {}", kernels::cpu::packed_linear_level()));
 #ifdef FERRY_HAS_CUDA
   lines.push_back(fmt::format("cuda: compiled (architectures {}; CUDA runtime {})",

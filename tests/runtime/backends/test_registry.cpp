@@ -62,6 +62,12 @@ TEST(Registry, DescribesTheBuild) {
                            return l.rfind("cpu packed (q8/q4) kernels: ", 0) == 0;
                          }),
             lines.end());
+  // And which multiply float weights (AVX-512 where present, beside the AVX2 rest).
+  EXPECT_NE(std::find_if(lines.begin(), lines.end(),
+                         [](const std::string& l) {
+                           return l.rfind("cpu float (f32/f16/bf16) products: ", 0) == 0;
+                         }),
+            lines.end());
   const auto cuda = std::find_if(lines.begin(), lines.end(),
                                  [](const std::string& l) { return l.rfind("cuda: ", 0) == 0; });
   ASSERT_NE(cuda, lines.end());
