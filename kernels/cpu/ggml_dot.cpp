@@ -101,10 +101,12 @@ bool uses_vnni() {
 #if defined(FERRY_KERNELS_AVX2)
 namespace {
 
-// Each output row o: one weight row dotted with every quantized activation row.
-template <class Block, class Dot>
+// Each output row o: one weight row dotted with every quantized activation row, kDotRows rows
+// of activations per call so each weight block is unpacked once for them (a row's result is the
+// same in any group: the row dots' contract).
+template <class Block, class Rows>
 void run(const Block* xq, int64_t m, int64_t nb, const unsigned char* w, uint64_t row_bytes,
-         int64_t n, const float* bias, float* y, ThreadPool& pool, Dot dot) {
+         int64_t n, const float* bias, float* y, ThreadPool& pool, Rows rows) {
   constexpr int64_t kGroup = detail::kLinearRowGroup;
   const int64_t n_groups = (n + kGroup - 1) / kGroup;
   // As run_linear in ops.cpp: a chunk carries ~256K multiply-adds at least.
@@ -113,12 +115,14 @@ void run(const Block* xq, int64_t m, int64_t nb, const unsigned char* w, uint64_
   const int64_t min_chunk = std::max<int64_t>(1, (int64_t{1} << 18) / macs_per_group);
   pool.parallel_for(n_groups, min_chunk, [&](int64_t g_begin, int64_t g_end) {
     const int64_t o_end = std::min(n, g_end * kGroup);
+    float out[kDotRows];
     for (int64_t o = g_begin * kGroup; o < o_end; ++o) {
       const unsigned char* row = w + static_cast<uint64_t>(o) * row_bytes;
-      const float b = bias != nullptr ? bias[o] : 0.0f;
-      for (int64_t r = 0; r < m; ++r) {
-        const float s = dot(row, xq + r * nb, nb);
-        y[r * n + o] = bias != nullptr ? s + b : s;
+      for (int64_t r = 0; r < m; r += kDotRows) {
+        const int take = static_cast<int>(std::min<int64_t>(kDotRows, m - r));
+        rows(row, xq + r * nb, nb, take, out);
+        for (int t = 0; t < take; ++t)
+          y[(r + t) * n + o] = bias != nullptr ? out[t] + bias[o] : out[t];
       }
     }
   });
@@ -130,29 +134,32 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
             const float* bias, float* y, ThreadPool& pool) {
   const auto* wb = static_cast<const unsigned char*>(w);
   const uint64_t row_bytes = ggml_row_bytes(wdt, k);
+#if defined(FERRY_KERNELS_AVX512)
+  const bool vnni = uses_vnni();
+#endif
   if (wdt == DType::q8_0 || wdt == DType::q4_0 || wdt == DType::q5_0) {
     const int64_t nb = k / 32;
     std::vector<Q80> xq(static_cast<std::size_t>(m * nb));
     for (int64_t r = 0; r < m; ++r) quantize_q8_0(x + r * k, k, xq.data() + r * nb);
-    float (*dot)(const unsigned char*, const Q80*, int64_t) =
-        wdt == DType::q8_0 ? avx2::dot_q8_0 : wdt == DType::q4_0 ? avx2::dot_q4_0 : avx2::dot_q5_0;
+    run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool,
+        [&](const unsigned char* row, const Q80* xr, int64_t nblk, int rows, float* out) {
 #if defined(FERRY_KERNELS_AVX512)
-    if (uses_vnni())
-      dot = wdt == DType::q8_0 ? vnni::dot_q8_0 : wdt == DType::q4_0 ? vnni::dot_q4_0 : vnni::dot_q5_0;
+          if (vnni) return vnni::rows_32(wdt, row, xr, nblk, rows, out);  // NOLINT
 #endif
-    run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool, dot);
+          avx2::rows_32(wdt, row, xr, nblk, rows, out);
+        });
     return;
   }
   const int64_t nb = k / 256;
   std::vector<Q8K> xq(static_cast<std::size_t>(m * nb));
   for (int64_t r = 0; r < m; ++r) quantize_q8_k(x + r * k, k, xq.data() + r * nb);
-  float (*dot)(const unsigned char*, const Q8K*, int64_t) =
-      wdt == DType::q4_k ? avx2::dot_q4_k : wdt == DType::q5_k ? avx2::dot_q5_k : avx2::dot_q6_k;
+  run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool,
+      [&](const unsigned char* row, const Q8K* xr, int64_t nblk, int rows, float* out) {
 #if defined(FERRY_KERNELS_AVX512)
-  if (uses_vnni())
-    dot = wdt == DType::q4_k ? vnni::dot_q4_k : wdt == DType::q5_k ? vnni::dot_q5_k : vnni::dot_q6_k;
+        if (vnni) return vnni::rows_k(wdt, row, xr, nblk, rows, out);
 #endif
-  run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool, dot);
+        avx2::rows_k(wdt, row, xr, nblk, rows, out);
+      });
 }
 #else
 void linear(const float*, int64_t, int64_t, const void*, DType, int64_t, const float*, float*,

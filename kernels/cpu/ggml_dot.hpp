@@ -37,6 +37,9 @@ struct Q80 {
   int8_t qs[32];
 };
 
+// Rows of activations the row dots take at once (rows_k, rows_32).
+inline constexpr int kDotRows = 4;
+
 // ggml's quantize_row_q8_K_ref / quantize_row_q8_0_ref over k activations (k a multiple of 256 /
 // 32): out receives k / 256 (k / 32) blocks.
 void quantize_q8_k(const float* x, int64_t k, Q8K* out);
@@ -61,6 +64,10 @@ float dot_q8_0(const unsigned char* row, const Q80* x, int64_t nb);
 float dot_q4_0(const unsigned char* row, const Q80* x, int64_t nb);
 float dot_q5_k(const unsigned char* row, const Q8K* x, int64_t nb);
 float dot_q5_0(const unsigned char* row, const Q80* x, int64_t nb);
+// One weight row of type t with rows = 1 … kDotRows rows of activations (nb blocks apart): out[r]
+// is bit for bit the dot above of row r, each weight block unpacked once for all rows.
+void rows_k(DType t, const unsigned char* row, const Q8K* x, int64_t nb, int rows, float* out);
+void rows_32(DType t, const unsigned char* row, const Q80* x, int64_t nb, int rows, float* out);
 }  // namespace avx2
 
 namespace vnni {
@@ -72,6 +79,10 @@ float dot_q8_0(const unsigned char* row, const Q80* x, int64_t nb);
 float dot_q4_0(const unsigned char* row, const Q80* x, int64_t nb);
 float dot_q5_k(const unsigned char* row, const Q8K* x, int64_t nb);
 float dot_q5_0(const unsigned char* row, const Q80* x, int64_t nb);
+// One weight row of type t with rows = 1 … kDotRows rows of activations (nb blocks apart): out[r]
+// is bit for bit the dot above of row r, each weight block unpacked once for all rows.
+void rows_k(DType t, const unsigned char* row, const Q8K* x, int64_t nb, int rows, float* out);
+void rows_32(DType t, const unsigned char* row, const Q80* x, int64_t nb, int rows, float* out);
 }  // namespace vnni
 
 // True when linear uses the vnni dots: the processor has AVX512-VL and -VNNI, the build has the

@@ -776,6 +776,65 @@ TEST(GgmlDot, FastProductsDoNotDependOnTheThreadCount) {
 }
 
 
+// Many rows of activations share each unpacked weight block (batches, drafts, prompts), and a
+// row's result is the one it gets alone, bit for bit, whatever its place in a group of rows.
+TEST(GgmlDot, ARowGetsTheSameBitsAloneOrAmongOthers) {
+  if (simd_paths().empty()) GTEST_SKIP() << "no AVX2";
+  std::mt19937 rng(37);
+  ThreadPool pool(2);
+  for (DType t : kFast) {
+    const int64_t k = 512;
+    const int64_t n = 40;
+    const int64_t m = 11;  // groups of 4, 4 and 3
+    const Bytes w = random_blocks(rng, t, n, k);
+    std::vector<float> x;
+    for (int64_t r = 0; r < m; ++r) {
+      const std::vector<float> xr = random_activations(rng, k);
+      x.insert(x.end(), xr.begin(), xr.end());
+    }
+    std::vector<float> bias(static_cast<std::size_t>(n), 0.25f);
+    std::vector<float> all(static_cast<std::size_t>(m * n));
+    ggml_dot::linear(x.data(), m, k, w.data(), t, n, bias.data(), all.data(), pool);
+    for (int64_t r = 0; r < m; ++r) {
+      std::vector<float> alone(static_cast<std::size_t>(n));
+      ggml_dot::linear(x.data() + r * k, 1, k, w.data(), t, n, bias.data(), alone.data(), pool);
+      const std::string at = std::string(dtype_name(t)) + " row " + std::to_string(r);
+      EXPECT_TRUE(same_bits(at.c_str(), alone.data(), all.data() + r * n, n));
+    }
+    // The AVX2 row dots directly too (linear() above takes the VNNI ones where they exist).
+    const bool small = ggml_block_elems(t) == 32;
+    const int64_t nb = k / (small ? 32 : 256);
+    std::vector<ggml_dot::Q8K> qk(static_cast<std::size_t>(4 * (k / 256)));
+    std::vector<ggml_dot::Q80> q0(static_cast<std::size_t>(4 * (k / 32)));
+    for (int64_t r = 0; r < 4; ++r) {
+      ggml_dot::quantize_q8_k(x.data() + r * k, k, qk.data() + r * (k / 256));
+      ggml_dot::quantize_q8_0(x.data() + r * k, k, q0.data() + r * (k / 32));
+    }
+    const auto rb = static_cast<int64_t>(ggml_row_bytes(t, k));
+    for (int64_t o = 0; o < n; ++o) {
+      const unsigned char* row = w.data() + o * rb;
+      for (int rows = 1; rows <= 4; ++rows) {
+        float got[4];
+        if (small) {
+          ggml_dot::avx2::rows_32(t, row, q0.data(), nb, rows, got);
+        } else {
+          ggml_dot::avx2::rows_k(t, row, qk.data(), nb, rows, got);
+        }
+        for (int r = 0; r < rows; ++r) {
+          float one = 0;
+          if (small) {
+            ggml_dot::avx2::rows_32(t, row, q0.data() + r * nb, nb, 1, &one);
+          } else {
+            ggml_dot::avx2::rows_k(t, row, qk.data() + r * nb, nb, 1, &one);
+          }
+          ASSERT_EQ(f32_bits(got[r]), f32_bits(one))
+              << dtype_name(t) << " out " << o << " row " << r << " of " << rows;
+        }
+      }
+    }
+  }
+}
+
 // The AVX512-VNNI dots give the AVX2 dots' integers, hence the same floats, bit for bit.
 TEST(GgmlDot, VnniDotsEqualTheAvx2Dots) {
   if (simd_paths().empty() || !ggml_dot::uses_vnni()) GTEST_SKIP() << "no AVX512-VNNI";
