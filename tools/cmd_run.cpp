@@ -265,15 +265,15 @@ int run_prompts_file(const RunOptions& o) {
   if (!o.quiet && ses.draft_k() > 0) {
     const engine::SchedulerStats& st = s.stats;
     const uint64_t judged = st.draft_tokens_accepted + st.draft_tokens_rejected;
-    eprint("ferry: speculative ({}, k {}): {} drafts scored, {} of {} judged accepted ({:.1f}%), "
-           "{:.2f} tokens per pass\n",
+    eprint("ferry: speculative ({}, k {}): {} drafts scored, {} of {} judged accepted ({:.1f}%); "
+           "a sequence's pass yielded {:.2f} tokens (1 without drafts)\n",
            o.draft.draft, ses.draft_k(), st.draft_tokens_proposed, st.draft_tokens_accepted,
            judged, judged > 0 ? 100.0 * static_cast<double>(st.draft_tokens_accepted) /
                                     static_cast<double>(judged)
                               : 0.0,
-           st.steps > 0 ? static_cast<double>(st.generated_tokens_total) /
-                              static_cast<double>(st.steps)
-                        : 0.0);
+           st.draft_rounds > 0 ? static_cast<double>(st.draft_round_tokens) /
+                                     static_cast<double>(st.draft_rounds)
+                               : 0.0);
   }
   return s.failed ? 1 : 0;
 }

@@ -328,7 +328,7 @@ bool Scheduler::step() {
     std::size_t index;  // in seq->out
   };
   std::vector<NewToken> new_tokens;
-  uint64_t proposed = 0, accepted = 0, rejected = 0;
+  uint64_t proposed = 0, accepted = 0, rejected = 0, rounds = 0, round_tokens = 0;
   if (!batch.empty()) {
     ran = true;
     const std::vector<float>* logits = nullptr;
@@ -376,6 +376,8 @@ bool Scheduler::step() {
           const int64_t past = engine_.length(s.slot) - static_cast<int64_t>(n_rows);
           engine_.truncate(s.slot, past + emitted);
           const SpeculativeStats& after = s.spec->stats();
+          ++rounds;
+          round_tokens += static_cast<uint64_t>(emitted);
           proposed += static_cast<uint64_t>(after.drafted - before.drafted);
           accepted += static_cast<uint64_t>(after.accepted - before.accepted);
           rejected += static_cast<uint64_t>(after.rejected - before.rejected);
@@ -432,6 +434,8 @@ bool Scheduler::step() {
       }
       for (int64_t n : chunk) stats_.prompt_tokens_total += static_cast<uint64_t>(n);
       stats_.generated_tokens_total += delivered;
+      stats_.draft_rounds += rounds;
+      stats_.draft_round_tokens += round_tokens;
       stats_.draft_tokens_proposed += proposed;
       stats_.draft_tokens_accepted += accepted;
       stats_.draft_tokens_rejected += rejected;

@@ -104,6 +104,8 @@ struct SchedulerStats {
   KvUsage kv;                           // the engine's cache after the last step
   // Speculation: drafts scored by the target, of them kept, and turned down (at most one a
   // round: the drafts after it go unjudged). accepted / (accepted + rejected) is the rate.
+  uint64_t draft_rounds = 0;  // a speculating sequence's decoding row(s) in one pass
+  uint64_t draft_round_tokens = 0;  // tokens those rounds emitted (per round: 1 + accepted)
   uint64_t draft_tokens_proposed = 0;
   uint64_t draft_tokens_accepted = 0;
   uint64_t draft_tokens_rejected = 0;

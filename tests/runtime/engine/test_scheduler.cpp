@@ -576,6 +576,8 @@ TEST_P(SchedulerTest, SpeculationGreedyBatchedEqualsPlain) {
     EXPECT_EQ(ss.draft_tokens_rejected, 0u);
     EXPECT_GT(ss.draft_tokens_proposed, 0u);
     EXPECT_LT(ss.steps, plain.stats().steps) << "right drafts save passes";
+    EXPECT_GT(ss.draft_round_tokens, ss.draft_rounds) << "more than a token per pass";
+    EXPECT_EQ(ss.draft_round_tokens - ss.draft_rounds, ss.draft_tokens_accepted);
     EXPECT_EQ(ss.generated_tokens_total, generated);
     EXPECT_EQ(ss.kv.blocks_used, 0);
   }
