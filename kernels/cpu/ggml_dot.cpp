@@ -114,15 +114,17 @@ void run(const Block* xq, int64_t m, int64_t nb, const unsigned char* w, uint64_
       std::max<int64_t>(1, m * nb * static_cast<int64_t>(sizeof(Block::qs)) * kGroup);
   const int64_t min_chunk = std::max<int64_t>(1, (int64_t{1} << 18) / macs_per_group);
   pool.parallel_for(n_groups, min_chunk, [&](int64_t g_begin, int64_t g_end) {
-    const int64_t o_end = std::min(n, g_end * kGroup);
     float out[kDotRows];
-    for (int64_t o = g_begin * kGroup; o < o_end; ++o) {
-      const unsigned char* row = w + static_cast<uint64_t>(o) * row_bytes;
+    // A group's weight rows stay in L1/L2 while every group of activation rows passes them.
+    for (int64_t g = g_begin; g < g_end; ++g) {
+      const int64_t o_end = std::min(n, (g + 1) * kGroup);
       for (int64_t r = 0; r < m; r += kDotRows) {
         const int take = static_cast<int>(std::min<int64_t>(kDotRows, m - r));
-        rows(row, xq + r * nb, nb, take, out);
-        for (int t = 0; t < take; ++t)
-          y[(r + t) * n + o] = bias != nullptr ? out[t] + bias[o] : out[t];
+        for (int64_t o = g * kGroup; o < o_end; ++o) {
+          rows(w + static_cast<uint64_t>(o) * row_bytes, xq + r * nb, nb, take, out);
+          for (int t = 0; t < take; ++t)
+            y[(r + t) * n + o] = bias != nullptr ? out[t] + bias[o] : out[t];
+        }
       }
     }
   });
