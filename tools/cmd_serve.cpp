@@ -42,6 +42,7 @@ struct ServeOptions {
   std::string chat_template;
   std::string device = "cpu";
   std::string max_vram;
+  std::string kv_memory;
   std::string max_ram;
   std::string io;
   std::string plan;
@@ -94,6 +95,7 @@ Command add_serve(CLI::App& app) {
                   "a Jinja chat template file for /v1/chat/completions instead of the model's own")
       ->check(CLI::ExistingFile);
   cmd->add_option("--device", o->device, "cpu (default) | cuda")->envname("FERRY_DEVICE");
+  add_kv_memory_option(cmd, o->kv_memory);
   cmd->add_option("--max-vram", o->max_vram, "cap on GPU memory with --device cuda, e.g. 6GiB")
       ->envname("FERRY_MAX_VRAM");
   cmd->add_option("--max-ram", o->max_ram,
@@ -125,6 +127,10 @@ Command add_serve(CLI::App& app) {
     const uint64_t max_body = parse_size(o->max_body);
     FERRY_EXPECT(max_body >= 1024, "--max-body {} is too small for any request; give at least 1KiB",
                  o->max_body);
+    // Flags whose refusal must come before the server's threads start (an error thrown once the
+    // signal thread runs ended as "an exception escaped (a bug …)").
+    const int64_t kv_pool_tokens = parse_kv_tokens(o->kv_tokens);
+    const planner::KvMemory kv_memory = parse_kv_memory_flag(o->kv_memory, o->device);
 
     // SIGTERM and SIGINT are taken by one thread with sigwait: blocked here, before any other
     // thread starts, so every thread inherits the mask. A closed client socket must not kill the
@@ -187,7 +193,7 @@ Command add_serve(CLI::App& app) {
     ses_o.max_seqs = o->max_seqs;
     ses_o.max_batch_rows = so.max_step_rows;
     ses_o.max_logit_rows = o->max_seqs;
-    ses_o.kv_pool_tokens = parse_kv_tokens(o->kv_tokens);
+    ses_o.kv_pool_tokens = kv_pool_tokens;
     if (!o->max_ram.empty()) ses_o.load.max_ram_bytes = parse_max_ram(o->max_ram);
     if (!o->policy.empty()) profile::apply_policy(profile::load_policy(o->policy), ses_o.load);
     if (!o->io.empty()) ses_o.load.io.backend = offload::parse_io_backend(o->io);
@@ -195,6 +201,7 @@ Command add_serve(CLI::App& app) {
     if (!o->verify.empty()) ses_o.load.verify = offload::parse_verify_mode(o->verify, "--verify");
     ses_o.load.context_hint = "serve a shorter context with --ctx, or fewer sequences with --max-seqs";
     if (!o->max_vram.empty()) ses_o.max_vram_bytes = parse_size(o->max_vram);
+    ses_o.load.kv_memory = kv_memory;
     ses_o.require_tokenizer = true;
     ses_o.draft = o->draft;
     ses_o.draft_k = o->draft_k;
