@@ -232,23 +232,33 @@ int run_prompts_file(const RunOptions& o) {
   rs.attended_tokens = shape.context / 2;
   rs.context_hint = "generate fewer tokens with -n or max_tokens, or shorten the prompts";
   session::SessionOptions so = run_session_options(o, config, rs, std::move(tok));
-  // --draft lookup: each sequence drafts from its own text inside the batch.
-  so.draft = o.draft.draft;
-  so.draft_k = o.draft.k > 0 ? o.draft.k : kDefaultDraftK;
   if (!o.trace.empty()) trace::tracer().start();
   Progress loading("loading", o.quiet);
   so.on_load_progress = [&](uint64_t done, uint64_t total) { loading.update(done, total); };
+  // --draft: each sequence drafts (from its own text, or on its slot of the draft model) and
+  // verifies inside the batch's pass. The drafter opens first: a draft model's resident bytes
+  // come out of the target's budget.
+  std::unique_ptr<DraftRun> draft;
+  if (!o.draft.draft.empty()) draft = std::make_unique<DraftRun>(o.draft, so, o.quiet);
   session::Session ses(std::move(so));
   loading.finish();
+  if (draft) draft->check_against(ses);
   if (!o.trace.empty()) profile::trace_load_metadata(ses.model(), ses.engine().backend());
   if (!o.quiet) {
     print_plan(ses.model(), ses.engine().backend());
     if (!ses.kv_choice().empty()) eprint("ferry: {}\n", ses.kv_choice());
+    if (draft)
+      for (const auto& line : draft->plan_lines()) eprint("ferry: {}\n", line);
+  }
+  engine::SchedulerOptions speculation;
+  if (draft && draft->k() > 0) {
+    speculation.draft_k = draft->k();
+    speculation.make_drafter = draft->slot_drafters();
   }
   const std::vector<int32_t> eos = o.ignore_eos ? std::vector<int32_t>{} : ses.eos_ids();
   shape.max_batch_rows = ses.options().load.max_batch_rows;  // with room for the drafts
   const PromptsSummary s = run_prompts(ses.engine(), std::move(jobs), shape, eos, ses.tokenizer(),
-                                       stdout, ses.scheduler_options());
+                                       stdout, speculation);
   if (!o.trace.empty()) profile::finish_trace(o.trace);
   // Three decimals below 10 tok/s: a disk-bound model decodes a fraction of a token a second.
   const auto rate = [](double tokens, double seconds) {
@@ -262,15 +272,17 @@ int run_prompts_file(const RunOptions& o) {
            s.seconds, rate(static_cast<double>(s.stats.generated_tokens_total), s.seconds),
            s.stats.steps, rate(static_cast<double>(s.stats.decode_tokens), s.stats.decode_s),
            s.failed ? fmt::format("; {} failed (see their lines)", s.failed) : "");
-  if (!o.quiet && ses.draft_k() > 0) {
-    const engine::SchedulerStats& st = s.stats;
-    const uint64_t judged = st.draft_tokens_accepted + st.draft_tokens_rejected;
+  const engine::SchedulerStats& st = s.stats;
+  const uint64_t judged = st.draft_tokens_accepted + st.draft_tokens_rejected;
+  if (draft && judged > 0)
+    draft->learn(static_cast<double>(st.draft_tokens_accepted) / static_cast<double>(judged));
+  if (!o.quiet && draft) {
     eprint("ferry: speculative ({}, k {}): {} drafts scored, {} of {} judged accepted ({:.1f}%); "
            "a sequence's pass yielded {:.2f} tokens (1 without drafts)\n",
-           o.draft.draft, ses.draft_k(), st.draft_tokens_proposed, st.draft_tokens_accepted,
-           judged, judged > 0 ? 100.0 * static_cast<double>(st.draft_tokens_accepted) /
-                                    static_cast<double>(judged)
-                              : 0.0,
+           o.draft.draft, draft->k(), st.draft_tokens_proposed, st.draft_tokens_accepted, judged,
+           judged > 0 ? 100.0 * static_cast<double>(st.draft_tokens_accepted) /
+                            static_cast<double>(judged)
+                      : 0.0,
            st.draft_rounds > 0 ? static_cast<double>(st.draft_round_tokens) /
                                      static_cast<double>(st.draft_rounds)
                                : 0.0);

@@ -122,9 +122,15 @@ DraftRun::DraftRun(const DraftFlags& flags, session::SessionOptions& target, boo
       auto_k_(flags.k == 0),
       target_path_(target.model) {
   engine::SpeculativeOptions{k_}.validate();
-  // The target scores the last token and k drafts in one pass.
-  target.max_batch_rows = std::max<int64_t>(target.max_batch_rows, k_ + 1);
-  target.max_logit_rows = std::max<int64_t>(target.max_logit_rows, k_ + 1);
+  // The target scores each sequence's last token and k drafts in one pass (beside the prompt
+  // chunks of a batch).
+  if (target.max_seqs > 1) {
+    target.max_batch_rows += int64_t{target.max_seqs} * k_;
+  } else {
+    target.max_batch_rows = std::max<int64_t>(target.max_batch_rows, k_ + 1);
+  }
+  target.max_logit_rows =
+      std::max<int64_t>(target.max_logit_rows, int64_t{target.max_seqs} * (k_ + 1));
   if (spec_.kind == engine::DraftSpec::Kind::lookup) {
     drafter_ = std::make_unique<engine::LookupDrafter>();
     return;
@@ -154,6 +160,7 @@ DraftRun::DraftRun(const DraftFlags& flags, session::SessionOptions& target, boo
   d.context = std::min<int64_t>(model::max_context(config), target.context + k_);
   d.max_batch_rows = std::max<int64_t>(target.max_batch_rows, 1);
   d.max_logit_rows = 1;
+  d.max_seqs = target.max_seqs;  // one cache slot per target sequence
   session_ = std::make_unique<session::Session>(std::move(d));
   const engine::LoadedModel& m = session_->model();
   if (m.plan) {
@@ -182,6 +189,21 @@ DraftRun::DraftRun(const DraftFlags& flags, session::SessionOptions& target, boo
 }
 
 DraftRun::~DraftRun() = default;
+
+std::function<std::unique_ptr<engine::Drafter>(int)> DraftRun::slot_drafters() {
+  if (!session_)
+    return [](int) -> std::unique_ptr<engine::Drafter> {
+      return std::make_unique<engine::LookupDrafter>();
+    };
+  return [this](int slot) -> std::unique_ptr<engine::Drafter> {
+    return std::make_unique<engine::ModelDrafter>(session_->engine(), spec_.describe(), slot,
+                                                  resident_bytes_);
+  };
+}
+
+void DraftRun::learn(double acceptance) {
+  engine::learn_acceptance(target_path_, spec_, acceptance);
+}
 
 void DraftRun::check_against(const session::Session& target) {
   // The trade: the plan's figures for one target pass and one draft token.

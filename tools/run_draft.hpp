@@ -3,6 +3,7 @@
 // within the same --max-ram, and the acceptance line printed at the end.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -56,8 +57,9 @@ std::vector<std::string> plan_speculation(const DraftPlan& draft, const planner:
 class DraftRun {
  public:
   // Opens what --draft names before the target's session: a self pack is converted into the
-  // cache once; a draft model is loaded resident and its bytes come out of the target's
-  // --max-ram (target.load.max_ram_bytes). Sizes the target's passes for k + 1 rows of logits.
+  // cache once; a draft model is loaded resident, with a cache slot per target sequence
+  // (target.max_seqs), and its bytes come out of the target's --max-ram
+  // (target.load.max_ram_bytes). Sizes the target's passes for every sequence's k + 1 rows.
   DraftRun(const DraftFlags& flags, session::SessionOptions& target, bool quiet);
   ~DraftRun();
   DraftRun(const DraftRun&) = delete;
@@ -79,6 +81,12 @@ class DraftRun {
                                 engine::GenerateStats& stats);
 
   engine::Drafter& drafter() { return *drafter_; }
+  // For the scheduler (run --prompts, serve): a drafter per slot (a draft model's slot of the
+  // same number), and how many drafts each sequence adds to a pass (0: none pays off).
+  std::function<std::unique_ptr<engine::Drafter>(int slot)> slot_drafters();
+  int k() const { return k_; }
+  // Records a batched run's acceptance rate for the next plans (as generate() does).
+  void learn(double acceptance);
   engine::SpeculativeOptions options() const { return {k_}; }
   // What was opened, for the plan lines ("draft: self-int4, 38 MiB resident, k 4").
   std::string describe() const;

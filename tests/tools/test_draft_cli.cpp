@@ -1,6 +1,6 @@
 // ferry run --draft end to end: the same tokens as without it for every drafter kind, the
 // acceptance line on stderr, and the refusals a user can hit (bad --draft, --draft-k out of
-// range, a draft model with another vocabulary); run --prompts with lookup drafts.
+// range, a draft model with another vocabulary); run --prompts with drafts.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -97,9 +97,10 @@ TEST_F(DraftCli, RefusesWhatCannotWork) {
       << r.err;
 }
 
-// run --prompts --draft lookup: every line's output as without drafts (the sequences verify
-// their drafts inside the batch), the speculation line on stderr; a draft model is refused.
-TEST_F(DraftCli, PromptsWithLookupGiveThePlainOutputs) {
+// run --prompts --draft: every line's output as without drafts (the sequences verify their
+// drafts inside the batch; a draft model drafts on a cache slot per sequence), the speculation
+// line on stderr.
+TEST_F(DraftCli, PromptsWithDraftsGiveThePlainOutputs) {
   const std::string dir = (test::data_dir() / "gptj" / "tiny-f32").string();
   const test::TempDir tmp;
   const fs::path prompts = tmp.path() / "prompts.jsonl";
@@ -110,25 +111,24 @@ TEST_F(DraftCli, PromptsWithLookupGiveThePlainOutputs) {
                                          "-n",  "20", "--max-seqs", "3"};
   const Result plain = ferry(base);
   ASSERT_EQ(plain.rc, 0) << plain.err;
-  for (const char* k : {"1", "4"}) {
-    SCOPED_TRACE(std::string("k ") + k);
-    auto a = base;
-    a.insert(a.end(), {"--draft", "lookup", "--draft-k", k});
-    const Result r = ferry(a);
-    ASSERT_EQ(r.rc, 0) << r.err;
-    EXPECT_EQ(r.out, plain.out);
-    EXPECT_NE(r.err.find("ferry: speculative (lookup, k " + std::string(k) + "): "),
-              std::string::npos)
-        << r.err;
+  for (const std::string draft : {"lookup", "self-int8", dir.c_str()}) {
+    for (const char* k : {"1", "4"}) {
+      SCOPED_TRACE(draft + " k " + k);
+      auto a = base;
+      a.insert(a.end(), {"--draft", draft, "--draft-k", k});
+      const Result r = ferry(a);
+      ASSERT_EQ(r.rc, 0) << r.err;
+      EXPECT_EQ(r.out, plain.out);
+      EXPECT_NE(r.err.find("ferry: speculative (" + draft + ", k " + k + "): "),
+                std::string::npos)
+          << r.err;
+    }
   }
+  // The model drafting for itself: every draft kept.
   auto a = base;
-  a.insert(a.end(), {"--draft", "self-int4"});
+  a.insert(a.end(), {"--draft", dir, "--draft-k", "4"});
   const Result r = ferry(a);
-  EXPECT_NE(r.rc, 0);
-  EXPECT_NE(r.err.find("--draft self-int4 (a draft model) with the batch scheduler (ferry serve, "
-                       "run --prompts, Python) is not supported yet; use --draft lookup"),
-            std::string::npos)
-      << r.err;
+  EXPECT_NE(r.err.find("(100.0%)"), std::string::npos) << r.err;
 }
 
 // ferry plan --draft: the draft's resident bytes come out of the budget, and the choice of k (or
