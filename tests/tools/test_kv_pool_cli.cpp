@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "tests/support/test_support.hpp"
@@ -83,6 +84,44 @@ TEST_F(KvPoolCli, RefusesAPoolTooSmallOrNotANumber) {
     EXPECT_NE(r.err.find("--kv-tokens " + bad + " is not auto or a whole number of tokens"),
               std::string::npos)
         << bad << ": " << r.err;
+  }
+}
+
+// --kv-memory: where a CUDA plan puts the pool. The plan says which memory it chose and what
+// the other would give (a what-if T4 short of VRAM, here with no GPU); a bad value, or device
+// on the CPU, is refused naming it — by serve before it starts listening.
+TEST_F(KvPoolCli, KvMemoryPlansAndRefusals) {
+  const std::string gptj = (test::data_dir() / "gptj-6b-config" / "config.json").string();
+  auto r = ferry({"plan", "-m", gptj, "--profile", "colab-t4", "--max-vram", "4GiB", "--max-ram",
+                  "20GiB", "--no-measure"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("KV cache     2048 tokens (896.0 MiB) in host memory (pinned, read over "
+                       "PCIe"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("; in VRAM it would leave"), std::string::npos) << r.out;
+  r = ferry({"plan", "-m", gptj, "--profile", "colab-t4", "--max-vram", "4GiB", "--max-ram",
+             "20GiB", "--no-measure", "--kv-memory", "device", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("\"memory\": \"device\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"place\": \"device\""), std::string::npos) << r.out;
+
+  const std::string bad = "--kv-memory 'vram' is not auto, device or host";
+  const std::string cpu = "--kv-memory device puts the KV pool in VRAM, which needs --device cuda";
+  r = ferry({"plan", "-m", gptj, "--no-measure", "--kv-memory", "vram"});
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find(bad), std::string::npos) << r.err;
+  r = ferry({"plan", "-m", gptj, "--no-measure", "--device", "cpu", "--kv-memory", "device"});
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find(cpu), std::string::npos) << r.err;
+  for (const auto& [flag, value, want] :
+       {std::tuple<std::string, std::string, std::string>{"--kv-memory", "vram", bad},
+        {"--kv-memory", "device", cpu},
+        {"--kv-tokens", "x", "--kv-tokens x is not auto or a whole number"}}) {
+    r = ferry({"serve", "-m", model_, "--port", "1", flag, value});
+    EXPECT_NE(r.rc, 0) << value;
+    EXPECT_NE(r.err.find(want), std::string::npos) << value << ": " << r.err;
+    EXPECT_EQ(r.err.find("listening"), std::string::npos) << r.err;
   }
 }
 
