@@ -61,6 +61,7 @@ struct LoadFlags {
   std::string plan;
   std::string policy;
   std::string verify;
+  std::string kv_memory;  // --kv-memory: where a CUDA plan puts the KV pool
   bool mmap = false;
 };
 
@@ -79,6 +80,7 @@ void add_load_options(CLI::App* cmd, LoadFlags& o) {
                   "a ferry pack's checksums: always (every read, the default), once (first read "
                   "of each layer: at load for resident layers) or off")
       ->envname("FERRY_VERIFY");
+  add_kv_memory_option(cmd, o.kv_memory);
   cmd->add_flag("--mmap", o.mmap,
                 "compute straight from a memory map of the checkpoint, as llama.cpp does (no RAM "
                 "budget: the page cache decides; for comparison)");
@@ -99,6 +101,9 @@ engine::LoadOptions load_options(const LoadFlags& f, const model::ModelConfig& c
   if (!f.io.empty()) o.io.backend = offload::parse_io_backend(f.io);
   if (!f.plan.empty()) o.plan = read_plan_file(f.plan);
   if (!f.verify.empty()) o.verify = offload::parse_verify_mode(f.verify, "--verify");
+  // The device is checked against it when planned (engine::plan_request refuses device on the
+  // CPU backend).
+  o.kv_memory = parse_kv_memory_flag(f.kv_memory, "");
   o.context = context;
   o.max_batch_rows = rows;
   o.max_logit_rows = logit_rows;
