@@ -114,6 +114,11 @@ TEST_F(KvPoolCli, KvMemoryPlansAndRefusals) {
   r = ferry({"plan", "-m", gptj, "--no-measure", "--device", "cpu", "--kv-memory", "device"});
   EXPECT_NE(r.rc, 0);
   EXPECT_NE(r.err.find(cpu), std::string::npos) << r.err;
+  std::vector<std::string> args = run_args("auto");
+  args.insert(args.end(), {"--kv-memory", "device"});
+  r = ferry(args);
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find(cpu), std::string::npos) << r.err;
   for (const auto& [flag, value, want] :
        {std::tuple<std::string, std::string, std::string>{"--kv-memory", "vram", bad},
         {"--kv-memory", "device", cpu},
