@@ -1,19 +1,24 @@
-// linear (y = x · wᵀ + bias) on ferry's packed weights (q8, q4_g64, q4_g128; runtime/core/quant.hpp)
-// with AVX2 + FMA + F16C.
+// linear (y = x · wᵀ + bias) on ferry's packed weights (q8, q4_g64, q4_g128;
+// runtime/core/quant.hpp) with AVX2 + FMA + F16C, and the run-time switch to the AVX-512 kernels
+// (packed_avx512.cpp, packed_vnni_avx512.cpp) where packed.cpp picks them.
 //
-// Decode works on the codes in the inner loop — q8 rounds x to int16 per 64 columns (a 3e-5
-// relative step), multiplies 16 codes by it per _mm256_madd_epi16 and applies the row's scale to
-// the finished sum; q4 factors each group's scale and minimum out of the group's sum (scale·Σq·x
-// + min·Σx, Σx shared by all rows) and forms Σq·x in integers: x is rounded to int8 per group
-// once per call (max|x|/127 steps, ~0.3% of the group's size) and 32 nibble×byte products go
-// through one _mm256_maddubs_epi16 — so a weight costs half or a quarter of an f16's memory
-// traffic and, for q4, about ten instructions per 64 (rows past 65536 columns keep x in f32).
-// Many rows of x (a prompt, a batch) go through the same decode kernels, row by row over chunks
-// of weights that stay in L2, so a row's result does not depend on the rows beside it.
+// The codes are multiplied in integers: x is rounded once per call — q4: to int8 per group
+// (max|x|/127 steps, ~0.3% of the group's size), 32 nibble×byte products per
+// _mm256_maddubs_epi16; q8: to int16 per 64 columns (a 3e-5 relative step), 16 code×x products
+// per _mm256_madd_epi16 — and each group's integer sum is scaled in f32 (q4: by scale·dx, with
+// min·Σx factored out of the group and added per row at the end from x's group sums; q8: by dx,
+// the row's scale on the finished sum). A weight costs half or a quarter of an f16's memory
+// traffic.
 //
-// Every output is a dot product in f32; each row's summation order depends only on k (never on
-// which slot of a tile it lands in, nor on the thread), so results are reproducible.
+// Many rows of x (batched decoding, drafts, prompts) share each decoded weight: a register tile
+// is up to 4 rows of x by 4 / rows weight rows (4 accumulators, so the 16 ymm registers hold
+// them, their integer sums and one decoded weight row), and a weight row tile stays in L1 while
+// every row of x takes its turn. Every output's f32 operations are the same whatever its tile
+// (the per-group FMA into its own accumulator, hsum4's tree, which is the same in every slot,
+// the minima, the columns past the last whole group in f32, the bias), so a row of x gets the
+// same bits alone or among others.
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -23,69 +28,17 @@
 namespace ferry::kernels::cpu::detail::avx2 {
 namespace {
 
-constexpr int64_t kKBlock = kLinearTileCols;
-constexpr int kRowTile = 4;  // weight rows per register tile
-// Weight bytes a many-row product of packed weights multiplies by every row of x before moving
-// on: well inside L2, so each weight comes from DRAM once.
+constexpr int kTile = 4;  // accumulators per register tile: rows of x × weight rows
+// Rows of x rounded at once: their int8/int16 copies stay in L2 while the thread's weight rows
+// pass, so the weights come from memory once per this many rows.
+constexpr int64_t kXRowsPerPass = 64;
+// Weight bytes multiplied by every row of a pass before the next ones: well inside L2.
 constexpr uint64_t kReuseBytes = 256 * 1024;
 
-// sums[r] = x · w[r, :] over k columns for NR ≤ 4 rows (sums has 4 slots). Summed exactly as
-// the prompt path (gemm_tiled) sums each of its outputs — per block of kKBlock columns one 8-wide
-// accumulator, its horizontal sum, the block's leftover columns, then the blocks in order — so a
-// row of x gets the same bits whether it is decoded alone or beside other rows (batched decoding,
-// verifying drafts, a prompt): the batch never changes a sequence's tokens. Four rows give four
-// independent FMA chains, more than a memory-bound product needs.
-template <class W, int NR>
-void matvec_rows(const float* x, int64_t k, const typename W::Elem* w, int64_t ldw, float* sums) {
-  float total[kRowTile] = {0.0f, 0.0f, 0.0f, 0.0f};
-  for (int64_t kb = 0; kb < k; kb += kKBlock) {
-    const int64_t kc = min_i64(kKBlock, k - kb);
-    __m256 acc[kRowTile];
-    for (int r = 0; r < kRowTile; ++r) acc[r] = _mm256_setzero_ps();
-    int64_t j = 0;
-    for (; j + 8 <= kc; j += 8) {
-      const __m256 xv = _mm256_loadu_ps(x + kb + j);
-      for (int r = 0; r < NR; ++r)
-        acc[r] = _mm256_fmadd_ps(xv, W::load8(w + r * ldw + kb + j), acc[r]);
-    }
-    alignas(16) float block[kRowTile];
-    _mm_storeu_ps(block, hsum4(acc[0], acc[1], acc[2], acc[3]));
-    for (int64_t t = j; t < kc; ++t) {
-      for (int r = 0; r < NR; ++r)
-        block[r] = std::fma(x[kb + t], W::load1(w + r * ldw + kb + t), block[r]);
-    }
-    for (int r = 0; r < NR; ++r) total[r] += block[r];
-  }
-  for (int r = 0; r < kRowTile; ++r) sums[r] = total[r];
-}
+int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
-// The decode loop over tiles of up to kRowTile weight rows: rows(o, NR, sums) puts the dot
-// products of rows o … o + NR − 1 in sums, NR a compile-time constant (std::integral_constant).
-template <class Rows>
-void matvec_tiles(const float* bias, float* y, int64_t o_begin, int64_t o_end, Rows rows) {
-  alignas(16) float sums[kRowTile];
-  for (int64_t o = o_begin; o < o_end; o += kRowTile) {
-    const int64_t nr = min_i64(kRowTile, o_end - o);
-    switch (nr) {
-      case 4:
-        rows(o, std::integral_constant<int, 4>{}, sums);
-        break;
-      case 3:
-        rows(o, std::integral_constant<int, 3>{}, sums);
-        break;
-      case 2:
-        rows(o, std::integral_constant<int, 2>{}, sums);
-        break;
-      default:
-        rows(o, std::integral_constant<int, 1>{}, sums);
-        break;
-    }
-    for (int64_t r = 0; r < nr; ++r) y[o + r] = bias != nullptr ? sums[r] + bias[o + r] : sums[r];
-  }
-}
-
-// ---- Packed weights. The layout arithmetic of runtime/core/quant.hpp is repeated here on
-// purpose: this file must not instantiate inline functions other files share (see paths.hpp).
+// ---- The layout arithmetic of runtime/core/quant.hpp, repeated here on purpose: this file must
+// not instantiate inline functions other files share (see paths.hpp).
 
 struct PackedLayout {
   int64_t group = 0;  // q4: columns per group; q8: 0
@@ -124,20 +77,6 @@ float q4_scalar(const unsigned char* row, const PackedLayout& l, int64_t j) {
 }
 
 // A q8 row's codes as weights: the row's scale is applied to the finished sum.
-struct Q8Codes {
-  using Elem = int8_t;
-  static __m256 load8(const Elem* p) {
-    return _mm256_cvtepi32_ps(
-        _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-  }
-  static float load1(const Elem* p) { return static_cast<float>(*p); }
-};
-
-// Per-group sums of x, for the factored q4 decode below: Σ_j x_j (min + scale·q_j) =
-// scale·Σ x_j q_j + min·Σ x_j, so the second term needs only x's group sums, which every row
-// shares. They are computed once per call into a stack array when k allows (GPT-J's widest k needs
-// 256), else per row tile.
-constexpr int64_t kMaxGroupSums = 1024;
 
 float group_sum(const float* x, int64_t group) {
   __m256 a0 = _mm256_setzero_ps();
@@ -148,60 +87,6 @@ float group_sum(const float* x, int64_t group) {
   }
   return hsum(_mm256_add_ps(a0, a1));
 }
-
-// sums[r] = x · w[r, :] for NR ≤ 4 q4 rows of G-column groups: whole groups with SIMD, a partial
-// last group scalar. Per group and row the codes q (0…15, exact in f32) are dotted with x into one
-// 8-wide sum, the group's scale applied to that sum with one FMA into the row's accumulator, and
-// min·Σx added as a scalar: a convert and an FMA per 8 weights, the rows' chains interleaved.
-template <int NR, int G>
-void matvec_q4_rows(const float* x, int64_t k, const unsigned char* w, const PackedLayout& l,
-                    const float* xsum, float* sums) {  // xsum: nullptr = computed here
-  constexpr int kHalf = G / 2;
-  __m256 acc[kRowTile];
-  float mins[kRowTile] = {};
-  for (int r = 0; r < kRowTile; ++r) acc[r] = _mm256_setzero_ps();
-  const int64_t full_groups = k / G;
-  const __m256i low4 = _mm256_set1_epi32(0x0f);
-  for (int64_t g = 0; g < full_groups; ++g) {
-    const float* xg = x + g * G;
-    const unsigned char* bytes = w + l.nibbles + static_cast<uint64_t>(g * kHalf);
-    __m256 d[kRowTile];
-#pragma GCC unroll 4
-    for (int r = 0; r < NR; ++r) d[r] = _mm256_setzero_ps();
-#pragma GCC unroll 8
-    for (int i = 0; i < kHalf; i += 8) {
-      const __m256 x0 = _mm256_loadu_ps(xg + i);
-      const __m256 x1 = _mm256_loadu_ps(xg + kHalf + i);
-#pragma GCC unroll 4
-      for (int r = 0; r < NR; ++r) {
-        const __m256i b = _mm256_cvtepu8_epi32(
-            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes + r * l.row_bytes + i)));
-        d[r] = _mm256_fmadd_ps(x0, _mm256_cvtepi32_ps(_mm256_and_si256(b, low4)), d[r]);
-        d[r] = _mm256_fmadd_ps(x1, _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4)), d[r]);
-      }
-    }
-    const float sx = xsum != nullptr ? xsum[g] : group_sum(xg, G);
-#pragma GCC unroll 4
-    for (int r = 0; r < NR; ++r) {
-      const unsigned char* row = w + r * l.row_bytes;
-      acc[r] = _mm256_fmadd_ps(d[r], _mm256_set1_ps(f16_at(row + 2 * g)), acc[r]);
-      mins[r] += f16_at(row + l.mins + 2 * g) * sx;
-    }
-  }
-  _mm_storeu_ps(sums, hsum4(acc[0], acc[1], acc[2], acc[3]));
-  for (int r = 0; r < NR; ++r) {
-    sums[r] += mins[r];
-    for (int64_t t = full_groups * G; t < k; ++t)
-      sums[r] += x[t] * q4_scalar(w + r * l.row_bytes, l, t);
-  }
-}
-
-// x quantized for the integer q4 decode below: per group g of G columns, dx[g] = max|x| / 127
-// and xq = round-half-even(x / dx) in [-127, 127]. Σ_j q_j·x_j is then dx·Σ q_j·xq_j, an integer
-// sum (_mm256_maddubs_epi16 multiplies the unsigned nibbles by the signed bytes: 32 products per
-// instruction, exact in 16 bits since 2·15·127 < 2^15). x's rounding adds a relative error of
-// about 0.3% per group to each row's sum, far below the 4-bit codes' own ~8.5%.
-constexpr int64_t kMaxQuantizedX = 65536;  // int8 on the stack: k up to 65536
 
 // max |x_i| over n floats (n a multiple of 8).
 float abs_max(const float* x, int64_t n) {
@@ -247,69 +132,6 @@ float f16_dot(const unsigned char* values, const float* xsum, int64_t n) {
   return sum;
 }
 
-// sums[r] = x · w[r, :] for NR ≤ 4 q4 rows of G-column groups, x given quantized per group (xq,
-// dx) and its exact group sums (xsum): per group and row, the 32-byte runs of nibbles are split
-// into low and high nibbles (columns c… and G/2 + c…), multiplied by the matching xq bytes and
-// summed in 32 bits; scale·dx (formed 8 groups at a time) is applied to that sum with one FMA;
-// Σ min·Σx is one short dot product per row at the end. A partial last group goes through f32,
-// as in matvec_q4_rows.
-template <int NR, int G>
-void matvec_q4_rows_i8(const float* x, const int8_t* xq, const float* dx, const float* xsum,
-                       int64_t k, const unsigned char* w, const PackedLayout& l, float* sums) {
-  constexpr int kHalf = G / 2;
-  __m256 acc[kRowTile];
-  for (int r = 0; r < kRowTile; ++r) acc[r] = _mm256_setzero_ps();
-  const int64_t full_groups = k / G;
-  const __m256i low4 = _mm256_set1_epi8(0x0f);
-  const __m256i ones = _mm256_set1_epi16(1);
-  alignas(32) float sc[kRowTile][8];
-  for (int64_t g0 = 0; g0 < full_groups; g0 += 8) {
-    const int64_t gn = full_groups - g0 < 8 ? full_groups - g0 : 8;
-    for (int r = 0; r < NR; ++r) {
-      const unsigned char* row = w + r * l.row_bytes;
-      if (gn == 8) {
-        _mm256_store_ps(sc[r], _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(
-                                                 reinterpret_cast<const __m128i*>(row + 2 * g0))),
-                                             _mm256_loadu_ps(dx + g0)));
-      } else {
-        for (int64_t j = 0; j < gn; ++j) sc[r][j] = f16_at(row + 2 * (g0 + j)) * dx[g0 + j];
-      }
-    }
-    for (int64_t j = 0; j < gn; ++j) {
-      const int64_t g = g0 + j;
-      const unsigned char* bytes = w + l.nibbles + static_cast<uint64_t>(g * kHalf);
-      const int8_t* xg = xq + g * G;
-      __m256i d[kRowTile];
-#pragma GCC unroll 4
-      for (int r = 0; r < NR; ++r) d[r] = _mm256_setzero_si256();
-#pragma GCC unroll 2
-      for (int c = 0; c < kHalf; c += 32) {
-        const __m256i x_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + c));
-        const __m256i x_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + kHalf + c));
-#pragma GCC unroll 4
-        for (int r = 0; r < NR; ++r) {
-          const __m256i v =
-              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + r * l.row_bytes + c));
-          const __m256i lo = _mm256_and_si256(v, low4);
-          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
-          const __m256i p =
-              _mm256_add_epi16(_mm256_maddubs_epi16(lo, x_lo), _mm256_maddubs_epi16(hi, x_hi));
-          d[r] = _mm256_add_epi32(d[r], _mm256_madd_epi16(p, ones));
-        }
-      }
-#pragma GCC unroll 4
-      for (int r = 0; r < NR; ++r)
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[r]), _mm256_broadcast_ss(&sc[r][j]), acc[r]);
-    }
-  }
-  _mm_storeu_ps(sums, hsum4(acc[0], acc[1], acc[2], acc[3]));
-  for (int r = 0; r < NR; ++r) {
-    const unsigned char* row = w + r * l.row_bytes;
-    sums[r] += f16_dot(row + l.mins, xsum, full_groups);
-    for (int64_t t = full_groups * G; t < k; ++t) sums[r] += x[t] * q4_scalar(row, l, t);
-  }
-}
-
 // x rounded to int16 per block of 64 columns for the q8 decode below: dx[b] = max|x|/32767 and
 // xq = round-half-even(x·(32767/max|x|)) — a relative step of 3e-5 of the block's largest |x|,
 // far below the int8 codes' own error — so 16 code×x products and their pairwise sums come from
@@ -333,118 +155,337 @@ void quantize_x16(const float* x, int64_t blocks, int16_t* xq, float* dx) {
   }
 }
 
-// sums[r] = Σ_j q[r, j]·x_j (the codes; the caller applies each row's scale) for NR ≤ 4 q8 rows,
-// x given as int16 per 64-column block (xq, dx): per block, 16 codes widened to 16 bits and
-// multiplied-and-paired with xq per instruction into 32-bit sums (at most 4·2·127·32767 < 2^31),
-// then dx applied with one FMA. Columns past the last whole block in f32.
-template <int NR>
-void matvec_q8_rows_i16(const float* x, const int16_t* xq, const float* dx, int64_t k,
-                        const int8_t* w, int64_t ldw, float* sums) {
-  __m256 acc[kRowTile];
-  for (int r = 0; r < kRowTile; ++r) acc[r] = _mm256_setzero_ps();
+// Up to kXRowsPerPass rows of x rounded for the integer kernels (per row: xq, then dx per group
+// or block, and for q4 x's exact group sums), in a per-thread buffer.
+struct XRows {
+  const float* x = nullptr;  // the f32 rows (columns past the whole groups)
+  int64_t k = 0;
+  const int8_t* xq = nullptr;
+  int64_t xq_stride = 0;  // bytes
+  const float* dx = nullptr;
+  const float* xsum = nullptr;
+  int64_t s_stride = 0;  // floats, for dx and xsum
+};
+
+// A buffer that grows and lives as long as its thread (one per pool worker), so a prompt's call
+// does not map fresh pages every time.
+struct Scratch {
+  void* data = nullptr;
+  std::size_t bytes = 0;
+  Scratch() = default;
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() { std::free(data); }
+  void* get(std::size_t want) {
+    if (want > bytes) {
+      std::free(data);
+      bytes = static_cast<std::size_t>(round_up(static_cast<int64_t>(want), 4096));
+      data = std::aligned_alloc(64, bytes);
+      if (data == nullptr) std::abort();  // a few MiB of scratch: nothing sensible is left to do
+    }
+    return data;
+  }
+};
+
+thread_local Scratch tls_scratch;
+
+XRows quantize_rows(const float* x, int64_t m, int64_t k, const PackedLayout& l, bool q8) {
+  const int64_t group = q8 ? kQ8Block : l.group;
+  const int64_t groups = k / group;
+  XRows r;
+  r.x = x;
+  r.k = k;
+  r.xq_stride = round_up(groups * group * (q8 ? 2 : 1), 64);
+  r.s_stride = round_up(groups, 16);
+  const auto xq_bytes = static_cast<std::size_t>(m * r.xq_stride);
+  auto* base = static_cast<unsigned char*>(
+      tls_scratch.get(xq_bytes + static_cast<std::size_t>(2 * m * r.s_stride) * 4));
+  auto* dx = reinterpret_cast<float*>(base + xq_bytes);
+  float* xsum = dx + m * r.s_stride;
+  r.xq = reinterpret_cast<int8_t*>(base);
+  r.dx = dx;
+  r.xsum = xsum;
+  for (int64_t i = 0; i < m; ++i) {
+    const float* xi = x + i * k;
+    if (q8) {
+      quantize_x16(xi, groups, reinterpret_cast<int16_t*>(base + i * r.xq_stride),
+                   dx + i * r.s_stride);
+    } else {
+      quantize_x(xi, groups, group, reinterpret_cast<int8_t*>(base + i * r.xq_stride),
+                 dx + i * r.s_stride);
+      for (int64_t g = 0; g < groups; ++g)
+        xsum[i * r.s_stride + g] = group_sum(xi + g * group, group);
+    }
+  }
+  return r;
+}
+
+// sums[i][r] = x_i · w_r for MR rows of x (from row i0) and NR q4 rows of G-column groups at w
+// (MR·NR ≤ 4): per group and row, the 32-byte runs of nibbles are split into low and high nibbles
+// (columns c… and G/2 + c…), multiplied by the matching xq bytes and summed in 32 bits; scale·dx
+// (formed 8 groups at a time) is applied to that sum with one FMA; Σ min·Σx is one short dot
+// product per output at the end. A partial last group goes through f32.
+template <int MR, int NR, int G>
+void q4_tile(const XRows& xr, int64_t i0, const unsigned char* w, const PackedLayout& l,
+             float (&sums)[kTile][kTile]) {
+  static_assert(MR * NR <= kTile, "the register tile holds 4 accumulators");
+  constexpr int kHalf = G / 2;
+  const int64_t k = xr.k;
+  __m256 acc[MR][NR];
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) acc[i][r] = _mm256_setzero_ps();
+  }
+  const int64_t full_groups = k / G;
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const __m256i ones = _mm256_set1_epi16(1);
+  alignas(32) float sc[MR][NR][8];
+  for (int64_t g0 = 0; g0 < full_groups; g0 += 8) {
+    const int64_t gn = full_groups - g0 < 8 ? full_groups - g0 : 8;
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) {
+      const float* dx = xr.dx + (i0 + i) * xr.s_stride;
+#pragma GCC unroll 4
+      for (int r = 0; r < NR; ++r) {
+        const unsigned char* row = w + r * l.row_bytes;
+        if (gn == 8) {
+          _mm256_store_ps(
+              sc[i][r],
+              _mm256_mul_ps(
+                  _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * g0))),
+                  _mm256_loadu_ps(dx + g0)));
+        } else {
+          for (int64_t j = 0; j < gn; ++j) sc[i][r][j] = f16_at(row + 2 * (g0 + j)) * dx[g0 + j];
+        }
+      }
+    }
+    for (int64_t j = 0; j < gn; ++j) {
+      const int64_t g = g0 + j;
+      const unsigned char* bytes = w + l.nibbles + static_cast<uint64_t>(g * kHalf);
+      __m256i d[MR][NR];
+#pragma GCC unroll 4
+      for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; ++r) d[i][r] = _mm256_setzero_si256();
+      }
+#pragma GCC unroll 2
+      for (int c = 0; c < kHalf; c += 32) {
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; ++r) {
+          const __m256i v =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + r * l.row_bytes + c));
+          const __m256i lo = _mm256_and_si256(v, low4);
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+#pragma GCC unroll 4
+          for (int i = 0; i < MR; ++i) {
+            const int8_t* xg = xr.xq + (i0 + i) * xr.xq_stride + g * G;
+            const __m256i x_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + c));
+            const __m256i x_hi =
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + kHalf + c));
+            const __m256i p =
+                _mm256_add_epi16(_mm256_maddubs_epi16(lo, x_lo), _mm256_maddubs_epi16(hi, x_hi));
+            d[i][r] = _mm256_add_epi32(d[i][r], _mm256_madd_epi16(p, ones));
+          }
+        }
+      }
+#pragma GCC unroll 4
+      for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; ++r)
+          acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[i][r]),
+                                      _mm256_broadcast_ss(&sc[i][r][j]), acc[i][r]);
+      }
+    }
+  }
+  const __m256 zero = _mm256_setzero_ps();
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i) {
+    alignas(16) float s[kTile];
+    _mm_storeu_ps(
+        s, hsum4(acc[i][0], NR > 1 ? acc[i][NR > 1 ? 1 : 0] : zero,
+                 NR > 2 ? acc[i][NR > 2 ? 2 : 0] : zero, NR > 3 ? acc[i][NR > 3 ? 3 : 0] : zero));
+    const float* xi = xr.x + (i0 + i) * k;
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) {
+      const unsigned char* row = w + r * l.row_bytes;
+      s[r] += f16_dot(row + l.mins, xr.xsum + (i0 + i) * xr.s_stride, full_groups);
+      for (int64_t t = full_groups * G; t < k; ++t) s[r] += xi[t] * q4_scalar(row, l, t);
+      sums[i][r] = s[r];
+    }
+  }
+}
+
+// sums[i][r] = Σ_j q[r, j]·x_ij (the codes; the caller applies each row's scale) for MR rows of x
+// and NR q8 rows (MR·NR ≤ 4), x as int16 per 64-column block: per block, 16 codes widened to 16
+// bits and multiplied-and-paired with xq per instruction into 32-bit sums, then dx applied with
+// one FMA. Columns past the last whole block in f32.
+template <int MR, int NR>
+void q8_tile(const XRows& xr, int64_t i0, const int8_t* w, int64_t ldw,
+             float (&sums)[kTile][kTile]) {
+  static_assert(MR * NR <= kTile, "the register tile holds 4 accumulators");
+  const int64_t k = xr.k;
+  __m256 acc[MR][NR];
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) acc[i][r] = _mm256_setzero_ps();
+  }
   const int64_t blocks = k / kQ8Block;
   for (int64_t b = 0; b < blocks; ++b) {
-    __m256i d[kRowTile];
+    __m256i d[MR][NR];
 #pragma GCC unroll 4
-    for (int r = 0; r < NR; ++r) d[r] = _mm256_setzero_si256();
+    for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
+      for (int r = 0; r < NR; ++r) d[i][r] = _mm256_setzero_si256();
+    }
 #pragma GCC unroll 4
     for (int64_t c = 0; c < kQ8Block; c += 16) {
       const int64_t j = b * kQ8Block + c;
-      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + j));
 #pragma GCC unroll 4
       for (int r = 0; r < NR; ++r) {
         const __m256i wv = _mm256_cvtepi8_epi16(
             _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + r * ldw + j)));
-        d[r] = _mm256_add_epi32(d[r], _mm256_madd_epi16(wv, xv));
-      }
-    }
-    const __m256 scale = _mm256_broadcast_ss(dx + b);
 #pragma GCC unroll 4
-    for (int r = 0; r < NR; ++r) acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[r]), scale, acc[r]);
+        for (int i = 0; i < MR; ++i) {
+          const auto* xq = reinterpret_cast<const int16_t*>(xr.xq + (i0 + i) * xr.xq_stride);
+          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + j));
+          d[i][r] = _mm256_add_epi32(d[i][r], _mm256_madd_epi16(wv, xv));
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) {
+      const __m256 scale = _mm256_broadcast_ss(xr.dx + (i0 + i) * xr.s_stride + b);
+#pragma GCC unroll 4
+      for (int r = 0; r < NR; ++r)
+        acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[i][r]), scale, acc[i][r]);
+    }
   }
-  _mm_storeu_ps(sums, hsum4(acc[0], acc[1], acc[2], acc[3]));
-  for (int r = 0; r < NR; ++r)
-    for (int64_t j = blocks * kQ8Block; j < k; ++j)
-      sums[r] += x[j] * static_cast<float>(w[r * ldw + j]);
-}
-
-// matvec_tiles over the rows of a q4 matrix at w: rows(NR, G, the tile's first row, sums), the
-// row count and the group size both compile-time constants (std::integral_constant).
-template <class Rows>
-void q4_tiles(const unsigned char* w, const PackedLayout& l, const float* bias, float* y,
-              int64_t o_begin, int64_t o_end, Rows rows) {
-  matvec_tiles(bias, y, o_begin, o_end, [&](int64_t o, auto nr, float* sums) {
-    const unsigned char* wo = w + static_cast<uint64_t>(o) * l.row_bytes;
-    if (l.group == 64) {
-      rows(nr, std::integral_constant<int, 64>{}, wo, sums);
-    } else {
-      rows(nr, std::integral_constant<int, 128>{}, wo, sums);
+  const __m256 zero = _mm256_setzero_ps();
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i) {
+    alignas(16) float s[kTile];
+    _mm_storeu_ps(
+        s, hsum4(acc[i][0], NR > 1 ? acc[i][NR > 1 ? 1 : 0] : zero,
+                 NR > 2 ? acc[i][NR > 2 ? 2 : 0] : zero, NR > 3 ? acc[i][NR > 3 ? 3 : 0] : zero));
+    const float* xi = xr.x + (i0 + i) * k;
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) {
+      for (int64_t j = blocks * kQ8Block; j < k; ++j)
+        s[r] += xi[j] * static_cast<float>(w[r * ldw + j]);
+      sums[i][r] = s[r];
     }
-  });
-}
-
-void matvec_packed(const float* x, int64_t k, const unsigned char* w, DType t, const float* bias,
-                   float* y, int64_t o_begin, int64_t o_end) {
-  const PackedLayout l = packed_layout(t, k);
-  if (t == DType::q8) {
-    const int64_t blocks = k / kQ8Block;
-    const bool int16_x = blocks * kQ8Block <= kMaxQuantizedX / 2;  // 128 KiB of int16 at most
-    alignas(32) int16_t xq[kMaxQuantizedX / 2];
-    float dx[kMaxQuantizedX / 2 / kQ8Block];
-    if (int16_x) quantize_x16(x, blocks, xq, dx);
-    matvec_tiles(bias, y, o_begin, o_end, [&](int64_t o, auto nr, float* sums) {
-      const unsigned char* wo = w + static_cast<uint64_t>(o) * l.row_bytes;
-      const auto* codes = reinterpret_cast<const int8_t*>(wo + 4);
-      const auto ldw = static_cast<int64_t>(l.row_bytes);
-      if (int16_x) {
-        matvec_q8_rows_i16<decltype(nr)::value>(x, xq, dx, k, codes, ldw, sums);
-      } else {
-        matvec_rows<Q8Codes, decltype(nr)::value>(x, k, codes, ldw, sums);
-      }
-      for (int r = 0; r < decltype(nr)::value; ++r) {
-        float scale;
-        std::memcpy(&scale, wo + r * l.row_bytes, 4);
-        sums[r] *= scale;
-      }
-    });
-  } else {
-    float xsum_buf[kMaxGroupSums];
-    const int64_t groups = k / l.group;
-    const float* xsum = nullptr;
-    if (groups <= kMaxGroupSums) {
-      for (int64_t g = 0; g < groups; ++g) xsum_buf[g] = group_sum(x + g * l.group, l.group);
-      xsum = xsum_buf;
-    }
-    if (xsum != nullptr && groups * l.group <= kMaxQuantizedX) {
-      alignas(32) int8_t xq[kMaxQuantizedX];
-      float dx[kMaxGroupSums];
-      quantize_x(x, groups, l.group, xq, dx);
-      q4_tiles(w, l, bias, y, o_begin, o_end,
-               [&](auto nr, auto g, const unsigned char* wo, float* sums) {
-                 matvec_q4_rows_i8<decltype(nr)::value, decltype(g)::value>(x, xq, dx, xsum, k, wo,
-                                                                            l, sums);
-               });
-      return;
-    }
-    q4_tiles(w, l, bias, y, o_begin, o_end,
-             [&](auto nr, auto g, const unsigned char* wo, float* sums) {
-               matvec_q4_rows<decltype(nr)::value, decltype(g)::value>(x, k, wo, l, xsum, sums);
-             });
   }
 }
 
-void linear_packed(const float* x, int64_t m, int64_t k, const void* w, DType t, int64_t n,
+// The tile shapes: mr rows of x (1 to 4) by 4 / mr weight rows, both compile-time constants.
+template <class Tile>
+void tile_for(int mr, Tile tile) {
+  switch (mr) {
+    case 4:
+      tile(std::integral_constant<int, 4>{}, std::integral_constant<int, 1>{});
+      break;
+    case 3:
+      tile(std::integral_constant<int, 3>{}, std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      tile(std::integral_constant<int, 2>{}, std::integral_constant<int, 2>{});
+      break;
+    default:
+      tile(std::integral_constant<int, 1>{}, std::integral_constant<int, 4>{});
+      break;
+  }
+}
+
+// mr rows of x by one weight row.
+template <class Tile>
+void tile_one_row(int mr, Tile tile) {
+  switch (mr) {
+    case 4:
+      tile(std::integral_constant<int, 4>{}, std::integral_constant<int, 1>{});
+      break;
+    case 3:
+      tile(std::integral_constant<int, 3>{}, std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      tile(std::integral_constant<int, 2>{}, std::integral_constant<int, 1>{});
+      break;
+    default:
+      tile(std::integral_constant<int, 1>{}, std::integral_constant<int, 1>{});
+      break;
+  }
+}
+
+// y[0 … mx − 1, o_begin:o_end] for the rows of x rounded in a pass, over chunks of weight rows
+// that stay in L2 (kReuseBytes): within a chunk, every block of mr rows of x is multiplied by the
+// chunk's weight row tiles (4 / mr rows each). tile(MR, NR, o, i, sums) computes the outputs of
+// weight rows o… and x rows i… into sums.
+template <int MaxMR, class Tile>
+void pass(int64_t mx, int64_t n, uint64_t row_bytes, const float* bias, float* y, int64_t o_begin,
+          int64_t o_end, Tile tile) {
+  float sums[kTile][kTile];
+  const auto store = [&](int64_t i, int mr, int64_t o, int nr) {
+    for (int a = 0; a < mr; ++a) {
+      for (int r = 0; r < nr; ++r)
+        y[(i + a) * n + o + r] = bias != nullptr ? sums[a][r] + bias[o + r] : sums[a][r];
+    }
+  };
+  const auto fit = static_cast<int64_t>(kReuseBytes / row_bytes) / kTile * kTile;
+  const int64_t chunk = fit > kTile ? fit : kTile;
+  for (int64_t oc = o_begin; oc < o_end; oc += chunk) {
+    const int64_t oc_end = oc + chunk < o_end ? oc + chunk : o_end;
+    for (int64_t i = 0; i < mx; i += MaxMR) {
+      const int mr = static_cast<int>(mx - i < MaxMR ? mx - i : MaxMR);
+      const int64_t rows = mr == 1 ? 4 : (mr == 2 ? 2 : 1);
+      int64_t o = oc;
+      for (; o + rows <= oc_end; o += rows) {
+        tile_for(mr, [&](auto mr_c, auto nr_c) { tile(mr_c, nr_c, o, i, sums); });
+        store(i, mr, o, static_cast<int>(rows));
+      }
+      // The chunk's last rows, fewer than a tile: one at a time.
+      for (; o < oc_end; ++o) {
+        tile_one_row(mr, [&](auto mr_c, auto nr_c) { tile(mr_c, nr_c, o, i, sums); });
+        store(i, mr, o, 1);
+      }
+    }
+  }
+}
+
+void linear_packed(const float* x, int64_t m, int64_t k, const void* wv, DType t, int64_t n,
                    const float* bias, float* y, int64_t o_begin, int64_t o_end) {
-  const auto* wb = static_cast<const unsigned char*>(w);
-  // Every row of x goes through the decode kernel, so a row's result never depends on the
-  // others (see matvec_rows). The weights are read from memory once: a chunk of rows small
-  // enough to stay in L2 is multiplied by every row of x before the next chunk.
+  const auto* w = static_cast<const unsigned char*>(wv);
   const PackedLayout l = packed_layout(t, k);
-  const auto fit = static_cast<int64_t>(kReuseBytes / (l.row_bytes + 1)) / kRowTile * kRowTile;
-  const int64_t chunk = fit > kRowTile ? fit : kRowTile;
-  for (int64_t o = o_begin; o < o_end; o += chunk) {
-    const int64_t o_stop = min_i64(o_end, o + chunk);
-    for (int64_t i = 0; i < m; ++i) matvec_packed(x + i * k, k, wb, t, bias, y + i * n, o, o_stop);
+  for (int64_t i0 = 0; i0 < m; i0 += kXRowsPerPass) {
+    const int64_t mx = m - i0 < kXRowsPerPass ? m - i0 : kXRowsPerPass;
+    const XRows xr = quantize_rows(x + i0 * k, mx, k, l, t == DType::q8);
+    float* yp = y + i0 * n;
+    if (t == DType::q8) {
+      const auto ldw = static_cast<int64_t>(l.row_bytes);
+      pass<2>(mx, n, l.row_bytes, bias, yp, o_begin, o_end,
+              [&](auto mr, auto nr, int64_t o, int64_t i, float(&sums)[kTile][kTile]) {
+                const unsigned char* wo = w + static_cast<uint64_t>(o) * l.row_bytes;
+                q8_tile<decltype(mr)::value, decltype(nr)::value>(
+                    xr, i, reinterpret_cast<const int8_t*>(wo + 4), ldw, sums);
+                for (int r = 0; r < decltype(nr)::value; ++r) {
+                  float scale;
+                  std::memcpy(&scale, wo + r * l.row_bytes, 4);
+                  for (int a = 0; a < decltype(mr)::value; ++a) sums[a][r] *= scale;
+                }
+              });
+    } else if (l.group == 64) {
+      pass<kTile>(mx, n, l.row_bytes, bias, yp, o_begin, o_end,
+                  [&](auto mr, auto nr, int64_t o, int64_t i, float(&sums)[kTile][kTile]) {
+                    q4_tile<decltype(mr)::value, decltype(nr)::value, 64>(
+                        xr, i, w + static_cast<uint64_t>(o) * l.row_bytes, l, sums);
+                  });
+    } else {
+      pass<kTile>(mx, n, l.row_bytes, bias, yp, o_begin, o_end,
+                  [&](auto mr, auto nr, int64_t o, int64_t i, float(&sums)[kTile][kTile]) {
+                    q4_tile<decltype(mr)::value, decltype(nr)::value, 128>(
+                        xr, i, w + static_cast<uint64_t>(o) * l.row_bytes, l, sums);
+                  });
+    }
   }
 }
 

@@ -202,9 +202,8 @@ TEST(QuantLinearTest, FastAndScalarMatchReferenceAndExact) {
   }
 }
 
-// Decode-sized rows (GPT-J's k) through many groups and blocks; thread count changes no bit.
-// The last k is past what the q4 decode's stack of group sums holds (1024 groups at g64), so it
-// takes the per-tile group sums.
+// Decode-sized rows (GPT-J's k) through many groups and blocks, and a row past 65536 columns
+// (more than 1024 groups at g64); thread count changes no bit.
 TEST(QuantLinearTest, LongRowsAndThreadCounts) {
   ThreadPool one(1);
   ThreadPool three(3);
@@ -225,8 +224,7 @@ TEST(QuantLinearTest, LongRowsAndThreadCounts) {
       ref::linear(x.data(), m, k, p.bytes.data(), dt, n, nullptr, r.data());
       EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
       for (std::size_t i = 0; i < a.size(); ++i) {
-        // Every row of x is rounded to int8 (q4) or int16 (q8) per group while it fits the
-        // decode's buffer.
+        // Every row of x is rounded to int8 (q4) or int16 (q8) per group.
         const auto row = static_cast<int64_t>(i) / n;
         const auto o = static_cast<int64_t>(i) % n;
         const double act = packed_decode(x.data() + row * k, k,
@@ -315,10 +313,10 @@ TEST(QuantLinearTest, EveryPathMatchesItsArithmeticAndGivesARowTheSameBitsAtEver
                   packed_decode(x.data() + i * k, k, p.bytes.data() + o * row_bytes, dt);
               const double b = bias ? bias[o] : 0.0;
               const double got = y[static_cast<std::size_t>(o)];
-              ASSERT_LE(std::fabs(got - (e.value + b)),
-                        static_cast<double>(k + 16) * kUnitRoundoff * 1.01 *
-                                (e.magnitude + std::fabs(b)) +
-                            e.one_step)
+              ASSERT_LE(std::fabs(got - (e.value + b)), static_cast<double>(k + 16) *
+                                                                kUnitRoundoff * 1.01 *
+                                                                (e.magnitude + std::fabs(b)) +
+                                                            e.one_step)
                   << "vs its arithmetic, row " << i << " output " << o;
               // Σ|x|·(|w − min| + |min|) bounds both f32 sums (see close()).
               double factored = std::fabs(b);
@@ -333,10 +331,9 @@ TEST(QuantLinearTest, EveryPathMatchesItsArithmeticAndGivesARowTheSameBitsAtEver
                             (std::fabs(wj - min) + std::fabs(min));
               }
               const double want = y_ref[static_cast<std::size_t>(i * n + o)];
-              ASSERT_LE(std::fabs(got - want),
-                        static_cast<double>(k + 16) * kUnitRoundoff * 1.01 *
-                                (2.0 * factored + e.magnitude) +
-                            e.act_bound + e.one_step)
+              ASSERT_LE(std::fabs(got - want), static_cast<double>(k + 16) * kUnitRoundoff * 1.01 *
+                                                       (2.0 * factored + e.magnitude) +
+                                                   e.act_bound + e.one_step)
                   << "vs the reference, row " << i << " output " << o;
             }
           }
@@ -348,8 +345,8 @@ TEST(QuantLinearTest, EveryPathMatchesItsArithmeticAndGivesARowTheSameBitsAtEver
           // The AVX-512 builds with VNNI and without: the same integer sums, the same bits.
           if (std::string(path.name) == "avx512") first_path_alone = alone;
           if (std::string(path.name) == "avx512-vnni") {
-            ASSERT_EQ(0, std::memcmp(first_path_alone.data(), alone.data(),
-                                     alone.size() * sizeof(float)))
+            ASSERT_EQ(
+                0, std::memcmp(first_path_alone.data(), alone.data(), alone.size() * sizeof(float)))
                 << "VNNI and plain AVX-512 differ";
           }
         }
