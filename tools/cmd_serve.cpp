@@ -17,7 +17,9 @@
 #include "offload/io_engine.hpp"
 #include "runtime/profile/policy.hpp"
 #include "runtime/session/session.hpp"
+#include "runtime/engine/drafts.hpp"
 #include "tools/commands.hpp"
+#include "tools/run_draft.hpp"
 
 #ifdef FERRY_HAS_SERVE
 #include "runtime/serve/server.hpp"
@@ -110,8 +112,9 @@ Command add_serve(CLI::App& app) {
       ->envname("FERRY_VERIFY");
   cmd->add_option("--draft", o->draft,
                   "speculative decoding in the batch: lookup (each sequence drafts from n-grams "
-                  "of its own text; the output is the same as without); draft models are not "
-                  "supported by the server yet")
+                  "of its own text), self-int4 / self-int8 (a pack of this model, kept resident) "
+                  "or the PATH of a smaller model sharing the tokenizer (a cache slot per "
+                  "sequence); the output is the same as without")
       ->envname("FERRY_DRAFT");
   cmd->add_option("--draft-k", o->draft_k, "tokens each sequence drafts per pass (default 4)")
       ->check(whole_number(1, 32));
@@ -123,7 +126,8 @@ Command add_serve(CLI::App& app) {
                  "libcpp-httplib-dev (scripts/setup.sh does) and rebuild");
     return 1;
 #else
-    session::check_draft(o->draft, o->draft_k);  // before listening: nothing to load for
+    // Before listening: a bad --draft is refused with nothing loaded.
+    if (!o->draft.empty()) engine::DraftSpec::parse(o->draft);
     const uint64_t max_body = parse_size(o->max_body);
     FERRY_EXPECT(max_body >= 1024, "--max-body {} is too small for any request; give at least 1KiB",
                  o->max_body);
@@ -203,14 +207,25 @@ Command add_serve(CLI::App& app) {
     if (!o->max_vram.empty()) ses_o.max_vram_bytes = parse_size(o->max_vram);
     ses_o.load.kv_memory = kv_memory;
     ses_o.require_tokenizer = true;
-    ses_o.draft = o->draft;
-    ses_o.draft_k = o->draft_k;
+    // The drafter opens first (a self pack converted once into the cache; a draft model loaded
+    // resident with a slot per sequence, its bytes out of the target's budget).
+    std::unique_ptr<DraftRun> draft;
     std::unique_ptr<session::Session> ses;
+    engine::SchedulerOptions speculation;
     try {
+      if (!o->draft.empty()) draft = std::make_unique<DraftRun>(DraftFlags{o->draft, o->draft_k},
+                                                                ses_o, quiet);
       ses = std::make_unique<session::Session>(std::move(ses_o));
-      if (!quiet)
+      if (draft) {
+        draft->check_against(*ses);
+        speculation.draft_k = draft->k();
+        speculation.make_drafter = draft->slot_drafters();
+      }
+      if (!quiet) {
         for (const std::string& line : ses->describe()) eprint("ferry: {}\n", line);
-      server.serve(*ses);  // throws for a chat template that does not parse
+        if (draft) eprint("ferry: {}\n", draft->describe());
+      }
+      server.serve(*ses, speculation);  // throws for a chat template that does not parse
     } catch (...) {
       server.shutdown();
       load_failed.store(true);
@@ -222,8 +237,7 @@ Command add_serve(CLI::App& app) {
     if (!quiet)
       eprint("ferry: serving {} on http://{}:{}/v1 ({} sequences, context {}{})\n",
              ses->model_name(), o->host, port, o->max_seqs, ses->context(),
-             ses->draft_k() > 0 ? fmt::format(", drafts: {} k {}", o->draft, ses->draft_k())
-                                : std::string());
+             draft ? fmt::format(", drafts: {} k {}", o->draft, draft->k()) : std::string());
 
     {
       std::unique_lock lock(stop_mutex);

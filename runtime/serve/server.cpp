@@ -679,7 +679,7 @@ int Server::listen() {
   return port;
 }
 
-void Server::serve(session::Session& session) {
+void Server::serve(session::Session& session, const engine::SchedulerOptions& speculation) {
   Impl& s = *impl_;
   FERRY_EXPECT(s.state.load() == State::loading, "listen() before serve(), and serve() once");
   s.session = &session;
@@ -691,6 +691,10 @@ void Server::serve(session::Session& session) {
                       s.chat->unavailable_reason()));
   // The session's drafters (--draft lookup), and room in each pass for their drafts.
   engine::SchedulerOptions so = session.scheduler_options();
+  if (speculation.make_drafter) {
+    so.draft_k = speculation.draft_k;
+    so.make_drafter = speculation.make_drafter;
+  }
   so.max_seqs = s.options.max_seqs;
   so.prefill_chunk = std::min<int64_t>(s.options.prefill_chunk, session.context());
   const int seqs = so.max_seqs > 0 ? so.max_seqs : session.max_seqs();

@@ -16,6 +16,7 @@
 #include <memory>
 #include <string>
 
+#include "runtime/engine/scheduler.hpp"
 #include "runtime/session/session.hpp"
 
 namespace ferry::serve {
@@ -48,8 +49,10 @@ class Server {
   // address cannot be bound (in use, not this machine's).
   int listen();
   // The model is loaded: the scheduler starts on the engine thread, /health says ok. The
-  // session must outlive the server (or its shutdown()).
-  void serve(session::Session& session);
+  // session must outlive the server (or its shutdown()). `speculation` (draft_k,
+  // make_drafter): drafters for the batch other than the session's own (a draft model's, which
+  // must outlive shutdown() too); none: the session's (SessionOptions::draft).
+  void serve(session::Session& session, const engine::SchedulerOptions& speculation = {});
   // Drains and stops (see above). Idempotent; safe from any thread but the server's own.
   void shutdown();
 

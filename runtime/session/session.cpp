@@ -33,9 +33,9 @@ void check_draft(const std::string& draft, int draft_k) {
   const engine::DraftSpec spec = engine::DraftSpec::parse(draft);
   // A draft model would need a cache slot of its own per sequence and its own budget.
   FERRY_EXPECT(spec.kind == engine::DraftSpec::Kind::lookup,
-               "--draft {} (a draft model) with the batch scheduler (ferry serve, run --prompts, "
-               "Python) is not supported yet; use --draft lookup, or `ferry run -p` for one "
-               "prompt with a draft model",
+               "draft '{}' (a draft model) in a session's own batches (the Python module) is not "
+               "supported yet; use draft=\"lookup\", or `ferry run` / `ferry serve --draft`, which "
+               "open draft models",
                draft);
   engine::SpeculativeOptions{draft_k}.validate();
 }

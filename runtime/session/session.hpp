@@ -50,7 +50,8 @@ struct SessionOptions {
   std::function<void(uint64_t, uint64_t)> on_load_progress;
   // Speculative decoding where this session's sequences are scheduled (serve, run --prompts,
   // Python): "lookup" (n-grams of each sequence's own text; no draft model), or empty for none.
-  // A draft model (self-int4, self-int8, a path) is refused here for now. Each sequence adds up
+  // A draft model (self-int4, self-int8, a path) is refused here for now: the tools open one
+  // themselves (tools/run_draft.hpp) and hand its drafters to the scheduler. Each sequence adds up
   // to draft_k drafts to a pass, so the passes are sized for max_seqs × (draft_k + 1) rows
   // more than asked.
   std::string draft;

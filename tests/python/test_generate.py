@@ -196,5 +196,5 @@ def test_speculative_lookup_equals_plain(gguf_model):
     stats = spec.draft_stats()
     assert stats["accepted"] + stats["rejected"] <= stats["proposed"]
     assert gguf_model.draft is None
-    with pytest.raises(ferry.InvalidArgument, match="not supported yet; use --draft lookup"):
+    with pytest.raises(ferry.InvalidArgument, match="not supported yet; use draft=\"lookup\""):
         ferry.load(GGUF, device="cpu", progress=False, draft="self-int4")

@@ -6,11 +6,13 @@
 #include <httplib.h>
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "runtime/engine/speculative.hpp"
 #include "runtime/serve/server.hpp"
 #include "tests/support/test_support.hpp"
 
@@ -132,12 +134,12 @@ TEST(ServeServer, LifeCycleAnswersAndRefusals) {
   EXPECT_FALSE(c.Get("/health"));  // the listener is closed
 }
 
-// --draft lookup: the same completions as without drafts (greedy, several at once), and
-// /metrics counts the drafts scored and kept.
+// --draft lookup and a draft model: the same completions as without drafts (greedy, several at
+// once), and /metrics counts the drafts scored and kept.
 TEST(ServeServer, SpeculationGivesTheSameCompletions) {
   const std::vector<std::string> prompts = {"hello world hello world hello world hello",
                                             "one two one two one two one", "Hello"};
-  const auto complete_all = [&](const std::string& draft) {
+  const auto complete_all = [&](const std::string& draft, bool self_draft = false) {
     ServerOptions so;
     so.port = 0;
     so.max_step_rows = 64;
@@ -147,7 +149,17 @@ TEST(ServeServer, SpeculationGivesTheSameCompletions) {
     o.draft = draft;
     o.draft_k = 4;
     session::Session ses(std::move(o));
-    server.serve(ses);
+    // The model drafting for itself on a session of its own, a cache slot per sequence.
+    std::optional<session::Session> drafts;
+    engine::SchedulerOptions speculation;
+    if (self_draft) {
+      drafts.emplace(fixture_options());
+      speculation.draft_k = 4;
+      speculation.make_drafter = [&drafts](int slot) -> std::unique_ptr<engine::Drafter> {
+        return std::make_unique<engine::ModelDrafter>(drafts->engine(), "self", slot);
+      };
+    }
+    server.serve(ses, speculation);
     std::vector<std::string> texts(prompts.size());
     std::vector<std::thread> threads;
     for (std::size_t i = 0; i < prompts.size(); ++i)
@@ -173,6 +185,13 @@ TEST(ServeServer, SpeculationGivesTheSameCompletions) {
             metric(spec_metrics, "ferry_draft_tokens_accepted_total"));
   EXPECT_GE(metric(spec_metrics, "ferry_draft_tokens_accepted_total"), 0);
   EXPECT_EQ(metric(spec_metrics, "ferry_kv_blocks_used"), 0);
+  const auto [model, model_metrics] = complete_all("", /*self_draft=*/true);
+  EXPECT_EQ(model, plain);
+  EXPECT_GT(metric(model_metrics, "ferry_draft_tokens_proposed_total"), 0);
+  EXPECT_EQ(metric(model_metrics, "ferry_draft_tokens_accepted_total"),
+            metric(model_metrics, "ferry_draft_tokens_proposed_total"));
+  EXPECT_LT(metric(model_metrics, "ferry_forward_passes_total"),
+            metric(plain_metrics, "ferry_forward_passes_total"));
 }
 
 }  // namespace
