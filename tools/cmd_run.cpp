@@ -255,11 +255,8 @@ int run_prompts_file(const RunOptions& o) {
     if (draft)
       for (const auto& line : draft->plan_lines()) eprint("ferry: {}\n", line);
   }
-  engine::SchedulerOptions speculation;
-  if (draft && draft->k() > 0) {
-    speculation.draft_k = draft->k();
-    speculation.make_drafter = draft->slot_drafters();
-  }
+  const engine::SchedulerOptions speculation = draft ? draft->speculation()
+                                                    : engine::SchedulerOptions{};
   const std::vector<int32_t> eos = o.ignore_eos ? std::vector<int32_t>{} : ses.eos_ids();
   shape.max_batch_rows = ses.options().load.max_batch_rows;  // with room for the drafts
   const PromptsSummary s = run_prompts(ses.engine(), std::move(jobs), shape, eos, ses.tokenizer(),

@@ -218,8 +218,7 @@ Command add_serve(CLI::App& app) {
       ses = std::make_unique<session::Session>(std::move(ses_o));
       if (draft) {
         draft->check_against(*ses);
-        speculation.draft_k = draft->k();
-        speculation.make_drafter = draft->slot_drafters();
+        speculation = draft->speculation();
       }
       if (!quiet) {
         for (const std::string& line : ses->describe()) eprint("ferry: {}\n", line);

@@ -190,15 +190,19 @@ DraftRun::DraftRun(const DraftFlags& flags, session::SessionOptions& target, boo
 
 DraftRun::~DraftRun() = default;
 
-std::function<std::unique_ptr<engine::Drafter>(int)> DraftRun::slot_drafters() {
-  if (!session_)
-    return [](int) -> std::unique_ptr<engine::Drafter> {
+engine::SchedulerOptions DraftRun::speculation() {
+  engine::SchedulerOptions so;
+  so.draft_k = k_;
+  if (k_ == 0) return so;
+  if (session_) {
+    so.batch_drafter = std::make_shared<engine::BatchModelDrafter>(
+        session_->engine(), spec_.describe(), resident_bytes_);
+  } else {
+    so.make_drafter = [](int) -> std::unique_ptr<engine::Drafter> {
       return std::make_unique<engine::LookupDrafter>();
     };
-  return [this](int slot) -> std::unique_ptr<engine::Drafter> {
-    return std::make_unique<engine::ModelDrafter>(session_->engine(), spec_.describe(), slot,
-                                                  resident_bytes_);
-  };
+  }
+  return so;
 }
 
 void DraftRun::learn(double acceptance) {

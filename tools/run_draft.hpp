@@ -15,6 +15,7 @@
 #include "planner/plan.hpp"
 #include "runtime/engine/drafts.hpp"
 #include "runtime/engine/planning.hpp"
+#include "runtime/engine/scheduler.hpp"
 #include "runtime/engine/speculative.hpp"
 #include "runtime/session/session.hpp"
 
@@ -81,9 +82,9 @@ class DraftRun {
                                 engine::GenerateStats& stats);
 
   engine::Drafter& drafter() { return *drafter_; }
-  // For the scheduler (run --prompts, serve): a drafter per slot (a draft model's slot of the
-  // same number), and how many drafts each sequence adds to a pass (0: none pays off).
-  std::function<std::unique_ptr<engine::Drafter>(int slot)> slot_drafters();
+  // For the scheduler (run --prompts, serve): draft_k (0: none pays off) and the drafters —
+  // lookup per slot, or the draft model drafting for every sequence at once on its slots.
+  engine::SchedulerOptions speculation();
   int k() const { return k_; }
   // Records a batched run's acceptance rate for the next plans (as generate() does).
   void learn(double acceptance);

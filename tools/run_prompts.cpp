@@ -234,6 +234,7 @@ PromptsSummary run_prompts(engine::ForwardPass& engine, std::vector<PromptJob> j
   engine::SchedulerOptions so;
   so.draft_k = speculation.draft_k;
   so.make_drafter = speculation.make_drafter;
+  so.batch_drafter = speculation.batch_drafter;
   so.max_seqs = shape.max_seqs;
   so.prefill_chunk = shape.prefill_chunk;
   so.max_step_rows = shape.max_batch_rows;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <exception>
+#include <memory>
 #include <optional>
 #include <span>
 #include <utility>
@@ -25,6 +26,25 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
 int64_t max_positions(int64_t prompt, int64_t max_new_tokens) {
   return prompt + std::max<int64_t>(max_new_tokens - 1, 0);
 }
+
+// One slot of a batch drafter as a sequence's own drafter (what SpeculativeSequence holds);
+// the scheduler drafts for all slots at once through the batch drafter itself.
+class SlotDrafter final : public Drafter {
+ public:
+  SlotDrafter(std::shared_ptr<BatchModelDrafter> batch, int slot)
+      : batch_(std::move(batch)), slot_(slot) {}
+  std::string name() const override { return batch_->name(); }
+  void propose(std::span<const int32_t> context, int k, const SamplingParams& sampling,
+               std::mt19937_64& rng, Draft& out) override {
+    DraftRequest r{slot_, context, k, &sampling, &rng, &out};
+    batch_->propose({&r, 1});
+  }
+  uint64_t resident_bytes() const override { return batch_->resident_bytes(); }
+
+ private:
+  std::shared_ptr<BatchModelDrafter> batch_;
+  int slot_;
+};
 
 }  // namespace
 
@@ -92,12 +112,14 @@ Scheduler::Scheduler(ForwardPass& engine, SchedulerOptions options)
   FERRY_EXPECT(options_.draft_k >= 0 && options_.draft_k <= SpeculativeOptions::kMaxK,
                "{} drafts per pass is out of range; use 0 (no speculation) to {}",
                options_.draft_k, SpeculativeOptions::kMaxK);
-  FERRY_EXPECT(options_.draft_k == 0 || options_.make_drafter,
+  FERRY_EXPECT(options_.draft_k == 0 || options_.make_drafter || options_.batch_drafter,
                "speculation with {} drafts per pass needs a drafter (make_drafter)",
                options_.draft_k);
   if (options_.draft_k > 0) {
     for (int s = 0; s < options_.max_seqs; ++s) {
-      drafters_.push_back(options_.make_drafter(s));
+      drafters_.push_back(options_.batch_drafter
+                              ? std::make_unique<SlotDrafter>(options_.batch_drafter, s)
+                              : options_.make_drafter(s));
       FERRY_EXPECT(drafters_.back() != nullptr, "make_drafter gave no drafter for slot {}", s);
     }
   }
@@ -281,10 +303,50 @@ bool Scheduler::step() {
   int64_t rows = std::count_if(order.begin(), order.end(), [](const Seq* s) {
     return s->decoding();
   });
+  // A batch drafter drafts for every speculating sequence at once, before the pass is built.
+  std::vector<Seq*> drafted;
+  if (options_.batch_drafter) {
+    std::vector<DraftRequest> requests;
+    int64_t budget = rows;  // rows if every sequence drafts all it may
+    for (Seq* s : order) {
+      if (!s->decoding() || !s->spec) continue;
+      const int64_t remaining =
+          s->request.options.max_new_tokens - static_cast<int64_t>(s->out.size());
+      const int64_t spare = options_.max_step_rows > 0 ? options_.max_step_rows - budget
+                                                       : SpeculativeOptions::kMaxK;
+      DraftRequest r = s->spec->begin_round(s->context, remaining, spare);
+      r.slot = s->slot;
+      budget += r.k;
+      requests.push_back(r);
+      drafted.push_back(s);
+    }
+    std::string failure;
+    try {
+      options_.batch_drafter->propose(requests);
+    } catch (const std::exception& e) {
+      failure = fmt::format("drafting failed: {}", e.what());
+    }
+    for (std::size_t i = 0; i < drafted.size(); ++i) {
+      Seq* s = drafted[i];
+      if (!failure.empty()) {
+        --rows;
+        retire(slots_[static_cast<std::size_t>(s->slot)], FinishReason::error, failure, done);
+        continue;
+      }
+      const std::span<const int32_t> drafts = s->spec->end_round(requests[i].k);
+      s->step_tokens.assign(1, s->out.back());
+      s->step_tokens.insert(s->step_tokens.end(), drafts.begin(), drafts.end());
+      rows += static_cast<int64_t>(drafts.size());
+    }
+    if (!failure.empty()) drafted.clear();
+  }
   for (Seq* s : order) {
     if (!s->decoding()) continue;
-    s->step_tokens.assign(1, s->out.back());
-    if (s->spec) {
+    if (!slots_[static_cast<std::size_t>(s->slot)]) continue;  // drafting failed: retired
+    const bool drafted_already =
+        std::find(drafted.begin(), drafted.end(), s) != drafted.end();
+    if (!drafted_already) s->step_tokens.assign(1, s->out.back());
+    if (s->spec && !drafted_already) {
       const int64_t remaining =
           s->request.options.max_new_tokens - static_cast<int64_t>(s->out.size());
       const int64_t spare = options_.max_step_rows > 0 ? options_.max_step_rows - rows

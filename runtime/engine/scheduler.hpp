@@ -83,6 +83,9 @@ struct SchedulerOptions {
   // sequences draft fewer (the tokens stay the same under greedy decoding).
   int draft_k = 0;
   std::function<std::unique_ptr<Drafter>(int slot)> make_drafter;
+  // Instead of make_drafter: a draft model drafting for every sequence at once, one pass of it
+  // per drafting position for all of them (slot s of it for the sequence in slot s).
+  std::shared_ptr<BatchModelDrafter> batch_drafter;
 };
 
 struct SchedulerStats {

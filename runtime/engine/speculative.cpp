@@ -162,6 +162,77 @@ void ModelDrafter::propose(std::span<const int32_t> context, int k, const Sampli
   }
 }
 
+BatchModelDrafter::BatchModelDrafter(ForwardPass& model, std::string name, uint64_t resident_bytes)
+    : model_(model), name_(std::move(name)), resident_bytes_(resident_bytes),
+      cached_(static_cast<std::size_t>(model.max_seqs())) {
+  for (int s = 0; s < model.max_seqs(); ++s) model_.reset(s);
+}
+
+void BatchModelDrafter::propose(std::span<DraftRequest> requests) {
+  // ModelDrafter::propose for every request, in lock step: one pass feeds each sequence what
+  // its cache lacks, then one pass per further draft feeds each the draft it just drew.
+  const int64_t vocab = model_.config().vocab_size;
+  struct Active {
+    DraftRequest* r;
+    int k;
+  };
+  std::vector<Active> active;
+  std::vector<SeqTokens> batch;
+  for (DraftRequest& r : requests) {
+    r.out->tokens.clear();
+    r.out->probs.clear();
+    r.out->vocab = vocab;
+    FERRY_EXPECT(r.slot >= 0 && r.slot < model_.max_seqs(),
+                 "draft sequence slot {} does not exist; the draft model has {} slots", r.slot,
+                 model_.max_seqs());
+    const auto n_ctx = static_cast<int64_t>(r.context.size());
+    const int k = static_cast<int>(std::min<int64_t>(r.k, model_.context() - n_ctx + 1));
+    if (k <= 0 || n_ctx == 0) continue;
+    std::vector<int32_t>& cached = cached_[static_cast<std::size_t>(r.slot)];
+    const auto mismatch =
+        std::mismatch(cached.begin(), cached.end(), r.context.begin(), r.context.end());
+    const auto common = std::min<int64_t>(mismatch.first - cached.begin(), n_ctx - 1);
+    const auto feed = r.context.subspan(static_cast<std::size_t>(common));
+    if (std::any_of(feed.begin(), feed.end(), [&](int32_t t) { return t >= vocab; })) continue;
+    model_.truncate(r.slot, common);
+    cached.resize(static_cast<std::size_t>(common));
+    cached.insert(cached.end(), feed.begin(), feed.end());
+    active.push_back({&r, k});
+    batch.push_back({r.slot, feed});
+  }
+  std::vector<float> probs;
+  for (int i = 0; !active.empty(); ++i) {
+    const std::vector<float>* pass = nullptr;
+    try {
+      pass = &model_.forward(batch, LogitsFor::last);
+    } catch (...) {
+      // The caches may hold part of the pass: those slots start over next round.
+      for (const Active& a : active) {
+        cached_[static_cast<std::size_t>(a.r->slot)].clear();
+        model_.reset(a.r->slot);
+      }
+      throw;
+    }
+    const std::vector<float>& logits = *pass;
+    std::vector<Active> next;
+    batch.clear();
+    for (std::size_t a = 0; a < active.size(); ++a) {
+      DraftRequest& r = *active[a].r;
+      const std::span<const float> row{logits.data() + a * static_cast<std::size_t>(vocab),
+                                       static_cast<std::size_t>(vocab)};
+      const int32_t t = pick(row, *r.sampling, *r.rng, probs);
+      r.out->tokens.push_back(t);
+      if (r.sampling->temperature > 0.0f)
+        r.out->probs.insert(r.out->probs.end(), probs.begin(), probs.end());
+      if (i + 1 == active[a].k) continue;
+      next.push_back(active[a]);
+      batch.push_back({r.slot, {&r.out->tokens.back(), 1}});
+      cached_[static_cast<std::size_t>(r.slot)].push_back(t);
+    }
+    active.swap(next);
+  }
+}
+
 void SpeculativeOptions::validate() const {
   FERRY_EXPECT(k >= 1 && k <= kMaxK,
                "--draft-k {} is out of range; use 1 to {} drafts per pass (4 is a good start)", k,
@@ -179,18 +250,25 @@ int32_t SpeculativeSequence::first(std::span<const float> logits) {
   return pick(logits.first(vocab_), sampling_, rng_, p_);
 }
 
-std::span<const int32_t> SpeculativeSequence::propose(std::span<const int32_t> context,
-                                                      int64_t remaining, int64_t max_drafts) {
-  const auto t0 = std::chrono::steady_clock::now();
+DraftRequest SpeculativeSequence::begin_round(std::span<const int32_t> context, int64_t remaining,
+                                              int64_t max_drafts) {
   // Drafts past the tokens still wanted would be thrown away: a round emits its accepted
   // drafts and one token of the target's.
-  const int k = static_cast<int>(std::max<int64_t>(
+  DraftRequest r;
+  r.context = context;
+  r.k = static_cast<int>(std::max<int64_t>(
       0, std::min({static_cast<int64_t>(k_), remaining - 1, max_drafts})));
+  r.sampling = &sampling_;
+  r.rng = &rng_;
+  r.out = &draft_;
   draft_.tokens.clear();
   draft_.probs.clear();
-  if (k > 0) drafter_.propose(context, k, sampling_, rng_, draft_);
+  return r;
+}
+
+std::span<const int32_t> SpeculativeSequence::end_round(int k) {
   // Only ids the target knows, at most k.
-  std::size_t n = std::min(draft_.tokens.size(), static_cast<std::size_t>(k));
+  std::size_t n = std::min(draft_.tokens.size(), static_cast<std::size_t>(std::max(k, 0)));
   for (std::size_t i = 0; i < n; ++i) {
     if (draft_.tokens[i] < 0 || static_cast<std::size_t>(draft_.tokens[i]) >= vocab_) {
       n = i;
@@ -202,8 +280,17 @@ std::span<const int32_t> SpeculativeSequence::propose(std::span<const int32_t> c
       "drafter '{}' returned {} probabilities for {} drafts of a {}-token vocabulary",
       drafter_.name(), draft_.probs.size(), n, draft_.vocab);
   n_draft_ = n;
-  stats_.draft_s += seconds_since(t0);
   return {draft_.tokens.data(), n};
+}
+
+std::span<const int32_t> SpeculativeSequence::propose(std::span<const int32_t> context,
+                                                      int64_t remaining, int64_t max_drafts) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const DraftRequest r = begin_round(context, remaining, max_drafts);
+  if (r.k > 0) drafter_.propose(context, r.k, sampling_, rng_, draft_);
+  const std::span<const int32_t> drafts = end_round(r.k);
+  stats_.draft_s += seconds_since(t0);
+  return drafts;
 }
 
 int64_t SpeculativeSequence::verify(std::span<const float> logits,

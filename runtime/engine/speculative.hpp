@@ -80,6 +80,34 @@ class ModelDrafter final : public Drafter {
   std::vector<int32_t> cached_;  // the tokens in model_'s cache for seq_, in order
 };
 
+// One sequence's part of a drafting round for many sequences (BatchModelDrafter).
+struct DraftRequest {
+  int slot = 0;                        // the sequence's cache slot in the draft model
+  std::span<const int32_t> context;    // as Drafter::propose's
+  int k = 0;                           // most drafts
+  const SamplingParams* sampling = nullptr;
+  std::mt19937_64* rng = nullptr;      // the sequence's own generator
+  Draft* out = nullptr;                // cleared, then filled
+};
+
+// A draft model drafting for many sequences at once, a cache slot each: each drafting position
+// is one pass of the draft model for all of them, not one per sequence. Each sequence's drafts
+// and random draws are what ModelDrafter gives it alone on its slot (the draft model's rows do
+// not depend on one another either).
+class BatchModelDrafter {
+ public:
+  BatchModelDrafter(ForwardPass& model, std::string name, uint64_t resident_bytes = 0);
+  const std::string& name() const { return name_; }
+  uint64_t resident_bytes() const { return resident_bytes_; }
+  void propose(std::span<DraftRequest> requests);
+
+ private:
+  ForwardPass& model_;
+  std::string name_;
+  uint64_t resident_bytes_;
+  std::vector<std::vector<int32_t>> cached_;  // [slot] the tokens in model_'s cache, in order
+};
+
 struct SpeculativeOptions {
   int k = 4;  // most drafts per target pass
   static constexpr int kMaxK = 32;
@@ -127,6 +155,13 @@ class SpeculativeSequence {
   // scores context.back() and these in one pass.
   std::span<const int32_t> propose(std::span<const int32_t> context, int64_t remaining,
                                    int64_t max_drafts);
+  // propose() in two halves, for a drafter that drafts many sequences at once: the round's k
+  // (0: no drafts) with the request to hand it (context, k, sampling, generator, the draft to
+  // fill), then the drafts it proposed, checked as propose() checks them.
+  DraftRequest begin_round(std::span<const int32_t> context, int64_t remaining, int64_t max_drafts);
+  std::span<const int32_t> end_round(int k);
+  // The drafter given at construction (the scheduler's per-slot drafter).
+  Drafter& drafter() { return drafter_; }
   // Judges the round's rows of logits ([1 + drafts proposed, vocab]: after context.back() and
   // after each draft) and calls emit with each token kept, in order: the accepted drafts and
   // the target's own token after them. Stops early when emit returns false. Returns the number

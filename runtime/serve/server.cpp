@@ -691,9 +691,10 @@ void Server::serve(session::Session& session, const engine::SchedulerOptions& sp
                       s.chat->unavailable_reason()));
   // The session's drafters (--draft lookup), and room in each pass for their drafts.
   engine::SchedulerOptions so = session.scheduler_options();
-  if (speculation.make_drafter) {
+  if (speculation.make_drafter || speculation.batch_drafter) {
     so.draft_k = speculation.draft_k;
     so.make_drafter = speculation.make_drafter;
+    so.batch_drafter = speculation.batch_drafter;
   }
   so.max_seqs = s.options.max_seqs;
   so.prefill_chunk = std::min<int64_t>(s.options.prefill_chunk, session.context());

@@ -50,7 +50,7 @@ class Server {
   int listen();
   // The model is loaded: the scheduler starts on the engine thread, /health says ok. The
   // session must outlive the server (or its shutdown()). `speculation` (draft_k,
-  // make_drafter): drafters for the batch other than the session's own (a draft model's, which
+  // make_drafter or batch_drafter): drafters for the batch other than the session's own (a draft model's, which
   // must outlive shutdown() too); none: the session's (SessionOptions::draft).
   void serve(session::Session& session, const engine::SchedulerOptions& speculation = {});
   // Drains and stops (see above). Idempotent; safe from any thread but the server's own.

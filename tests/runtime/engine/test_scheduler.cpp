@@ -524,6 +524,35 @@ SchedulerOptions speculating(int k, Engine* self = nullptr) {
   return o;
 }
 
+// The model drafting for itself for every sequence at once (one pass per drafting position).
+SchedulerOptions batch_speculating(int k, ForwardPass& self) {
+  SchedulerOptions o;
+  o.draft_k = k;
+  o.batch_drafter = std::make_shared<BatchModelDrafter>(self, "self");
+  return o;
+}
+
+// Counts the passes of the engine it wraps.
+class CountingEngine final : public ForwardPass {
+ public:
+  explicit CountingEngine(ForwardPass& inner) : inner_(inner) {}
+  const model::ModelConfig& config() const override { return inner_.config(); }
+  int64_t context() const override { return inner_.context(); }
+  int max_seqs() const override { return inner_.max_seqs(); }
+  int64_t length(int seq) const override { return inner_.length(seq); }
+  KvUsage kv_usage() const override { return inner_.kv_usage(); }
+  void reset(int seq) override { inner_.reset(seq); }
+  void truncate(int seq, int64_t n) override { inner_.truncate(seq, n); }
+  const std::vector<float>& forward(std::span<const SeqTokens> batch, LogitsFor which) override {
+    ++passes;
+    return inner_.forward(batch, which);
+  }
+  int passes = 0;
+
+ private:
+  ForwardPass& inner_;
+};
+
 // Greedy: a batch that speculates gives every request plain decoding's tokens, with lookup and
 // with a drafter that is always right, for k = 1, 2, 4 and 7; fewer passes than without drafts
 // when drafts are right; the counters add up.
@@ -580,6 +609,34 @@ TEST_P(SchedulerTest, SpeculationGreedyBatchedEqualsPlain) {
     EXPECT_EQ(ss.draft_round_tokens - ss.draft_rounds, ss.draft_tokens_accepted);
     EXPECT_EQ(ss.generated_tokens_total, generated);
     EXPECT_EQ(ss.kv.blocks_used, 0);
+
+    // The same drafts from one pass of the draft model per position for all sequences.
+    auto one_engine = engine(4);
+    CountingEngine one_by_one(*one_engine);
+    auto batch_engine = engine(4);
+    CountingEngine together(*batch_engine);
+    auto e4 = engine(4);
+    Scheduler batched(*e4, batch_speculating(k, together));
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+      Request r = requests[i];
+      r.on_done = [&got, i](const RequestResult& res) { got[i] = res; };
+      batched.submit(std::move(r));
+    }
+    while (batched.step()) {
+    }
+    expect_tokens(got, want);
+    const SchedulerStats bs = batched.stats();
+    EXPECT_EQ(bs.draft_tokens_proposed, ss.draft_tokens_proposed) << "the same drafts";
+    EXPECT_EQ(bs.draft_tokens_accepted, bs.draft_tokens_proposed);
+    EXPECT_EQ(bs.steps, ss.steps);
+    auto e5 = engine(4);
+    SchedulerOptions per_slot;
+    per_slot.draft_k = k;
+    per_slot.make_drafter = [&one_by_one](int slot) -> std::unique_ptr<Drafter> {
+      return std::make_unique<ModelDrafter>(one_by_one, "self", slot);
+    };
+    expect_tokens(run_batch(*e5, requests, per_slot), want);
+    EXPECT_LT(together.passes, one_by_one.passes) << "one draft pass for all sequences";
   }
 }
 
@@ -665,6 +722,10 @@ TEST_P(SchedulerTest, SpeculationSeededSamplingEqualsTheSingleSequencePath) {
   auto e3 = engine(3);
   auto d3 = engine(3);
   expect_tokens(run_batch(*e3, requests, speculating(k, d3.get())), want_self);
+  // Drafted for all sequences at once: the same draws, so the same tokens.
+  auto e4 = engine(3);
+  auto d4 = engine(3);
+  expect_tokens(run_batch(*e4, requests, batch_speculating(k, *d4)), want_self);
 }
 
 // The KV pool: a request that needs every block of the pool fits with speculation too (drafts
