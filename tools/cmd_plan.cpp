@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -76,6 +77,8 @@ struct QuantCandidate {
   uint64_t weight_bytes = 0;
   std::optional<planner::Plan> plan;
   std::string refusal;
+  planner::Machine machine;  // the machine as this format's products run on it
+  bool whole_batch = true;   // false: --batch does not fit; the plan is for one sequence
 };
 
 // --quant auto: the least compression that fits and meets the goal (s/token; 0: none). When
@@ -255,11 +258,33 @@ Command add_plan(CLI::App& app) {
       }
       const auto request = engine::plan_request(config, ck, cm, cpo, model_path.string());
       for (const auto& u : request.units) c.weight_bytes += u.bytes;
+      c.machine = cm;
       try {
         c.plan = planner::make_plan(request);
       } catch (const PlanError& e) {
-        if (candidates.size() == 1) throw;
+        if (candidates.size() == 1 && o->batch == 1) throw;
         c.refusal = e.what();
+      }
+    }
+    // A --batch that fits no format is not the end: the sweep below shows which batches fit and
+    // chooses among them. Plan one sequence per format, so a refusal means not even one fits.
+    const bool any_fits = std::any_of(candidates.begin(), candidates.end(),
+                                      [](const QuantCandidate& c) { return c.plan.has_value(); });
+    if (!any_fits && o->batch > 1) {
+      for (auto& c : candidates) {
+        engine::PlanOptions one = po;
+        one.format = c.format;
+        one.max_seqs = 1;
+        // As the sweep's first point: more rows of logits only for a draft's verification.
+        one.max_logit_rows = po.max_logit_rows > po.max_seqs ? po.max_logit_rows : 1;
+        try {
+          c.plan = planner::make_plan(
+              engine::plan_request(config, ck, c.machine, one, model_path.string()));
+          c.whole_batch = false;
+        } catch (const PlanError& e) {
+          if (candidates.size() == 1) throw;
+          c.refusal = e.what();
+        }
       }
     }
     std::string why;
@@ -274,6 +299,10 @@ Command add_plan(CLI::App& app) {
       bpo.format = candidates[chosen].format;
       sweep = session::sweep_batches(config, ck, plan.request.machine, bpo, o->batch,
                                      model_path.string());
+      // --batch itself does not fit: the plan shown (and written for run --plan) is the
+      // sweep's choice among the batches that do.
+      if (!candidates[chosen].whole_batch && sweep->any_fits())
+        *candidates[chosen].plan = *sweep->best().plan;
     }
 
     nlohmann::json j = planner::plan_to_json(plan);
@@ -297,6 +326,7 @@ Command add_plan(CLI::App& app) {
       }
       j["batch_best"] = sweep->best().seqs;
       j["batch_why"] = sweep->why;
+      j["batch_fits"] = candidates[chosen].whole_batch;
     }
     if (!o->quant.empty()) {
       nlohmann::json q = {{"mode", o->quant}, {"chosen", candidates[chosen].name}};
@@ -404,11 +434,17 @@ Command add_plan(CLI::App& app) {
       if (first.plan && best.plan && sweep->chosen > 0)
         fmt::print("  {} sequences decode {:.1f}× the tokens/s of one{}\n", best.seqs,
                    best.tokens_per_s() / first.tokens_per_s(),
-                   best.seqs < o->batch
+                   best.seqs < o->batch && pts.back().plan
                        ? fmt::format("; more than {} gain nothing (--batch {} is enough)",
                                      best.seqs, best.seqs)
                        : std::string());
       if (sweep->any_fits()) fmt::print("  chose: {}\n", sweep->why);
+      if (!candidates[chosen].whole_batch)
+        fmt::print(
+            "  --batch {} does not fit; the plan above is for {} (run or serve with "
+            "--max-seqs {})\n",
+            o->batch, best.seqs == 1 ? "1 sequence" : fmt::format("{} sequences", best.seqs),
+            best.seqs);
     }
     // Speculation: the choice always, the trade per k with --explain.
     for (std::size_t i = 0; i < draft_lines.size() && (i == 0 || o->explain); ++i)

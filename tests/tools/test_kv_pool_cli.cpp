@@ -4,6 +4,7 @@
 // resident layers within --max-ram and says which it chose.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -128,6 +129,48 @@ TEST_F(KvPoolCli, KvMemoryPlansAndRefusals) {
     EXPECT_NE(r.err.find(want), std::string::npos) << value << ": " << r.err;
     EXPECT_EQ(r.err.find("listening"), std::string::npos) << r.err;
   }
+}
+
+// plan --batch past the budget: the sweep is printed with the batches that do not fit marked, the
+// plan shown is the fastest that fits and says so; only a budget too small for one sequence is
+// refused. GPT-J-6B at 2048 tokens keeps 1.75 GiB of KV cache per sequence: 4 GiB holds two.
+TEST_F(KvPoolCli, PlanBatchPastTheBudgetShowsTheSweep) {
+  const std::string gptj = (test::data_dir() / "gptj-6b-config" / "config.json").string();
+  const std::vector<std::string> args = {"plan", "-m",        gptj,   "--no-measure", "--device",
+                                         "cpu",  "--max-ram", "4GiB", "--batch",      "8"};
+  auto r = ferry(args);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("context 2048 × 2 sequences"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("          4       8192  does not fit: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("          8      16384  does not fit: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("   <- fastest"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--batch 8 does not fit; the plan above is for 2 sequences (run or serve "
+                       "with --max-seqs 2)"),
+            std::string::npos)
+      << r.out;
+  EXPECT_EQ(r.out.find("is enough"), std::string::npos) << r.out;
+
+  std::vector<std::string> json = args;
+  json.push_back("--json");
+  r = ferry(json);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["batch"], 2);
+  EXPECT_EQ(j["batch_best"], 2);
+  EXPECT_EQ(j["batch_fits"], false);
+  ASSERT_EQ(j["batch_sweep"].size(), 4u);
+  EXPECT_EQ(j["batch_sweep"][1]["fits"], true);
+  EXPECT_EQ(j["batch_sweep"][3]["fits"], false);
+  EXPECT_NE(j["batch_sweep"][3]["refusal"].get<std::string>().find("--max-ram allows 4.00 GiB"),
+            std::string::npos);
+
+  // Not even one sequence: the refusal names the budget one sequence needs.
+  std::vector<std::string> tight = args;
+  tight[7] = "1GiB";
+  r = ferry(tight);
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("needs at least 2.21 GiB of RAM"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("1.75 GiB of KV cache"), std::string::npos) << r.err;
 }
 
 }  // namespace
