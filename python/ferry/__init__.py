@@ -366,7 +366,7 @@ def load(path: Union[str, os.PathLike], max_ram: Size = None, device: Optional[s
          max_vram: Size = None, context: Optional[int] = None, max_seqs: int = 1,
          max_batch_rows: Optional[int] = None, max_logit_rows: Optional[int] = None,
          mmap: bool = False, progress: Union[bool, Callable[[int, int], Any]] = True,
-         draft: Optional[str] = None, draft_k: int = 4) -> Model:
+         draft: Optional[str] = None, draft_k: int = 4, kv_memory: str = "auto") -> Model:
     """Opens a model (a directory of config.json + weights, a ferry pack or a GGUF file) as
     `ferry run` does: the device, a plan within the RAM budget, the weights, the engine.
 
@@ -379,7 +379,9 @@ def load(path: Union[str, os.PathLike], max_ram: Size = None, device: Optional[s
     draft: "lookup" for speculative decoding (each sequence drafts up to draft_k tokens from
     n-grams of its own text and the model verifies them in the same pass; the tokens are the
     same as without, fewer passes when the text repeats itself); draft models are not
-    supported here yet.
+    supported here yet. kv_memory: where a CUDA plan puts the KV cache, as `--kv-memory`:
+    "auto" (the planner chooses), "device" (VRAM) or "host" (pinned host memory, read over
+    PCIe); the CPU keeps it in host memory.
 
     Raises PlanError (naming the smallest budget that works) when the model cannot fit,
     FormatError for a damaged file, InvalidArgument for a bad option, IoError when reading fails.
@@ -396,7 +398,7 @@ def load(path: Union[str, os.PathLike], max_ram: Size = None, device: Optional[s
     try:
         native = _ferry.load(p, max_ram, _device(device), max_vram, int(context or 0),
                              int(max_seqs), int(max_batch_rows or 0), int(max_logit_rows or 0),
-                             bool(mmap), on_progress, draft, int(draft_k))
+                             bool(mmap), on_progress, draft, int(draft_k), str(kv_memory))
     finally:
         if bar is not None:
             bar.close()
@@ -405,14 +407,16 @@ def load(path: Union[str, os.PathLike], max_ram: Size = None, device: Optional[s
 
 def plan(path: Union[str, os.PathLike], max_ram: Size = None, profile: Optional[str] = None,
          device: Optional[str] = None, max_vram: Size = None, context: Optional[int] = None,
-         batch: int = 1, measure: bool = True) -> dict:
+         batch: int = 1, measure: bool = True, kv_memory: str = "auto") -> dict:
     """What `ferry plan --json` prints: will the model fit, where each layer goes, how fast it
     will run. profile plans for a named machine (colab-t4, colab-cpu, kaggle-p100, laptop-8g,
     or a JSON file) instead of this one; device "cpu" | "cuda" (default: cuda when the machine
-    has a GPU). Raises PlanError naming the smallest budget when nothing fits."""
+    has a GPU); kv_memory "auto" | "device" | "host" as `--kv-memory`. Raises PlanError naming
+    the smallest budget when nothing fits."""
     dev = "" if device in (None, "auto") else device
     return json.loads(_ferry.plan_json(_path(path), max_ram, profile or "", dev, max_vram,
-                                       int(context or 0), int(batch), bool(measure)))
+                                       int(context or 0), int(batch), bool(measure),
+                                       str(kv_memory)))
 
 
 from ._transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402

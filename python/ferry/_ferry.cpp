@@ -393,13 +393,16 @@ std::unique_ptr<Model> load(const std::filesystem::path& path, const py::object&
                             const std::string& device, const py::object& max_vram,
                             int64_t context, int max_seqs, int64_t max_batch_rows,
                             int64_t max_logit_rows, bool mmap, const py::object& on_progress,
-                            const std::optional<std::string>& draft, int draft_k) {
+                            const std::optional<std::string>& draft, int draft_k,
+                            const std::string& kv_memory) {
   session::SessionOptions so;
   so.draft = draft.value_or("");
   so.draft_k = draft_k;
   so.model = path;
   so.device = device;
   so.load.max_ram_bytes = size_arg(max_ram, true);
+  // "device" on the CPU is refused by the plan, as for `ferry run`.
+  so.load.kv_memory = planner::parse_kv_memory(kv_memory);
   so.max_vram_bytes = size_arg(max_vram, false);
   so.context = context;
   so.max_seqs = max_seqs;
@@ -421,7 +424,8 @@ std::unique_ptr<Model> load(const std::filesystem::path& path, const py::object&
 
 std::string plan_json(const std::filesystem::path& path, const py::object& max_ram,
                       const std::string& profile, const std::string& device,
-                      const py::object& max_vram, int64_t context, int batch, bool measure) {
+                      const py::object& max_vram, int64_t context, int batch, bool measure,
+                      const std::string& kv_memory) {
   session::PlanQuery q;
   q.model = path;
   q.profile = profile;
@@ -431,6 +435,7 @@ std::string plan_json(const std::filesystem::path& path, const py::object& max_r
   q.context = context;
   q.batch = batch;
   q.measure = measure;
+  q.kv_memory = planner::parse_kv_memory(kv_memory);
   py::gil_scoped_release release;
   return planner::plan_to_json(session::plan_model(q)).dump();
 }
@@ -499,10 +504,10 @@ PYBIND11_MODULE(_ferry, m) {
   m.def("load", &load, py::arg("path"), py::arg("max_ram"), py::arg("device"),
         py::arg("max_vram"), py::arg("context"), py::arg("max_seqs"), py::arg("max_batch_rows"),
         py::arg("max_logit_rows"), py::arg("mmap"), py::arg("on_progress"),
-        py::arg("draft") = py::none(), py::arg("draft_k") = 4);
+        py::arg("draft") = py::none(), py::arg("draft_k") = 4, py::arg("kv_memory") = "auto");
   m.def("plan_json", &plan_json, py::arg("path"), py::arg("max_ram"), py::arg("profile"),
         py::arg("device"), py::arg("max_vram"), py::arg("context"), py::arg("batch"),
-        py::arg("measure"));
+        py::arg("measure"), py::arg("kv_memory") = "auto");
   m.def("read_tokenizer", &read_tokenizer, py::arg("path"));
   m.def("has_gpu", [] {
     py::gil_scoped_release release;

@@ -125,8 +125,9 @@ planner::Plan plan_model(const PlanQuery& query) {
     if (!machine.gpu) machine.gpu = what_if_gpu();
     machine.gpu->vram_bytes = {static_cast<double>(*query.max_vram_bytes), "--max-vram"};
   }
-  const engine::PlanOptions po =
+  engine::PlanOptions po =
       plan_options(source.config, query.context, query.batch, query.device, machine);
+  po.kv_memory = query.kv_memory;
   return planner::make_plan(
       engine::plan_request(source.config, source.weights(), machine, po, query.model.string()));
 }

@@ -62,6 +62,7 @@ struct PlanQuery {
   int64_t context = 0;
   int batch = 1;
   bool measure = true;
+  planner::KvMemory kv_memory = planner::KvMemory::automatic;  // --kv-memory
 };
 // Throws PlanError (naming the smallest budget that works) when the model cannot fit.
 planner::Plan plan_model(const PlanQuery& query);
