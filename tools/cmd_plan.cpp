@@ -289,7 +289,6 @@ Command add_plan(CLI::App& app) {
     }
     std::string why;
     const std::size_t chosen = o->quant == "auto" ? choose_quant(candidates, o->goal, why) : 0;
-    const planner::Plan& plan = *candidates[chosen].plan;
 
     // With a batch: the same plan for 1, 2, 4, … sequences up to --batch (the sweep
     // --kv-tokens auto chooses by), for the machine and format chosen above.
@@ -297,13 +296,13 @@ Command add_plan(CLI::App& app) {
     if (o->batch > 1) {
       engine::PlanOptions bpo = po;
       bpo.format = candidates[chosen].format;
-      sweep = session::sweep_batches(config, ck, plan.request.machine, bpo, o->batch,
+      sweep = session::sweep_batches(config, ck, candidates[chosen].machine, bpo, o->batch,
                                      model_path.string());
-      // --batch itself does not fit: the plan shown (and written for run --plan) is the
-      // sweep's choice among the batches that do.
-      if (!candidates[chosen].whole_batch && sweep->any_fits())
-        *candidates[chosen].plan = *sweep->best().plan;
     }
+    // --batch itself does not fit: the plan shown (and written for run --plan) is the sweep's
+    // choice among the batches that do.
+    const bool batch_fallback = !candidates[chosen].whole_batch && sweep && sweep->any_fits();
+    const planner::Plan& plan = batch_fallback ? *sweep->best().plan : *candidates[chosen].plan;
 
     nlohmann::json j = planner::plan_to_json(plan);
     if (sweep) {
@@ -373,8 +372,11 @@ Command add_plan(CLI::App& app) {
                                    : fmt::format("none read: sizes from config.json as {}",
                                                  dtype_name(config.torch_dtype)));
     if (o->quant == "auto") {
-      fmt::print("quant auto: the least compression that fits{}\n",
-                 o->goal > 0 ? fmt::format(" and reaches {} s/token", o->goal) : "");
+      fmt::print("quant auto: the least compression that fits{}{}\n",
+                 o->goal > 0 ? fmt::format(" and reaches {} s/token", o->goal) : "",
+                 candidates[chosen].whole_batch
+                     ? std::string()
+                     : fmt::format(" one sequence (--batch {} fits none)", o->batch));
       for (std::size_t i = 0; i < candidates.size(); ++i) {
         const auto& c = candidates[i];
         fmt::print(

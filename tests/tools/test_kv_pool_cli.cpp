@@ -164,6 +164,17 @@ TEST_F(KvPoolCli, PlanBatchPastTheBudgetShowsTheSweep) {
   EXPECT_NE(j["batch_sweep"][3]["refusal"].get<std::string>().find("--max-ram allows 4.00 GiB"),
             std::string::npos);
 
+  // --quant auto with a batch no format fits: the formats compared for one sequence, say so.
+  std::vector<std::string> quant = args;
+  quant.insert(quant.end(), {"--quant", "auto"});
+  r = ferry(quant);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("quant auto: the least compression that fits one sequence (--batch 8 fits "
+                       "none)"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("context 2048 × 2 sequences"), std::string::npos) << r.out;
+
   // Not even one sequence: the refusal names the budget one sequence needs.
   std::vector<std::string> tight = args;
   tight[7] = "1GiB";
