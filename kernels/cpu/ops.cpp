@@ -185,13 +185,37 @@ std::string_view float_linear_level() {
   return paths().name;
 }
 
+namespace {
+// FERRY_GGUF_PRODUCTS=fast (the default): llama.cpp's q8-activation integer products
+// (ggml_dot.hpp) for every row count, where the AVX2 path runs — a row's result never depends on
+// how many rows share the product (batched decoding, drafts, prompts). Chosen once, like paths().
+bool gguf_fast() {
+#if defined(FERRY_KERNELS_AVX2)
+  static const bool fast = ggml_dot::requested() && &paths() == &kAvx2;
+  return fast;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+std::string_view gguf_linear_level() {
+#if defined(FERRY_KERNELS_AVX2)
+  if (gguf_fast()) {
+    return ggml_dot::uses_vnni()
+               ? "llama.cpp's q8 arithmetic (avx512-vnni) for q4_k q5_k q6_k q8_0 q4_0 q5_0, "
+                 "exact f32 for the other block types"
+               : "llama.cpp's q8 arithmetic (avx2) for q4_k q5_k q6_k q8_0 q4_0 q5_0, exact f32 "
+                 "for the other block types";
+  }
+#endif
+  return "exact f32 products (FERRY_GGUF_PRODUCTS=exact, or no AVX2)";
+}
+
 void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
             const float* bias, float* y, ThreadPool& pool) {
 #if defined(FERRY_KERNELS_AVX2)
-  // FERRY_GGUF_PRODUCTS=fast: llama.cpp's q8-activation integer products (ggml_dot.hpp) for
-  // every row count, where the AVX2 path runs — a row's result never depends on how many rows
-  // share the product (batched decoding, drafts, prompts). Chosen once, like paths().
-  static const bool fast = ggml_dot::requested() && &paths() == &kAvx2;
+  const bool fast = gguf_fast();
   if (fast && ggml_dot::supports(wdt)) {
     check_weight_dtype(wdt, k, "linear");
     FERRY_EXPECT(m >= 0 && k >= 0 && n >= 0, "linear: negative size m={} k={} n={}", m, k, n);

@@ -52,6 +52,9 @@ std::string_view simd_level();
 // Which implementation multiplies f32, f16 and bf16 weights: simd_level(), or "avx512" where
 // the AVX2 path runs with AVX-512 F/BW/VL present (unless FERRY_SIMD=avx2).
 std::string_view float_linear_level();
+// How llama.cpp's block formats (GGUF tensors) are multiplied: its own q8-activation arithmetic
+// (the default, where AVX2 runs) or exact f32 products, for `ferry info`.
+std::string_view gguf_linear_level();
 
 // y[i, o] = sum_j x[i, j] · w[o, j] + bias[o], for i < m, o < n, j < k. w is row-major
 // [n, k] (PyTorch's nn.Linear layout) in dtype wdt (f32, f16 or bf16), or packed (q8, q4_g64,

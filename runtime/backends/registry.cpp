@@ -48,6 +48,7 @@ std::vector<std::string> describe_build() {
       fmt::format("cpu float (f32/f16/bf16) products: {}", kernels::cpu::float_linear_level()));
   lines.push_back(
       fmt::format("cpu packed (q8/q4) kernels: {}", kernels::cpu::packed_linear_level()));
+  lines.push_back(fmt::format("cpu GGUF block products: {}", kernels::cpu::gguf_linear_level()));
 #ifdef FERRY_HAS_CUDA
   lines.push_back(fmt::format("cuda: compiled (architectures {}; CUDA runtime {})",
                               cuda::compiled_architectures(), cuda::runtime_version()));

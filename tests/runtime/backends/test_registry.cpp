@@ -62,6 +62,12 @@ TEST(Registry, DescribesTheBuild) {
                            return l.rfind("cpu packed (q8/q4) kernels: ", 0) == 0;
                          }),
             lines.end());
+  // How GGUF blocks are multiplied (llama.cpp's arithmetic by default).
+  EXPECT_NE(std::find_if(lines.begin(), lines.end(),
+                         [](const std::string& l) {
+                           return l.rfind("cpu GGUF block products: ", 0) == 0;
+                         }),
+            lines.end());
   // And which multiply float weights (AVX-512 where present, beside the AVX2 rest).
   EXPECT_NE(std::find_if(lines.begin(), lines.end(),
                          [](const std::string& l) {
