@@ -15,10 +15,17 @@ cache (llama.cpp's resident case) and ferry's plan all resident.
 
   bench/llamacpp_compare.py MODEL.gguf [--caps "none 4GiB 2.5GiB"] [--rounds 3] [--n 16]
                             [--prompt-tokens 64] [--threads 2] [--headroom 256MiB]
-  env: FERRY=build/tools/ferry; FERRY_GGUF_PRODUCTS=fast (passed on to ferry) times llama.cpp's
-       q8-activation integer products instead of ferry's default exact f32 ones
+                            [--ferry-model PACK]
+  env: FERRY=build/tools/ferry; FERRY_GGUF_PRODUCTS=exact (passed on to ferry) times ferry's
+       exact f32 products instead of llama.cpp's q8-activation arithmetic, its default
 
 The models are usually written by `ferry make-model --preset llama3-8b --gguf q4_k_m -o F.gguf`.
+--ferry-model runs ferry on another file of the same weights while llama.cpp runs MODEL.gguf:
+ferry's own int4/int8 pack against llama.cpp's Q4_0/Q8_0, e.g.
+  ferry make-model --preset gptj-6b --gguf q4_0 -o g.gguf  (or --preset llama3-8b)
+  ferry convert -m g.gguf --quant int4 -o g-int4
+  bench/llamacpp_compare.py g.gguf --ferry-model g-int4
+(greedy tokens are then not compared: the two quantizations differ).
 The last line of stdout is a JSON summary.
 """
 import argparse
@@ -45,17 +52,25 @@ def parse_size(s):
     return int(float(m.group(1)) * mult)
 
 
+def files_of(path):
+    if os.path.isfile(path):
+        return [path]
+    return [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+
+
 def evict(path):
-    fd = os.open(path, os.O_RDONLY)
-    os.fdatasync(fd)
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    os.close(fd)
+    for p in files_of(path):
+        fd = os.open(p, os.O_RDONLY)
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
 
 
 def warm(path):
-    with open(path, "rb") as f:
-        while f.read(64 << 20):
-            pass
+    for p in files_of(path):
+        with open(p, "rb") as f:
+            while f.read(64 << 20):
+                pass
 
 
 class Cgroups:
@@ -175,6 +190,10 @@ def llamacpp_run(args, model, ids, cg):
     return r
 
 
+def tree_bytes(path):
+    return sum(os.path.getsize(p) for p in files_of(path))
+
+
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -191,8 +210,11 @@ def main():
     ap.add_argument("--headroom", default="256MiB")
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument("--ferry", default=os.environ.get("FERRY", os.path.join(ROOT, "build/tools/ferry")))
+    ap.add_argument("--ferry-model", default=None,
+                    help="run ferry on this file or pack (the same weights in ferry's own format)")
     args = ap.parse_args()
     model = os.path.abspath(args.model)
+    ferry_model = os.path.abspath(args.ferry_model) if args.ferry_model else model
 
     if not os.path.isdir(os.path.join(NODE_DIR, "node_modules", "node-llama-cpp")):
         print("== installing node-llama-cpp (npm ci in bench/llamacpp)", file=sys.stderr)
@@ -215,11 +237,11 @@ def main():
                 cg = None
                 if cap is not None:
                     cgroups = cgroups or Cgroups()
-                    evict(model)
+                    evict(ferry_model if tool == "ferry" else model)
                     cg = cgroups.create(cap)
                 else:
-                    warm(model)
-                r = ferry_run(args, model, ids, cap, cg) if tool == "ferry" else llamacpp_run(args, model, ids, cg)
+                    warm(ferry_model if tool == "ferry" else model)
+                r = ferry_run(args, ferry_model, ids, cap, cg) if tool == "ferry" else llamacpp_run(args, model, ids, cg)
                 if cg:
                     r["peak_bytes"] = cgroups.peak(cg)
                     r["oom_kills"] = cgroups.ooms(cg)
@@ -231,6 +253,8 @@ def main():
                 print("== " + json.dumps(shown), file=sys.stderr, flush=True)
 
     rows = []
+    if ferry_model != model:
+        print(f"\nferry ran {ferry_model} ({tree_bytes(ferry_model) / 2**30:.2f} GiB)")
     print(f"\nmodel: {model} ({os.path.getsize(model) / 2**30:.2f} GiB), {args.threads} threads, "
           f"prompt {args.prompt_tokens} tokens, {args.n} generated, {args.rounds} rounds (medians)")
     print(f"{'cap':>8} {'tool':>10} {'decode s/tok':>13} {'tok/s':>8} {'prompt tok/s':>13} {'peak GiB':>9} {'ok':>5}")
@@ -254,7 +278,7 @@ def main():
         pratio = f["prompt_tok_per_s"] / l["prompt_tok_per_s"] if f["prompt_tok_per_s"] and l["prompt_tok_per_s"] else None
         ft = [r.get("tokens") for r in results if r["cap"] == cap_name and r["tool"] == "ferry" and r.get("tokens")]
         lt = [r.get("tokens") for r in results if r["cap"] == cap_name and r["tool"] == "llama.cpp" and r.get("tokens")]
-        same = bool(ft and lt) and ft[0] == lt[0]
+        same = (bool(ft and lt) and ft[0] == lt[0]) if ferry_model == model else None
         summary["caps"][cap_name] = {"ferry": f, "llama.cpp": l, "decode_speed_ratio": ratio,
                                      "prompt_speed_ratio": pratio, "greedy_tokens_equal": same}
         rows.append((cap_name, ratio, pratio, same))
@@ -262,7 +286,8 @@ def main():
     for cap_name, ratio, pratio, same in rows:
         r = f"{ratio:.2f}x" if ratio else "n/a"
         p = f"{pratio:.2f}x" if pratio else "n/a"
-        print(f"ferry / llama.cpp speed, cap {cap_name}: decode {r}, prompt {p}; greedy tokens equal: {same}")
+        tokens = "n/a (other weights)" if same is None else same
+        print(f"ferry / llama.cpp speed, cap {cap_name}: decode {r}, prompt {p}; greedy tokens equal: {tokens}")
     print(json.dumps(summary))
     shutil.rmtree(tmp, ignore_errors=True)
 
