@@ -13,7 +13,8 @@
 # FERRY (default build/tools/ferry) picks the binary. The last line is JSON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ferry=${FERRY:-build/tools/ferry}
+# FERRY may be a command with arguments, e.g. "bench/capped.sh 4GiB build/tools/ferry".
+read -ra ferry <<<"${FERRY:-build/tools/ferry}"
 [ $# -ge 1 ] || { sed -n '2,14p' "$0"; exit 2; }
 model=$1
 shift
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
     *) echo "batch_decode.sh: unknown argument $1 (ferry's own go after --)" >&2; exit 2 ;;
   esac
 done
-[ -x "$ferry" ] || { echo "batch_decode.sh: no $ferry; build the ferry target or set FERRY" >&2; exit 2; }
+[ -x "${ferry[-1]}" ] || [ -x "${ferry[0]}" ] || { echo "batch_decode.sh: no ${ferry[*]}; build the ferry target or set FERRY" >&2; exit 2; }
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -45,11 +46,14 @@ for i in range(s):
     print(json.dumps({"ids": [(i * 131 + t * 17 + 3) % 997 for t in range(length)], "max_tokens": n}))
 PY
   start=$(date +%s.%N)
-  "$ferry" run -m "$model" --prompts "$work/prompts.jsonl" --max-seqs "$s" --ignore-eos "$@" \
+  "${ferry[@]}" run -m "$model" --prompts "$work/prompts.jsonl" --max-seqs "$s" --ignore-eos "$@" \
     >"$work/out.jsonl" 2>"$work/err.txt" || { cat "$work/err.txt" >&2; exit 1; }
   end=$(date +%s.%N)
   rate=$(grep -o 'decode [0-9.]* tok/s in all' "$work/err.txt" | awk '{print $2}')
   plan=$(grep -o 'plan: .*' "$work/err.txt" | head -1 | cut -c1-120 || true)
+  # bench/capped.sh's line: the kernel's peak for the cgroup.
+  peak=$(grep -o 'peak [0-9.]* [KMG]iB (kernel)' "$work/err.txt" | head -1 || true)
+  [ -z "$peak" ] || plan="$plan; $peak"
   [ -n "$base" ] || base=$rate
   wall=$(python3 -c "print(f'{$end - $start:.2f}')")
   row=$(python3 -c "s, r, b, w = $s, $rate, $base, $wall

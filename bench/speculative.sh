@@ -2,17 +2,19 @@
 # Speculative decoding under a memory cap (issue 20): a GPT-J-6B-shaped f16 checkpoint streams
 # from disk under a 4 GiB cgroup, and `ferry run --draft` drafts with self-int4 (the model's int4
 # pack, resident) or lookup (n-grams of the text so far) for k = 0 (no speculation), 2, 4, 8.
-# Each run reports s/token (over the arrival times of the tokens on stdout), the acceptance rate
+# Each run reports s/token over the decode (ferry's own timings: drafting + verifying over the tokens
+# after the prompt's, or a plain run's measured s/token), the acceptance rate
 # and tokens per target pass (ferry's "speculative" line), and whether its ids equal k = 0's —
-# they must (greedy, lossless). Random-weight models have tiny top-2 margins, so the int4 pack's
+# they must (greedy, lossless). Random-weight models have tiny top-2 margins, so each self-* pack's
 # top-1 agreement with f16 is measured too (`ferry perplexity --reference`) and printed beside
 # the acceptance rate.
 #
 #   bench/speculative.sh [MODEL_DIR]                 (as root: it makes a memory cgroup)
 #   env: MODEL_DIR=/var/tmp/ferry-gptj-6b  CAP=4GiB  HEADROOM=256MiB  N_TOKENS=32
-#        KS="0 2 4 8"  DRAFTS="self-int4 lookup"  IDS="<prompt ids>"  FERRY=build/tools/ferry
+#        KS="0 2 4 8"  DRAFTS="self-int4 lookup"  IDS="<prompt ids>"  AGREE_IDS="<ids>"
+#        FERRY=build/tools/ferry
 #        OUT_DIR=<dir>  TIMEOUT=3600
-# The self-int4 pack is converted once into $FERRY_CACHE_DIR/drafts (OUT_DIR/cache by default),
+# Each self-* pack is converted once into $FERRY_CACHE_DIR/drafts (OUT_DIR/cache by default),
 # before the timed runs. The last line of stdout is a JSON summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +35,9 @@ DRAFTS=${DRAFTS:-"self-int4 lookup"}
 # A prompt that repeats itself, so prompt lookup has something to find.
 IDS=${IDS:-"15496 995 11 314 716 257 1332 13 15496 995 11 314 716 257 1332 13"}
 TIMEOUT=${TIMEOUT:-3600}
+# The pack-vs-f16 agreement is measured over more positions than the prompt has: 256 ids spread
+# over the vocabulary's first 50000.
+AGREE_IDS=${AGREE_IDS:-$(python3 -c "print(' '.join(str((i * 7919 + 13) % 50000) for i in range(256)))")}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/ferry-speculative.XXXXXX)}
 export FERRY_CACHE_DIR=${FERRY_CACHE_DIR:-$OUT_DIR/cache}
 mkdir -p "$OUT_DIR" "$FERRY_CACHE_DIR"
@@ -98,12 +103,21 @@ json.dump({'lines': out, 'times': times}, open('$OUT_DIR/$name.out.json', 'w'))
 " || log "$name failed (see $OUT_DIR/$name.err)"
 }
 
-log "converting the self-int4 draft once (outside the cap)"
-"$FERRY" run -m "$MODEL_DIR" --ids "$IDS" -n 1 --draft self-int4 --draft-k 1 -q >/dev/null 2>&1 || true
-
-log "int4-vs-f16 top-1 agreement"
-"$FERRY" perplexity -m "$(ls -d "$FERRY_CACHE_DIR"/drafts/*-int4-* | head -1)" --reference "$MODEL_DIR" \
-  --ids "$IDS" --json -q >"$OUT_DIR/agreement.txt" 2>&1 || log "agreement not measured"
+: >"$OUT_DIR/agreement.txt"
+for draft in $DRAFTS; do
+  case "$draft" in self-int4|self-int8) ;; *) continue ;; esac
+  quant=${draft#self-}
+  log "converting the $draft draft once (outside the cap)"
+  "$FERRY" run -m "$MODEL_DIR" --ids "$IDS" -n 1 --draft "$draft" --draft-k 1 -q >/dev/null 2>&1 || true
+  log "$quant-vs-f16 top-1 agreement"
+  pack=$(ls -d "$FERRY_CACHE_DIR"/drafts/*-"$quant"-* 2>/dev/null | head -1 || true)
+  if [ -n "$pack" ] && "$FERRY" perplexity -m "$pack" --reference "$MODEL_DIR" --ids "$AGREE_IDS" --json -q \
+      >"$OUT_DIR/agreement-$quant.txt" 2>&1; then
+    echo "$quant $(tail -n 1 "$OUT_DIR/agreement-$quant.txt")" >>"$OUT_DIR/agreement.txt"
+  else
+    log "$quant agreement not measured"
+  fi
+done
 
 for draft in $DRAFTS; do
   for k in $KS; do
@@ -121,9 +135,17 @@ def load(name):
     j = json.load(open(p))
     err = open(os.path.join(d, name + ".err")).read()
     ids = json.loads(j["lines"][-1]) if j["lines"] else None
-    spec = re.search(r"speculative \(.*?\): (\d+) target passes.*?(\d+) of (\d+) drafts judged were accepted \(([\d.]+)%; \d+ drafted\), ([\d.]+) tokens per pass", err)
-    dec = re.search(r"decode ([\d.]+) tok/s", err)
-    return {"ids": ids, "s_per_token": 1 / float(dec[1]) if dec and float(dec[1]) > 0 else None,
+    spec = re.search(r"speculative \(.*?\): (\d+) target passes.*?(\d+) of (\d+) drafts judged were accepted \(([\d.]+)%; \d+ drafted\), ([\d.]+) tokens per pass; drafting ([\d.]+) s, verifying ([\d.]+) s", err)
+    gen = re.search(r"generated (\d+) tokens", err)
+    measured = re.search(r"measured ([\d.]+) s/token", err)
+    # s/token over the decode: a speculative run's drafting + verifying over the tokens after the
+    # first (which the prompt's pass gives); a plain run's own "measured" figure, the same span.
+    s_tok = None
+    if spec and gen and int(gen[1]) > 1:
+        s_tok = (float(spec[6]) + float(spec[7])) / (int(gen[1]) - 1)
+    elif measured:
+        s_tok = float(measured[1])
+    return {"ids": ids, "s_per_token": s_tok,
             "acceptance": float(spec[4]) / 100 if spec else None,
             "tokens_per_pass": float(spec[5]) if spec else 1.0}
 plain = load("plain")
@@ -139,7 +161,15 @@ for r in rows:
     fmt = lambda v, f: (f % v) if v is not None else "-"
     print(f"{r['name']:<18}{fmt(r['s_per_token'], '%.3f'):>10}{fmt(r['acceptance'], '%.2f'):>8}"
           f"{r['tokens_per_pass']:>10.2f}{fmt(r['speedup'], '%.2fx'):>9}  {r['same_ids']}")
-agree = open(os.path.join(d, "agreement.txt")).read().strip().splitlines()
+agree = {}
+for line in open(os.path.join(d, "agreement.txt")).read().strip().splitlines():
+    quant, js = line.split(" ", 1)
+    try:
+        ref = json.loads(js)["reference"]
+        agree[quant] = {"top1_agreement": ref["top1_agreement"], "kl_mean": ref["kl_mean"]}
+        print(f"{quant} vs f16: same top-1 token at {100 * ref['top1_agreement']:.1f}% of positions, KL {ref['kl_mean']:.4f} nats")
+    except (ValueError, KeyError):
+        agree[quant] = js
 print(json.dumps({"runs": [{k: v for k, v in r.items() if k != "ids"} for r in rows],
-                  "int4_vs_f16": agree[-1] if agree else None}))
+                  "agreement_vs_f16": agree}))
 PY

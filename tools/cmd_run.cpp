@@ -32,6 +32,13 @@ namespace ferry::tools {
 
 namespace {
 
+// A rate in tokens/s, three decimals below 10: a disk-bound model decodes a fraction of a token a
+// second, and the benchmarks take s/token from this figure.
+std::string format_rate(double tokens_per_s) {
+  return tokens_per_s < 10 ? fmt::format("{:.3f}", tokens_per_s)
+                           : fmt::format("{:.1f}", tokens_per_s);
+}
+
 struct TokenizerOptions {
   std::string vocab;
   std::string merges;
@@ -262,17 +269,12 @@ int run_prompts_file(const RunOptions& o) {
   const PromptsSummary s = run_prompts(ses.engine(), std::move(jobs), shape, eos, ses.tokenizer(),
                                        stdout, speculation);
   if (!o.trace.empty()) profile::finish_trace(o.trace);
-  // Three decimals below 10 tok/s: a disk-bound model decodes a fraction of a token a second.
-  const auto rate = [](double tokens, double seconds) {
-    const double r = seconds > 0 ? tokens / seconds : 0.0;
-    return r < 10 ? fmt::format("{:.3f}", r) : fmt::format("{:.1f}", r);
-  };
   if (!o.quiet)
     eprint("ferry: {} prompts, {} at a time: {} prompt tokens, {} generated in {:.3f} s "
            "({} tok/s) over {} passes; decode {} tok/s in all{}\n",
            s.prompts, shape.max_seqs, s.stats.prompt_tokens_total, s.stats.generated_tokens_total,
-           s.seconds, rate(static_cast<double>(s.stats.generated_tokens_total), s.seconds),
-           s.stats.steps, rate(static_cast<double>(s.stats.decode_tokens), s.stats.decode_s),
+           s.seconds, format_rate(s.seconds > 0 ? static_cast<double>(s.stats.generated_tokens_total) / s.seconds : 0),
+           s.stats.steps, format_rate(s.stats.decode_s > 0 ? static_cast<double>(s.stats.decode_tokens) / s.stats.decode_s : 0),
            s.failed ? fmt::format("; {} failed (see their lines)", s.failed) : "");
   const engine::SchedulerStats& st = s.stats;
   const uint64_t judged = st.draft_tokens_accepted + st.draft_tokens_rejected;
@@ -422,10 +424,9 @@ Command add_run(CLI::App& app) {
           stats.prompt_s > 0 ? static_cast<double>(stats.prompt_tokens) / stats.prompt_s : 0;
       const double decode_tps =
           stats.decode_s > 0 ? static_cast<double>(stats.decode_steps) / stats.decode_s : 0;
-      eprint(
-          "ferry: prompt {} tokens in {:.3f} s ({:.1f} tok/s); generated {} tokens, "
-          "decode {:.1f} tok/s\n",
-          stats.prompt_tokens, stats.prompt_s, prompt_tps, stats.new_tokens, decode_tps);
+      eprint("ferry: prompt {} tokens in {:.3f} s ({} tok/s); generated {} tokens, decode {} tok/s\n",
+             stats.prompt_tokens, stats.prompt_s, format_rate(prompt_tps), stats.new_tokens,
+             format_rate(decode_tps));
       // The plan's prediction against the run, and the rates it achieved for the next plans; a
       // speculative run's passes score several positions, so it teaches no per-token rates.
       if (draft) {

@@ -14,17 +14,49 @@ namespace ferry::tools {
 
 namespace fs = std::filesystem;
 
+std::optional<AlonePlan> plan_without_draft(const planner::Plan& target,
+                                            uint64_t draft_resident_bytes) {
+  if (draft_resident_bytes == 0) return std::nullopt;
+  planner::PlanRequest request = target.request;
+  request.machine.ram_bytes.value += static_cast<double>(draft_resident_bytes);
+  try {
+    const planner::Plan alone = planner::make_plan(request);
+    AlonePlan a;
+    a.s_per_token = alone.chosen.predicted.s_per_token;
+    a.units = alone.request.units.size();
+    a.resident_units = a.units - std::min(a.units, alone.chosen.count(offload::Tier::disk));
+    return a;
+  } catch (const std::exception&) {
+    return std::nullopt;  // the comparison is advice; a plan that cannot be made gives none
+  }
+}
+
 std::vector<std::string> speculation_lines(const engine::Acceptance& acceptance,
                                            const std::vector<engine::SpeculationChoice>& choices,
-                                           int k_used) {
+                                           int k_used, const std::optional<AlonePlan>& alone) {
   std::vector<std::string> lines;
   if (choices.empty()) return lines;
   lines.push_back(fmt::format(
       "speculation: acceptance {:.2f} ({}); predicted per k:", acceptance.rate, acceptance.source));
-  for (const engine::SpeculationChoice& c : choices)
+  double best = choices.front().s_per_token;
+  for (const engine::SpeculationChoice& c : choices) {
     lines.push_back(fmt::format("  k {}: {:.2f} tokens per target pass, {:.4f} s/token{}", c.k,
                                 c.tokens_per_pass, c.s_per_token,
                                 c.k == k_used ? "  <- used" : ""));
+    best = std::min(best, c.s_per_token);
+  }
+  if (alone) {
+    lines.push_back(fmt::format(
+        "  without the draft: {:.4f} s/token, {} of {} units resident with the draft's memory "
+        "given back",
+        alone->s_per_token, alone->resident_units, alone->units));
+    if (alone->s_per_token <= best)
+      lines.push_back(fmt::format(
+          "  speculation does not pay here: decoding without --draft is predicted faster "
+          "({:.4f} against {:.4f} s/token at best); a smaller draft, --draft lookup or more "
+          "--max-ram may change that",
+          alone->s_per_token, best));
+  }
   return lines;
 }
 
@@ -87,6 +119,9 @@ std::vector<std::string> plan_speculation(const DraftPlan& draft, const planner:
       costs_of(target, draft.plan ? &*draft.plan : nullptr, a.rate), k > 0 ? k : kAutoMaxK);
   const engine::SpeculationChoice used = k > 0 ? choices.back() : engine::best_speculation(choices);
   if (choice) *choice = used;
+  // Decoding alone means without the draft's resident bytes taken from the budget.
+  const std::optional<AlonePlan> alone = plan_without_draft(target, draft.resident_bytes);
+  const double alone_s = alone ? alone->s_per_token : choices.front().s_per_token;
   std::vector<std::string> lines;
   lines.push_back(fmt::format(
       "draft: {}{}; {}", draft.spec.describe(),
@@ -95,13 +130,12 @@ std::vector<std::string> plan_speculation(const DraftPlan& draft, const planner:
                                format_bytes(draft.resident_bytes),
                                draft.plan->chosen.predicted.s_per_token)
                  : std::string(", no model"),
-      used.k == 0 ? fmt::format("no speculation pays off: {:.4f} s/token alone",
-                                choices.front().s_per_token)
+      used.k == 0 ? fmt::format("no speculation pays off: {:.4f} s/token alone", alone_s)
                   : fmt::format("k {}: {:.4f} s/token, {:.2f} tokens per pass ({:.2f}x "
                                 "decoding alone)",
                                 used.k, used.s_per_token, used.tokens_per_pass,
-                                choices.front().s_per_token / used.s_per_token)));
-  for (std::string& l : speculation_lines(a, choices, used.k)) lines.push_back(std::move(l));
+                                alone_s / used.s_per_token)));
+  for (std::string& l : speculation_lines(a, choices, used.k, alone)) lines.push_back(std::move(l));
   return lines;
 }
 
@@ -218,6 +252,7 @@ void DraftRun::check_against(const session::Session& target) {
         session_ && session_->model().plan ? &*session_->model().plan : nullptr;
     predictions_ = engine::predict_speculation(costs_of(*m.plan, draft_plan, acceptance_.rate),
                                                auto_k_ ? kAutoMaxK : k_);
+    alone_ = plan_without_draft(*m.plan, resident_bytes_);
     if (auto_k_) k_ = engine::best_speculation(predictions_).k;
   } else if (auto_k_) {
     k_ = kDefaultDraftK;
@@ -247,7 +282,7 @@ std::string DraftRun::describe() const {
 }
 
 std::vector<std::string> DraftRun::explain() const {
-  return speculation_lines(acceptance_, predictions_, k_);
+  return speculation_lines(acceptance_, predictions_, k_, alone_);
 }
 
 std::vector<std::string> DraftRun::plan_lines() const {

@@ -30,11 +30,25 @@ inline constexpr int kAutoMaxK = 8;
 
 void add_draft_options(CLI::App* cmd, DraftFlags& flags);
 
+// The target planned without the draft: the draft's resident bytes given back to it, so more of
+// its layers may stay resident. Speculation pays only when it beats this, not just k 0 with the
+// draft loaded (which is always slower).
+struct AlonePlan {
+  double s_per_token = 0;
+  std::size_t resident_units = 0;
+  std::size_t units = 0;
+};
+// None when the draft keeps nothing resident (lookup) or the plan cannot be made.
+std::optional<AlonePlan> plan_without_draft(const planner::Plan& target,
+                                            uint64_t draft_resident_bytes);
+
 // The lines that show speculation's trade: the acceptance rate and its source, then the predicted
-// tokens per pass and s/token for each k, the one used marked.
+// tokens per pass and s/token for each k, the one used marked, then the target alone when a
+// draft model takes part of its budget (and a plain word when alone is predicted faster).
 std::vector<std::string> speculation_lines(const engine::Acceptance& acceptance,
                                            const std::vector<engine::SpeculationChoice>& choices,
-                                           int k_used);
+                                           int k_used,
+                                           const std::optional<AlonePlan>& alone = std::nullopt);
 
 // The drafter's figures for a target plan: a draft's weights and KV cache stay resident (taken
 // from the target's budget), and each drafted token costs its predicted s/token.
@@ -101,6 +115,7 @@ class DraftRun {
   std::filesystem::path target_path_;
   engine::Acceptance acceptance_;
   std::vector<engine::SpeculationChoice> predictions_;
+  std::optional<AlonePlan> alone_;
   std::filesystem::path draft_path_;
   std::unique_ptr<session::Session> session_;  // a draft model's, else null
   std::unique_ptr<engine::Drafter> drafter_;

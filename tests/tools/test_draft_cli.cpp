@@ -147,6 +147,23 @@ TEST_F(DraftCli, PlanShowsTheTrade) {
   EXPECT_NE(r.out.find("acceptance 0.60 (default guess for self-int4)"), std::string::npos)
       << r.out;
   EXPECT_NE(r.out.find("  k 8: "), std::string::npos) << r.out;
+  // The baseline is the target without the draft: its 8 GiB keep more layers resident.
+  EXPECT_NE(r.out.find("  without the draft: "), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("speculation does not pay here"), std::string::npos) << r.out;
+  // With 14 GiB the target alone is all resident; an int8 draft's 5.7 GiB would make it stream,
+  // and the plan says that decoding without the draft is faster.
+  a = {"plan", "-m", cfg, "--max-ram", "14GiB", "--ctx", "256", "--no-measure", "--draft",
+       "self-int8", "--explain"};
+  r = ferry(a);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("without the draft: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("29 of 29 units resident with the draft's memory given back"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("speculation does not pay here: decoding without --draft is predicted "
+                       "faster"),
+            std::string::npos)
+      << r.out;
   a = base;
   a.insert(a.end(), {"--draft", "lookup", "--draft-k", "2", "--json"});
   r = ferry(a);
