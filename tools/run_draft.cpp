@@ -104,9 +104,12 @@ DraftPlan plan_draft(const engine::DraftSpec& spec, const model::ModelConfig& ta
         engine::plan_request(config, &ck, machine, po, spec.path.string() + " (draft)"));
   }
   FERRY_EXPECT(d.plan->chosen.count(offload::Tier::disk) == 0,
-               "the draft {} does not fit in RAM ({}); a streamed draft costs more than it "
-               "saves — raise --max-ram, use a smaller draft, or --draft lookup",
-               spec.describe(), d.plan->summary());
+               "the draft {} does not fit in RAM ({}; its KV cache for {} tokens takes {}); a "
+               "streamed draft costs more than it saves — raise --max-ram, plan a shorter "
+               "context (--ctx: ferry run sizes it for the prompt and the new tokens), use a "
+               "smaller draft, or --draft lookup",
+               spec.describe(), d.plan->summary(), d.plan->request.context,
+               format_bytes(d.plan->request.kv_bytes));
   d.resident_bytes = draft_resident_bytes(*d.plan);
   return d;
 }

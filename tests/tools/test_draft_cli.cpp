@@ -164,6 +164,13 @@ TEST_F(DraftCli, PlanShowsTheTrade) {
                        "faster"),
             std::string::npos)
       << r.out;
+  // A draft that does not fit names its KV cache for the planned context and --ctx.
+  a = {"plan", "-m", cfg, "--max-ram", "3.75GiB", "--no-measure", "--draft", "self-int4"};
+  r = ferry(a);
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("the draft self-int4 does not fit in RAM"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("its KV cache for 2048 tokens takes"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--ctx"), std::string::npos) << r.err;
   a = base;
   a.insert(a.end(), {"--draft", "lookup", "--draft-k", "2", "--json"});
   r = ferry(a);
