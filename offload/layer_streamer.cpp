@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -112,7 +113,7 @@ namespace {
 
 enum class UnitState { idle, in_flight, held };
 
-// Reads one byte of every 4 KiB page of a unit that was just read into its resident memory. The
+// Reads one byte of every page of a unit that was just read into its resident memory. The
 // bytes arrived by DMA (O_DIRECT), which leaves a virtual machine's shadow page tables without
 // this process's mapping of those pages: the CPU's first access to each page then exits to the
 // hypervisor. On this project's VMs that costs about 4 us a page (1 GB/s), and without this the
@@ -121,8 +122,9 @@ enum class UnitState { idle, in_flight, held };
 // layer). Touched here, it is paid during the load, while the next units' reads are in flight;
 // on bare metal it is a read of 1/64 of the bytes from RAM.
 void touch_pages(const std::byte* p, std::size_t nbytes) {
+  static const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
   const volatile std::byte* v = p;
-  for (std::size_t off = 0; off < nbytes; off += 4096) static_cast<void>(v[off]);
+  for (std::size_t off = 0; off < nbytes; off += page) static_cast<void>(v[off]);
 }
 
 // A whole checkpoint file mapped read-only, for the mapped tier.

@@ -32,11 +32,11 @@ namespace ferry::tools {
 
 namespace {
 
-// A rate in tokens/s, three decimals below 10: a disk-bound model decodes a fraction of a token a
-// second, and the benchmarks take s/token from this figure.
-std::string format_rate(double tokens_per_s) {
-  return tokens_per_s < 10 ? fmt::format("{:.3f}", tokens_per_s)
-                           : fmt::format("{:.1f}", tokens_per_s);
+// Tokens over seconds as tokens/s (0 when no time passed), three decimals below 10: a disk-bound
+// model decodes a fraction of a token a second, and the benchmarks take s/token from this figure.
+std::string format_rate(double tokens, double seconds) {
+  const double r = seconds > 0 ? tokens / seconds : 0.0;
+  return r < 10 ? fmt::format("{:.3f}", r) : fmt::format("{:.1f}", r);
 }
 
 struct TokenizerOptions {
@@ -273,8 +273,8 @@ int run_prompts_file(const RunOptions& o) {
     eprint("ferry: {} prompts, {} at a time: {} prompt tokens, {} generated in {:.3f} s "
            "({} tok/s) over {} passes; decode {} tok/s in all{}\n",
            s.prompts, shape.max_seqs, s.stats.prompt_tokens_total, s.stats.generated_tokens_total,
-           s.seconds, format_rate(s.seconds > 0 ? static_cast<double>(s.stats.generated_tokens_total) / s.seconds : 0),
-           s.stats.steps, format_rate(s.stats.decode_s > 0 ? static_cast<double>(s.stats.decode_tokens) / s.stats.decode_s : 0),
+           s.seconds, format_rate(static_cast<double>(s.stats.generated_tokens_total), s.seconds),
+           s.stats.steps, format_rate(static_cast<double>(s.stats.decode_tokens), s.stats.decode_s),
            s.failed ? fmt::format("; {} failed (see their lines)", s.failed) : "");
   const engine::SchedulerStats& st = s.stats;
   const uint64_t judged = st.draft_tokens_accepted + st.draft_tokens_rejected;
@@ -420,13 +420,12 @@ Command add_run(CLI::App& app) {
     if (!o->trace.empty()) profile::finish_trace(o->trace);
     if (!o->quiet) {
       const engine::GenerateStats& stats = outcome.stats;
-      const double prompt_tps =
-          stats.prompt_s > 0 ? static_cast<double>(stats.prompt_tokens) / stats.prompt_s : 0;
-      const double decode_tps =
-          stats.decode_s > 0 ? static_cast<double>(stats.decode_steps) / stats.decode_s : 0;
-      eprint("ferry: prompt {} tokens in {:.3f} s ({} tok/s); generated {} tokens, decode {} tok/s\n",
-             stats.prompt_tokens, stats.prompt_s, format_rate(prompt_tps), stats.new_tokens,
-             format_rate(decode_tps));
+      eprint("ferry: prompt {} tokens in {:.3f} s ({} tok/s); generated {} tokens, decode {} "
+             "tok/s\n",
+             stats.prompt_tokens, stats.prompt_s,
+             format_rate(static_cast<double>(stats.prompt_tokens), stats.prompt_s),
+             stats.new_tokens,
+             format_rate(static_cast<double>(stats.decode_steps), stats.decode_s));
       // The plan's prediction against the run, and the rates it achieved for the next plans; a
       // speculative run's passes score several positions, so it teaches no per-token rates.
       if (draft) {
