@@ -167,6 +167,23 @@ BENCHMARK_CAPTURE(BM_PackedRows, q4g128, DType::q4_g128)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
+// llama.cpp's block formats on the same shape, through the GGUF products (llama.cpp's q8-activation
+// arithmetic, the default): decode (m 1) is the figure to hold against the read loop.
+BENCHMARK_CAPTURE(BM_PackedRows, q4_k, DType::q4_k)
+    ->Arg(1)
+    ->Arg(4)
+    ->Arg(16)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_PackedRows, q6_k, DType::q6_k)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_PackedRows, q5_k, DType::q5_k)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_PackedRows, q8_0, DType::q8_0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_PackedRows, q4_0, DType::q4_0)
+    ->Arg(1)
+    ->Arg(4)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
 void BM_Xxh64(benchmark::State& state) {
   const auto nbytes = static_cast<std::size_t>(state.range(0));
   ferry::AlignedBuffer buf(nbytes, 4096);

@@ -601,6 +601,8 @@ float plain_fast_dot(const unsigned char* row, DType t, int64_t k, const PlainQ8
       const bool five = t == DType::q5_k;
       int sumi = 0;
       int mins = 0;
+      int64_t abs_i = 0;  // Σ|products| and Σ|minimum terms|: what any lane of a split sum holds
+      int64_t abs_m = 0;
       for (int j = 0; j < 8; ++j) {
         uint8_t sc = 0;
         uint8_t mn = 0;
@@ -612,18 +614,24 @@ float plain_fast_dot(const unsigned char* row, DType t, int64_t k, const PlainQ8
           // ggml's dequantize_row_q5_K: sub-block j's fifth bit is bit j of qh[l].
           if (five) q |= ((b[16 + l] >> j) & 1) << 4;
           s += q * a.q[256 * i + 32 * j + l];
+          abs_i += std::abs(sc * q * a.q[256 * i + 32 * j + l]);
         }
         sumi += sc * s;
         mins += mn * (a.bsums[16 * i + 2 * j] + a.bsums[16 * i + 2 * j + 1]);
+        abs_m += mn * (std::abs(a.bsums[16 * i + 2 * j]) + std::abs(a.bsums[16 * i + 2 * j + 1]));
       }
       const float d = a.d[i] * h2f(b);
       const float dmin = a.d[i] * h2f(b + 2);
       const float term = d * static_cast<float>(sumi);
       const float mterm = dmin * static_cast<float>(mins);
       sum += term - mterm;
-      sum_abs += std::fabs(term) + std::fabs(mterm);
+      // The kernels (as llama.cpp's) accumulate the block's integer lanes and minimum lanes
+      // into f32 lanes, so their roundings scale with the lanes' magnitudes, not the term's.
+      sum_abs += std::fabs(static_cast<double>(d)) * static_cast<double>(abs_i) +
+                 std::fabs(static_cast<double>(dmin)) * static_cast<double>(abs_m);
     } else {  // q6_k: element 128h + 32t + l (t = 0…3) from ql, qh of half h; scales per 16
       int sumi = 0;
+      int64_t abs_i = 0;  // Σ|sc·q·q8| + 32·Σ|sc·q8|: a bound on any lane of a split sum
       for (int h = 0; h < 2; ++h) {
         for (int t4 = 0; t4 < 4; ++t4) {
           for (int l = 0; l < 32; ++l) {
@@ -633,12 +641,14 @@ float plain_fast_dot(const unsigned char* row, DType t, int64_t k, const PlainQ8
             const int e = 128 * h + 32 * t4 + l;
             const int sc = static_cast<int8_t>(b[192 + e / 16]);
             sumi += sc * ((lo | hi << 4) - 32) * a.q[256 * i + e];
+            abs_i += std::abs(sc * a.q[256 * i + e]) * ((lo | hi << 4) + 32);
           }
         }
       }
-      const float term = h2f(b + 208) * a.d[i] * static_cast<float>(sumi);
+      const float scale = h2f(b + 208) * a.d[i];
+      const float term = scale * static_cast<float>(sumi);
       sum += term;
-      sum_abs += std::fabs(term);
+      sum_abs += std::fabs(static_cast<double>(scale)) * static_cast<double>(abs_i);
     }
   }
   return sum;
