@@ -33,6 +33,9 @@ namespace {
 // 3 × 4 accumulators, 3 x vectors and one weight vector fill the 16 ymm registers.
 constexpr int kMr = 3;
 constexpr int kNr = 4;
+// The few-row product from the stored weights takes the same tile.
+constexpr int kDirectMr = kMr;
+constexpr int kDirectNr = kNr;
 
 #include "kernels/cpu/detail/gemm_body.inc"
 

@@ -1,12 +1,14 @@
 // gemm_avx2.cpp's product (see there) compiled with AVX-512 F/BW/VL, which ops.cpp picks where
-// the processor has it (FERRY_SIMD=avx2 keeps AVX2). What it gains is registers: AVX-512 VL gives
-// 256-bit instructions 32 of them, so the register tile grows from 3 × 4 to 6 × 4 accumulators —
-// 10 loads per 24 FMAs instead of 7 per 12.
+// the processor has it (FERRY_SIMD=avx2 keeps AVX2). AVX-512 VL gives 256-bit instructions 32
+// registers, so the few-row tile grows from 3 × 4 to 6 × 4 accumulators; and the packed panels
+// (prompts) run 16-lane FMAs, which Zen 5 and Intel's server cores execute whole: on this
+// project's 2-vCPU Zen 5 VM bench_kernels' FMA peak is 456 GFLOP/s with 16 lanes against 212
+// with 8 (on Zen 4 a 16-lane FMA costs two 8-lane ones, and the two peaks are equal).
 //
-// The vectors stay 8 lanes wide on purpose: 16-lane accumulators would sum each output in another
-// order than the decode's mat-vec (and than AVX2 machines), and on Zen 4 a 512-bit FMA costs two
-// 256-bit ones, so wider vectors would not raise the FMA peak there. Both files give every row
-// of x the bits the decode gives it.
+// Every output keeps its 8-lane accumulator all the same: a 16-lane register carries two of them
+// (two weight rows against x's 8 columns broadcast to both halves), so each lane's FMAs are the
+// 8-lane kernel's and a row of x gets the bits the decode's mat-vec gives it, on AVX2 machines
+// too. 16 lanes of one output would sum in another order than the decode (and than AVX2).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -28,11 +30,18 @@ using avx2::hsum4;
 using avx2::kLinearTileCols;
 using avx2::min_i64;
 
-// 6 × 4 accumulators, 6 x vectors and one weight vector: 31 of the 32 registers.
+// Panels: 6 rows of x × 8 weight rows, two outputs to a 16-lane register — 24 accumulators, 6 x
+// vectors and one weight vector: 31 of the 32 registers, 10 loads per 24 FMAs of 16 lanes.
 constexpr int kMr = 6;
-constexpr int kNr = 4;
+constexpr int kNr = 8;
+// The few-row product from the stored weights (8-lane): 6 × 4 accumulators, 6 x vectors and one
+// weight vector.
+constexpr int kDirectMr = 6;
+constexpr int kDirectNr = 4;
+#define FERRY_GEMM_512 1
 
 #include "kernels/cpu/detail/gemm_body.inc"
+#undef FERRY_GEMM_512
 
 }  // namespace
 
