@@ -163,9 +163,33 @@ void CpuBackend::attend(int layer, std::span<const SeqRows> seqs, const float* q
   }
 }
 
-void CpuBackend::gelu_new(float* x, int64_t n) { cpu::gelu_new(x, n); }
+namespace {
 
-void CpuBackend::silu_mul(float* gate, const float* up, int64_t n) { cpu::silu_mul(gate, up, n); }
+// Elementwise activations over a prompt's rows (64 × 16384 values a layer for GPT-J) are worth
+// the pool: on one thread GPT-J's tanh took 7% of a 64-token prompt's CPU time while the other
+// core waited. Chunks of 16K values; each value's result is the same on any thread.
+constexpr int64_t kActivationChunk = int64_t{1} << 14;
+
+template <class Fn>
+void split(ThreadPool& pool, int64_t n, Fn fn) {
+  if (n < 2 * kActivationChunk) {
+    fn(0, n);
+    return;
+  }
+  pool.parallel_for((n + kActivationChunk - 1) / kActivationChunk, 1, [&](int64_t b, int64_t e) {
+    fn(b * kActivationChunk, std::min(n, e * kActivationChunk));
+  });
+}
+
+}  // namespace
+
+void CpuBackend::gelu_new(float* x, int64_t n) {
+  split(pool_, n, [&](int64_t b, int64_t e) { cpu::gelu_new(x + b, e - b); });
+}
+
+void CpuBackend::silu_mul(float* gate, const float* up, int64_t n) {
+  split(pool_, n, [&](int64_t b, int64_t e) { cpu::silu_mul(gate + b, up + b, e - b); });
+}
 
 void CpuBackend::add(float* y, const float* x, int64_t n) { cpu::add(y, x, n); }
 
