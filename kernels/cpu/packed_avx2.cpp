@@ -241,8 +241,25 @@ void q4_tile(const XRows& xr, int64_t i0, const unsigned char* w, const PackedLa
   const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i ones = _mm256_set1_epi16(1);
   alignas(32) float sc[MR][NR][8];
+  // The scales and minima at each row's head, away from the nibbles' stream, asked for 64 groups
+  // ahead (and the next tile's first lines now): waiting on them held the AVX-512 kernel's
+  // mat-vec to half the read loop (packed_avx512_body.inc).
+#pragma GCC unroll 4
+  for (int r = 0; r < NR; ++r) {
+    const char* next = reinterpret_cast<const char*>(w + (NR + r) * l.row_bytes);
+    _mm_prefetch(next, _MM_HINT_T0);
+    _mm_prefetch(next + l.mins, _MM_HINT_T0);
+  }
   for (int64_t g0 = 0; g0 < full_groups; g0 += 8) {
     const int64_t gn = full_groups - g0 < 8 ? full_groups - g0 : 8;
+    if (g0 % 32 == 0) {
+#pragma GCC unroll 4
+      for (int r = 0; r < NR; ++r) {
+        const char* head = reinterpret_cast<const char*>(w + r * l.row_bytes + 2 * (g0 + 64));
+        _mm_prefetch(head, _MM_HINT_T0);
+        _mm_prefetch(head + l.mins, _MM_HINT_T0);
+      }
+    }
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i) {
       const float* dx = xr.dx + (i0 + i) * xr.s_stride;
