@@ -193,55 +193,20 @@ __attribute__((target("avx512f"))) float fma_chains_512(int64_t iters) {
   return lanes[0] + lanes[15];
 }
 
-// The f32 FMA peak on every thread of the pool the kernels use: what a compute-bound product
-// (a prompt's linear) is judged against. 8-lane FMAs; on Zen 4 a 16-lane one costs two, so
-// AVX-512 does not raise it there.
-void BM_FmaPeakAvx2(benchmark::State& state) {
-  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) {
-    state.SkipWithError("no AVX2/FMA on this processor");
-    return;
-  }
+// One FMA-chain loop (chains(iters), lanes wide) on every thread of the pool, timed at its best
+// iteration (the machine may be shared, and a peak is what it can do at best); g_fma_peak_flops
+// keeps the highest peak any width reached.
+void run_fma_peak(benchmark::State& state, float (*chains)(int64_t), int lanes, int64_t iters) {
   ThreadPool& pool = ferry::default_thread_pool();
-  constexpr int64_t kIters = int64_t{1} << 22;  // per work item: 12·8·2·4M = 805 MFLOP
   const int64_t items = pool.size();
   std::vector<float> out(static_cast<std::size_t>(items));
-  const double flops = 12.0 * 8 * 2 * static_cast<double>(kIters) * static_cast<double>(items);
+  const double flops =
+      12.0 * lanes * 2 * static_cast<double>(iters) * static_cast<double>(items);
   double best_s = 0.0;
   for (auto _ : state) {
     const auto start = std::chrono::steady_clock::now();
     pool.parallel_for(items, 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) out[static_cast<std::size_t>(i)] = fma_chains(kIters);
-    });
-    benchmark::DoNotOptimize(out.data());
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (best_s == 0.0 || s < best_s) best_s = s;
-  }
-  // The best iteration: the machine may be shared, and a peak is what it can do at best.
-  if (best_s > 0.0) g_fma_peak_flops = std::max(g_fma_peak_flops, flops / best_s);
-  state.counters["flops"] =
-      benchmark::Counter(flops * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
-  state.counters["best_flops"] = g_fma_peak_flops;
-  state.counters["threads"] = pool.size();
-}
-BENCHMARK(BM_FmaPeakAvx2)->Unit(benchmark::kMillisecond)->UseRealTime();
-
-// The 16-lane peak, where the processor has AVX-512: peak_frac is then judged against the higher
-// of the two, the machine's real ceiling.
-void BM_FmaPeakAvx512(benchmark::State& state) {
-  if (!__builtin_cpu_supports("avx512f")) {
-    state.SkipWithError("no AVX-512 on this processor");
-    return;
-  }
-  ThreadPool& pool = ferry::default_thread_pool();
-  constexpr int64_t kIters = int64_t{1} << 21;
-  const int64_t items = pool.size();
-  std::vector<float> out(static_cast<std::size_t>(items));
-  const double flops = 12.0 * 16 * 2 * static_cast<double>(kIters) * static_cast<double>(items);
-  double best_s = 0.0;
-  for (auto _ : state) {
-    const auto start = std::chrono::steady_clock::now();
-    pool.parallel_for(items, 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) out[static_cast<std::size_t>(i)] = fma_chains_512(kIters);
+      for (int64_t i = b; i < e; ++i) out[static_cast<std::size_t>(i)] = chains(iters);
     });
     benchmark::DoNotOptimize(out.data());
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -253,6 +218,27 @@ void BM_FmaPeakAvx512(benchmark::State& state) {
       benchmark::Counter(flops * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
   state.counters["best_flops"] = peak;
   state.counters["threads"] = pool.size();
+}
+
+// The f32 FMA peak on every thread of the pool the kernels use, 8 lanes wide: what a
+// compute-bound product (a prompt's linear) is judged against where AVX-512 is absent or split.
+void BM_FmaPeakAvx2(benchmark::State& state) {
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) {
+    state.SkipWithError("no AVX2/FMA on this processor");
+    return;
+  }
+  run_fma_peak(state, fma_chains, 8, int64_t{1} << 22);  // per work item: 12·8·2·4M = 805 MFLOP
+}
+BENCHMARK(BM_FmaPeakAvx2)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// The 16-lane peak, where the processor has AVX-512: peak_frac is then judged against the higher
+// of the two, the machine's real ceiling (on Zen 4 they are equal; Zen 5 doubles it).
+void BM_FmaPeakAvx512(benchmark::State& state) {
+  if (!__builtin_cpu_supports("avx512f")) {
+    state.SkipWithError("no AVX-512 on this processor");
+    return;
+  }
+  run_fma_peak(state, fma_chains_512, 16, int64_t{1} << 21);
 }
 BENCHMARK(BM_FmaPeakAvx512)->Unit(benchmark::kMillisecond)->UseRealTime();
 
