@@ -27,6 +27,7 @@ Command add_convert(CLI::App& app) {
     int group = 64;
     bool quant_embeddings = false;
     bool quant_lm_head = false;
+    std::string lm_head;
     bool quiet = false;
   };
   auto o = std::make_shared<Options>();
@@ -47,6 +48,9 @@ Command add_convert(CLI::App& app) {
   cmd->add_flag("--quant-embeddings", o->quant_embeddings,
                 "quantize the token embedding too (default: 16-bit)");
   cmd->add_flag("--quant-lm-head", o->quant_lm_head, "quantize lm_head too (default: 16-bit)");
+  cmd->add_option("--lm-head", o->lm_head,
+                  "lm_head in a format of its own, any --quant but keep (e.g. int8 beside int4 "
+                  "matrices, about what llama.cpp's Q4_0 and Q4_K_M files keep in Q6_K)");
   cmd->add_flag("-q,--quiet", o->quiet, "no progress on stderr");
   return [o] {
     engine::ConvertOptions co;
@@ -54,6 +58,12 @@ Command add_convert(CLI::App& app) {
     co.format = co.keep ? model::WeightFormat{DType::f16} : model::WeightFormat::parse(o->quant, o->group);
     co.quant_embeddings = o->quant_embeddings;
     co.quant_lm_head = o->quant_lm_head;
+    if (!o->lm_head.empty()) {
+      FERRY_EXPECT(o->lm_head != "keep",
+                   "--lm-head keep: lm_head is kept as stored only with --quant keep; give a "
+                   "format (f16, int8, int4, q8_0, ...) or leave --lm-head out");
+      co.lm_head_format = model::WeightFormat::parse(o->lm_head, o->group);
+    }
     Progress progress("convert", o->quiet);
     co.progress = [&](uint64_t done, uint64_t total) { progress.update(done, total); };
     const double t0 = now_s();

@@ -219,7 +219,13 @@ ConvertResult convert_model(const fs::path& in, const fs::path& out,
                         : wte_src == DType::bf16  ? DType::bf16
                                                   : DType::f16;
   const DType embeddings = options.quant_embeddings ? matrices : sixteen;
-  const DType lm_head = options.quant_lm_head ? matrices : sixteen;
+  const DType lm_head = options.lm_head_format ? options.lm_head_format->dtype
+                        : options.quant_lm_head  ? matrices
+                                                 : sixteen;
+  FERRY_EXPECT(!options.lm_head_format || !options.keep,
+               "--lm-head {} asks to rewrite lm_head, but --quant keep copies every matrix as the "
+               "source stores it; drop one of the two",
+               options.lm_head_format ? options.lm_head_format->name() : std::string());
 
   std::vector<offload::PackBlobSpec> blobs;
   std::vector<std::vector<const offload::TensorEntry*>> sources;

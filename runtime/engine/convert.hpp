@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 
 #include "offload/checkpoint_writer.hpp"
 #include "runtime/model/weight_format.hpp"
@@ -22,6 +23,9 @@ struct ConvertOptions {
   bool keep = false;
   bool quant_embeddings = false;  // wte in `format` too; otherwise 16-bit
   bool quant_lm_head = false;     // lm_head in `format` too; otherwise 16-bit
+  // lm_head in a format of its own (int8 beside int4 matrices, say: about what a llama.cpp Q4_0
+  // or Q4_K_M file keeps in Q6_K); overrides quant_lm_head.
+  std::optional<model::WeightFormat> lm_head_format;
   offload::WriteProgress progress;
 };
 

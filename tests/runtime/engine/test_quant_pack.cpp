@@ -3,9 +3,11 @@
 // layer. (How far packs move the logits: test_quant_accuracy.cpp.)
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
 #include <limits>
 
+#include "offload/checkpoint.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/engine/loaded_model.hpp"
 #include "tests/offload/error_text.hpp"
@@ -185,6 +187,48 @@ TEST(QuantPack, ConvertRefusesBadRequests) {
   EXPECT_NE(msg.find("/nonexistent/model"), std::string::npos) << msg;
   msg = error_of([&] { convert(src, src, "int8"); });
   EXPECT_NE(msg.find("input directory"), std::string::npos) << msg;
+}
+
+// lm_head in a format of its own: int8 beside int4 matrices (about what llama.cpp's Q4_0 files
+// keep in Q6_K), recorded in the pack's header, and its logits between the all-int4 pack's and the
+// int4 pack with a 16-bit lm_head's distance from the f32 source.
+TEST(QuantPack, LmHeadInAFormatOfItsOwn) {
+  const fs::path src = test::data_dir() / "gptj/sharded-f32";
+  const auto prompts = fixture_prompts("sharded-f32");
+  test::TempDir mixed;
+  ConvertOptions o;
+  o.format = model::WeightFormat::parse("int4");
+  o.lm_head_format = model::WeightFormat::parse("int8");
+  convert_model(src, mixed.path(), o);
+  const auto ck = offload::Checkpoint::open(mixed.path());
+  EXPECT_EQ(ck.at("lm_head.weight").dtype, DType::q8);
+  EXPECT_EQ(ck.at("transformer.h.0.mlp.fc_in.weight").dtype, DType::q4_g64);
+  EXPECT_EQ(ck.at("transformer.wte.weight").dtype, DType::f16);
+
+  test::TempDir all4;
+  test::TempDir head16;
+  convert(src, all4.path(), "int4", 64, true);
+  convert(src, head16.path(), "int4");
+  const std::vector<float> want = all_logits(src, prompts);
+  const auto distance = [&](const fs::path& dir) {
+    const std::vector<float> got = all_logits(dir, prompts);
+    double d = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) d += std::fabs(got[i] - want[i]);
+    return d;
+  };
+  const double d_mixed = distance(mixed.path());
+  EXPECT_LT(d_mixed, distance(all4.path()));
+  EXPECT_GT(d_mixed, 0.0);
+  EXPECT_LT(d_mixed, 1.5 * distance(head16.path()));
+
+  // keep copies every matrix as stored: a head format beside it is refused, naming both.
+  test::TempDir kept;
+  ConvertOptions k;
+  k.keep = true;
+  k.lm_head_format = model::WeightFormat::parse("int8");
+  const std::string msg = error_of([&] { convert_model(src, kept.path(), k); });
+  EXPECT_NE(msg.find("--lm-head int8"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--quant keep"), std::string::npos) << msg;
 }
 
 }  // namespace
