@@ -11,6 +11,7 @@
 #include "kernels/cpu/detail/paths.hpp"
 #include "kernels/cpu/ggml_dot.hpp"
 #include "kernels/cpu/ops.hpp"
+#include "kernels/cpu/packed.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/ggml_quant.hpp"
 
@@ -210,6 +211,18 @@ std::string_view gguf_linear_level() {
   }
 #endif
   return "exact f32 products (FERRY_GGUF_PRODUCTS=exact, or no AVX2)";
+}
+
+std::string linear_level(DType wdt) {
+  if (ggml_block_elems(wdt) > 0) {
+#if defined(FERRY_KERNELS_AVX2)
+    if (gguf_fast() && ggml_dot::supports(wdt))
+      return std::string("ggml-q8 ") + (ggml_dot::uses_vnni() ? "avx512-vnni" : "avx2");
+#endif
+    return "exact " + std::string(simd_level());
+  }
+  if (is_row_packed(wdt)) return std::string(packed_linear_level());
+  return std::string(float_linear_level());
 }
 
 void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,

@@ -55,6 +55,15 @@ std::string_view float_linear_level();
 // How llama.cpp's block formats (GGUF tensors) are multiplied: its own q8-activation arithmetic
 // (the default, where AVX2 runs) or exact f32 products, for `ferry info`.
 std::string_view gguf_linear_level();
+// Which kernel multiplies weights of dtype wdt, short ("avx512" for f16, "avx512-vnni" for q4_g64,
+// "ggml-q8 avx512-vnni" for q4_k, "exact avx2" for q5_1, ...): with kKernelsRevision, the key the
+// planner's learned CPU rates are kept under, so a rate measured with one kernel is not used to
+// plan for another.
+std::string linear_level(DType wdt);
+// Bumped when a CPU kernel's speed changes enough that rates learned with the old one would
+// mislead the planner (stop 27: 512-bit GGUF K-format products, 16-lane GEMM panels, packed q4
+// scale prefetch; the stale samples of stop 26's kernels predicted Q4_K_M decode 20% slow).
+inline constexpr int kKernelsRevision = 2;
 
 // y[i, o] = sum_j x[i, j] · w[o, j] + bias[o], for i < m, o < n, j < k. w is row-major
 // [n, k] (PyTorch's nn.Linear layout) in dtype wdt (f32, f16 or bf16), or packed (q8, q4_g64,

@@ -111,8 +111,9 @@ double measure_cpu_extra_rows(DType dtype, int64_t n_embd, int64_t n_inner) {
 }
 
 std::string cpu_cache_key(DType dtype, int64_t n_embd) {
-  return fmt::format("cpu {} {} {} threads, n_embd {}", kernels::cpu::simd_level(),
-                     dtype_name(dtype), default_thread_pool().size(), n_embd > 0 ? n_embd : 4096);
+  return fmt::format("cpu {} r{} {} {} threads, n_embd {}", kernels::cpu::linear_level(dtype),
+                     kernels::cpu::kKernelsRevision, dtype_name(dtype), default_thread_pool().size(),
+                     n_embd > 0 ? n_embd : 4096);
 }
 
 // The size class of one streamed read: the power of two nearest to a unit's bytes (8 MiB ..
