@@ -276,6 +276,20 @@ std::vector<float> run_path(const PackedPath& path, const float* x, int64_t m, i
   return y;
 }
 
+// linear_level names the kernel each weight dtype is multiplied by: the key the planner's learned
+// CPU rates are kept under (a rate learned on one kernel must not plan for another).
+TEST(QuantLinearTest, LinearLevelNamesTheKernelOfEachDtype) {
+  EXPECT_EQ(linear_level(DType::f16), std::string(float_linear_level()));
+  EXPECT_EQ(linear_level(DType::bf16), std::string(float_linear_level()));
+  EXPECT_EQ(linear_level(DType::q8), std::string(packed_linear_level()));
+  EXPECT_EQ(linear_level(DType::q4_g64), std::string(packed_linear_level()));
+  const std::string k4 = linear_level(DType::q4_k);
+  EXPECT_TRUE(k4.rfind("ggml-q8 ", 0) == 0 || k4.rfind("exact ", 0) == 0) << k4;
+  // q5_1 has no q8-activation kernel: always the exact products.
+  EXPECT_EQ(linear_level(DType::q5_1).rfind("exact ", 0), 0u) << linear_level(DType::q5_1);
+  EXPECT_NE(linear_level(DType::q4_k), linear_level(DType::q4_g64));
+}
+
 TEST(QuantLinearTest, EveryPathMatchesItsArithmeticAndGivesARowTheSameBitsAtEveryM) {
   const auto paths = packed_paths();
   if (paths.empty()) GTEST_SKIP() << "no SIMD packed kernels on this processor";
