@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <iterator>
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -432,15 +431,13 @@ Plan make_plan(const PlanRequest& r) {
                        plan.vram_budget_bytes - plan.vram_margin_bytes};
 
   const std::size_t n = r.units.size();
-  std::vector<Choice> feasible;
-  uint64_t chunk = 0;  // 0 first: whole units; then smaller and smaller pieces (CPU)
   auto slot_range = [&](bool streams) -> std::pair<std::size_t, std::size_t> {
     if (r.forced_host_slots) return {r.forced_host_slots, r.forced_host_slots};
     if (!streams) return {2, 2};
-    // Pieces are smaller than units: up to four times the slots, so the disk can still read
-    // ahead while resident units compute.
-    return {2, std::max<std::size_t>(2, r.max_host_slots * (chunk > 0 ? 4 : 1))};
+    return {2, std::max<std::size_t>(2, r.max_host_slots)};
   };
+  std::vector<Choice> feasible;
+  uint64_t chunk = 0;  // 0 first: whole units; then smaller and smaller pieces (CPU)
   auto consider = [&](Choice c) {
     c.chunk_bytes = c.count(Tier::disk) > 0 ? chunk : 0;
     c.predicted = predict(r, c);
@@ -506,40 +503,16 @@ Plan make_plan(const PlanRequest& r) {
     }
   };
   search();
-  // Pieces (CPU): a unit bigger than the chunk is read and computed a row chunk at a time, so the
-  // staging slots are a chunk each, not a whole unit. Where whole units do not fit, the largest
-  // pieces that do set the floor. Where they fit but some stream, smaller slots leave room for
-  // more resident units and fewer bytes read per token (a 4 GiB cap on Llama-3-8B Q4_K_M: two
-  // 132 MiB slots, or 32 MiB ones and one more layer resident); but a few small slots also stop
-  // the disk from reading ahead while resident layers compute, so pieces are taken there only
-  // when predicted faster than whole units by more than a tie.
+  // Whole units do not fit: stream the largest pieces that do (a unit bigger than the chunk is
+  // read and computed a row chunk at a time), so the floor is set by the chunk, not the largest
+  // tensor.
   // (Not with a forced slot count: a tuned policy measured whole units.)
   if (!cuda && r.forced_host_slots == 0) {
-    const bool all_resident = std::any_of(feasible.begin(), feasible.end(),
-                                          [](const Choice& c) { return c.count(Tier::disk) == 0; });
-    if (feasible.empty()) {
-      for (const uint64_t c : kChunkSizes) {
-        if (!feasible.empty()) break;
-        if (c >= largest_unit(r)) continue;
-        chunk = c;
-        search();
-      }
-    } else if (!all_resident) {
-      std::vector<Choice> whole = std::move(feasible);
-      feasible.clear();
-      for (const uint64_t c : kChunkSizes) {
-        if (c >= largest_unit(r)) continue;
-        chunk = c;
-        search();
-      }
-      const auto fastest = [](const std::vector<Choice>& cs) {
-        double best = std::numeric_limits<double>::infinity();
-        for (const Choice& c : cs) best = std::min(best, c.predicted.s_per_token);
-        return best;
-      };
-      if (!(fastest(feasible) < fastest(whole) * (1 - kTieFraction))) feasible.clear();
-      feasible.insert(feasible.end(), std::make_move_iterator(whole.begin()),
-                      std::make_move_iterator(whole.end()));
+    for (const uint64_t c : kChunkSizes) {
+      if (!feasible.empty()) break;
+      if (c >= largest_unit(r)) continue;
+      chunk = c;
+      search();
     }
   }
   if (feasible.empty()) refuse(r, plan);
