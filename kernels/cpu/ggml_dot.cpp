@@ -65,6 +65,10 @@ void quantize_q8_0(const float* x, int64_t k, Q80* out) {
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     out[i].d = f16_to_f32(f32_to_f16(d));
     for (int j = 0; j < 32; ++j) out[i].qs[j] = static_cast<int8_t>(std::round(xb[j] * id));
+    for (int j = 0; j < 8; ++j) {
+      out[i].neg8_sum4[j] = -8 * (out[i].qs[4 * j] + out[i].qs[4 * j + 1] +
+                                  out[i].qs[4 * j + 2] + out[i].qs[4 * j + 3]);
+    }
   }
 }
 

@@ -31,10 +31,14 @@ struct Q8K {
   int16_t bsums[16];
 };
 
-// ggml's block_q8_0 for 32 activations, with d kept as the f32 value of its f16.
+// ggml's block_q8_0 for 32 activations, with d kept as the f32 value of its f16, and
+// neg8_sum4[j] = −8·(qs[4j] + … + qs[4j + 3]): lane j's share of a q4_0 block's offset of 8
+// (Σ (q − 8)·x = Σ q·x − 8·Σ x, four codes to a lane), so the q4_0 and q5_0 dots multiply the
+// unsigned codes as they are stored.
 struct Q80 {
   float d;
   int8_t qs[32];
+  int32_t neg8_sum4[8];
 };
 
 // Rows of activations the row dots take at once (rows_k, rows_32).

@@ -22,8 +22,8 @@ struct Ops {
   static __m256i madd_add(__m256i acc, __m256i p, __m256i s) {
     return _mm256_dpwssd_epi32(acc, p, s);
   }
-  static __m256i dot_u8s8(__m256i a, __m256i b) {
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+  static __m256i dot_u8s8_add(__m256i acc, __m256i a, __m256i b) {
+    return _mm256_dpbusd_epi32(acc, a, b);
   }
 };
 
