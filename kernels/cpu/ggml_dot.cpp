@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/detail/paths.hpp"
@@ -108,9 +109,11 @@ namespace {
 // Each output row o: one weight row dotted with every quantized activation row, kDotRows rows
 // of activations per call so each weight block is unpacked once for them (a row's result is the
 // same in any group: the row dots' contract).
-template <class Block, class Rows>
+// pair, where it is not null, does two weight rows at once (o and o + 1, out and out + kDotRows)
+// with rows' results for each.
+template <class Block, class Rows, class Pair = std::nullptr_t>
 void run(const Block* xq, int64_t m, int64_t nb, const unsigned char* w, uint64_t row_bytes,
-         int64_t n, const float* bias, float* y, ThreadPool& pool, Rows rows) {
+         int64_t n, const float* bias, float* y, ThreadPool& pool, Rows rows, Pair pair = nullptr) {
   constexpr int64_t kGroup = detail::kLinearRowGroup;
   const int64_t n_groups = (n + kGroup - 1) / kGroup;
   // As run_linear in ops.cpp: a chunk carries ~256K multiply-adds at least.
@@ -118,16 +121,28 @@ void run(const Block* xq, int64_t m, int64_t nb, const unsigned char* w, uint64_
       std::max<int64_t>(1, m * nb * static_cast<int64_t>(sizeof(Block::qs)) * kGroup);
   const int64_t min_chunk = std::max<int64_t>(1, (int64_t{1} << 18) / macs_per_group);
   pool.parallel_for(n_groups, min_chunk, [&](int64_t g_begin, int64_t g_end) {
-    float out[kDotRows];
+    float out[2 * kDotRows];
+    const auto put = [&](int64_t r, int take, int64_t o, const float* res) {
+      for (int t = 0; t < take; ++t)
+        y[(r + t) * n + o] = bias != nullptr ? res[t] + bias[o] : res[t];
+    };
     // A group's weight rows stay in L1/L2 while every group of activation rows passes them.
     for (int64_t g = g_begin; g < g_end; ++g) {
       const int64_t o_end = std::min(n, (g + 1) * kGroup);
       for (int64_t r = 0; r < m; r += kDotRows) {
         const int take = static_cast<int>(std::min<int64_t>(kDotRows, m - r));
-        for (int64_t o = g * kGroup; o < o_end; ++o) {
+        int64_t o = g * kGroup;
+        if constexpr (!std::is_same_v<Pair, std::nullptr_t>) {
+          for (; o + 1 < o_end; o += 2) {
+            pair(w + static_cast<uint64_t>(o) * row_bytes, xq + r * nb, nb, take, out,
+                 out + kDotRows);
+            put(r, take, o, out);
+            put(r, take, o + 1, out + kDotRows);
+          }
+        }
+        for (; o < o_end; ++o) {
           rows(w + static_cast<uint64_t>(o) * row_bytes, xq + r * nb, nb, take, out);
-          for (int t = 0; t < take; ++t)
-            y[(r + t) * n + o] = bias != nullptr ? out[t] + bias[o] : out[t];
+          put(r, take, o, out);
         }
       }
     }
@@ -147,13 +162,24 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
     const int64_t nb = k / 32;
     std::vector<Q80> xq(static_cast<std::size_t>(m * nb));
     for (int64_t r = 0; r < m; ++r) quantize_q8_0(x + r * k, k, xq.data() + r * nb);
-    run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool,
-        [&](const unsigned char* row, const Q80* xr, int64_t nblk, int rows, float* out) {
+    const auto single = [&](const unsigned char* row, const Q80* xr, int64_t nblk, int rows,
+                            float* out) {
 #if defined(FERRY_KERNELS_AVX512)
-          if (vnni) return vnni::rows_32(wdt, row, xr, nblk, rows, out);  // NOLINT
+      if (vnni) return vnni::rows_32(wdt, row, xr, nblk, rows, out);  // NOLINT
 #endif
-          avx2::rows_32(wdt, row, xr, nblk, rows, out);
-        });
+      avx2::rows_32(wdt, row, xr, nblk, rows, out);
+    };
+#if defined(FERRY_KERNELS_AVX512)
+    // Prompts on q4_0 / q5_0 with VNNI: two weight rows to a 512-bit register. Decoding (one row
+    // of x) keeps the single-row dots: there the weights' bytes, not the arithmetic, set the pace.
+    if (vnni && m > 1 && wdt != DType::q8_0) {
+      run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool, single,
+          [&](const unsigned char* row, const Q80* xr, int64_t nblk, int rows, float* out0,
+              float* out1) { vnni::rows_32_pair(wdt, row, row_bytes, xr, nblk, rows, out0, out1); });
+      return;
+    }
+#endif
+    run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool, single);
     return;
   }
   const int64_t nb = k / 256;

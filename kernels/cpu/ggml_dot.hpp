@@ -87,6 +87,11 @@ float dot_q5_0(const unsigned char* row, const Q80* x, int64_t nb);
 // is bit for bit the dot above of row r, each weight block unpacked once for all rows.
 void rows_k(DType t, const unsigned char* row, const Q8K* x, int64_t nb, int rows, float* out);
 void rows_32(DType t, const unsigned char* row, const Q80* x, int64_t nb, int rows, float* out);
+// Two weight rows of type q4_0 or q5_0, row and row + row_bytes, on one 512-bit register each
+// step (prompts: half the activation loads and float work of rows_32 twice): out0[r] and
+// out1[r] are bit for bit rows_32's for each.
+void rows_32_pair(DType t, const unsigned char* row, uint64_t row_bytes, const Q80* x, int64_t nb,
+                  int rows, float* out0, float* out1);
 }  // namespace vnni
 
 // True when linear uses the vnni dots: the processor has AVX512-VL and -VNNI, the build has the

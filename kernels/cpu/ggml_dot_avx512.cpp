@@ -35,11 +35,11 @@ struct Ops {
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include "kernels/cpu/detail/ggml_dot_body.inc"
-#undef FERRY_GGML_DOT_512
 
 }  // namespace
 
 #include "kernels/cpu/detail/ggml_dot_exports.inc"
+#undef FERRY_GGML_DOT_512
 
 }  // namespace ferry::kernels::cpu::ggml_dot::vnni
 

@@ -787,14 +787,16 @@ TEST(GgmlDot, FastProductsDoNotDependOnTheThreadCount) {
 
 
 // Many rows of activations share each unpacked weight block (batches, drafts, prompts), and a
-// row's result is the one it gets alone, bit for bit, whatever its place in a group of rows.
+// row's result is the one it gets alone, bit for bit, whatever its place in a group of rows — also
+// where (VNNI, q4_0 / q5_0) the many-row product takes weight rows two at a time and decoding one
+// at a time (n odd: a last weight row goes alone).
 TEST(GgmlDot, ARowGetsTheSameBitsAloneOrAmongOthers) {
   if (simd_paths().empty()) GTEST_SKIP() << "no AVX2";
   std::mt19937 rng(37);
   ThreadPool pool(2);
   for (DType t : kFast) {
     const int64_t k = 512;
-    const int64_t n = 40;
+    const int64_t n = 41;
     const int64_t m = 11;  // groups of 4, 4 and 3
     const Bytes w = random_blocks(rng, t, n, k);
     std::vector<float> x;
