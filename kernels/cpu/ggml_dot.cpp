@@ -175,7 +175,9 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
     if (vnni && m > 1 && wdt != DType::q8_0) {
       run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool, single,
           [&](const unsigned char* row, const Q80* xr, int64_t nblk, int rows, float* out0,
-              float* out1) { vnni::rows_32_pair(wdt, row, row_bytes, xr, nblk, rows, out0, out1); });
+              float* out1) {
+            vnni::rows_32_pair(wdt, row, row_bytes, xr, nblk, rows, out0, out1);
+          });
       return;
     }
 #endif

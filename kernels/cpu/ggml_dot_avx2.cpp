@@ -14,7 +14,8 @@ struct Ops {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
   }
   static __m256i dot_u8s8_add(__m256i acc, __m256i a, __m256i b) {
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)));
+    return _mm256_add_epi32(acc,
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)));
   }
 };
 
