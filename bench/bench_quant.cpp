@@ -177,10 +177,15 @@ BENCHMARK_CAPTURE(BM_PackedRows, q4_k, DType::q4_k)
     ->UseRealTime();
 BENCHMARK_CAPTURE(BM_PackedRows, q6_k, DType::q6_k)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_PackedRows, q5_k, DType::q5_k)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_CAPTURE(BM_PackedRows, q8_0, DType::q8_0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_PackedRows, q8_0, DType::q8_0)
+    ->Arg(1)
+    ->Arg(64)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK_CAPTURE(BM_PackedRows, q4_0, DType::q4_0)
     ->Arg(1)
     ->Arg(4)
+    ->Arg(64)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <climits>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -66,6 +68,8 @@ void quantize_q8_0(const float* x, int64_t k, Q80* out) {
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     out[i].d = f16_to_f32(f32_to_f16(d));
     for (int j = 0; j < 32; ++j) out[i].qs[j] = static_cast<int8_t>(std::round(xb[j] * id));
+    out[i].sum = 0;
+    for (int j = 0; j < 32; ++j) out[i].sum += out[i].qs[j];
     for (int j = 0; j < 8; ++j) {
       out[i].neg8_sum4[j] = -8 * (out[i].qs[4 * j] + out[i].qs[4 * j + 1] +
                                   out[i].qs[4 * j + 2] + out[i].qs[4 * j + 3]);
@@ -149,6 +153,50 @@ void run(const Block* xq, int64_t m, int64_t nb, const unsigned char* w, uint64_
   });
 }
 
+// q4_0: kPanelRows weight rows at a time (ggml_dot.hpp's panel_q4_0), a zero-padded copy for the
+// last group when n is not a multiple of 16 (its padding rows' results are dropped).
+void run_panel(const Q80* xq, int64_t m, int64_t nb, const unsigned char* w, uint64_t row_bytes,
+               int64_t n, const float* bias, float* y, ThreadPool& pool) {
+  FERRY_EXPECT(row_bytes * (kPanelRows - 1) <= uint64_t{INT32_MAX},
+               "linear: q4_0 rows of {} bytes are too long for the panel products", row_bytes);
+  const int64_t n_groups = (n + kPanelRows - 1) / kPanelRows;
+  const int64_t macs_per_group = std::max<int64_t>(1, m * nb * 32 * kPanelRows);
+  const int64_t min_chunk = std::max<int64_t>(1, (int64_t{1} << 18) / macs_per_group);
+#if defined(FERRY_KERNELS_AVX512)
+  const bool vnni = uses_vnni();
+#endif
+  pool.parallel_for(n_groups, min_chunk, [&](int64_t g_begin, int64_t g_end) {
+    std::vector<float> out(static_cast<std::size_t>(m * kPanelRows));
+    std::vector<unsigned char> scratch(
+        m > kDotRows ? static_cast<std::size_t>(panel_scratch_bytes(nb)) : 0);
+    std::vector<unsigned char> padded;
+    for (int64_t g = g_begin; g < g_end; ++g) {
+      const int64_t o0 = g * kPanelRows;
+      const int64_t rows = std::min<int64_t>(kPanelRows, n - o0);
+      const unsigned char* src = w + static_cast<uint64_t>(o0) * row_bytes;
+      if (rows < kPanelRows) {
+        padded.assign(static_cast<std::size_t>(kPanelRows * row_bytes), 0);
+        std::memcpy(padded.data(), src, static_cast<std::size_t>(rows * row_bytes));
+        src = padded.data();
+      }
+#if defined(FERRY_KERNELS_AVX512)
+      if (vnni) {
+        vnni::panel_q4_0(src, row_bytes, xq, nb, m, out.data(), scratch.data());
+      } else {
+        avx2::panel_q4_0(src, row_bytes, xq, nb, m, out.data(), scratch.data());
+      }
+#else
+      avx2::panel_q4_0(src, row_bytes, xq, nb, m, out.data(), scratch.data());
+#endif
+      for (int64_t r = 0; r < m; ++r) {
+        const float* res = out.data() + r * kPanelRows;
+        for (int64_t o = 0; o < rows; ++o)
+          y[r * n + o0 + o] = bias != nullptr ? res[o] + bias[o0 + o] : res[o];
+      }
+    }
+  });
+}
+
 }  // namespace
 
 void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
@@ -162,6 +210,10 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
     const int64_t nb = k / 32;
     std::vector<Q80> xq(static_cast<std::size_t>(m * nb));
     for (int64_t r = 0; r < m; ++r) quantize_q8_0(x + r * k, k, xq.data() + r * nb);
+    if (wdt == DType::q4_0) {
+      run_panel(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool);
+      return;
+    }
     const auto single = [&](const unsigned char* row, const Q80* xr, int64_t nblk, int rows,
                             float* out) {
 #if defined(FERRY_KERNELS_AVX512)
@@ -170,9 +222,9 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
       avx2::rows_32(wdt, row, xr, nblk, rows, out);
     };
 #if defined(FERRY_KERNELS_AVX512)
-    // Prompts on q4_0 / q5_0 with VNNI: two weight rows to a 512-bit register. Decoding (one row
-    // of x) keeps the single-row dots: there the weights' bytes, not the arithmetic, set the pace.
-    if (vnni && m > 1 && wdt != DType::q8_0) {
+    // Prompts on q5_0 with VNNI: two weight rows to a 512-bit register. Decoding (one row of x)
+    // keeps the single-row dots: there the weights' bytes, not the arithmetic, set the pace.
+    if (vnni && m > 1 && wdt == DType::q5_0) {
       run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool, single,
           [&](const unsigned char* row, const Q80* xr, int64_t nblk, int rows, float* out0,
               float* out1) {

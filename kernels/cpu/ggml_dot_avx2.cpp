@@ -2,9 +2,11 @@
 // kernels are in detail/ggml_dot_body.inc).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "kernels/cpu/ggml_dot.hpp"
+#include "runtime/core/error.hpp"
 
 namespace ferry::kernels::cpu::ggml_dot::avx2 {
 namespace {
@@ -20,6 +22,7 @@ struct Ops {
 };
 
 #include "kernels/cpu/detail/ggml_dot_body.inc"
+#include "kernels/cpu/detail/ggml_panel_body.inc"
 
 }  // namespace
 

@@ -4,9 +4,11 @@
 // has AVX512-VL and -VNNI (ggml_dot.cpp checks).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "kernels/cpu/ggml_dot.hpp"
+#include "runtime/core/error.hpp"
 
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512vnni"))), apply_to = function)
@@ -35,6 +37,7 @@ struct Ops {
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include "kernels/cpu/detail/ggml_dot_body.inc"
+#include "kernels/cpu/detail/ggml_panel_body.inc"
 
 }  // namespace
 
