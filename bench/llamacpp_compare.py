@@ -279,6 +279,12 @@ def main():
         ft = [r.get("tokens") for r in results if r["cap"] == cap_name and r["tool"] == "ferry" and r.get("tokens")]
         lt = [r.get("tokens") for r in results if r["cap"] == cap_name and r["tool"] == "llama.cpp" and r.get("tokens")]
         same = (bool(ft and lt) and ft[0] == lt[0]) if ferry_model == model else None
+        if same is False:
+            at = next((i for i, (a, b) in enumerate(zip(ft[0], lt[0])) if a != b),
+                      min(len(ft[0]), len(lt[0])))
+            print(f"cap {cap_name}: greedy tokens part at generated token {at} of {len(ft[0])}: "
+                  f"ferry {ft[0][at:at + 4]}, llama.cpp {lt[0][at:at + 4]} (near-ties on random "
+                  f"weights part them when the two round differently)", file=sys.stderr)
         summary["caps"][cap_name] = {"ferry": f, "llama.cpp": l, "decode_speed_ratio": ratio,
                                      "prompt_speed_ratio": pratio, "greedy_tokens_equal": same}
         rows.append((cap_name, ratio, pratio, same))

@@ -153,12 +153,26 @@ void run(const Block* xq, int64_t m, int64_t nb, const unsigned char* w, uint64_
   });
 }
 
-// q4_0: kPanelRows weight rows at a time (ggml_dot.hpp's panel_q4_0), a zero-padded copy for the
-// last group when n is not a multiple of 16 (its padding rows' results are dropped).
-void run_panel(const Q80* xq, int64_t m, int64_t nb, const unsigned char* w, uint64_t row_bytes,
-               int64_t n, const float* bias, float* y, ThreadPool& pool) {
+// The activation rows' quantization, a row per task (prompts: a few percent of a layer's time on
+// one thread).
+template <class F>
+void quantize_rows(ThreadPool& pool, int64_t m, F f) {
+  if (m == 1) {
+    f(0);
+    return;
+  }
+  pool.parallel_for(m, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) f(r);
+  });
+}
+
+// q4_0 and q8_0: kPanelRows weight rows at a time (ggml_dot.hpp's panel_32), a zero-padded copy
+// for the last group when n is not a multiple of 16 (its padding rows' results are dropped).
+void run_panel(DType wdt, const Q80* xq, int64_t m, int64_t nb, const unsigned char* w,
+               uint64_t row_bytes, int64_t n, const float* bias, float* y, ThreadPool& pool) {
   FERRY_EXPECT(row_bytes * (kPanelRows - 1) <= uint64_t{INT32_MAX},
-               "linear: q4_0 rows of {} bytes are too long for the panel products", row_bytes);
+               "linear: {} rows of {} bytes are too long for the panel products", dtype_name(wdt),
+               row_bytes);
   const int64_t n_groups = (n + kPanelRows - 1) / kPanelRows;
   const int64_t macs_per_group = std::max<int64_t>(1, m * nb * 32 * kPanelRows);
   const int64_t min_chunk = std::max<int64_t>(1, (int64_t{1} << 18) / macs_per_group);
@@ -168,7 +182,7 @@ void run_panel(const Q80* xq, int64_t m, int64_t nb, const unsigned char* w, uin
   pool.parallel_for(n_groups, min_chunk, [&](int64_t g_begin, int64_t g_end) {
     std::vector<float> out(static_cast<std::size_t>(m * kPanelRows));
     std::vector<unsigned char> scratch(
-        m > kDotRows ? static_cast<std::size_t>(panel_scratch_bytes(nb)) : 0);
+        m > kDotRows ? static_cast<std::size_t>(panel_scratch_bytes(wdt, nb)) : 0);
     std::vector<unsigned char> padded;
     for (int64_t g = g_begin; g < g_end; ++g) {
       const int64_t o0 = g * kPanelRows;
@@ -181,12 +195,12 @@ void run_panel(const Q80* xq, int64_t m, int64_t nb, const unsigned char* w, uin
       }
 #if defined(FERRY_KERNELS_AVX512)
       if (vnni) {
-        vnni::panel_q4_0(src, row_bytes, xq, nb, m, out.data(), scratch.data());
+        vnni::panel_32(wdt, src, row_bytes, xq, nb, m, out.data(), scratch.data());
       } else {
-        avx2::panel_q4_0(src, row_bytes, xq, nb, m, out.data(), scratch.data());
+        avx2::panel_32(wdt, src, row_bytes, xq, nb, m, out.data(), scratch.data());
       }
 #else
-      avx2::panel_q4_0(src, row_bytes, xq, nb, m, out.data(), scratch.data());
+      avx2::panel_32(wdt, src, row_bytes, xq, nb, m, out.data(), scratch.data());
 #endif
       for (int64_t r = 0; r < m; ++r) {
         const float* res = out.data() + r * kPanelRows;
@@ -209,9 +223,9 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
   if (wdt == DType::q8_0 || wdt == DType::q4_0 || wdt == DType::q5_0) {
     const int64_t nb = k / 32;
     std::vector<Q80> xq(static_cast<std::size_t>(m * nb));
-    for (int64_t r = 0; r < m; ++r) quantize_q8_0(x + r * k, k, xq.data() + r * nb);
-    if (wdt == DType::q4_0) {
-      run_panel(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool);
+    quantize_rows(pool, m, [&](int64_t r) { quantize_q8_0(x + r * k, k, xq.data() + r * nb); });
+    if (wdt == DType::q4_0 || wdt == DType::q8_0) {
+      run_panel(wdt, xq.data(), m, nb, wb, row_bytes, n, bias, y, pool);
       return;
     }
     const auto single = [&](const unsigned char* row, const Q80* xr, int64_t nblk, int rows,
@@ -224,7 +238,7 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
 #if defined(FERRY_KERNELS_AVX512)
     // Prompts on q5_0 with VNNI: two weight rows to a 512-bit register. Decoding (one row of x)
     // keeps the single-row dots: there the weights' bytes, not the arithmetic, set the pace.
-    if (vnni && m > 1 && wdt == DType::q5_0) {
+    if (vnni && m > 1) {
       run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool, single,
           [&](const unsigned char* row, const Q80* xr, int64_t nblk, int rows, float* out0,
               float* out1) {
@@ -238,7 +252,7 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
   }
   const int64_t nb = k / 256;
   std::vector<Q8K> xq(static_cast<std::size_t>(m * nb));
-  for (int64_t r = 0; r < m; ++r) quantize_q8_k(x + r * k, k, xq.data() + r * nb);
+  quantize_rows(pool, m, [&](int64_t r) { quantize_q8_k(x + r * k, k, xq.data() + r * nb); });
   run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool,
       [&](const unsigned char* row, const Q8K* xr, int64_t nblk, int rows, float* out) {
 #if defined(FERRY_KERNELS_AVX512)

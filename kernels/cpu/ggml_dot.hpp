@@ -62,34 +62,38 @@ bool requested();
 void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
             const float* bias, float* y, ThreadPool& pool);
 
-// q4_0 products take weight rows kPanelRows at a time, one row to a vector lane, and sum each
-// block in integers before it is scaled (llama.cpp's repacked q4_0 arithmetic):
+// q4_0 and q8_0 products take weight rows kPanelRows at a time, one row to a vector lane, and sum
+// each block in integers before it is scaled (llama.cpp's repacked q4_0 arithmetic):
 //   y = bias + Σ_b (d_w,b · d_x,b) · I_b, summed in f32 in block order (one FMA per block, from 0),
-//   I_b = Σ_j (nibble_j − 8) · q_j exactly.
+//   I_b = Σ_j w_j · q_j exactly (q4_0: w = nibble − 8; q8_0: w the stored byte).
 // The order is the same for every row whatever its neighbours, the thread count or the number of
 // activation rows, so decoding and prompts give a row the same bits; AVX2 and VNNI agree bit for
 // bit (tests/kernels/cpu/test_ggml_quant.cpp holds them to a scalar transcription).
 inline constexpr int kPanelRows = 16;
-// Bytes of scratch panel_q4_0 needs for nb blocks when m > kDotRows (the 16 rows' blocks
-// re-laid out once, then read for every group of activation rows).
-inline constexpr int64_t panel_scratch_bytes(int64_t nb) { return nb * 320; }
+// Bytes of scratch panel_32 needs for nb blocks of type t (q4_0 or q8_0) when m > kDotRows (the 16
+// rows' blocks re-laid out once, then read for every group of activation rows): 16 f32 scales
+// and 16 rows' words.
+inline constexpr int64_t panel_scratch_bytes(DType t, int64_t nb) {
+  return nb * (t == DType::q4_0 ? 64 + 16 * 16 : 64 + 16 * 32);
+}
 
 namespace avx2 {
 // Σ over nb blocks of one weight row · the quantized activations (ggml_dot_avx2.cpp).
 float dot_q4_k(const unsigned char* row, const Q8K* x, int64_t nb);
 float dot_q6_k(const unsigned char* row, const Q8K* x, int64_t nb);
-float dot_q8_0(const unsigned char* row, const Q80* x, int64_t nb);
 float dot_q5_k(const unsigned char* row, const Q8K* x, int64_t nb);
 float dot_q5_0(const unsigned char* row, const Q80* x, int64_t nb);
 // One weight row of type t with rows = 1 … kDotRows rows of activations (nb blocks apart): out[r]
 // is bit for bit the dot above of row r, each weight block unpacked once for all rows.
 void rows_k(DType t, const unsigned char* row, const Q8K* x, int64_t nb, int rows, float* out);
+// rows_32 takes q5_0 only (q4_0 and q8_0 take panel_32).
 void rows_32(DType t, const unsigned char* row, const Q80* x, int64_t nb, int rows, float* out);
-// kPanelRows q4_0 weight rows (w, w + row_bytes, …) times m rows of activations (nb blocks apart,
-// q8_0-rounded): out[r · kPanelRows + o] = Σ_b (d_w · d_x) · I_b as above, without a bias.
-// scratch: panel_scratch_bytes(nb) bytes when m > kDotRows, else unused (may be null).
-void panel_q4_0(const unsigned char* w, uint64_t row_bytes, const Q80* x, int64_t nb, int64_t m,
-                float* out, unsigned char* scratch);
+// kPanelRows weight rows of type t, q4_0 or q8_0 (w, w + row_bytes, …), times m rows of
+// activations (nb blocks apart, q8_0-rounded): out[r · kPanelRows + o] = Σ_b (d_w · d_x) · I_b as
+// above, without a bias. scratch: panel_scratch_bytes(t, nb) bytes when m > kDotRows, else unused
+// (may be null).
+void panel_32(DType t, const unsigned char* w, uint64_t row_bytes, const Q80* x, int64_t nb,
+              int64_t m, float* out, unsigned char* scratch);
 }  // namespace avx2
 
 namespace vnni {
@@ -97,20 +101,19 @@ namespace vnni {
 // AVX512-VL and -VNNI and the build has the AVX-512 files.
 float dot_q4_k(const unsigned char* row, const Q8K* x, int64_t nb);
 float dot_q6_k(const unsigned char* row, const Q8K* x, int64_t nb);
-float dot_q8_0(const unsigned char* row, const Q80* x, int64_t nb);
 float dot_q5_k(const unsigned char* row, const Q8K* x, int64_t nb);
 float dot_q5_0(const unsigned char* row, const Q80* x, int64_t nb);
 // One weight row of type t with rows = 1 … kDotRows rows of activations (nb blocks apart): out[r]
 // is bit for bit the dot above of row r, each weight block unpacked once for all rows.
 void rows_k(DType t, const unsigned char* row, const Q8K* x, int64_t nb, int rows, float* out);
 void rows_32(DType t, const unsigned char* row, const Q80* x, int64_t nb, int rows, float* out);
-// Two q5_0 weight rows, row and row + row_bytes, on one 512-bit register each
-// step (prompts: half the activation loads and float work of rows_32 twice): out0[r] and
-// out1[r] are bit for bit rows_32's for each.
+// Two q5_0 weight rows, row and row + row_bytes, on one 512-bit register each step (prompts: half
+// the activation loads and float work of rows_32 twice): out0[r] and out1[r] are bit for bit
+// rows_32's for each.
 void rows_32_pair(DType t, const unsigned char* row, uint64_t row_bytes, const Q80* x, int64_t nb,
                   int rows, float* out0, float* out1);
-void panel_q4_0(const unsigned char* w, uint64_t row_bytes, const Q80* x, int64_t nb, int64_t m,
-                float* out, unsigned char* scratch);
+void panel_32(DType t, const unsigned char* w, uint64_t row_bytes, const Q80* x, int64_t nb,
+              int64_t m, float* out, unsigned char* scratch);
 }  // namespace vnni
 
 // True when linear uses the vnni dots: the processor has AVX512-VL and -VNNI, the build has the

@@ -788,7 +788,7 @@ TEST(GgmlDot, FastProductsDoNotDependOnTheThreadCount) {
 
 // Many rows of activations share each unpacked weight block (batches, drafts, prompts), and a
 // row's result is the one it gets alone, bit for bit, whatever its place in a group of rows — also
-// where (VNNI, q4_0 / q5_0) the many-row product takes weight rows two at a time and decoding one
+// where (VNNI, q5_0) the many-row product takes weight rows two at a time and decoding one
 // at a time (n odd: a last weight row goes alone).
 TEST(GgmlDot, ARowGetsTheSameBitsAloneOrAmongOthers) {
   if (simd_paths().empty()) GTEST_SKIP() << "no AVX2";
@@ -824,7 +824,7 @@ TEST(GgmlDot, ARowGetsTheSameBitsAloneOrAmongOthers) {
     }
     const auto rb = static_cast<int64_t>(ggml_row_bytes(t, k));
     for (int64_t o = 0; o < n; ++o) {
-      if (t == DType::q4_0) break;  // no row dots: panels (Q4_0PanelsSumEachBlockWhole…)
+      if (t == DType::q4_0 || t == DType::q8_0) break;  // panels: PanelsSumEachBlockWhole…
       const unsigned char* row = w.data() + o * rb;
       for (int rows = 1; rows <= 4; ++rows) {
         float got[4];
@@ -848,18 +848,25 @@ TEST(GgmlDot, ARowGetsTheSameBitsAloneOrAmongOthers) {
   }
 }
 
-// ggml_dot.hpp's q4_0 order written plainly: each block's integer sum Σ (nibble − 8)·q, scaled
-// by the f32 product d_w·d_x and added by one FMA, in block order from 0.
-float plain_q4_0_blocks(const unsigned char* row, const ggml_dot::Q80* x, int64_t nb) {
+// ggml_dot.hpp's panel order written plainly: each block's integer sum Σ w·q (q4_0: w = nibble −
+// 8; q8_0: the stored byte), scaled by the f32 product d_w·d_x and added by one FMA, in block
+// order from 0.
+float plain_panel_order(DType t, const unsigned char* row, const ggml_dot::Q80* x, int64_t nb) {
+  const int64_t bytes = t == DType::q4_0 ? 18 : 34;
   float acc = 0.f;
   for (int64_t b = 0; b < nb; ++b) {
-    const unsigned char* blk = row + b * 18;
+    const unsigned char* blk = row + b * bytes;
     uint16_t h;
     std::memcpy(&h, blk, 2);
     int32_t sum = 0;
     for (int l = 0; l < 16; ++l) {
-      sum += ((blk[2 + l] & 0xF) - 8) * x[b].qs[l];
-      sum += ((blk[2 + l] >> 4) - 8) * x[b].qs[l + 16];
+      if (t == DType::q4_0) {
+        sum += ((blk[2 + l] & 0xF) - 8) * x[b].qs[l];
+        sum += ((blk[2 + l] >> 4) - 8) * x[b].qs[l + 16];
+      } else {
+        sum += static_cast<int8_t>(blk[2 + l]) * x[b].qs[l];
+        sum += static_cast<int8_t>(blk[2 + 16 + l]) * x[b].qs[l + 16];
+      }
     }
     const float scale = f16_to_f32(h) * x[b].d;
     acc = std::fma(scale, static_cast<float>(sum), acc);
@@ -867,56 +874,68 @@ float plain_q4_0_blocks(const unsigned char* row, const ggml_dot::Q80* x, int64_
   return acc;
 }
 
-// q4_0 takes 16 weight rows to the lanes of a vector (8 on AVX2) and sums each block whole: every
-// output, through linear() (n = 37: two panels and a zero-padded one; decode and prompt row
-// counts) and through each instruction set's panel directly, is the plain order's bits. Rows of
-// all-15 and all-0 nibbles against ±127 activations (the outliers) reach the AVX2 int16 bound.
-TEST(GgmlDot, Q4_0PanelsSumEachBlockWholeInBlockOrder) {
+// q4_0 and q8_0 take 16 weight rows to the lanes of a vector (8 on AVX2) and sum each block
+// whole: every output, through linear() (n = 37: two panels and a zero-padded one; decode and
+// prompt row counts) and through each instruction set's panel directly, is the plain order's
+// bits. Rows of extreme codes (q4_0 all 15 and all 0, q8_0 all 127 and all −128) against ±127
+// activations (the outliers) reach the bounds of the AVX2 int16 sums.
+TEST(GgmlDot, PanelsSumEachBlockWholeInBlockOrder) {
   if (simd_paths().empty()) GTEST_SKIP() << "no AVX2";
   std::mt19937 rng(41);
   ThreadPool pool(2);
   constexpr int64_t kP = ggml_dot::kPanelRows;
-  for (int64_t k : {32, 256, 4096}) {
-    const int64_t n = 37;
-    const int64_t nb = k / 32;
-    const auto rb = static_cast<int64_t>(ggml_row_bytes(DType::q4_0, k));
-    Bytes w = random_blocks(rng, DType::q4_0, n, k);
-    for (int64_t b = 0; b < nb; ++b) {
-      std::fill_n(w.data() + b * 18 + 2, 16, static_cast<unsigned char>(0xFF));
-      std::fill_n(w.data() + rb + b * 18 + 2, 16, static_cast<unsigned char>(0x00));
-    }
-    for (int64_t m : {1, 2, 4, 5, 11}) {
-      std::vector<float> x;
-      for (int64_t r = 0; r < m; ++r) {
-        const std::vector<float> xr = random_activations(rng, k);
-        x.insert(x.end(), xr.begin(), xr.end());
+  for (DType t : {DType::q4_0, DType::q8_0}) {
+    const int64_t bytes = t == DType::q4_0 ? 18 : 34;
+    const int64_t codes = bytes - 2;
+    const unsigned char high = t == DType::q4_0 ? 0xFF : 0x7F;
+    const unsigned char low = t == DType::q4_0 ? 0x00 : 0x80;
+    for (int64_t k : {32, 256, 4096}) {
+      const int64_t n = 37;
+      const int64_t nb = k / 32;
+      const auto rb = static_cast<int64_t>(ggml_row_bytes(t, k));
+      Bytes w = random_blocks(rng, t, n, k);
+      for (int64_t b = 0; b < nb; ++b) {
+        std::fill_n(w.data() + b * bytes + 2, codes, high);
+        std::fill_n(w.data() + rb + b * bytes + 2, codes, low);
       }
-      std::vector<ggml_dot::Q80> xq(static_cast<std::size_t>(m * nb));
-      for (int64_t r = 0; r < m; ++r) ggml_dot::quantize_q8_0(x.data() + r * k, k, xq.data() + r * nb);
-      std::vector<float> bias(static_cast<std::size_t>(n));
-      for (auto& v : bias) v = static_cast<float>(static_cast<int>(rng() % 200) - 100) / 8;
-      std::vector<float> y(static_cast<std::size_t>(m * n));
-      ggml_dot::linear(x.data(), m, k, w.data(), DType::q4_0, n, bias.data(), y.data(), pool);
-      std::vector<float> want(static_cast<std::size_t>(m * n));
-      for (int64_t r = 0; r < m; ++r) {
-        for (int64_t o = 0; o < n; ++o)
-          want[r * n + o] = plain_q4_0_blocks(w.data() + o * rb, xq.data() + r * nb, nb) + bias[o];
-      }
-      const std::string at = "k=" + std::to_string(k) + " m=" + std::to_string(m);
-      EXPECT_TRUE(same_bits(("linear " + at).c_str(), y.data(), want.data(), m * n));
-      // The first panel straight from each instruction set, without the bias.
-      std::vector<unsigned char> scratch(static_cast<std::size_t>(ggml_dot::panel_scratch_bytes(nb)));
-      std::vector<float> out(static_cast<std::size_t>(m * kP));
-      std::vector<float> plain(static_cast<std::size_t>(m * kP));
-      for (int64_t r = 0; r < m; ++r) {
-        for (int64_t o = 0; o < kP; ++o)
-          plain[r * kP + o] = plain_q4_0_blocks(w.data() + o * rb, xq.data() + r * nb, nb);
-      }
-      ggml_dot::avx2::panel_q4_0(w.data(), rb, xq.data(), nb, m, out.data(), scratch.data());
-      EXPECT_TRUE(same_bits(("avx2 " + at).c_str(), out.data(), plain.data(), m * kP));
-      if (ggml_dot::uses_vnni()) {
-        ggml_dot::vnni::panel_q4_0(w.data(), rb, xq.data(), nb, m, out.data(), scratch.data());
-        EXPECT_TRUE(same_bits(("vnni " + at).c_str(), out.data(), plain.data(), m * kP));
+      for (int64_t m : {1, 2, 4, 5, 11}) {
+        std::vector<float> x;
+        for (int64_t r = 0; r < m; ++r) {
+          const std::vector<float> xr = random_activations(rng, k);
+          x.insert(x.end(), xr.begin(), xr.end());
+        }
+        std::vector<ggml_dot::Q80> xq(static_cast<std::size_t>(m * nb));
+        for (int64_t r = 0; r < m; ++r)
+          ggml_dot::quantize_q8_0(x.data() + r * k, k, xq.data() + r * nb);
+        std::vector<float> bias(static_cast<std::size_t>(n));
+        for (auto& v : bias) v = static_cast<float>(static_cast<int>(rng() % 200) - 100) / 8;
+        std::vector<float> y(static_cast<std::size_t>(m * n));
+        ggml_dot::linear(x.data(), m, k, w.data(), t, n, bias.data(), y.data(), pool);
+        std::vector<float> want(static_cast<std::size_t>(m * n));
+        for (int64_t r = 0; r < m; ++r) {
+          for (int64_t o = 0; o < n; ++o) {
+            want[r * n + o] =
+                plain_panel_order(t, w.data() + o * rb, xq.data() + r * nb, nb) + bias[o];
+          }
+        }
+        const std::string at = std::string(dtype_name(t)) + " k=" + std::to_string(k) +
+                               " m=" + std::to_string(m);
+        EXPECT_TRUE(same_bits(("linear " + at).c_str(), y.data(), want.data(), m * n));
+        // The first panel straight from each instruction set, without the bias.
+        std::vector<unsigned char> scratch(
+            static_cast<std::size_t>(ggml_dot::panel_scratch_bytes(t, nb)));
+        std::vector<float> out(static_cast<std::size_t>(m * kP));
+        std::vector<float> plain(static_cast<std::size_t>(m * kP));
+        for (int64_t r = 0; r < m; ++r) {
+          for (int64_t o = 0; o < kP; ++o)
+            plain[r * kP + o] = plain_panel_order(t, w.data() + o * rb, xq.data() + r * nb, nb);
+        }
+        ggml_dot::avx2::panel_32(t, w.data(), rb, xq.data(), nb, m, out.data(), scratch.data());
+        EXPECT_TRUE(same_bits(("avx2 " + at).c_str(), out.data(), plain.data(), m * kP));
+        if (ggml_dot::uses_vnni()) {
+          ggml_dot::vnni::panel_32(t, w.data(), rb, xq.data(), nb, m, out.data(), scratch.data());
+          EXPECT_TRUE(same_bits(("vnni " + at).c_str(), out.data(), plain.data(), m * kP));
+        }
       }
     }
   }
@@ -940,11 +959,8 @@ TEST(GgmlDot, VnniDotsEqualTheAvx2Dots) {
       const unsigned char* row = w.data() + o * rb;
       float a = 0;
       float b = 0;
-      if (t == DType::q8_0) {
-        a = ggml_dot::avx2::dot_q8_0(row, q0.data(), k / 32);
-        b = ggml_dot::vnni::dot_q8_0(row, q0.data(), k / 32);
-      } else if (t == DType::q4_0) {
-        break;  // panels, compared in Q4_0PanelsSumEachBlockWholeInBlockOrder
+      if (t == DType::q8_0 || t == DType::q4_0) {
+        break;  // panels, compared in PanelsSumEachBlockWholeInBlockOrder
       } else if (t == DType::q5_0) {
         a = ggml_dot::avx2::dot_q5_0(row, q0.data(), k / 32);
         b = ggml_dot::vnni::dot_q5_0(row, q0.data(), k / 32);
