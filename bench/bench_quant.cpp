@@ -173,6 +173,7 @@ BENCHMARK_CAPTURE(BM_PackedRows, q4_k, DType::q4_k)
     ->Arg(1)
     ->Arg(4)
     ->Arg(16)
+    ->Arg(64)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_CAPTURE(BM_PackedRows, q6_k, DType::q6_k)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -166,19 +166,19 @@ void quantize_rows(ThreadPool& pool, int64_t m, F f) {
   });
 }
 
-// q4_0 and q8_0: kPanelRows weight rows at a time (ggml_dot.hpp's panel_32), a zero-padded copy
-// for the last group when n is not a multiple of 16 (its padding rows' results are dropped).
-void run_panel(DType wdt, const Q80* xq, int64_t m, int64_t nb, const unsigned char* w,
-               uint64_t row_bytes, int64_t n, const float* bias, float* y, ThreadPool& pool) {
+// q4_0, q8_0 and q4_k: kPanelRows weight rows at a time (ggml_dot.hpp's panels; kernel(src, x,
+// out, scratch) runs one), a zero-padded copy for the last group when n is not a multiple of 16
+// (its padding rows' results are dropped).
+template <class Kernel>
+void run_panels(DType wdt, int64_t m, int64_t nb, int64_t block_elems, const unsigned char* w,
+                uint64_t row_bytes, int64_t n, const float* bias, float* y, ThreadPool& pool,
+                Kernel kernel) {
   FERRY_EXPECT(row_bytes * (kPanelRows - 1) <= uint64_t{INT32_MAX},
                "linear: {} rows of {} bytes are too long for the panel products", dtype_name(wdt),
                row_bytes);
   const int64_t n_groups = (n + kPanelRows - 1) / kPanelRows;
-  const int64_t macs_per_group = std::max<int64_t>(1, m * nb * 32 * kPanelRows);
+  const int64_t macs_per_group = std::max<int64_t>(1, m * nb * block_elems * kPanelRows);
   const int64_t min_chunk = std::max<int64_t>(1, (int64_t{1} << 18) / macs_per_group);
-#if defined(FERRY_KERNELS_AVX512)
-  const bool vnni = uses_vnni();
-#endif
   pool.parallel_for(n_groups, min_chunk, [&](int64_t g_begin, int64_t g_end) {
     std::vector<float> out(static_cast<std::size_t>(m * kPanelRows));
     std::vector<unsigned char> scratch(
@@ -193,15 +193,7 @@ void run_panel(DType wdt, const Q80* xq, int64_t m, int64_t nb, const unsigned c
         std::memcpy(padded.data(), src, static_cast<std::size_t>(rows * row_bytes));
         src = padded.data();
       }
-#if defined(FERRY_KERNELS_AVX512)
-      if (vnni) {
-        vnni::panel_32(wdt, src, row_bytes, xq, nb, m, out.data(), scratch.data());
-      } else {
-        avx2::panel_32(wdt, src, row_bytes, xq, nb, m, out.data(), scratch.data());
-      }
-#else
-      avx2::panel_32(wdt, src, row_bytes, xq, nb, m, out.data(), scratch.data());
-#endif
+      kernel(src, out.data(), scratch.data());
       for (int64_t r = 0; r < m; ++r) {
         const float* res = out.data() + r * kPanelRows;
         for (int64_t o = 0; o < rows; ++o)
@@ -225,7 +217,13 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
     std::vector<Q80> xq(static_cast<std::size_t>(m * nb));
     quantize_rows(pool, m, [&](int64_t r) { quantize_q8_0(x + r * k, k, xq.data() + r * nb); });
     if (wdt == DType::q4_0 || wdt == DType::q8_0) {
-      run_panel(wdt, xq.data(), m, nb, wb, row_bytes, n, bias, y, pool);
+      run_panels(wdt, m, nb, 32, wb, row_bytes, n, bias, y, pool,
+                 [&](const unsigned char* src, float* out, unsigned char* scratch) {
+#if defined(FERRY_KERNELS_AVX512)
+                   if (vnni) return vnni::panel_32(wdt, src, row_bytes, xq.data(), nb, m, out, scratch);
+#endif
+                   avx2::panel_32(wdt, src, row_bytes, xq.data(), nb, m, out, scratch);
+                 });
       return;
     }
     const auto single = [&](const unsigned char* row, const Q80* xr, int64_t nblk, int rows,
@@ -253,6 +251,16 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
   const int64_t nb = k / 256;
   std::vector<Q8K> xq(static_cast<std::size_t>(m * nb));
   quantize_rows(pool, m, [&](int64_t r) { quantize_q8_k(x + r * k, k, xq.data() + r * nb); });
+  if (wdt == DType::q4_k) {
+    run_panels(wdt, m, nb, 256, wb, row_bytes, n, bias, y, pool,
+               [&](const unsigned char* src, float* out, unsigned char* scratch) {
+#if defined(FERRY_KERNELS_AVX512)
+                 if (vnni) return vnni::panel_q4_k(src, row_bytes, xq.data(), nb, m, out, scratch);
+#endif
+                 avx2::panel_q4_k(src, row_bytes, xq.data(), nb, m, out, scratch);
+               });
+    return;
+  }
   run(xq.data(), m, nb, wb, row_bytes, n, bias, y, pool,
       [&](const unsigned char* row, const Q8K* xr, int64_t nblk, int rows, float* out) {
 #if defined(FERRY_KERNELS_AVX512)

@@ -824,7 +824,7 @@ TEST(GgmlDot, ARowGetsTheSameBitsAloneOrAmongOthers) {
     }
     const auto rb = static_cast<int64_t>(ggml_row_bytes(t, k));
     for (int64_t o = 0; o < n; ++o) {
-      if (t == DType::q4_0 || t == DType::q8_0) break;  // panels: PanelsSumEachBlockWhole…
+      if (t == DType::q4_0 || t == DType::q8_0 || t == DType::q4_k) break;  // panels (below)
       const unsigned char* row = w.data() + o * rb;
       for (int rows = 1; rows <= 4; ++rows) {
         float got[4];
@@ -941,6 +941,101 @@ TEST(GgmlDot, PanelsSumEachBlockWholeInBlockOrder) {
   }
 }
 
+// ggml_dot.hpp's q4_k panel order written plainly: per block S = Σ_j sc_j·Σ code·q and
+// M = Σ_j mn_j·(bsums_2j + bsums_2j+1) in integers, then acc = fma(d·d_x, S, acc) and
+// acc = fma(−(dmin·d_x), M, acc), in block order from 0 (ggml's get_scale_min_k4 for the scales).
+float plain_q4_k_order(const unsigned char* row, const ggml_dot::Q8K* x, int64_t nb) {
+  float acc = 0.f;
+  for (int64_t b = 0; b < nb; ++b) {
+    const unsigned char* blk = row + b * 144;
+    uint16_t hd;
+    uint16_t hm;
+    std::memcpy(&hd, blk, 2);
+    std::memcpy(&hm, blk + 2, 2);
+    const unsigned char* q = blk + 4;
+    int32_t s = 0;
+    int32_t mins = 0;
+    for (int j = 0; j < 8; ++j) {
+      int sc;
+      int mn;
+      if (j < 4) {
+        sc = q[j] & 63;
+        mn = q[j + 4] & 63;
+      } else {
+        sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+      }
+      int32_t sum = 0;
+      for (int e = 0; e < 32; ++e) {
+        const unsigned char byte = blk[16 + 32 * (j / 2) + e];
+        const int code = j % 2 == 0 ? (byte & 0xF) : (byte >> 4);
+        sum += code * x[b].qs[32 * j + e];
+      }
+      s += sc * sum;
+      mins += mn * (x[b].bsums[2 * j] + x[b].bsums[2 * j + 1]);
+    }
+    acc = std::fma(f16_to_f32(hd) * x[b].d, static_cast<float>(s), acc);
+    acc = std::fma(-(f16_to_f32(hm) * x[b].d), static_cast<float>(mins), acc);
+  }
+  return acc;
+}
+
+// q4_k's panels, as PanelsSumEachBlockWholeInBlockOrder for q4_0 / q8_0: linear() and each
+// instruction set's panel against the plain order, bit for bit, with a row of all-15 codes and
+// the largest scales (the AVX2 int16 sums' bound) and a row of zero codes.
+TEST(GgmlDot, Q4KPanelsSumEachBlockWholeInBlockOrder) {
+  if (simd_paths().empty()) GTEST_SKIP() << "no AVX2";
+  std::mt19937 rng(43);
+  ThreadPool pool(2);
+  constexpr int64_t kP = ggml_dot::kPanelRows;
+  const DType t = DType::q4_k;
+  for (int64_t k : {256, 256 * 3, 4096}) {
+    const int64_t n = 37;
+    const int64_t nb = k / 256;
+    const auto rb = static_cast<int64_t>(ggml_row_bytes(t, k));
+    Bytes w = random_blocks(rng, t, n, k);
+    for (int64_t b = 0; b < nb; ++b) {
+      std::fill_n(w.data() + b * 144 + 4, 12, static_cast<unsigned char>(0xFF));  // sc, mn 63
+      std::fill_n(w.data() + b * 144 + 16, 128, static_cast<unsigned char>(0xFF));
+      std::fill_n(w.data() + rb + b * 144 + 16, 128, static_cast<unsigned char>(0x00));
+    }
+    for (int64_t m : {1, 3, 4, 6, 9}) {
+      std::vector<float> x;
+      for (int64_t r = 0; r < m; ++r) {
+        const std::vector<float> xr = random_activations(rng, k);
+        x.insert(x.end(), xr.begin(), xr.end());
+      }
+      std::vector<ggml_dot::Q8K> xq(static_cast<std::size_t>(m * nb));
+      for (int64_t r = 0; r < m; ++r)
+        ggml_dot::quantize_q8_k(x.data() + r * k, k, xq.data() + r * nb);
+      std::vector<float> bias(static_cast<std::size_t>(n));
+      for (auto& v : bias) v = static_cast<float>(static_cast<int>(rng() % 200) - 100) / 8;
+      std::vector<float> y(static_cast<std::size_t>(m * n));
+      ggml_dot::linear(x.data(), m, k, w.data(), t, n, bias.data(), y.data(), pool);
+      std::vector<float> want(static_cast<std::size_t>(m * n));
+      for (int64_t r = 0; r < m; ++r) {
+        for (int64_t o = 0; o < n; ++o)
+          want[r * n + o] = plain_q4_k_order(w.data() + o * rb, xq.data() + r * nb, nb) + bias[o];
+      }
+      const std::string at = "q4_k k=" + std::to_string(k) + " m=" + std::to_string(m);
+      EXPECT_TRUE(same_bits(("linear " + at).c_str(), y.data(), want.data(), m * n));
+      std::vector<unsigned char> scratch(static_cast<std::size_t>(ggml_dot::panel_scratch_bytes(t, nb)));
+      std::vector<float> out(static_cast<std::size_t>(m * kP));
+      std::vector<float> plain(static_cast<std::size_t>(m * kP));
+      for (int64_t r = 0; r < m; ++r) {
+        for (int64_t o = 0; o < kP; ++o)
+          plain[r * kP + o] = plain_q4_k_order(w.data() + o * rb, xq.data() + r * nb, nb);
+      }
+      ggml_dot::avx2::panel_q4_k(w.data(), rb, xq.data(), nb, m, out.data(), scratch.data());
+      EXPECT_TRUE(same_bits(("avx2 " + at).c_str(), out.data(), plain.data(), m * kP));
+      if (ggml_dot::uses_vnni()) {
+        ggml_dot::vnni::panel_q4_k(w.data(), rb, xq.data(), nb, m, out.data(), scratch.data());
+        EXPECT_TRUE(same_bits(("vnni " + at).c_str(), out.data(), plain.data(), m * kP));
+      }
+    }
+  }
+}
+
 // The AVX512-VNNI dots give the AVX2 dots' integers, hence the same floats, bit for bit.
 TEST(GgmlDot, VnniDotsEqualTheAvx2Dots) {
   if (simd_paths().empty() || !ggml_dot::uses_vnni()) GTEST_SKIP() << "no AVX512-VNNI";
@@ -965,8 +1060,7 @@ TEST(GgmlDot, VnniDotsEqualTheAvx2Dots) {
         a = ggml_dot::avx2::dot_q5_0(row, q0.data(), k / 32);
         b = ggml_dot::vnni::dot_q5_0(row, q0.data(), k / 32);
       } else if (t == DType::q4_k) {
-        a = ggml_dot::avx2::dot_q4_k(row, qk.data(), k / 256);
-        b = ggml_dot::vnni::dot_q4_k(row, qk.data(), k / 256);
+        break;  // panels, compared in Q4KPanelsSumEachBlockWholeInBlockOrder
       } else if (t == DType::q5_k) {
         a = ggml_dot::avx2::dot_q5_k(row, qk.data(), k / 256);
         b = ggml_dot::vnni::dot_q5_k(row, qk.data(), k / 256);
