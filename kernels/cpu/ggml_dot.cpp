@@ -251,13 +251,13 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
   const int64_t nb = k / 256;
   std::vector<Q8K> xq(static_cast<std::size_t>(m * nb));
   quantize_rows(pool, m, [&](int64_t r) { quantize_q8_k(x + r * k, k, xq.data() + r * nb); });
-  if (wdt == DType::q4_k) {
+  if (wdt == DType::q4_k || wdt == DType::q5_k) {
     run_panels(wdt, m, nb, 256, wb, row_bytes, n, bias, y, pool,
                [&](const unsigned char* src, float* out, unsigned char* scratch) {
 #if defined(FERRY_KERNELS_AVX512)
-                 if (vnni) return vnni::panel_q4_k(src, row_bytes, xq.data(), nb, m, out, scratch);
+                 if (vnni) return vnni::panel_k(wdt, src, row_bytes, xq.data(), nb, m, out, scratch);
 #endif
-                 avx2::panel_q4_k(src, row_bytes, xq.data(), nb, m, out, scratch);
+                 avx2::panel_k(wdt, src, row_bytes, xq.data(), nb, m, out, scratch);
                });
     return;
   }

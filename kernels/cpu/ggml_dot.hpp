@@ -77,21 +77,21 @@ inline constexpr int64_t panel_scratch_bytes(DType t, int64_t nb) {
   return nb * (t == DType::q4_0 ? 64 + 16 * 16 : t == DType::q8_0 ? 64 + 16 * 32 : 5248);
 }
 
-// q4_k takes the same panels of kPanelRows rows (its sub-blocks' codes unpacked to bytes, its
-// 6-bit scales and minimums widened per lane), each row's block summed whole in integers:
+// q4_k and q5_k take the same panels of kPanelRows rows (their sub-blocks' codes unpacked to
+// bytes, q5_k's fifth bit included, the 6-bit scales and minimums widened per lane), each row's
+// block summed whole in integers:
 //   y = bias + Σ_b [(d·d_x)·S_b − (dmin·d_x)·M_b], two FMAs per block in block order from 0,
 //   S_b = Σ_j sc_j · Σ_e code_j,e · q_32j+e,   M_b = Σ_j mn_j · (bsums_2j + bsums_2j+1)
-// (exact int32; S_b and M_b rounded to f32 once). panel_scratch_bytes(DType::q4_k, nb) covers
-// its scratch.
+// (exact int32; S_b and M_b rounded to f32 once). panel_scratch_bytes(t, nb) covers their
+// scratch.
 
 namespace avx2 {
 // Σ over nb blocks of one weight row · the quantized activations (ggml_dot_avx2.cpp).
 float dot_q6_k(const unsigned char* row, const Q8K* x, int64_t nb);
-float dot_q5_k(const unsigned char* row, const Q8K* x, int64_t nb);
 float dot_q5_0(const unsigned char* row, const Q80* x, int64_t nb);
 // One weight row of type t with rows = 1 … kDotRows rows of activations (nb blocks apart): out[r]
 // is bit for bit the dot above of row r, each weight block unpacked once for all rows.
-// rows_k takes q5_k and q6_k, rows_32 q5_0 (q4_k, q4_0 and q8_0 take the panels).
+// rows_k takes q6_k, rows_32 q5_0 (q4_k, q5_k, q4_0 and q8_0 take the panels).
 void rows_k(DType t, const unsigned char* row, const Q8K* x, int64_t nb, int rows, float* out);
 void rows_32(DType t, const unsigned char* row, const Q80* x, int64_t nb, int rows, float* out);
 // kPanelRows weight rows of type t, q4_0 or q8_0 (w, w + row_bytes, …), times m rows of
@@ -100,16 +100,15 @@ void rows_32(DType t, const unsigned char* row, const Q80* x, int64_t nb, int ro
 // (may be null).
 void panel_32(DType t, const unsigned char* w, uint64_t row_bytes, const Q80* x, int64_t nb,
               int64_t m, float* out, unsigned char* scratch);
-// kPanelRows q4_k rows times m rows of q8_K activations, as panel_32 (the q4_k order above).
-void panel_q4_k(const unsigned char* w, uint64_t row_bytes, const Q8K* x, int64_t nb, int64_t m,
-                float* out, unsigned char* scratch);
+// kPanelRows q4_k or q5_k rows times m rows of q8_K activations, as panel_32 (the order above).
+void panel_k(DType t, const unsigned char* w, uint64_t row_bytes, const Q8K* x, int64_t nb,
+             int64_t m, float* out, unsigned char* scratch);
 }  // namespace avx2
 
 namespace vnni {
 // The same with AVX512-VNNI (ggml_dot_avx512.cpp), equal results; only where the processor has
 // AVX512-VL and -VNNI and the build has the AVX-512 files.
 float dot_q6_k(const unsigned char* row, const Q8K* x, int64_t nb);
-float dot_q5_k(const unsigned char* row, const Q8K* x, int64_t nb);
 float dot_q5_0(const unsigned char* row, const Q80* x, int64_t nb);
 // One weight row of type t with rows = 1 … kDotRows rows of activations (nb blocks apart): out[r]
 // is bit for bit the dot above of row r, each weight block unpacked once for all rows.
@@ -122,8 +121,8 @@ void rows_32_pair(DType t, const unsigned char* row, uint64_t row_bytes, const Q
                   int rows, float* out0, float* out1);
 void panel_32(DType t, const unsigned char* w, uint64_t row_bytes, const Q80* x, int64_t nb,
               int64_t m, float* out, unsigned char* scratch);
-void panel_q4_k(const unsigned char* w, uint64_t row_bytes, const Q8K* x, int64_t nb, int64_t m,
-                float* out, unsigned char* scratch);
+void panel_k(DType t, const unsigned char* w, uint64_t row_bytes, const Q8K* x, int64_t nb,
+             int64_t m, float* out, unsigned char* scratch);
 }  // namespace vnni
 
 // True when linear uses the vnni dots: the processor has AVX512-VL and -VNNI, the build has the

@@ -824,7 +824,7 @@ TEST(GgmlDot, ARowGetsTheSameBitsAloneOrAmongOthers) {
     }
     const auto rb = static_cast<int64_t>(ggml_row_bytes(t, k));
     for (int64_t o = 0; o < n; ++o) {
-      if (t == DType::q4_0 || t == DType::q8_0 || t == DType::q4_k) break;  // panels (below)
+      if (t != DType::q5_0 && t != DType::q6_k) break;  // the others take panels (below)
       const unsigned char* row = w.data() + o * rb;
       for (int rows = 1; rows <= 4; ++rows) {
         float got[4];
@@ -941,13 +941,17 @@ TEST(GgmlDot, PanelsSumEachBlockWholeInBlockOrder) {
   }
 }
 
-// ggml_dot.hpp's q4_k panel order written plainly: per block S = Σ_j sc_j·Σ code·q and
+// ggml_dot.hpp's q4_k / q5_k panel order written plainly: per block S = Σ_j sc_j·Σ code·q and
 // M = Σ_j mn_j·(bsums_2j + bsums_2j+1) in integers, then acc = fma(d·d_x, S, acc) and
-// acc = fma(−(dmin·d_x), M, acc), in block order from 0 (ggml's get_scale_min_k4 for the scales).
-float plain_q4_k_order(const unsigned char* row, const ggml_dot::Q8K* x, int64_t nb) {
+// acc = fma(−(dmin·d_x), M, acc), in block order from 0 (ggml's get_scale_min_k4 for the scales;
+// q5_k's code has bit j of qh[e] as its fifth bit).
+float plain_k_order(DType t, const unsigned char* row, const ggml_dot::Q8K* x, int64_t nb) {
+  const bool five = t == DType::q5_k;
+  const int64_t bytes = five ? 176 : 144;
+  const int64_t nibbles = five ? 48 : 16;
   float acc = 0.f;
   for (int64_t b = 0; b < nb; ++b) {
-    const unsigned char* blk = row + b * 144;
+    const unsigned char* blk = row + b * bytes;
     uint16_t hd;
     uint16_t hm;
     std::memcpy(&hd, blk, 2);
@@ -967,8 +971,9 @@ float plain_q4_k_order(const unsigned char* row, const ggml_dot::Q8K* x, int64_t
       }
       int32_t sum = 0;
       for (int e = 0; e < 32; ++e) {
-        const unsigned char byte = blk[16 + 32 * (j / 2) + e];
-        const int code = j % 2 == 0 ? (byte & 0xF) : (byte >> 4);
+        const unsigned char byte = blk[nibbles + 32 * (j / 2) + e];
+        int code = j % 2 == 0 ? (byte & 0xF) : (byte >> 4);
+        if (five) code |= ((blk[16 + e] >> j) & 1) << 4;
         sum += code * x[b].qs[32 * j + e];
       }
       s += sc * sum;
@@ -980,57 +985,61 @@ float plain_q4_k_order(const unsigned char* row, const ggml_dot::Q8K* x, int64_t
   return acc;
 }
 
-// q4_k's panels, as PanelsSumEachBlockWholeInBlockOrder for q4_0 / q8_0: linear() and each
-// instruction set's panel against the plain order, bit for bit, with a row of all-15 codes and
-// the largest scales (the AVX2 int16 sums' bound) and a row of zero codes.
-TEST(GgmlDot, Q4KPanelsSumEachBlockWholeInBlockOrder) {
+// q4_k's and q5_k's panels, as PanelsSumEachBlockWholeInBlockOrder for q4_0 / q8_0: linear() and
+// each instruction set's panel against the plain order, bit for bit, with a row of all-ones
+// codes (q5_k: 31) and the largest scales (the AVX2 int16 sums' bound) and a row of zero codes.
+TEST(GgmlDot, KPanelsSumEachBlockWholeInBlockOrder) {
   if (simd_paths().empty()) GTEST_SKIP() << "no AVX2";
   std::mt19937 rng(43);
   ThreadPool pool(2);
   constexpr int64_t kP = ggml_dot::kPanelRows;
-  const DType t = DType::q4_k;
-  for (int64_t k : {256, 256 * 3, 4096}) {
-    const int64_t n = 37;
-    const int64_t nb = k / 256;
-    const auto rb = static_cast<int64_t>(ggml_row_bytes(t, k));
-    Bytes w = random_blocks(rng, t, n, k);
-    for (int64_t b = 0; b < nb; ++b) {
-      std::fill_n(w.data() + b * 144 + 4, 12, static_cast<unsigned char>(0xFF));  // sc, mn 63
-      std::fill_n(w.data() + b * 144 + 16, 128, static_cast<unsigned char>(0xFF));
-      std::fill_n(w.data() + rb + b * 144 + 16, 128, static_cast<unsigned char>(0x00));
-    }
-    for (int64_t m : {1, 3, 4, 6, 9}) {
-      std::vector<float> x;
-      for (int64_t r = 0; r < m; ++r) {
-        const std::vector<float> xr = random_activations(rng, k);
-        x.insert(x.end(), xr.begin(), xr.end());
+  for (DType t : {DType::q4_k, DType::q5_k}) {
+    const int64_t bytes = t == DType::q5_k ? 176 : 144;
+    for (int64_t k : {256, 256 * 3, 4096}) {
+      const int64_t n = 37;
+      const int64_t nb = k / 256;
+      const auto rb = static_cast<int64_t>(ggml_row_bytes(t, k));
+      Bytes w = random_blocks(rng, t, n, k);
+      for (int64_t b = 0; b < nb; ++b) {
+        // Row 0: scales and minimums 63, every code bit set; row 1: codes 0.
+        std::fill_n(w.data() + b * bytes + 4, bytes - 4, static_cast<unsigned char>(0xFF));
+        std::fill_n(w.data() + rb + b * bytes + 16, bytes - 16, static_cast<unsigned char>(0x00));
       }
-      std::vector<ggml_dot::Q8K> xq(static_cast<std::size_t>(m * nb));
-      for (int64_t r = 0; r < m; ++r)
-        ggml_dot::quantize_q8_k(x.data() + r * k, k, xq.data() + r * nb);
-      std::vector<float> bias(static_cast<std::size_t>(n));
-      for (auto& v : bias) v = static_cast<float>(static_cast<int>(rng() % 200) - 100) / 8;
-      std::vector<float> y(static_cast<std::size_t>(m * n));
-      ggml_dot::linear(x.data(), m, k, w.data(), t, n, bias.data(), y.data(), pool);
-      std::vector<float> want(static_cast<std::size_t>(m * n));
-      for (int64_t r = 0; r < m; ++r) {
-        for (int64_t o = 0; o < n; ++o)
-          want[r * n + o] = plain_q4_k_order(w.data() + o * rb, xq.data() + r * nb, nb) + bias[o];
-      }
-      const std::string at = "q4_k k=" + std::to_string(k) + " m=" + std::to_string(m);
-      EXPECT_TRUE(same_bits(("linear " + at).c_str(), y.data(), want.data(), m * n));
-      std::vector<unsigned char> scratch(static_cast<std::size_t>(ggml_dot::panel_scratch_bytes(t, nb)));
-      std::vector<float> out(static_cast<std::size_t>(m * kP));
-      std::vector<float> plain(static_cast<std::size_t>(m * kP));
-      for (int64_t r = 0; r < m; ++r) {
-        for (int64_t o = 0; o < kP; ++o)
-          plain[r * kP + o] = plain_q4_k_order(w.data() + o * rb, xq.data() + r * nb, nb);
-      }
-      ggml_dot::avx2::panel_q4_k(w.data(), rb, xq.data(), nb, m, out.data(), scratch.data());
-      EXPECT_TRUE(same_bits(("avx2 " + at).c_str(), out.data(), plain.data(), m * kP));
-      if (ggml_dot::uses_vnni()) {
-        ggml_dot::vnni::panel_q4_k(w.data(), rb, xq.data(), nb, m, out.data(), scratch.data());
-        EXPECT_TRUE(same_bits(("vnni " + at).c_str(), out.data(), plain.data(), m * kP));
+      for (int64_t m : {1, 3, 4, 6, 9}) {
+        std::vector<float> x;
+        for (int64_t r = 0; r < m; ++r) {
+          const std::vector<float> xr = random_activations(rng, k);
+          x.insert(x.end(), xr.begin(), xr.end());
+        }
+        std::vector<ggml_dot::Q8K> xq(static_cast<std::size_t>(m * nb));
+        for (int64_t r = 0; r < m; ++r)
+          ggml_dot::quantize_q8_k(x.data() + r * k, k, xq.data() + r * nb);
+        std::vector<float> bias(static_cast<std::size_t>(n));
+        for (auto& v : bias) v = static_cast<float>(static_cast<int>(rng() % 200) - 100) / 8;
+        std::vector<float> y(static_cast<std::size_t>(m * n));
+        ggml_dot::linear(x.data(), m, k, w.data(), t, n, bias.data(), y.data(), pool);
+        std::vector<float> want(static_cast<std::size_t>(m * n));
+        for (int64_t r = 0; r < m; ++r) {
+          for (int64_t o = 0; o < n; ++o)
+            want[r * n + o] = plain_k_order(t, w.data() + o * rb, xq.data() + r * nb, nb) + bias[o];
+        }
+        const std::string at = std::string(dtype_name(t)) + " k=" + std::to_string(k) +
+                               " m=" + std::to_string(m);
+        EXPECT_TRUE(same_bits(("linear " + at).c_str(), y.data(), want.data(), m * n));
+        std::vector<unsigned char> scratch(
+            static_cast<std::size_t>(ggml_dot::panel_scratch_bytes(t, nb)));
+        std::vector<float> out(static_cast<std::size_t>(m * kP));
+        std::vector<float> plain(static_cast<std::size_t>(m * kP));
+        for (int64_t r = 0; r < m; ++r) {
+          for (int64_t o = 0; o < kP; ++o)
+            plain[r * kP + o] = plain_k_order(t, w.data() + o * rb, xq.data() + r * nb, nb);
+        }
+        ggml_dot::avx2::panel_k(t, w.data(), rb, xq.data(), nb, m, out.data(), scratch.data());
+        EXPECT_TRUE(same_bits(("avx2 " + at).c_str(), out.data(), plain.data(), m * kP));
+        if (ggml_dot::uses_vnni()) {
+          ggml_dot::vnni::panel_k(t, w.data(), rb, xq.data(), nb, m, out.data(), scratch.data());
+          EXPECT_TRUE(same_bits(("vnni " + at).c_str(), out.data(), plain.data(), m * kP));
+        }
       }
     }
   }
@@ -1059,11 +1068,8 @@ TEST(GgmlDot, VnniDotsEqualTheAvx2Dots) {
       } else if (t == DType::q5_0) {
         a = ggml_dot::avx2::dot_q5_0(row, q0.data(), k / 32);
         b = ggml_dot::vnni::dot_q5_0(row, q0.data(), k / 32);
-      } else if (t == DType::q4_k) {
-        break;  // panels, compared in Q4KPanelsSumEachBlockWholeInBlockOrder
-      } else if (t == DType::q5_k) {
-        a = ggml_dot::avx2::dot_q5_k(row, qk.data(), k / 256);
-        b = ggml_dot::vnni::dot_q5_k(row, qk.data(), k / 256);
+      } else if (t == DType::q4_k || t == DType::q5_k) {
+        break;  // panels, compared in KPanelsSumEachBlockWholeInBlockOrder
       } else {
         a = ggml_dot::avx2::dot_q6_k(row, qk.data(), k / 256);
         b = ggml_dot::vnni::dot_q6_k(row, qk.data(), k / 256);
