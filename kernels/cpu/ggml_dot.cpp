@@ -220,7 +220,10 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
       run_panels(wdt, m, nb, 32, wb, row_bytes, n, bias, y, pool,
                  [&](const unsigned char* src, float* out, unsigned char* scratch) {
 #if defined(FERRY_KERNELS_AVX512)
-                   if (vnni) return vnni::panel_32(wdt, src, row_bytes, xq.data(), nb, m, out, scratch);
+                   if (vnni) {
+                     vnni::panel_32(wdt, src, row_bytes, xq.data(), nb, m, out, scratch);
+                     return;
+                   }
 #endif
                    avx2::panel_32(wdt, src, row_bytes, xq.data(), nb, m, out, scratch);
                  });
@@ -255,7 +258,10 @@ void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int6
     run_panels(wdt, m, nb, 256, wb, row_bytes, n, bias, y, pool,
                [&](const unsigned char* src, float* out, unsigned char* scratch) {
 #if defined(FERRY_KERNELS_AVX512)
-                 if (vnni) return vnni::panel_k(wdt, src, row_bytes, xq.data(), nb, m, out, scratch);
+                 if (vnni) {
+                   vnni::panel_k(wdt, src, row_bytes, xq.data(), nb, m, out, scratch);
+                   return;
+                 }
 #endif
                  avx2::panel_k(wdt, src, row_bytes, xq.data(), nb, m, out, scratch);
                });

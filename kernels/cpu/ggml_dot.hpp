@@ -57,8 +57,8 @@ bool supports(DType wdt);
 // FERRY_GGUF_PRODUCTS: true when unset or "fast", false for "exact"; anything else is an error.
 bool requested();
 
-// y = x · wᵀ + bias with w in a format supports() accepts, through the AVX2 (or VNNI) row dots; the caller
-// has checked the processor, the dtype and the shapes (ops.cpp's linear).
+// y = x · wᵀ + bias with w in a format supports() accepts, through the AVX2 (or VNNI) panels and
+// row dots; the caller has checked the processor, the dtype and the shapes (ops.cpp's linear).
 void linear(const float* x, int64_t m, int64_t k, const void* w, DType wdt, int64_t n,
             const float* bias, float* y, ThreadPool& pool);
 

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/common/ggml_quant_math.hpp"
@@ -874,73 +875,6 @@ float plain_panel_order(DType t, const unsigned char* row, const ggml_dot::Q80* 
   return acc;
 }
 
-// q4_0 and q8_0 take 16 weight rows to the lanes of a vector (8 on AVX2) and sum each block
-// whole: every output, through linear() (n = 37: two panels and a zero-padded one; decode and
-// prompt row counts) and through each instruction set's panel directly, is the plain order's
-// bits. Rows of extreme codes (q4_0 all 15 and all 0, q8_0 all 127 and all −128) against ±127
-// activations (the outliers) reach the bounds of the AVX2 int16 sums.
-TEST(GgmlDot, PanelsSumEachBlockWholeInBlockOrder) {
-  if (simd_paths().empty()) GTEST_SKIP() << "no AVX2";
-  std::mt19937 rng(41);
-  ThreadPool pool(2);
-  constexpr int64_t kP = ggml_dot::kPanelRows;
-  for (DType t : {DType::q4_0, DType::q8_0}) {
-    const int64_t bytes = t == DType::q4_0 ? 18 : 34;
-    const int64_t codes = bytes - 2;
-    const unsigned char high = t == DType::q4_0 ? 0xFF : 0x7F;
-    const unsigned char low = t == DType::q4_0 ? 0x00 : 0x80;
-    for (int64_t k : {32, 256, 4096}) {
-      const int64_t n = 37;
-      const int64_t nb = k / 32;
-      const auto rb = static_cast<int64_t>(ggml_row_bytes(t, k));
-      Bytes w = random_blocks(rng, t, n, k);
-      for (int64_t b = 0; b < nb; ++b) {
-        std::fill_n(w.data() + b * bytes + 2, codes, high);
-        std::fill_n(w.data() + rb + b * bytes + 2, codes, low);
-      }
-      for (int64_t m : {1, 2, 4, 5, 11}) {
-        std::vector<float> x;
-        for (int64_t r = 0; r < m; ++r) {
-          const std::vector<float> xr = random_activations(rng, k);
-          x.insert(x.end(), xr.begin(), xr.end());
-        }
-        std::vector<ggml_dot::Q80> xq(static_cast<std::size_t>(m * nb));
-        for (int64_t r = 0; r < m; ++r)
-          ggml_dot::quantize_q8_0(x.data() + r * k, k, xq.data() + r * nb);
-        std::vector<float> bias(static_cast<std::size_t>(n));
-        for (auto& v : bias) v = static_cast<float>(static_cast<int>(rng() % 200) - 100) / 8;
-        std::vector<float> y(static_cast<std::size_t>(m * n));
-        ggml_dot::linear(x.data(), m, k, w.data(), t, n, bias.data(), y.data(), pool);
-        std::vector<float> want(static_cast<std::size_t>(m * n));
-        for (int64_t r = 0; r < m; ++r) {
-          for (int64_t o = 0; o < n; ++o) {
-            want[r * n + o] =
-                plain_panel_order(t, w.data() + o * rb, xq.data() + r * nb, nb) + bias[o];
-          }
-        }
-        const std::string at = std::string(dtype_name(t)) + " k=" + std::to_string(k) +
-                               " m=" + std::to_string(m);
-        EXPECT_TRUE(same_bits(("linear " + at).c_str(), y.data(), want.data(), m * n));
-        // The first panel straight from each instruction set, without the bias.
-        std::vector<unsigned char> scratch(
-            static_cast<std::size_t>(ggml_dot::panel_scratch_bytes(t, nb)));
-        std::vector<float> out(static_cast<std::size_t>(m * kP));
-        std::vector<float> plain(static_cast<std::size_t>(m * kP));
-        for (int64_t r = 0; r < m; ++r) {
-          for (int64_t o = 0; o < kP; ++o)
-            plain[r * kP + o] = plain_panel_order(t, w.data() + o * rb, xq.data() + r * nb, nb);
-        }
-        ggml_dot::avx2::panel_32(t, w.data(), rb, xq.data(), nb, m, out.data(), scratch.data());
-        EXPECT_TRUE(same_bits(("avx2 " + at).c_str(), out.data(), plain.data(), m * kP));
-        if (ggml_dot::uses_vnni()) {
-          ggml_dot::vnni::panel_32(t, w.data(), rb, xq.data(), nb, m, out.data(), scratch.data());
-          EXPECT_TRUE(same_bits(("vnni " + at).c_str(), out.data(), plain.data(), m * kP));
-        }
-      }
-    }
-  }
-}
-
 // ggml_dot.hpp's q4_k / q5_k panel order written plainly: per block S = Σ_j sc_j·Σ code·q and
 // M = Σ_j mn_j·(bsums_2j + bsums_2j+1) in integers, then acc = fma(d·d_x, S, acc) and
 // acc = fma(−(dmin·d_x), M, acc), in block order from 0 (ggml's get_scale_min_k4 for the scales;
@@ -962,13 +896,7 @@ float plain_k_order(DType t, const unsigned char* row, const ggml_dot::Q8K* x, i
     for (int j = 0; j < 8; ++j) {
       int sc;
       int mn;
-      if (j < 4) {
-        sc = q[j] & 63;
-        mn = q[j + 4] & 63;
-      } else {
-        sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-        mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-      }
+      ggml_scale_min_k4(j, q, sc, mn);
       int32_t sum = 0;
       for (int e = 0; e < 32; ++e) {
         const unsigned char byte = blk[nibbles + 32 * (j / 2) + e];
@@ -985,6 +913,100 @@ float plain_k_order(DType t, const unsigned char* row, const ggml_dot::Q8K* x, i
   return acc;
 }
 
+// One matrix w of type t (n rows, k columns) against the plain order for m random rows of x
+// (Block: Q80 for q4_0 / q8_0, Q8K for q4_k / q5_k): linear() with a bias, then the first panel
+// straight from each instruction set, without the bias — every output bit for bit.
+template <class Block>
+void check_panels(DType t, const Bytes& w, int64_t n, int64_t k, int64_t m, std::mt19937& rng,
+                  ThreadPool& pool) {
+  constexpr bool kSmall = std::is_same_v<Block, ggml_dot::Q80>;
+  constexpr int64_t kP = ggml_dot::kPanelRows;
+  const int64_t nb = k / (kSmall ? 32 : 256);
+  const auto rb = static_cast<int64_t>(ggml_row_bytes(t, k));
+  std::vector<float> x;
+  for (int64_t r = 0; r < m; ++r) {
+    const std::vector<float> xr = random_activations(rng, k);
+    x.insert(x.end(), xr.begin(), xr.end());
+  }
+  std::vector<Block> xq(static_cast<std::size_t>(m * nb));
+  for (int64_t r = 0; r < m; ++r) {
+    if constexpr (kSmall) {
+      ggml_dot::quantize_q8_0(x.data() + r * k, k, xq.data() + r * nb);
+    } else {
+      ggml_dot::quantize_q8_k(x.data() + r * k, k, xq.data() + r * nb);
+    }
+  }
+  const auto plain = [&](int64_t o, int64_t r) {
+    if constexpr (kSmall) {
+      return plain_panel_order(t, w.data() + o * rb, xq.data() + r * nb, nb);
+    } else {
+      return plain_k_order(t, w.data() + o * rb, xq.data() + r * nb, nb);
+    }
+  };
+  std::vector<float> bias(static_cast<std::size_t>(n));
+  for (auto& v : bias) v = static_cast<float>(static_cast<int>(rng() % 200) - 100) / 8;
+  std::vector<float> y(static_cast<std::size_t>(m * n));
+  ggml_dot::linear(x.data(), m, k, w.data(), t, n, bias.data(), y.data(), pool);
+  std::vector<float> want(static_cast<std::size_t>(m * n));
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t o = 0; o < n; ++o) want[r * n + o] = plain(o, r) + bias[o];
+  }
+  const std::string at =
+      std::string(dtype_name(t)) + " k=" + std::to_string(k) + " m=" + std::to_string(m);
+  EXPECT_TRUE(same_bits(("linear " + at).c_str(), y.data(), want.data(), m * n));
+  std::vector<unsigned char> scratch(
+      static_cast<std::size_t>(ggml_dot::panel_scratch_bytes(t, nb)));
+  std::vector<float> out(static_cast<std::size_t>(m * kP));
+  std::vector<float> first(static_cast<std::size_t>(m * kP));
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t o = 0; o < kP; ++o) first[r * kP + o] = plain(o, r);
+  }
+  const auto run = [&](bool vnni) {
+    unsigned char* sc = scratch.data();
+    if constexpr (kSmall) {
+      if (vnni) return ggml_dot::vnni::panel_32(t, w.data(), rb, xq.data(), nb, m, out.data(), sc);
+      ggml_dot::avx2::panel_32(t, w.data(), rb, xq.data(), nb, m, out.data(), sc);
+    } else {
+      if (vnni) return ggml_dot::vnni::panel_k(t, w.data(), rb, xq.data(), nb, m, out.data(), sc);
+      ggml_dot::avx2::panel_k(t, w.data(), rb, xq.data(), nb, m, out.data(), sc);
+    }
+  };
+  run(false);
+  EXPECT_TRUE(same_bits(("avx2 " + at).c_str(), out.data(), first.data(), m * kP));
+  if (ggml_dot::uses_vnni()) {
+    run(true);
+    EXPECT_TRUE(same_bits(("vnni " + at).c_str(), out.data(), first.data(), m * kP));
+  }
+}
+
+// q4_0 and q8_0 take 16 weight rows to the lanes of a vector (8 on AVX2) and sum each block
+// whole: every output, through linear() (n = 37: two panels and a zero-padded one; decode and
+// prompt row counts) and through each instruction set's panel directly, is the plain order's
+// bits. Rows of extreme codes (q4_0 all 15 and all 0, q8_0 all 127 and all −128) against ±127
+// activations (the outliers) reach the bounds of the AVX2 int16 sums.
+TEST(GgmlDot, PanelsSumEachBlockWholeInBlockOrder) {
+  if (simd_paths().empty()) GTEST_SKIP() << "no AVX2";
+  std::mt19937 rng(41);
+  ThreadPool pool(2);
+  for (DType t : {DType::q4_0, DType::q8_0}) {
+    const int64_t bytes = t == DType::q4_0 ? 18 : 34;
+    const int64_t codes = bytes - 2;
+    const unsigned char high = t == DType::q4_0 ? 0xFF : 0x7F;
+    const unsigned char low = t == DType::q4_0 ? 0x00 : 0x80;
+    for (int64_t k : {32, 256, 4096}) {
+      const int64_t n = 37;
+      const int64_t nb = k / 32;
+      const auto rb = static_cast<int64_t>(ggml_row_bytes(t, k));
+      Bytes w = random_blocks(rng, t, n, k);
+      for (int64_t b = 0; b < nb; ++b) {
+        std::fill_n(w.data() + b * bytes + 2, codes, high);
+        std::fill_n(w.data() + rb + b * bytes + 2, codes, low);
+      }
+      for (int64_t m : {1, 2, 4, 5, 11}) check_panels<ggml_dot::Q80>(t, w, n, k, m, rng, pool);
+    }
+  }
+}
+
 // q4_k's and q5_k's panels, as PanelsSumEachBlockWholeInBlockOrder for q4_0 / q8_0: linear() and
 // each instruction set's panel against the plain order, bit for bit, with a row of all-ones
 // codes (q5_k: 31) and the largest scales (the AVX2 int16 sums' bound) and a row of zero codes.
@@ -992,7 +1014,6 @@ TEST(GgmlDot, KPanelsSumEachBlockWholeInBlockOrder) {
   if (simd_paths().empty()) GTEST_SKIP() << "no AVX2";
   std::mt19937 rng(43);
   ThreadPool pool(2);
-  constexpr int64_t kP = ggml_dot::kPanelRows;
   for (DType t : {DType::q4_k, DType::q5_k}) {
     const int64_t bytes = t == DType::q5_k ? 176 : 144;
     for (int64_t k : {256, 256 * 3, 4096}) {
@@ -1005,42 +1026,7 @@ TEST(GgmlDot, KPanelsSumEachBlockWholeInBlockOrder) {
         std::fill_n(w.data() + b * bytes + 4, bytes - 4, static_cast<unsigned char>(0xFF));
         std::fill_n(w.data() + rb + b * bytes + 16, bytes - 16, static_cast<unsigned char>(0x00));
       }
-      for (int64_t m : {1, 3, 4, 6, 9}) {
-        std::vector<float> x;
-        for (int64_t r = 0; r < m; ++r) {
-          const std::vector<float> xr = random_activations(rng, k);
-          x.insert(x.end(), xr.begin(), xr.end());
-        }
-        std::vector<ggml_dot::Q8K> xq(static_cast<std::size_t>(m * nb));
-        for (int64_t r = 0; r < m; ++r)
-          ggml_dot::quantize_q8_k(x.data() + r * k, k, xq.data() + r * nb);
-        std::vector<float> bias(static_cast<std::size_t>(n));
-        for (auto& v : bias) v = static_cast<float>(static_cast<int>(rng() % 200) - 100) / 8;
-        std::vector<float> y(static_cast<std::size_t>(m * n));
-        ggml_dot::linear(x.data(), m, k, w.data(), t, n, bias.data(), y.data(), pool);
-        std::vector<float> want(static_cast<std::size_t>(m * n));
-        for (int64_t r = 0; r < m; ++r) {
-          for (int64_t o = 0; o < n; ++o)
-            want[r * n + o] = plain_k_order(t, w.data() + o * rb, xq.data() + r * nb, nb) + bias[o];
-        }
-        const std::string at = std::string(dtype_name(t)) + " k=" + std::to_string(k) +
-                               " m=" + std::to_string(m);
-        EXPECT_TRUE(same_bits(("linear " + at).c_str(), y.data(), want.data(), m * n));
-        std::vector<unsigned char> scratch(
-            static_cast<std::size_t>(ggml_dot::panel_scratch_bytes(t, nb)));
-        std::vector<float> out(static_cast<std::size_t>(m * kP));
-        std::vector<float> plain(static_cast<std::size_t>(m * kP));
-        for (int64_t r = 0; r < m; ++r) {
-          for (int64_t o = 0; o < kP; ++o)
-            plain[r * kP + o] = plain_k_order(t, w.data() + o * rb, xq.data() + r * nb, nb);
-        }
-        ggml_dot::avx2::panel_k(t, w.data(), rb, xq.data(), nb, m, out.data(), scratch.data());
-        EXPECT_TRUE(same_bits(("avx2 " + at).c_str(), out.data(), plain.data(), m * kP));
-        if (ggml_dot::uses_vnni()) {
-          ggml_dot::vnni::panel_k(t, w.data(), rb, xq.data(), nb, m, out.data(), scratch.data());
-          EXPECT_TRUE(same_bits(("vnni " + at).c_str(), out.data(), plain.data(), m * kP));
-        }
-      }
+      for (int64_t m : {1, 3, 4, 6, 9}) check_panels<ggml_dot::Q8K>(t, w, n, k, m, rng, pool);
     }
   }
 }
