@@ -166,9 +166,9 @@ void quantize_rows(ThreadPool& pool, int64_t m, F f) {
   });
 }
 
-// q4_0, q8_0 and q4_k: kPanelRows weight rows at a time (ggml_dot.hpp's panels; kernel(src, x,
-// out, scratch) runs one), a zero-padded copy for the last group when n is not a multiple of 16
-// (its padding rows' results are dropped).
+// q4_0, q8_0, q4_k and q5_k: kPanelRows weight rows at a time (ggml_dot.hpp's panels;
+// kernel(src, out, scratch) runs one group), a zero-padded copy for the last group when n is not a
+// multiple of 16 (its padding rows' results are dropped).
 template <class Kernel>
 void run_panels(DType wdt, int64_t m, int64_t nb, int64_t block_elems, const unsigned char* w,
                 uint64_t row_bytes, int64_t n, const float* bias, float* y, ThreadPool& pool,
